@@ -1,0 +1,210 @@
+"""The messaging backend contract: what every broker adapter implements.
+
+A backend only moves bytes: it declares queues and topics, publishes and receives
+:class:`~melange.models.Message` envelopes and settles them (acknowledge, negative
+acknowledge, dead-letter). Deciding *what* to do with a message lives in the dispatcher.
+
+Contract, for every implementation:
+
+- **At-least-once.** A received message stays owned by its receiver until it is settled with
+  :meth:`MessagingBackend.acknowledge`, :meth:`MessagingBackend.nack` or
+  :meth:`MessagingBackend.dead_letter`. If the receiver dies or the backend's visibility
+  timeout expires first, the message is delivered again (possibly to another consumer).
+- **Settling is idempotent enough**: acknowledging a message whose lease already expired must
+  not raise for the common "late ack" case; it may be a no-op.
+- **Thread safety.** Publishing is safe from several threads unless the capability
+  descriptor says otherwise. A message must be settled by the backend instance that
+  received it.
+- **Errors.** A missing queue or topic raises
+  :class:`~melange.exceptions.QueueNotFoundError` / :class:`~melange.exceptions.TopicNotFoundError`;
+  a broker refusal raises :class:`~melange.exceptions.PublishError`. Nothing is created
+  implicitly on an error.
+
+Third-party backends check themselves with :mod:`melange.testing.conformance`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+
+@dataclass(frozen=True)
+class BackendCapabilities:
+    """What a backend can do, so callers (and the conformance suite) know what to expect.
+
+    Attributes:
+        name: Short name of the backend (``"memory"``, ``"sqs"``, ``"rabbitmq"``, ...).
+        persistent: Messages survive a restart of the broker (or of the process, when the
+            backend is embedded).
+        fifo: FIFO queues with strict ordering per message group are supported.
+        topics: Topics that fan out to subscribed queues are supported.
+        native_dead_letter: The broker itself moves a message to the dead-letter queue after
+            ``max_receive_count`` deliveries.
+        delayed_delivery: ``nack(message, delay=...)`` holds the message back for ``delay``
+            seconds; without it, a nacked message comes back at once.
+        visibility_timeout: An unsettled message becomes visible again after a timeout (as on
+            SQS); without it, it comes back only when its receiver disconnects.
+        extend_visibility: :meth:`MessagingBackend.extend_visibility` extends a lease.
+        receive_count: Received messages carry ``attempt`` (the delivery count).
+        filter_policies: Subscriptions can filter on the message manifest in the broker.
+        max_message_size: Largest body in bytes, or ``None`` for no fixed limit.
+        max_batch_size: Most messages one native batch publish call takes, or ``None``.
+    """
+
+    name: str
+    persistent: bool
+    fifo: bool
+    topics: bool = True
+    native_dead_letter: bool = False
+    delayed_delivery: bool = False
+    visibility_timeout: bool = False
+    extend_visibility: bool = False
+    receive_count: bool = False
+    filter_policies: bool = False
+    max_message_size: int | None = None
+    max_batch_size: int | None = None
+
+
+class MessagingBackend(ABC):
+    """Base class of every messaging backend.
+
+    The abstract methods are the 7.2.0 contract, so backends written for it keep working;
+    the others have conservative defaults that a backend overrides to offer more.
+    """
+
+    #: How long a consume loop blocks in one :meth:`retrieve_messages` call, in seconds;
+    #: ``None`` leaves it to the backend's own default (e.g. SQS long polling).
+    loop_wait_seconds: float | None = None
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        """What this backend supports; override it to advertise more."""
+        return BackendCapabilities(name=type(self).__name__, persistent=False, fifo=False)
+
+    # -- topology ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        """Create the topic if needed (idempotent) and return a handle on it."""
+
+    def get_topic(self, topic_name: str) -> TopicWrapper:
+        """Return a handle on an existing topic.
+
+        The default declares it, as 7.2.0 backends did; real backends override this to look
+        it up (cached) and raise :class:`~melange.exceptions.TopicNotFoundError`.
+        """
+        return self.declare_topic(topic_name)
+
+    @abstractmethod
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        """Return a handle on an existing queue, or raise ``QueueNotFoundError``."""
+
+    @abstractmethod
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Create the queue if needed (idempotent), subscribe it to ``topics_to_bind`` and set
+        up its dead-letter queue. Returns the queue and the dead-letter queue (or ``None``).
+
+        Common keyword arguments: ``filter_events`` (only messages whose manifest is listed
+        reach the queue from the topics), ``max_receive_count`` (deliveries before the broker
+        dead-letters a message, default 4), ``visibility_timeout`` (seconds).
+        """
+
+    @abstractmethod
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        """Delete the queue and the messages in it."""
+
+    @abstractmethod
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        """Delete the topic and its subscriptions."""
+
+    # -- publishing -------------------------------------------------------------------------
+
+    @abstractmethod
+    def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        """Hand ``message`` to the broker for ``queue``; returns once the broker has it."""
+
+    @abstractmethod
+    def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        """Hand ``message`` to the broker for every queue subscribed to ``topic``."""
+
+    def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
+    ) -> None:
+        """Publish several messages; raises ``BatchPublishError`` naming the refused ones."""
+        for message in messages:
+            self.publish_to_queue(message, queue, **kwargs)
+
+    def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
+    ) -> None:
+        """Publish several messages to a topic; raises ``BatchPublishError`` on refusals."""
+        for message in messages:
+            self.publish_to_topic(message, topic, **kwargs)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    @abstractmethod
+    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """Receive the messages available now (at most a backend-defined batch).
+
+        Keyword arguments understood by Melange's backends: ``max_messages`` (batch size) and
+        ``wait_seconds`` (how long to block when the queue is empty).
+        """
+
+    def yield_messages(self, queue: QueueWrapper, **kwargs: Any) -> Iterator[Message]:
+        """Yield the messages of one :meth:`retrieve_messages` call."""
+        yield from self.retrieve_messages(queue, **kwargs)
+
+    @abstractmethod
+    def acknowledge(self, message: Message) -> None:
+        """Settle ``message`` as done: the broker deletes it."""
+
+    def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        """Acknowledge several messages (backends override it to use one round trip)."""
+        for message in messages:
+            self.acknowledge(message)
+
+    def nack(self, message: Message, delay: float = 0.0) -> None:
+        """Give ``message`` back to the broker for redelivery after ``delay`` seconds.
+
+        The default does nothing: the broker redelivers when its own timeout expires.
+        """
+
+    def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
+        """Move ``message`` to its queue's dead-letter queue, adding ``headers``.
+
+        The dead-lettered copy keeps the original body, manifest, serializer id and headers.
+        Returns ``False`` (and leaves the message unsettled) when the queue has no dead-letter
+        queue; the caller then logs it and leaves it to the broker.
+        """
+        return False
+
+    def extend_visibility(self, message: Message, seconds: float) -> None:
+        """Keep ``message`` invisible to other consumers for ``seconds`` more (a heartbeat)."""
+
+    def interrupt(self) -> None:
+        """Wake any :meth:`retrieve_messages` call blocked in this process (used on stop)."""
+
+    def close_connection(self) -> None:
+        """Release connections and threads. The backend may not be used afterwards."""
+
+    def close(self) -> None:
+        """Alias of :meth:`close_connection`."""
+        self.close_connection()
+
+    def __enter__(self) -> MessagingBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close_connection()

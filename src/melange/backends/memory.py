@@ -1,0 +1,556 @@
+"""An in-memory backend with the semantics of a real broker.
+
+Queues hold messages until they are acknowledged. A received message is invisible to other
+receivers for the queue's visibility timeout; if it is not settled by then, or is nacked, it
+is delivered again with a higher receive count. After ``max_receive_count`` deliveries a queue
+with a dead-letter queue moves the message there, as SQS does. Names ending in ``.fifo`` (or
+queues declared with ``fifo=True``) deliver each message group strictly in order.
+
+Everything lives in one process and is lost when it exits; use it in tests and for local
+development, and :mod:`melange.backends.sqlite` where messages must survive a restart.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.exceptions import (
+    ConfigurationError,
+    MessageTooLargeError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+)
+from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message, QueueWrapper, TopicWrapper
+
+#: FIFO deduplication window, as on SQS.
+_DEDUP_WINDOW_SECONDS = 300.0
+
+
+class _Stored:
+    """A message as the broker holds it (never handed out: receivers get fresh copies)."""
+
+    __slots__ = (
+        "content",
+        "dedup_id",
+        "group_id",
+        "headers",
+        "manifest",
+        "message_id",
+        "receipt",
+        "receive_count",
+        "seq",
+        "serializer_id",
+        "visible_at",
+    )
+
+    def __init__(self, message: Message, seq: int, headers: dict[str, str] | None = None) -> None:
+        self.message_id = message.message_id
+        self.content = message.content
+        self.serializer_id = message.serializer_id
+        self.manifest = message.manifest
+        self.headers = headers if headers is not None else dict(message.headers)
+        self.group_id = message.group_id
+        self.dedup_id = message.deduplication_id
+        self.seq = seq
+        self.receive_count = 0
+        self.receipt = 0
+        self.visible_at = 0.0
+
+
+@dataclass
+class _Queue:
+    name: str
+    fifo: bool
+    visibility_timeout: float
+    delay_seconds: float = 0.0
+    dead_letter_queue: str | None = None
+    max_receive_count: int = 4
+    ready: deque[_Stored] = field(default_factory=deque)
+    # Redelivered and delayed messages, by the time they become visible, then publish order.
+    pending: list[tuple[float, int, _Stored]] = field(default_factory=list)
+    inflight: dict[int, _Stored] = field(default_factory=dict)
+    leases: list[tuple[float, int]] = field(default_factory=list)
+    groups_in_flight: dict[str, int] = field(default_factory=dict)
+    dedup_seen: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Subscription:
+    queue: str
+    manifests: frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class _Receipt:
+    queue: str
+    receipt: int
+
+
+class InMemoryMessagingBackend(MessagingBackend):
+    """A thread-safe broker in process memory, with production delivery semantics.
+
+    Args:
+        visibility_timeout: Default seconds a received message stays invisible.
+        max_message_size: Largest body accepted, in bytes (``None``: no limit).
+        auto_create: Create queues and topics on first use instead of raising
+            ``QueueNotFoundError``/``TopicNotFoundError`` (handy in quick tests).
+        clock: Monotonic clock in seconds; tests pass a fake one to step through timeouts.
+    """
+
+    loop_wait_seconds = 1.0
+
+    def __init__(
+        self,
+        visibility_timeout: float = 30.0,
+        *,
+        max_message_size: int | None = None,
+        auto_create: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._default_visibility = visibility_timeout
+        self._max_message_size = max_message_size
+        self._auto_create = auto_create
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._queues: dict[str, _Queue] = {}
+        self._topics: dict[str, list[_Subscription]] = {}
+        self._seq = itertools.count(1)
+        self._receipts = itertools.count(1)
+        # Queue name -> callbacks run after a message lands there (see link_synchronously).
+        self._listeners: dict[str, list[Callable[[str], None]]] = {}
+        self._local = threading.local()
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(
+            name="memory",
+            persistent=False,
+            fifo=True,
+            topics=True,
+            native_dead_letter=True,
+            delayed_delivery=True,
+            visibility_timeout=True,
+            extend_visibility=True,
+            receive_count=True,
+            filter_policies=True,
+            max_message_size=self._max_message_size,
+            max_batch_size=None,
+        )
+
+    # -- topology ---------------------------------------------------------------------------
+
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        with self._lock:
+            self._topics.setdefault(topic_name, [])
+        return TopicWrapper(topic_name, topic_name)
+
+    def get_topic(self, topic_name: str) -> TopicWrapper:
+        with self._lock:
+            if topic_name not in self._topics:
+                if not self._auto_create:
+                    raise TopicNotFoundError(topic_name)
+                self._topics[topic_name] = []
+        return TopicWrapper(topic_name, topic_name)
+
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        with self._lock:
+            if queue_name not in self._queues:
+                if not self._auto_create:
+                    raise QueueNotFoundError(queue_name)
+                self._create_queue(queue_name, {})
+        return QueueWrapper(queue_name, queue_name)
+
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        filter_events = kwargs.pop("filter_events", None)
+        manifests = frozenset(filter_events) if filter_events else None
+        with self._lock:
+            if dead_letter_queue_name is not None and dead_letter_queue_name != queue_name:
+                dlq_options = {k: v for k, v in kwargs.items() if k == "fifo"}
+                self._create_queue(dead_letter_queue_name, dlq_options)
+            queue = self._create_queue(queue_name, kwargs)
+            if dead_letter_queue_name is not None:
+                queue.dead_letter_queue = dead_letter_queue_name
+            for topic in topics_to_bind:
+                subscriptions = self._topics.setdefault(topic.name, [])
+                subscriptions[:] = [s for s in subscriptions if s.queue != queue_name]
+                subscriptions.append(_Subscription(queue_name, manifests))
+        dlq = QueueWrapper(dead_letter_queue_name) if dead_letter_queue_name else None
+        return QueueWrapper(queue_name, queue_name), dlq
+
+    def _create_queue(self, name: str, options: Mapping[str, Any]) -> _Queue:
+        known = {"fifo", "visibility_timeout", "delay_seconds", "max_receive_count"}
+        unknown = set(options) - known
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {sorted(unknown)} for in-memory queue {name!r}; "
+                f"known: {sorted(known)}"
+            )
+        queue = self._queues.get(name)
+        fifo = bool(options.get("fifo", name.endswith(".fifo")))
+        if queue is None:
+            queue = _Queue(
+                name=name,
+                fifo=fifo,
+                visibility_timeout=float(
+                    options.get("visibility_timeout", self._default_visibility)
+                ),
+            )
+            self._queues[name] = queue
+        elif "visibility_timeout" in options:
+            queue.visibility_timeout = float(options["visibility_timeout"])
+        if "delay_seconds" in options:
+            queue.delay_seconds = float(options["delay_seconds"])
+        if "max_receive_count" in options:
+            count = int(options["max_receive_count"])
+            if count < 1:
+                raise ConfigurationError(f"max_receive_count must be at least 1, got {count}")
+            queue.max_receive_count = count
+        return queue
+
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        with self._lock:
+            self._queues.pop(queue.name, None)
+            for subscriptions in self._topics.values():
+                subscriptions[:] = [s for s in subscriptions if s.queue != queue.name]
+            self._listeners.pop(queue.name, None)
+
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        with self._lock:
+            self._topics.pop(topic.name, None)
+
+    # -- inspection (tests and tools) -------------------------------------------------------
+
+    def queue_names(self) -> list[str]:
+        """Names of every queue."""
+        with self._lock:
+            return sorted(self._queues)
+
+    def queue_depth(self, queue_name: str) -> int:
+        """Messages in the queue, in flight or not (SQS's visible + not visible)."""
+        with self._lock:
+            queue = self._require(queue_name)
+            return len(queue.ready) + len(queue.pending) + len(queue.inflight)
+
+    def peek(self, queue_name: str) -> list[Message]:
+        """Copies of every message held by the queue, without receiving them."""
+        with self._lock:
+            queue = self._require(queue_name)
+            stored = [*queue.ready, *(s for _, _, s in queue.pending), *queue.inflight.values()]
+            return [self._copy(s, None) for s in sorted(stored, key=lambda s: s.seq)]
+
+    def purge(self, queue_name: str) -> None:
+        """Drop every message of the queue."""
+        with self._lock:
+            queue = self._require(queue_name)
+            queue.ready.clear()
+            queue.pending.clear()
+            queue.inflight.clear()
+            queue.leases.clear()
+            queue.groups_in_flight.clear()
+
+    def _require(self, name: str) -> _Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            raise QueueNotFoundError(name)
+        return queue
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        self.publish_batch_to_queue([message], queue, **kwargs)
+
+    def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
+    ) -> None:
+        self._check_sizes(messages)
+        with self._lock:
+            target = self._queues.get(queue.name)
+            if target is None:
+                if not self._auto_create:
+                    raise QueueNotFoundError(queue.name)
+                target = self._create_queue(queue.name, {})
+            for message in messages:
+                self._enqueue(target, message)
+            self._arrived.notify_all()
+        self._notify([queue.name])
+
+    def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        self.publish_batch_to_topic([message], topic, **kwargs)
+
+    def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
+    ) -> None:
+        self._check_sizes(messages)
+        reached: list[str] = []
+        with self._lock:
+            subscriptions = self._topics.get(topic.name)
+            if subscriptions is None:
+                if not self._auto_create:
+                    raise TopicNotFoundError(topic.name)
+                subscriptions = self._topics[topic.name] = []
+            for sub in subscriptions:
+                target = self._queues.get(sub.queue)
+                if target is None:
+                    continue
+                for message in messages:
+                    if sub.manifests is None or message.manifest in sub.manifests:
+                        self._enqueue(target, message)
+                        reached.append(sub.queue)
+            self._arrived.notify_all()
+        self._notify(list(dict.fromkeys(reached)))
+
+    def _check_sizes(self, messages: Iterable[Message]) -> None:
+        limit = self._max_message_size
+        if limit is None:
+            return
+        for message in messages:
+            size = len(message.content.encode("utf-8"))
+            if size > limit:
+                raise MessageTooLargeError(size, limit, "in-memory")
+
+    def _enqueue(
+        self, queue: _Queue, message: Message, headers: dict[str, str] | None = None
+    ) -> None:
+        now = self._clock()
+        if queue.fifo:
+            if message.group_id is None:
+                raise ConfigurationError(
+                    f"queue {queue.name!r} is FIFO: publish with a message_group_id"
+                )
+            dedup = message.deduplication_id
+            if dedup is not None:
+                seen = queue.dedup_seen.get(dedup)
+                if seen is not None and now - seen < _DEDUP_WINDOW_SECONDS:
+                    return
+                queue.dedup_seen[dedup] = now
+        stored = _Stored(message, next(self._seq), headers)
+        if queue.delay_seconds > 0:
+            stored.visible_at = now + queue.delay_seconds
+            heapq.heappush(queue.pending, (stored.visible_at, stored.seq, stored))
+        else:
+            queue.ready.append(stored)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        max_messages = int(kwargs.get("max_messages") or 10)
+        wait = float(kwargs.get("wait_seconds") or 0.0)
+        deadline = time.monotonic() + wait
+        with self._lock:
+            while True:
+                target = self._require(queue.name)
+                received = self._receive(target, max_messages)
+                remaining = deadline - time.monotonic()
+                if received or remaining <= 0:
+                    return received
+                self._arrived.wait(min(remaining, self._next_wakeup(target)))
+
+    def _next_wakeup(self, queue: _Queue) -> float:
+        times = [t for t, _ in queue.leases[:1]] + [t for t, _, _ in queue.pending[:1]]
+        if not times:
+            return 3600.0
+        return max(0.001, min(times) - self._clock())
+
+    def _receive(self, queue: _Queue, max_messages: int) -> list[Message]:
+        now = self._clock()
+        self._expire_leases(queue, now)
+        out: list[Message] = []
+        blocked: list[_Stored] = []
+        batch_groups: set[str] = set()
+        while len(out) < max_messages:
+            stored = self._next_candidate(queue, now)
+            if stored is None:
+                break
+            group = stored.group_id
+            busy = group is not None and group in queue.groups_in_flight
+            if queue.fifo and busy and group not in batch_groups:
+                blocked.append(stored)
+                continue
+            if stored.receive_count >= queue.max_receive_count and queue.dead_letter_queue:
+                self._move_to_dlq(queue, stored, "max receive count exceeded")
+                continue
+            stored.receive_count += 1
+            stored.receipt = next(self._receipts)
+            stored.visible_at = now + queue.visibility_timeout
+            queue.inflight[stored.receipt] = stored
+            heapq.heappush(queue.leases, (stored.visible_at, stored.receipt))
+            if queue.fifo and group is not None:
+                queue.groups_in_flight[group] = queue.groups_in_flight.get(group, 0) + 1
+                batch_groups.add(group)
+            out.append(self._copy(stored, _Receipt(queue.name, stored.receipt)))
+        # Messages of busy groups go back in front, in their original order.
+        for stored in sorted(blocked, key=lambda s: s.seq, reverse=True):
+            queue.ready.appendleft(stored)
+        return out
+
+    def _next_candidate(self, queue: _Queue, now: float) -> _Stored | None:
+        # Redelivered messages due now are older than anything in ``ready``: take them first.
+        if queue.pending and queue.pending[0][0] <= now:
+            return heapq.heappop(queue.pending)[2]
+        if queue.ready:
+            return queue.ready.popleft()
+        return None
+
+    def _expire_leases(self, queue: _Queue, now: float) -> None:
+        while queue.leases and queue.leases[0][0] <= now:
+            _, receipt = heapq.heappop(queue.leases)
+            stored = queue.inflight.get(receipt)
+            if stored is None or stored.visible_at > now:
+                continue  # settled, or its lease was extended
+            self._release(queue, receipt)
+            heapq.heappush(queue.pending, (now, stored.seq, stored))
+
+    def _release(self, queue: _Queue, receipt: int) -> _Stored | None:
+        stored = queue.inflight.pop(receipt, None)
+        if stored is not None and queue.fifo and stored.group_id is not None:
+            count = queue.groups_in_flight.get(stored.group_id, 0) - 1
+            if count > 0:
+                queue.groups_in_flight[stored.group_id] = count
+            else:
+                queue.groups_in_flight.pop(stored.group_id, None)
+        return stored
+
+    def _move_to_dlq(self, queue: _Queue, stored: _Stored, reason: str) -> None:
+        assert queue.dead_letter_queue is not None
+        dlq = self._queues.get(queue.dead_letter_queue)
+        if dlq is None:
+            dlq = self._create_queue(queue.dead_letter_queue, {"fifo": queue.fifo})
+        headers = dict(stored.headers)
+        headers.setdefault(FAILURE_REASON, reason)
+        headers.setdefault(FAILURE_QUEUE, queue.name)
+        copy = self._copy(stored, None)
+        copy.deduplication_id = None
+        self._enqueue(dlq, copy, headers)
+
+    @staticmethod
+    def _copy(stored: _Stored, receipt: _Receipt | None) -> Message:
+        return Message(
+            stored.message_id,
+            stored.content,
+            receipt,
+            stored.serializer_id,
+            stored.manifest,
+            stored.headers,
+            stored.receive_count or None,
+            stored.group_id,
+            stored.dedup_id,
+        )
+
+    def _lease(self, message: Message) -> tuple[_Queue, int] | None:
+        receipt = message.metadata
+        if not isinstance(receipt, _Receipt):
+            raise ValueError(f"{message!r} was not received from an in-memory backend")
+        queue = self._queues.get(receipt.queue)
+        if queue is None or receipt.receipt not in queue.inflight:
+            return None  # queue deleted or lease expired: a late settle is a no-op
+        return queue, receipt.receipt
+
+    def acknowledge(self, message: Message) -> None:
+        with self._lock:
+            lease = self._lease(message)
+            if lease is not None:
+                self._release(*lease)
+                self._arrived.notify_all()
+
+    def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        with self._lock:
+            for message in messages:
+                lease = self._lease(message)
+                if lease is not None:
+                    self._release(*lease)
+            self._arrived.notify_all()
+
+    def nack(self, message: Message, delay: float = 0.0) -> None:
+        with self._lock:
+            lease = self._lease(message)
+            if lease is None:
+                return
+            queue, receipt = lease
+            stored = queue.inflight[receipt]
+            if queue.fifo and delay > 0:
+                # The group stays blocked while its head waits, as on SQS FIFO.
+                stored.visible_at = self._clock() + delay
+                heapq.heappush(queue.leases, (stored.visible_at, receipt))
+                return
+            self._release(queue, receipt)
+            stored.visible_at = self._clock() + max(0.0, delay)
+            heapq.heappush(queue.pending, (stored.visible_at, stored.seq, stored))
+            self._arrived.notify_all()
+
+    def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
+        with self._lock:
+            lease = self._lease(message)
+            if lease is None:
+                receipt = message.metadata
+                queue = self._queues.get(receipt.queue) if isinstance(receipt, _Receipt) else None
+                return queue is not None and queue.dead_letter_queue is not None
+            queue, receipt_id = lease
+            if queue.dead_letter_queue is None:
+                return False
+            stored = self._release(queue, receipt_id)
+            assert stored is not None
+            stored.headers = {**stored.headers, **headers}
+            self._move_to_dlq(queue, stored, headers.get(FAILURE_REASON, "dead-lettered"))
+            self._arrived.notify_all()
+            return True
+
+    def extend_visibility(self, message: Message, seconds: float) -> None:
+        with self._lock:
+            lease = self._lease(message)
+            if lease is None:
+                return
+            queue, receipt = lease
+            stored = queue.inflight[receipt]
+            stored.visible_at = self._clock() + seconds
+            heapq.heappush(queue.leases, (stored.visible_at, receipt))
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._arrived.notify_all()
+
+    def close_connection(self) -> None:
+        self.interrupt()
+
+    # -- synchronous delivery (see melange.backends.testing.link_synchronously) -------------
+
+    def add_listener(self, queue_name: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(queue_name)`` each time messages land in the queue.
+
+        Callbacks run in the publishing thread after the publish returns; one that publishes
+        again does not recurse: the new deliveries run after it returns.
+        """
+        with self._lock:
+            self._listeners.setdefault(queue_name, []).append(callback)
+
+    def _notify(self, queue_names: list[str]) -> None:
+        if not self._listeners:
+            return
+        pending: deque[str] | None = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.extend(queue_names)
+            return
+        pending = self._local.pending = deque(queue_names)
+        try:
+            while pending:
+                name = pending.popleft()
+                with self._lock:
+                    callbacks = list(self._listeners.get(name, ()))
+                for callback in callbacks:
+                    callback(name)
+        finally:
+            self._local.pending = None

@@ -1,0 +1,1 @@
+"""Amazon SQS/SNS and SQS-compatible backends (needs the ``aws`` extra: boto3)."""

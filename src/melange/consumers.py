@@ -1,0 +1,216 @@
+"""Consumers: the code that reacts to messages.
+
+Subclass :class:`Consumer` and implement :meth:`Consumer.process` (and optionally
+:meth:`Consumer.accepts`), pass callbacks to it, or subclass :class:`SingleDispatchConsumer`
+and mark one method per message type with :func:`consumer` (alias :func:`listener`)::
+
+    class PaymentConsumer(SingleDispatchConsumer):
+        @consumer
+        def on_order(self, event: OrderCreated) -> None: ...
+
+Attach consumers to a :class:`~melange.message_dispatcher.MessageDispatcher`, which polls a
+queue and hands each message to every consumer that accepts it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from melange.exceptions import ConfigurationError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_CONSUMER_MARK = "__melange_consumer__"
+
+
+def _callable_name(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None) or "?"
+    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    name = f"{module}.{qualname}"
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        # Anonymous and nested callables share a qualname; the line tells them apart.
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            name += f":{code.co_firstlineno}"
+    return name
+
+
+class Consumer:
+    """Receives deserialized messages from a dispatcher.
+
+    Args:
+        on_message: Called with each accepted message, unless :meth:`process` is overridden.
+        accepts: Predicate on the deserialized message; by default every message is accepted.
+        name: Stable name of this consumer, used in deduplication keys and logs. It defaults to
+            the class's qualified name (``module.Class``, the key 7.2.0 used) plus the callback's
+            qualified name when one is given, so two consumers that share a class but not a
+            callback never share deduplication entries. Give an explicit name when a consumer's
+            code may move between modules but must keep its deduplication history.
+
+    A message counts as processed when :meth:`process` returns; if it raises, the dispatcher
+    logs the exception and the message is retried according to the failure policy.
+
+    Note:
+        ``accepts`` receives the deserialized message. Overrides written in the older style of
+        the original documentation, ``def accepts(self, manifest)`` (first parameter named
+        ``manifest``), are given the message's manifest instead.
+    """
+
+    def __init__(
+        self,
+        on_message: Callable[[Any], Any] | None = None,
+        accepts: Callable[[Any], bool] | None = None,
+        *,
+        name: str | None = None,
+        failure_policy: Any = None,
+    ) -> None:
+        self._on_message = on_message
+        self._accepts = accepts
+        cls = type(self)
+        default = f"{cls.__module__}.{cls.__qualname__}"
+        if on_message is not None:
+            default += f"[{_callable_name(on_message)}]"
+        self.name: str = name or default
+        #: Overrides the dispatcher's failure policy for this consumer (``FailurePolicy``).
+        self.failure_policy = failure_policy
+
+    def process(self, message: Any, **kwargs: Any) -> None:
+        """Handle one message. The default calls ``on_message``."""
+        if self._on_message is None:
+            raise NotImplementedError(
+                f"{type(self).__qualname__} has no on_message callback: pass one or override "
+                "process()"
+            )
+        self._on_message(message)
+
+    def accepts(self, message: Any) -> bool:
+        """Whether this consumer wants ``message``. The default uses the ``accepts`` callback."""
+        if self._accepts is None:
+            return True
+        return bool(self._accepts(message))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} {self.name!r}>"
+
+
+def consumer(func: F) -> F:
+    """Mark a method of a :class:`SingleDispatchConsumer` as the handler of one message type.
+
+    The type is taken from the annotation of the method's message parameter.
+    """
+    setattr(func, _CONSUMER_MARK, True)
+    return func
+
+
+#: The name the original documentation uses for :func:`consumer`.
+listener = consumer
+
+
+class SingleDispatchConsumer(Consumer):
+    """A consumer with one method per message type, chosen by the type of the message.
+
+    Mark methods with :func:`consumer`; the annotation of their message parameter is the type
+    they handle. A message is accepted when its type, or one of its base classes, has a
+    handler; the most specific handler runs.
+    """
+
+    _handler_names: typing.ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names = list(cls._handler_names)
+        for attr, value in vars(cls).items():
+            if callable(value) and getattr(value, _CONSUMER_MARK, False) and attr not in names:
+                names.append(attr)
+        cls._handler_names = tuple(names)
+        cls._handlers_cache = None
+
+    _handlers_cache: typing.ClassVar[dict[type, str] | None] = None
+
+    def __init__(self, *, name: str | None = None, failure_policy: Any = None) -> None:
+        super().__init__(name=name, failure_policy=failure_policy)
+        self._resolved: dict[type, str | None] = {}
+
+    @classmethod
+    def _handlers(cls) -> dict[type, str]:
+        # Resolved lazily so annotations may name classes defined after the consumer.
+        if cls._handlers_cache is None:
+            table: dict[type, str] = {}
+            for attr in cls._handler_names:
+                func = getattr(cls, attr)
+                table[_message_type(cls, attr, func)] = attr
+            cls._handlers_cache = table
+        return cls._handlers_cache
+
+    def _handler_for(self, message: Any) -> str | None:
+        cls = type(message)
+        if cls in self._resolved:
+            return self._resolved[cls]
+        handlers = self._handlers()
+        found = None
+        for base in cls.__mro__:
+            if base in handlers:
+                found = handlers[base]
+                break
+        self._resolved[cls] = found
+        return found
+
+    def accepts(self, message: Any) -> bool:
+        return self._handler_for(message) is not None
+
+    def process(self, message: Any, **kwargs: Any) -> None:
+        attr = self._handler_for(message)
+        if attr is None:
+            raise TypeError(f"{type(self).__qualname__} has no handler for {type(message)!r}")
+        getattr(self, attr)(message)
+
+
+def _message_type(owner: type, attr: str, func: Callable[..., Any]) -> type:
+    params = [p for p in inspect.signature(func).parameters.values() if p.name != "self"]
+    where = f"{owner.__qualname__}.{attr}"
+    if not params:
+        raise ConfigurationError(f"@consumer method {where} takes no message parameter")
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:
+        hints = {}
+    annotation = hints.get(params[0].name, params[0].annotation)
+    origin = typing.get_origin(annotation)
+    if origin is not None and isinstance(origin, type):
+        annotation = origin
+    if not isinstance(annotation, type) or annotation is inspect.Parameter.empty:
+        raise ConfigurationError(
+            f"@consumer method {where} needs a class annotation on parameter "
+            f"{params[0].name!r} to know which messages it handles (got {annotation!r})"
+        )
+    return annotation
+
+
+def _wants_manifest(consumer_obj: Consumer) -> bool:
+    """True for ``accepts(self, manifest)`` overrides written in the original docs' style."""
+    method = type(consumer_obj).accepts
+    if method in (Consumer.accepts, SingleDispatchConsumer.accepts):
+        return False
+    params = [p for p in inspect.signature(method).parameters.values() if p.name != "self"]
+    return bool(params) and params[0].name == "manifest"
+
+
+def __getattr__(name: str) -> Any:
+    # The dispatchers are importable from here too, as the original documentation shows;
+    # imported lazily because the dispatcher module imports this one.
+    if name in {"MessageDispatcher", "SimpleMessageDispatcher", "ConsumerHandler"}:
+        from melange import message_dispatcher
+
+        return getattr(message_dispatcher, name)
+    raise AttributeError(f"module 'melange.consumers' has no attribute {name!r}")
+
+
+__all__ = [
+    "Consumer",
+    "SingleDispatchConsumer",
+    "consumer",
+    "listener",
+]

@@ -1,0 +1,199 @@
+"""The dispatch decisions, free of I/O.
+
+Everything a dispatcher decides about a received message lives here: how to decode it, which
+consumers get it, and how the message is settled given what each consumer did. The functions
+take values and return values; receiving, calling consumers, the deduplication cache and
+settling with the broker are the caller's job. The same logic thus drives the threaded
+dispatcher, an asyncio one, and every backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from melange.consumers import Consumer, _wants_manifest
+from melange.exceptions import SerializationError
+from melange.models import (
+    FAILURE_ATTEMPTS,
+    FAILURE_CONSUMER,
+    FAILURE_EXCEPTION,
+    FAILURE_QUEUE,
+    FAILURE_REASON,
+    Message,
+)
+from melange.policy import FailurePolicy
+from melange.serializers.registry import SerializerRegistry
+
+
+class Action(enum.Enum):
+    """How a message is settled."""
+
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision for one message: the action, the retry delay, and why."""
+
+    action: Action
+    delay: float = 0.0
+    reason: str = ""
+    exception_type: str = ""
+    consumer: str = ""
+
+    def failure_headers(self, message: Message, queue_name: str) -> dict[str, str]:
+        """Headers a dead-lettered copy of ``message`` carries."""
+        return {
+            FAILURE_REASON: self.reason,
+            FAILURE_EXCEPTION: self.exception_type,
+            FAILURE_ATTEMPTS: str(message.attempt or 1),
+            FAILURE_CONSUMER: self.consumer,
+            FAILURE_QUEUE: queue_name,
+        }
+
+
+ACK = Verdict(Action.ACK)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A message that was decoded."""
+
+    payload: Any
+
+
+@dataclass(frozen=True)
+class Poison:
+    """A message that cannot be decoded, and why. It is dead-lettered, never retried."""
+
+    reason: str
+    exception_type: str
+
+
+def decode(message: Message, registry: SerializerRegistry) -> Decoded | Poison:
+    """Decode ``message`` strictly with the serializer its id names among ``registry``'s."""
+    try:
+        payload = registry.deserialize(message.content, message.serializer_id, message.manifest)
+    except SerializationError as exc:
+        return Poison(str(exc), type(exc).__name__)
+    return Decoded(payload)
+
+
+def poison_verdict(poison: Poison) -> Verdict:
+    """Undecodable messages go straight to the dead-letter queue."""
+    return Verdict(
+        Action.DEAD_LETTER,
+        reason=f"undecodable message: {poison.reason}",
+        exception_type=poison.exception_type,
+        consumer="",
+    )
+
+
+class Outcome(enum.Enum):
+    """What happened when one consumer was given a message."""
+
+    SUCCEEDED = "succeeded"
+    SKIPPED_DUPLICATE = "skipped_duplicate"
+    BUSY = "busy"  # another process holds the deduplication claim
+    FAILED = "failed"
+    NOT_ATTEMPTED = "not_attempted"  # the deduplication cache could not be reached
+
+
+@dataclass(frozen=True)
+class ConsumerResult:
+    """One consumer's outcome for a message (``error`` set when it failed)."""
+
+    consumer: Consumer
+    outcome: Outcome
+    error: BaseException | None = None
+
+
+class Route:
+    """Picks the consumers that accept a message, remembering how each wants to be asked."""
+
+    __slots__ = ("_consumers",)
+
+    def __init__(self, consumers: Iterable[Consumer] = ()) -> None:
+        self._consumers: list[tuple[Consumer, bool]] = []
+        for item in consumers:
+            self.add(item)
+
+    def add(self, consumer: Consumer) -> None:
+        """Route messages to ``consumer`` too."""
+        if not isinstance(consumer, Consumer):
+            raise TypeError(
+                f"expected a melange Consumer, got {type(consumer).__name__}: {consumer!r}"
+            )
+        self._consumers.append((consumer, _wants_manifest(consumer)))
+
+    def remove(self, consumer: Consumer) -> None:
+        """Stop routing to ``consumer``."""
+        self._consumers = [(c, m) for c, m in self._consumers if c is not consumer]
+
+    @property
+    def consumers(self) -> list[Consumer]:
+        """The attached consumers, in order."""
+        return [c for c, _ in self._consumers]
+
+    def select(self, payload: Any, manifest: str | None) -> list[Consumer]:
+        """The consumers whose ``accepts`` is true for the message."""
+        return [
+            consumer
+            for consumer, wants_manifest in self._consumers
+            if consumer.accepts(manifest if wants_manifest else payload)
+        ]
+
+
+def settle(
+    results: Sequence[ConsumerResult],
+    attempt: int | None,
+    policy: FailurePolicy,
+    *,
+    always_ack: bool = False,
+    rng: random.Random | None = None,
+) -> Verdict:
+    """Decide how to settle a message given each accepting consumer's outcome.
+
+    The message is acknowledged when every consumer succeeded or skipped a duplicate (and
+    when no consumer accepted it, or ``always_ack`` is set). A failure is retried after the
+    policy's delay until the policy is exhausted, then dead-lettered; a non-retryable
+    exception dead-letters at once. When several consumers failed, a retry wins over a
+    dead-letter so that no consumer loses its remaining attempts. A consumer's own
+    ``failure_policy`` overrides ``policy``.
+    """
+    if always_ack:
+        return ACK
+    failed = [r for r in results if r.outcome is Outcome.FAILED and r.error is not None]
+    if not failed:
+        if any(r.outcome in (Outcome.BUSY, Outcome.NOT_ATTEMPTED) for r in results):
+            # Nothing failed, but a consumer could not run yet: come back later, without blame.
+            return Verdict(
+                Action.RETRY,
+                delay=policy.delay_for(1, rng),
+                reason="deduplication claim held elsewhere or cache unreachable",
+            )
+        return ACK
+    first_error = failed[0].error
+    assert first_error is not None
+    reason = f"{type(first_error).__name__}: {first_error}"
+    exc_type = f"{type(first_error).__module__}.{type(first_error).__qualname__}"
+    names = ", ".join(r.consumer.name for r in failed)
+    retry_delays: list[float] = []
+    any_retryable = False
+    for result in failed:
+        own = result.consumer.failure_policy or policy
+        assert result.error is not None
+        if own.is_retryable(result.error):
+            any_retryable = True
+            if not own.exhausted(attempt):
+                retry_delays.append(own.delay_for(attempt, rng))
+    if retry_delays:
+        return Verdict(Action.RETRY, max(retry_delays), reason, exc_type, names)
+    why = f"gave up after {attempt} attempt(s)" if any_retryable else "non-retryable exception"
+    return Verdict(Action.DEAD_LETTER, 0.0, f"{why}: {reason}", exc_type, names)

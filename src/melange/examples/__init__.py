@@ -1,0 +1,1 @@
+"""Runnable examples: the payment service, the saga, and the documentation's snippets."""

@@ -1,0 +1,1 @@
+"""Helpers the documentation's examples import."""

@@ -1,0 +1,1 @@
+"""Infrastructure used by dispatchers: deduplication caches."""

@@ -1,0 +1,42 @@
+"""JSON serializer (id 1, manifest ``"json"``): dicts, lists and plain values."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from melange.exceptions import SerializationError
+from melange.serializers.interfaces import Serializer
+
+
+class JsonSerializer(Serializer[Any]):
+    """Serializes JSON-compatible values (dicts, lists, strings, numbers, booleans, None).
+
+    The wire format is plain ``json.dumps`` text, readable by any language.
+    """
+
+    bound_types: ClassVar[tuple[type, ...]] = (dict, list, str, int, float, bool, type(None))
+
+    def identifier(self) -> int:
+        return 1
+
+    def manifest(self, data: Any) -> str:
+        return "json"
+
+    def serialize(self, data: Any) -> str:
+        try:
+            return json.dumps(data)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(
+                f"JsonSerializer cannot serialize {type(data).__qualname__}: {exc}"
+            ) from exc
+
+    def deserialize(self, data: str, manifest: str | None = None) -> Any:
+        try:
+            return json.loads(data)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(f"body is not valid JSON: {exc}") from exc
+
+
+#: The spelling used in the original documentation.
+JSONSerializer = JsonSerializer

@@ -1,0 +1,219 @@
+"""Choosing a serializer: by type when publishing, by serializer id when consuming.
+
+A :class:`SerializerRegistry` is built from whatever a publisher or dispatcher was given: one
+serializer, a list of serializers, or a configuration dict in the 7.2.0 form::
+
+    SerializerRegistry({
+        "serializers": {"json": JsonSerializer, "pickle": PickleSerializer},
+        "serializer_bindings": {dict: "json", MyEvent: "pickle"},
+        "default": "json",
+    })
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Union
+
+from melange.exceptions import (
+    ConfigurationError,
+    NoSerializerFoundError,
+    SerializationError,
+    UnknownSerializerError,
+)
+from melange.serializers.interfaces import Serializer
+
+#: What publishers and dispatchers accept where they need serializers.
+SerializerSource = Union[
+    Serializer[Any], Sequence[Serializer[Any]], "SerializerRegistry", Mapping[str, Any]
+]
+
+
+def sort(types: Iterable[type]) -> list[type]:
+    """Order ``types`` so that every class comes before its base classes (most specific first)."""
+    remaining = list(dict.fromkeys(types))
+    ordered: list[type] = []
+    while remaining:
+        for candidate in remaining:
+            if not any(
+                other is not candidate and issubclass(other, candidate) for other in remaining
+            ):
+                ordered.append(candidate)
+                remaining.remove(candidate)
+                break
+        else:  # pragma: no cover - issubclass is a partial order, so this cannot happen
+            ordered.extend(remaining)
+            break
+    return ordered
+
+
+def _normalize_type(bound: Any) -> list[type]:
+    # typing.Dict / typing.List and parametrized generics bind their runtime class too.
+    origin = typing.get_origin(bound)
+    if origin is not None and isinstance(origin, type):
+        return [origin]
+    if bound is typing.Dict:  # noqa: UP006 - 7.2.0 configurations use it
+        return [dict]
+    if isinstance(bound, type):
+        return [bound]
+    raise ConfigurationError(f"serializer binding {bound!r} is not a type")
+
+
+class SerializerRegistry:
+    """The serializers a publisher or dispatcher may use, and which one to pick.
+
+    Publishing picks the serializer bound to the exact type of the object, else the one bound
+    to its most specific bound base class, else the default, else raises
+    :class:`~melange.exceptions.NoSerializerFoundError`. Consuming picks strictly by the
+    message's serializer id; an id not registered raises
+    :class:`~melange.exceptions.UnknownSerializerError`.
+    """
+
+    def __init__(
+        self,
+        serializer_settings: Mapping[str, Any] | None = None,
+        *,
+        serializers: Iterable[Serializer[Any]] = (),
+        default: Serializer[Any] | None = None,
+    ) -> None:
+        self._by_id: dict[int, Serializer[Any]] = {}
+        self._bindings: dict[type, Serializer[Any]] = {}
+        self._default: Serializer[Any] | None = None
+        self._lookup_cache: dict[type, Serializer[Any]] = {}
+        if serializer_settings is not None:
+            self._load_settings(serializer_settings)
+        for serializer in serializers:
+            self.register(serializer, *serializer.bound_types)
+        if default is not None:
+            self._add(default)
+            self._default = default
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def coerce(cls, source: SerializerSource | None) -> SerializerRegistry:
+        """Build a registry from one serializer, a list of them, a config dict or a registry."""
+        if isinstance(source, SerializerRegistry):
+            return source
+        if isinstance(source, Serializer):
+            return cls(serializers=[source], default=source)
+        if isinstance(source, Mapping):
+            return cls(source)
+        if isinstance(source, Sequence) and not isinstance(source, str | bytes):
+            items = list(source)
+            bad = [s for s in items if not isinstance(s, Serializer)]
+            if not items or bad:
+                raise ConfigurationError(f"expected a list of Serializer instances, got {source!r}")
+            return cls(serializers=items, default=items[0])
+        raise ConfigurationError(
+            "serializers must be a Serializer instance, a list of them, a SerializerRegistry "
+            f"or a registry config dict; got {type(source).__name__}: {source!r}"
+        )
+
+    def _load_settings(self, settings: Mapping[str, Any]) -> None:
+        unknown = set(settings) - {"serializers", "serializer_bindings", "default"}
+        if unknown:
+            raise ConfigurationError(f"unknown serializer settings: {sorted(unknown)}")
+        named: dict[str, Serializer[Any]] = {}
+        for name, spec in dict(settings.get("serializers", {})).items():
+            instance = spec() if isinstance(spec, type) else spec
+            if not isinstance(instance, Serializer):
+                raise ConfigurationError(f"serializer {name!r} is not a Serializer: {spec!r}")
+            named[name] = instance
+            self._add(instance)
+        for bound, name in dict(settings.get("serializer_bindings", {})).items():
+            if name not in named:
+                raise ConfigurationError(
+                    f"binding {bound!r} names serializer {name!r}, which is not among "
+                    f"the configured serializers {sorted(named)}"
+                )
+            for cls in _normalize_type(bound):
+                self._bindings[cls] = named[name]
+        default_name = settings.get("default")
+        if default_name is not None:
+            if default_name not in named:
+                raise ConfigurationError(
+                    f"default serializer {default_name!r} is not among {sorted(named)}"
+                )
+            self._default = named[default_name]
+
+    def _add(self, serializer: Serializer[Any]) -> None:
+        ident = serializer.identifier()
+        existing = self._by_id.get(ident)
+        if existing is not None and existing is not serializer:
+            if type(existing) is type(serializer):
+                return
+            raise ConfigurationError(
+                f"serializers {existing!r} and {serializer!r} share the identifier {ident}"
+            )
+        self._by_id[ident] = serializer
+
+    def register(
+        self, serializer: Serializer[Any], *types: type, default: bool = False
+    ) -> SerializerRegistry:
+        """Add ``serializer``, bound to ``types``; make it the default if asked. Chainable."""
+        self._add(serializer)
+        for bound in types:
+            for cls in _normalize_type(bound):
+                self._bindings.setdefault(cls, serializer)
+        if default:
+            self._default = serializer
+        self._lookup_cache.clear()
+        return self
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    @property
+    def serializers(self) -> list[Serializer[Any]]:
+        """Every registered serializer."""
+        return list(self._by_id.values())
+
+    @property
+    def identifiers(self) -> list[int]:
+        """The ids this registry can decode."""
+        return sorted(self._by_id)
+
+    def find_serializer_for(self, data: Any) -> Serializer[Any]:
+        """The serializer to publish ``data`` with (see the class docstring for the rule)."""
+        cls = type(data)
+        found = self._lookup_cache.get(cls)
+        if found is not None:
+            return found
+        for base in cls.__mro__:
+            bound = self._bindings.get(base)
+            if bound is not None:
+                found = bound
+                break
+        else:
+            found = self._default
+        if found is None:
+            raise NoSerializerFoundError(
+                f"no serializer is bound to {cls.__qualname__} or its base classes and no "
+                "default is set; add a binding or a default serializer"
+            )
+        self._lookup_cache[cls] = found
+        return found
+
+    def find_serializer_by_id(self, serializer_id: int | None) -> Serializer[Any]:
+        """The serializer with ``serializer_id``; raises ``UnknownSerializerError`` otherwise."""
+        found = self._by_id.get(serializer_id) if serializer_id is not None else None
+        if found is None:
+            raise UnknownSerializerError(serializer_id, self.identifiers)
+        return found
+
+    def serialize(self, data: Any) -> str:
+        """Serialize ``data`` with the serializer chosen for its type."""
+        return self.find_serializer_for(data).serialize(data)
+
+    def deserialize(self, data: str, serializer_id: int | None, manifest: str | None = None) -> Any:
+        """Decode ``data`` with the serializer named by ``serializer_id`` and nothing else."""
+        serializer = self.find_serializer_by_id(serializer_id)
+        try:
+            return serializer.deserialize(data, manifest)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(
+                f"{type(serializer).__name__} failed to deserialize the message: {exc!r}"
+            ) from exc
