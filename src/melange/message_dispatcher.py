@@ -290,10 +290,7 @@ class MessageDispatcher:
             if self._stop.is_set():
                 self._release([message])
                 return
-            verdict = self._handle(message, queue.name)
-            self._apply(verdict, message, queue.name)
-            if verdict.action is Action.ACK:
-                self._backend.acknowledge(message)
+            self._apply(self._handle(message, queue.name), message, queue.name)
         except Exception as exc:
             logger.exception("settling message %s failed", message.message_id)
             self._notify(exc)
@@ -316,6 +313,7 @@ class MessageDispatcher:
             if acks:
                 # One round trip for the whole batch where the backend supports it.
                 self._backend.acknowledge_batch(acks)
+                self.stats.add("acknowledged", len(acks))
 
     def _release(self, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -431,8 +429,9 @@ class MessageDispatcher:
 
     def _apply(self, verdict: Verdict, message: Message, queue_name: str) -> None:
         if verdict.action is Action.ACK:
+            self._backend.acknowledge(message)
             self.stats.add("acknowledged")
-            return  # the caller acknowledges (in batches where it can)
+            return
         if verdict.action is Action.RETRY:
             self.stats.add("retried")
             logger.warning(

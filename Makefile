@@ -1,0 +1,49 @@
+# Everyday commands. `make demo` and `make test` work on a fresh machine with Python 3.11+.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format typecheck check docs bench bench-quick services clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[all,dev,docs]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with the library, every backend and the dev tools
+
+demo: $(STAMP)  ## run the demo: services publishing and consuming on the embedded backend
+	$(BIN)/melange demo
+
+services:  ## start the local brokers the tests use, if they are not running
+	bash scripts/services.sh
+
+test: $(STAMP) services  ## run the whole test suite against the real services
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)  ## ruff lint and format check, mypy strict
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+check: lint test  ## everything CI runs
+
+docs: $(STAMP)  ## build the documentation site into site/
+	$(BIN)/mkdocs build --strict
+
+bench: $(STAMP) services  ## full benchmark run (writes benchmarks/results/)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks
+
+bench-quick: $(STAMP) services  ## benchmark smoke run, under two minutes
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks --quick
+
+clean:
+	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache
