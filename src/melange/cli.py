@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.factory import MessagingBackendFactory
+from melange.backends.memory import InMemoryMessagingBackend
 from melange.consumers import Consumer
 from melange.message_dispatcher import MessageDispatcher
 from melange.publishers import QueuePublisher
