@@ -138,8 +138,9 @@ class RedisCache(DeduplicationCache):
         return self._expire
 
     def _error(self, action: str, key: str, exc: Exception) -> DeduplicationCacheError:
+        cause = str(exc).rstrip(".")
         return DeduplicationCacheError(
-            f"Redis deduplication cache at {self._where} failed to {action} {key!r}: {str(exc).rstrip('.')}. "
+            f"Redis deduplication cache at {self._where} failed to {action} {key!r}: {cause}. "
             "Check that Redis is running and reachable; messages are left for redelivery "
             "meanwhile (unless the dispatcher fails open)."
         )
