@@ -128,6 +128,8 @@ class InMemoryMessagingBackend(MessagingBackend):
         # Queue name -> callbacks run after a message lands there (see link_synchronously).
         self._listeners: dict[str, list[Callable[[str], None]]] = {}
         self._local = threading.local()
+        # Bumped by interrupt(): blocked receivers return early when it changes.
+        self._interrupts = 0
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -352,11 +354,12 @@ class InMemoryMessagingBackend(MessagingBackend):
         wait = float(kwargs.get("wait_seconds") or 0.0)
         deadline = time.monotonic() + wait
         with self._lock:
+            generation = self._interrupts
             while True:
                 target = self._require(queue.name)
                 received = self._receive(target, max_messages)
                 remaining = deadline - time.monotonic()
-                if received or remaining <= 0:
+                if received or remaining <= 0 or generation != self._interrupts:
                     return received
                 self._arrived.wait(min(remaining, self._next_wakeup(target)))
 
@@ -521,6 +524,7 @@ class InMemoryMessagingBackend(MessagingBackend):
 
     def interrupt(self) -> None:
         with self._lock:
+            self._interrupts += 1
             self._arrived.notify_all()
 
     def close_connection(self) -> None:
