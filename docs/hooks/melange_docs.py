@@ -1,0 +1,177 @@
+"""Build-time content for the documentation site.
+
+Pages contain markers that this MkDocs hook replaces while the site is built, so generated
+facts cannot drift from the code:
+
+- ``<!-- capabilities: package.module:ClassName -->`` becomes a table of what that backend's
+  :class:`~melange.backends.interfaces.BackendCapabilities` descriptor declares, one row per
+  capability, explained with the descriptor's own docstring.
+- ``<!-- capabilities-matrix -->`` becomes one table comparing every backend listed in
+  :data:`BACKENDS` whose module can be imported.
+- ``<!-- benchmark-results -->`` becomes the contents of ``docs/benchmarks/results.md`` and
+  the chart ``docs/benchmarks/chart.png``, when the benchmark harness has written them.
+
+A marker that cannot be filled fails the build with the reason; nothing is left out quietly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mkdocs.exceptions import PluginError
+
+from melange.backends.interfaces import BackendCapabilities
+
+#: Backends of the comparison table: (column title, "module:Class").
+BACKENDS = [
+    ("In-memory", "melange.backends.memory:InMemoryMessagingBackend"),
+    ("SQLite", "melange.backends.sqlite:SQLiteBackend"),
+    ("SQS/SNS", "melange.backends.sqs.sqs_backend:AWSBackend"),
+    ("RabbitMQ", "melange.backends.rabbitmq.rabbitmq_backend:RabbitMQBackend"),
+]
+
+_CAPABILITIES = re.compile(r"<!--\s*capabilities:\s*([\w.]+):(\w+)\s*-->")
+_MATRIX = re.compile(r"<!--\s*capabilities-matrix\s*-->")
+_BENCHMARKS = re.compile(r"<!--\s*benchmark-results\s*-->")
+
+
+def _field_descriptions() -> dict[str, str]:
+    """Each capability's meaning, read from the ``Attributes:`` section of its docstring."""
+    doc = inspect.getdoc(BackendCapabilities) or ""
+    section = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
+    found: dict[str, str] = {}
+    current: str | None = None
+    for line in section.splitlines():
+        match = re.match(r"^\s{4}(\w+):\s*(.*)$", line)
+        if match:
+            current = match.group(1)
+            found[current] = match.group(2).strip()
+        elif current is not None and line.strip():
+            found[current] += " " + line.strip()
+    # Sphinx-style roles read badly in a table cell; keep their text only.
+    return {k: re.sub(r":\w+:`~?([^`]+)`", r"``\1``", v) for k, v in found.items()}
+
+
+def _load(target: str) -> type[Any]:
+    module_name, _, class_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name)
+    if not isinstance(cls, type):
+        raise PluginError(f"{target} is not a class")
+    return cls
+
+
+def capabilities_of(cls: type[Any]) -> BackendCapabilities:
+    """The capability descriptor of a backend class, without connecting to any broker.
+
+    A backend declares it as a ``CAPABILITIES`` class attribute, or as a class-level
+    ``capabilities`` value; the in-memory and SQLite backends, which need no broker, are
+    instantiated (SQLite on a temporary file).
+    """
+    for attribute in ("CAPABILITIES", "capabilities"):
+        value = inspect.getattr_static(cls, attribute, None)
+        if isinstance(value, BackendCapabilities):
+            return value
+    with tempfile.TemporaryDirectory() as tmp:
+        if cls.__name__ == "SQLiteBackend":
+            instance = cls(str(Path(tmp) / "capabilities.db"))
+        else:
+            instance = cls()
+        try:
+            value = instance.capabilities
+        finally:
+            instance.close_connection()
+    if not isinstance(value, BackendCapabilities):
+        raise PluginError(f"{cls.__name__}.capabilities is not a BackendCapabilities")
+    return value
+
+
+def _cell(value: object) -> str:
+    if value is True:
+        return "yes"
+    if value is False:
+        return "no"
+    if value is None:
+        return "no limit"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"`{value}`"
+
+
+def capability_table(caps: BackendCapabilities) -> str:
+    """A Markdown table of one backend's capabilities."""
+    meanings = _field_descriptions()
+    rows = ["| Capability | Value | Meaning |", "|---|---|---|"]
+    for field in dataclasses.fields(caps):
+        meaning = meanings.get(field.name, "").replace("|", "\\|")
+        rows.append(f"| `{field.name}` | {_cell(getattr(caps, field.name))} | {meaning} |")
+    return "\n".join(rows)
+
+
+def capability_matrix() -> str:
+    """A Markdown table comparing the backends that can be imported in this environment."""
+    columns: list[tuple[str, BackendCapabilities]] = []
+    missing: list[str] = []
+    for title, target in BACKENDS:
+        try:
+            cls = _load(target)
+        except ImportError:
+            missing.append(title)
+            continue
+        columns.append((title, capabilities_of(cls)))
+    header = "| Capability | " + " | ".join(title for title, _ in columns) + " |"
+    rows = [header, "|---|" + "---|" * len(columns)]
+    for field in dataclasses.fields(BackendCapabilities):
+        if field.name == "name":
+            continue
+        values = " | ".join(_cell(getattr(caps, field.name)) for _, caps in columns)
+        rows.append(f"| `{field.name}` | {values} |")
+    table = "\n".join(rows)
+    if missing:
+        table += "\n\n*Not yet available in this build: " + ", ".join(missing) + ".*"
+    return table
+
+
+def benchmark_results(docs_dir: Path) -> str:
+    """The benchmark harness's results page and chart, or a note saying how to produce them."""
+    results = docs_dir / "benchmarks" / "results.md"
+    chart = docs_dir / "benchmarks" / "chart.png"
+    parts: list[str] = []
+    if chart.exists():
+        parts.append("![Throughput of each backend](benchmarks/chart.png)")
+    if results.exists():
+        text = results.read_text(encoding="utf-8")
+        # The results file is a page of its own; its top heading would clash with ours.
+        text = re.sub(r"\A\s*#\s[^\n]*\n", "", text)
+        parts.append(text)
+    if not parts:
+        parts.append(
+            "!!! note \"No results recorded in this build\"\n"
+            "    The benchmark harness has not written `docs/benchmarks/results.md` yet. "
+            "Run `make bench` to measure on your machine; the figures appear here on the next "
+            "documentation build."
+        )
+    return "\n\n".join(parts)
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """Replace the markers of a page with generated Markdown."""
+
+    def one(match: re.Match[str]) -> str:
+        target = f"{match.group(1)}:{match.group(2)}"
+        try:
+            cls = _load(target)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"{page.file.src_path}: cannot import {target}: {exc}") from exc
+        return capability_table(capabilities_of(cls))
+
+    markdown = _CAPABILITIES.sub(one, markdown)
+    markdown = _MATRIX.sub(lambda _: capability_matrix(), markdown)
+    markdown = _BENCHMARKS.sub(lambda _: benchmark_results(Path(config["docs_dir"])), markdown)
+    return markdown

@@ -1,0 +1,150 @@
+"""Every code example of the documentation runs, and the site builds.
+
+Each page's Python blocks run in order in one namespace (a page is one test), against the
+in-memory or SQLite backend or the real local services the page declares with
+``<!-- requires: ... -->``. See ``tests/docs/doc_blocks.py`` for the markers.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from conftest import require_service
+from doc_blocks import DOCS, Page, parse, pages
+
+ROOT = DOCS.parent
+PAGES = pages()
+LOCAL_SERVICES = {"rabbitmq", "redis", "postgres"}
+
+
+def run_page(page: Page) -> None:
+    """Execute the page's runnable blocks in one fresh module; check its output blocks."""
+    name = "docs_page_" + re.sub(r"\W", "_", page.path.removesuffix(".md"))
+    # A real module, so pickle, dataclasses and type hints can find what the page defines.
+    module = types.ModuleType(name)
+    module.__file__ = str(DOCS / page.path)
+    sys.modules[name] = module
+    captured = io.StringIO()
+    try:
+        for block in page.blocks:
+            if block.marker == "output":
+                expected = block.code.strip()
+                got = captured.getvalue().strip()
+                assert got == expected, (
+                    f"{block.where}: the output shown differs from what the examples print\n"
+                    f"--- shown ---\n{expected}\n--- printed ---\n{got}"
+                )
+                captured = io.StringIO()
+                continue
+            if not block.is_python:
+                continue
+            # Padding puts the Markdown line numbers in tracebacks.
+            source = "\n" * block.line + block.code
+            code = compile(source, str(DOCS / page.path), "exec")
+            if not block.runs:
+                continue
+            with redirect_stdout(captured):
+                exec(code, module.__dict__)
+    finally:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def services(request: pytest.FixtureRequest) -> Iterator[None]:
+    page: Page = request.param
+    for service in page.services:
+        if service in LOCAL_SERVICES:
+            require_service(service)
+        else:
+            pytest.fail(f"{page.path}: unknown service {service!r} in a requires marker")
+    yield
+
+
+RUNNABLE = [p for p in PAGES if any(b.is_python for b in p.blocks)]
+
+
+@pytest.mark.parametrize("services", RUNNABLE, ids=[p.path for p in RUNNABLE], indirect=True)
+def test_page_examples_run(services: None, request: pytest.FixtureRequest) -> None:
+    page: Page = request.node.callspec.params["services"]
+    run_page(page)
+
+
+def test_every_code_block_is_run_or_says_why_not() -> None:
+    problems: list[str] = []
+    for page in PAGES:
+        for block in page.blocks:
+            if block.marker == "not-run" and not block.marker_arg:
+                problems.append(f"{block.where}: not-run marker without a reason")
+            if block.marker == "output" and block.is_python:
+                problems.append(f"{block.where}: an output block must not be Python")
+            if block.marker == "requires" and not block.is_python:
+                problems.append(f"{block.where}: requires marker on a non-Python block")
+            if not block.is_python and block.marker not in ("not-run", "output"):
+                problems.append(
+                    f"{block.where}: ```{block.lang or '(no language)'} block is neither run "
+                    "nor marked <!-- not-run: reason -->"
+                )
+    assert not problems, "\n".join(problems)
+
+
+def test_the_documentation_has_examples_to_run() -> None:
+    # Guards the extraction itself: a parser that found nothing would let every page pass.
+    runnable = sum(1 for page in PAGES for block in page.blocks if block.runs)
+    assert len(PAGES) >= 20
+    assert runnable >= 40
+
+
+def test_a_failing_example_fails_its_page() -> None:
+    page = parse("Text.\n\n```python\nx = 1\n```\n\n```python\nassert x == 2\n```\n", "fake.md")
+    with pytest.raises(AssertionError):
+        run_page(page)
+
+
+def test_output_blocks_are_compared_with_what_the_examples_print() -> None:
+    text = "```python\nprint('hello')\n```\n\n<!-- output -->\n```text\nhullo\n```\n"
+    with pytest.raises(AssertionError, match="output shown differs"):
+        run_page(parse(text, "fake.md"))
+    run_page(parse(text.replace("hullo", "hello"), "fake.md"))
+
+
+def test_markers_apply_to_the_next_block_only() -> None:
+    text = (
+        "<!-- not-run: needs AWS credentials -->\n\n```python\nboom()\n```\n\n"
+        "Prose resets a marker.\n<!-- requires: redis -->\nMore prose.\n\n"
+        "=== \"Tab\"\n\n    ```python\n    x = 1\n    ```\n"
+    )
+    page = parse(text, "fake.md")
+    first, second = page.blocks
+    assert (first.marker, first.marker_arg, first.runs) == ("not-run", "needs AWS credentials", False)
+    assert (second.marker, second.runs, second.code) == (None, True, "x = 1\n")
+    assert page.services == []
+
+
+def test_an_unclosed_code_block_is_reported() -> None:
+    with pytest.raises(ValueError, match="never closed"):
+        parse("```python\nx = 1\n", "fake.md")
+
+
+def test_site_builds_strictly(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The hook generated the capability tables from the backends' descriptors.
+    memory = (site / "backends" / "memory" / "index.html").read_text(encoding="utf-8")
+    assert "native_dead_letter" in memory
+    assert "<!-- capabilities" not in memory
