@@ -8,9 +8,7 @@ inside a consumer with the causation id (the message that caused it) and the cor
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from melange.models import Message
 
@@ -22,11 +20,17 @@ def current_message() -> Message | None:
     return _current.get()
 
 
-@contextmanager
-def processing(message: Message) -> Iterator[None]:
-    """Make ``message`` the current message for the duration of the block."""
-    token = _current.set(message)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+class processing:  # lower-case: used like a function, ``with processing(message):``
+    """Make ``message`` the current message for the duration of the ``with`` block."""
+
+    __slots__ = ("_message", "_token")
+    _token: Token[Message | None]
+
+    def __init__(self, message: Message) -> None:
+        self._message = message
+
+    def __enter__(self) -> None:
+        self._token = _current.set(self._message)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)

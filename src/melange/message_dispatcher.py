@@ -287,6 +287,7 @@ class MessageDispatcher:
         try:
             if before is not None:
                 before.result()  # keep FIFO groups in order
+            self.stats.add("received")
             if self._stop.is_set():
                 self._release([message])
                 return
@@ -298,6 +299,7 @@ class MessageDispatcher:
             slots.release()
 
     def _dispatch_batch(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
+        self.stats.add("received", len(messages))
         acks: list[Message] = []
         try:
             for index, message in enumerate(messages):
@@ -326,7 +328,6 @@ class MessageDispatcher:
 
     def _handle(self, message: Message, queue_name: str) -> Verdict:
         """Decode, route and run consumers; return how to settle (acks are left to the caller)."""
-        self.stats.add("received")
         decoded = decode(message, self._registry)
         if not isinstance(decoded, Decoded):
             self.stats.add("poison")

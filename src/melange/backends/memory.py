@@ -130,6 +130,7 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._local = threading.local()
         # Bumped by interrupt(): blocked receivers return early when it changes.
         self._interrupts = 0
+        self._waiting = 0
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -288,7 +289,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 target = self._create_queue(queue.name, {})
             for message in messages:
                 self._enqueue(target, message)
-            self._arrived.notify_all()
+            self._wake()
         self._notify([queue.name])
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
@@ -313,7 +314,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                     if sub.manifests is None or message.manifest in sub.manifests:
                         self._enqueue(target, message)
                         reached.append(sub.queue)
-            self._arrived.notify_all()
+            self._wake()
         self._notify(list(dict.fromkeys(reached)))
 
     def _check_sizes(self, messages: Iterable[Message]) -> None:
@@ -361,7 +362,16 @@ class InMemoryMessagingBackend(MessagingBackend):
                 remaining = deadline - time.monotonic()
                 if received or remaining <= 0 or generation != self._interrupts:
                     return received
-                self._arrived.wait(min(remaining, self._next_wakeup(target)))
+                self._waiting += 1
+                try:
+                    self._arrived.wait(min(remaining, self._next_wakeup(target)))
+                finally:
+                    self._waiting -= 1
+
+    def _wake(self) -> None:
+        # Called with the lock held; skipping notify when nobody waits keeps publish cheap.
+        if self._waiting:
+            self._arrived.notify_all()
 
     def _next_wakeup(self, queue: _Queue) -> float:
         times = [t for t, _ in queue.leases[:1]] + [t for t, _, _ in queue.pending[:1]]
@@ -468,7 +478,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             lease = self._lease(message)
             if lease is not None:
                 self._release(*lease)
-                self._arrived.notify_all()
+                self._wake()
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
         with self._lock:
@@ -476,7 +486,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 lease = self._lease(message)
                 if lease is not None:
                     self._release(*lease)
-            self._arrived.notify_all()
+            self._wake()
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         with self._lock:
@@ -493,7 +503,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             self._release(queue, receipt)
             stored.visible_at = self._clock() + max(0.0, delay)
             heapq.heappush(queue.pending, (stored.visible_at, stored.seq, stored))
-            self._arrived.notify_all()
+            self._wake()
 
     def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
         with self._lock:
@@ -509,7 +519,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             assert stored is not None
             stored.headers = {**stored.headers, **headers}
             self._move_to_dlq(queue, stored, headers.get(FAILURE_REASON, "dead-lettered"))
-            self._arrived.notify_all()
+            self._wake()
             return True
 
     def extend_visibility(self, message: Message, seconds: float) -> None:
