@@ -14,7 +14,8 @@ logger = logging.getLogger("melange.dispatcher")
 class Heartbeat:
     """Extends the visibility of registered messages every ``interval`` seconds.
 
-    A background thread starts with the first registered message and stops on :meth:`close`.
+    A background thread runs while messages are registered, and ends when none are left or
+    on :meth:`close`.
     """
 
     def __init__(self, backend: MessagingBackend, extension: float) -> None:
@@ -43,6 +44,10 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             with self._lock:
                 messages = list(self._messages.values())
+                if not messages:
+                    # Idle: end the thread; the next add() starts a new one.
+                    self._thread = None
+                    return
             for message in messages:
                 try:
                     self._backend.extend_visibility(message, self._extension)

@@ -438,3 +438,23 @@ def test_consuming_a_missing_queue_names_it(backend) -> None:
     d = MessageDispatcher(JsonSerializer(), backend=backend)
     with pytest.raises(QueueNotFoundError, match=r"'nope'.*init_queue"):
         d.consume_event("nope")
+
+
+def test_heartbeat_keeps_a_slow_message_from_being_delivered_twice() -> None:
+    backend = InMemoryMessagingBackend(visibility_timeout=0.3)
+    MessagingBackendFactory(backend).init_queue("q")
+    publish(backend, {"n": 1})
+    calls: list[Any] = []
+    other_saw: list[Message] = []
+
+    def slow(message: Any) -> None:
+        calls.append(message)
+        time.sleep(1.0)  # more than three visibility timeouts
+        other_saw.extend(backend.retrieve_messages(backend.get_queue("q")))
+
+    d = MessageDispatcher(JsonSerializer(), backend=backend, consumers=[Consumer(slow)])
+    d.consume_event("q")
+    assert calls == [{"n": 1}]
+    assert other_saw == []
+    assert backend.queue_depth("q") == 0
+    d.close()

@@ -115,7 +115,9 @@ class InMemoryMessagingBackend(MessagingBackend):
         auto_create: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._default_visibility = visibility_timeout
+        #: Default visibility timeout of new queues, in seconds (the dispatcher's heartbeat
+        #: extends the lease of a message in hand by this much).
+        self.visibility_timeout = visibility_timeout
         self._max_message_size = max_message_size
         self._auto_create = auto_create
         self._clock = clock
@@ -210,7 +212,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 name=name,
                 fifo=fifo,
                 visibility_timeout=float(
-                    options.get("visibility_timeout", self._default_visibility)
+                    options.get("visibility_timeout", self.visibility_timeout)
                 ),
             )
             self._queues[name] = queue
