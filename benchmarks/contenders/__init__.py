@@ -1,0 +1,1 @@
+"""Contenders: one module per broker, each class one library doing the same work."""

@@ -1,0 +1,247 @@
+"""RabbitMQ contenders: Melange, raw pika, kombu and FastStream, with identical guarantees.
+
+Every contender publishes persistent messages to a durable queue with publisher confirms,
+consumes with the same prefetch and acknowledges each message after its handler ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from importlib.metadata import version
+from typing import Any
+
+from benchmarks.workload import Contender, Payload, Tally
+
+HOST = "127.0.0.1"
+PORT = 5672
+URL = f"amqp://guest:guest@{HOST}:{PORT}/%2F"
+#: Seconds without a delivery after which a consumer gives up (a broken contender, not a
+#: slow one: every operation finishes in seconds).
+IDLE_TIMEOUT = 60.0
+
+
+def _queue_name(params: dict[str, Any], default: str) -> str:
+    return str(params.get("queue", default))
+
+
+class RawPika(Contender):
+    """pika's BlockingConnection: confirm each publish, consume with prefetch, ack each."""
+
+    label = "raw pika"
+
+    def setup(self) -> dict[str, str]:
+        import pika
+
+        self._pika = pika
+        self.queue = _queue_name(self.params, "bench.rabbit.pika")
+        self.prefetch = int(self.params.get("prefetch", 10))
+        parameters = pika.ConnectionParameters(
+            HOST, PORT, credentials=pika.PlainCredentials("guest", "guest"), heartbeat=600
+        )
+        self.pub_conn = pika.BlockingConnection(parameters)
+        self.pub = self.pub_conn.channel()
+        self.pub.confirm_delivery()
+        self.pub.queue_declare(self.queue, durable=True)
+        self.pub.queue_purge(self.queue)
+        self.sub_conn = pika.BlockingConnection(parameters)
+        self.sub = self.sub_conn.channel()
+        self.sub.basic_qos(prefetch_count=self.prefetch)
+        return {"pika": version("pika")}
+
+    def publish_one(self, payload: Payload) -> None:
+        # With confirms on, basic_publish blocks until the broker confirms this message.
+        self.pub.basic_publish(
+            "",
+            self.queue,
+            json.dumps(payload),
+            self._pika.BasicProperties(
+                delivery_mode=2, content_type="application/json", message_id=uuid.uuid4().hex
+            ),
+        )
+
+    def consume(self, n: int, handle: Tally) -> None:
+        for method, _props, body in self.sub.consume(self.queue, inactivity_timeout=IDLE_TIMEOUT):
+            if method is None:
+                raise TimeoutError(f"no delivery for {IDLE_TIMEOUT}s on {self.queue}")
+            handle(json.loads(body))
+            self.sub.basic_ack(method.delivery_tag)
+            if handle.complete:
+                break
+        self.sub.cancel()
+
+    def teardown(self) -> None:
+        self.pub_conn.close()
+        self.sub_conn.close()
+
+
+class Kombu(Contender):
+    """kombu over py-amqp: confirmed persistent publishes, a Consumer with prefetch, ack each."""
+
+    label = "kombu"
+
+    def setup(self) -> dict[str, str]:
+        import kombu
+
+        self._kombu = kombu
+        self.queue_name = _queue_name(self.params, "bench.rabbit.kombu")
+        self.prefetch = int(self.params.get("prefetch", 10))
+        self.pub_conn = kombu.Connection(URL, transport_options={"confirm_publish": True})
+        self.sub_conn = kombu.Connection(URL)
+        self.queue = kombu.Queue(
+            self.queue_name, exchange=kombu.Exchange(""), routing_key=self.queue_name, durable=True
+        )
+        channel = self.pub_conn.channel()
+        bound = self.queue(channel)
+        bound.declare()
+        bound.purge()
+        self.producer = kombu.Producer(self.pub_conn.channel(), serializer="json")
+        return {"kombu": version("kombu"), "amqp": version("amqp")}
+
+    def publish_one(self, payload: Payload) -> None:
+        self.producer.publish(payload, routing_key=self.queue_name, exchange="", delivery_mode=2)
+
+    def consume(self, n: int, handle: Tally) -> None:
+        def on_message(body: Any, message: Any) -> None:
+            handle(body)
+            message.ack()
+
+        with self._kombu.Consumer(
+            self.sub_conn,
+            queues=[self.queue],
+            callbacks=[on_message],
+            accept=["json"],
+            prefetch_count=self.prefetch,
+        ):
+            while not handle.complete:
+                self.sub_conn.drain_events(timeout=IDLE_TIMEOUT)
+
+    def teardown(self) -> None:
+        self.pub_conn.release()
+        self.sub_conn.release()
+
+
+class FastStreamRabbit(Contender):
+    """FastStream's RabbitBroker (aio-pika): persist=True with confirms, prefetch, ack each.
+
+    FastStream is asynchronous, so this contender runs its own event loop and replaces the
+    thread-based operations with coroutines doing the same work.
+    """
+
+    label = "FastStream"
+
+    def setup(self) -> dict[str, str]:
+        from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
+
+        self.queue_name = _queue_name(self.params, "bench.rabbit.faststream")
+        self.prefetch = int(self.params.get("prefetch", 10))
+        self.loop = asyncio.new_event_loop()
+        self.queue = RabbitQueue(self.queue_name, durable=True)
+        self.pub = RabbitBroker(
+            URL, default_channel=Channel(publisher_confirms=True), logger=None
+        )
+        self.sub = RabbitBroker(
+            URL, default_channel=Channel(prefetch_count=self.prefetch), logger=None
+        )
+        self._tally: Tally | None = None
+        self._finished: asyncio.Event | None = None
+
+        @self.sub.subscriber(self.queue)
+        async def on_message(body: dict[str, Any]) -> None:
+            tally = self._tally
+            if tally is None:
+                raise RuntimeError("message outside an operation")
+            tally(body)
+            if tally.complete and self._finished is not None:
+                self._finished.set()
+
+        async def connect() -> None:
+            await self.pub.connect()
+            await self.pub.declare_queue(self.queue)
+            channel = await self.pub._connection.channel()  # purge leftovers of a past run
+            queue = await channel.declare_queue(self.queue_name, durable=True)
+            await queue.purge()
+            await channel.close()
+            await self.sub.connect()
+
+        self.loop.run_until_complete(connect())
+        return {
+            "faststream": version("faststream"),
+            "aio-pika": version("aio-pika"),
+            "aiormq": version("aiormq"),
+        }
+
+    async def _publish(self, payload: Payload) -> None:
+        await self.pub.publish(payload, queue=self.queue, persist=True)
+
+    async def _consume(self, tally: Tally) -> None:
+        self._tally = tally
+        self._finished = asyncio.Event()
+        if not tally.complete:
+            await self.sub.start()
+            try:
+                await asyncio.wait_for(self._finished.wait(), IDLE_TIMEOUT)
+            finally:
+                await self._stop_subscribers()
+        self._tally = None
+
+    async def _stop_subscribers(self) -> None:
+        for subscriber in self.sub.subscribers:
+            await subscriber.stop()
+        self.sub.running = False
+
+    def publish_one(self, payload: Payload) -> None:
+        self.loop.run_until_complete(self._publish(payload))
+
+    def publish_many(self, payloads: list[Payload]) -> None:
+        async def run() -> None:
+            for payload in payloads:
+                await self._publish(payload)
+
+        self.loop.run_until_complete(run())
+
+    def consume(self, n: int, handle: Tally) -> None:
+        self.loop.run_until_complete(self._consume(handle))
+
+    def op_e2e(self, n: int, rate: float | None = None) -> dict[str, Any]:
+        import time
+
+        from benchmarks.workload import make_payload, percentile
+
+        first = self._ids()
+        payloads = [make_payload(first + i) for i in range(n)]
+        tally = Tally(first, n, record_latency=rate is not None)
+
+        async def produce() -> None:
+            begin = time.monotonic()
+            for index, payload in enumerate(payloads):
+                if rate is not None:
+                    delay = begin + index / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                payload["t"] = time.monotonic()
+                await self._publish(payload)
+
+        async def run() -> None:
+            producer = asyncio.ensure_future(produce())
+            await self._consume(tally)
+            await producer
+
+        start = time.perf_counter()
+        self.loop.run_until_complete(run())
+        seconds = time.perf_counter() - start
+        tally.check("e2e")
+        result: dict[str, Any] = {"seconds": seconds, "n": n}
+        if rate is not None:
+            result["p50_ms"] = percentile(tally.latencies, 0.5) * 1000
+            result["p99_ms"] = percentile(tally.latencies, 0.99) * 1000
+            result["rate"] = rate
+        return result
+
+    def teardown(self) -> None:
+        async def close() -> None:
+            await self.pub.stop()
+            await self.sub.stop()
+
+        self.loop.run_until_complete(close())

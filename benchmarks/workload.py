@@ -1,0 +1,217 @@
+"""The work every contender does, and the base class that times it.
+
+A contender implements a few primitives (publish one message, publish a batch, consume ``n``
+messages) with its own client; :class:`Contender` turns them into the timed operations the
+harness asks for: publish, batch publish, consume, end to end and paced latency. Handlers
+check the ids they see, so a contender that loses or duplicates messages fails its round
+instead of looking fast.
+
+Standard library only: this module also runs under the released 7.2.0 interpreter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+Payload = dict[str, Any]
+Handler = Callable[[Payload], None]
+
+#: Ids of one operation start at ``op_number * ID_STRIDE``, so a message left over from an
+#: earlier operation is told apart from the current ones.
+ID_STRIDE = 10_000_000
+
+
+def make_payload(message_id: int) -> Payload:
+    """The message every contender sends: a small order event of about 150 bytes of JSON."""
+    return {
+        "id": message_id,
+        "kind": "order_created",
+        "customer": f"c-{message_id % 9973:06d}",
+        "amount": 12.5 + (message_id % 100),
+        "items": [message_id % 7, message_id % 11, message_id % 13],
+        "currency": "EUR",
+        "t": 0.0,
+    }
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The ``fraction`` quantile (0..1) of ``values``, nearest-rank."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+class IntegrityError(RuntimeError):
+    """A contender lost, duplicated or mixed up messages during an operation."""
+
+
+class Tally:
+    """Counts what a consumer handled and checks it against what was published."""
+
+    def __init__(self, first_id: int, n: int, record_latency: bool) -> None:
+        self.first_id = first_id
+        self.n = n
+        self.seen: set[int] = set()
+        self.handled = 0
+        self.duplicates = 0
+        self.foreign = 0
+        self.latencies: list[float] = []
+        self._record_latency = record_latency
+        self.done = threading.Event()
+
+    def __call__(self, payload: Payload) -> None:
+        if self._record_latency:
+            self.latencies.append(time.monotonic() - payload["t"])
+        message_id = payload["id"]
+        if not self.first_id <= message_id < self.first_id + self.n:
+            self.foreign += 1
+        elif message_id in self.seen:
+            self.duplicates += 1
+        else:
+            self.seen.add(message_id)
+        self.handled += 1
+        if len(self.seen) >= self.n:
+            self.done.set()
+
+    @property
+    def complete(self) -> bool:
+        """Every published message was handled."""
+        return len(self.seen) >= self.n
+
+    def check(self, what: str) -> None:
+        """Raise :class:`IntegrityError` unless exactly the published messages came back."""
+        if len(self.seen) != self.n or self.foreign:
+            raise IntegrityError(
+                f"{what}: expected {self.n} distinct messages, got {len(self.seen)} "
+                f"({self.duplicates} duplicates, {self.foreign} from elsewhere)"
+            )
+
+
+class Contender:
+    """Base of every contender: primitives to implement, timed operations for the harness.
+
+    Subclasses keep separate clients for publishing and consuming, so the end-to-end
+    operation can publish from a thread while the main thread consumes.
+    """
+
+    #: Shown in reports.
+    label = "?"
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        self._op_number = 0
+
+    # -- primitives -------------------------------------------------------------------------
+
+    def setup(self) -> dict[str, str]:
+        """Connect and declare what is needed; returns the versions of the client libraries."""
+        return {}
+
+    def publish_one(self, payload: Payload) -> None:
+        """Publish one message and return once the broker has it."""
+        raise NotImplementedError
+
+    def publish_many(self, payloads: list[Payload]) -> None:
+        """Publish several messages the way this contender batches (default: one by one)."""
+        for payload in payloads:
+            self.publish_one(payload)
+
+    def consume(self, n: int, handle: Tally) -> None:
+        """Receive, decode, hand to ``handle`` and acknowledge until ``handle.complete``."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Release connections."""
+
+    # -- timed operations -------------------------------------------------------------------
+
+    def _ids(self) -> int:
+        self._op_number += 1
+        return self._op_number * ID_STRIDE
+
+    def op_publish(self, n: int) -> dict[str, Any]:
+        """Publish ``n`` messages one by one, then consume them untimed."""
+        first = self._ids()
+        payloads = [make_payload(first + i) for i in range(n)]
+        start = time.perf_counter()
+        for payload in payloads:
+            self.publish_one(payload)
+        seconds = time.perf_counter() - start
+        self._drain(first, n, "publish")
+        return {"seconds": seconds, "n": n}
+
+    def op_publish_batch(self, n: int, batch: int) -> dict[str, Any]:
+        """Publish ``n`` messages in batches of ``batch``, then consume them untimed."""
+        first = self._ids()
+        payloads = [make_payload(first + i) for i in range(n)]
+        start = time.perf_counter()
+        for offset in range(0, n, batch):
+            self.publish_many(payloads[offset : offset + batch])
+        seconds = time.perf_counter() - start
+        self._drain(first, n, "publish_batch")
+        return {"seconds": seconds, "n": n}
+
+    def op_consume(self, n: int) -> dict[str, Any]:
+        """Publish ``n`` messages untimed, then time consuming them."""
+        first = self._ids()
+        self.publish_many([make_payload(first + i) for i in range(n)])
+        tally = Tally(first, n, record_latency=False)
+        start = time.perf_counter()
+        self.consume(n, tally)
+        seconds = time.perf_counter() - start
+        tally.check("consume")
+        return {"seconds": seconds, "n": n}
+
+    def op_e2e(self, n: int, rate: float | None = None) -> dict[str, Any]:
+        """Publish ``n`` messages from a thread while the main thread consumes them.
+
+        With ``rate`` (messages per second) the publisher is paced and the result holds the
+        latency percentiles from publish to the start of the handler, in milliseconds.
+        """
+        first = self._ids()
+        payloads = [make_payload(first + i) for i in range(n)]
+        tally = Tally(first, n, record_latency=rate is not None)
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                begin = time.monotonic()
+                for index, payload in enumerate(payloads):
+                    if rate is not None:
+                        # Pacing, not waiting for a result: hold each send to its slot.
+                        delay = begin + index / rate - time.monotonic()
+                        if delay > 0:
+                            time.sleep(delay)
+                    payload["t"] = time.monotonic()
+                    self.publish_one(payload)
+            except BaseException as exc:
+                failure.append(exc)
+                tally.done.set()
+
+        producer = threading.Thread(target=produce, name="bench-producer", daemon=True)
+        start = time.perf_counter()
+        producer.start()
+        try:
+            self.consume(n, tally)
+        finally:
+            producer.join(timeout=120)
+        seconds = time.perf_counter() - start
+        if failure:
+            raise RuntimeError(f"producer failed: {failure[0]!r}") from failure[0]
+        tally.check("e2e")
+        result: dict[str, Any] = {"seconds": seconds, "n": n}
+        if rate is not None:
+            result["p50_ms"] = percentile(tally.latencies, 0.50) * 1000
+            result["p99_ms"] = percentile(tally.latencies, 0.99) * 1000
+            result["rate"] = rate
+        return result
+
+    def _drain(self, first: int, n: int, what: str) -> None:
+        tally = Tally(first, n, record_latency=False)
+        self.consume(n, tally)
+        tally.check(what)
