@@ -77,14 +77,16 @@ class Consumer:
         #: Overrides the dispatcher's failure policy for this consumer (``FailurePolicy``).
         self.failure_policy = failure_policy
 
-    def process(self, message: Any, **kwargs: Any) -> None:
-        """Handle one message. The default calls ``on_message``."""
+    def process(self, message: Any, **kwargs: Any) -> Any:
+        """Handle one message. The default calls ``on_message`` and returns what it returns
+        (an awaitable when it is ``async``: run such consumers with
+        :class:`~melange.aio.AsyncMessageDispatcher`)."""
         if self._on_message is None:
             raise NotImplementedError(
                 f"{type(self).__qualname__} has no on_message callback: pass one or override "
                 "process()"
             )
-        self._on_message(message)
+        return self._on_message(message)
 
     def accepts(self, message: Any) -> bool:
         """Whether this consumer wants ``message``. The default uses the ``accepts`` callback."""
@@ -161,11 +163,11 @@ class SingleDispatchConsumer(Consumer):
     def accepts(self, message: Any) -> bool:
         return self._handler_for(message) is not None
 
-    def process(self, message: Any, **kwargs: Any) -> None:
+    def process(self, message: Any, **kwargs: Any) -> Any:
         attr = self._handler_for(message)
         if attr is None:
             raise TypeError(f"{type(self).__qualname__} has no handler for {type(message)!r}")
-        getattr(self, attr)(message)
+        return getattr(self, attr)(message)
 
 
 def _message_type(owner: type, attr: str, func: Callable[..., Any]) -> type:

@@ -12,6 +12,7 @@ processed a message skips it on redelivery (which counts as success).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import signal
@@ -358,49 +359,74 @@ class MessageDispatcher:
     def _run(
         self, consumer: Consumer, payload: Any, message: Message, queue_name: str
     ) -> ConsumerResult:
-        key = f"{consumer.name}.{message.message_id}" if self._cache is not None else None
-        claimed = False
-        if key is not None:
-            assert self._cache is not None
-            try:
-                state = self._cache.claim(key, self._lease)
-            except Exception as exc:
-                logger.error(
-                    "deduplication cache unreachable for message %s (%s): %s",
-                    message.message_id,
-                    exc,
-                    "processing without deduplication"
-                    if self._fail_open
-                    else "leaving it for later",
-                    extra=_log_extra(message, queue_name, consumer.name, "cache_error"),
-                )
-                self._notify(exc)
-                if not self._fail_open:
-                    return ConsumerResult(consumer, Outcome.NOT_ATTEMPTED)
-                key = None
-            else:
-                if state is ClaimState.DONE:
-                    self.stats.add("duplicates_skipped")
-                    logger.info(
-                        "skipping message %s already processed by %s",
-                        message.message_id,
-                        consumer.name,
-                        extra=_log_extra(message, queue_name, consumer.name, "duplicate"),
-                    )
-                    return ConsumerResult(consumer, Outcome.SKIPPED_DUPLICATE)
-                if state is ClaimState.BUSY:
-                    return ConsumerResult(consumer, Outcome.BUSY)
-                claimed = True
+        early, key = self._claim(consumer, message, queue_name)
+        if early is not None:
+            return early
         policy = consumer.failure_policy or self._policy
         error: Exception | None = None
         for _ in range(policy.immediate_retries + 1):
             try:
-                consumer.process(payload)
+                result = consumer.process(payload)
+                if inspect.isawaitable(result):
+                    _close_awaitable(result)
+                    raise TypeError(
+                        f"consumer {consumer.name} is asynchronous; run it with "
+                        "melange.aio.AsyncMessageDispatcher"
+                    )
             except Exception as exc:
                 error = exc
                 continue
             error = None
             break
+        return self._finish(consumer, message, queue_name, key, error)
+
+    def _claim(
+        self, consumer: Consumer, message: Message, queue_name: str
+    ) -> tuple[ConsumerResult | None, str | None]:
+        """Take the deduplication claim for ``consumer`` (blocking I/O on the cache).
+
+        Returns a final result when the consumer must not run now, else ``None`` and the
+        claimed key (``None`` when no deduplication applies).
+        """
+        if self._cache is None:
+            return None, None
+        key = f"{consumer.name}.{message.message_id}"
+        try:
+            state = self._cache.claim(key, self._lease)
+        except Exception as exc:
+            logger.error(
+                "deduplication cache unreachable for message %s (%s): %s",
+                message.message_id,
+                exc,
+                "processing without deduplication" if self._fail_open else "leaving it for later",
+                extra=_log_extra(message, queue_name, consumer.name, "cache_error"),
+            )
+            self._notify(exc)
+            if not self._fail_open:
+                return ConsumerResult(consumer, Outcome.NOT_ATTEMPTED), None
+            return None, None
+        if state is ClaimState.DONE:
+            self.stats.add("duplicates_skipped")
+            logger.info(
+                "skipping message %s already processed by %s",
+                message.message_id,
+                consumer.name,
+                extra=_log_extra(message, queue_name, consumer.name, "duplicate"),
+            )
+            return ConsumerResult(consumer, Outcome.SKIPPED_DUPLICATE), None
+        if state is ClaimState.BUSY:
+            return ConsumerResult(consumer, Outcome.BUSY), None
+        return None, key
+
+    def _finish(
+        self,
+        consumer: Consumer,
+        message: Message,
+        queue_name: str,
+        key: str | None,
+        error: Exception | None,
+    ) -> ConsumerResult:
+        """Record a consumer's outcome: logs, counters, and the deduplication claim."""
         if error is not None:
             self.stats.add("consumer_failures")
             logger.error(
@@ -413,10 +439,10 @@ class MessageDispatcher:
                 extra=_log_extra(message, queue_name, consumer.name, "failed"),
             )
             self._notify(error)
-            if claimed and key is not None:
+            if key is not None:
                 self._cache_call("release", key)
             return ConsumerResult(consumer, Outcome.FAILED, error)
-        if claimed and key is not None:
+        if key is not None:
             self._cache_call("mark_done", key)
         return ConsumerResult(consumer, Outcome.SUCCEEDED)
 
@@ -502,6 +528,13 @@ class MessageDispatcher:
         """Stop the heartbeat thread (the backend stays open)."""
         if self._heartbeat is not None:
             self._heartbeat.close()
+
+
+def _close_awaitable(result: Any) -> None:
+    # Avoid "coroutine was never awaited" warnings for async consumers run synchronously.
+    close = getattr(result, "close", None)
+    if callable(close):
+        close()
 
 
 def _forget_tail(tails: dict[str, Future[None]], group: str) -> Callable[[Future[None]], None]:
