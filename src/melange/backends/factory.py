@@ -7,7 +7,7 @@ from typing import Any
 
 from melange.backends.backend_manager import BackendManager
 from melange.backends.interfaces import MessagingBackend
-from melange.exceptions import ConfigurationError
+from melange.exceptions import ConfigurationError, QueueNotFoundError, TopicNotFoundError
 from melange.models import QueueWrapper, TopicWrapper
 
 
@@ -64,11 +64,19 @@ class MessagingBackendFactory:
 
     def delete_queue(self, queue_name: str) -> None:
         """Delete the queue if it exists."""
-        self._backend.delete_queue(self._backend.get_queue(queue_name))
+        try:
+            queue = self._backend.get_queue(queue_name)
+        except QueueNotFoundError:
+            return
+        self._backend.delete_queue(queue)
 
     def delete_topic(self, topic_name: str) -> None:
         """Delete the topic if it exists."""
-        self._backend.delete_topic(self._backend.get_topic(topic_name))
+        try:
+            topic = self._backend.get_topic(topic_name)
+        except TopicNotFoundError:
+            return
+        self._backend.delete_topic(topic)
 
 
 def _check_name(kind: str, name: object) -> None:
