@@ -128,6 +128,16 @@ class Contender:
     def teardown(self) -> None:
         """Release connections."""
 
+    def request_count(self) -> int | None:
+        """HTTP requests sent so far, for contenders that count them (``None``: not counted)."""
+        return None
+
+    def _timed(self, result: dict[str, Any], before: int | None) -> dict[str, Any]:
+        after = self.request_count()
+        if before is not None and after is not None:
+            result["requests"] = after - before
+        return result
+
     # -- timed operations -------------------------------------------------------------------
 
     def _ids(self) -> int:
@@ -138,34 +148,39 @@ class Contender:
         """Publish ``n`` messages one by one, then consume them untimed."""
         first = self._ids()
         payloads = [make_payload(first + i) for i in range(n)]
+        before = self.request_count()
         start = time.perf_counter()
         for payload in payloads:
             self.publish_one(payload)
         seconds = time.perf_counter() - start
+        result = self._timed({"seconds": seconds, "n": n}, before)
         self._drain(first, n, "publish")
-        return {"seconds": seconds, "n": n}
+        return result
 
     def op_publish_batch(self, n: int, batch: int) -> dict[str, Any]:
         """Publish ``n`` messages in batches of ``batch``, then consume them untimed."""
         first = self._ids()
         payloads = [make_payload(first + i) for i in range(n)]
+        before = self.request_count()
         start = time.perf_counter()
         for offset in range(0, n, batch):
             self.publish_many(payloads[offset : offset + batch])
         seconds = time.perf_counter() - start
+        result = self._timed({"seconds": seconds, "n": n}, before)
         self._drain(first, n, "publish_batch")
-        return {"seconds": seconds, "n": n}
+        return result
 
     def op_consume(self, n: int) -> dict[str, Any]:
         """Publish ``n`` messages untimed, then time consuming them."""
         first = self._ids()
         self.publish_many([make_payload(first + i) for i in range(n)])
         tally = Tally(first, n, record_latency=False)
+        before = self.request_count()
         start = time.perf_counter()
         self.consume(n, tally)
         seconds = time.perf_counter() - start
         tally.check("consume")
-        return {"seconds": seconds, "n": n}
+        return self._timed({"seconds": seconds, "n": n}, before)
 
     def op_e2e(self, n: int, rate: float | None = None) -> dict[str, Any]:
         """Publish ``n`` messages from a thread while the main thread consumes them.
@@ -194,6 +209,7 @@ class Contender:
                 tally.done.set()
 
         producer = threading.Thread(target=produce, name="bench-producer", daemon=True)
+        before = self.request_count()
         start = time.perf_counter()
         producer.start()
         try:
@@ -204,7 +220,7 @@ class Contender:
         if failure:
             raise RuntimeError(f"producer failed: {failure[0]!r}") from failure[0]
         tally.check("e2e")
-        result: dict[str, Any] = {"seconds": seconds, "n": n}
+        result = self._timed({"seconds": seconds, "n": n}, before)
         if rate is not None:
             result["p50_ms"] = percentile(tally.latencies, 0.50) * 1000
             result["p99_ms"] = percentile(tally.latencies, 0.99) * 1000

@@ -1,0 +1,110 @@
+"""SQS contenders on the harness's moto server: Melange and raw boto3 making the same calls.
+
+Both send the 7.2.0 wire format (a ``{"Message": ...}`` JSON body with ``manifest`` and
+``serializer_id`` attributes), receive up to 10 messages per call and delete what they
+handled with one batch call. Every botocore request is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib.metadata import version
+from typing import Any
+
+from benchmarks import botohook
+from benchmarks.workload import Contender, Payload, Tally
+
+#: A receive that keeps coming back empty for this long means the contender is broken.
+IDLE_TIMEOUT = 60.0
+ATTRIBUTES = {
+    "manifest": {"DataType": "String", "StringValue": "json"},
+    "serializer_id": {"DataType": "Number", "StringValue": "1"},
+}
+
+
+def client_settings(port: int) -> dict[str, Any]:
+    """Keyword arguments for a boto3 client of the moto server on ``port``."""
+    return {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "region_name": "us-east-1",
+        "aws_access_key_id": "bench",
+        "aws_secret_access_key": "bench",
+    }
+
+
+class _Counted(Contender):
+    def setup(self) -> dict[str, str]:
+        self.counter = botohook.install()
+        return {}
+
+    def request_count(self) -> int | None:
+        return self.counter.total
+
+
+class RawBoto3(_Counted):
+    """boto3's SQS client: send_message / send_message_batch, receive 10, delete_message_batch."""
+
+    label = "raw boto3"
+
+    def setup(self) -> dict[str, str]:
+        super().setup()
+        import boto3
+
+        self.queue_name = str(self.params.get("queue", "bench-sqs-boto3"))
+        settings = client_settings(int(self.params["port"]))
+        # Separate clients for the producer thread and the consumer, as Melange has.
+        self.pub = boto3.client("sqs", **settings)
+        self.sub = boto3.client("sqs", **settings)
+        self.url = self.pub.create_queue(
+            QueueName=self.queue_name, Attributes={"VisibilityTimeout": "100"}
+        )["QueueUrl"]
+        self.pub.purge_queue(QueueUrl=self.url)
+        return {"boto3": version("boto3"), "botocore": version("botocore")}
+
+    def publish_one(self, payload: Payload) -> None:
+        self.pub.send_message(
+            QueueUrl=self.url,
+            MessageBody=json.dumps({"Message": json.dumps(payload)}),
+            MessageAttributes=ATTRIBUTES,
+        )
+
+    def publish_many(self, payloads: list[Payload]) -> None:
+        for offset in range(0, len(payloads), 10):
+            entries = [
+                {
+                    "Id": str(index),
+                    "MessageBody": json.dumps({"Message": json.dumps(payload)}),
+                    "MessageAttributes": ATTRIBUTES,
+                }
+                for index, payload in enumerate(payloads[offset : offset + 10])
+            ]
+            response = self.pub.send_message_batch(QueueUrl=self.url, Entries=entries)
+            if response.get("Failed"):
+                raise RuntimeError(f"batch refused: {response['Failed']}")
+
+    def consume(self, n: int, handle: Tally) -> None:
+        idle_since = time.monotonic()
+        while not handle.complete:
+            response = self.sub.receive_message(
+                QueueUrl=self.url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=1,
+                MessageAttributeNames=["All"],
+                AttributeNames=["ApproximateReceiveCount"],
+            )
+            messages = response.get("Messages", [])
+            if not messages:
+                if time.monotonic() - idle_since > IDLE_TIMEOUT:
+                    raise TimeoutError(f"no message for {IDLE_TIMEOUT}s on {self.queue_name}")
+                continue
+            idle_since = time.monotonic()
+            for message in messages:
+                handle(json.loads(json.loads(message["Body"])["Message"]))
+            self.sub.delete_message_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages)
+                ],
+            )
