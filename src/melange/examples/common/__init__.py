@@ -1,0 +1,1 @@
+"""Pieces the examples share: the dataclass serializer, the payment command, service runtime."""

@@ -1,0 +1,144 @@
+"""What every example service process needs: a backend from a URL, a publisher that says
+who sent each event, a reporter that prints the flow, and a ``main`` that runs a service.
+
+Every service prints one line per thing it does, ``[service] text``, so that several service
+processes writing to one terminal (as ``melange demo`` arranges) read as one story.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TextIO
+
+from melange.backends.interfaces import MessagingBackend
+from melange.context import current_message
+from melange.message_dispatcher import MessageDispatcher
+from melange.policy import FailurePolicy
+from melange.publishers import QueuePublisher, TopicPublisher
+from melange.serializers.interfaces import Serializer
+
+#: The header naming the service that published a message.
+SENDER_HEADER = "sender"
+
+#: How the example services retry: quickly, so a demo shows retries without waiting long.
+EXAMPLE_POLICY = FailurePolicy(
+    max_attempts=4, initial_delay=0.2, backoff_factor=2.0, max_delay=2.0, jitter=0.1
+)
+
+
+class Reporter:
+    """Prints what a service does as ``[service] text`` lines, flushed at once.
+
+    Args:
+        service: The service's short name.
+        stream: Where to write; standard output by default.
+    """
+
+    def __init__(self, service: str, stream: TextIO | None = None) -> None:
+        self.service = service
+        self._stream = stream
+        #: Every line reported, oldest first (tests read it).
+        self.lines: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        self.lines.append(text)
+        stream = self._stream if self._stream is not None else sys.stdout
+        print(f"[{self.service}] {text}", file=stream, flush=True)
+
+
+def delivery() -> str:
+    """``" (delivery N)"`` for a redelivered message being processed, else ``""``."""
+    message = current_message()
+    if message is None or not message.attempt or message.attempt < 2:
+        return ""
+    return f" (delivery {message.attempt})"
+
+
+class EventPublisher(Protocol):
+    """Where a service publishes its events (``ServicePublisher``, or a fake in tests)."""
+
+    def publish(self, event: Any) -> None:
+        """Publish ``event`` to the service's topic."""
+
+
+class ServicePublisher:
+    """Publishes a service's events to its topic and its commands to other services' queues.
+
+    Every message carries the ``sender`` header, and each publish is reported.
+
+    Args:
+        service: The publishing service's name (the ``sender`` header).
+        topic: The topic this service's events go to.
+        serializer: The serializer of the example's messages.
+        backend: The backend to publish on.
+        report: Where to report each publish.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        topic: str,
+        serializer: Serializer[Any],
+        backend: MessagingBackend,
+        report: Callable[[str], None],
+    ) -> None:
+        self._headers = {SENDER_HEADER: service}
+        self._topic = topic
+        self._topics = TopicPublisher(serializer, backend)
+        self._queues = QueuePublisher(serializer, backend)
+        self._report = report
+
+    def publish(self, event: Any) -> None:
+        """Publish ``event`` to this service's topic."""
+        self._topics.publish(self._topic, event, headers=self._headers)
+        self._report(f"published {event!r} to topic {self._topic}")
+
+    def send(self, queue: str, command: Any) -> None:
+        """Send ``command`` to the queue of the service that handles it."""
+        self._queues.publish(queue, command, headers=self._headers)
+        self._report(f"sent {command!r} to queue {queue}")
+
+
+def open_backend(url: str | None) -> MessagingBackend:
+    """The backend ``url`` names, else the one ``MELANGE_BACKEND_URL`` names, else the
+    embedded SQLite default."""
+    from melange.backends import urls
+
+    return urls.backend_from_url(url) if url else urls.backend_from_env()
+
+
+def service_main(
+    description: str,
+    queue: str,
+    create_dispatcher: Callable[[MessagingBackend], MessageDispatcher],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Run one example service as a process until SIGINT/SIGTERM; returns the exit status.
+
+    Args:
+        description: What the service does (shown by ``--help``).
+        queue: The queue the service consumes.
+        create_dispatcher: Builds the service's dispatcher on a backend (declaring the
+            example's topology first, so services may start in any order).
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--backend-url",
+        help="backend to use (memory://, sqlite:///path.db, amqp://..., sqs://...); "
+        "default: $MELANGE_BACKEND_URL, else the embedded SQLite database",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="messages processed at once")
+    args = parser.parse_args(argv)
+    backend = open_backend(args.backend_url)
+    try:
+        dispatcher = create_dispatcher(backend)
+        try:
+            dispatcher.consume_loop(queue, workers=args.workers)
+        finally:
+            dispatcher.close()
+    finally:
+        backend.close_connection()
+    return 0
