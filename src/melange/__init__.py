@@ -5,6 +5,7 @@ Publish with :class:`QueuePublisher` / :class:`TopicPublisher`, consume with
 over any :class:`~melange.backends.interfaces.MessagingBackend`.
 """
 
+from melange.aio import AsyncMessageDispatcher, AsyncQueuePublisher, AsyncTopicPublisher
 from melange.backends.backend_manager import BackendManager
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
@@ -35,6 +36,9 @@ from melange.serializers import (
 __version__ = "8.0.0.dev0"
 
 __all__ = [
+    "AsyncMessageDispatcher",
+    "AsyncQueuePublisher",
+    "AsyncTopicPublisher",
     "BackendCapabilities",
     "BackendManager",
     "Consumer",

@@ -7,6 +7,9 @@ import pytest
 import melange
 
 EXPECTED_TOP_LEVEL = {
+    "AsyncMessageDispatcher",
+    "AsyncQueuePublisher",
+    "AsyncTopicPublisher",
     "BackendCapabilities",
     "BackendManager",
     "Consumer",

@@ -1,0 +1,137 @@
+"""The asyncio API: same decisions as the threaded one, async consumers awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from melange import (
+    Consumer,
+    InMemoryMessagingBackend,
+    JsonSerializer,
+    MessagingBackendFactory,
+    SingleDispatchConsumer,
+    consumer,
+    current_message,
+)
+from melange.aio import AsyncMessageDispatcher, AsyncQueuePublisher, AsyncTopicPublisher
+from melange.infrastructure.cache import InMemoryCache
+from melange.models import FAILURE_REASON
+from melange.policy import FailurePolicy
+
+
+def setup() -> InMemoryMessagingBackend:
+    backend = InMemoryMessagingBackend()
+    MessagingBackendFactory(backend).init_queue("q", "t", dead_letter_queue_name="q-dlq")
+    return backend
+
+
+def test_async_consumers_are_awaited_and_messages_acknowledged() -> None:
+    backend = setup()
+    seen: list[Any] = []
+
+    async def handle(message: Any) -> None:
+        await asyncio.sleep(0)
+        assert current_message() is not None
+        seen.append(message)
+
+    async def main() -> None:
+        publisher = AsyncQueuePublisher(JsonSerializer(), backend)
+        await publisher.publish("q", {"n": 1})
+        await AsyncTopicPublisher(JsonSerializer(), backend).publish("t", {"n": 2})
+        d = AsyncMessageDispatcher(JsonSerializer(), backend=backend, consumers=[Consumer(handle)])
+        assert await d.consume_event("q") == 2
+
+    asyncio.run(main())
+    assert seen == [{"n": 1}, {"n": 2}]
+    assert backend.queue_depth("q") == 0
+
+
+def test_async_single_dispatch_and_sync_consumers_mix() -> None:
+    backend = setup()
+    seen: list[str] = []
+
+    class Handlers(SingleDispatchConsumer):
+        @consumer
+        async def on_dict(self, event: dict) -> None:  # type: ignore[type-arg]
+            seen.append("async")
+
+    async def main() -> None:
+        await AsyncQueuePublisher(JsonSerializer(), backend).publish("q", {"n": 1})
+        d = AsyncMessageDispatcher(
+            JsonSerializer(),
+            backend=backend,
+            consumers=[Handlers(), Consumer(lambda m: seen.append("sync"))],
+        )
+        await d.consume_event("q")
+
+    asyncio.run(main())
+    assert seen == ["async", "sync"]
+
+
+def test_async_failures_follow_the_policy_to_the_dead_letter_queue() -> None:
+    backend = setup()
+
+    async def broken(message: Any) -> None:
+        raise RuntimeError("async boom")
+
+    async def main() -> None:
+        await AsyncQueuePublisher(JsonSerializer(), backend).publish("q", {"n": 1})
+        d = AsyncMessageDispatcher(
+            JsonSerializer(),
+            cache=InMemoryCache(),
+            backend=backend,
+            consumers=[Consumer(broken)],
+            failure_policy=FailurePolicy.no_delay(max_attempts=2),
+        )
+        await d.consume_event("q")
+        await d.consume_event("q")
+        assert d.stats.dead_lettered == 1
+
+    asyncio.run(main())
+    [dead] = backend.peek("q-dlq")
+    assert "async boom" in dead.headers[FAILURE_REASON]
+
+
+def test_async_loop_processes_concurrently_and_stops() -> None:
+    backend = setup()
+    total = 30
+    done: list[int] = []
+    active = {"now": 0, "max": 0}
+
+    async def handle(message: Any) -> None:
+        active["now"] += 1
+        active["max"] = max(active["max"], active["now"])
+        await asyncio.sleep(0.01)
+        active["now"] -= 1
+        done.append(message["n"])
+        if len(done) == total:
+            d.stop()
+
+    d = AsyncMessageDispatcher(JsonSerializer(), backend=backend, consumers=[Consumer(handle)])
+
+    async def main() -> None:
+        publisher = AsyncQueuePublisher(JsonSerializer(), backend)
+        for n in range(total):
+            await publisher.publish("q", {"n": n})
+        await asyncio.wait_for(d.consume_loop("q", concurrency=5), timeout=20)
+
+    asyncio.run(main())
+    assert sorted(done) == list(range(total))
+    assert active["max"] > 1
+    assert backend.queue_depth("q") == 0
+
+
+def test_sync_dispatcher_reports_an_async_consumer_clearly() -> None:
+    from melange import MessageDispatcher, QueuePublisher
+
+    backend = setup()
+    errors: list[Exception] = []
+
+    async def handle(message: Any) -> None: ...
+
+    QueuePublisher(JsonSerializer(), backend).publish("q", {"n": 1})
+    d = MessageDispatcher(JsonSerializer(), backend=backend, consumers=[Consumer(handle)])
+    d._on_exception = errors.append
+    d.consume_event("q")
+    assert "AsyncMessageDispatcher" in str(errors[0])
