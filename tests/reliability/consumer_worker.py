@@ -1,0 +1,81 @@
+"""A consumer process for the fault tests: ``python consumer_worker.py '<json config>'``.
+
+It consumes a queue with ``consume_loop`` until SIGTERM/SIGINT (or until it is killed) and
+appends one line per handler step to a journal file, with ``O_APPEND`` writes that reach the
+kernel at once and so survive a SIGKILL of the process::
+
+    start <n> <message id> <pid>
+    end <n> <message id> <pid>
+
+Config keys: ``backend`` (see :func:`reliability_support.open_backend`), ``queue``,
+``journal``, ``delay`` (seconds each handler takes), ``block_on`` (a payload number whose
+handler never returns), ``workers``, ``redis_prefix`` (enables a RedisCache),
+``lease`` (deduplication lease seconds), ``max_messages``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from typing import Any
+
+from reliability_support import open_backend
+
+from melange.consumers import Consumer
+from melange.context import current_message
+from melange.message_dispatcher import MessageDispatcher
+from melange.policy import FailurePolicy
+from melange.serializers.json import JsonSerializer
+
+
+def main() -> int:
+    config: dict[str, Any] = json.loads(sys.argv[1])
+    journal = os.open(config["journal"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    pid = os.getpid()
+    delay = float(config.get("delay", 0.0))
+    block_on = config.get("block_on")
+    never = threading.Event()
+
+    def record(phase: str, n: int) -> None:
+        message = current_message()
+        message_id = message.message_id if message is not None else "-"
+        os.write(journal, f"{phase} {n} {message_id} {pid}\n".encode())
+
+    def handle(payload: dict[str, Any]) -> None:
+        n = int(payload["n"])
+        record("start", n)
+        if n == block_on:
+            never.wait()  # a handler stuck for good: only a second signal ends the process
+        if delay:
+            never.wait(delay)  # the handler's work
+        record("end", n)
+
+    cache = None
+    if config.get("redis_prefix"):
+        from melange.infrastructure.redis_cache import RedisCache
+
+        cache = RedisCache(key_prefix=config["redis_prefix"])
+    backend = open_backend(config["backend"])
+    dispatcher = MessageDispatcher(
+        JsonSerializer(),
+        cache=cache,
+        backend=backend,
+        consumers=[Consumer(handle, name="fault-consumer")],
+        failure_policy=FailurePolicy.no_delay(max_attempts=None),
+        dedup_lease_seconds=float(config.get("lease", 300.0)),
+    )
+    os.write(journal, f"ready - - {pid}\n".encode())
+    kwargs: dict[str, Any] = {}
+    if config.get("max_messages"):
+        kwargs["max_messages"] = int(config["max_messages"])
+    dispatcher.consume_loop(config["queue"], workers=int(config.get("workers", 1)), **kwargs)
+    dispatcher.close()
+    backend.close_connection()
+    os.write(journal, f"exit - - {pid}\n".encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
