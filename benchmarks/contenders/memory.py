@@ -1,0 +1,65 @@
+"""In-memory contenders: Melange's in-memory broker and FastStream's test broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from importlib.metadata import version
+from typing import Any
+
+from benchmarks.contenders.melange_common import MelangeContender
+from benchmarks.workload import Contender, Tally, make_payload
+
+
+class MelangeMemory(MelangeContender):
+    """Melange on ``InMemoryMessagingBackend``: publisher thread, dispatcher consume loop."""
+
+    label = "Melange in-memory"
+    shared_backend = True
+
+    def make_backend(self) -> Any:
+        from melange import InMemoryMessagingBackend
+
+        return InMemoryMessagingBackend()
+
+
+class FastStreamTestBroker(Contender):
+    """FastStream's ``TestRabbitBroker``: each publish calls the subscriber in process.
+
+    It has no queue between publisher and subscriber, so only end to end is measured.
+    """
+
+    label = "FastStream TestRabbitBroker"
+
+    def setup(self) -> dict[str, str]:
+        from faststream.rabbit import RabbitBroker
+
+        self.broker = RabbitBroker(logger=None)
+        self._tally: Tally | None = None
+
+        @self.broker.subscriber("bench-memory")
+        async def on_message(body: dict[str, Any]) -> None:
+            assert self._tally is not None
+            self._tally(body)
+
+        self.loop = asyncio.new_event_loop()
+        return {"faststream": version("faststream")}
+
+    def op_e2e(self, n: int, rate: float | None = None) -> dict[str, Any]:
+        from faststream.rabbit import TestRabbitBroker
+
+        first = self._ids()
+        payloads = [make_payload(first + i) for i in range(n)]
+        tally = Tally(first, n, record_latency=False)
+        self._tally = tally
+
+        async def run() -> float:
+            async with TestRabbitBroker(self.broker) as broker:
+                start = time.perf_counter()
+                for payload in payloads:
+                    await broker.publish(payload, queue="bench-memory")
+                return time.perf_counter() - start
+
+        seconds = self.loop.run_until_complete(run())
+        tally.check("e2e")
+        return {"seconds": seconds, "n": n}
