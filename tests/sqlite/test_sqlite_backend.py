@@ -1,0 +1,471 @@
+"""Behaviour of the SQLite backend beyond the shared conformance suite: durability, leases on
+a fake clock, FIFO details, inspection helpers and clear errors for unusable files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from melange.backends.sqlite import QueueStats, SQLiteBackend
+from melange.consumers import Consumer
+from melange.exceptions import (
+    BackendError,
+    ConfigurationError,
+    MessageTooLargeError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+)
+from melange.message_dispatcher import MessageDispatcher
+from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message
+from melange.serializers.json import JsonSerializer
+from melange.testing.conformance import make_message
+
+
+class FakeClock:
+    """A wall clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "melange.db"
+
+
+@pytest.fixture
+def backend(db: Path, clock: FakeClock) -> Iterator[SQLiteBackend]:
+    backend = SQLiteBackend(db, clock=clock)
+    yield backend
+    backend.close_connection()
+
+
+def fifo_message(content: str, group: str, dedup: str | None = None) -> Message:
+    message = make_message(content, group=group)
+    message.deduplication_id = dedup
+    return message
+
+
+# -- durability -------------------------------------------------------------------------------
+
+
+def test_messages_and_topology_survive_reopening_the_file(db: Path) -> None:
+    first = SQLiteBackend(db)
+    topic = first.declare_topic("events")
+    queue, _ = first.declare_queue("orders", topic, dead_letter_queue_name="orders-dlq")
+    sent = make_message('{"id": 1}')
+    sent.headers["causation_id"] = "c-9"
+    first.publish_to_topic(sent, topic)
+    first.close_connection()
+
+    second = SQLiteBackend(db)
+    assert second.queue_names() == ["orders", "orders-dlq"]
+    assert second.subscriptions("events") == {"orders": None}
+    [got] = second.retrieve_messages(second.get_queue("orders"))
+    assert (got.message_id, got.content, got.manifest, got.serializer_id) == (
+        sent.message_id,
+        '{"id": 1}',
+        "json",
+        1,
+    )
+    assert got.headers == sent.headers
+    second.acknowledge(got)
+    assert second.queue_stats(queue.name).total == 0
+    second.close_connection()
+
+
+def test_unsettled_message_of_a_closed_backend_is_redelivered_after_its_lease(
+    db: Path, clock: FakeClock
+) -> None:
+    first = SQLiteBackend(db, clock=clock)
+    queue, _ = first.declare_queue("jobs", visibility_timeout=10)
+    first.publish_to_queue(make_message('"job"'), queue)
+    [taken] = first.retrieve_messages(queue)
+    first.close_connection()  # as if the process died holding it
+
+    second = SQLiteBackend(db, clock=clock)
+    assert second.retrieve_messages(queue) == []
+    clock.advance(10.5)
+    [again] = second.retrieve_messages(queue)
+    assert again.message_id == taken.message_id
+    assert again.attempt == 2
+    second.close_connection()
+
+
+def test_database_runs_in_wal_mode_with_the_chosen_synchronous_setting(db: Path) -> None:
+    backend = SQLiteBackend(db, synchronous="full")
+    with backend._read() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    backend.close_connection()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT value FROM melange_meta WHERE key='schema_version'").fetchone()
+
+
+# -- leases on a fake clock -------------------------------------------------------------------
+
+
+def test_visibility_timeout_redelivers_with_growing_attempt(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, _ = backend.declare_queue("q", visibility_timeout=5)
+    backend.publish_to_queue(make_message('"x"'), queue)
+    attempts = []
+    for _ in range(3):
+        [got] = backend.retrieve_messages(queue)
+        attempts.append(got.attempt)
+        assert backend.retrieve_messages(queue) == []
+        clock.advance(5.01)
+    assert attempts == [1, 2, 3]
+
+
+def test_late_acknowledgement_does_not_delete_a_redelivered_message(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, _ = backend.declare_queue("q", visibility_timeout=5)
+    backend.publish_to_queue(make_message('"x"'), queue)
+    [stale] = backend.retrieve_messages(queue)
+    clock.advance(6)
+    [current] = backend.retrieve_messages(queue)
+    backend.acknowledge(stale)  # too late: another delivery owns it now
+    assert backend.queue_stats("q") == QueueStats("q", ready=0, in_flight=1, delayed=0)
+    backend.nack(stale)  # as late, and as harmless
+    backend.acknowledge(current)
+    assert backend.queue_stats("q").total == 0
+
+
+def test_extend_visibility_pushes_the_lease_back(backend: SQLiteBackend, clock: FakeClock) -> None:
+    queue, _ = backend.declare_queue("q", visibility_timeout=5)
+    backend.publish_to_queue(make_message('"x"'), queue)
+    [got] = backend.retrieve_messages(queue)
+    clock.advance(4)
+    backend.extend_visibility(got, 10)
+    clock.advance(9)
+    assert backend.retrieve_messages(queue) == []
+    clock.advance(2)
+    assert [m.message_id for m in backend.retrieve_messages(queue)] == [got.message_id]
+
+
+def test_broker_dead_letters_after_max_receive_count_with_a_reason(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, dlq = backend.declare_queue(
+        "q", dead_letter_queue_name="q-dlq", visibility_timeout=1, max_receive_count=2
+    )
+    assert dlq is not None
+    backend.publish_to_queue(make_message('"poison"'), queue)
+    for _ in range(2):
+        assert len(backend.retrieve_messages(queue)) == 1
+        clock.advance(1.5)  # the consumer never settles it
+    assert backend.retrieve_messages(queue) == []
+    [dead] = backend.retrieve_messages(dlq)
+    assert dead.content == '"poison"'
+    assert dead.attempt == 1
+    assert dead.headers[FAILURE_REASON] == "max receive count exceeded"
+    assert dead.headers[FAILURE_QUEUE] == "q"
+    assert dead.headers["correlation_id"] == "corr-1"
+
+
+def test_queue_delay_holds_every_new_message_back(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, _ = backend.declare_queue("q", delay_seconds=30)
+    backend.publish_to_queue(make_message('"later"'), queue)
+    assert backend.queue_stats("q") == QueueStats("q", ready=0, in_flight=0, delayed=1)
+    assert backend.retrieve_messages(queue) == []
+    clock.advance(30)
+    assert len(backend.retrieve_messages(queue)) == 1
+
+
+def test_nack_with_delay_counts_as_delayed_until_due(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, _ = backend.declare_queue("q")
+    backend.publish_to_queue(make_message('"x"'), queue)
+    [got] = backend.retrieve_messages(queue)
+    backend.nack(got, delay=60)
+    assert backend.queue_stats("q") == QueueStats("q", ready=0, in_flight=0, delayed=1)
+    clock.advance(60)
+    assert backend.queue_stats("q").ready == 1
+
+
+# -- FIFO -------------------------------------------------------------------------------------
+
+
+def test_fifo_deduplication_id_drops_repeats_within_five_minutes(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, _ = backend.declare_queue("orders.fifo")
+    backend.publish_to_queue(fifo_message("1", "g", dedup="order-1"), queue)
+    clock.advance(200)
+    backend.publish_batch_to_queue(
+        [fifo_message("1 again", "g", dedup="order-1"), fifo_message("2", "g", dedup="order-2")],
+        queue,
+    )
+    assert [m.content for m in backend.peek("orders.fifo")] == ["1", "2"]
+    clock.advance(301)
+    backend.publish_to_queue(fifo_message("1 much later", "g", dedup="order-1"), queue)
+    assert backend.queue_stats("orders.fifo").total == 3
+
+
+def test_fifo_batch_without_group_id_is_refused_whole(backend: SQLiteBackend) -> None:
+    queue, _ = backend.declare_queue("orders.fifo")
+    batch = [fifo_message("ok", "g"), make_message("no group")]
+    with pytest.raises(ConfigurationError, match="message_group_id"):
+        backend.publish_batch_to_queue(batch, queue)
+    assert backend.queue_stats("orders.fifo").total == 0
+
+
+def test_topic_batch_is_all_or_nothing_across_subscribed_queues(backend: SQLiteBackend) -> None:
+    topic = backend.declare_topic("events")
+    backend.declare_queue("plain", topic)
+    backend.declare_queue("ordered.fifo", topic)
+    with pytest.raises(ConfigurationError, match="ordered.fifo"):
+        backend.publish_batch_to_topic([make_message("1"), make_message("2")], topic)
+    assert backend.queue_stats("plain").total == 0
+
+
+def test_fifo_nack_with_delay_keeps_the_group_blocked(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, _ = backend.declare_queue("q.fifo")
+    backend.publish_batch_to_queue(
+        [fifo_message("a1", "a"), fifo_message("a2", "a"), fifo_message("b1", "b")], queue
+    )
+    [head] = backend.retrieve_messages(queue, max_messages=1)
+    assert head.content == "a1"
+    backend.nack(head, delay=10)
+    # Group a waits for its head; group b is free.
+    assert [m.content for m in backend.retrieve_messages(queue)] == ["b1"]
+    clock.advance(10)
+    assert [m.content for m in backend.retrieve_messages(queue)] == ["a1", "a2"]
+
+
+def test_dead_lettering_the_head_of_a_fifo_group_releases_the_group(
+    backend: SQLiteBackend,
+) -> None:
+    queue, dlq = backend.declare_queue("q.fifo", dead_letter_queue_name="q-dlq.fifo")
+    assert dlq is not None
+    backend.publish_batch_to_queue([fifo_message("1", "g"), fifo_message("2", "g")], queue)
+    [head] = backend.retrieve_messages(queue, max_messages=1)
+    assert backend.dead_letter(head, {FAILURE_REASON: "bad"}) is True
+    [nxt] = backend.retrieve_messages(queue)
+    assert nxt.content == "2"
+    [dead] = backend.retrieve_messages(dlq)
+    assert (dead.content, dead.group_id, dead.headers[FAILURE_REASON]) == ("1", "g", "bad")
+
+
+# -- inspection -------------------------------------------------------------------------------
+
+
+def test_stats_peek_and_purge_inspect_without_receiving(backend: SQLiteBackend) -> None:
+    queue, _ = backend.declare_queue("q")
+    backend.publish_batch_to_queue([make_message(str(i)) for i in range(5)], queue)
+    backend.retrieve_messages(queue, max_messages=2)
+    assert backend.queue_stats("q") == QueueStats("q", ready=3, in_flight=2, delayed=0)
+    assert [m.content for m in backend.peek("q", limit=4)] == ["0", "1", "2", "3"]
+    assert [m.attempt for m in backend.peek("q", limit=3)] == [1, 1, None]
+    assert backend.queue_stats("q").ready == 3  # peeking received nothing
+    assert backend.purge("q") == 5
+    assert backend.queue_stats("q").total == 0
+    assert backend.queue_depth("q") == 0
+
+
+def test_inspecting_a_missing_queue_raises_queue_not_found(backend: SQLiteBackend) -> None:
+    for inspect in (backend.queue_stats, backend.peek, backend.purge):
+        with pytest.raises(QueueNotFoundError, match="nope"):
+            inspect("nope")
+    with pytest.raises(TopicNotFoundError, match="nope"):
+        backend.subscriptions("nope")
+
+
+def test_names_and_subscriptions_list_the_topology(backend: SQLiteBackend) -> None:
+    topic = backend.declare_topic("events")
+    backend.declare_queue("b", topic, filter_events=["Created", "Deleted"])
+    backend.declare_queue("a", topic)
+    assert backend.queue_names() == ["a", "b"]
+    assert backend.topic_names() == ["events"]
+    assert backend.subscriptions("events") == {"a": None, "b": ["Created", "Deleted"]}
+    backend.delete_queue(backend.get_queue("b"))
+    assert backend.subscriptions("events") == {"a": None}
+    backend.delete_topic(topic)
+    assert backend.topic_names() == []
+
+
+# -- waiting ----------------------------------------------------------------------------------
+
+
+def test_publish_in_the_same_process_wakes_a_waiting_receiver(db: Path) -> None:
+    # A poll interval far longer than the test: only the in-process wake-up can deliver.
+    backend = SQLiteBackend(db, poll_interval=60)
+    queue, _ = backend.declare_queue("q")
+    result: list[list[Message]] = []
+    receiver = threading.Thread(
+        target=lambda: result.append(backend.retrieve_messages(queue, wait_seconds=30))
+    )
+    receiver.start()
+    time.sleep(0.2)  # let it start waiting; the test holds either way
+    started = time.monotonic()
+    backend.publish_to_queue(make_message('"wake"'), queue)
+    receiver.join(timeout=20)
+    assert [m.content for m in result[0]] == ['"wake"']
+    assert time.monotonic() - started < 10
+    backend.close_connection()
+
+
+def test_interrupt_ends_a_waiting_receive_with_nothing(db: Path) -> None:
+    backend = SQLiteBackend(db, poll_interval=60)
+    queue, _ = backend.declare_queue("q")
+    result: list[list[Message]] = []
+    receiver = threading.Thread(
+        target=lambda: result.append(backend.retrieve_messages(queue, wait_seconds=30))
+    )
+    started = time.monotonic()
+    receiver.start()
+    time.sleep(0.2)
+    backend.interrupt()
+    receiver.join(timeout=20)
+    assert result == [[]]
+    assert time.monotonic() - started < 10
+    backend.close_connection()
+
+
+def test_dispatcher_heartbeat_keeps_a_slow_message_from_other_consumers(db: Path) -> None:
+    backend = SQLiteBackend(db, visibility_timeout=1)
+    queue, _ = backend.declare_queue("slow")
+    backend.publish_to_queue(Message.create('{"n": 1}', "json", 1), queue)
+    other = SQLiteBackend(db)
+    stolen: list[Message] = []
+    handled = threading.Event()
+
+    def handle(_: object) -> None:
+        # While the handler runs for 2.5 leases, another consumer keeps trying to take it.
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            stolen.extend(other.retrieve_messages(other.get_queue("slow"), wait_seconds=0.2))
+        handled.set()
+
+    dispatcher = MessageDispatcher(
+        JsonSerializer(), backend=backend, consumers=[Consumer(on_message=handle)]
+    )
+    dispatcher.consume_event("slow")
+    assert handled.is_set()
+    assert stolen == []
+    assert dispatcher.stats.acknowledged == 1
+    assert backend.queue_stats("slow").total == 0
+    other.close_connection()
+    backend.close_connection()
+
+
+# -- bad input and unusable files -------------------------------------------------------------
+
+
+def test_a_file_that_is_not_a_database_is_refused_by_path(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are not the bytes of a database " * 100)
+    with pytest.raises(ConfigurationError, match="notes.txt.*not an SQLite database"):
+        SQLiteBackend(path)
+
+
+def test_another_applications_database_is_refused_by_path(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER)")
+        conn.commit()
+    with pytest.raises(ConfigurationError, match=r"app\.db.*not a Melange one.*users"):
+        SQLiteBackend(path)
+
+
+def test_a_newer_schema_version_is_refused(db: Path) -> None:
+    SQLiteBackend(db).close_connection()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE melange_meta SET value = '99' WHERE key = 'schema_version'")
+        conn.commit()
+    with pytest.raises(ConfigurationError, match="schema version 99"):
+        SQLiteBackend(db)
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Make ``path`` unwritable, even for root (who ignores permission bits)."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(0o644)
+        return
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"running as root without chattr +i: cannot make {path} read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_read_only_file_is_refused_by_path(db: Path) -> None:
+    SQLiteBackend(db).close_connection()
+    with read_only(db), pytest.raises(ConfigurationError, match=r"melange\.db.* is read-only"):
+        SQLiteBackend(db)
+
+
+def test_a_missing_directory_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        SQLiteBackend(tmp_path / "absent" / "melange.db")
+
+
+def test_bad_settings_are_refused_with_what_is_allowed(db: Path) -> None:
+    with pytest.raises(ConfigurationError, match="NORMAL"):
+        SQLiteBackend(db, synchronous="sometimes")
+    with pytest.raises(ConfigurationError, match="visibility_timeout"):
+        SQLiteBackend(db, visibility_timeout=0)
+    backend = SQLiteBackend(db)
+    with pytest.raises(ConfigurationError, match="visibility_timout"):
+        backend.declare_queue("q", visibility_timout=5)
+    with pytest.raises(ConfigurationError, match="max_receive_count"):
+        backend.declare_queue("q", max_receive_count=0)
+    with pytest.raises(ConfigurationError, match="list of manifests"):
+        backend.declare_queue("q", filter_events="Created")
+    backend.close_connection()
+
+
+def test_oversized_message_is_refused(db: Path) -> None:
+    backend = SQLiteBackend(db, max_message_size=10)
+    queue, _ = backend.declare_queue("q")
+    with pytest.raises(MessageTooLargeError, match="10-byte limit"):
+        backend.publish_to_queue(make_message("x" * 11), queue)
+    assert backend.queue_stats("q").total == 0
+    backend.close_connection()
+
+
+def test_a_closed_backend_refuses_work(db: Path) -> None:
+    backend = SQLiteBackend(db)
+    backend.close_connection()
+    backend.close_connection()  # idempotent
+    with pytest.raises(BackendError, match="closed"):
+        backend.get_queue("q")
+
+
+def test_settling_a_message_from_elsewhere_is_refused(backend: SQLiteBackend) -> None:
+    with pytest.raises(ValueError, match="not received from an SQLite backend"):
+        backend.acknowledge(make_message("x"))
