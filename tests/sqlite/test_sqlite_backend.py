@@ -185,9 +185,7 @@ def test_broker_dead_letters_after_max_receive_count_with_a_reason(
     assert dead.headers["correlation_id"] == "corr-1"
 
 
-def test_queue_delay_holds_every_new_message_back(
-    backend: SQLiteBackend, clock: FakeClock
-) -> None:
+def test_queue_delay_holds_every_new_message_back(backend: SQLiteBackend, clock: FakeClock) -> None:
     queue, _ = backend.declare_queue("q", delay_seconds=30)
     backend.publish_to_queue(make_message('"later"'), queue)
     assert backend.queue_stats("q") == QueueStats("q", ready=0, in_flight=0, delayed=1)
@@ -239,7 +237,7 @@ def test_topic_batch_is_all_or_nothing_across_subscribed_queues(backend: SQLiteB
     topic = backend.declare_topic("events")
     backend.declare_queue("plain", topic)
     backend.declare_queue("ordered.fifo", topic)
-    with pytest.raises(ConfigurationError, match="ordered.fifo"):
+    with pytest.raises(ConfigurationError, match=r"ordered\.fifo"):
         backend.publish_batch_to_topic([make_message("1"), make_message("2")], topic)
     assert backend.queue_stats("plain").total == 0
 
@@ -382,7 +380,7 @@ def test_dispatcher_heartbeat_keeps_a_slow_message_from_other_consumers(db: Path
 def test_a_file_that_is_not_a_database_is_refused_by_path(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("these are not the bytes of a database " * 100)
-    with pytest.raises(ConfigurationError, match="notes.txt.*not an SQLite database"):
+    with pytest.raises(ConfigurationError, match=r"notes\.txt.*not an SQLite database"):
         SQLiteBackend(path)
 
 
