@@ -70,19 +70,35 @@ def _load(target: str) -> type[Any]:
 def capabilities_of(cls: type[Any]) -> BackendCapabilities:
     """The capability descriptor of a backend class, without connecting to any broker.
 
-    A backend declares it as a ``CAPABILITIES`` class attribute, or as a class-level
-    ``capabilities`` value; the in-memory and SQLite backends, which need no broker, are
-    instantiated (SQLite on a temporary file).
+    The table describes the backend with its default settings. In order: a ``CAPABILITIES``
+    or class-level ``capabilities`` value; the ``capabilities`` property evaluated on an
+    instance whose ``__init__`` did not run (so no broker client is created) but which holds
+    the constructor's default for each setting (``queue_type="quorum"`` is set as
+    ``_queue_type`` and ``queue_type``); and, for the embedded backends, a real instance with
+    default settings (SQLite on a temporary file).
     """
     for attribute in ("CAPABILITIES", "capabilities"):
         value = inspect.getattr_static(cls, attribute, None)
         if isinstance(value, BackendCapabilities):
             return value
+    prop = inspect.getattr_static(cls, "capabilities", None)
+    if isinstance(prop, property) and prop.fget is not None:
+        try:
+            value = prop.fget(_unconnected(cls))
+        except AttributeError:
+            value = None  # the descriptor reads settings that are not constructor defaults
+        if isinstance(value, BackendCapabilities):
+            return value
     with tempfile.TemporaryDirectory() as tmp:
         if cls.__name__ == "SQLiteBackend":
             instance = cls(str(Path(tmp) / "capabilities.db"))
-        else:
+        elif cls.__name__ == "InMemoryMessagingBackend":
             instance = cls()
+        else:
+            raise PluginError(
+                f"cannot read the capabilities of {cls.__name__} without a broker: give it a "
+                "CAPABILITIES class attribute or a capabilities property built from constants"
+            )
         try:
             value = instance.capabilities
         finally:
@@ -90,6 +106,21 @@ def capabilities_of(cls: type[Any]) -> BackendCapabilities:
     if not isinstance(value, BackendCapabilities):
         raise PluginError(f"{cls.__name__}.capabilities is not a BackendCapabilities")
     return value
+
+
+def _unconnected(cls: type[Any]) -> Any:
+    """An instance of ``cls`` carrying its constructor defaults, without running ``__init__``."""
+    instance = cls.__new__(cls)
+    for param in inspect.signature(cls.__init__).parameters.values():
+        if param.default is inspect.Parameter.empty or param.name == "self":
+            continue
+        for attribute in (f"_{param.name}", param.name):
+            if inspect.getattr_static(cls, attribute, None) is None:
+                try:
+                    setattr(instance, attribute, param.default)
+                except AttributeError:
+                    pass  # a read-only property or a slot: leave it alone
+    return instance
 
 
 def _cell(value: object) -> str:
