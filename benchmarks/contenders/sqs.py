@@ -13,10 +13,13 @@ from importlib.metadata import version
 from typing import Any
 
 from benchmarks import botohook
+from benchmarks.contenders.melange_common import MelangeContender
 from benchmarks.workload import Contender, Payload, Tally
 
 #: A receive that keeps coming back empty for this long means the contender is broken.
 IDLE_TIMEOUT = 60.0
+#: Long-poll seconds of a receive (Melange's default).
+WAIT_SECONDS = 10
 ATTRIBUTES = {
     "manifest": {"DataType": "String", "StringValue": "json"},
     "serializer_id": {"DataType": "Number", "StringValue": "1"},
@@ -86,12 +89,18 @@ class RawBoto3(_Counted):
     def consume(self, n: int, handle: Tally) -> None:
         idle_since = time.monotonic()
         while not handle.complete:
+            # The same receive Melange makes (attributes, long poll, visibility timeout).
             response = self.sub.receive_message(
                 QueueUrl=self.url,
                 MaxNumberOfMessages=10,
-                WaitTimeSeconds=1,
+                WaitTimeSeconds=WAIT_SECONDS,
+                VisibilityTimeout=100,
                 MessageAttributeNames=["All"],
-                AttributeNames=["ApproximateReceiveCount"],
+                MessageSystemAttributeNames=[
+                    "ApproximateReceiveCount",
+                    "MessageGroupId",
+                    "MessageDeduplicationId",
+                ],
             )
             messages = response.get("Messages", [])
             if not messages:
@@ -108,3 +117,25 @@ class RawBoto3(_Counted):
                     for i, m in enumerate(messages)
                 ],
             )
+
+
+class MelangeSQS(MelangeContender):
+    """Melange on ``LocalSQSBackend``: QueuePublisher and a MessageDispatcher consume loop."""
+
+    label = "Melange"
+
+    def setup(self) -> dict[str, str]:
+        self.counter = botohook.install()
+        versions = super().setup()
+        # Leftovers of an interrupted run would fail the integrity checks.
+        client = self.pub_backend.sqs_client
+        client.purge_queue(QueueUrl=client.get_queue_url(QueueName=self.queue_name)["QueueUrl"])
+        return {**versions, "boto3": version("boto3"), "botocore": version("botocore")}
+
+    def make_backend(self) -> Any:
+        from melange.backends.sqs.localsqs import LocalSQSBackend
+
+        return LocalSQSBackend(host="127.0.0.1", port=int(self.params["port"]))
+
+    def request_count(self) -> int | None:
+        return self.counter.total
