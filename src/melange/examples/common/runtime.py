@@ -104,9 +104,23 @@ class ServicePublisher:
 def open_backend(url: str | None) -> MessagingBackend:
     """The backend ``url`` names, else the one ``MELANGE_BACKEND_URL`` names, else the
     embedded SQLite default."""
-    from melange.backends import urls
+    try:
+        from melange.backends import urls
+    except ImportError:  # INTERIM until melange.backends.urls lands
+        import os
 
-    return urls.backend_from_url(url) if url else urls.backend_from_env()
+        from melange.backends.memory import InMemoryMessagingBackend
+        from melange.backends.sqlite import SQLiteBackend
+        from melange.exceptions import ConfigurationError
+
+        url = url or os.environ.get("MELANGE_BACKEND_URL") or "sqlite:///melange.db"
+        if url == "memory://":
+            return InMemoryMessagingBackend()
+        if url.startswith("sqlite:///"):
+            return SQLiteBackend(url[len("sqlite:///") :])
+        raise ConfigurationError(f"unknown backend URL scheme in {url!r}")
+    backend: MessagingBackend = urls.backend_from_url(url) if url else urls.backend_from_env()
+    return backend
 
 
 def service_main(

@@ -1,0 +1,40 @@
+"""The ``melange`` command: run consumers, publish, inspect queues, redrive dead letters,
+declare a topology, and run the demo.
+
+Every command takes ``--backend-url`` (default: ``$MELANGE_BACKEND_URL``, else the embedded
+SQLite database) and reports errors as one line; set ``MELANGE_TRACEBACK=1`` for the full
+traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from melange import __version__
+from melange.cli.consume import consume
+from melange.cli.demo import demo
+from melange.cli.publish import publish
+from melange.cli.queues import dlq, queues
+from melange.cli.topology import init
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="melange")
+def cli() -> None:
+    """Melange: publish and consume messages between services."""
+
+
+cli.add_command(consume)
+cli.add_command(publish)
+cli.add_command(queues)
+cli.add_command(dlq)
+cli.add_command(init)
+cli.add_command(demo)
+
+
+def main() -> None:
+    """Entry point of the ``melange`` console script."""
+    cli(prog_name="melange")
+
+
+__all__ = ["cli", "main"]

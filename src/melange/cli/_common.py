@@ -1,0 +1,248 @@
+"""What the commands share: the backend option, one-line errors, tables, queue inspection."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import os
+import sqlite3
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+
+import click
+
+from melange.backends.interfaces import MessagingBackend
+from melange.exceptions import MelangeError
+from melange.models import Message
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Set this environment variable to see the full traceback of an error.
+TRACEBACK_ENV = "MELANGE_TRACEBACK"
+
+BACKEND_URL_HELP = (
+    "The backend: memory://, sqlite:///path.db, amqp://user:pass@host/vhost, sqs://... "
+    "[default: $MELANGE_BACKEND_URL, else the embedded SQLite database]"
+)
+
+
+class CommandError(click.ClickException):
+    """A failure reported as one line, with exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def backend_url_option(func: F) -> F:
+    """Add ``--backend-url`` to a command (passed to it as ``backend_url``)."""
+    return click.option("--backend-url", "backend_url", metavar="URL", help=BACKEND_URL_HELP)(func)
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn library errors into one-line ``CommandError`` messages (full traceback with
+    ``MELANGE_TRACEBACK=1``)."""
+    try:
+        yield
+    except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        raise
+    except (MelangeError, sqlite3.Error, OSError, ValueError, TypeError) as exc:
+        if os.environ.get(TRACEBACK_ENV):
+            traceback.print_exc()
+        raise CommandError(_describe(exc)) from exc
+    except ImportError as exc:
+        if os.environ.get(TRACEBACK_ENV):
+            traceback.print_exc()
+        raise CommandError(
+            f"{exc} (install the matching extra, e.g. pip install 'melange[all]')"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MelangeError | sqlite3.Error | OSError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def open_backend(url: str | None) -> MessagingBackend:
+    """The backend ``url`` names, else the one ``MELANGE_BACKEND_URL`` names, else the
+    embedded SQLite default. Errors come out as one line."""
+    from melange.examples.common.runtime import open_backend as resolve
+
+    with reported_errors():
+        return resolve(url)
+
+
+def describe_backend(backend: MessagingBackend) -> str:
+    """A short name of the backend for messages to the user."""
+    return (
+        repr(backend) if type(backend).__repr__ is not object.__repr__ else type(backend).__name__
+    )
+
+
+# -- importing user code -------------------------------------------------------------------
+
+
+def import_attribute(spec: str) -> Any:
+    """The object ``module:attribute`` names (the attribute may be dotted)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CommandError(
+            f"{spec!r} is not of the form module:attribute "
+            "(e.g. myservice.consumers:create_dispatcher)"
+        )
+    # Code in the current directory is importable, as with ``python -m``.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CommandError(
+            f"cannot import module {module_name!r}: {exc} (searched the current directory "
+            f"{os.getcwd()} and the installed packages)"
+        ) from exc
+    except Exception as exc:
+        raise CommandError(
+            f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise CommandError(
+                f"module {module_name!r} ({getattr(module, '__file__', '?')}) has no attribute "
+                f"{attribute!r}"
+            ) from None
+    return target
+
+
+def accepts_argument(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` can be called with one positional argument."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return False
+    try:
+        signature.bind(None)
+    except TypeError:
+        return False
+    return True
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table: columns padded to their widest cell, numbers right-aligned."""
+    cells = [[str(c) for c in headers], *[[_cell(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [
+        bool(rows) and all(isinstance(row[i], int | float) for row in rows)
+        for i in range(len(headers))
+    ]
+
+    def line(row: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(cells[0]), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in cells[1:])
+    return "\n".join(out)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- inspecting queues ---------------------------------------------------------------------
+
+
+class Inspector:
+    """Read-only views on a backend's queues, where the backend offers them.
+
+    The broker contract has no listing or peeking; the embedded and in-memory backends add
+    ``queue_names``, ``queue_depth``/``queue_stats``, ``peek`` and ``purge``. Other backends
+    get a clear "cannot" instead of a guess.
+    """
+
+    def __init__(self, backend: MessagingBackend) -> None:
+        self.backend = backend
+
+    def _need(self, method: str, what: str) -> Callable[..., Any]:
+        found = getattr(self.backend, method, None)
+        if not callable(found):
+            raise CommandError(
+                f"the {self.backend.capabilities.name} backend cannot {what}; use the broker's "
+                "own tools (e.g. the AWS console or rabbitmqctl) for this"
+            )
+        return found  # type: ignore[no-any-return]
+
+    def queue_names(self) -> list[str]:
+        """Every queue's name."""
+        return list(self._need("queue_names", "list its queues")())
+
+    def topic_names(self) -> list[str] | None:
+        """Every topic's name, or ``None`` where the backend cannot list them."""
+        method = getattr(self.backend, "topic_names", None)
+        return list(method()) if callable(method) else None
+
+    def stats(self, queue: str) -> dict[str, int | None]:
+        """``ready``, ``in_flight``, ``delayed`` and ``total`` messages of the queue
+        (``None`` for a count the backend does not break down)."""
+        detailed = getattr(self.backend, "queue_stats", None)
+        if callable(detailed):
+            stats = detailed(queue)
+            return {
+                "ready": stats.ready,
+                "in_flight": stats.in_flight,
+                "delayed": stats.delayed,
+                "total": stats.total,
+            }
+        total = int(self._need("queue_depth", "count the messages of a queue")(queue))
+        return {"ready": None, "in_flight": None, "delayed": None, "total": total}
+
+    def peek(self, queue: str, limit: int) -> list[Message]:
+        """Up to ``limit`` messages of the queue, oldest first, without receiving them."""
+        method = self._need("peek", "show messages without receiving them")
+        if "limit" in inspect.signature(method).parameters:
+            return list(method(queue, limit=limit))
+        return list(method(queue))[:limit]
+
+    def purge(self, queue: str) -> int | None:
+        """Delete every message of the queue; returns how many where the backend says."""
+        deleted = self._need("purge", "purge a queue")(queue)
+        return int(deleted) if isinstance(deleted, int) else None
+
+
+def body_preview(message: Message, width: int = 60) -> str:
+    """The message body on one line, shortened; JSON is compacted."""
+    text = message.content
+    with suppress(ValueError):
+        text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def with_errors(func: F) -> F:
+    """Run a command body under :func:`reported_errors`."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with reported_errors():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,117 @@
+"""``melange consume``: run a dispatcher on a queue until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from melange.backends.interfaces import MessagingBackend
+from melange.cli._common import (
+    CommandError,
+    accepts_argument,
+    backend_url_option,
+    describe_backend,
+    import_attribute,
+    open_backend,
+    reported_errors,
+)
+from melange.consumers import Consumer
+from melange.message_dispatcher import MessageDispatcher
+from melange.serializers.json import JsonSerializer
+
+
+def build_dispatcher(
+    target: Any,
+    spec: str,
+    backend_url: str | None,
+    serializer_spec: str | None,
+) -> tuple[MessageDispatcher, MessagingBackend | None]:
+    """The dispatcher ``target`` stands for, and the backend opened for it (if any).
+
+    ``target`` is a dispatcher, a consumer, or a callable returning one of them, called
+    with the backend when it takes an argument.
+    """
+    if isinstance(target, MessageDispatcher):
+        if backend_url is not None:
+            raise CommandError(
+                f"{spec} is a dispatcher already bound to {describe_backend(target.backend)}, "
+                "so --backend-url cannot apply; point at a factory function taking the "
+                "backend instead"
+            )
+        return target, None
+    backend = open_backend(backend_url)
+    try:
+        if not isinstance(target, Consumer) and callable(target):
+            with reported_errors():
+                target = target(backend) if accepts_argument(target) else target()
+        if isinstance(target, MessageDispatcher):
+            return target, backend
+        if isinstance(target, Consumer):
+            serializers: Any = JsonSerializer()
+            if serializer_spec is not None:
+                serializers = import_attribute(serializer_spec)
+                if isinstance(serializers, type):
+                    serializers = serializers()
+            with reported_errors():
+                return MessageDispatcher(serializers, backend=backend, consumers=[target]), backend
+        raise CommandError(
+            f"{spec} is a {type(target).__name__}, not a MessageDispatcher, a Consumer or a "
+            "function returning one of them"
+        )
+    except BaseException:
+        backend.close_connection()
+        raise
+
+
+@click.command()
+@click.argument("target", metavar="MODULE:ATTRIBUTE")
+@click.option("--queue", "-q", required=True, help="The queue to consume.")
+@backend_url_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Messages processed at once, on threads.",
+)
+@click.option(
+    "--serializer",
+    "serializer_spec",
+    metavar="MODULE:ATTRIBUTE",
+    help="Serializer(s) to decode with when TARGET is a plain consumer [default: JSON].",
+)
+def consume(
+    target: str,
+    queue: str,
+    backend_url: str | None,
+    workers: int,
+    serializer_spec: str | None,
+) -> None:
+    """Consume QUEUE with the dispatcher or consumer MODULE:ATTRIBUTE names.
+
+    The attribute is a MessageDispatcher, a Consumer, or a function returning one (given the
+    backend when it takes an argument), e.g.
+
+        melange consume melange.examples.saga.stock:create_dispatcher --queue saga-stock-service
+
+    Runs until Ctrl-C or SIGTERM, finishing the messages in hand first; a second signal
+    stops at once.
+    """
+    found = import_attribute(target)
+    dispatcher, backend = build_dispatcher(found, target, backend_url, serializer_spec)
+    where = describe_backend(dispatcher.backend)
+    click.echo(f"consuming {queue} on {where} with {workers} worker(s); Ctrl-C to stop", err=True)
+    try:
+        with reported_errors():
+            dispatcher.consume_loop(queue, workers=workers)
+    finally:
+        dispatcher.close()
+        if backend is not None:
+            backend.close_connection()
+    stats = dispatcher.stats.as_dict()
+    click.echo(
+        "stopped: "
+        + ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in stats.items()),
+        err=True,
+    )

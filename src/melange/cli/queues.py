@@ -1,0 +1,243 @@
+"""``melange queues`` and ``melange dlq``: look into queues, purge them, redrive dead letters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from melange.backends.interfaces import MessagingBackend
+from melange.cli._common import (
+    CommandError,
+    Inspector,
+    backend_url_option,
+    body_preview,
+    open_backend,
+    reported_errors,
+    table,
+)
+from melange.models import (
+    FAILURE_ATTEMPTS,
+    FAILURE_CONSUMER,
+    FAILURE_EXCEPTION,
+    FAILURE_QUEUE,
+    FAILURE_REASON,
+    Message,
+    QueueWrapper,
+)
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
+
+#: Prefix of the headers the failure policy adds to a dead-lettered message.
+FAILURE_PREFIX = "melange_failure_"
+
+
+@click.group()
+def queues() -> None:
+    """List queues, show their message counts, purge them."""
+
+
+@queues.command("list")
+@backend_url_option
+def list_queues(backend_url: str | None) -> None:
+    """List every queue and topic with how many messages each queue holds."""
+    backend = open_backend(backend_url)
+    try:
+        with reported_errors():
+            inspector = Inspector(backend)
+            names = inspector.queue_names()
+            rows = [(name, inspector.stats(name)["total"]) for name in names]
+            topics = inspector.topic_names()
+    finally:
+        backend.close_connection()
+    if not rows:
+        click.echo("no queues (create some with `melange init FILE`)")
+    else:
+        click.echo(table(["queue", "messages"], rows))
+    if topics is not None:
+        click.echo(f"\ntopics: {', '.join(topics) if topics else '(none)'}")
+
+
+@queues.command("stats")
+@click.argument("names", nargs=-1, metavar="[QUEUE]...")
+@backend_url_option
+def stats(names: tuple[str, ...], backend_url: str | None) -> None:
+    """Show ready, in-flight and delayed messages of the queues (default: all)."""
+    backend = open_backend(backend_url)
+    try:
+        with reported_errors():
+            inspector = Inspector(backend)
+            selected = list(names) or inspector.queue_names()
+            rows = []
+            for name in selected:
+                counts = inspector.stats(name)
+                rows.append(
+                    (name, counts["ready"], counts["in_flight"], counts["delayed"], counts["total"])
+                )
+    finally:
+        backend.close_connection()
+    if not rows:
+        click.echo("no queues")
+        return
+    click.echo(table(["queue", "ready", "in flight", "delayed", "total"], rows))
+
+
+@queues.command("purge")
+@click.argument("name", metavar="QUEUE")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@backend_url_option
+def purge(name: str, yes: bool, backend_url: str | None) -> None:
+    """Delete every message of QUEUE (in flight or not)."""
+    backend = open_backend(backend_url)
+    try:
+        with reported_errors():
+            inspector = Inspector(backend)
+            total = inspector.stats(name)["total"]
+            if not yes:
+                click.confirm(f"delete the {total} message(s) of {name}?", abort=True)
+            deleted = inspector.purge(name)
+    finally:
+        backend.close_connection()
+    click.echo(f"purged {name}: {deleted if deleted is not None else total} message(s) deleted")
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect dead-lettered messages and move them back to their queue."""
+
+
+@dlq.command("show")
+@click.argument("name", metavar="DEAD_LETTER_QUEUE")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--body/--no-body", default=False, help="Show each message's body too.")
+@backend_url_option
+def show(name: str, limit: int, body: bool, backend_url: str | None) -> None:
+    """Show the messages of DEAD_LETTER_QUEUE and why each failed, oldest first."""
+    backend = open_backend(backend_url)
+    try:
+        with reported_errors():
+            inspector = Inspector(backend)
+            total = inspector.stats(name)["total"]
+            messages = inspector.peek(name, limit)
+    finally:
+        backend.close_connection()
+    if not messages:
+        click.echo(f"{name} is empty")
+        return
+    rows = []
+    for message in messages:
+        h = message.headers
+        row: list[object] = [
+            message.message_id[:12],
+            message.manifest,
+            h.get(FAILURE_QUEUE),
+            h.get(FAILURE_ATTEMPTS),
+            h.get(FAILURE_EXCEPTION) or None,
+            h.get(FAILURE_REASON),
+        ]
+        if body:
+            row.append(body_preview(message))
+        rows.append(row)
+    headers = ["message", "manifest", "from queue", "attempts", "exception", "reason"]
+    click.echo(table([*headers, "body"] if body else headers, rows))
+    click.echo(f"\n{len(messages)} of {total} message(s) shown")
+    consumers = sorted(
+        {m.headers[FAILURE_CONSUMER] for m in messages if m.headers.get(FAILURE_CONSUMER)}
+    )
+    if consumers:
+        click.echo(f"failing consumer(s): {', '.join(consumers)}")
+
+
+def _redriven(message: Message) -> Message:
+    """A copy of ``message`` to publish again: same id and body, failure headers dropped."""
+    headers = {k: v for k, v in message.headers.items() if not k.startswith(FAILURE_PREFIX)}
+    copy = Message(
+        message.message_id, message.content, None, message.serializer_id, message.manifest, headers
+    )
+    copy.group_id = message.group_id
+    return copy
+
+
+def redrive_messages(
+    backend: MessagingBackend,
+    dead_letter_queue: str,
+    to: str | None,
+    limit: int | None,
+    progress: ProgressBar[int] | None = None,
+) -> tuple[int, int]:
+    """Move messages from ``dead_letter_queue`` back to their source queue.
+
+    Each message is published to its source queue before it is acknowledged on the
+    dead-letter queue, so a crash in between duplicates it rather than losing it. Messages
+    whose source is unknown (and no ``to`` was given) stay where they are.
+
+    Returns how many were moved and how many were left.
+    """
+    dlq_wrapper = backend.get_queue(dead_letter_queue)
+    targets: dict[str, QueueWrapper] = {}
+    moved = left = 0
+    left_behind: list[Message] = []
+    try:
+        while limit is None or moved < limit:
+            batch = backend.retrieve_messages(
+                dlq_wrapper, max_messages=10 if limit is None else min(10, limit - moved)
+            )
+            if not batch:
+                break
+            for message in batch:
+                target = to or message.headers.get(FAILURE_QUEUE)
+                if not target or target == dead_letter_queue:
+                    left_behind.append(message)
+                    continue
+                if target not in targets:
+                    targets[target] = backend.get_queue(target)
+                backend.publish_to_queue(_redriven(message), targets[target])
+                backend.acknowledge(message)
+                moved += 1
+                if progress is not None:
+                    progress.update(1)
+    finally:
+        # Give back what was received but not moved, so nothing is lost or stuck in flight.
+        for message in left_behind:
+            backend.nack(message, 0.0)
+        left = len(left_behind)
+    return moved, left
+
+
+@dlq.command("redrive")
+@click.argument("name", metavar="DEAD_LETTER_QUEUE")
+@click.option(
+    "--to",
+    metavar="QUEUE",
+    help="Move the messages to this queue [default: the queue each one failed in].",
+)
+@click.option("--limit", "-n", type=click.IntRange(min=1), help="Move at most this many.")
+@backend_url_option
+def redrive(name: str, to: str | None, limit: int | None, backend_url: str | None) -> None:
+    """Move the messages of DEAD_LETTER_QUEUE back to the queue they failed in."""
+    if to == name:
+        raise CommandError(f"--to names the dead-letter queue {name} itself")
+    backend = open_backend(backend_url)
+    try:
+        with reported_errors():
+            total: int | None
+            try:
+                total = Inspector(backend).stats(name)["total"]
+            except CommandError:
+                total = None  # the backend cannot count: no progress bar
+            if limit is not None and total is not None:
+                total = min(total, limit)
+            if total:
+                with click.progressbar(length=total, label=f"redriving {name}") as bar:
+                    moved, left = redrive_messages(backend, name, to, limit, bar)
+            else:
+                moved, left = redrive_messages(backend, name, to, limit)
+    finally:
+        backend.close_connection()
+    click.echo(f"moved {moved} message(s) out of {name}")
+    if left:
+        raise CommandError(
+            f"{left} message(s) do not say which queue they failed in and were left in {name}; "
+            "pass --to QUEUE to move them"
+        )
