@@ -15,8 +15,9 @@ Publishing to a topic
 Headers
     Every header (correlation id, causation id, published-at, failure headers...) travels as
     one more ``String`` attribute. SQS accepts at most ten attributes per message and only
-    certain names and non-empty values; headers that do not fit travel together as a JSON
-    object in the single attribute ``melange_headers``, so none is ever dropped.
+    certain names, non-empty values and some characters; headers that do not fit travel
+    together as a JSON object (ASCII-escaped) in the single attribute ``melange_headers``, so
+    none is ever dropped.
 
 Receiving
     A body that is a JSON object with a string ``Message`` is unwrapped (7.2.0 queue format or
@@ -70,6 +71,8 @@ _PRIORITY = (
     FAILURE_CONSUMER,
     FAILURE_QUEUE,
 )
+# Characters SQS accepts in bodies and attribute values.
+_VALID_TEXT = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]([A-Za-z0-9_\-]|\.(?!\.))*(?<!\.)$")
 
 #: An attribute as SQS and SNS take it: ``{"DataType": ..., "StringValue": ...}``.
@@ -134,7 +137,7 @@ def encode_attributes(
     )
     for name in ordered:
         value = str(headers[name])
-        if value and _attribute_name_ok(name):
+        if value and _attribute_name_ok(name) and _VALID_TEXT.match(value):
             own.append((name, value))
         else:
             overflow[name] = value
