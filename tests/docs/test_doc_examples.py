@@ -8,10 +8,15 @@ in-memory or SQLite backend or the real local services the page declares with
 from __future__ import annotations
 
 import io
+import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import types
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -58,12 +63,59 @@ def run_page(page: Page) -> None:
         sys.modules.pop(name, None)
 
 
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def sqs_server() -> Iterator[tuple[str, int]]:
+    """Host and port of an SQS/SNS server: ``MELANGE_SQS_ENDPOINT``, else a moto server."""
+    configured = os.environ.get("MELANGE_SQS_ENDPOINT")
+    if configured:
+        parsed = urllib.parse.urlsplit(configured)
+        yield f"{parsed.scheme}://{parsed.hostname}", parsed.port or 80
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    _unavailable(f"SERVICE MISSING: the moto server did not start on {port}")
+                time.sleep(0.1)
+        yield "127.0.0.1", port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture
-def services(request: pytest.FixtureRequest) -> Iterator[None]:
+def services(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Makes sure the services a page declares are up; tells the page where SQS is."""
     page: Page = request.param
     for service in page.services:
         if service in LOCAL_SERVICES:
             require_service(service)
+        elif service == "sqs":
+            host, port = request.getfixturevalue("sqs_server")
+            monkeypatch.setenv("SQS_HOST", host)
+            monkeypatch.setenv("SQS_PORT", str(port))
         else:
             pytest.fail(f"{page.path}: unknown service {service!r} in a requires marker")
     yield
