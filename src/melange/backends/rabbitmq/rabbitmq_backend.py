@@ -1,0 +1,1085 @@
+"""The RabbitMQ backend: durable queues, topic exchanges, publisher confirms, reconnection.
+
+Mapping onto RabbitMQ (AMQP 0-9-1):
+
+- **Queue**: a durable queue, by default a *quorum* queue. Quorum queues are replicated, count
+  deliveries (so ``attempt`` is exact even after consumer crashes) and dead-letter a message
+  natively after ``max_receive_count`` deliveries. Pass ``queue_type="classic"`` to declare
+  classic queues, e.g. to keep using queues that already exist as classic queues (a queue's
+  type cannot change; redeclaring it with another type is refused with the broker's reason).
+- **Topic**: a durable ``headers`` exchange. A subscribed queue is bound to it; with
+  ``filter_events`` it is bound once per listed manifest (matching the ``manifest`` header), so
+  the broker drops what the queue did not ask for.
+- **Dead-letter queue**: a queue bound to the ``melange.dlx`` direct exchange with the routing
+  key of the queue it serves. :meth:`RabbitMQBackend.dead_letter` publishes there, and the
+  queue's native dead-lettering (``x-dead-letter-exchange``) uses the same route, so any
+  process can find a queue's dead-letter queue through the broker alone.
+- **Delayed retry**: ``nack(message, delay)`` publishes a copy to a retry queue named
+  ``<queue>.melange-delay-<ms>ms`` whose message TTL is the delay and whose dead-letter target
+  is the original queue, then acknowledges the original. Delays are rounded to the nearest
+  step of a fixed ladder (100 ms, 200 ms, 300 ms, 500 ms, 1 s, 2 s, 3 s, 5 s, 10 s ...) so a
+  queue gets a handful of retry queues, not one per jittered delay; unused retry queues
+  expire on their own. The copy carries the delivery count in ``melange_deliveries``, so
+  ``attempt`` keeps counting across retries and reaches the failure policy's limit. An
+  immediate ``nack`` on a quorum queue is a plain ``basic.nack`` with requeue (the broker
+  counts it); on a classic queue it is a republish too, because a classic queue cannot count
+  redeliveries.
+
+Publishing waits for the broker's confirm (``publisher_confirms=True``); batches are pipelined
+and wait for all confirms once. Queue publishes are *mandatory*: a message for a queue that
+does not exist raises :class:`~melange.exceptions.QueueNotFoundError` instead of vanishing.
+Topic publishes are not: a topic without subscribers (or whose subscribers' filters do not
+match) drops the message, as SNS does, because publishing an event nobody listens to yet is
+normal in pub/sub. Pass ``require_topic_subscribers=True`` to raise
+:class:`~melange.exceptions.PublishError` instead.
+
+Receiving uses ``basic.consume`` with a prefetch window: messages stream into a local buffer
+and :meth:`RabbitMQBackend.retrieve_messages` hands them out. A message stays unacknowledged
+(owned by this connection) until it is settled; if the connection drops, the broker delivers
+it again. There is no visibility timeout.
+
+All broker I/O runs on one thread per backend that owns the connection (see
+:mod:`melange.backends.rabbitmq.connection`): every method is thread-safe, heartbeats are
+answered while handlers run, and a dropped connection is re-established with backoff, after
+which consumers resubscribe and interrupted publishes are repeated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import pika
+import pika.exceptions
+import pika.spec
+
+from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.rabbitmq.connection import ConnectionThread
+from melange.backends.rabbitmq.wire import (
+    broker_counts_deliveries,
+    encode_body,
+    from_delivery,
+    to_properties,
+)
+from melange.exceptions import (
+    BackendError,
+    BatchPublishError,
+    ConfigurationError,
+    MessageTooLargeError,
+    PublishError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+)
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+logger = logging.getLogger("melange.backends.rabbitmq")
+
+#: The direct exchange that routes dead-lettered messages to dead-letter queues.
+DEAD_LETTER_EXCHANGE = "melange.dlx"
+
+#: RabbitMQ's default largest message (``max_message_size``), in bytes.
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+
+#: Retry delays, in milliseconds, that ``nack`` rounds to (beyond the last: whole hours).
+DELAY_LADDER_MS = (
+    100,
+    200,
+    300,
+    500,
+    1_000,
+    2_000,
+    3_000,
+    5_000,
+    10_000,
+    20_000,
+    30_000,
+    60_000,
+    120_000,
+    180_000,
+    300_000,
+    600_000,
+    900_000,
+    1_800_000,
+    3_600_000,
+)
+
+_QUEUE_OPTIONS = frozenset(
+    {"filter_events", "max_receive_count", "visibility_timeout", "queue_type", "arguments", "fifo"}
+)
+_NOT_FOUND = 404
+_PRECONDITION_FAILED = 406
+
+
+def delay_bucket_ms(delay: float) -> int:
+    """The retry delay, in milliseconds, that ``nack(message, delay)`` uses."""
+    ms = max(1.0, delay * 1000.0)
+    if ms > DELAY_LADDER_MS[-1]:
+        return int(math.ceil(ms / 3_600_000) * 3_600_000)
+    return min(DELAY_LADDER_MS, key=lambda step: abs(math.log(step / ms)))
+
+
+def retry_queue_name(queue_name: str, delay_ms: int) -> str:
+    """Name of the retry queue that holds messages of ``queue_name`` for ``delay_ms``."""
+    return f"{queue_name}.melange-delay-{delay_ms}ms"
+
+
+@dataclass(eq=False)
+class _Consumer:
+    """A ``basic.consume`` subscription on its own channel, within one connection."""
+
+    queue: str
+    channel: Any
+    tag: str = ""
+    cancelled: bool = False
+    unacked: set[int] = field(default_factory=set)
+
+    @property
+    def active(self) -> bool:
+        return self.channel.is_open and not self.cancelled
+
+
+@dataclass(frozen=True, eq=False)
+class RabbitMQReceipt:
+    """What a received message needs to be settled: its queue, consumer and delivery tag.
+
+    Opaque to users; kept in :attr:`~melange.models.Message.metadata`.
+    """
+
+    queue: str
+    generation: int
+    consumer: _Consumer
+    delivery_tag: int
+    broker_counts: bool
+
+
+class _Session:
+    """Per-connection state, used only on the I/O thread."""
+
+    def __init__(self, backend: RabbitMQBackend, connection: Any) -> None:
+        self.backend = backend
+        self.connection = connection
+        self.generation = backend._link.generation
+        self.consumers: dict[str, _Consumer] = {}
+        self._topology: Any = None
+        self._publisher: Any = None
+        self.publisher_closed: BaseException | None = None
+        self.next_tag = 1
+        self.unconfirmed: set[int] = set()
+        self.nacked: set[int] = set()
+        self.returned: dict[str, str] = {}
+        self.collecting = False
+        self.waiting_for: set[int] = set()
+
+    # -- channels ---------------------------------------------------------------------------
+
+    def topology(self) -> Any:
+        """The channel for declarations; reopened after the broker closed it on an error."""
+        if self._topology is None or not self._topology.is_open:
+            self._topology = self.connection.channel()
+        return self._topology
+
+    def publisher(self) -> Any:
+        """The publishing channel, in confirm mode when confirms are on."""
+        if self._publisher is not None and self._publisher.is_open:
+            return self._publisher
+        channel = self.connection.channel()
+        # Pipelined confirms need pika's channel object: BlockingChannel.confirm_delivery()
+        # would wait for each confirm in turn.
+        impl = channel._impl
+        impl.add_on_close_callback(self._on_publisher_closed)
+        impl.add_on_return_callback(self._on_return)
+        self.publisher_closed = None
+        self.next_tag = 1
+        self.unconfirmed.clear()
+        self.nacked.clear()
+        if self.backend._confirms:
+            selected: list[bool] = []
+
+            def on_select_ok(_frame: Any) -> None:
+                selected.append(True)
+                self.connection.add_callback_threadsafe(_noop)
+
+            impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=on_select_ok)
+            deadline = time.monotonic() + self.backend._operation_timeout
+            while not selected:
+                if channel.is_closed or time.monotonic() > deadline:
+                    raise BackendError("the broker did not enable publisher confirms")
+                self.connection.process_data_events(time_limit=0.2)
+        self._publisher = channel
+        return channel
+
+    def _on_publisher_closed(self, _channel: Any, reason: BaseException) -> None:
+        self.publisher_closed = reason
+        self.connection.add_callback_threadsafe(_noop)
+
+    def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        reason = f"{method.reply_code} {method.reply_text}"
+        if self.collecting:
+            self.returned.setdefault(properties.message_id or "", reason)
+        else:
+            logger.error(
+                "message %s to exchange %r routing key %r was returned by the broker: %s",
+                properties.message_id,
+                method.exchange,
+                method.routing_key,
+                reason,
+            )
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        if method.multiple:
+            tags = [tag for tag in self.unconfirmed if tag <= method.delivery_tag]
+        else:
+            tags = [method.delivery_tag]
+        for tag in tags:
+            self.unconfirmed.discard(tag)
+            if not acked:
+                self.nacked.add(tag)
+        if self.waiting_for and self.waiting_for.isdisjoint(self.unconfirmed):
+            self.waiting_for = set()
+            # Make process_data_events return now rather than at its time limit.
+            self.connection.add_callback_threadsafe(_noop)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        items: Sequence[tuple[bytes, pika.BasicProperties]],
+        mandatory: bool,
+    ) -> list[str | None]:
+        """Publish ``items`` pipelined; per item ``None`` or the reason it was refused."""
+        channel = self.publisher()
+        self.returned = {}
+        self.collecting = self.backend._confirms
+        tags: list[int] = []
+        try:
+            for body, properties in items:
+                channel.basic_publish(exchange, routing_key, body, properties, mandatory)
+                tags.append(self.next_tag)
+                self.unconfirmed.add(self.next_tag)
+                self.next_tag += 1
+            if not self.backend._confirms:
+                return [None] * len(items)
+            self.waiting_for = set(tags)
+            deadline = time.monotonic() + self.backend._operation_timeout
+            while not self.unconfirmed.isdisjoint(tags):
+                if self.publisher_closed is not None or channel.is_closed:
+                    raise self.publisher_closed or BackendError("publishing channel closed")
+                if time.monotonic() > deadline:
+                    raise PublishError(
+                        f"RabbitMQ did not confirm {len(items)} message(s) to "
+                        f"{exchange or routing_key!r} within {self.backend._operation_timeout}s"
+                    )
+                self.connection.process_data_events(time_limit=0.5)
+            outcome: list[str | None] = []
+            for (_, properties), tag in zip(items, tags, strict=True):
+                if tag in self.nacked:
+                    self.nacked.discard(tag)
+                    outcome.append("nacked by the broker")
+                else:
+                    outcome.append(self.returned.pop(properties.message_id or "", None))
+            return outcome
+        finally:
+            self.collecting = False
+            self.waiting_for = set()
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def subscribe(self, queue: str) -> _Consumer:
+        """Start consuming ``queue`` on a new channel (raises if the queue is missing)."""
+        old = self.consumers.pop(queue, None)
+        if old is not None and old.channel.is_open:
+            with contextlib.suppress(Exception):
+                old.channel.close()
+        channel = self.connection.channel()
+        channel.basic_qos(prefetch_count=self.backend._prefetch_count)
+        consumer = _Consumer(queue, channel)
+        backend = self.backend
+        generation = self.generation
+
+        def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            consumer.unacked.add(method.delivery_tag)
+            backend._deliver(consumer, generation, method, properties, body)
+
+        def on_cancel(_frame: Any) -> None:
+            consumer.cancelled = True
+
+        channel.add_on_cancel_callback(on_cancel)
+        try:
+            consumer.tag = channel.basic_consume(queue, on_message)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == _NOT_FOUND:
+                raise QueueNotFoundError(queue) from None
+            raise
+        self.consumers[queue] = consumer
+        return consumer
+
+    def unsubscribe(self, queue: str) -> None:
+        consumer = self.consumers.pop(queue, None)
+        if consumer is not None and consumer.channel.is_open:
+            # Closing the channel hands its unacknowledged messages back to the queue.
+            with contextlib.suppress(Exception):
+                consumer.channel.close()
+
+
+class RabbitMQBackend(MessagingBackend):
+    """A messaging backend on RabbitMQ (AMQP 0-9-1, via pika).
+
+    Give either ``url`` (``amqp://user:password@host:5672/vhost``, URL-encoded; ``%2F`` is the
+    default vhost ``/``) or keyword connection parameters. The constructor connects and
+    raises :class:`~melange.exceptions.BackendConnectionError` naming host, port and vhost when
+    the broker cannot be reached or refuses the credentials.
+
+    Args:
+        url: An AMQP URL; the keyword connection parameters then must not be given.
+        host: Broker host.
+        port: Broker port.
+        virtual_host: The vhost.
+        credentials: pika credentials; alternatively ``username`` and ``password``.
+        username: User name (default ``guest``).
+        password: Password (default ``guest``).
+        heartbeat: Heartbeat interval negotiated with the broker, in seconds.
+        connection_attempts: Attempts of the first connection before giving up.
+        retry_delay: Seconds between those attempts.
+        socket_timeout: Seconds to wait for the TCP connection and the AMQP handshake.
+        queue_type: ``"quorum"`` (default) or ``"classic"``: the type of queues this backend
+            declares; ``declare_queue(..., queue_type=...)`` overrides it per queue.
+        prefetch_count: Unsettled messages this backend may hold per consumed queue: those
+            waiting in the local buffer plus those handed out and not yet settled. When that
+            many are unsettled, no more arrive until some are settled, so keep it above the
+            number of messages your code holds at once (``workers`` plus a batch).
+        publisher_confirms: Wait for the broker to confirm each publish (on by default).
+            Without confirms, publishing returns once the message is written to the socket,
+            and refused or unroutable messages are only logged.
+        require_topic_subscribers: Raise ``PublishError`` when a topic publish reaches no
+            queue, instead of dropping the message.
+        operation_timeout: Longest time a call waits for the broker (for instance while
+            reconnecting) before raising ``BackendConnectionError``.
+        reconnect_max_delay: Longest pause between reconnection attempts, in seconds.
+        connection_name: Name shown for the connection in the broker's management tools.
+        **parameters: Further ``pika.ConnectionParameters`` arguments (``ssl_options``, ...).
+    """
+
+    loop_wait_seconds = 1.0
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        virtual_host: str | None = None,
+        credentials: Any = None,
+        username: str | None = None,
+        password: str | None = None,
+        heartbeat: int = 30,
+        connection_attempts: int = 3,
+        retry_delay: float = 1.0,
+        socket_timeout: float = 5.0,
+        queue_type: str = "quorum",
+        prefetch_count: int = 100,
+        publisher_confirms: bool = True,
+        require_topic_subscribers: bool = False,
+        operation_timeout: float = 30.0,
+        reconnect_max_delay: float = 10.0,
+        connection_name: str | None = None,
+        **parameters: Any,
+    ) -> None:
+        _check_queue_type(queue_type)
+        if prefetch_count < 1:
+            raise ConfigurationError(f"prefetch_count must be at least 1, got {prefetch_count}")
+        self._params = _connection_parameters(
+            url,
+            host=host,
+            port=port,
+            virtual_host=virtual_host,
+            credentials=credentials,
+            username=username,
+            password=password,
+            heartbeat=heartbeat,
+            connection_attempts=connection_attempts,
+            retry_delay=retry_delay,
+            socket_timeout=socket_timeout,
+            connection_name=connection_name,
+            extra=parameters,
+        )
+        self._queue_type = queue_type
+        self._prefetch_count = prefetch_count
+        self._confirms = publisher_confirms
+        self._require_subscribers = require_topic_subscribers
+        self._operation_timeout = operation_timeout
+        self._cond = threading.Condition()
+        self._buffers: dict[str, deque[Message]] = {}
+        self._wanted: set[str] = set()
+        self._subscribe_errors: dict[str, BaseException] = {}
+        self._interrupts = 0
+        self._known_queues: set[str] = set()
+        self._known_topics: set[str] = set()
+        self._queue_types: dict[str, str] = {}
+        self._warned_visibility = False
+        self.describe = (
+            f"{self._params.host}:{self._params.port}, vhost {self._params.virtual_host!r}"
+        )
+        self._link = ConnectionThread(
+            self._params,
+            self._on_connect,
+            self._on_disconnect,
+            self.describe,
+            reconnect_max_delay=reconnect_max_delay,
+        )
+        budget = connection_attempts * (socket_timeout * 2 + retry_delay) + 5.0
+        self._link.start(timeout=budget)
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(
+            name="rabbitmq",
+            persistent=True,
+            fifo=False,
+            topics=True,
+            native_dead_letter=self._queue_type == "quorum",
+            delayed_delivery=True,
+            visibility_timeout=False,
+            extend_visibility=False,
+            receive_count=True,
+            filter_policies=True,
+            max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+            max_batch_size=None,
+        )
+
+    @property
+    def queue_type(self) -> str:
+        """The type of the queues this backend declares: ``"quorum"`` or ``"classic"``."""
+        return self._queue_type
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to the broker is up right now."""
+        return self._link.connected
+
+    # -- connection lifecycle (I/O thread) --------------------------------------------------
+
+    def _on_connect(self, connection: Any) -> _Session:
+        session = _Session(self, connection)
+        with self._cond:
+            wanted = sorted(self._wanted)
+        for queue in wanted:
+            try:
+                session.subscribe(queue)
+            except QueueNotFoundError as exc:
+                with self._cond:
+                    self._wanted.discard(queue)
+                    self._subscribe_errors[queue] = exc
+                    self._cond.notify_all()
+        return session
+
+    def _on_disconnect(self) -> None:
+        with self._cond:
+            # The broker gives every unacknowledged message back; drop our copies.
+            for buffer in self._buffers.values():
+                buffer.clear()
+            self._cond.notify_all()
+
+    def _deliver(
+        self, consumer: _Consumer, generation: int, method: Any, properties: Any, body: bytes
+    ) -> None:
+        # A quorum queue counts deliveries, but only says so from the second delivery on;
+        # queues declared here are known. Unknown queues are treated as classic, which keeps
+        # ``attempt`` right on both types (see nack).
+        counts = broker_counts_deliveries(properties)
+        if counts:
+            self._queue_types[consumer.queue] = "quorum"
+        else:
+            counts = self._queue_types.get(consumer.queue) == "quorum"
+        receipt = RabbitMQReceipt(consumer.queue, generation, consumer, method.delivery_tag, counts)
+        message = from_delivery(method.redelivered, properties, body, receipt)
+        with self._cond:
+            self._buffers.setdefault(consumer.queue, deque()).append(message)
+            self._cond.notify_all()
+
+    def _call(self, fn: Any, timeout: float | None = None) -> Any:
+        return self._link.call(fn, self._operation_timeout if timeout is None else timeout)
+
+    # -- topology ---------------------------------------------------------------------------
+
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        def op(session: _Session) -> None:
+            _declare(
+                lambda ch: ch.exchange_declare(topic_name, "headers", durable=True),
+                session,
+                f"topic {topic_name!r}",
+            )
+
+        self._call(op)
+        self._known_topics.add(topic_name)
+        return TopicWrapper(topic_name, topic_name)
+
+    def get_topic(self, topic_name: str) -> TopicWrapper:
+        if topic_name not in self._known_topics:
+
+            def op(session: _Session) -> bool:
+                try:
+                    session.topology().exchange_declare(topic_name, passive=True)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    if exc.reply_code == _NOT_FOUND:
+                        return False
+                    raise
+                return True
+
+            if not self._call(op):
+                raise TopicNotFoundError(topic_name)
+            self._known_topics.add(topic_name)
+        return TopicWrapper(topic_name, topic_name)
+
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        if queue_name not in self._known_queues:
+            if not self._call(lambda session: _queue_exists(session, queue_name)):
+                raise QueueNotFoundError(queue_name)
+            self._known_queues.add(queue_name)
+        return QueueWrapper(queue_name, queue_name)
+
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Declare the queue (and its dead-letter queue) and bind it to ``topics_to_bind``.
+
+        Keyword arguments: ``filter_events`` (manifests the queue receives from the topics),
+        ``max_receive_count`` (deliveries before a quorum queue dead-letters a message by
+        itself, default 4; only with a dead-letter queue), ``queue_type`` (``"quorum"`` or
+        ``"classic"``), ``arguments`` (further ``x-`` queue arguments). ``visibility_timeout``
+        is accepted for portability and ignored: RabbitMQ keeps a message with its consumer
+        until it is settled or the consumer disconnects.
+
+        Bindings are only ever added: calling it again with other ``filter_events`` adds the new
+        manifests but does not remove manifests bound before (delete and re-create the queue,
+        or unbind them with the broker's tools).
+
+        Raises:
+            ConfigurationError: unknown options, or the queue exists with other arguments (the
+                message names the argument, as reported by the broker).
+        """
+        unknown = set(kwargs) - _QUEUE_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {sorted(unknown)} for RabbitMQ queue {queue_name!r}; "
+                f"known: {sorted(_QUEUE_OPTIONS)}"
+            )
+        if kwargs.get("fifo"):
+            raise ConfigurationError(
+                f"queue {queue_name!r}: the RabbitMQ backend has no FIFO queues with per-group "
+                "ordering; use the SQS backend for FIFO semantics"
+            )
+        if "visibility_timeout" in kwargs and not self._warned_visibility:
+            self._warned_visibility = True
+            logger.info(
+                "visibility_timeout is ignored by the RabbitMQ backend: a message stays with "
+                "its consumer until settled, or until the consumer disconnects"
+            )
+        queue_type = kwargs.get("queue_type", self._queue_type)
+        _check_queue_type(queue_type)
+        max_receive = int(kwargs.get("max_receive_count", 4))
+        if max_receive < 1:
+            raise ConfigurationError(f"max_receive_count must be at least 1, got {max_receive}")
+        extra = dict(kwargs.get("arguments") or {})
+        filter_events = kwargs.get("filter_events")
+        if isinstance(filter_events, str):
+            raise ConfigurationError(
+                f"filter_events must be a list of manifests, got the string {filter_events!r}"
+            )
+        manifests = list(dict.fromkeys(filter_events or ()))
+        dlq = dead_letter_queue_name
+        if dlq is not None and dlq == queue_name:
+            raise ConfigurationError(f"queue {queue_name!r} cannot be its own dead-letter queue")
+
+        arguments: dict[str, Any] = _type_arguments(queue_type)
+        if dlq is not None:
+            arguments["x-dead-letter-exchange"] = DEAD_LETTER_EXCHANGE
+            arguments["x-dead-letter-routing-key"] = queue_name
+            if queue_type == "quorum":
+                # delivery-limit counts *failed* deliveries: N-1 of them allow N deliveries.
+                arguments["x-delivery-limit"] = max_receive - 1
+                # Without these the broker may drop a message while dead-lettering it.
+                arguments["x-dead-letter-strategy"] = "at-least-once"
+                arguments["x-overflow"] = "reject-publish"
+        arguments.update(extra)
+        topic_names = [t.name for t in topics_to_bind]
+
+        def op(session: _Session) -> None:
+            if dlq is not None:
+                _declare(
+                    lambda ch: ch.exchange_declare(DEAD_LETTER_EXCHANGE, "direct", durable=True),
+                    session,
+                    f"exchange {DEAD_LETTER_EXCHANGE!r}",
+                )
+                _declare(
+                    lambda ch: ch.queue_declare(
+                        dlq, durable=True, arguments=_type_arguments(queue_type)
+                    ),
+                    session,
+                    f"dead-letter queue {dlq!r}",
+                )
+                session.topology().queue_bind(dlq, DEAD_LETTER_EXCHANGE, routing_key=queue_name)
+            _declare(
+                lambda ch: ch.queue_declare(queue_name, durable=True, arguments=arguments),
+                session,
+                f"queue {queue_name!r}",
+            )
+            for topic in topic_names:
+                _bind(session, queue_name, topic, manifests)
+
+        self._call(op)
+        self._known_queues.add(queue_name)
+        self._queue_types[queue_name] = queue_type
+        if dlq is not None:
+            self._known_queues.add(dlq)
+            self._queue_types[dlq] = queue_type
+        dlq_wrapper = QueueWrapper(dlq, dlq) if dlq is not None else None
+        return QueueWrapper(queue_name, queue_name), dlq_wrapper
+
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        name = queue.name
+
+        def op(session: _Session) -> None:
+            session.unsubscribe(name)
+            session.topology().queue_delete(name)
+
+        with self._cond:
+            self._wanted.discard(name)
+            self._buffers.pop(name, None)
+        self._call(op)
+        self._known_queues.discard(name)
+        self._queue_types.pop(name, None)
+
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        name = topic.name
+        self._call(lambda session: session.topology().exchange_delete(name))
+        self._known_topics.discard(name)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        self._publish_queue([message], queue, batch=False)
+
+    def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
+    ) -> None:
+        self._publish_queue(messages, queue, batch=True)
+
+    def _publish_queue(self, messages: Sequence[Message], queue: QueueWrapper, batch: bool) -> None:
+        if not messages:
+            return
+        items = self._encode(messages)
+        outcome = self._call(lambda session: session.publish("", queue.name, items, True))
+        failures = {i: reason for i, reason in enumerate(outcome) if reason is not None}
+        if not failures:
+            return
+        if all("NO_ROUTE" in reason for reason in failures.values()) and len(failures) == len(
+            messages
+        ):
+            self._known_queues.discard(queue.name)
+            raise QueueNotFoundError(queue.name)
+        if batch:
+            raise BatchPublishError(failures)
+        raise PublishError(f"RabbitMQ refused the message for queue {queue.name!r}: {failures[0]}")
+
+    def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        self._publish_topic([message], topic, batch=False)
+
+    def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
+    ) -> None:
+        self._publish_topic(messages, topic, batch=True)
+
+    def _publish_topic(self, messages: Sequence[Message], topic: TopicWrapper, batch: bool) -> None:
+        if not messages:
+            return
+        items = self._encode(messages)
+        mandatory = self._require_subscribers
+
+        def op(session: _Session) -> list[str | None]:
+            try:
+                return session.publish(topic.name, "", items, mandatory)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == _NOT_FOUND:
+                    raise TopicNotFoundError(topic.name) from None
+                raise
+
+        try:
+            outcome = self._call(op)
+        except TopicNotFoundError:
+            self._known_topics.discard(topic.name)
+            raise
+        failures: dict[int, str] = {}
+        for index, reason in enumerate(outcome):
+            if reason is None:
+                continue
+            if "NO_ROUTE" in reason:
+                manifest = messages[index].manifest
+                reason = (
+                    f"no queue subscribed to topic {topic.name!r} accepts manifest {manifest!r}"
+                )
+            failures[index] = reason
+        if not failures:
+            return
+        if batch:
+            raise BatchPublishError(failures)
+        raise PublishError(failures[0])
+
+    @staticmethod
+    def _encode(messages: Sequence[Message]) -> list[tuple[bytes, pika.BasicProperties]]:
+        items = []
+        for message in messages:
+            body = encode_body(message.content)
+            if len(body) > DEFAULT_MAX_MESSAGE_SIZE:
+                raise MessageTooLargeError(len(body), DEFAULT_MAX_MESSAGE_SIZE, "RabbitMQ")
+            items.append((body, to_properties(message)))
+        return items
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """Hand out up to ``max_messages`` (default 10) buffered messages of ``queue``.
+
+        Starts consuming the queue on the first call. Blocks up to ``wait_seconds`` (default
+        0) while nothing is buffered; :meth:`interrupt` ends the wait early.
+        """
+        max_messages = int(kwargs.get("max_messages") or 10)
+        wait = float(kwargs.get("wait_seconds") or 0.0)
+        name = queue.name
+        deadline = time.monotonic() + wait
+        with self._cond:
+            interrupts = self._interrupts
+            error = self._subscribe_errors.pop(name, None)
+        if error is not None:
+            self._known_queues.discard(name)
+            raise error
+        self._ensure_consuming(name, wait)
+        with self._cond:
+            self._buffers.setdefault(name, deque())
+            while True:
+                buffer = self._buffers.get(name)
+                if buffer:
+                    return [buffer.popleft() for _ in range(min(max_messages, len(buffer)))]
+                error = self._subscribe_errors.pop(name, None)
+                if error is not None:
+                    raise error
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._interrupts != interrupts or self._link.closed:
+                    return []
+                self._cond.wait(remaining)
+
+    def _ensure_consuming(self, name: str, wait: float) -> None:
+        with self._cond:
+            self._wanted.add(name)
+
+        def op(session: _Session) -> None:
+            consumer = session.consumers.get(name)
+            if consumer is None or not consumer.active:
+                try:
+                    session.subscribe(name)
+                except QueueNotFoundError:
+                    with self._cond:
+                        self._wanted.discard(name)
+                    self._known_queues.discard(name)
+                    raise
+
+        self._call(op)
+
+    def _settle(self, message: Message, action: Any) -> Any:
+        receipt = message.metadata
+        if not isinstance(receipt, RabbitMQReceipt):
+            raise ValueError(f"{message!r} was not received from a RabbitMQ backend")
+
+        def op(session: _Session) -> Any:
+            consumer = receipt.consumer
+            if (
+                session.generation != receipt.generation
+                or not consumer.channel.is_open
+                or receipt.delivery_tag not in consumer.unacked
+            ):
+                # Settled already, or the connection was reset: the broker redelivers it.
+                return None
+            return action(session, receipt)
+
+        return self._call(op)
+
+    def acknowledge(self, message: Message) -> None:
+        self._settle(message, _ack)
+
+    def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        receipts = [m.metadata for m in messages]
+        for message, receipt in zip(messages, receipts, strict=True):
+            if not isinstance(receipt, RabbitMQReceipt):
+                raise ValueError(f"{message!r} was not received from a RabbitMQ backend")
+
+        def op(session: _Session) -> None:
+            for receipt in receipts:
+                consumer = receipt.consumer
+                if (
+                    session.generation == receipt.generation
+                    and consumer.channel.is_open
+                    and receipt.delivery_tag in consumer.unacked
+                ):
+                    _ack(session, receipt)
+
+        if receipts:
+            self._call(op)
+
+    def nack(self, message: Message, delay: float = 0.0) -> None:
+        """Give ``message`` back for redelivery after ``delay`` seconds (see the module doc)."""
+        attempt = message.attempt or 1
+        queue_name = message.metadata.queue if isinstance(message.metadata, RabbitMQReceipt) else ""
+        body = encode_body(message.content)
+        properties = to_properties(message, deliveries=attempt)
+        delay_ms = delay_bucket_ms(delay) if delay > 0 else 0
+
+        def action(session: _Session, receipt: RabbitMQReceipt) -> None:
+            if delay_ms == 0 and receipt.broker_counts:
+                receipt.consumer.unacked.discard(receipt.delivery_tag)
+                receipt.consumer.channel.basic_nack(receipt.delivery_tag, requeue=True)
+                return
+            target = queue_name
+            if delay_ms:
+                target = retry_queue_name(queue_name, delay_ms)
+                _declare(
+                    lambda ch: ch.queue_declare(
+                        target, durable=True, arguments=_retry_arguments(queue_name, delay_ms)
+                    ),
+                    session,
+                    f"retry queue {target!r}",
+                )
+            [refused] = session.publish("", target, [(body, properties)], True)
+            if refused is not None:
+                # The copy did not land: keep the original and let the broker return it.
+                logger.error(
+                    "could not hand message %s back to %s (%s); returning it to the queue now",
+                    message.message_id,
+                    target,
+                    refused,
+                )
+                receipt.consumer.unacked.discard(receipt.delivery_tag)
+                receipt.consumer.channel.basic_nack(receipt.delivery_tag, requeue=True)
+                return
+            _ack(session, receipt)
+
+        self._settle(message, action)
+
+    def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
+        """Publish a copy with ``headers`` to the queue's dead-letter queue, then ack.
+
+        Returns ``False``, leaving the message unsettled, when no dead-letter queue is bound
+        for the queue (see the module documentation).
+        """
+        receipt = message.metadata
+        if not isinstance(receipt, RabbitMQReceipt):
+            raise ValueError(f"{message!r} was not received from a RabbitMQ backend")
+        body = encode_body(message.content)
+        properties = to_properties(
+            message, deliveries=message.attempt or 1, extra_headers=dict(headers)
+        )
+
+        def action(session: _Session, receipt: RabbitMQReceipt) -> bool:
+            try:
+                [refused] = session.publish(
+                    DEAD_LETTER_EXCHANGE, receipt.queue, [(body, properties)], True
+                )
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == _NOT_FOUND:  # no dead-letter queue was ever declared
+                    return False
+                raise
+            if refused is not None:
+                if "NO_ROUTE" in refused:
+                    return False
+                raise PublishError(f"dead-lettering message {message.message_id}: {refused}")
+            _ack(session, receipt)
+            return True
+
+        result = self._settle(message, action)
+        if result is None:
+            logger.warning(
+                "message %s could not be dead-lettered now: the connection was reset since it "
+                "was received; the broker delivers it again",
+                message.message_id,
+            )
+            return True
+        return bool(result)
+
+    def interrupt(self) -> None:
+        with self._cond:
+            self._interrupts += 1
+            self._cond.notify_all()
+
+    def close_connection(self) -> None:
+        """Close the connection; unsettled messages go back to their queues."""
+        self.interrupt()
+        self._link.close()
+
+    def __repr__(self) -> str:
+        return f"RabbitMQBackend({self.describe})"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _noop() -> None:
+    """Wakes the I/O thread out of ``process_data_events``."""
+
+
+def _ack(session: _Session, receipt: RabbitMQReceipt) -> None:
+    receipt.consumer.unacked.discard(receipt.delivery_tag)
+    receipt.consumer.channel.basic_ack(receipt.delivery_tag)
+
+
+def _check_queue_type(queue_type: object) -> None:
+    if queue_type not in ("quorum", "classic"):
+        raise ConfigurationError(f"queue_type must be 'quorum' or 'classic', got {queue_type!r}")
+
+
+def _type_arguments(queue_type: str) -> dict[str, Any]:
+    # Classic queues are declared without x-queue-type so that queues created by other tools
+    # (which usually omit it) are equivalent.
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+
+
+def _retry_arguments(queue_name: str, delay_ms: int) -> dict[str, Any]:
+    return {
+        "x-message-ttl": delay_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue_name,
+        # Redeclared by every nack, so it only expires once no message has waited in it
+        # for a minute longer than its delay.
+        "x-expires": delay_ms + 60_000,
+    }
+
+
+def _declare(fn: Any, session: _Session, what: str) -> Any:
+    """Run a declaration, turning PRECONDITION_FAILED into a clear ``ConfigurationError``."""
+    try:
+        return fn(session.topology())
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == _PRECONDITION_FAILED:
+            raise ConfigurationError(
+                f"{what} already exists with different settings: {exc.reply_text}. Declare it "
+                "with the settings it has, or delete it first (its messages are lost then)"
+            ) from None
+        raise
+
+
+def _queue_exists(session: _Session, queue_name: str) -> bool:
+    try:
+        session.topology().queue_declare(queue_name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == _NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+def _bind(session: _Session, queue: str, topic: str, manifests: list[str]) -> None:
+    channel = session.topology()
+    try:
+        if manifests:
+            # A catch-all binding from an earlier declaration would defeat the filter.
+            channel.queue_unbind(queue, topic, arguments={"x-match": "all"})
+            for manifest in manifests:
+                channel.queue_bind(queue, topic, arguments={"x-match": "all", "manifest": manifest})
+        else:
+            channel.queue_bind(queue, topic, arguments={"x-match": "all"})
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == _NOT_FOUND:
+            raise TopicNotFoundError(topic) from None
+        raise
+
+
+def _connection_parameters(
+    url: str | None,
+    *,
+    host: str | None,
+    port: int | None,
+    virtual_host: str | None,
+    credentials: Any,
+    username: str | None,
+    password: str | None,
+    heartbeat: int,
+    connection_attempts: int,
+    retry_delay: float,
+    socket_timeout: float,
+    connection_name: str | None,
+    extra: Mapping[str, Any],
+) -> pika.ConnectionParameters:
+    if heartbeat <= 0:
+        raise ConfigurationError(
+            f"heartbeat must be positive (got {heartbeat}): without heartbeats a dead "
+            "connection goes unnoticed"
+        )
+    if credentials is not None and (username is not None or password is not None):
+        raise ConfigurationError("give either credentials or username/password, not both")
+    extra = dict(extra)
+    client_properties = dict(extra.pop("client_properties", None) or {})
+    if connection_name is not None:
+        client_properties["connection_name"] = connection_name
+    common: dict[str, Any] = {
+        "heartbeat": heartbeat,
+        "connection_attempts": connection_attempts,
+        "retry_delay": retry_delay,
+        "socket_timeout": socket_timeout,
+        "stack_timeout": socket_timeout * 2,
+        "blocked_connection_timeout": 300,
+    }
+    if client_properties:
+        common["client_properties"] = client_properties
+    if url is not None:
+        if any(v is not None for v in (host, port, virtual_host, credentials, username, password)):
+            raise ConfigurationError(
+                "give either url or host/port/virtual_host/credentials, not both"
+            )
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ConfigurationError(
+                f"RabbitMQ URL must start with amqp:// or amqps://, got {url!r}"
+            )
+        try:
+            params = pika.URLParameters(url)
+        except Exception as exc:
+            raise ConfigurationError(f"invalid RabbitMQ URL {url!r}: {exc}") from exc
+        for key, value in {**common, **dict(extra)}.items():
+            setattr(params, key, value)
+        if params.virtual_host is None:
+            params.virtual_host = unquote("%2F")
+        return params
+    if credentials is None:
+        credentials = pika.PlainCredentials(username or "guest", password or "guest")
+    try:
+        return pika.ConnectionParameters(
+            host=host or "localhost",
+            port=port or 5672,
+            virtual_host=virtual_host or "/",
+            credentials=credentials,
+            **common,
+            **dict(extra),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"invalid RabbitMQ connection parameters: {exc}") from exc
+
+
+__all__ = [
+    "DEAD_LETTER_EXCHANGE",
+    "RabbitMQBackend",
+    "RabbitMQReceipt",
+    "delay_bucket_ms",
+    "retry_queue_name",
+]

@@ -1,0 +1,134 @@
+"""How a :class:`~melange.models.Message` travels as an AMQP 0-9-1 message.
+
+- body: the serialized content, UTF-8 encoded.
+- properties: ``message_id``, ``correlation_id`` (copied from the header of that name, for AMQP
+  tooling), ``delivery_mode=2`` (persistent), ``timestamp`` (publish time, whole seconds),
+  ``content_encoding="utf-8"``.
+- headers table: every Melange header (``correlation_id``, ``causation_id``, ``published_at``
+  and the publisher's own), plus ``manifest`` (string) and ``serializer_id`` (integer), which
+  topic exchanges route on, and ``melange_deliveries``, the deliveries the message had before
+  this copy was published (set when a message is handed back for a delayed retry).
+  ``melange_group_id`` carries the message group id when one was given.
+
+Headers whose names start with ``x-`` belong to the broker (``x-death``,
+``x-delivery-count``...) and are not passed on to consumers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pika
+
+from melange.models import CORRELATION_ID, Message
+
+MANIFEST_HEADER = "manifest"
+SERIALIZER_HEADER = "serializer_id"
+DELIVERIES_HEADER = "melange_deliveries"
+GROUP_HEADER = "melange_group_id"
+#: Set by quorum queues: how many times the broker delivered this copy before.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+
+_ENVELOPE_HEADERS = frozenset({MANIFEST_HEADER, SERIALIZER_HEADER, DELIVERIES_HEADER, GROUP_HEADER})
+
+
+def encode_body(content: str) -> bytes:
+    """The body bytes; ``surrogateescape`` returns undecodable bodies byte for byte."""
+    return content.encode("utf-8", errors="surrogateescape")
+
+
+def decode_body(body: bytes) -> str:
+    """The content string; bytes that are not UTF-8 survive as surrogates (see above)."""
+    return body.decode("utf-8", errors="surrogateescape")
+
+
+def to_properties(
+    message: Message,
+    *,
+    deliveries: int = 0,
+    extra_headers: Mapping[str, str] | None = None,
+) -> pika.BasicProperties:
+    """AMQP properties for ``message``; ``deliveries`` is its delivery count so far."""
+    headers: dict[str, Any] = {
+        key: value for key, value in message.headers.items() if not key.startswith("x-")
+    }
+    if extra_headers:
+        headers.update(extra_headers)
+    if message.manifest is not None:
+        headers[MANIFEST_HEADER] = message.manifest
+    if message.serializer_id is not None:
+        headers[SERIALIZER_HEADER] = int(message.serializer_id)
+    if deliveries:
+        headers[DELIVERIES_HEADER] = int(deliveries)
+    if message.group_id is not None:
+        headers[GROUP_HEADER] = message.group_id
+    correlation = message.headers.get(CORRELATION_ID)
+    return pika.BasicProperties(
+        message_id=message.message_id,
+        correlation_id=correlation if correlation and len(correlation) <= 255 else None,
+        delivery_mode=2,
+        timestamp=int(time.time()),
+        content_encoding="utf-8",
+        headers=headers,
+    )
+
+
+def from_delivery(
+    redelivered: bool, properties: pika.BasicProperties, body: bytes, receipt: Any
+) -> Message:
+    """Rebuild the envelope of a delivered message.
+
+    ``attempt`` counts the deliveries recorded in ``melange_deliveries`` plus the broker's
+    count for this copy: exact on quorum queues (``x-delivery-count``); on classic queues the
+    broker only says whether the copy was delivered before, so repeated redeliveries after
+    consumer crashes are counted once.
+    """
+    raw: Mapping[str, Any] = properties.headers or {}
+    headers: dict[str, str] = {}
+    for key, value in raw.items():
+        if key.startswith("x-") or key in _ENVELOPE_HEADERS:
+            continue
+        headers[key] = _text(value)
+    manifest = raw.get(MANIFEST_HEADER)
+    serializer = raw.get(SERIALIZER_HEADER)
+    broker_count = raw.get(DELIVERY_COUNT_HEADER)
+    # Deliveries of this copy before this one.
+    previous = broker_count if isinstance(broker_count, int) else int(redelivered)
+    attempt = _int(raw.get(DELIVERIES_HEADER), 0) + previous + 1
+    group = raw.get(GROUP_HEADER)
+    return Message(
+        message_id=properties.message_id,
+        content=decode_body(body),
+        metadata=receipt,
+        serializer_id=_int(serializer, None),
+        manifest=_text(manifest) if manifest is not None else None,
+        headers=headers,
+        attempt=attempt,
+        group_id=_text(group) if group is not None else None,
+    )
+
+
+def broker_counts_deliveries(properties: pika.BasicProperties) -> bool:
+    """Whether the queue counts deliveries itself (a quorum queue)."""
+    return isinstance((properties.headers or {}).get(DELIVERY_COUNT_HEADER), int)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _int(value: Any, default: int | None) -> Any:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str | bytes):
+        try:
+            return int(value)
+        except ValueError:
+            return default
+    return default
