@@ -8,9 +8,13 @@ traceback.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import click
 
 from melange import __version__
+from melange.cli._common import TRACEBACK_ENV, CommandError
 from melange.cli.consume import consume
 from melange.cli.demo import demo
 from melange.cli.publish import publish
@@ -18,7 +22,23 @@ from melange.cli.queues import dlq, queues
 from melange.cli.topology import init
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Reports any error a command did not expect as one line, like the expected ones."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get(TRACEBACK_ENV):
+                raise
+            raise CommandError(
+                f"unexpected {type(exc).__name__}: {exc} (set {TRACEBACK_ENV}=1 to see where)"
+            ) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="melange")
 def cli() -> None:
     """Melange: publish and consume messages between services."""

@@ -6,6 +6,7 @@ import functools
 import importlib
 import inspect
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from melange.backends.interfaces import MessagingBackend
+from melange.backends.urls import backend_from_env, backend_from_url
 from melange.exceptions import MelangeError
 from melange.models import Message
 
@@ -63,6 +65,27 @@ def reported_errors() -> Iterator[None]:
         ) from exc
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log records on one line each; tracebacks only when asked for."""
+
+    def __init__(self, tracebacks: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        self._tracebacks = tracebacks
+
+    def formatException(self, ei: Any) -> str:
+        return super().formatException(ei) if self._tracebacks else ""
+
+
+def configure_logging(level: str) -> None:
+    """Send Melange's log records to standard error at ``level``, one line each
+    (tracebacks too with ``MELANGE_TRACEBACK=1``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineFormatter(bool(os.environ.get(TRACEBACK_ENV))))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, MelangeError | sqlite3.Error | OSError):
         return str(exc) or type(exc).__name__
@@ -72,10 +95,8 @@ def _describe(exc: BaseException) -> str:
 def open_backend(url: str | None) -> MessagingBackend:
     """The backend ``url`` names, else the one ``MELANGE_BACKEND_URL`` names, else the
     embedded SQLite default. Errors come out as one line."""
-    from melange.examples.common.runtime import open_backend as resolve
-
     with reported_errors():
-        return resolve(url)
+        return backend_from_url(url) if url else backend_from_env()
 
 
 def describe_backend(backend: MessagingBackend) -> str:

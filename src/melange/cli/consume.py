@@ -11,6 +11,7 @@ from melange.cli._common import (
     CommandError,
     accepts_argument,
     backend_url_option,
+    configure_logging,
     describe_backend,
     import_attribute,
     open_backend,
@@ -43,8 +44,7 @@ def build_dispatcher(
     backend = open_backend(backend_url)
     try:
         if not isinstance(target, Consumer) and callable(target):
-            with reported_errors():
-                target = target(backend) if accepts_argument(target) else target()
+            target = _call_factory(target, spec, backend)
         if isinstance(target, MessageDispatcher):
             return target, backend
         if isinstance(target, Consumer):
@@ -64,6 +64,15 @@ def build_dispatcher(
         raise
 
 
+def _call_factory(factory: Any, spec: str, backend: MessagingBackend) -> Any:
+    with_backend = accepts_argument(factory)
+    try:
+        return factory(backend) if with_backend else factory()
+    except Exception as exc:
+        call = f"{spec}(backend)" if with_backend else f"{spec}()"
+        raise CommandError(f"{call} failed: {type(exc).__name__}: {exc}") from exc
+
+
 @click.command()
 @click.argument("target", metavar="MODULE:ATTRIBUTE")
 @click.option("--queue", "-q", required=True, help="The queue to consume.")
@@ -81,12 +90,20 @@ def build_dispatcher(
     metavar="MODULE:ATTRIBUTE",
     help="Serializer(s) to decode with when TARGET is a plain consumer [default: JSON].",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="Log messages shown on standard error (tracebacks with MELANGE_TRACEBACK=1).",
+)
 def consume(
     target: str,
     queue: str,
     backend_url: str | None,
     workers: int,
     serializer_spec: str | None,
+    log_level: str,
 ) -> None:
     """Consume QUEUE with the dispatcher or consumer MODULE:ATTRIBUTE names.
 
@@ -98,6 +115,7 @@ def consume(
     Runs until Ctrl-C or SIGTERM, finishing the messages in hand first; a second signal
     stops at once.
     """
+    configure_logging(log_level)
     found = import_attribute(target)
     dispatcher, backend = build_dispatcher(found, target, backend_url, serializer_spec)
     where = describe_backend(dispatcher.backend)

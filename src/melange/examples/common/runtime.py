@@ -8,11 +8,13 @@ processes writing to one terminal (as ``melange demo`` arranges) read as one sto
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO
 
 from melange.backends.interfaces import MessagingBackend
+from melange.backends.urls import backend_from_env, backend_from_url
 from melange.context import current_message
 from melange.message_dispatcher import MessageDispatcher
 from melange.policy import FailurePolicy
@@ -104,23 +106,17 @@ class ServicePublisher:
 def open_backend(url: str | None) -> MessagingBackend:
     """The backend ``url`` names, else the one ``MELANGE_BACKEND_URL`` names, else the
     embedded SQLite default."""
-    try:
-        from melange.backends import urls
-    except ImportError:  # INTERIM until melange.backends.urls lands
-        import os
+    return backend_from_url(url) if url else backend_from_env()
 
-        from melange.backends.memory import InMemoryMessagingBackend
-        from melange.backends.sqlite import SQLiteBackend
-        from melange.exceptions import ConfigurationError
 
-        url = url or os.environ.get("MELANGE_BACKEND_URL") or "sqlite:///melange.db"
-        if url == "memory://":
-            return InMemoryMessagingBackend()
-        if url.startswith("sqlite:///"):
-            return SQLiteBackend(url[len("sqlite:///") :])
-        raise ConfigurationError(f"unknown backend URL scheme in {url!r}")
-    backend: MessagingBackend = urls.backend_from_url(url) if url else urls.backend_from_env()
-    return backend
+class _BriefFormatter(logging.Formatter):
+    """One line per record: the failure's message is enough, its traceback is known."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def formatException(self, ei: Any) -> str:
+        return ""
 
 
 def service_main(
@@ -146,6 +142,12 @@ def service_main(
     )
     parser.add_argument("--workers", type=int, default=1, help="messages processed at once")
     args = parser.parse_args(argv)
+    # The services report what they do themselves; the log adds the dispatcher's view
+    # (retries, dead letters) on standard error, one line per event.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger().handlers[0].setFormatter(_BriefFormatter())
     backend = open_backend(args.backend_url)
     try:
         dispatcher = create_dispatcher(backend)
