@@ -16,6 +16,7 @@ A marker that cannot be filled fails the build with the reason; nothing is left 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -116,10 +117,9 @@ def _unconnected(cls: type[Any]) -> Any:
             continue
         for attribute in (f"_{param.name}", param.name):
             if inspect.getattr_static(cls, attribute, None) is None:
-                try:
+                # A read-only property or a slot refuses the value: leave it alone.
+                with contextlib.suppress(AttributeError):
                     setattr(instance, attribute, param.default)
-                except AttributeError:
-                    pass  # a read-only property or a slot: leave it alone
     return instance
 
 
@@ -183,7 +183,7 @@ def benchmark_results(docs_dir: Path) -> str:
         parts.append(text)
     if not parts:
         parts.append(
-            "!!! note \"No results recorded in this build\"\n"
+            '!!! note "No results recorded in this build"\n'
             "    The benchmark harness has not written `docs/benchmarks/results.md` yet. "
             "Run `make bench` to measure on your machine; the figures appear here on the next "
             "documentation build."

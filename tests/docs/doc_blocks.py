@@ -10,6 +10,13 @@ A fenced block may be preceded (blank lines aside) by one HTML comment marker:
   the previous output block (or the start of the page), and is checked.
 
 Every other Python block is executed, in page order, in one namespace per page.
+
+``console`` blocks are shell sessions and are executed too: each line starting with ``$ `` is
+a command (a command ending in ``<<'EOF'`` takes the following lines up to ``EOF``), and the
+lines after it, up to the next command, are its expected output (standard output and error
+together). A line ``...`` in the expected output stands for any number of lines, and ``...``
+inside a line for any text. Commands run with ``bash`` in the page's working directory;
+``export`` commands carry over to the following commands of the page.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ GENERATED = ("benchmarks/",)
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)[^\n]*$")
 _MARKER = re.compile(r"^\s*<!--\s*(?P<kind>not-run|requires|output)\s*(?::(?P<arg>.*?))?-->\s*$")
 PYTHON = {"python", "py", "python3"}
+SHELL = "console"
 
 
 @dataclass
@@ -44,8 +52,12 @@ class Block:
         return self.lang in PYTHON
 
     @property
+    def is_console(self) -> bool:
+        return self.lang == SHELL
+
+    @property
     def runs(self) -> bool:
-        return self.is_python and self.marker not in ("not-run", "output")
+        return (self.is_python or self.is_console) and self.marker not in ("not-run", "output")
 
     @property
     def where(self) -> str:
@@ -120,3 +132,54 @@ def pages() -> list[Page]:
             continue
         found.append(parse(path.read_text(encoding="utf-8"), rel))
     return found
+
+
+@dataclass
+class Command:
+    """One command of a console block and the output shown for it."""
+
+    line: str
+    output: list[str]
+
+
+def commands(code: str) -> list[Command]:
+    """Split a console block into its commands and their expected output."""
+    found: list[Command] = []
+    lines = code.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line.startswith("$ "):
+            if found:
+                found[-1].output.append(line)
+            elif line.strip():
+                raise ValueError(f"console block starts with output, not a command: {line!r}")
+            continue
+        command = line[2:]
+        while command.endswith("\\") and i < len(lines):
+            command = command[:-1] + "\n" + lines[i]
+            i += 1
+        heredoc = re.search(r"<<\s*'?(\w+)'?\s*$", command)
+        if heredoc:
+            end = heredoc.group(1)
+            body: list[str] = []
+            while i < len(lines) and lines[i] != end:
+                body.append(lines[i])
+                i += 1
+            i += 1
+            command = "\n".join([command, *body, end])
+        found.append(Command(command, []))
+    return found
+
+
+def output_pattern(expected: list[str]) -> re.Pattern[str]:
+    """A regex for the expected output lines, with ``...`` wildcards."""
+    parts: list[str] = []
+    for line in expected:
+        line = line.rstrip()
+        if line.strip() == "...":
+            parts.append(r"(?:[^\n]*\n)*?")
+        else:
+            parts.append(".*?".join(re.escape(piece) for piece in line.split("...")) + r"\n")
+    return re.compile("".join(parts), re.DOTALL)

@@ -22,23 +22,28 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from doc_blocks import DOCS, Block, Page, commands, output_pattern, pages, parse
 
 from conftest import require_service
-from doc_blocks import DOCS, Page, parse, pages
 
 ROOT = DOCS.parent
 PAGES = pages()
 LOCAL_SERVICES = {"rabbitmq", "redis", "postgres"}
 
 
-def run_page(page: Page) -> None:
-    """Execute the page's runnable blocks in one fresh module; check its output blocks."""
+def run_page(page: Page, workdir: Path | None = None) -> None:
+    """Run the page's blocks in one fresh module and working directory; check the outputs."""
     name = "docs_page_" + re.sub(r"\W", "_", page.path.removesuffix(".md"))
     # A real module, so pickle, dataclasses and type hints can find what the page defines.
     module = types.ModuleType(name)
     module.__file__ = str(DOCS / page.path)
     sys.modules[name] = module
     captured = io.StringIO()
+    exports: list[str] = []
+    previous = Path.cwd()
+    if workdir is not None:
+        # Examples that write files (databases, config) write them here.
+        os.chdir(workdir)
     try:
         for block in page.blocks:
             if block.marker == "output":
@@ -50,6 +55,9 @@ def run_page(page: Page) -> None:
                 )
                 captured = io.StringIO()
                 continue
+            if block.is_console and block.runs:
+                run_console(block, exports)
+                continue
             if not block.is_python:
                 continue
             # Padding puts the Markdown line numbers in tracebacks.
@@ -60,7 +68,44 @@ def run_page(page: Page) -> None:
             with redirect_stdout(captured):
                 exec(code, module.__dict__)
     finally:
+        os.chdir(previous)
         sys.modules.pop(name, None)
+
+
+def run_console(block: Block, exports: list[str]) -> None:
+    """Run each command of a console block with bash; compare with the output shown."""
+    env = dict(os.environ)
+    # The commands are the ones this environment installed (melange, python).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MELANGE_BACKEND_URL", None)
+    for command in commands(block.code):
+        script = "\n".join([*exports, command.line])
+        result = subprocess.run(
+            ["bash", "-c", script],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        got = result.stdout + result.stderr
+        shown = "\n".join(command.output).strip()
+        where = f"{block.where}: $ {command.line.splitlines()[0]}"
+        if shown:
+            printed = "\n".join(line.rstrip() for line in got.strip("\n").splitlines()) + "\n"
+            assert output_pattern(_trimmed(command.output)).fullmatch(printed), (
+                f"{where}\n--- shown ---\n{shown}\n--- printed (exit {result.returncode}) ---\n"
+                f"{got}"
+            )
+        else:
+            assert result.returncode == 0, f"{where} failed (exit {result.returncode}):\n{got}"
+        if command.line.startswith("export "):
+            exports.append(command.line)
+
+
+def _trimmed(lines: list[str]) -> list[str]:
+    """The shown output without leading and trailing blank lines."""
+    text = "\n".join(lines).strip("\n")
+    return text.splitlines()
 
 
 def _unavailable(message: str) -> None:
@@ -106,7 +151,7 @@ def sqs_server() -> Iterator[tuple[str, int]]:
 
 
 @pytest.fixture
-def services(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def services(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Makes sure the services a page declares are up; tells the page where SQS is."""
     page: Page = request.param
     for service in page.services:
@@ -118,16 +163,15 @@ def services(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
             monkeypatch.setenv("SQS_PORT", str(port))
         else:
             pytest.fail(f"{page.path}: unknown service {service!r} in a requires marker")
-    yield
 
 
-RUNNABLE = [p for p in PAGES if any(b.is_python for b in p.blocks)]
+RUNNABLE = [p for p in PAGES if any(b.is_python or b.is_console for b in p.blocks)]
 
 
 @pytest.mark.parametrize("services", RUNNABLE, ids=[p.path for p in RUNNABLE], indirect=True)
-def test_page_examples_run(services: None, request: pytest.FixtureRequest) -> None:
+def test_page_examples_run(services: None, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     page: Page = request.node.callspec.params["services"]
-    run_page(page)
+    run_page(page, tmp_path)
 
 
 def test_every_code_block_is_run_or_says_why_not() -> None:
@@ -140,7 +184,7 @@ def test_every_code_block_is_run_or_says_why_not() -> None:
                 problems.append(f"{block.where}: an output block must not be Python")
             if block.marker == "requires" and not block.is_python:
                 problems.append(f"{block.where}: requires marker on a non-Python block")
-            if not block.is_python and block.marker not in ("not-run", "output"):
+            if not block.runs and not block.is_python and block.marker not in ("not-run", "output"):
                 problems.append(
                     f"{block.where}: ```{block.lang or '(no language)'} block is neither run "
                     "nor marked <!-- not-run: reason -->"
@@ -172,13 +216,40 @@ def test_markers_apply_to_the_next_block_only() -> None:
     text = (
         "<!-- not-run: needs AWS credentials -->\n\n```python\nboom()\n```\n\n"
         "Prose resets a marker.\n<!-- requires: redis -->\nMore prose.\n\n"
-        "=== \"Tab\"\n\n    ```python\n    x = 1\n    ```\n"
+        '=== "Tab"\n\n    ```python\n    x = 1\n    ```\n'
     )
     page = parse(text, "fake.md")
     first, second = page.blocks
-    assert (first.marker, first.marker_arg, first.runs) == ("not-run", "needs AWS credentials", False)
+    assert (first.marker, first.marker_arg, first.runs) == (
+        "not-run",
+        "needs AWS credentials",
+        False,
+    )
     assert (second.marker, second.runs, second.code) == (None, True, "x = 1\n")
     assert page.services == []
+
+
+def test_console_blocks_split_into_commands_and_their_output() -> None:
+    code = "$ echo one\none\n$ cat > f.toml <<'EOF'\na = 1\nEOF\n$ cat f.toml\na = 1\n"
+    found = commands(code)
+    assert [c.line for c in found] == ["echo one", "cat > f.toml <<'EOF'\na = 1\nEOF", "cat f.toml"]
+    assert [c.output for c in found] == [["one"], [], ["a = 1"]]
+
+
+def test_ellipses_in_console_output_match_any_text() -> None:
+    pattern = output_pattern(["published message ... to queue orders", "...", "done"])
+    assert pattern.fullmatch("published message 3f2a to queue orders\nx\ny\ndone\n")
+    assert pattern.fullmatch("published message 3f2a to queue orders\ndone\n")
+    assert not pattern.fullmatch("published message 3f2a to queue refunds\ndone\n")
+
+
+def test_a_console_command_printing_something_else_fails_its_page(tmp_path: Path) -> None:
+    page = parse("```console\n$ echo hello\nhullo\n```\n", "fake.md")
+    with pytest.raises(AssertionError, match="hullo"):
+        run_page(page, tmp_path)
+    failing = parse("```console\n$ false\n```\n", "fake.md")
+    with pytest.raises(AssertionError, match="exit 1"):
+        run_page(failing, tmp_path)
 
 
 def test_an_unclosed_code_block_is_reported() -> None:
