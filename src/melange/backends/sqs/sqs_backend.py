@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -204,6 +205,9 @@ class AWSBackend(MessagingBackend):
         )
         self.wait_time_seconds = int(wait_time_seconds)
         session = session or boto3.Session()
+        # boto3 reads AWS_DEFAULT_REGION; AWS_REGION (the name AWS's own runtimes set) is
+        # accepted too.
+        region_name = region_name or session.region_name or os.environ.get("AWS_REGION")
         # The read timeout must outlast a long poll; retries stay boto3's standard ones.
         base = botocore.config.Config(
             read_timeout=max(60, MAX_WAIT_SECONDS + 10), retries={"mode": "standard"}
