@@ -157,6 +157,7 @@ def settle(
     *,
     always_ack: bool = False,
     rng: random.Random | None = None,
+    busy_delay: float | None = None,
 ) -> Verdict:
     """Decide how to settle a message given each accepting consumer's outcome.
 
@@ -166,17 +167,29 @@ def settle(
     exception dead-letters at once. When several consumers failed, a retry wins over a
     dead-letter so that no consumer loses its remaining attempts. A consumer's own
     ``failure_policy`` overrides ``policy``.
+
+    A message whose deduplication claim another process holds comes back after
+    ``busy_delay`` seconds (the claim's lease: by then the holder finished or its claim
+    expired), or after the policy's first delay when ``busy_delay`` is not given.
     """
     if always_ack:
         return ACK
     failed = [r for r in results if r.outcome is Outcome.FAILED and r.error is not None]
     if not failed:
-        if any(r.outcome in (Outcome.BUSY, Outcome.NOT_ATTEMPTED) for r in results):
+        if any(r.outcome is Outcome.BUSY for r in results):
+            # Every delivery counts towards the broker's redrive limit: coming back before the
+            # holder can have finished would only push the message towards the dead-letter
+            # queue while it is being processed elsewhere.
+            delay = busy_delay if busy_delay is not None else policy.delay_for(1, rng)
+            return Verdict(
+                Action.RETRY, delay=delay, reason="deduplication claim held by another consumer"
+            )
+        if any(r.outcome is Outcome.NOT_ATTEMPTED for r in results):
             # Nothing failed, but a consumer could not run yet: come back later, without blame.
             return Verdict(
                 Action.RETRY,
                 delay=policy.delay_for(1, rng),
-                reason="deduplication claim held elsewhere or cache unreachable",
+                reason="deduplication cache unreachable",
             )
         return ACK
     first_error = failed[0].error

@@ -127,6 +127,8 @@ class MessageDispatcher:
         self._fail_open = dedup_fail_open
         self._route = Route(consumers)
         self._stop = threading.Event()
+        # Set while the deduplication cache is unreachable and the dispatcher fails closed.
+        self._cache_down = threading.Event()
         self._rng = random.Random()
         self._on_exception: Callable[[Exception], Any] | None = None
         self._heartbeat: Heartbeat | None = None
@@ -243,6 +245,7 @@ class MessageDispatcher:
     ) -> None:
         failures = 0
         while not self._stop.is_set():
+            self._wait_for_cache()
             messages, failures = self._receive(queue, kwargs, failures)
             if messages:
                 self._dispatch_batch(messages, queue)
@@ -265,6 +268,7 @@ class MessageDispatcher:
                 if not slots.acquire(timeout=0.5):
                     continue
                 slots.release()
+                self._wait_for_cache()
                 kwargs["max_messages"] = min(10, workers)
                 messages, failures = self._receive(queue, kwargs, failures)
                 for message in messages:
@@ -318,6 +322,25 @@ class MessageDispatcher:
                 self._backend.acknowledge_batch(acks)
                 self.stats.add("acknowledged", len(acks))
 
+    def _wait_for_cache(self) -> None:
+        """Hold off receiving while the deduplication cache is unreachable (failing closed).
+
+        Receiving anyway would only give the same messages back, and every delivery counts
+        towards the broker's redrive limit: they would reach the dead-letter queue because of
+        an outage that is not theirs. The cache is probed with growing pauses until it answers.
+        """
+        failures = 0
+        while self._cache_down.is_set() and not self._stop.is_set():
+            self._stop.wait(min(5.0, 0.1 * 2**failures))
+            try:
+                assert self._cache is not None
+                self._cache.get("melange-cache-probe")
+            except Exception:
+                failures = min(failures + 1, 6)
+                continue
+            logger.info("deduplication cache reachable again: resuming")
+            self._cache_down.clear()
+
     def _release(self, messages: Sequence[Message]) -> None:
         for message in messages:
             try:
@@ -353,7 +376,12 @@ class MessageDispatcher:
             if heartbeat is not None:
                 heartbeat.remove(message)
         return settle(
-            results, message.attempt, self._policy, always_ack=self._always_ack, rng=self._rng
+            results,
+            message.attempt,
+            self._policy,
+            always_ack=self._always_ack,
+            rng=self._rng,
+            busy_delay=self._lease,
         )
 
     def _run(
@@ -403,6 +431,7 @@ class MessageDispatcher:
             )
             self._notify(exc)
             if not self._fail_open:
+                self._cache_down.set()
                 return ConsumerResult(consumer, Outcome.NOT_ATTEMPTED), None
             return None, None
         if state is ClaimState.DONE:
