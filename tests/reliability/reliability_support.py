@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from melange.backends.interfaces import MessagingBackend
+from melange.models import Message
 
 HERE = Path(__file__).resolve().parent
 
@@ -210,3 +211,15 @@ class Journal:
     def duplicates(self) -> int:
         """Completed handler runs beyond the first, over every message."""
         return sum(count - 1 for count in self.ends.values() if count > 1)
+
+
+def drain(backend: MessagingBackend, queue: str) -> list[Message]:
+    """Receive and acknowledge every message visible in ``queue`` now."""
+    handle = backend.get_queue(queue)
+    out: list[Message] = []
+    while True:
+        batch = backend.retrieve_messages(handle, max_messages=10, wait_seconds=0)
+        if not batch:
+            return out
+        backend.acknowledge_batch(batch)
+        out.extend(batch)

@@ -1,0 +1,356 @@
+"""Dispatcher faults in one process: flaky consumers, poison messages, concurrent
+deliveries of one message, and a deduplication cache that goes away.
+
+The in-memory backend is used where the property is the dispatcher's; the SQLite backend
+repeats the smaller cases on a durable broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import pickle
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reliability_support import (
+    DURABLE_BACKENDS,
+    drain,
+    durable_spec,
+    open_backend,
+    queue_depth,
+    redis_keys,
+    start_redis,
+    stop_redis,
+    wait_for,
+)
+
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.memory import InMemoryMessagingBackend
+from melange.consumers import Consumer
+from melange.context import current_message
+from melange.infrastructure.cache import InMemoryCache
+from melange.message_dispatcher import MessageDispatcher
+from melange.models import FAILURE_ATTEMPTS, FAILURE_EXCEPTION, FAILURE_REASON, Message
+from melange.policy import FailurePolicy
+from melange.serializers.json import JsonSerializer
+
+QUEUE, DLQ = "work", "work-dlq"
+OUTAGE_SECONDS = 6.0
+LEASE = 2.0
+
+
+@pytest.fixture(params=["memory", *DURABLE_BACKENDS])
+def any_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MessagingBackend]:
+    """A fresh backend with ``work`` and its dead-letter queue ``work-dlq``."""
+    if request.param == "memory":
+        backend: MessagingBackend = InMemoryMessagingBackend()
+    else:
+        backend = open_backend(durable_spec(request.param, tmp_path, visibility_timeout=30.0))
+    backend.declare_queue(QUEUE, dead_letter_queue_name=DLQ, max_receive_count=10)
+    yield backend
+    backend.close_connection()
+
+
+def publish(backend: MessagingBackend, numbers: range, queue: str = QUEUE) -> None:
+    handle = backend.get_queue(queue)
+    messages = [Message.create(json.dumps({"n": n}), "json", 1) for n in numbers]
+    for start in range(0, len(messages), 500):
+        backend.publish_batch_to_queue(messages[start : start + 500], handle)
+
+
+def consume_until(dispatcher: MessageDispatcher, condition: Any, timeout: float, **kw: Any) -> None:
+    """Run ``consume_loop`` on a thread until ``condition()`` holds, then stop it."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            dispatcher.consume_loop(QUEUE, install_signal_handlers=False, **kw)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_for(condition, timeout, "the consumer to finish its work")
+    finally:
+        dispatcher.stop()
+        thread.join(30)
+    assert not thread.is_alive(), "consume_loop did not return after stop()"
+    assert not errors, errors
+
+
+def number(message: Message) -> int:
+    return int(json.loads(message.content)["n"])
+
+
+# -- 1. random failures: processed exactly once or dead-lettered with the reason ------------
+
+
+class Flaky(Exception):
+    """The consumer's simulated failure."""
+
+
+def fails(n: int, attempt: int) -> bool:
+    """Whether the consumer fails message ``n`` on delivery ``attempt`` (20%, reproducible)."""
+    return random.Random(n * 1000 + attempt).random() < 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "count"), [("memory", 10_000), *[(k, 1000) for k in DURABLE_BACKENDS]]
+)
+def test_random_failures_end_processed_exactly_once_or_dead_lettered_with_reason(
+    kind: str, count: int, tmp_path: Path
+) -> None:
+    max_attempts = 3
+    if kind == "memory":
+        backend: MessagingBackend = InMemoryMessagingBackend()
+    else:
+        backend = open_backend(durable_spec(kind, tmp_path, visibility_timeout=30.0))
+    backend.declare_queue(QUEUE, dead_letter_queue_name=DLQ, max_receive_count=10)
+    processed: collections.Counter[int] = collections.Counter()
+    lock = threading.Lock()
+
+    def handle(payload: dict[str, int]) -> None:
+        message = current_message()
+        assert message is not None and message.attempt is not None
+        if fails(payload["n"], message.attempt):
+            raise Flaky(f"message {payload['n']} failed on attempt {message.attempt}")
+        with lock:
+            processed[payload["n"]] += 1
+
+    dispatcher = MessageDispatcher(
+        JsonSerializer(),
+        cache=InMemoryCache(),
+        backend=backend,
+        consumers=[Consumer(handle, name="flaky")],
+        failure_policy=FailurePolicy.no_delay(max_attempts=max_attempts),
+    )
+    publish(backend, range(count))
+    consume_until(dispatcher, lambda: queue_depth(backend, QUEUE) == 0, 120, workers=4)
+
+    dead = drain(backend, DLQ)
+    dead_numbers = collections.Counter(number(m) for m in dead)
+    expected_dead = {n for n in range(count) if all(fails(n, a) for a in range(1, 4))}
+    print(
+        f"\n[{kind}] {count} messages, 20% failures per attempt: {len(processed)} processed, "
+        f"{len(dead)} dead-lettered, stats {dispatcher.stats.as_dict()}"
+    )
+    assert set(processed.values()) == {1}
+    assert set(dead_numbers.values()) == {1}
+    assert set(dead_numbers) == expected_dead
+    assert not set(processed) & set(dead_numbers)
+    assert len(processed) + len(dead) == count
+    for message in dead:
+        assert message.headers[FAILURE_REASON].startswith("gave up after 3 attempt(s): Flaky")
+        assert message.headers[FAILURE_EXCEPTION].endswith("Flaky")
+        assert message.headers[FAILURE_ATTEMPTS] == "3"
+    stats = dispatcher.stats
+    assert stats.acknowledged == count - len(dead)
+    assert stats.dead_lettered == len(dead)
+    assert stats.received == stats.acknowledged + stats.retried + stats.dead_lettered
+
+
+# -- 2. poison messages -------------------------------------------------------------------
+
+
+class Booby:
+    """Unpickling it creates a marker file: proof that a pickle was loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def booby_pickle(marker: Path) -> str:
+    return base64.b64encode(pickle.dumps(Booby(marker))).decode("ascii")
+
+
+def test_the_booby_trapped_pickle_really_fires_when_unpickled(tmp_path: Path) -> None:
+    # The control for the poison test: the payload would leave a trace if it were loaded.
+    marker = tmp_path / "control"
+    pickle.loads(base64.b64decode(booby_pickle(marker)))
+    assert marker.exists()
+
+
+def test_poison_is_dead_lettered_with_reasons_and_good_messages_in_between_are_processed(
+    any_backend: MessagingBackend, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    trap = booby_pickle(marker)
+    poison = {
+        "garbage": Message(None, "not json {", serializer_id=1, manifest="json"),
+        "empty": Message(None, "", serializer_id=1, manifest="json"),
+        "unknown-id": Message(None, '{"n": 1}', serializer_id=99, manifest="json"),
+        "no-id": Message(None, '{"n": 1}', serializer_id=None, manifest="json"),
+        "pickle": Message(None, trap, serializer_id=2, manifest="Booby"),
+        "pickle-as-json": Message(None, trap, serializer_id=1, manifest="json"),
+    }
+    for message in poison.values():
+        message.headers["kind"] = next(k for k, v in poison.items() if v is message)
+    good = [Message.create(json.dumps({"n": n}), "json", 1) for n in range(7)]
+    mixed: list[Message] = []
+    for index, message in enumerate(good):
+        mixed.append(message)
+        if index < len(poison):
+            mixed.append(list(poison.values())[index])
+    any_backend.publish_batch_to_queue(mixed, any_backend.get_queue(QUEUE))
+    seen: list[int] = []
+    dispatcher = MessageDispatcher(
+        JsonSerializer(),
+        backend=any_backend,
+        consumers=[Consumer(lambda payload: seen.append(payload["n"]), name="good")],
+    )
+    for _ in range(5):
+        dispatcher.consume_event(QUEUE, max_messages=10)
+
+    assert sorted(seen) == list(range(7))
+    dead = {m.headers["kind"]: m for m in drain(any_backend, DLQ)}
+    assert set(dead) == set(poison)
+    for kind, message in dead.items():
+        reason = message.headers[FAILURE_REASON]
+        assert reason.startswith("undecodable message"), (kind, reason)
+        assert message.content == poison[kind].content  # the body is kept for inspection
+    assert "not valid JSON" in dead["garbage"].headers[FAILURE_REASON]
+    assert "serializer id 99" in dead["unknown-id"].headers[FAILURE_REASON]
+    assert "no serializer id" in dead["no-id"].headers[FAILURE_REASON]
+    assert "serializer id 2" in dead["pickle"].headers[FAILURE_REASON]
+    assert not marker.exists(), "a pickle was loaded by a JSON-only dispatcher"
+    assert dispatcher.stats.poison == len(poison)
+    assert dispatcher.stats.dead_lettered == len(poison)
+    assert queue_depth(any_backend, QUEUE) == 0
+
+
+# -- 3. one message delivered to two dispatchers at once ----------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["memory", *DURABLE_BACKENDS])
+def test_two_dispatchers_sharing_redis_run_a_redelivered_slow_message_once(
+    kind: str, tmp_path: Path
+) -> None:
+    from melange.infrastructure.redis_cache import RedisCache
+
+    if kind == "memory":
+        shared = InMemoryMessagingBackend()
+        backend_a: MessagingBackend = shared
+        backend_b: MessagingBackend = shared
+    else:
+        spec = durable_spec(kind, tmp_path, visibility_timeout=0.3)
+        backend_a, backend_b = open_backend(spec), open_backend(spec)
+    backend_a.declare_queue(QUEUE, dead_letter_queue_name=DLQ, visibility_timeout=0.3)
+    publish(backend_a, range(1))
+    runs: list[str] = []
+    entered, finish = threading.Event(), threading.Event()
+
+    def slow(payload: dict[str, int]) -> None:
+        runs.append(threading.current_thread().name)
+        entered.set()
+        assert finish.wait(30)
+
+    with redis_keys() as prefix:
+
+        def dispatcher(backend: MessagingBackend) -> MessageDispatcher:
+            return MessageDispatcher(
+                JsonSerializer(),
+                cache=RedisCache(key_prefix=prefix),
+                backend=backend,
+                consumers=[Consumer(slow, name="slow")],
+                # No heartbeat: the visibility timeout expires while the handler runs.
+                visibility_heartbeat=False,
+                failure_policy=FailurePolicy.no_delay(),
+                # Longer than the handler: the claim outlives the visibility timeout.
+                dedup_lease_seconds=LEASE,
+            )
+
+        first, second = dispatcher(backend_a), dispatcher(backend_b)
+        thread = threading.Thread(target=first.consume_event, args=(QUEUE,), name="first")
+        thread.start()
+        try:
+            assert entered.wait(30)
+            # The lease runs out: the second dispatcher receives the same message.
+            wait_for(lambda: second.consume_event(QUEUE, wait_seconds=0.5) == 1, 30, "redelivery")
+            assert second.stats.retried == 1  # held by the first one's claim: not run
+            busy_at = time.monotonic()
+        finally:
+            finish.set()
+            thread.join(30)
+        wait_for(lambda: second.consume_event(QUEUE, wait_seconds=0.5) == 1, 30, "redelivery")
+        # It came back once, after the lease (not in a loop that burns its deliveries).
+        assert time.monotonic() - busy_at >= LEASE * 0.9
+        assert second.stats.duplicates_skipped == 1
+        assert second.stats.received == 2
+    assert runs == ["first"]
+    assert queue_depth(backend_a, QUEUE) == 0
+    assert drain(backend_a, DLQ) == []
+
+
+# -- 4. Redis goes away while messages are being processed --------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing() -> None:
+    from melange.infrastructure.redis_cache import RedisCache
+
+    count, stop_at = 40, 10
+    backend = InMemoryMessagingBackend()
+    # The broker's own redrive stays at its default: an outage must not push messages there.
+    backend.declare_queue(QUEUE, dead_letter_queue_name=DLQ)
+    publish(backend, range(count))
+    processed: collections.Counter[int] = collections.Counter()
+    outage = threading.Event()
+
+    def handle(payload: dict[str, int]) -> None:
+        processed[payload["n"]] += 1
+        if payload["n"] == stop_at:
+            stop_redis()
+            outage.set()
+
+    with redis_keys() as prefix:
+        dispatcher = MessageDispatcher(
+            JsonSerializer(),
+            cache=RedisCache(key_prefix=prefix, socket_timeout=2, socket_connect_timeout=2),
+            backend=backend,
+            consumers=[Consumer(handle, name="during-outage")],
+        )
+        errors: list[Exception] = []
+        thread = threading.Thread(
+            target=dispatcher.consume_loop,
+            args=(QUEUE, errors.append),
+            kwargs={"install_signal_handlers": False, "max_messages": 5},
+            daemon=True,
+        )
+        thread.start()
+        try:
+            assert outage.wait(60)
+            began = time.monotonic()
+            frozen = dict(processed)
+            # Keep Redis down well past the default policy's retry delays (1 s, growing), long
+            # enough for the broker's redrive (4 receives) to catch messages nacked in a loop.
+            wait_for(
+                lambda: len(errors) >= 5 and time.monotonic() - began >= OUTAGE_SECONDS,
+                30,
+                "the outage to last",
+            )
+            outage_errors = len(errors)
+            assert dict(processed) == frozen, "processed without deduplication while Redis was down"
+        finally:
+            start_redis()
+        try:
+            wait_for(lambda: queue_depth(backend, QUEUE) == 0, 60, "the queue to drain")
+        finally:
+            dispatcher.stop()
+            thread.join(30)
+    print(f"\nRedis outage: {outage_errors} cache errors, stats {dispatcher.stats.as_dict()}")
+    assert processed == {n: 1 for n in range(count)}
+    assert drain(backend, DLQ) == []
