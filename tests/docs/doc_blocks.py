@@ -6,8 +6,9 @@ A fenced block may be preceded (blank lines aside) by one HTML comment marker:
   Python blocks marked this way are still compiled, so they cannot hold syntax errors.
 - ``<!-- requires: rabbitmq, redis -->``: the block needs these local services; the page is
   skipped locally (and fails under CI) when one is down.
-- ``<!-- output -->``: the block is the exact standard output of the Python blocks run since
-  the previous output block (or the start of the page), and is checked.
+- ``<!-- output -->``: the block is the standard output of the Python blocks run since the
+  previous output block (or the start of the page), and is checked; ``...`` wildcards work
+  as in console blocks (below).
 
 Every other Python block is executed, in page order, in one namespace per page.
 

@@ -49,7 +49,8 @@ def run_page(page: Page, workdir: Path | None = None) -> None:
             if block.marker == "output":
                 expected = block.code.strip()
                 got = captured.getvalue().strip()
-                assert got == expected, (
+                printed = "\n".join(line.rstrip() for line in got.splitlines()) + "\n"
+                assert output_pattern(expected.splitlines()).fullmatch(printed), (
                     f"{block.where}: the output shown differs from what the examples print\n"
                     f"--- shown ---\n{expected}\n--- printed ---\n{got}"
                 )
