@@ -38,12 +38,13 @@ from melange.cli._common import (
     table,
 )
 
-_QUEUE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "topics": list,
-    "filter_events": list,
-    "dead_letter_queue": str,
-    "max_receive_count": int,
-    "visibility_timeout": (int, float),
+#: The keys a queue table may have: the types allowed, and how to say so.
+_QUEUE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "topics": (list, "a list of topic names"),
+    "filter_events": (list, "a list of manifests"),
+    "dead_letter_queue": (str, "a queue name"),
+    "max_receive_count": (int, "a whole number"),
+    "visibility_timeout": ((int, float), "a number of seconds"),
 }
 
 
@@ -93,10 +94,10 @@ def load_topology(path: Path) -> Topology:
             raise CommandError(
                 f"{where}: unknown key(s) {sorted(bad)}; known: {sorted(_QUEUE_KEYS)}"
             )
-        for key, expected in _QUEUE_KEYS.items():
+        for key, (expected, description) in _QUEUE_KEYS.items():
             value = spec.get(key)
             if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
-                raise CommandError(f"{where}.{key} has the wrong type: {value!r}")
+                raise CommandError(f"{where}.{key} must be {description}, got {value!r}")
         options: dict[str, Any] = {}
         if "filter_events" in spec:
             options["filter_events"] = list(
