@@ -51,12 +51,21 @@ logger = logging.getLogger("melange.dispatcher")
 
 @dataclass
 class DispatcherStats:
-    """Counters a dispatcher keeps; read them any time (e.g. to export as metrics)."""
+    """Counters a dispatcher keeps; read them any time (e.g. to export as metrics).
+
+    Every received message is settled exactly one way, so once none is in hand
+    ``received == acknowledged + retried + dead_lettered + released``. ``released`` counts
+    messages given back unprocessed on stop; ``retried`` includes messages that should have
+    been dead-lettered but whose queue has none. ``poison`` (a subset of ``dead_lettered``),
+    ``duplicates_skipped`` (of ``acknowledged``) and ``consumer_failures`` (per consumer
+    call) are details.
+    """
 
     received: int = 0
     acknowledged: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    released: int = 0
     poison: int = 0
     duplicates_skipped: int = 0
     consumer_failures: int = 0
@@ -343,6 +352,7 @@ class MessageDispatcher:
 
     def _release(self, messages: Sequence[Message]) -> None:
         for message in messages:
+            self.stats.add("released")
             try:
                 self._backend.nack(message, 0.0)
             except Exception:
@@ -519,6 +529,7 @@ class MessageDispatcher:
             delay,
             extra=_log_extra(message, queue_name, verdict.consumer, "no_dead_letter_queue"),
         )
+        self.stats.add("retried")
         self._backend.nack(message, delay)
 
     def _notify(self, exc: Exception) -> None:
