@@ -12,6 +12,7 @@ from melange.message_dispatcher import MessageDispatcher
 from melange.models import Message
 from melange.publishers import QueuePublisher, TopicPublisher
 from melange.serializers.json import JsonSerializer
+from melange.testing.conformance import receive
 
 
 def test_publishing_one_message_is_one_request_once_the_url_is_cached(
@@ -105,3 +106,18 @@ def test_consuming_a_full_queue_costs_at_most_a_quarter_request_per_message(
     assert deletes == receives == 3
     assert counter.total / total <= 0.25
     assert set(counter.operations) == {"ReceiveMessage", "DeleteMessageBatch"}
+
+
+def test_large_batches_are_split_to_stay_under_the_request_size_limit(
+    aws_backend: AWSBackend, names: Any, count_requests: Callable[..., Any]
+) -> None:
+    name = names.queue()
+    MessagingBackendFactory(aws_backend).init_queue(name)
+    queue = aws_backend.get_queue(name)
+    counter = count_requests(aws_backend.sqs_client)
+    messages = [Message.create(str(i) * 100_000, "json", 1) for i in range(3)]
+    aws_backend.publish_batch_to_queue(messages, queue)
+    assert counter.operations == ["SendMessageBatch"] * 2
+    got = receive(aws_backend, queue, 3)
+    assert sorted(m.content for m in got) == sorted(m.content for m in messages)
+    aws_backend.acknowledge_batch(got)

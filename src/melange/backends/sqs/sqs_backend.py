@@ -75,6 +75,8 @@ _NETWORK_ERRORS = (
     botocore.exceptions.HTTPClientError,
 )
 
+_SYSTEM_ATTRIBUTES = ("ApproximateReceiveCount", "MessageGroupId", "MessageDeduplicationId")
+
 #: Friendly keyword arguments of :meth:`AWSBackend.declare_queue` and the SQS attribute each sets.
 QUEUE_ATTRIBUTE_OPTIONS = {
     "visibility_timeout": "VisibilityTimeout",
@@ -651,16 +653,26 @@ class AWSBackend(MessagingBackend):
     def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
-        """Send messages with ``SendMessageBatch``: one request per ten messages (fewer when
-        they are large). Every message is checked before the first request; refused ones are
-        reported together in a ``BatchPublishError`` (the others were sent)."""
+        """Send messages with ``SendMessageBatch``: one request per ten messages (more when
+        they are large, as a batch holds at most 256 KiB). Every message is checked before the
+        first request; refused ones are reported together in a ``BatchPublishError`` (the
+        others were sent). ``delay_seconds=`` holds them back on standard queues."""
         entries = [(i, m, self._queue_entry(m, queue)) for i, m in enumerate(messages)]
         if not entries:
             return
         url = self._url(queue)
         failures: dict[int, str] = {}
         sent_any = False
-        for chunk in _chunks(entries, lambda e: len(e["MessageBody"].encode("utf-8"))):
+        delay = kwargs.get("delay_seconds")
+        if delay and not _is_fifo(queue.name):
+            for _, _, entry in entries:
+                entry["DelaySeconds"] = int(delay)
+        for chunk in _chunks(
+            entries,
+            lambda e: (
+                len(e["MessageBody"].encode("utf-8")) + wire.attributes_size(e["MessageAttributes"])
+            ),
+        ):
             request = [{"Id": str(i), **entry} for i, _, entry in chunk]
             try:
                 with self._errors(f"publishing a batch to queue {queue.name!r}", PublishError):
@@ -718,14 +730,20 @@ class AWSBackend(MessagingBackend):
     def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
-        """Publish with SNS ``PublishBatch``: one request per ten messages (fewer when large)."""
+        """Publish with SNS ``PublishBatch``: one request per ten messages (more when large);
+        refused messages are reported together in a ``BatchPublishError``."""
         entries = [(i, m, self._topic_entry(m, topic)) for i, m in enumerate(messages)]
         if not entries:
             return
         arn = self._topic_arn(topic)
         failures: dict[int, str] = {}
         sent_any = False
-        for chunk in _chunks(entries, lambda e: len(e["Message"].encode("utf-8"))):
+        for chunk in _chunks(
+            entries,
+            lambda e: (
+                len(e["Message"].encode("utf-8")) + wire.attributes_size(e["MessageAttributes"])
+            ),
+        ):
             request = [{"Id": str(i), **entry} for i, _, entry in chunk]
             try:
                 with self._errors(f"publishing a batch to topic {topic.name!r}", PublishError):
@@ -769,11 +787,9 @@ class AWSBackend(MessagingBackend):
             "MaxNumberOfMessages": max_messages,
             "WaitTimeSeconds": wait_seconds,
             "MessageAttributeNames": ["All"],
-            "MessageSystemAttributeNames": [
-                "ApproximateReceiveCount",
-                "MessageGroupId",
-                "MessageDeduplicationId",
-            ],
+            "MessageSystemAttributeNames": list(_SYSTEM_ATTRIBUTES),
+            # The older name of the same parameter, for SQS-compatible brokers that predate it.
+            "AttributeNames": list(_SYSTEM_ATTRIBUTES),
         }
         visibility = kwargs.get("visibility_timeout", self.visibility_timeout)
         if visibility is not None:
