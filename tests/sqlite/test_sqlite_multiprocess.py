@@ -159,3 +159,32 @@ def test_concurrent_publisher_and_consumer_processes_hand_over_every_message(
     assert max(handled.values()) == 1
     backend.close_connection()
     assert os.path.getsize(db) > 0
+
+
+def test_processes_opening_a_new_file_together_create_it_once(tmp_path: Path) -> None:
+    db = tmp_path / "fresh.db"
+    code = (
+        "import sys\n"
+        "from melange.backends.sqlite import SQLiteBackend\n"
+        "from melange.testing.conformance import make_message\n"
+        "backend = SQLiteBackend(sys.argv[1])\n"
+        "queue, _ = backend.declare_queue(sys.argv[2])\n"
+        "backend.publish_to_queue(make_message('1'), queue)\n"
+        "backend.close_connection()\n"
+    )
+    names = [f"q{i}" for i in range(4)]
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(db), name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for name in names
+    ]
+    for process in starters:
+        _, err = process.communicate(timeout=TIMEOUT)
+        assert process.returncode == 0, err.decode()
+    backend = SQLiteBackend(db)
+    assert backend.queue_names() == names
+    assert [backend.queue_depth(name) for name in names] == [1, 1, 1, 1]
+    backend.close_connection()
