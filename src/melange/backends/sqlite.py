@@ -881,6 +881,7 @@ class SQLiteBackend(MessagingBackend):
         copy = _to_message(row, None)
         copy.deduplication_id = None
         if dlq.fifo and copy.group_id is None:
+            # A FIFO dead-letter queue of a standard queue: one group keeps the failure order.
             copy.group_id = queue.name
         self._enqueue(conn, dlq, [copy], now, [headers])
         conn.execute("DELETE FROM messages WHERE id = ?", (row.id,))
