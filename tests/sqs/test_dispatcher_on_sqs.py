@@ -20,10 +20,10 @@ from melange.serializers.json import JsonSerializer
 def test_heartbeat_keeps_a_slow_message_from_being_delivered_twice(
     make_aws_backend: Callable[..., AWSBackend], names: Any
 ) -> None:
-    # Received with a 1 s visibility timeout, the message would reappear while the handler
-    # runs for 3 s; the heartbeat extends it, so a second consumer never sees it.
-    backend = make_aws_backend(visibility_timeout=1, wait_time_seconds=1)
-    other = make_aws_backend(visibility_timeout=1, wait_time_seconds=1)
+    # Received with a 2 s visibility timeout, the message would reappear while the handler
+    # runs for 4 s; the heartbeat extends it, so a second consumer never sees it.
+    backend = make_aws_backend(visibility_timeout=2, wait_time_seconds=1)
+    other = make_aws_backend(visibility_timeout=2, wait_time_seconds=1)
     name = names.queue()
     MessagingBackendFactory(backend).init_queue(name)
     QueuePublisher(JsonSerializer(), backend).publish(name, {"slow": True})
@@ -32,7 +32,7 @@ def test_heartbeat_keeps_a_slow_message_from_being_delivered_twice(
 
     def slow(message: Any) -> None:
         started.set()
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             seen_by_other.extend(other.retrieve_messages(other.get_queue(name), wait_seconds=1))
 
