@@ -91,6 +91,8 @@ def parse(text: str, page: str = "<text>") -> Page:
         line = lines[i]
         marker = _MARKER.match(line)
         if marker:
+            if pending is not None:
+                raise ValueError(f"docs/{page}:{i + 1}: one code block cannot take two markers")
             pending = (marker.group("kind"), (marker.group("arg") or "").strip())
             i += 1
             continue

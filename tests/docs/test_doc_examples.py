@@ -253,6 +253,11 @@ def test_a_console_command_printing_something_else_fails_its_page(tmp_path: Path
         run_page(failing, tmp_path)
 
 
+def test_two_markers_before_one_block_are_reported() -> None:
+    with pytest.raises(ValueError, match="two markers"):
+        parse("<!-- requires: redis -->\n<!-- output -->\n```text\nx\n```\n", "fake.md")
+
+
 def test_an_unclosed_code_block_is_reported() -> None:
     with pytest.raises(ValueError, match="never closed"):
         parse("```python\nx = 1\n", "fake.md")
