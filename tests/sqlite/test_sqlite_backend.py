@@ -444,6 +444,9 @@ def test_bad_settings_are_refused_with_what_is_allowed(db: Path) -> None:
         backend.declare_queue("q", max_receive_count=0)
     with pytest.raises(ConfigurationError, match="list of manifests"):
         backend.declare_queue("q", filter_events="Created")
+    backend.declare_queue("standard")
+    with pytest.raises(ConfigurationError, match="already exists as a standard queue"):
+        backend.declare_queue("standard", fifo=True)
     backend.close_connection()
 
 

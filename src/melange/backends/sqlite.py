@@ -526,14 +526,24 @@ class SQLiteBackend(MessagingBackend):
         ).rowcount
         if created:
             return
-        # An existing queue keeps its type; only the options given change.
-        for option in ("visibility_timeout", "delay_seconds", "max_receive_count"):
+        if "fifo" in options:
+            existing = bool(
+                conn.execute("SELECT fifo FROM queues WHERE name = ?", (name,)).fetchone()[0]
+            )
+            if existing != fifo:
+                kind = "a FIFO" if existing else "a standard"
+                raise ConfigurationError(
+                    f"queue {name!r} already exists as {kind} queue and cannot change type; "
+                    "delete it first or use another name"
+                )
+        # Only the options given change; messages stay.
+        values = {
+            "visibility_timeout": visibility,
+            "delay_seconds": delay,
+            "max_receive_count": count,
+        }
+        for option, value in values.items():
             if option in options:
-                value = {
-                    "visibility_timeout": visibility,
-                    "delay_seconds": delay,
-                    "max_receive_count": count,
-                }[option]
                 conn.execute(f"UPDATE queues SET {option} = ? WHERE name = ?", (value, name))
 
     def delete_queue(self, queue: QueueWrapper) -> None:
