@@ -128,6 +128,14 @@ class Contender:
     def teardown(self) -> None:
         """Release connections."""
 
+    def purge(self) -> None:
+        """Drop every message of the contender's queue (after a failed operation)."""
+
+    def op_reset(self) -> dict[str, Any]:
+        """Recover after a failed operation: drop what it left in the queue."""
+        self.purge()
+        return {"seconds": 0.0, "n": 0}
+
     def request_count(self) -> int | None:
         """HTTP requests sent so far, for contenders that count them (``None``: not counted)."""
         return None

@@ -27,6 +27,7 @@ class Melange72SQS(_Counted):
     def setup(self) -> dict[str, str]:
         super().setup()
         import boto3
+
         from melange import QueuePublisher, SimpleMessageDispatcher
         from melange.backends.sqs.localsqs import LocalSQSBackend
         from melange.consumers import Consumer
@@ -62,9 +63,7 @@ class Melange72SQS(_Counted):
                 assert contender._handle is not None
                 contender._handle(message)
 
-        self.dispatcher = SimpleMessageDispatcher(
-            BenchConsumer(), registry, backend=backend()
-        )
+        self.dispatcher = SimpleMessageDispatcher(BenchConsumer(), registry, backend=backend())
         return {"melange": version("melange"), "boto3": version("boto3")}
 
     def publish_one(self, payload: Payload) -> None:

@@ -34,9 +34,7 @@ class MelangeContender(Contender):
         self.pub_backend = self.make_backend()
         self.sub_backend = self.pub_backend if self.shared_backend else self.make_backend()
         self.pub_backend.declare_queue(self.queue_name, **self.queue_options())
-        purge = getattr(self.pub_backend, "purge", None)
-        if purge is not None:
-            purge(self.queue_name)
+        self.purge()
         self.publisher = QueuePublisher(JsonSerializer(), backend=self.pub_backend)
         self._handle: Tally | None = None
         self.dispatcher = MessageDispatcher(
@@ -45,6 +43,11 @@ class MelangeContender(Contender):
             consumers=[Consumer(on_message=self._on_message, name="bench")],
         )
         return {"melange": version("melange")}
+
+    def purge(self) -> None:
+        purge = getattr(self.pub_backend, "purge", None)
+        if purge is not None:
+            purge(self.queue_name)
 
     def _on_message(self, payload: Any) -> None:
         handle = self._handle

@@ -12,6 +12,7 @@ import uuid
 from importlib.metadata import version
 from typing import Any
 
+from benchmarks.contenders.melange_common import MelangeContender
 from benchmarks.workload import Contender, Payload, Tally
 
 HOST = "127.0.0.1"
@@ -23,7 +24,29 @@ IDLE_TIMEOUT = 60.0
 
 
 def _queue_name(params: dict[str, Any], default: str) -> str:
-    return str(params.get("queue", default))
+    # The queue type is part of the name: RabbitMQ refuses to redeclare a queue as another type.
+    return f"{params.get('queue', default)}.{_queue_type(params)}"
+
+
+def _queue_type(params: dict[str, Any]) -> str:
+    return str(params.get("queue_type", "quorum"))
+
+
+def _queue_arguments(params: dict[str, Any]) -> dict[str, Any]:
+    return {"x-queue-type": _queue_type(params)}
+
+
+def _purge(queue: str) -> None:
+    """Empty ``queue`` (leftovers of an interrupted run would fail the integrity checks)."""
+    import pika
+
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(HOST, PORT, credentials=pika.PlainCredentials("guest", "guest"))
+    )
+    try:
+        connection.channel().queue_purge(queue)
+    finally:
+        connection.close()
 
 
 class RawPika(Contender):
@@ -43,12 +66,15 @@ class RawPika(Contender):
         self.pub_conn = pika.BlockingConnection(parameters)
         self.pub = self.pub_conn.channel()
         self.pub.confirm_delivery()
-        self.pub.queue_declare(self.queue, durable=True)
+        self.pub.queue_declare(self.queue, durable=True, arguments=_queue_arguments(self.params))
         self.pub.queue_purge(self.queue)
         self.sub_conn = pika.BlockingConnection(parameters)
         self.sub = self.sub_conn.channel()
         self.sub.basic_qos(prefetch_count=self.prefetch)
         return {"pika": version("pika")}
+
+    def purge(self) -> None:
+        self.pub.queue_purge(self.queue)
 
     def publish_one(self, payload: Payload) -> None:
         # With confirms on, basic_publish blocks until the broker confirms this message.
@@ -90,14 +116,22 @@ class Kombu(Contender):
         self.pub_conn = kombu.Connection(URL, transport_options={"confirm_publish": True})
         self.sub_conn = kombu.Connection(URL)
         self.queue = kombu.Queue(
-            self.queue_name, exchange=kombu.Exchange(""), routing_key=self.queue_name, durable=True
+            self.queue_name,
+            exchange=kombu.Exchange(""),
+            routing_key=self.queue_name,
+            durable=True,
+            queue_arguments=_queue_arguments(self.params),
         )
         channel = self.pub_conn.channel()
         bound = self.queue(channel)
         bound.declare()
         bound.purge()
         self.producer = kombu.Producer(self.pub_conn.channel(), serializer="json")
+        self._bound = bound
         return {"kombu": version("kombu"), "amqp": version("amqp")}
+
+    def purge(self) -> None:
+        self._bound.purge()
 
     def publish_one(self, payload: Payload) -> None:
         self.producer.publish(payload, routing_key=self.queue_name, exchange="", delivery_mode=2)
@@ -137,10 +171,10 @@ class FastStreamRabbit(Contender):
         self.queue_name = _queue_name(self.params, "bench.rabbit.faststream")
         self.prefetch = int(self.params.get("prefetch", 10))
         self.loop = asyncio.new_event_loop()
-        self.queue = RabbitQueue(self.queue_name, durable=True)
-        self.pub = RabbitBroker(
-            URL, default_channel=Channel(publisher_confirms=True), logger=None
+        self.queue = RabbitQueue(
+            self.queue_name, durable=True, arguments=_queue_arguments(self.params)
         )
+        self.pub = RabbitBroker(URL, default_channel=Channel(publisher_confirms=True), logger=None)
         self.sub = RabbitBroker(
             URL, default_channel=Channel(prefetch_count=self.prefetch), logger=None
         )
@@ -159,18 +193,18 @@ class FastStreamRabbit(Contender):
         async def connect() -> None:
             await self.pub.connect()
             await self.pub.declare_queue(self.queue)
-            channel = await self.pub._connection.channel()  # purge leftovers of a past run
-            queue = await channel.declare_queue(self.queue_name, durable=True)
-            await queue.purge()
-            await channel.close()
             await self.sub.connect()
 
         self.loop.run_until_complete(connect())
+        _purge(self.queue_name)
         return {
             "faststream": version("faststream"),
             "aio-pika": version("aio-pika"),
             "aiormq": version("aiormq"),
         }
+
+    def purge(self) -> None:
+        _purge(self.queue_name)
 
     async def _publish(self, payload: Payload) -> None:
         await self.pub.publish(payload, queue=self.queue, persist=True)
@@ -245,3 +279,30 @@ class FastStreamRabbit(Contender):
             await self.sub.stop()
 
         self.loop.run_until_complete(close())
+
+
+class MelangeRabbit(MelangeContender):
+    """Melange on ``RabbitMQBackend``: confirmed publishes, consume loop with the same prefetch."""
+
+    label = "Melange"
+
+    def make_backend(self) -> Any:
+        from melange.backends.rabbitmq.rabbitmq_backend import RabbitMQBackend
+
+        return RabbitMQBackend(
+            host=HOST,
+            port=PORT,
+            prefetch_count=int(self.params.get("prefetch", 10)),
+            queue_type=_queue_type(self.params),
+            publisher_confirms=True,
+        )
+
+    def setup(self) -> dict[str, str]:
+        self.params.setdefault("queue", "bench.rabbit.melange")
+        self.params["queue"] = _queue_name(self.params, "bench.rabbit.melange")
+        versions = super().setup()
+        _purge(self.queue_name)
+        return {**versions, "pika": version("pika")}
+
+    def purge(self) -> None:
+        _purge(self.queue_name)

@@ -41,6 +41,10 @@ class _Counted(Contender):
         self.counter = botohook.install()
         return {}
 
+    def purge(self) -> None:
+        client = self.pub_backend.sqs_client
+        client.purge_queue(QueueUrl=client.get_queue_url(QueueName=self.queue_name)["QueueUrl"])
+
     def request_count(self) -> int | None:
         return self.counter.total
 
@@ -64,6 +68,9 @@ class RawBoto3(_Counted):
         )["QueueUrl"]
         self.pub.purge_queue(QueueUrl=self.url)
         return {"boto3": version("boto3"), "botocore": version("botocore")}
+
+    def purge(self) -> None:
+        self.pub.purge_queue(QueueUrl=self.url)
 
     def publish_one(self, payload: Payload) -> None:
         self.pub.send_message(
@@ -127,15 +134,16 @@ class MelangeSQS(MelangeContender):
     def setup(self) -> dict[str, str]:
         self.counter = botohook.install()
         versions = super().setup()
-        # Leftovers of an interrupted run would fail the integrity checks.
-        client = self.pub_backend.sqs_client
-        client.purge_queue(QueueUrl=client.get_queue_url(QueueName=self.queue_name)["QueueUrl"])
         return {**versions, "boto3": version("boto3"), "botocore": version("botocore")}
 
     def make_backend(self) -> Any:
         from melange.backends.sqs.localsqs import LocalSQSBackend
 
         return LocalSQSBackend(host="127.0.0.1", port=int(self.params["port"]))
+
+    def purge(self) -> None:
+        client = self.pub_backend.sqs_client
+        client.purge_queue(QueueUrl=client.get_queue_url(QueueName=self.queue_name)["QueueUrl"])
 
     def request_count(self) -> int | None:
         return self.counter.total

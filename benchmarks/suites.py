@@ -1,0 +1,312 @@
+"""What is measured: the suites, their contenders, sizes and the targets Melange must meet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.runner import ContenderSpec, Measurement
+
+#: RabbitMQ settings every contender shares: Melange's defaults.
+RABBIT_PREFETCH = 20
+RABBIT_QUEUE_TYPE = "quorum"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many rounds and messages a run uses."""
+
+    rounds: int
+    rabbit_n: int
+    rabbit_latency_n: int
+    rabbit_latency_rate: float
+    sqs_n: int
+    memory_n: int
+    memory_peer_n: int
+    memory_latency_n: int
+    memory_latency_rate: float
+    sqlite_n: int
+    batch: int = 100
+
+
+FULL = Sizes(
+    rounds=5,
+    rabbit_n=1500,
+    rabbit_latency_n=1000,
+    rabbit_latency_rate=500.0,
+    sqs_n=150,
+    memory_n=20_000,
+    memory_peer_n=2_000,
+    memory_latency_n=2_000,
+    memory_latency_rate=1_000.0,
+    sqlite_n=3_000,
+)
+
+QUICK = Sizes(
+    rounds=3,
+    rabbit_n=300,
+    rabbit_latency_n=200,
+    rabbit_latency_rate=500.0,
+    sqs_n=30,
+    memory_n=5_000,
+    memory_peer_n=300,
+    memory_latency_n=300,
+    memory_latency_rate=1_000.0,
+    sqlite_n=500,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal: a median ratio of Melange to a contender, or a median throughput.
+
+    Attributes:
+        suite: The suite.
+        measurement: The measurement whose throughputs are compared.
+        threshold: The least acceptable median (ratio, or messages per second).
+        contender: The contender Melange is divided by; ``None`` for an absolute throughput.
+        linearity: A band ``threshold .. 2 - threshold`` on the ratio of throughput at 4N to
+            throughput at N (``measurement`` holds N, ``measurement + "_4n"`` holds 4N).
+    """
+
+    suite: str
+    measurement: str
+    threshold: float
+    contender: str | None = None
+    linearity: bool = False
+    text: str = ""
+
+
+@dataclass
+class Suite:
+    """A broker and everything measured on it."""
+
+    name: str
+    title: str
+    specs: list[ContenderSpec]
+    measurements: list[Measurement]
+    notes: list[str] = field(default_factory=list)
+
+
+def _ops(keys: list[str], op: str, **args: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+    return {key: (op, dict(args)) for key in keys}
+
+
+def _linearity(n: int) -> Measurement:
+    return Measurement("e2e_4n", f"end to end at 4N = {4 * n}", {"melange": ("e2e", {"n": 4 * n})})
+
+
+def rabbit_suite(sizes: Sizes) -> Suite:
+    """Melange, raw pika, kombu and FastStream on the local RabbitMQ."""
+    params = {"prefetch": RABBIT_PREFETCH, "queue_type": RABBIT_QUEUE_TYPE}
+    module = "benchmarks.contenders.rabbit"
+    specs = [
+        ContenderSpec("melange", f"{module}:MelangeRabbit", "Melange", params, melange=True),
+        ContenderSpec("pika", f"{module}:RawPika", "raw pika", params),
+        ContenderSpec("kombu", f"{module}:Kombu", "kombu", params),
+        ContenderSpec("faststream", f"{module}:FastStreamRabbit", "FastStream", params),
+    ]
+    everyone = [spec.key for spec in specs]
+    n = sizes.rabbit_n
+    return Suite(
+        "rabbitmq",
+        "RabbitMQ",
+        specs,
+        [
+            Measurement("publish", "publish, one by one (msg/s)", _ops(everyone, "publish", n=n)),
+            Measurement("consume", "consume (msg/s)", _ops(everyone, "consume", n=n)),
+            Measurement("e2e", "end to end (msg/s)", _ops(everyone, "e2e", n=n)),
+            Measurement(
+                "batch_publish",
+                f"batch publish, {sizes.batch} per batch (msg/s)",
+                {
+                    "melange": ("publish_batch", {"n": n, "batch": sizes.batch}),
+                    # Raw pika's BlockingChannel waits for each confirm in turn.
+                    "pika": ("publish_batch", {"n": n, "batch": sizes.batch}),
+                },
+            ),
+            _linearity(n),
+            Measurement(
+                "latency",
+                f"latency at {sizes.rabbit_latency_rate:.0f} msg/s",
+                _ops(
+                    everyone,
+                    "e2e",
+                    n=sizes.rabbit_latency_n,
+                    rate=sizes.rabbit_latency_rate,
+                ),
+            ),
+        ],
+        [
+            f"Every contender: {RABBIT_QUEUE_TYPE} queue (Melange's default), persistent "
+            f"messages, publisher confirms, prefetch {RABBIT_PREFETCH} (Melange's default), "
+            "one ack per message after the handler ran.",
+            "Batch publish: Melange pipelines the confirms of a batch; raw pika's "
+            "BlockingChannel publishes and waits for each confirm.",
+        ],
+    )
+
+
+def sqs_suite(sizes: Sizes, port: int, legacy_python: str | None) -> Suite:
+    """Melange, raw boto3 and melange 7.2.0 on a moto server."""
+    params = {"port": port}
+    module = "benchmarks.contenders.sqs"
+    specs = [
+        ContenderSpec("melange", f"{module}:MelangeSQS", "Melange", params, melange=True),
+        ContenderSpec("boto3", f"{module}:RawBoto3", "raw boto3", params),
+    ]
+    if legacy_python is not None:
+        specs.append(
+            ContenderSpec(
+                "melange72",
+                "benchmarks.contenders.legacy72:Melange72SQS",
+                "melange 7.2.0",
+                params,
+                python=legacy_python,
+            )
+        )
+    everyone = [spec.key for spec in specs]
+    n = sizes.sqs_n
+    return Suite(
+        "sqs",
+        "SQS (moto server)",
+        specs,
+        [
+            Measurement("publish", "publish, one by one (msg/s)", _ops(everyone, "publish", n=n)),
+            Measurement(
+                "batch_publish",
+                "batch publish, 10 per request (msg/s)",
+                {
+                    "melange": ("publish_batch", {"n": n, "batch": sizes.batch}),
+                    "boto3": ("publish_batch", {"n": n, "batch": sizes.batch}),
+                    # 7.2.0 has no batch publish: its QueuePublisher sends one by one.
+                    "melange72": ("publish_batch", {"n": n, "batch": sizes.batch}),
+                },
+            ),
+            Measurement("consume", "consume (msg/s)", _ops(everyone, "consume", n=n)),
+            Measurement("e2e", "end to end (msg/s)", _ops(everyone, "e2e", n=n)),
+            _linearity(n),
+        ],
+        [
+            "Same calls for Melange and raw boto3: SendMessage / SendMessageBatch (10 per "
+            "request) with the 7.2.0 wire format, ReceiveMessage of 10 with long polling, one "
+            "DeleteMessageBatch per receive. melange 7.2.0 has no batch publish and deletes "
+            "messages one by one, as released.",
+            f"Queues stay shallow ({n} messages at most) because moto slows down with depth.",
+        ],
+    )
+
+
+def memory_suite(sizes: Sizes) -> Suite:
+    """Melange's in-memory broker and FastStream's test broker."""
+    module = "benchmarks.contenders.memory"
+    specs = [
+        ContenderSpec("melange", f"{module}:MelangeMemory", "Melange in-memory", melange=True),
+        ContenderSpec(
+            "faststream_test", f"{module}:FastStreamTestBroker", "FastStream TestRabbitBroker"
+        ),
+    ]
+    n = sizes.memory_n
+    return Suite(
+        "memory",
+        "In-memory",
+        specs,
+        [
+            Measurement("publish", "publish (msg/s)", {"melange": ("publish", {"n": n})}),
+            Measurement("consume", "consume (msg/s)", {"melange": ("consume", {"n": n})}),
+            Measurement(
+                "e2e",
+                "end to end (msg/s)",
+                {
+                    "melange": ("e2e", {"n": n}),
+                    "faststream_test": ("e2e", {"n": sizes.memory_peer_n}),
+                },
+            ),
+            _linearity(n),
+            Measurement(
+                "latency",
+                f"latency at {sizes.memory_latency_rate:.0f} msg/s",
+                {
+                    "melange": (
+                        "e2e",
+                        {"n": sizes.memory_latency_n, "rate": sizes.memory_latency_rate},
+                    )
+                },
+            ),
+        ],
+        [
+            "Melange: a publisher thread and the dispatcher's consume loop on one "
+            "InMemoryMessagingBackend (JSON encode, enqueue, receive, decode, route, handler, "
+            "ack).",
+            f"FastStream's TestRabbitBroker calls the subscriber inside each publish; it runs "
+            f"{sizes.memory_peer_n} messages per round (it is much slower, and its memory grows "
+            "with the count), compared per message.",
+        ],
+    )
+
+
+def sqlite_suite(sizes: Sizes, directory: str) -> Suite:
+    """Melange's SQLiteBackend and persist-queue's SQLiteAckQueue."""
+    module = "benchmarks.contenders.sqlite"
+    params = {"dir": directory}
+    specs = [
+        ContenderSpec("melange", f"{module}:MelangeSQLite", "Melange SQLite", params, melange=True),
+        ContenderSpec("persistqueue", f"{module}:PersistQueue", "persist-queue", params),
+    ]
+    everyone = [spec.key for spec in specs]
+    n = sizes.sqlite_n
+    return Suite(
+        "sqlite",
+        "SQLite (embedded)",
+        specs,
+        [
+            Measurement("publish", "publish, one by one (msg/s)", _ops(everyone, "publish", n=n)),
+            Measurement("consume", "consume (msg/s)", _ops(everyone, "consume", n=n)),
+            Measurement("e2e", "end to end (msg/s)", _ops(everyone, "e2e", n=n)),
+            _linearity(n),
+        ],
+        [
+            "Both: one database file in WAL mode with synchronous=NORMAL, a commit per publish "
+            "and per acknowledgement, a publisher thread and a consumer in one process.",
+        ],
+    )
+
+
+TARGETS = [
+    Target("rabbitmq", "e2e", 0.9, "pika", text="RabbitMQ end to end >= 0.9x raw pika"),
+    Target("rabbitmq", "e2e", 3.0, "faststream", text="RabbitMQ end to end >= 3x FastStream"),
+    Target(
+        "rabbitmq",
+        "batch_publish",
+        2.0,
+        "pika",
+        text="batch publish (pipelined confirms) >= 2x raw pika publish-and-wait-each",
+    ),
+    Target("sqs", "e2e", 0.9, "boto3", text="SQS end to end >= 0.9x raw boto3"),
+    Target("sqs", "e2e", 3.0, "melange72", text="SQS end to end >= 3x melange 7.2.0"),
+    Target("memory", "e2e", 50_000, text="in-memory end to end >= 50,000 msg/s"),
+    Target(
+        "memory",
+        "e2e",
+        20.0,
+        "faststream_test",
+        text="in-memory end to end >= 20x FastStream's TestRabbitBroker",
+    ),
+    Target("sqlite", "e2e", 5_000, text="SQLite end to end >= 5,000 msg/s"),
+    Target("sqlite", "e2e", 3.0, "persistqueue", text="SQLite end to end >= 3x persist-queue"),
+    *[
+        Target(
+            suite,
+            "e2e",
+            0.8,
+            linearity=True,
+            text=f"{title}: throughput at 4N within 20% of N",
+        )
+        for suite, title in [
+            ("rabbitmq", "RabbitMQ"),
+            ("sqs", "SQS"),
+            ("memory", "in-memory"),
+            ("sqlite", "SQLite"),
+        ]
+    ],
+]
