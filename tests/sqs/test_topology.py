@@ -318,3 +318,18 @@ def test_backend_options_keep_their_720_names_and_defaults(
     assert backend.wait_time_seconds == 10
     with pytest.raises(ConfigurationError, match="max_number_of_messages"):
         make_aws_backend(max_number_of_messages=11)
+
+
+def test_redeclaring_without_filter_events_lets_every_message_through_again(
+    aws_backend: AWSBackend, names: Any
+) -> None:
+    topic, queue = names.topic(), names.queue()
+    factory = MessagingBackendFactory(aws_backend)
+    factory.init_queue(queue, topic, filter_events=["OrderCreated"])
+    factory.init_queue(queue, topic)
+    aws_backend.publish_to_topic(
+        Message.create('"other"', "OrderCancelled", 1), aws_backend.get_topic(topic)
+    )
+    [got] = receive(aws_backend, aws_backend.get_queue(queue), 1)
+    assert got.manifest == "OrderCancelled"
+    aws_backend.acknowledge(got)

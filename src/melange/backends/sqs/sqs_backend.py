@@ -387,7 +387,8 @@ class AWSBackend(MessagingBackend):
 
         Keyword arguments:
             filter_events: Manifests the subscriptions let through (an SNS filter policy
-                ``{"manifest": [...]}``); replaces an existing policy when given.
+                ``{"manifest": [...]}``); without it, the subscriptions let every message
+                through (an existing filter policy is cleared).
             raw_delivery: Subscribe with raw message delivery (the queue then receives the
                 content itself instead of the SNS envelope). Default ``False``, as in 7.2.0.
             max_receive_count: Deliveries before SQS moves a message to the dead-letter queue
@@ -550,29 +551,45 @@ class AWSBackend(MessagingBackend):
         action = f"subscribing {queue_arn.rsplit(':', 1)[-1]!r} to topic {topic.name!r}"
         with self._errors(action):
             try:
-                self._sns.subscribe(
+                response = self._sns.subscribe(
                     TopicArn=topic_arn,
                     Protocol="sqs",
                     Endpoint=queue_arn,
                     Attributes=attributes,
                     ReturnSubscriptionArn=True,
                 )
-                return
+                arns = [str(response["SubscriptionArn"])]
+                stale = False
             except botocore.exceptions.ClientError as exc:
                 if "already exists" not in _text(exc):
                     raise
-            # The subscription exists with other attributes: bring it to the declared ones.
-            for page in self._sns.get_paginator("list_subscriptions_by_topic").paginate(
-                TopicArn=topic_arn
-            ):
-                for subscription in page.get("Subscriptions", []):
-                    if subscription.get("Endpoint") == queue_arn:
-                        for name, value in attributes.items():
-                            self._sns.set_subscription_attributes(
-                                SubscriptionArn=subscription["SubscriptionArn"],
-                                AttributeName=name,
-                                AttributeValue=value,
-                            )
+                arns = [
+                    str(subscription["SubscriptionArn"])
+                    for page in self._sns.get_paginator("list_subscriptions_by_topic").paginate(
+                        TopicArn=topic_arn
+                    )
+                    for subscription in page.get("Subscriptions", [])
+                    if subscription.get("Endpoint") == queue_arn
+                ]
+                stale = True
+            for arn in arns:
+                if stale:
+                    # It exists with other attributes: bring it to the declared ones.
+                    for name, value in attributes.items():
+                        self._sns.set_subscription_attributes(
+                            SubscriptionArn=arn, AttributeName=name, AttributeValue=value
+                        )
+                if "FilterPolicy" not in attributes:
+                    self._clear_filter_policy(arn)
+
+    def _clear_filter_policy(self, subscription_arn: str) -> None:
+        """Declared without ``filter_events``: let every message through again."""
+        current = self._sns.get_subscription_attributes(SubscriptionArn=subscription_arn)
+        policy = current.get("Attributes", {}).get("FilterPolicy")
+        if policy and policy.strip() not in ("", "{}"):
+            self._sns.set_subscription_attributes(
+                SubscriptionArn=subscription_arn, AttributeName="FilterPolicy", AttributeValue="{}"
+            )
 
     def delete_queue(self, queue: QueueWrapper) -> None:
         """Delete the queue and its messages (a missing queue is not an error)."""
