@@ -386,15 +386,22 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._expire_leases(queue, now)
         out: list[Message] = []
         blocked: list[_Stored] = []
+        # Redelivered messages of busy groups go back to ``pending`` under their own key: in
+        # ``ready`` they would fall behind later messages of their group redelivered after.
+        blocked_pending: list[tuple[float, int, _Stored]] = []
         batch_groups: set[str] = set()
         while len(out) < max_messages:
+            due = queue.pending[0] if queue.pending and queue.pending[0][0] <= now else None
             stored = self._next_candidate(queue, now)
             if stored is None:
                 break
             group = stored.group_id
             busy = group is not None and group in queue.groups_in_flight
             if queue.fifo and busy and group not in batch_groups:
-                blocked.append(stored)
+                if due is not None:
+                    blocked_pending.append(due)
+                else:
+                    blocked.append(stored)
                 continue
             if stored.receive_count >= queue.max_receive_count and queue.dead_letter_queue:
                 self._move_to_dlq(queue, stored, "max receive count exceeded")
@@ -411,6 +418,8 @@ class InMemoryMessagingBackend(MessagingBackend):
         # Messages of busy groups go back in front, in their original order.
         for stored in sorted(blocked, key=lambda s: s.seq, reverse=True):
             queue.ready.appendleft(stored)
+        for entry in blocked_pending:
+            heapq.heappush(queue.pending, entry)
         return out
 
     def _next_candidate(self, queue: _Queue, now: float) -> _Stored | None:
