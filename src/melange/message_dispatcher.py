@@ -255,6 +255,8 @@ class MessageDispatcher:
         failures = 0
         while not self._stop.is_set():
             self._wait_for_cache()
+            if self._stop.is_set():
+                break  # a receive now would only count a delivery against each message
             messages, failures = self._receive(queue, kwargs, failures)
             if messages:
                 self._dispatch_batch(messages, queue)
@@ -269,7 +271,7 @@ class MessageDispatcher:
         kwargs: dict[str, Any],
     ) -> None:
         slots = threading.Semaphore(workers)
-        tails: dict[str, Future[None]] = {}
+        tails: dict[str, Future[bool]] = {}
         failures = 0
         with ThreadPoolExecutor(workers, thread_name_prefix="melange-worker") as pool:
             while not self._stop.is_set():
@@ -278,14 +280,23 @@ class MessageDispatcher:
                     continue
                 slots.release()
                 self._wait_for_cache()
+                if self._stop.is_set():
+                    break  # stopped while waiting for a worker: receive nothing more
                 kwargs["max_messages"] = min(10, workers)
                 messages, failures = self._receive(queue, kwargs, failures)
+                in_batch: dict[str, Future[bool]] = {}
                 for message in messages:
                     slots.acquire()
                     group = message.group_id
-                    before = tails.get(group) if group is not None else None
+                    before = None
+                    if group is not None:
+                        # Within a batch, chain on the previous message of the group even if it
+                        # is done already (and forgotten in ``tails``): if it is coming back,
+                        # this one must come back too.
+                        before = in_batch.get(group) or tails.get(group)
                     future = pool.submit(self._work, message, queue, before, slots)
                     if group is not None:
+                        in_batch[group] = future
                         tails[group] = future
                         future.add_done_callback(_forget_tail(tails, group))
                 if after_consume is not None:
@@ -295,36 +306,45 @@ class MessageDispatcher:
         self,
         message: Message,
         queue: QueueWrapper,
-        before: Future[None] | None,
+        before: Future[bool] | None,
         slots: threading.Semaphore,
-    ) -> None:
+    ) -> bool:
+        """Process one message; returns whether it is settled for good (acknowledged or
+        dead-lettered), i.e. whether the next message of its FIFO group may go ahead."""
         try:
-            if before is not None:
-                before.result()  # keep FIFO groups in order
+            # Keep FIFO groups in order: wait for the previous message of the group, and give
+            # this one back if that one is coming back.
+            go_ahead = before is None or before.result()
             self.stats.add("received")
-            if self._stop.is_set():
+            if self._stop.is_set() or not go_ahead:
                 self._release([message])
-                return
-            self._apply(self._handle(message, queue.name), message, queue.name)
+                return False
+            return self._apply(self._handle(message, queue.name), message, queue.name)
         except Exception as exc:
             logger.exception("settling message %s failed", message.message_id)
             self._notify(exc)
+            return False
         finally:
             slots.release()
 
     def _dispatch_batch(self, messages: Sequence[Message], queue: QueueWrapper) -> None:
         self.stats.add("received", len(messages))
         acks: list[Message] = []
+        # FIFO groups with a message coming back: their later messages must come back too.
+        held: set[str] = set()
         try:
             for index, message in enumerate(messages):
                 if self._stop.is_set():
                     self._release(messages[index:])
                     break
+                if message.group_id is not None and message.group_id in held:
+                    self._release([message])
+                    continue
                 verdict = self._handle(message, queue.name)
                 if verdict.action is Action.ACK:
                     acks.append(message)
-                else:
-                    self._apply(verdict, message, queue.name)
+                elif not self._apply(verdict, message, queue.name) and message.group_id:
+                    held.add(message.group_id)
         finally:
             if acks:
                 # One round trip for the whole batch where the backend supports it.
@@ -493,11 +513,12 @@ class MessageDispatcher:
             logger.error("deduplication cache %s(%r) failed: %s", method, key, exc)
             self._notify(exc)
 
-    def _apply(self, verdict: Verdict, message: Message, queue_name: str) -> None:
+    def _apply(self, verdict: Verdict, message: Message, queue_name: str) -> bool:
+        """Settle ``message``; returns whether it is settled for good (not coming back)."""
         if verdict.action is Action.ACK:
             self._backend.acknowledge(message)
             self.stats.add("acknowledged")
-            return
+            return True
         if verdict.action is Action.RETRY:
             self.stats.add("retried")
             logger.warning(
@@ -508,7 +529,7 @@ class MessageDispatcher:
                 extra=_log_extra(message, queue_name, verdict.consumer, "retry"),
             )
             self._backend.nack(message, verdict.delay)
-            return
+            return False
         headers = verdict.failure_headers(message, queue_name)
         if self._backend.dead_letter(message, headers):
             self.stats.add("dead_lettered")
@@ -518,7 +539,7 @@ class MessageDispatcher:
                 verdict.reason,
                 extra=_log_extra(message, queue_name, verdict.consumer, "dead_lettered"),
             )
-            return
+            return True
         delay = self._policy.delay_for(message.attempt, self._rng)
         logger.error(
             "message %s should be dead-lettered (%s) but queue %s has no dead-letter queue; "
@@ -531,6 +552,7 @@ class MessageDispatcher:
         )
         self.stats.add("retried")
         self._backend.nack(message, delay)
+        return False
 
     def _notify(self, exc: Exception) -> None:
         hook = self._on_exception
@@ -577,8 +599,8 @@ def _close_awaitable(result: Any) -> None:
         close()
 
 
-def _forget_tail(tails: dict[str, Future[None]], group: str) -> Callable[[Future[None]], None]:
-    def forget(future: Future[None]) -> None:
+def _forget_tail(tails: dict[str, Future[bool]], group: str) -> Callable[[Future[bool]], None]:
+    def forget(future: Future[bool]) -> None:
         if tails.get(group) is future:
             tails.pop(group, None)
 
