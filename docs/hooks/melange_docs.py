@@ -175,9 +175,8 @@ def benchmark_results(docs_dir: Path) -> str:
     chart = docs_dir / "benchmarks" / "chart.png"
     parts: list[str] = []
     if chart.exists():
-        parts.append(
-            "![End-to-end throughput of Melange and of the other contenders, per suite](benchmarks/chart.png)"
-        )
+        alt = "End-to-end throughput of Melange and of the other contenders, per suite"
+        parts.append(f"![{alt}](benchmarks/chart.png)")
     if results.exists():
         text = results.read_text(encoding="utf-8")
         # The results file is a page of its own; its top heading would clash with ours.
