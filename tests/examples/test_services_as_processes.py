@@ -74,6 +74,7 @@ def test_saga_services_in_their_own_processes_end_every_saga(tmp_path: Path) -> 
     assert [p.returncode for p in processes] == [0, 0, 0], results
     stock_out = results[2][0]
     assert "[stock] warehouse busy reserving S-2001: the message will be retried" in stock_out
-    assert "[stock] reserving 1 x book for S-2001 (delivery 2)" in stock_out
+    assert "[stock] consumed PaymentCompleted S-2001 (delivery 2): reserving 1 x book" in stock_out
     payment_out = results[1][0]
-    assert "[payment] compensating S-2003: refunded 30.00 to carol" in payment_out
+    assert "compensating, refunded 30.00 to carol" in payment_out
+    assert "[order] stopped after receiving 6 message(s): 6 acknowledged" in results[0][0]

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,7 @@ from melange.cli._common import (
     table,
 )
 from melange.consumers import Consumer
-from melange.examples.common.runtime import SENDER_HEADER
+from melange.examples.common.runtime import RETRY_NOTE, SENDER_HEADER
 from melange.examples.common.serializer import DataclassSerializer
 from melange.message_dispatcher import MessageDispatcher
 from melange.publishers import QueuePublisher
@@ -62,18 +62,15 @@ class Example:
     services: tuple[tuple[str, str], ...]  # (service name, module run with python -m)
     order_queue: str
     topics: tuple[str, ...]
+    declare: Callable[[MessagingBackend], None]
     serializer: DataclassSerializer
     orders: tuple[Any, ...]
     expected: dict[str, str]
     final_events: tuple[type[Any], ...]
-
-    def declare(self, backend: MessagingBackend) -> None:
-        """Declare the example's topology."""
-        module = __import__(self.services[0][1].rsplit(".", 1)[0] + ".topology", fromlist=["_"])
-        module.declare_topology(backend)
+    compensations: tuple[type[Any], ...] = ()
 
 
-def _examples() -> list[Example]:
+def _examples() -> dict[str, Example]:
     from melange.examples.payment_service import events as pay_events
     from melange.examples.payment_service import scenario as pay_scenario
     from melange.examples.payment_service import topology as pay_topology
@@ -81,8 +78,8 @@ def _examples() -> list[Example]:
     from melange.examples.saga import scenario as saga_scenario
     from melange.examples.saga import topology as saga_topology
 
-    return [
-        Example(
+    return {
+        "payment": Example(
             "payment service: orders paid, retried and declined",
             (
                 ("orders", "melange.examples.payment_service.orders"),
@@ -90,12 +87,13 @@ def _examples() -> list[Example]:
             ),
             pay_topology.ORDER_QUEUE,
             (pay_topology.ORDERS_TOPIC, pay_topology.PAYMENTS_TOPIC),
+            pay_topology.declare_topology,
             pay_events.SERIALIZER,
             pay_scenario.DEMO_ORDERS,
             pay_scenario.EXPECTED,
             pay_events.FINAL_EVENTS,
         ),
-        Example(
+        "saga": Example(
             "saga: order -> payment -> stock, with compensation",
             (
                 ("order", "melange.examples.saga.order"),
@@ -104,12 +102,14 @@ def _examples() -> list[Example]:
             ),
             saga_topology.ORDER_QUEUE,
             (saga_topology.ORDERS_TOPIC, saga_topology.PAYMENTS_TOPIC, saga_topology.STOCK_TOPIC),
+            saga_topology.declare_topology,
             saga_messages.SERIALIZER,
             saga_scenario.DEMO_ORDERS,
             saga_scenario.EXPECTED,
             saga_messages.FINAL_EVENTS,
+            (saga_messages.PaymentRefunded,),
         ),
-    ]
+    }
 
 
 class _Console:
@@ -119,15 +119,12 @@ class _Console:
         self._lock = threading.Lock()
         self._start = time.monotonic()
         self.retries = 0
-        self.compensations = 0
 
     def line(self, text: str) -> None:
         match = _LINE.match(text)
         service, body = (match["service"], match["text"]) if match else ("?", text)
-        if "will be retried" in body:
+        if RETRY_NOTE in body:
             self.retries += 1
-        if body.startswith("compensating"):
-            self.compensations += 1
         stamp = f"{time.monotonic() - self._start:6.2f}s"
         label = click.style(f"{service:>8}", fg=_COLORS.get(service, "green"), bold=True)
         with self._lock:
@@ -188,34 +185,48 @@ def _running(example: Example, backend_url: str, console: _Console) -> Iterator[
                 service.process.wait()
             for thread in service.threads:
                 thread.join(5)
+            for stream in (service.process.stdout, service.process.stderr):
+                if stream is not None:
+                    stream.close()
 
 
 class _Tap(Consumer):
-    """Records how each order's flow ended, from the final events on the topics."""
+    """Sees every event of the example: how each order's flow ended, and the compensations."""
 
-    def __init__(self, final_events: tuple[type[Any], ...]) -> None:
+    def __init__(self, example: Example) -> None:
         super().__init__()
-        self._final = final_events
+        self._example = example
         self.outcomes: dict[str, tuple[str, str]] = {}
-
-    def accepts(self, message: Any) -> bool:
-        return isinstance(message, self._final)
+        self.compensations = 0
 
     def process(self, message: Any, **kwargs: Any) -> None:
-        self.outcomes.setdefault(
-            message.reference, (type(message).__name__, getattr(message, "reason", ""))
-        )
+        if isinstance(message, self._example.compensations):
+            self.compensations += 1
+        if isinstance(message, self._example.final_events):
+            self.outcomes.setdefault(
+                message.reference, (type(message).__name__, getattr(message, "reason", ""))
+            )
+
+
+@dataclass
+class Result:
+    """How an example ran."""
+
+    example: Example
+    ok: bool
+    rows: list[tuple[str, str, str, str]]
+    compensations: int
 
 
 def run_example(
     example: Example, backend: MessagingBackend, backend_url: str, console: _Console, timeout: float
-) -> tuple[bool, list[tuple[str, str, str, str]]]:
-    """Run one example; returns whether every flow ended as expected, and the summary rows."""
+) -> Result:
+    """Run one example: start its services, place its orders, wait for every flow to end."""
     example.declare(backend)
     tap_name = f"demo-tap-{uuid.uuid4().hex[:8]}"
     factory = MessagingBackendFactory(backend)
     factory.init_queue(tap_name, *example.topics)
-    tap = _Tap(example.final_events)
+    tap = _Tap(example)
     dispatcher = MessageDispatcher(example.serializer, backend=backend, consumers=[tap])
     failures: list[str] = []
     try:
@@ -256,7 +267,7 @@ def run_example(
         console.say(f"timed out after {timeout:.0f}s waiting for the flows to end")
     for failure in failures:
         console.say(failure)
-    return ok, rows
+    return Result(example, ok, rows, tap.compensations)
 
 
 @click.command()
@@ -288,32 +299,27 @@ def demo(backend_url: str | None, timeout: float, only: Sequence[str]) -> None:
             "between processes; use sqlite:///path.db or a broker URL"
         )
     examples = _examples()
-    chosen = [
-        e for key, e in zip(("payment", "saga"), examples, strict=True) if not only or key in only
-    ]
+    chosen = [example for key, example in examples.items() if not only or key in only]
     with tempfile.TemporaryDirectory(prefix="melange-demo-") as tmp:
         url = backend_url or f"sqlite:///{Path(tmp) / 'demo.db'}"
         backend = open_backend(url)
         console = _Console()
-        results = []
+        results: list[Result] = []
         try:
             console.say(f"backend: {describe_backend(backend)}")
             for example in chosen:
                 click.echo(click.style(f"\n== {example.title} ==", bold=True))
                 with reported_errors():
-                    results.append((example, *run_example(example, backend, url, console, timeout)))
+                    results.append(run_example(example, backend, url, console, timeout))
         finally:
             backend.close_connection()
     click.echo(click.style("\n== summary ==", bold=True))
-    all_ok = True
-    for example, ok, rows in results:
-        all_ok = all_ok and ok
-        click.echo(
-            f"\n{example.title}: "
-            + (click.style("ok", fg="green") if ok else click.style("FAILED", fg="red"))
-        )
-        click.echo(table(["order", "expected", "outcome", "detail"], rows))
-    click.echo(f"\nretried deliveries: {console.retries}, compensations: {console.compensations}")
-    if not all_ok:
+    for result in results:
+        verdict = click.style("ok", fg="green") if result.ok else click.style("FAILED", fg="red")
+        click.echo(f"\n{result.example.title}: {verdict}")
+        click.echo(table(["order", "expected", "outcome", "detail"], result.rows))
+    compensations = sum(result.compensations for result in results)
+    click.echo(f"\nretried deliveries: {console.retries}, compensations: {compensations}")
+    if not all(result.ok for result in results):
         raise CommandError("some flows did not end as expected (see above)")
     click.echo("every flow ended as expected")

@@ -50,12 +50,20 @@ class Reporter:
         print(f"[{self.service}] {text}", file=stream, flush=True)
 
 
-def delivery() -> str:
-    """``" (delivery N)"`` for a redelivered message being processed, else ``""``."""
+#: How a service says that the message in hand failed for a passing reason and comes back.
+RETRY_NOTE = "the message will be retried"
+
+
+def consumed(reference: str) -> str:
+    """``"consumed OrderCreated A-1001"`` for the message being processed (with ``"(delivery
+    N)"`` when it is redelivered); just ``reference`` outside a dispatcher."""
     message = current_message()
-    if message is None or not message.attempt or message.attempt < 2:
-        return ""
-    return f" (delivery {message.attempt})"
+    if message is None:
+        return reference
+    text = f"consumed {message.manifest} {reference}"
+    if message.attempt and message.attempt > 1:
+        text += f" (delivery {message.attempt})"
+    return text
 
 
 class EventPublisher(Protocol):
@@ -120,6 +128,7 @@ class _BriefFormatter(logging.Formatter):
 
 
 def service_main(
+    service: str,
     description: str,
     queue: str,
     create_dispatcher: Callable[[MessagingBackend], MessageDispatcher],
@@ -128,6 +137,7 @@ def service_main(
     """Run one example service as a process until SIGINT/SIGTERM; returns the exit status.
 
     Args:
+        service: The service's short name (for its report lines).
         description: What the service does (shown by ``--help``).
         queue: The queue the service consumes.
         create_dispatcher: Builds the service's dispatcher on a backend (declaring the
@@ -155,6 +165,12 @@ def service_main(
             dispatcher.consume_loop(queue, workers=args.workers)
         finally:
             dispatcher.close()
+        counts = dispatcher.stats.as_dict()
+        Reporter(service)(
+            f"stopped after receiving {counts['received']} message(s): "
+            f"{counts['acknowledged']} acknowledged, {counts['retried']} retried, "
+            f"{counts['dead_lettered']} dead-lettered"
+        )
     finally:
         backend.close_connection()
     return 0

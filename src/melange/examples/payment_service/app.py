@@ -25,9 +25,10 @@ from melange.examples.payment_service.topology import (
 )
 from melange.message_dispatcher import MessageDispatcher
 
-#: What the demo's gateway does: ``bob`` lacks credit, and the gateway times out once on the
-#: first charge of order ``A-1002``.
-DEMO_GATEWAY = {"credit": {"bob": 20_00}, "unavailable_once": ["A-1002"]}
+
+def demo_gateway() -> PaymentGateway:
+    """The demo's gateway: ``bob`` lacks credit, and the first charge of ``A-1002`` times out."""
+    return PaymentGateway(credit={"bob": 20_00}, unavailable_once=["A-1002"])
 
 
 def create_dispatcher(
@@ -39,14 +40,13 @@ def create_dispatcher(
 
     Args:
         backend: Where to consume and publish.
-        gateway: The card processor; by default the demo's (see ``DEMO_GATEWAY``).
+        gateway: The card processor; by default the demo's (see ``demo_gateway``).
         report: Where to report what the service does; by default standard output.
     """
     declare_topology(backend)
     report = report or Reporter("payment")
     publisher = ServicePublisher("payment", PAYMENTS_TOPIC, SERIALIZER, backend, report)
-    gateway = gateway or PaymentGateway(**DEMO_GATEWAY)  # type: ignore[arg-type]
-    service = PaymentService(publisher, gateway, report)
+    service = PaymentService(publisher, gateway or demo_gateway(), report)
     return MessageDispatcher(
         SERIALIZER,
         backend=backend,
@@ -58,6 +58,7 @@ def create_dispatcher(
 def main(argv: list[str] | None = None) -> int:
     """Run the payment service until SIGINT/SIGTERM."""
     return service_main(
+        "payment",
         "The example payment service: pays orders and publishes the outcome.",
         PAYMENT_QUEUE,
         create_dispatcher,

@@ -18,7 +18,7 @@ from melange.examples.common.runtime import (
     EventPublisher,
     Reporter,
     ServicePublisher,
-    delivery,
+    consumed,
     service_main,
 )
 from melange.examples.payment_service.events import (
@@ -76,8 +76,8 @@ class OrderService:
                 )
                 self.orders[command.reference] = order
         self._report(
-            f"order {order.reference} for {order.customer} "
-            f"({order.amount_cents / 100:.2f}) created{delivery()}"
+            f"{consumed(order.reference)}: order for {order.customer} "
+            f"({order.amount_cents / 100:.2f}) created"
         )
         self.publisher.publish(
             OrderCreated(order.id, order.reference, order.customer, order.amount_cents)
@@ -88,14 +88,16 @@ class OrderService:
         """The payment went through: confirm the order."""
         order = self._settle(response.reference, "CONFIRMED", response.payment_id)
         if order is not None:
-            self._report(f"order {order.reference} confirmed (payment {response.payment_id})")
+            self._report(
+                f"{consumed(order.reference)}: order confirmed (payment {response.payment_id})"
+            )
             self.publisher.publish(OrderConfirmed(order.id, order.reference, response.payment_id))
 
     def reject(self, failure: PaymentFailed) -> None:
         """The payment was declined: reject the order."""
         order = self._settle(failure.reference, "REJECTED", failure.reason)
         if order is not None:
-            self._report(f"order {order.reference} rejected: {failure.reason}")
+            self._report(f"{consumed(order.reference)}: order rejected ({failure.reason})")
             self.publisher.publish(OrderRejected(order.id, order.reference, failure.reason))
 
     def _settle(self, reference: str, status: str, detail: str) -> Order | None:
@@ -150,6 +152,7 @@ def create_dispatcher(
 def main(argv: list[str] | None = None) -> int:
     """Run the order service until SIGINT/SIGTERM."""
     return service_main(
+        "orders",
         "The example order service: creates orders and follows their payment.",
         ORDER_QUEUE,
         create_dispatcher,

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 
 from melange.examples.common.commands import DoPayment
-from melange.examples.common.runtime import EventPublisher, delivery
+from melange.examples.common.runtime import RETRY_NOTE, EventPublisher, consumed
 from melange.examples.payment_service.events import OrderCreated, OrderResponse, PaymentFailed
 
 
@@ -103,13 +103,11 @@ class PaymentService:
         with self._lock:
             paid = self.payments.get(command.order_id)
         if paid is not None:
-            self._report(f"{command.reference} already paid ({paid}): answering again")
+            self._report(f"{consumed(command.reference)}: already paid ({paid}), answering again")
             self.publisher.publish(OrderResponse(command.order_id, command.reference, paid))
             return
         amount = command.amount_cents / 100
-        self._report(
-            f"charging {command.customer} {amount:.2f} for {command.reference}{delivery()}"
-        )
+        self._report(f"{consumed(command.reference)}: charging {command.customer} {amount:.2f}")
         try:
             payment_id = self.gateway.charge(
                 command.customer, command.amount_cents, command.reference
@@ -119,7 +117,7 @@ class PaymentService:
             self.publisher.publish(PaymentFailed(command.order_id, command.reference, str(exc)))
             return
         except GatewayUnavailable as exc:
-            self._report(f"{exc}: the message will be retried")
+            self._report(f"{exc}: {RETRY_NOTE}")
             raise
         with self._lock:
             self.payments[command.order_id] = payment_id
@@ -132,4 +130,4 @@ class PaymentService:
             known = self.payments.setdefault(
                 order_response.id, order_response.payment_id or order_response.reference
             )
-        self._report(f"{order_response.reference} is paid ({known})")
+        self._report(f"{consumed(order_response.reference)}: paid ({known})")

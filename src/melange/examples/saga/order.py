@@ -18,7 +18,7 @@ from melange.examples.common.runtime import (
     EventPublisher,
     Reporter,
     ServicePublisher,
-    delivery,
+    consumed,
     service_main,
 )
 from melange.examples.saga.messages import (
@@ -81,7 +81,7 @@ class OrderService:
                     dict(command.items),
                 )
             order = self.orders[order_id]
-        self._report(f"order {order.reference} placed by {order.customer}{delivery()}")
+        self._report(f"{consumed(order.reference)}: order placed by {order.customer}")
         self.publisher.publish(
             OrderPlaced(
                 order.order_id, order.reference, order.customer, order.amount_cents, order.items
@@ -93,14 +93,14 @@ class OrderService:
         """The last step succeeded: approve the order."""
         order = self._end(event.order_id, "APPROVED", "")
         if order is not None:
-            self._report(f"order {order.reference} approved")
+            self._report(f"{consumed(order.reference)}: order approved")
             self.publisher.publish(OrderApproved(order.order_id, order.reference))
 
     def cancel(self, event: PaymentRejected | PaymentRefunded) -> None:
         """A step failed (and was compensated): cancel the order."""
         order = self._end(event.order_id, "CANCELLED", event.reason)
         if order is not None:
-            self._report(f"order {order.reference} cancelled: {event.reason}")
+            self._report(f"{consumed(order.reference)}: order cancelled ({event.reason})")
             self.publisher.publish(OrderCancelled(order.order_id, order.reference, event.reason))
 
     def _end(self, order_id: str, status: str, reason: str) -> SagaOrder | None:
@@ -160,7 +160,7 @@ def create_dispatcher(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the order service until SIGINT/SIGTERM."""
-    return service_main("The saga's order service.", ORDER_QUEUE, create_dispatcher, argv)
+    return service_main("order", "The saga's order service.", ORDER_QUEUE, create_dispatcher, argv)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ from melange.backends.interfaces import MessagingBackend
 from melange.consumers import SingleDispatchConsumer, consumer
 from melange.examples.common.runtime import (
     EXAMPLE_POLICY,
+    RETRY_NOTE,
     EventPublisher,
     Reporter,
     ServicePublisher,
-    delivery,
+    consumed,
     service_main,
 )
 from melange.examples.payment_service.service import (
@@ -80,9 +81,7 @@ class SagaPaymentService:
             payment = self.payments.get(event.order_id)
         if payment is None:
             amount = event.amount_cents / 100
-            self._report(
-                f"charging {event.customer} {amount:.2f} for {event.reference}{delivery()}"
-            )
+            self._report(f"{consumed(event.reference)}: charging {event.customer} {amount:.2f}")
             try:
                 payment_id = self.gateway.charge(
                     event.customer, event.amount_cents, event.reference
@@ -92,7 +91,7 @@ class SagaPaymentService:
                 self.publisher.publish(PaymentRejected(event.order_id, event.reference, str(exc)))
                 return
             except GatewayUnavailable as exc:
-                self._report(f"{exc}: the message will be retried")
+                self._report(f"{exc}: {RETRY_NOTE}")
                 raise
             payment = Payment(payment_id, event.customer, event.amount_cents)
             with self._lock:
@@ -109,12 +108,13 @@ class SagaPaymentService:
             if payment is not None:
                 payment.refunded = True
         if payment is None:
-            self._report(f"no payment to refund for {event.reference}")
+            self._report(f"{consumed(event.reference)}: no payment to refund")
             return
         if first_time:
             self.gateway.refund(payment.customer, payment.amount_cents)
             self._report(
-                f"compensating {event.reference}: refunded {payment.amount_cents / 100:.2f} "
+                f"{consumed(event.reference)}: compensating, refunded "
+                f"{payment.amount_cents / 100:.2f} "
                 f"to {payment.customer} ({event.reason})"
             )
         self.publisher.publish(
@@ -169,7 +169,9 @@ def create_dispatcher(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the payment service until SIGINT/SIGTERM."""
-    return service_main("The saga's payment service.", PAYMENT_QUEUE, create_dispatcher, argv)
+    return service_main(
+        "payment", "The saga's payment service.", PAYMENT_QUEUE, create_dispatcher, argv
+    )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ from melange.backends.interfaces import MessagingBackend
 from melange.consumers import SingleDispatchConsumer, consumer
 from melange.examples.common.runtime import (
     EXAMPLE_POLICY,
+    RETRY_NOTE,
     EventPublisher,
     Reporter,
     ServicePublisher,
-    delivery,
+    consumed,
     service_main,
 )
 from melange.examples.saga.messages import (
@@ -95,7 +96,7 @@ class StockService:
     def reserve(self, event: PaymentCompleted) -> None:
         """Reserve the order's items; publish ``StockReserved`` or ``StockReservationFailed``."""
         wanted = ", ".join(f"{qty} x {sku}" for sku, qty in sorted(event.items.items()))
-        self._report(f"reserving {wanted} for {event.reference}{delivery()}")
+        self._report(f"{consumed(event.reference)}: reserving {wanted}")
         try:
             self.warehouse.reserve(event.order_id, event.reference, event.items)
         except OutOfStock as exc:
@@ -105,7 +106,7 @@ class StockService:
             )
             return
         except WarehouseBusy as exc:
-            self._report(f"{exc}: the message will be retried")
+            self._report(f"{exc}: {RETRY_NOTE}")
             raise
         self.publisher.publish(StockReserved(event.order_id, event.reference))
 
@@ -148,7 +149,7 @@ def create_dispatcher(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the stock service until SIGINT/SIGTERM."""
-    return service_main("The saga's stock service.", STOCK_QUEUE, create_dispatcher, argv)
+    return service_main("stock", "The saga's stock service.", STOCK_QUEUE, create_dispatcher, argv)
 
 
 if __name__ == "__main__":
