@@ -169,3 +169,22 @@ def test_undecodable_messages_are_dead_lettered_with_the_reason_and_the_loop_goe
 def test_settling_a_message_not_received_from_sqs_is_refused(aws_backend: AWSBackend) -> None:
     with pytest.raises(ValueError, match="not received from an SQS backend"):
         aws_backend.acknowledge(Message.create('"x"', "json", 1))
+
+
+def test_dead_lettering_a_message_near_the_size_limit_keeps_body_and_a_short_reason(
+    aws_backend: AWSBackend, names: Any
+) -> None:
+    queue, dlq = names.queue(), names.queue("dlq")
+    MessagingBackendFactory(aws_backend).init_queue(queue, dead_letter_queue_name=dlq)
+    content = "y" * (262_144 - 500 - len('{"Message": ""}'))
+    message = Message.create(content, "json", 1, {"correlation_id": "near-limit"})
+    aws_backend.publish_to_queue(message, aws_backend.get_queue(queue))
+    [got] = receive(aws_backend, aws_backend.get_queue(queue), 1)
+    reason = "E" * 5000
+    headers = {FAILURE_REASON: reason, "melange_failure_exception": "X" * 1000}
+    assert aws_backend.dead_letter(got, headers) is True
+    [dead] = receive(aws_backend, aws_backend.get_queue(dlq), 1)
+    assert dead.content == content
+    assert dead.headers[FAILURE_REASON] == reason[:200]
+    assert dead.headers["correlation_id"] == "near-limit"
+    aws_backend.acknowledge(dead)

@@ -970,7 +970,7 @@ class AWSBackend(MessagingBackend):
         dlq_url = self._dead_letter_url(receipt)
         if dlq_url is None:
             return False
-        entry = self._dead_letter_entry(message, receipt, headers)
+        entry = self._dead_letter_entry(message, receipt, headers, dlq_url)
         with self._errors(f"dead-lettering message {message.message_id}"):
             self._sqs.send_message(QueueUrl=dlq_url, **entry)
         self._settle(
@@ -982,7 +982,7 @@ class AWSBackend(MessagingBackend):
         return True
 
     def _dead_letter_entry(
-        self, message: Message, receipt: SQSReceipt, headers: Mapping[str, str]
+        self, message: Message, receipt: SQSReceipt, headers: Mapping[str, str], dlq_url: str
     ) -> dict[str, Any]:
         # Keep the original attributes; decode them to headers so that the overflow attribute
         # is rebuilt rather than duplicated, and add the failure headers on top.
@@ -1000,20 +1000,30 @@ class AWSBackend(MessagingBackend):
                 }
             elif "StringValue" in value:
                 strings[name] = str(value["StringValue"])
-        added = {k: v[:1024] for k, v in headers.items()}
-        attributes = wire.encode_attributes(
-            None, None, {**wire.headers_from_strings(strings), **added}, kept
-        )
-        if (
-            len(receipt.body.encode("utf-8")) + wire.attributes_size(attributes)
-            > wire.MAX_MESSAGE_SIZE
-        ):
-            # Too close to the limit for every header: keep the body whole and a short reason.
-            reason = headers.get(FAILURE_REASON, "dead-lettered")[:200]
-            attributes = wire.encode_attributes(None, None, {FAILURE_REASON: reason}, kept)
+        original = wire.headers_from_strings(strings)
+        reason = headers.get(FAILURE_REASON, "dead-lettered")
+        body_size = len(receipt.body.encode("utf-8"))
+        # Every header if it fits; near the size limit, the original headers and a shortened
+        # reason; at worst the shortened reason alone. The body is always kept whole.
+        candidates = [
+            {**original, **{k: v[:1024] for k, v in headers.items()}},
+            {**original, FAILURE_REASON: reason[:200]},
+            {FAILURE_REASON: reason[:200]},
+        ]
+        shortened = False
+        for candidate in candidates:
+            attributes = wire.encode_attributes(None, None, candidate, kept)
+            if body_size + wire.attributes_size(attributes) <= wire.MAX_MESSAGE_SIZE:
+                break
+            shortened = True
+        if shortened:
+            logger.warning(
+                "message %s is too close to the SQS size limit to carry every header to the "
+                "dead-letter queue; some headers were left out of the copy",
+                message.message_id,
+            )
         entry: dict[str, Any] = {"MessageBody": receipt.body, "MessageAttributes": attributes}
-        dlq_fifo = receipt.queue_name.endswith(".fifo")
-        if dlq_fifo:
+        if _is_fifo(dlq_url):
             entry["MessageGroupId"] = message.group_id or "melange-dead-letters"
             # The SQS id, so distinct messages with equal bodies are never merged in the
             # dead-letter queue while a retried move of the same message is.
