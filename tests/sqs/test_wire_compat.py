@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.sqs import wire
 from melange.backends.sqs.sqs_backend import AWSBackend
@@ -304,3 +307,24 @@ def test_undecodable_body_is_returned_as_is_for_dead_lettering() -> None:
     decoded = wire.decode("not json {", {})
     assert decoded.content == "not json {"
     assert decoded.serializer_id is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    content=st.text(max_size=50),
+    manifest=st.one_of(st.none(), st.text(min_size=1, max_size=20)),
+    serializer_id=st.one_of(st.none(), st.integers(min_value=0, max_value=10_000)),
+    headers=st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=14),
+)
+def test_any_headers_round_trip_within_the_attribute_limit(
+    content: str, manifest: str | None, serializer_id: int | None, headers: dict[str, str]
+) -> None:
+    attributes = wire.encode_attributes(manifest, serializer_id, headers)
+    assert len(attributes) <= wire.MAX_ATTRIBUTES
+    for value in attributes.values():
+        assert value["StringValue"], "SQS refuses empty attribute values"
+    decoded = wire.decode(wire.queue_body(content), attributes)
+    assert decoded.content == content
+    assert decoded.manifest == (manifest or None)
+    assert decoded.serializer_id == serializer_id
+    assert decoded.headers == headers
