@@ -169,6 +169,16 @@ def test_dead_letter_without_a_source_queue_stays_put_and_is_reported(db: Path) 
     assert kept.headers[FAILURE_REASON] == "imported by hand"
 
 
+def test_redrive_to_a_missing_queue_loses_nothing(db: Path) -> None:
+    result = run_melange(
+        "dlq", "redrive", "payments-dlq", "--to", "paymnets", "--backend-url", sqlite_url(db)
+    )
+
+    assert_one_line_error(result, "queue 'paymnets' does not exist")
+    stats = SQLiteBackend(db).queue_stats("payments-dlq")
+    assert (stats.ready, stats.in_flight) == (2, 0)  # given back at once, not left in flight
+
+
 def test_redrive_into_the_dead_letter_queue_itself_is_refused(db: Path) -> None:
     code, out = invoke(
         "dlq", "redrive", "payments-dlq", "--to", "payments-dlq", "--backend-url", sqlite_url(db)

@@ -185,9 +185,9 @@ def _running(example: Example, backend_url: str, console: _Console) -> Iterator[
                 service.process.wait()
             for thread in service.threads:
                 thread.join(5)
-            for stream in (service.process.stdout, service.process.stderr):
-                if stream is not None:
-                    stream.close()
+            for pipe in (service.process.stdout, service.process.stderr):
+                if pipe is not None:
+                    pipe.close()
 
 
 class _Tap(Consumer):

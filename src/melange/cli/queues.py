@@ -176,8 +176,11 @@ def redrive_messages(
     """
     dlq_wrapper = backend.get_queue(dead_letter_queue)
     targets: dict[str, QueueWrapper] = {}
-    moved = left = 0
-    left_behind: list[Message] = []
+    moved = 0
+    # Received and not settled: given back at the end, whatever happens, so that nothing
+    # stays in flight (unsourced messages are held until then so they are not received again).
+    in_hand: list[Message] = []
+    unsourced = 0
     try:
         while limit is None or moved < limit:
             batch = backend.retrieve_messages(
@@ -185,24 +188,24 @@ def redrive_messages(
             )
             if not batch:
                 break
+            in_hand.extend(batch)
             for message in batch:
                 target = to or message.headers.get(FAILURE_QUEUE)
                 if not target or target == dead_letter_queue:
-                    left_behind.append(message)
+                    unsourced += 1
                     continue
                 if target not in targets:
                     targets[target] = backend.get_queue(target)
                 backend.publish_to_queue(_redriven(message), targets[target])
                 backend.acknowledge(message)
+                in_hand.remove(message)
                 moved += 1
                 if progress is not None:
                     progress.update(1)
     finally:
-        # Give back what was received but not moved, so nothing is lost or stuck in flight.
-        for message in left_behind:
+        for message in in_hand:
             backend.nack(message, 0.0)
-        left = len(left_behind)
-    return moved, left
+    return moved, unsourced
 
 
 @dlq.command("redrive")
