@@ -37,7 +37,7 @@ def summarize(suite: Suite, result: SuiteResult) -> dict[str, Any]:
             stats: dict[str, Any] = {
                 "n": records[0]["n"],
                 "throughput": _spread([_throughput(r) for r in records]),
-                "cpu_ms_per_message": _spread([1000 * r["cpu_s"] / r["n"] for r in records]),
+                "cpu_us_per_message": _spread([1e6 * r["cpu_s"] / r["n"] for r in records]),
             }
             if all("requests" in r for r in records):
                 stats["requests_per_message"] = _spread([r["requests"] / r["n"] for r in records])
@@ -219,7 +219,7 @@ def _suite_markdown(summary: dict[str, Any]) -> list[str]:
             if latency
             else ["msg/s", f"{contenders[melange]['label'] if melange else 'Melange'} / it"]
         )
-        header += ["CPU ms/msg (client process)"]
+        header += ["CPU µs/msg (client process)"]
         if sqs:
             header += ["HTTP requests/msg"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -230,7 +230,7 @@ def _suite_markdown(summary: dict[str, Any]) -> list[str]:
             else:
                 ratio = entry["ratios"].get(ckey)
                 row += [_cell(stats["throughput"]), "-" if ckey == melange else _cell(ratio, "x")]
-            row.append(_cell(stats["cpu_ms_per_message"]))
+            row.append(_cell(stats["cpu_us_per_message"]))
             if sqs:
                 row.append(_cell(stats.get("requests_per_message")))
             lines.append("| " + " | ".join(row) + " |")

@@ -61,7 +61,11 @@ class Worker:
             text=True,
         )
         self.peak_rss_kb = 0
-        answer = self._read(120.0)
+        try:
+            answer = self._read(120.0)
+        except WorkerError:
+            self.close()
+            raise
         self.versions: dict[str, str] = answer["result"]["versions"]
 
     def _read(self, timeout: float) -> dict[str, Any]:
@@ -89,7 +93,9 @@ class Worker:
         stdin.flush()
         answer = self._read(OP_TIMEOUT)
         result: dict[str, Any] = answer["result"]
-        result["cpu_s"] = answer["cpu_s"]
+        # CPU of the whole operation, untimed preparation included (the result's own cpu_s
+        # covers the measured section only).
+        result["op_cpu_s"] = answer["cpu_s"]
         return result
 
     def tail(self, lines: int = 15) -> str:
@@ -112,6 +118,9 @@ class Worker:
             except (OSError, subprocess.TimeoutExpired):
                 self._process.kill()
                 self._process.wait()
+        for stream in (self._process.stdin, self._process.stdout):
+            if stream is not None:
+                stream.close()
         self._log.close()
 
 

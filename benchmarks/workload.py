@@ -11,6 +11,8 @@ Standard library only: this module also runs under the released 7.2.0 interprete
 
 from __future__ import annotations
 
+import math
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +44,7 @@ def percentile(values: list[float], fraction: float) -> float:
     if not values:
         raise ValueError("percentile of no values")
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
     return ordered[rank]
 
 
@@ -90,6 +92,31 @@ class Tally:
                 f"{what}: expected {self.n} distinct messages, got {len(self.seen)} "
                 f"({self.duplicates} duplicates, {self.foreign} from elsewhere)"
             )
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far, every thread included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Stopwatch:
+    """Measures a section: wall seconds, process CPU seconds and, if counted, requests."""
+
+    def __init__(self, requests: Callable[[], int | None]) -> None:
+        self._requests = requests
+        self._first_request = requests()
+        self._cpu = cpu_seconds()
+        self._start = time.perf_counter()
+
+    def stop(self, n: int) -> dict[str, Any]:
+        """The result record of a section that handled ``n`` messages."""
+        seconds = time.perf_counter() - self._start
+        result: dict[str, Any] = {"seconds": seconds, "n": n, "cpu_s": cpu_seconds() - self._cpu}
+        last = self._requests()
+        if self._first_request is not None and last is not None:
+            result["requests"] = last - self._first_request
+        return result
 
 
 class Contender:
@@ -140,11 +167,9 @@ class Contender:
         """HTTP requests sent so far, for contenders that count them (``None``: not counted)."""
         return None
 
-    def _timed(self, result: dict[str, Any], before: int | None) -> dict[str, Any]:
-        after = self.request_count()
-        if before is not None and after is not None:
-            result["requests"] = after - before
-        return result
+    def stopwatch(self) -> Stopwatch:
+        """Start timing a measured section (wall time, process CPU time, requests)."""
+        return Stopwatch(self.request_count)
 
     # -- timed operations -------------------------------------------------------------------
 
@@ -156,12 +181,10 @@ class Contender:
         """Publish ``n`` messages one by one, then consume them untimed."""
         first = self._ids()
         payloads = [make_payload(first + i) for i in range(n)]
-        before = self.request_count()
-        start = time.perf_counter()
+        watch = self.stopwatch()
         for payload in payloads:
             self.publish_one(payload)
-        seconds = time.perf_counter() - start
-        result = self._timed({"seconds": seconds, "n": n}, before)
+        result = watch.stop(n)
         self._drain(first, n, "publish")
         return result
 
@@ -169,12 +192,10 @@ class Contender:
         """Publish ``n`` messages in batches of ``batch``, then consume them untimed."""
         first = self._ids()
         payloads = [make_payload(first + i) for i in range(n)]
-        before = self.request_count()
-        start = time.perf_counter()
+        watch = self.stopwatch()
         for offset in range(0, n, batch):
             self.publish_many(payloads[offset : offset + batch])
-        seconds = time.perf_counter() - start
-        result = self._timed({"seconds": seconds, "n": n}, before)
+        result = watch.stop(n)
         self._drain(first, n, "publish_batch")
         return result
 
@@ -183,12 +204,11 @@ class Contender:
         first = self._ids()
         self.publish_many([make_payload(first + i) for i in range(n)])
         tally = Tally(first, n, record_latency=False)
-        before = self.request_count()
-        start = time.perf_counter()
+        watch = self.stopwatch()
         self.consume(n, tally)
-        seconds = time.perf_counter() - start
+        result = watch.stop(n)
         tally.check("consume")
-        return self._timed({"seconds": seconds, "n": n}, before)
+        return result
 
     def op_e2e(self, n: int, rate: float | None = None) -> dict[str, Any]:
         """Publish ``n`` messages from a thread while the main thread consumes them.
@@ -217,18 +237,16 @@ class Contender:
                 tally.done.set()
 
         producer = threading.Thread(target=produce, name="bench-producer", daemon=True)
-        before = self.request_count()
-        start = time.perf_counter()
+        watch = self.stopwatch()
         producer.start()
         try:
             self.consume(n, tally)
         finally:
             producer.join(timeout=120)
-        seconds = time.perf_counter() - start
+        result = watch.stop(n)
         if failure:
             raise RuntimeError(f"producer failed: {failure[0]!r}") from failure[0]
         tally.check("e2e")
-        result = self._timed({"seconds": seconds, "n": n}, before)
         if rate is not None:
             result["p50_ms"] = percentile(tally.latencies, 0.50) * 1000
             result["p99_ms"] = percentile(tally.latencies, 0.99) * 1000

@@ -262,11 +262,10 @@ class FastStreamRabbit(Contender):
             await self._consume(tally)
             await producer
 
-        start = time.perf_counter()
+        watch = self.stopwatch()
         self.loop.run_until_complete(run())
-        seconds = time.perf_counter() - start
+        result = watch.stop(n)
         tally.check("e2e")
-        result: dict[str, Any] = {"seconds": seconds, "n": n}
         if rate is not None:
             result["p50_ms"] = percentile(tally.latencies, 0.5) * 1000
             result["p99_ms"] = percentile(tally.latencies, 0.99) * 1000

@@ -1,0 +1,95 @@
+"""Smoke test of the benchmark harness: it imports, runs a round and reports honestly.
+
+No benchmark runs here: one tiny in-memory round proves the worker protocol, the timing
+records and the report wiring; the rest checks the arithmetic the verdicts rest on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.runner import ContenderSpec, Measurement, SuiteResult, run_suite  # noqa: E402
+from benchmarks.workload import IntegrityError, Tally, make_payload, percentile  # noqa: E402
+
+from benchmarks import report, suites  # noqa: E402
+
+
+def test_one_in_memory_round_produces_records_and_a_report(tmp_path: Path) -> None:
+    spec = ContenderSpec(
+        "melange", "benchmarks.contenders.memory:MelangeMemory", "Melange in-memory", melange=True
+    )
+    broken = ContenderSpec("broken", "benchmarks.contenders.memory:NoSuchContender", "broken")
+    measurements = [
+        Measurement("e2e", "end to end", {"melange": ("e2e", {"n": 200})}),
+        Measurement("e2e_4n", "end to end at 4N", {"melange": ("e2e", {"n": 800})}),
+    ]
+    result = run_suite("memory", [spec, broken], measurements, 1, tmp_path, progress=lambda _: None)
+
+    assert result.errors == []
+    assert "NoSuchContender" in result.contenders["broken"]["unavailable"]
+    (record,) = result.rounds["e2e"]["melange"]
+    assert record["n"] == 200
+    assert record["seconds"] > 0
+    assert record["cpu_s"] >= 0
+    assert result.contenders["melange"]["peak_rss_kb"] > 0
+
+    suite = suites.Suite("memory", "In-memory", [spec, broken], measurements)
+    doc = report.build([(suite, result)], {"cores": "2"}, "quick", 1.0)
+    json.dumps(doc)  # the results document is plain JSON
+    summary = doc["suites"]["memory"]
+    assert summary["linearity_4n_over_n"]["rounds"] == 1
+    verdicts = {v["target"]: v for v in doc["targets"]}
+    absolute = verdicts["in-memory end to end >= 50,000 msg/s"]
+    assert absolute["median"] == pytest.approx(200 / record["seconds"])
+    # The peer was unavailable: its target is reported as not measured, never as met.
+    assert verdicts["in-memory end to end >= 20x FastStream's TestRabbitBroker"]["met"] is None
+
+
+def test_ratios_are_medians_of_per_round_ratios() -> None:
+    spec_a = ContenderSpec("melange", "x:A", "Melange", melange=True)
+    spec_b = ContenderSpec("peer", "x:B", "peer")
+    suite = suites.Suite(
+        "sqlite", "SQLite", [spec_a, spec_b], [Measurement("e2e", "end to end", {})]
+    )
+    result = SuiteResult("sqlite")
+    # Melange is 2x, 4x and 1x the peer in rounds 1-3: the median ratio is 2x, whatever the
+    # ratio of the median throughputs would be.
+    result.rounds["e2e"] = {
+        "melange": [
+            {"round": r, "n": 100, "seconds": s, "cpu_s": 0.1} for r, s in [(1, 1), (2, 1), (3, 4)]
+        ],
+        "peer": [
+            {"round": r, "n": 100, "seconds": s, "cpu_s": 0.1} for r, s in [(1, 2), (2, 4), (3, 4)]
+        ],
+    }
+    ratios = report.summarize(suite, result)["measurements"]["e2e"]["ratios"]["peer"]
+    assert ratios == {"median": 2.0, "min": 1.0, "max": 4.0, "rounds": 3}
+
+
+def test_tally_refuses_lost_duplicated_or_foreign_messages() -> None:
+    tally = Tally(first_id=1000, n=3, record_latency=False)
+    for message_id in (1000, 1001, 1001):
+        tally(make_payload(message_id))
+    assert not tally.complete
+    with pytest.raises(IntegrityError, match="expected 3 distinct messages, got 2"):
+        tally.check("e2e")
+    tally(make_payload(7))
+    tally(make_payload(1002))
+    assert tally.complete
+    with pytest.raises(IntegrityError, match="1 from elsewhere"):
+        tally.check("e2e")
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([3.0], 0.99) == 3.0
