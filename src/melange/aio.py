@@ -116,8 +116,13 @@ class AsyncMessageDispatcher(MessageDispatcher):
         queue = await asyncio.to_thread(self._backend.get_queue, queue_name)
         messages = await asyncio.to_thread(self._backend.retrieve_messages, queue, **kwargs)
         self.stats.add("received", len(messages))
+        held: set[str] = set()  # FIFO groups with a message coming back
         for message in messages:
-            await self._process(message, queue)
+            if message.group_id is not None and message.group_id in held:
+                await asyncio.to_thread(self._release, [message])
+                continue
+            if not await self._process(message, queue) and message.group_id is not None:
+                held.add(message.group_id)
         return len(messages)
 
     async def consume_loop(  # type: ignore[override]
@@ -144,24 +149,29 @@ class AsyncMessageDispatcher(MessageDispatcher):
         if self._backend.loop_wait_seconds is not None:
             kwargs.setdefault("wait_seconds", self._backend.loop_wait_seconds)
         slots = asyncio.Semaphore(concurrency)
-        tails: dict[str, asyncio.Task[None]] = {}
-        running: set[asyncio.Task[None]] = set()
+        tails: dict[str, asyncio.Task[bool]] = {}
+        running: set[asyncio.Task[bool]] = set()
         failures = 0
         handled = self._add_signal_handlers() if install_signal_handlers else []
         try:
             while not self._stop.is_set():
+                await asyncio.to_thread(self._wait_for_cache)
+                if self._stop.is_set():
+                    break
                 kwargs["max_messages"] = min(10, concurrency)
                 messages, failures = await asyncio.to_thread(self._receive, queue, kwargs, failures)
+                in_batch: dict[str, asyncio.Task[bool]] = {}
                 for message in messages:
                     await slots.acquire()
                     group = message.group_id
-                    task = asyncio.create_task(
-                        self._guarded(message, queue, tails.get(group) if group else None, slots)
-                    )
+                    # Chain on the group's previous message, even a finished one of this batch:
+                    # if it is coming back, this one must come back too.
+                    before = (in_batch.get(group) or tails.get(group)) if group else None
+                    task = asyncio.create_task(self._guarded(message, queue, before, slots))
                     running.add(task)
                     task.add_done_callback(running.discard)
                     if group is not None:
-                        tails[group] = task
+                        in_batch[group] = tails[group] = task
                         task.add_done_callback(_forget(tails, group))
                 if after_consume is not None:
                     after_consume()
@@ -189,26 +199,27 @@ class AsyncMessageDispatcher(MessageDispatcher):
         self,
         message: Message,
         queue: QueueWrapper,
-        before: asyncio.Task[None] | None,
+        before: asyncio.Task[bool] | None,
         slots: asyncio.Semaphore,
-    ) -> None:
+    ) -> bool:
+        """Process one message; returns whether it is settled for good."""
         try:
-            if before is not None:
-                await asyncio.gather(before, return_exceptions=True)  # keep FIFO groups in order
+            go_ahead = before is None or await before  # keep FIFO groups in order
             self.stats.add("received")
-            if self._stop.is_set():
+            if self._stop.is_set() or not go_ahead:
                 await asyncio.to_thread(self._release, [message])
-                return
-            await self._process(message, queue)
+                return False
+            return await self._process(message, queue)
         except Exception as exc:
             logger.exception("settling message %s failed", message.message_id)
             self._notify(exc)
+            return False
         finally:
             slots.release()
 
-    async def _process(self, message: Message, queue: QueueWrapper) -> None:
+    async def _process(self, message: Message, queue: QueueWrapper) -> bool:
         verdict = await self._decide(message, queue.name)
-        await asyncio.to_thread(self._apply, verdict, message, queue.name)
+        return await asyncio.to_thread(self._apply, verdict, message, queue.name)
 
     async def _decide(self, message: Message, queue_name: str) -> Verdict:
         decoded = decode(message, self._registry)
@@ -259,9 +270,9 @@ class AsyncMessageDispatcher(MessageDispatcher):
 
 
 def _forget(
-    tails: dict[str, asyncio.Task[None]], group: str
-) -> Callable[[asyncio.Task[None]], None]:
-    def forget(task: asyncio.Task[None]) -> None:
+    tails: dict[str, asyncio.Task[bool]], group: str
+) -> Callable[[asyncio.Task[bool]], None]:
+    def forget(task: asyncio.Task[bool]) -> None:
         if tails.get(group) is task:
             tails.pop(group, None)
 

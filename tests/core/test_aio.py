@@ -135,3 +135,39 @@ def test_sync_dispatcher_reports_an_async_consumer_clearly() -> None:
     d._on_exception = errors.append
     d.consume_event("q")
     assert "AsyncMessageDispatcher" in str(errors[0])
+
+
+def test_async_loop_keeps_fifo_groups_in_order_even_when_a_message_fails() -> None:
+    backend = InMemoryMessagingBackend()
+    MessagingBackendFactory(backend).init_queue("q.fifo")
+    total = 24
+    order: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    failed: set[int] = set()
+
+    async def handle(message: Any) -> None:
+        await asyncio.sleep(0.001)
+        if message["i"] % 5 == 0 and message["i"] not in failed:
+            failed.add(message["i"])
+            raise RuntimeError("fails once")
+        order[message["g"]].append(message["i"])
+        if sum(map(len, order.values())) == total:
+            d.stop()
+
+    d = AsyncMessageDispatcher(
+        JsonSerializer(),
+        backend=backend,
+        consumers=[Consumer(handle)],
+        failure_policy=FailurePolicy.no_delay(max_attempts=5),
+    )
+
+    async def main() -> None:
+        publisher = AsyncQueuePublisher(JsonSerializer(), backend)
+        for i in range(total):
+            g = "abc"[i % 3]
+            await publisher.publish("q.fifo", {"g": g, "i": i}, message_group_id=g)
+        await asyncio.wait_for(d.consume_loop("q.fifo", concurrency=4), timeout=30)
+
+    asyncio.run(main())
+    for values in order.values():
+        assert values == sorted(values)
+        assert len(values) == total // 3
