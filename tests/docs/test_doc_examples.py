@@ -271,6 +271,7 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # The hook generated the capability tables from the backends' descriptors.
