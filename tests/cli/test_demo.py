@@ -6,8 +6,10 @@ import dataclasses
 import re
 from pathlib import Path
 
+import pytest
 from cli_support import assert_one_line_error, run_melange
 
+from conftest import require_service
 from melange.backends.urls import backend_from_url
 from melange.cli.demo import _Console, _examples, run_example
 
@@ -73,3 +75,20 @@ def test_demo_fails_when_a_service_process_dies(tmp_path: Path) -> None:
         backend.close_connection()
 
     assert not result.ok
+
+
+@pytest.mark.rabbitmq
+def test_demo_runs_the_saga_on_rabbitmq() -> None:
+    host, port = require_service("rabbitmq")
+
+    result = run_melange(
+        "demo",
+        "--example",
+        "saga",
+        "--backend-url",
+        f"amqp://guest:guest@{host}:{port}/",
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every flow ended as expected" in result.stdout

@@ -9,6 +9,7 @@ import pytest
 from cli_support import assert_one_line_error, run_melange, sqlite_url
 from click.testing import CliRunner
 
+from conftest import require_service
 from melange import Consumer, FailurePolicy, MessageDispatcher, QueuePublisher
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.sqlite import SQLiteBackend
@@ -194,8 +195,6 @@ def test_redrive_into_the_dead_letter_queue_itself_is_refused(db: Path) -> None:
     ids=" ".join,
 )
 def test_backend_that_cannot_be_inspected_says_so(command: tuple[str, ...]) -> None:
-    from conftest import require_service
-
     host, port = require_service("rabbitmq")
     url = f"amqp://guest:guest@{host}:{port}/"
 
