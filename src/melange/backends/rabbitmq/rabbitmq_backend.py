@@ -265,10 +265,13 @@ class _Session:
         tags: list[int] = []
         try:
             for body, properties in items:
-                channel.basic_publish(exchange, routing_key, body, properties, mandatory)
-                tags.append(self.next_tag)
-                self.unconfirmed.add(self.next_tag)
+                # Register the tag before publishing: pika may read this message's confirm
+                # while basic_publish flushes, and a confirm for an unknown tag is lost.
+                tag = self.next_tag
                 self.next_tag += 1
+                tags.append(tag)
+                self.unconfirmed.add(tag)
+                channel.basic_publish(exchange, routing_key, body, properties, mandatory)
             if not self.backend._confirms:
                 return [None] * len(items)
             self.waiting_for = set(tags)
