@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(scratch)
         logs = work / "logs"
         logs.mkdir()
-        print(f"machine: {services.machine()}")
+        before = services.machine()
+        print(f"machine: {before}")
         for name in wanted:
             print(f"{name}:")
             if name == "sqs":
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                 suite = suites.sqlite_suite(sizes, str(work / "sqlite"))
             results.append((suite, run_suite(name, suite.specs, suite.measurements, rounds, logs)))
         mode = "quick" if args.quick else "full"
-        doc = report.build(results, services.machine(), mode, time.monotonic() - started)
+        machine = services.machine()
+        machine["load_average_before"] = before["load_average"]
+        doc = report.build(results, machine, mode, time.monotonic() - started)
         report.write(doc, args.out)
     print()
     for verdict in doc["targets"]:

@@ -26,6 +26,11 @@ def _throughput(record: dict[str, Any]) -> float:
     return float(record["n"]) / float(record["seconds"])
 
 
+def _cpu_throughput(record: dict[str, Any]) -> float:
+    """Messages per CPU-second of the client process."""
+    return float(record["n"]) / max(float(record["cpu_s"]), 1e-9)
+
+
 def summarize(suite: Suite, result: SuiteResult) -> dict[str, Any]:
     """Medians and min-max per measurement and contender, and Melange's per-round ratios."""
     melange = next((s.key for s in suite.specs if s.melange), None)
@@ -37,6 +42,7 @@ def summarize(suite: Suite, result: SuiteResult) -> dict[str, Any]:
             stats: dict[str, Any] = {
                 "n": records[0]["n"],
                 "throughput": _spread([_throughput(r) for r in records]),
+                "per_cpu_second": _spread([_cpu_throughput(r) for r in records]),
                 "cpu_us_per_message": _spread([1e6 * r["cpu_s"] / r["n"] for r in records]),
             }
             if all("requests" in r for r in records):
@@ -53,17 +59,22 @@ def summarize(suite: Suite, result: SuiteResult) -> dict[str, Any]:
                 ratios = [mine[r["round"]] / _throughput(r) for r in records if r["round"] in mine]
                 entry["ratios"][key] = _spread(ratios)
         measurements[measurement.key] = entry
-    linearity = None
+    linearity = cpu_linearity = None
     if melange is not None:
-        base = {r["round"]: _throughput(r) for r in result.rounds.get("e2e", {}).get(melange, [])}
-        big = result.rounds.get("e2e_4n", {}).get(melange, [])
-        linearity = _spread([_throughput(r) / base[r["round"]] for r in big if r["round"] in base])
+        small = {r["round"]: r for r in result.rounds.get("e2e", {}).get(melange, [])}
+        big = [r for r in result.rounds.get("e2e_4n", {}).get(melange, []) if r["round"] in small]
+        linearity = _spread([_throughput(r) / _throughput(small[r["round"]]) for r in big])
+        # The same ratio from CPU time, which other load on the machine hardly moves.
+        cpu_linearity = _spread(
+            [_cpu_throughput(r) / _cpu_throughput(small[r["round"]]) for r in big]
+        )
     return {
         "title": suite.title,
         "melange": melange,
         "contenders": result.contenders,
         "measurements": measurements,
         "linearity_4n_over_n": linearity,
+        "cpu_linearity_4n_over_n": cpu_linearity,
         "notes": suite.notes,
         "errors": result.errors,
     }
@@ -82,6 +93,8 @@ def evaluate(target: Target, suites: dict[str, Any]) -> dict[str, Any]:
             if target.contender is None:
                 mine = measurement.get("contenders", {}).get(summary["melange"], {})
                 spread = mine.get("throughput")
+                if mine.get("per_cpu_second"):
+                    verdict["per_cpu_second"] = mine["per_cpu_second"]["median"]
             else:
                 spread = measurement.get("ratios", {}).get(target.contender)
     if spread is None:
@@ -172,7 +185,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- RabbitMQ {machine['rabbitmq']}, moto server {machine['moto']}",
         f"- Melange {machine['melange']}",
         "- The machine is shared: other work ran on it during the run, so single rounds are "
-        "noisy; the medians of per-round ratios are what the verdicts use.",
+        "noisy; the medians of per-round ratios are what the verdicts use. Load average "
+        f"(1, 5, 15 min) before the run: {machine.get('load_average_before', '?')}, after: "
+        f"{machine.get('load_average', '?')}.",
         "",
         "## Targets",
         "",
@@ -189,6 +204,15 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {verdict['target']} | {_num(verdict['median'])}{unit} | "
             f"{_num(verdict['min'])}-{_num(verdict['max'])}{unit} | {_verdict(verdict)} |"
         )
+    capacity = [v for v in doc["targets"] if "per_cpu_second" in v]
+    if capacity:
+        lines += [""]
+        lines += [
+            f"- {v['target'].split(' >=')[0]}: {_num(v['per_cpu_second'])} messages per "
+            "CPU-second of the process (what one free core would sustain; the wall-clock "
+            "figure above depends on the other load of the machine)."
+            for v in capacity
+        ]
     for summary in doc["suites"].values():
         lines += _suite_markdown(summary)
     return "\n".join(lines) + "\n"
@@ -238,7 +262,9 @@ def _suite_markdown(summary: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "Linearity (Melange end to end, throughput at 4N / at N): "
-            + _cell(summary["linearity_4n_over_n"], "x"),
+            + _cell(summary["linearity_4n_over_n"], "x")
+            + "; the same from the client's CPU time (messages per CPU-second): "
+            + _cell(summary["cpu_linearity_4n_over_n"], "x"),
         ]
     if summary["errors"]:
         lines += ["", "Errors during the run:", ""]
@@ -250,7 +276,7 @@ def _suite_markdown(summary: dict[str, Any]) -> list[str]:
 
 
 def chart(doc: dict[str, Any], path: Path) -> None:
-    """Bar chart of end-to-end throughput per suite (median, min-max whiskers), log scale."""
+    """Bar chart of end-to-end throughput per suite (median, min-max whiskers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,8 +291,8 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     for axis, summary in zip(axes[0], suites, strict=True):
         entry = summary["measurements"]["e2e"]["contenders"]
         labels, medians, lows, highs, colors = [], [], [], [], []
-        for key, stats in entry.items():
-            spread = stats["throughput"]
+        for key in [k for k in summary["contenders"] if k in entry]:
+            spread = entry[key]["throughput"]
             labels.append(summary["contenders"][key]["label"].replace(" ", "\n", 1))
             medians.append(spread["median"])
             lows.append(spread["median"] - spread["min"])
@@ -274,9 +300,9 @@ def chart(doc: dict[str, Any], path: Path) -> None:
             colors.append("#2a7ab9" if key == summary["melange"] else "#9aa5b1")
         axis.bar(range(len(labels)), medians, yerr=[lows, highs], color=colors, capsize=4)
         axis.set_xticks(range(len(labels)), labels, fontsize=8)
-        axis.set_yscale("log")
+        axis.set_ylim(0, max(m + h for m, h in zip(medians, highs, strict=True)) * 1.12)
         axis.set_title(f"{summary['title']}: end to end", fontsize=10)
-        axis.set_ylabel("messages / second (log)")
+        axis.set_ylabel("messages / second")
         for index, value in enumerate(medians):
             axis.annotate(
                 f"{value:,.0f}",

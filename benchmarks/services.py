@@ -89,4 +89,5 @@ def machine() -> dict[str, str]:
         "moto": _package("moto"),
         "sqlite": __import__("sqlite3").sqlite_version,
         "melange": _package("melange"),
+        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
