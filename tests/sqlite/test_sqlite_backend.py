@@ -330,6 +330,25 @@ def test_publish_in_the_same_process_wakes_a_waiting_receiver(db: Path) -> None:
     backend.close_connection()
 
 
+def test_publish_through_another_instance_on_the_same_file_wakes_a_receiver(db: Path) -> None:
+    receiving = SQLiteBackend(db, poll_interval=60)
+    publishing = SQLiteBackend(db, poll_interval=60)
+    queue, _ = receiving.declare_queue("q")
+    result: list[list[Message]] = []
+    receiver = threading.Thread(
+        target=lambda: result.append(receiving.retrieve_messages(queue, wait_seconds=30))
+    )
+    receiver.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    publishing.publish_to_queue(make_message('"wake"'), queue)
+    receiver.join(timeout=20)
+    assert [m.content for m in result[0]] == ['"wake"']
+    assert time.monotonic() - started < 10
+    publishing.close_connection()
+    receiving.close_connection()
+
+
 def test_interrupt_ends_a_waiting_receive_with_nothing(db: Path) -> None:
     backend = SQLiteBackend(db, poll_interval=60)
     queue, _ = backend.declare_queue("q")

@@ -245,8 +245,10 @@ class SQLiteBackend(MessagingBackend):
         self._free: list[sqlite3.Connection] = []
         self._closed = False
         # Wakes receivers of this process on publish and interrupt.
-        self._wake = threading.Condition()
-        self._publishes = 0
+        # Wakes waiting receivers on publish: shared by every backend of this process on the
+        # same file, so one instance's publish reaches another's receivers at once.
+        self._doorbell = _Doorbell() if self._memory else _doorbell_for(self.path)
+        self._wake = self._doorbell.condition
         self._interrupts = 0
         self._next_dedup_sweep = 0.0
         self._free.append(self._open(initialize=True))
@@ -748,7 +750,7 @@ class SQLiteBackend(MessagingBackend):
 
     def _wake_receivers(self) -> None:
         with self._wake:
-            self._publishes += 1
+            self._doorbell.rings += 1
             self._wake.notify_all()
 
     # -- consuming --------------------------------------------------------------------------
@@ -769,7 +771,7 @@ class SQLiteBackend(MessagingBackend):
             interrupts = self._interrupts
         while True:
             with self._wake:
-                publishes = self._publishes
+                publishes = self._doorbell.rings
             received = self._receive(queue.name, max_messages)
             remaining = deadline - time.monotonic()
             if received or remaining <= 0:
@@ -777,7 +779,7 @@ class SQLiteBackend(MessagingBackend):
             with self._wake:
                 if self._interrupts != interrupts:
                     return []
-                if self._publishes == publishes:
+                if self._doorbell.rings == publishes:
                     self._wake.wait(min(remaining, self._poll_interval))
                 if self._interrupts != interrupts:
                     return []
@@ -997,6 +999,24 @@ class SQLiteBackend(MessagingBackend):
             self._pool_cond.notify_all()
         for conn in free:
             conn.close()
+
+
+class _Doorbell:
+    """A condition receivers wait on, and a count of the publishes that rang it."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.rings = 0
+
+
+_DOORBELLS: dict[str, _Doorbell] = {}
+_DOORBELLS_GUARD = threading.Lock()
+
+
+def _doorbell_for(path: str) -> _Doorbell:
+    """The doorbell of a database file, one per file in this process."""
+    with _DOORBELLS_GUARD:
+        return _DOORBELLS.setdefault(os.path.realpath(path), _Doorbell())
 
 
 def _require_topic(conn: sqlite3.Connection, name: str) -> None:
