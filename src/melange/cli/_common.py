@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import json
@@ -256,14 +255,3 @@ def body_preview(message: Message, width: int = 60) -> str:
         text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
     text = text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def with_errors(func: F) -> F:
-    """Run a command body under :func:`reported_errors`."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with reported_errors():
-            return func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]

@@ -27,6 +27,7 @@ import click
 
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.interfaces import MessagingBackend
+from melange.backends.urls import ENV_VARIABLE
 from melange.cli._common import (
     CommandError,
     backend_url_option,
@@ -149,12 +150,14 @@ def _pump(stream: TextIO, sink: Any) -> None:
 
 @contextmanager
 def _running(example: Example, backend_url: str, console: _Console) -> Iterator[list[_Service]]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The URL travels in the environment, not on the command line, where any user of the
+    # machine could read its password.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", ENV_VARIABLE: backend_url}
     services: list[_Service] = []
     try:
         for name, module in example.services:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, "--backend-url", backend_url],
+                [sys.executable, "-m", module],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

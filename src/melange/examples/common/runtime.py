@@ -8,7 +8,6 @@ processes writing to one terminal (as ``melange demo`` arranges) read as one sto
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO
@@ -117,16 +116,6 @@ def open_backend(url: str | None) -> MessagingBackend:
     return backend_from_url(url) if url else backend_from_env()
 
 
-class _BriefFormatter(logging.Formatter):
-    """One line per record: the failure's message is enough, its traceback is known."""
-
-    def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
-
-    def formatException(self, ei: Any) -> str:
-        return ""
-
-
 def service_main(
     service: str,
     description: str,
@@ -153,11 +142,11 @@ def service_main(
     parser.add_argument("--workers", type=int, default=1, help="messages processed at once")
     args = parser.parse_args(argv)
     # The services report what they do themselves; the log adds the dispatcher's view
-    # (retries, dead letters) on standard error, one line per event.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    logging.getLogger().handlers[0].setFormatter(_BriefFormatter())
+    # (retries, dead letters) on standard error, one line per event. Imported here because
+    # the CLI's demo imports this module.
+    from melange.cli._common import configure_logging
+
+    configure_logging("WARNING")
     backend = open_backend(args.backend_url)
     try:
         dispatcher = create_dispatcher(backend)
