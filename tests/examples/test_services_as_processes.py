@@ -78,3 +78,17 @@ def test_saga_services_in_their_own_processes_end_every_saga(tmp_path: Path) -> 
     payment_out = results[1][0]
     assert "compensating, refunded 30.00 to carol" in payment_out
     assert "[order] stopped after receiving 6 message(s): 6 acknowledged" in results[0][0]
+
+
+def test_service_process_reports_a_bad_backend_url_in_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "melange.examples.payment_service.app", "--backend-url", "x://"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: unknown backend URL scheme 'x'")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -15,9 +15,10 @@ from typing import Any, Protocol, TextIO
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.urls import backend_from_env, backend_from_url
 from melange.context import current_message
+from melange.exceptions import MelangeError
 from melange.message_dispatcher import MessageDispatcher
 from melange.policy import FailurePolicy
-from melange.publishers import QueuePublisher, TopicPublisher
+from melange.publishers import TopicPublisher
 from melange.serializers.interfaces import Serializer
 
 #: The header naming the service that published a message.
@@ -73,9 +74,9 @@ class EventPublisher(Protocol):
 
 
 class ServicePublisher:
-    """Publishes a service's events to its topic and its commands to other services' queues.
+    """Publishes a service's events to its topic.
 
-    Every message carries the ``sender`` header, and each publish is reported.
+    Every event carries the ``sender`` header, and each publish is reported.
 
     Args:
         service: The publishing service's name (the ``sender`` header).
@@ -96,7 +97,6 @@ class ServicePublisher:
         self._headers = {SENDER_HEADER: service}
         self._topic = topic
         self._topics = TopicPublisher(serializer, backend)
-        self._queues = QueuePublisher(serializer, backend)
         self._report = report
 
     def publish(self, event: Any) -> None:
@@ -104,16 +104,18 @@ class ServicePublisher:
         self._topics.publish(self._topic, event, headers=self._headers)
         self._report(f"published {event!r} to topic {self._topic}")
 
-    def send(self, queue: str, command: Any) -> None:
-        """Send ``command`` to the queue of the service that handles it."""
-        self._queues.publish(queue, command, headers=self._headers)
-        self._report(f"sent {command!r} to queue {queue}")
-
 
 def open_backend(url: str | None) -> MessagingBackend:
     """The backend ``url`` names, else the one ``MELANGE_BACKEND_URL`` names, else the
     embedded SQLite default."""
     return backend_from_url(url) if url else backend_from_env()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def service_main(
@@ -139,7 +141,7 @@ def service_main(
         help="backend to use (memory://, sqlite:///path.db, amqp://..., sqs://...); "
         "default: $MELANGE_BACKEND_URL, else the embedded SQLite database",
     )
-    parser.add_argument("--workers", type=int, default=1, help="messages processed at once")
+    parser.add_argument("--workers", type=_positive, default=1, help="messages processed at once")
     args = parser.parse_args(argv)
     # The services report what they do themselves; the log adds the dispatcher's view
     # (retries, dead letters) on standard error, one line per event. Imported here because
@@ -147,7 +149,10 @@ def service_main(
     from melange.cli._common import configure_logging
 
     configure_logging("WARNING")
-    backend = open_backend(args.backend_url)
+    try:
+        backend = open_backend(args.backend_url)
+    except MelangeError as exc:
+        parser.exit(1, f"error: {exc}\n")
     try:
         dispatcher = create_dispatcher(backend)
         try:
