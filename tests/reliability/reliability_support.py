@@ -8,6 +8,7 @@ module level.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import json
 import os
@@ -112,40 +113,162 @@ def service_up(host: str, port: int, timeout: float = 1.0) -> bool:
 
 # -- durable backends, shared by processes --------------------------------------------------
 
-#: Durable backends the cross-process tests run on, when their module is available.
+#: Durable backends the in-process tests repeat their cases on (fixed queue names are fine:
+#: each test gets its own file).
 DURABLE_BACKENDS = ["sqlite"]
+#: Durable backends that consumer processes share in the cross-process tests.
+SHARED_BACKENDS = ["sqlite", "rabbitmq", "sqs"]
 
 
-def durable_spec(kind: str, tmp_path: Path, visibility_timeout: float) -> dict[str, Any]:
-    """A JSON-able description of a fresh queue home on backend ``kind``."""
+def _require(name: str) -> None:
+    from conftest import require_service
+
+    require_service(name)
+
+
+def durable_spec(
+    kind: str, tmp_path: Path, visibility_timeout: float, sqs_endpoint: str | None = None
+) -> dict[str, Any]:
+    """A JSON-able description of a fresh queue home on backend ``kind``.
+
+    ``spec["queue"]`` names a queue unique to the caller; its dead-letter queue is
+    ``spec["queue"] + "-dlq"`` once declared with :func:`declare_work_queue`.
+    """
+    suffix = uuid.uuid4().hex[:10]
+    spec: dict[str, Any] = {
+        "kind": kind,
+        "queue": f"work-{suffix}",
+        "visibility_timeout": visibility_timeout,
+    }
     if kind == "sqlite":
         if importlib.util.find_spec("melange.backends.sqlite") is None:
             import pytest
 
             pytest.skip("the SQLite backend is not part of this build")
-        return {
-            "kind": "sqlite",
-            "path": str(tmp_path / "broker.sqlite3"),
-            "visibility_timeout": visibility_timeout,
-        }
-    raise ValueError(f"unknown durable backend {kind!r}")
+        spec["path"] = str(tmp_path / "broker.sqlite3")
+    elif kind == "rabbitmq":
+        _require("rabbitmq")
+        spec.update(host="127.0.0.1", port=5672, connection_name=f"melange-fault-{suffix}")
+    elif kind == "sqs":
+        if sqs_endpoint is None:
+            raise ValueError("an SQS spec needs the endpoint of the test's SQS server")
+        spec["endpoint"] = sqs_endpoint
+        # SQS counts whole seconds.
+        spec["visibility_timeout"] = max(1, round(visibility_timeout))
+    else:
+        raise ValueError(f"unknown durable backend {kind!r}")
+    return spec
 
 
 def open_backend(spec: dict[str, Any]) -> MessagingBackend:
     """Open (in this process) the backend ``spec`` describes."""
-    if spec["kind"] == "sqlite":
+    kind = spec["kind"]
+    if kind == "sqlite":
         from melange.backends.sqlite import SQLiteBackend
 
         return SQLiteBackend(spec["path"], visibility_timeout=spec["visibility_timeout"])
-    raise ValueError(f"unknown durable backend {spec['kind']!r}")
+    if kind == "rabbitmq":
+        from melange.backends.rabbitmq import RabbitMQBackend
+
+        return RabbitMQBackend(
+            host=spec["host"], port=spec["port"], connection_name=spec["connection_name"]
+        )
+    if kind == "sqs":
+        from melange.backends.sqs.sqs_backend import AWSBackend
+
+        return AWSBackend(
+            endpoint_url=spec["endpoint"],
+            sns_endpoint_url=spec["endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            visibility_timeout=spec["visibility_timeout"],
+            wait_time_seconds=1,
+        )
+    raise ValueError(f"unknown durable backend {kind!r}")
 
 
-def queue_depth(backend: MessagingBackend, queue: str) -> int:
-    """Messages held by ``queue``, in flight or not."""
+def declare_work_queue(backend: MessagingBackend, spec: dict[str, Any]) -> None:
+    """Declare ``spec["queue"]`` with its dead-letter queue."""
+    options: dict[str, Any] = {}
+    if spec["kind"] in ("sqlite", "sqs"):
+        options["visibility_timeout"] = spec["visibility_timeout"]
+    backend.declare_queue(spec["queue"], dead_letter_queue_name=spec["queue"] + "-dlq", **options)
+
+
+def delete_work_queue(backend: MessagingBackend, spec: dict[str, Any]) -> None:
+    """Delete the queues of ``spec`` on a shared broker (a SQLite file goes with tmp_path)."""
+    if spec["kind"] == "sqlite":
+        return
+    for name in (spec["queue"], spec["queue"] + "-dlq"):
+        with contextlib.suppress(Exception):  # already gone
+            backend.delete_queue(backend.get_queue(name))
+
+
+def queue_depth(backend: MessagingBackend, queue: str, spec: dict[str, Any] | None = None) -> int:
+    """Messages held by ``queue``. On RabbitMQ only messages not held by a consumer count:
+    call it when no consumer is connected to get them all."""
     depth = getattr(backend, "queue_depth", None)
-    if depth is None:
-        raise NotImplementedError(f"{backend!r} cannot tell a queue's depth")
-    return int(depth(queue))
+    if depth is not None:
+        return int(depth(queue))
+    kind = spec["kind"] if spec else None
+    if kind == "rabbitmq":
+        assert spec is not None
+        import pika
+
+        connection = pika.BlockingConnection(
+            pika.ConnectionParameters(host=spec["host"], port=spec["port"])
+        )
+        try:
+            declared = connection.channel().queue_declare(queue, passive=True)
+            return int(declared.method.message_count)
+        finally:
+            connection.close()
+    if kind == "sqs":
+        client = backend.sqs_client  # type: ignore[attr-defined]
+        url = backend.get_queue(queue).unwrapped_obj
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        found = client.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+        return sum(int(found.get(name, 0)) for name in names)
+    raise NotImplementedError(f"{backend!r} cannot tell a queue's depth")
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto SQS/SNS server on a free port for the duration of the block; yields its URL."""
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the moto server did not start on port {port}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # -- consumer processes and their journals --------------------------------------------------

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from reliability_support import (
-    DURABLE_BACKENDS,
+    SHARED_BACKENDS,
     Journal,
+    declare_work_queue,
+    delete_work_queue,
     durable_spec,
+    moto_server,
     open_backend,
     queue_depth,
     redis_keys,
@@ -29,38 +35,78 @@ from melange.models import Message
 
 pytestmark = pytest.mark.slow
 
-QUEUE = "work"
+
+@pytest.fixture(scope="module")
+def sqs_endpoint() -> Iterator[str]:
+    """A moto SQS/SNS server shared by this module's SQS cases."""
+    with moto_server() as url:
+        yield url
 
 
-def publish_numbered(backend: MessagingBackend, count: int, queue: str = QUEUE) -> None:
-    handle = backend.get_queue(queue)
-    messages = [Message.create(json.dumps({"n": i}), "json", 1) for i in range(count)]
-    for start in range(0, count, 100):
-        backend.publish_batch_to_queue(messages[start : start + 100], handle)
+class Broker:
+    """A fresh queue holding ``count`` numbered messages on one durable backend."""
+
+    def __init__(self, spec: dict[str, Any], count: int) -> None:
+        self.spec = spec
+        self.queue: str = spec["queue"]
+        self.dlq = self.queue + "-dlq"
+        self.backend: MessagingBackend = open_backend(spec)
+        declare_work_queue(self.backend, spec)
+        handle = self.backend.get_queue(self.queue)
+        messages = [Message.create(json.dumps({"n": i}), "json", 1) for i in range(count)]
+        for start in range(0, count, 10):
+            self.backend.publish_batch_to_queue(messages[start : start + 10], handle)
+
+    def depth(self, queue: str | None = None) -> int:
+        return queue_depth(self.backend, queue or self.queue, self.spec)
+
+    def close(self) -> None:
+        delete_work_queue(self.backend, self.spec)
+        self.backend.close_connection()
 
 
-def setup_queue(kind: str, tmp_path: Path, count: int, visibility: float = 2.0) -> tuple:
-    spec = durable_spec(kind, tmp_path, visibility_timeout=visibility)
-    backend = open_backend(spec)
-    backend.declare_queue(QUEUE, dead_letter_queue_name=f"{QUEUE}-dlq")
-    publish_numbered(backend, count)
-    return spec, backend
+@pytest.fixture
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Opens a :class:`Broker` on the test's backend (``kind`` parameter)."""
+    made: list[Broker] = []
+
+    def make(count: int, visibility: float = 2.0) -> Broker:
+        kind = request.node.callspec.params["kind"]
+        endpoint = request.getfixturevalue("sqs_endpoint") if kind == "sqs" else None
+        made.append(Broker(durable_spec(kind, tmp_path, visibility, endpoint), count))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.close()
 
 
 def completed(journal: Path) -> int:
     return sum(Journal.read(journal).ends.values())
 
 
-@pytest.mark.parametrize("kind", DURABLE_BACKENDS)
+def all_done(journal: Path, count: int, broker: Broker) -> Callable[[], bool]:
+    """Every message processed; and acknowledged, where the queue's depth counts messages in
+    flight (on RabbitMQ that is checked once the consumers are gone)."""
+
+    def check() -> bool:
+        if set(Journal.read(journal).ends) != set(range(count)):
+            return False
+        return broker.spec["kind"] == "rabbitmq" or broker.depth() == 0
+
+    return check
+
+
+@pytest.mark.parametrize("kind", SHARED_BACKENDS)
 def test_sigkilled_consumer_loses_nothing_and_repeats_at_most_its_batch(
-    kind: str, tmp_path: Path
+    kind: str, broker: Callable[..., Broker], tmp_path: Path
 ) -> None:
     count, batch = 300, 10
-    spec, backend = setup_queue(kind, tmp_path, count)
+    work = broker(count)
     journal = tmp_path / "journal"
     config = {
-        "backend": spec,
-        "queue": QUEUE,
+        "backend": work.spec,
+        "queue": work.queue,
         "journal": str(journal),
         "delay": 0.005,
         "max_messages": batch,
@@ -68,19 +114,12 @@ def test_sigkilled_consumer_loses_nothing_and_repeats_at_most_its_batch(
     first = spawn_worker(config)
     second = None
     try:
-        wait_for(lambda: completed(journal) >= count // 3, 60, "the first consumer to progress")
+        wait_for(lambda: completed(journal) >= count // 3 + 5, 60, "the first consumer to progress")
         first.send_signal(signal.SIGKILL)
         first.wait(30)
         at_kill = Journal.read(journal)
         second = spawn_worker(config)
-        wait_for(
-            lambda: (
-                set(Journal.read(journal).ends) == set(range(count))
-                and queue_depth(backend, QUEUE) == 0
-            ),
-            90,
-            "every message to be processed and acknowledged",
-        )
+        wait_for(all_done(journal, count, work), 90, "every message to be processed")
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
     finally:
@@ -98,23 +137,24 @@ def test_sigkilled_consumer_loses_nothing_and_repeats_at_most_its_batch(
     # Only messages the killed process had finished can run again.
     assert repeated <= set(at_kill.ends)
     assert max(final.ends.values()) <= 2
-    assert queue_depth(backend, f"{QUEUE}-dlq") == 0
+    assert work.depth() == 0
+    assert work.depth(work.dlq) == 0
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("kind", DURABLE_BACKENDS)
+@pytest.mark.parametrize("kind", SHARED_BACKENDS)
 def test_sigkilled_consumer_with_deduplication_repeats_nothing_marked_done(
-    kind: str, tmp_path: Path
+    kind: str, broker: Callable[..., Broker], tmp_path: Path
 ) -> None:
     import redis
 
     count = 300
-    spec, backend = setup_queue(kind, tmp_path, count)
+    work = broker(count)
     journal = tmp_path / "journal"
     with redis_keys() as prefix:
         config = {
-            "backend": spec,
-            "queue": QUEUE,
+            "backend": work.spec,
+            "queue": work.queue,
             "journal": str(journal),
             "delay": 0.005,
             "max_messages": 10,
@@ -124,7 +164,7 @@ def test_sigkilled_consumer_with_deduplication_repeats_nothing_marked_done(
         first = spawn_worker(config)
         second = None
         try:
-            wait_for(lambda: completed(journal) >= count // 3, 60, "the first consumer")
+            wait_for(lambda: completed(journal) >= count // 3 + 5, 60, "the first consumer")
             first.send_signal(signal.SIGKILL)
             first.wait(30)
             at_kill = Journal.read(journal)
@@ -136,14 +176,7 @@ def test_sigkilled_consumer_with_deduplication_repeats_nothing_marked_done(
             }
             client.close()
             second = spawn_worker(config)
-            wait_for(
-                lambda: (
-                    set(Journal.read(journal).ends) == set(range(count))
-                    and queue_depth(backend, QUEUE) == 0
-                ),
-                90,
-                "every message to be processed and acknowledged",
-            )
+            wait_for(all_done(journal, count, work), 90, "every message to be processed")
             second.send_signal(signal.SIGTERM)
             assert second.wait(30) == 0
         finally:
@@ -163,20 +196,21 @@ def test_sigkilled_consumer_with_deduplication_repeats_nothing_marked_done(
     # At most the message caught between its handler's end and its done mark.
     assert repeated <= ended_not_done
     assert len(ended_not_done) <= 1
-    assert queue_depth(backend, f"{QUEUE}-dlq") == 0
+    assert work.depth() == 0
+    assert work.depth(work.dlq) == 0
 
 
 @pytest.mark.parametrize("workers", [1, 4])
-@pytest.mark.parametrize("kind", DURABLE_BACKENDS)
+@pytest.mark.parametrize("kind", SHARED_BACKENDS)
 def test_sigterm_stops_within_seconds_with_exit_0_and_nothing_lost_or_repeated(
-    kind: str, workers: int, tmp_path: Path
+    kind: str, workers: int, broker: Callable[..., Broker], tmp_path: Path
 ) -> None:
     count = 200
-    spec, backend = setup_queue(kind, tmp_path, count, visibility=30.0)
+    work = broker(count, visibility=30.0)
     journal = tmp_path / "journal"
     config = {
-        "backend": spec,
-        "queue": QUEUE,
+        "backend": work.spec,
+        "queue": work.queue,
         "journal": str(journal),
         "delay": 0.01,
         "workers": workers,
@@ -189,19 +223,12 @@ def test_sigterm_stops_within_seconds_with_exit_0_and_nothing_lost_or_repeated(
         first.send_signal(signal.SIGTERM)
         code = first.wait(30)
         took = time.monotonic() - asked
-        left = queue_depth(backend, QUEUE)
+        left = work.depth()
         at_stop = Journal.read(journal)
         # Everything the first process did not finish is visible again at once: a visibility
         # timeout of 30 s would otherwise hold it past the deadline below.
         second = spawn_worker(config)
-        wait_for(
-            lambda: (
-                set(Journal.read(journal).ends) == set(range(count))
-                and queue_depth(backend, QUEUE) == 0
-            ),
-            20,
-            "the second consumer to process the rest",
-        )
+        wait_for(all_done(journal, count, work), 20, "the second consumer to process the rest")
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
     finally:
@@ -219,18 +246,19 @@ def test_sigterm_stops_within_seconds_with_exit_0_and_nothing_lost_or_repeated(
     assert at_stop.starts == at_stop.ends  # every handler in hand was finished
     assert left == count - sum(at_stop.ends.values())  # settled: acked or given back
     assert final.ends == {n: 1 for n in range(count)}
+    assert work.depth() == 0
 
 
 @pytest.mark.parametrize("workers", [1, 4])
-@pytest.mark.parametrize("kind", DURABLE_BACKENDS)
+@pytest.mark.parametrize("kind", SHARED_BACKENDS)
 def test_a_second_signal_stops_a_consumer_stuck_in_a_handler_at_once(
-    kind: str, workers: int, tmp_path: Path
+    kind: str, workers: int, broker: Callable[..., Broker], tmp_path: Path
 ) -> None:
-    spec, _ = setup_queue(kind, tmp_path, 20, visibility=30.0)
+    work = broker(20, visibility=30.0)
     journal = tmp_path / "journal"
     config = {
-        "backend": spec,
-        "queue": QUEUE,
+        "backend": work.spec,
+        "queue": work.queue,
         "journal": str(journal),
         "block_on": 0,
         "workers": workers,
@@ -240,7 +268,7 @@ def test_a_second_signal_stops_a_consumer_stuck_in_a_handler_at_once(
         wait_for(lambda: Journal.read(journal).starts[0] == 1, 60, "the stuck handler to start")
         process.send_signal(signal.SIGTERM)
         # The first signal waits for the handler in hand, which never returns.
-        with pytest.raises(Exception, match="timed out"):
+        with pytest.raises(subprocess.TimeoutExpired):
             process.wait(1.0)
         asked = time.monotonic()
         process.send_signal(signal.SIGTERM)
