@@ -278,3 +278,7 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     memory = (site / "backends" / "memory" / "index.html").read_text(encoding="utf-8")
     assert "native_dead_letter" in memory
     assert "<!-- capabilities" not in memory
+    # Roles in docstrings became links to the objects they name.
+    reference = (site / "reference" / "backends" / "index.html").read_text(encoding="utf-8")
+    assert ":class:`" not in reference
+    assert 'href="../exceptions/#melange.exceptions.QueueNotFoundError"' in reference
