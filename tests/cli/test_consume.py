@@ -73,11 +73,15 @@ def consumed(workdir: Path) -> list[object]:
 
 
 @pytest.mark.parametrize(
-    ("target", "workers"),
-    [("service:make", "1"), ("service:consumer", "3"), ("service:make_consumer", "1")],
+    ("target", "workers", "stop_signal"),
+    [
+        ("service:make", "1", signal.SIGTERM),
+        ("service:consumer", "3", signal.SIGTERM),
+        ("service:make_consumer", "1", signal.SIGINT),
+    ],
 )
-def test_consumes_until_sigterm_then_exits_cleanly_with_its_counts(
-    workdir: Path, target: str, workers: str
+def test_consumes_until_signalled_then_exits_cleanly_with_its_counts(
+    workdir: Path, target: str, workers: str, stop_signal: signal.Signals
 ) -> None:
     process = subprocess.Popen(
         melange_command(
@@ -98,7 +102,7 @@ def test_consumes_until_sigterm_then_exits_cleanly_with_its_counts(
     )
     try:
         wait_for(lambda: len(consumed(workdir)) == 5)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         _, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
