@@ -123,6 +123,16 @@ def test_module_that_does_not_import_names_the_module_and_where_it_looked(
     assert_one_line_error(result, "cannot import module 'servce'", str(workdir))
 
 
+def test_module_whose_own_import_fails_is_told_apart_from_a_missing_module(
+    workdir: Path,
+) -> None:
+    (workdir / "needs_lib.py").write_text("import lib_that_is_not_installed\n")
+    result = run_melange("consume", "needs_lib:make", "--queue", "jobs", cwd=workdir)
+    assert_one_line_error(
+        result, "importing module 'needs_lib' failed", "'lib_that_is_not_installed'"
+    )
+
+
 def test_missing_attribute_names_the_module_file(workdir: Path) -> None:
     result = run_melange("consume", "service:maker", "--queue", "jobs", cwd=workdir)
     assert_one_line_error(result, "has no attribute 'maker'", "service.py")

@@ -122,10 +122,14 @@ def import_attribute(spec: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise CommandError(
-            f"cannot import module {module_name!r}: {exc} (searched the current directory "
-            f"{os.getcwd()} and the installed packages)"
-        ) from exc
+        missing = getattr(exc, "name", None)
+        if missing is not None and module_name.startswith(missing):
+            raise CommandError(
+                f"cannot import module {module_name!r}: {exc} (searched the current directory "
+                f"{os.getcwd()} and the installed packages)"
+            ) from exc
+        # The module was found, but something it imports was not.
+        raise CommandError(f"importing module {module_name!r} failed: {exc}") from exc
     except Exception as exc:
         raise CommandError(
             f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
