@@ -123,7 +123,7 @@ def import_attribute(spec: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         missing = getattr(exc, "name", None)
-        if missing is not None and module_name.startswith(missing):
+        if missing is not None and (module_name + ".").startswith(missing + "."):
             raise CommandError(
                 f"cannot import module {module_name!r}: {exc} (searched the current directory "
                 f"{os.getcwd()} and the installed packages)"
