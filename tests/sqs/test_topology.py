@@ -90,6 +90,13 @@ def test_dead_letter_queue_gets_a_redrive_policy_with_default_and_custom_counts(
     assert json.loads(queue_attributes(sqs, second)["RedrivePolicy"])["maxReceiveCount"] == 7
 
 
+def test_max_receive_count_without_dead_letter_queue_is_refused(
+    aws_backend: AWSBackend, names: Any
+) -> None:
+    with pytest.raises(ConfigurationError, match="dead_letter_queue_name"):
+        MessagingBackendFactory(aws_backend).init_queue(names.queue(), max_receive_count=3)
+
+
 def test_fifo_queue_gets_a_fifo_dead_letter_queue_and_content_based_dedup(
     aws_backend: AWSBackend, sqs: Any, names: Any
 ) -> None:

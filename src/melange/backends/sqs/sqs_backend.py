@@ -420,6 +420,11 @@ class AWSBackend(MessagingBackend):
             raise ConfigurationError(
                 f"max_receive_count must be between 1 and 1000, got {max_receive_count}"
             )
+        if "max_receive_count" in kwargs and dead_letter_queue_name is None:
+            raise ConfigurationError(
+                f"max_receive_count applies only to a queue with a dead-letter queue; pass "
+                f"dead_letter_queue_name=... for {queue_name!r} or drop max_receive_count"
+            )
         for topic in topics_to_bind:
             if fifo and not _is_fifo(topic.name):
                 raise ConfigurationError(
