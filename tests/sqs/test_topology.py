@@ -316,6 +316,18 @@ def test_local_backend_builds_endpoints_from_host_and_port(sqs_endpoint: Any, na
         backend.close_connection()
 
 
+def test_handles_expose_url_and_arn_like_720_boto3_objects(
+    aws_backend: AWSBackend, sqs: Any, names: Any
+) -> None:
+    topic, queue = names.topic(), names.queue()
+    MessagingBackendFactory(aws_backend).init_queue(queue, topic)
+    url = aws_backend.get_queue(queue).unwrapped_obj
+    arn = aws_backend.get_topic(topic).unwrapped_obj
+    assert url.url == url == sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    assert arn.arn == arn
+    assert arn.endswith(":" + topic)
+
+
 def test_backend_options_keep_their_720_names_and_defaults(
     make_aws_backend: Callable[..., AWSBackend],
 ) -> None:

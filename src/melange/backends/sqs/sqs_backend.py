@@ -110,6 +110,34 @@ class SQSReceipt:
     attributes: Mapping[str, wire.AttributeValue]
 
 
+class QueueUrl(str):
+    """A queue's URL: the ``unwrapped_obj`` of an SQS :class:`QueueWrapper`.
+
+    A plain string that also answers ``.url``, as the boto3 queue objects of 7.2.0 did.
+    """
+
+    __slots__ = ()
+
+    @property
+    def url(self) -> str:
+        """The queue URL."""
+        return str(self)
+
+
+class TopicArn(str):
+    """A topic's ARN: the ``unwrapped_obj`` of an SNS :class:`TopicWrapper`.
+
+    A plain string that also answers ``.arn``, as the boto3 topic objects of 7.2.0 did.
+    """
+
+    __slots__ = ()
+
+    @property
+    def arn(self) -> str:
+        """The topic ARN."""
+        return str(self)
+
+
 def _code(exc: botocore.exceptions.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -305,7 +333,7 @@ class AWSBackend(MessagingBackend):
         arn = str(response["TopicArn"])
         with self._lock:
             self._topic_arns[topic_name] = arn
-        return TopicWrapper(arn, topic_name)
+        return TopicWrapper(TopicArn(arn), topic_name)
 
     def get_topic(self, topic_name: str) -> TopicWrapper:
         """The existing topic (its ARN looked up once, then cached); never creates it.
@@ -318,7 +346,7 @@ class AWSBackend(MessagingBackend):
             arn = self._find_topic_arn(topic_name)
         if arn is None:
             raise TopicNotFoundError(topic_name)
-        return TopicWrapper(arn, topic_name)
+        return TopicWrapper(TopicArn(arn), topic_name)
 
     def _find_topic_arn(self, topic_name: str) -> str | None:
         found: dict[str, str] = {}
@@ -356,7 +384,7 @@ class AWSBackend(MessagingBackend):
             url = self._queue_urls.get(queue_name)
         if url is None:
             url = self._lookup_queue_url(queue_name)
-        return QueueWrapper(url, queue_name)
+        return QueueWrapper(QueueUrl(url), queue_name)
 
     def _lookup_queue_url(self, queue_name: str, owner: str | None = None) -> str:
         with self._errors(f"looking up queue {queue_name!r}"):
@@ -444,7 +472,7 @@ class AWSBackend(MessagingBackend):
             attributes["RedrivePolicy"] = json.dumps(
                 {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
             )
-            dead_letter = QueueWrapper(dlq_url, dead_letter_queue_name)
+            dead_letter = QueueWrapper(QueueUrl(dlq_url), dead_letter_queue_name)
         url = self._create_queue(queue_name, attributes)
         with self._lock:
             if dead_letter is not None:
@@ -467,7 +495,7 @@ class AWSBackend(MessagingBackend):
                 )
             for topic in topics_to_bind:
                 self._subscribe(topic, queue_arn, subscription_attributes)
-        return QueueWrapper(url, queue_name), dead_letter
+        return QueueWrapper(QueueUrl(url), queue_name), dead_letter
 
     def _queue_attributes(self, queue_name: str, options: Mapping[str, Any]) -> dict[str, str]:
         attributes: dict[str, str] = {}
@@ -1047,4 +1075,11 @@ class AWSBackend(MessagingBackend):
         self._sns.close()
 
 
-__all__ = ["DEFAULT_MAX_RECEIVE_COUNT", "QUEUE_ATTRIBUTE_OPTIONS", "AWSBackend", "SQSReceipt"]
+__all__ = [
+    "DEFAULT_MAX_RECEIVE_COUNT",
+    "QUEUE_ATTRIBUTE_OPTIONS",
+    "AWSBackend",
+    "QueueUrl",
+    "SQSReceipt",
+    "TopicArn",
+]
