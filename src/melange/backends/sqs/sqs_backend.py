@@ -14,6 +14,7 @@ being stopped returns after at most one long poll (``wait_time_seconds``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -136,6 +137,20 @@ class TopicArn(str):
     def arn(self) -> str:
         """The topic ARN."""
         return str(self)
+
+
+def _source_arn(statement: Mapping[str, Any]) -> str | None:
+    """The topic ARN a policy statement lets send to the queue, if it is that kind."""
+    condition = statement.get("Condition")
+    if not isinstance(condition, Mapping):
+        return None
+    for operator in ("ArnEquals", "ArnLike", "StringEquals"):
+        clause = condition.get(operator)
+        if isinstance(clause, Mapping):
+            value = clause.get("aws:SourceArn") or clause.get("aws:sourceArn")
+            if isinstance(value, str):
+                return value
+    return None
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:
@@ -539,45 +554,58 @@ class AWSBackend(MessagingBackend):
     def _allow_topics(
         self, url: str, queue_name: str, queue_arn: str, topics: Sequence[TopicWrapper]
     ) -> None:
-        """Add a statement letting each topic send to the queue; keep every other statement."""
+        """Add a statement letting each topic send to the queue; keep every other statement.
+
+        SQS has no conditional update, so after writing, the policy is read again to check
+        that a concurrent declaration did not overwrite the new statements (up to 3 tries).
+        """
         action = f"updating the access policy of queue {queue_name!r}"
+        topic_arns = [self._topic_arn(topic) for topic in topics]
+        for _ in range(3):
+            policy = self._read_policy(url, action)
+            statements = policy["Statement"]
+            allowed = {
+                _source_arn(s)
+                for s in statements
+                if isinstance(s, dict) and s.get("Effect") == "Allow"
+            }
+            missing = [arn for arn in topic_arns if arn not in allowed]
+            if not missing:
+                return
+            for topic_arn in missing:
+                statements.append(
+                    {
+                        # Alphanumeric and unique per topic ARN.
+                        "Sid": "MelangeSns" + hashlib.sha256(topic_arn.encode()).hexdigest()[:20],
+                        "Effect": "Allow",
+                        "Principal": {"Service": "sns.amazonaws.com"},
+                        "Action": "sqs:SendMessage",
+                        "Resource": queue_arn,
+                        "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                    }
+                )
+            with self._errors(action):
+                self._sqs.set_queue_attributes(
+                    QueueUrl=url, Attributes={"Policy": json.dumps(policy)}
+                )
+        raise BackendError(
+            f"{action} failed: the policy kept changing under concurrent updates; declare again"
+        )
+
+    def _read_policy(self, url: str, action: str) -> dict[str, Any]:
         with self._errors(action):
             current = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
         text = current.get("Attributes", {}).get("Policy")
         try:
-            policy: dict[str, Any] = json.loads(text) if text else {}
+            policy: object = json.loads(text) if text else {}
         except ValueError as exc:
             raise BackendError(f"{action}: the current policy is not valid JSON") from exc
         if not isinstance(policy, dict):
             raise BackendError(f"{action}: the current policy is not a JSON object")
         statements = policy.get("Statement", [])
-        if isinstance(statements, dict):
-            statements = [statements]
-        sids = {s.get("Sid") for s in statements if isinstance(s, dict)}
-        added = False
-        for topic in topics:
-            topic_arn = self._topic_arn(topic)
-            sid = "melange-sns-" + topic_arn.rsplit(":", 1)[-1].replace(".", "-")
-            if sid in sids:
-                continue
-            statements.append(
-                {
-                    "Sid": sid,
-                    "Effect": "Allow",
-                    "Principal": {"Service": "sns.amazonaws.com"},
-                    "Action": "sqs:SendMessage",
-                    "Resource": queue_arn,
-                    "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
-                }
-            )
-            sids.add(sid)
-            added = True
-        if not added:
-            return
+        policy["Statement"] = [statements] if isinstance(statements, dict) else list(statements)
         policy.setdefault("Version", "2012-10-17")
-        policy["Statement"] = statements
-        with self._errors(action):
-            self._sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+        return policy
 
     def _subscribe(self, topic: TopicWrapper, queue_arn: str, attributes: dict[str, str]) -> None:
         topic_arn = self._topic_arn(topic)
