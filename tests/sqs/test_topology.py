@@ -172,6 +172,27 @@ def test_subscribing_adds_policy_statements_and_keeps_foreign_ones(
     assert all(s["Principal"] == {"Service": "sns.amazonaws.com"} for s in statements[1:])
 
 
+def test_an_existing_statement_for_the_topic_is_not_duplicated(
+    aws_backend: AWSBackend, sqs: Any, names: Any
+) -> None:
+    name, topic = names.queue(), names.topic()
+    factory = MessagingBackendFactory(aws_backend)
+    topic_arn = factory.init_topic(topic).unwrapped_obj
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    existing = {
+        "Sid": "written-elsewhere",
+        "Effect": "Allow",
+        "Principal": "*",
+        "Action": "SQS:SendMessage",
+        "Resource": queue_attributes(sqs, name)["QueueArn"],
+        "Condition": {"ArnLike": {"aws:SourceArn": topic_arn}},
+    }
+    policy = {"Version": "2012-10-17", "Statement": [existing]}
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+    factory.init_queue(name, topic)
+    assert json.loads(queue_attributes(sqs, name)["Policy"])["Statement"] == [existing]
+
+
 def test_filter_events_sets_the_subscription_filter_policy(
     aws_backend: AWSBackend, sns: Any, names: Any
 ) -> None:
