@@ -8,6 +8,8 @@ facts cannot drift from the code:
   capability, explained with the descriptor's own docstring.
 - ``<!-- capabilities-matrix -->`` becomes one table comparing every backend listed in
   :data:`BACKENDS` whose module can be imported.
+- ``<!-- signature: package.module:ClassName -->`` becomes the class's constructor signature
+  with its defaults, as a code block.
 - ``<!-- benchmark-results -->`` becomes the contents of ``docs/benchmarks/results.md`` and
   the chart ``docs/benchmarks/chart.png``, when the benchmark harness has written them.
 
@@ -40,6 +42,7 @@ BACKENDS = [
 _CAPABILITIES = re.compile(r"<!--\s*capabilities:\s*([\w.]+):(\w+)\s*-->")
 _MATRIX = re.compile(r"<!--\s*capabilities-matrix\s*-->")
 _BENCHMARKS = re.compile(r"<!--\s*benchmark-results\s*-->")
+_SIGNATURE = re.compile(r"<!--\s*signature:\s*([\w.]+):(\w+)\s*-->")
 
 
 def _field_descriptions() -> dict[str, str]:
@@ -169,6 +172,34 @@ def capability_matrix() -> str:
     return table
 
 
+class _Named:
+    """A default shown by its dotted name (``time.monotonic``) rather than its ``repr``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name.lstrip(".")
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def signature(cls: type[Any]) -> str:
+    """The constructor call of ``cls`` with every parameter and default, without annotations."""
+    params = []
+    for param in inspect.signature(cls).parameters.values():
+        default = param.default
+        if default is not param.empty and callable(default) and hasattr(default, "__name__"):
+            default = _Named(f"{getattr(default, '__module__', None) or ''}.{default.__name__}")
+        params.append(param.replace(annotation=inspect.Parameter.empty, default=default))
+    text = str(inspect.Signature(params))
+    one_line = f"{cls.__name__}{text}"
+    if len(one_line) <= 90:
+        return f"```python\n{one_line}\n```"
+    # One parameter per line once the call is too long to read on one.
+    inner = text[1:-1].split(", ")
+    lines = [f"{cls.__name__}("] + [f"    {part}," for part in inner] + [")"]
+    return "```python\n" + "\n".join(lines) + "\n```"
+
+
 def benchmark_results(docs_dir: Path) -> str:
     """The benchmark harness's results page and chart, or a note saying how to produce them."""
     results = docs_dir / "benchmarks" / "results.md"
@@ -203,7 +234,16 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             raise PluginError(f"{page.file.src_path}: cannot import {target}: {exc}") from exc
         return capability_table(capabilities_of(cls))
 
+    def call(match: re.Match[str]) -> str:
+        target = f"{match.group(1)}:{match.group(2)}"
+        try:
+            cls = _load(target)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"{page.file.src_path}: cannot import {target}: {exc}") from exc
+        return signature(cls)
+
     markdown = _CAPABILITIES.sub(one, markdown)
+    markdown = _SIGNATURE.sub(call, markdown)
     markdown = _MATRIX.sub(lambda _: capability_matrix(), markdown)
     markdown = _BENCHMARKS.sub(lambda _: benchmark_results(Path(config["docs_dir"])), markdown)
     return markdown

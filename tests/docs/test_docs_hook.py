@@ -90,3 +90,15 @@ def test_benchmark_results_are_included_when_the_harness_wrote_them(tmp_path: Pa
     assert "](benchmarks/chart.png)" in text
     assert "| a |" in text
     assert "# Benchmark results" not in text  # the page has its own title
+
+
+def test_a_signature_marker_shows_the_constructor_with_its_defaults() -> None:
+    text = hook.on_page_markdown(
+        "<!-- signature: melange.backends.memory:InMemoryMessagingBackend -->",
+        _Page(),
+        {"docs_dir": "."},
+        None,
+    )
+    assert text.startswith("```python\nInMemoryMessagingBackend(")
+    assert "visibility_timeout=30.0," in text
+    assert "clock=time.monotonic," in text
