@@ -15,6 +15,22 @@ from melange.consumers import Consumer
 from melange.message_dispatcher import MessageDispatcher
 from melange.publishers import QueuePublisher
 from melange.serializers.json import JsonSerializer
+from melange.testing.conformance import receive
+
+
+def test_the_backend_visibility_timeout_is_requested_on_every_receive(
+    make_aws_backend: Callable[..., AWSBackend], names: Any
+) -> None:
+    # The queue hides received messages for 30 s; the backend asks for 1 s, as 7.2.0 did.
+    backend = make_aws_backend(visibility_timeout=1, wait_time_seconds=1)
+    name = names.queue()
+    MessagingBackendFactory(backend).init_queue(name, visibility_timeout=30)
+    QueuePublisher(JsonSerializer(), backend).publish(name, {"n": 1})
+    [first] = receive(backend, backend.get_queue(name), 1)
+    [again] = receive(backend, backend.get_queue(name), 1, timeout=10)
+    assert again.message_id == first.message_id
+    assert again.attempt == 2
+    backend.acknowledge(again)
 
 
 def test_heartbeat_keeps_a_slow_message_from_being_delivered_twice(
