@@ -18,7 +18,5 @@ class TestAWSBackendConformance(BackendConformance):
         return make_aws_backend(visibility_timeout=None, wait_time_seconds=1)
 
     @pytest.fixture
-    def make_backend(
-        self, make_aws_backend: Callable[..., AWSBackend]
-    ) -> Callable[[], AWSBackend]:
+    def make_backend(self, make_aws_backend: Callable[..., AWSBackend]) -> Callable[[], AWSBackend]:
         return lambda: make_aws_backend(visibility_timeout=None, wait_time_seconds=1)
