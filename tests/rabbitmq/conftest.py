@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from melange.backends.rabbitmq import RabbitMQBackend
+from melange.testing.conformance import Topology
 
 
 def _root_conftest() -> ModuleType:
@@ -61,3 +64,60 @@ def make_rabbit(
 @pytest.fixture
 def rabbit(make_rabbit: Callable[..., RabbitMQBackend]) -> RabbitMQBackend:
     return make_rabbit()
+
+
+def close_connections_named(name: str) -> int:
+    """Force-close, on the broker, every connection whose client named it ``name``.
+
+    The same as ``rabbitmqctl close_all_connections`` for this test's connections only, so
+    tests running at the same time against the same broker keep theirs. Returns how many
+    connections were closed.
+    """
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        pytest.fail("rabbitmqctl is needed to close connections on the broker")
+    listed = subprocess.run(
+        [
+            rabbitmqctl,
+            "list_connections",
+            "--quiet",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    pids = [
+        line.split("\t", 1)[0]
+        for line in listed.stdout.splitlines()
+        if f'{{"connection_name","{name}"}}' in line
+    ]
+    # In parallel, so that every connection is cut at about the same moment.
+    closers = [
+        subprocess.Popen(
+            [rabbitmqctl, "close_connection", pid, "test: simulated broker failure"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+    for closer in closers:
+        assert closer.wait(timeout=60) == 0, "rabbitmqctl close_connection failed"
+    return len(pids)
+
+
+@pytest.fixture
+def kill_connections(connection_name: str) -> Callable[[], int]:
+    """Closes this test's connections on the broker (see :func:`close_connections_named`)."""
+    return lambda: close_connections_named(connection_name)
+
+
+@pytest.fixture
+def topology(rabbit: RabbitMQBackend) -> Iterator[Topology]:
+    """Unique queues and topics on the broker, deleted after the test."""
+    topo = Topology(rabbit)
+    yield topo
+    topo.cleanup()

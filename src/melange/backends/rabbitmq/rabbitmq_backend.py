@@ -205,7 +205,7 @@ class _Session:
 
             def on_select_ok(_frame: Any) -> None:
                 selected.append(True)
-                self.connection.add_callback_threadsafe(_noop)
+                _wake(self.connection)
 
             impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=on_select_ok)
             deadline = time.monotonic() + self.backend._operation_timeout
@@ -218,7 +218,7 @@ class _Session:
 
     def _on_publisher_closed(self, _channel: Any, reason: BaseException) -> None:
         self.publisher_closed = reason
-        self.connection.add_callback_threadsafe(_noop)
+        _wake(self.connection)
 
     def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
         reason = f"{method.reply_code} {method.reply_text}"
@@ -247,7 +247,7 @@ class _Session:
         if self.waiting_for and self.waiting_for.isdisjoint(self.unconfirmed):
             self.waiting_for = set()
             # Make process_data_events return now rather than at its time limit.
-            self.connection.add_callback_threadsafe(_noop)
+            _wake(self.connection)
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -941,6 +941,13 @@ class RabbitMQBackend(MessagingBackend):
 
 def _noop() -> None:
     """Wakes the I/O thread out of ``process_data_events``."""
+
+
+def _wake(connection: Any) -> None:
+    """Make the running ``process_data_events`` return (unless the connection is closing)."""
+    if connection.is_open:
+        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+            connection.add_callback_threadsafe(_noop)
 
 
 def _ack(session: _Session, receipt: RabbitMQReceipt) -> None:
