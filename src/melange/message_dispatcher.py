@@ -259,7 +259,19 @@ class MessageDispatcher:
                 break  # a receive now would only count a delivery against each message
             messages, failures = self._receive(queue, kwargs, failures)
             if messages:
-                self._dispatch_batch(messages, queue)
+                try:
+                    self._dispatch_batch(messages, queue)
+                except Exception as exc:
+                    # A broker error while settling (a failed batched delete, say): the
+                    # unsettled messages come back by themselves, so keep consuming.
+                    logger.error(
+                        "settling messages from %s failed: %s",
+                        queue.name,
+                        exc,
+                        exc_info=True,
+                        extra={"queue": queue.name},
+                    )
+                    self._notify(exc)
             if after_consume is not None:
                 after_consume()
 
