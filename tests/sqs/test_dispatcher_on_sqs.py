@@ -7,8 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.sqs.sqs_backend import AWSBackend
 from melange.consumers import Consumer
@@ -80,11 +78,6 @@ def test_stop_returns_within_one_long_poll(
     assert time.monotonic() - stopped < 2 + 1.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MessageDispatcher._loop_serial lets an exception from acknowledge_batch end "
-    "consume_loop; remove this marker once the dispatcher catches it",
-)
 def test_a_failed_acknowledgement_does_not_end_the_consume_loop(
     make_aws_backend: Callable[..., AWSBackend], sqs: Any, names: Any
 ) -> None:
