@@ -716,6 +716,10 @@ class AWSBackend(MessagingBackend):
         ``delay_seconds=`` holds it back on standard queues. Raises ``MessageTooLargeError``
         over 256 KiB and ``ConfigurationError`` for a FIFO queue without a group id, both
         before any request.
+
+        On a FIFO queue, a message without ``deduplication_id`` is deduplicated by content,
+        as in 7.2.0: SQS drops a body equal to one accepted in the previous five minutes.
+        Give each message a ``message_deduplication_id`` to publish equal bodies.
         """
         entry = self._queue_entry(message, queue)
         delay = kwargs.get("delay_seconds")
