@@ -373,3 +373,20 @@ def test_redeclaring_without_filter_events_lets_every_message_through_again(
     [got] = receive(aws_backend, aws_backend.get_queue(queue), 1)
     assert got.manifest == "OrderCancelled"
     aws_backend.acknowledge(got)
+
+
+def test_fifo_queue_deduplicates_equal_bodies_unless_given_dedup_ids(
+    aws_backend: AWSBackend, names: Any
+) -> None:
+    name = names.queue(fifo=True)
+    MessagingBackendFactory(aws_backend).init_queue(name)
+    queue = aws_backend.get_queue(name)
+    for dedup in (None, None, "first", "second"):
+        message = Message.create('{"same": true}', "json", 1)
+        message.group_id = "g"
+        message.deduplication_id = dedup
+        aws_backend.publish_to_queue(message, queue)
+    got = receive(aws_backend, queue, 3)
+    assert [m.deduplication_id for m in got][1:] == ["first", "second"]
+    aws_backend.acknowledge_batch(got)
+    assert aws_backend.retrieve_messages(queue, wait_seconds=1) == []
