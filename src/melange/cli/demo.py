@@ -42,8 +42,9 @@ from melange.examples.common.serializer import DataclassSerializer
 from melange.message_dispatcher import MessageDispatcher
 from melange.publishers import QueuePublisher
 
-#: Seconds to wait for a service process to stop after SIGTERM before killing it.
-STOP_TIMEOUT = 10.0
+#: Seconds to wait for a service process to stop after SIGTERM before killing it. A service
+#: finishes its current receive first, which on SQS is a long poll of up to 20 seconds.
+STOP_TIMEOUT = 30.0
 
 _COLORS = {
     "demo": "white",
@@ -180,9 +181,17 @@ def _running(example: Example, backend_url: str, console: _Console) -> Iterator[
         for service in services:
             if service.process.poll() is None:
                 service.process.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        # Most services stop at once; say so when some take longer (a long poll in progress).
+        grace = time.monotonic() + 1.0
+        while time.monotonic() < grace and any(s.process.poll() is None for s in services):
+            time.sleep(0.05)
+        waiting = [s.name for s in services if s.process.poll() is None]
+        if waiting:
+            console.say(f"waiting for {', '.join(waiting)} to finish the receive in progress")
         for service in services:
             try:
-                service.process.wait(STOP_TIMEOUT)
+                service.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 service.process.kill()
                 service.process.wait()
