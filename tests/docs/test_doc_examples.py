@@ -193,6 +193,47 @@ def test_every_code_block_is_run_or_says_why_not() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_python_examples_are_formatted_and_use_what_they_import(tmp_path: Path) -> None:
+    # Each page's runnable blocks together, in order, as they run; every Python block alone
+    # for formatting. Redefinitions are allowed: later blocks re-import to stand alone.
+    for page in PAGES:
+        stem = re.sub(r"\W", "_", page.path.removesuffix(".md"))
+        code = "\n".join(block.code for block in page.blocks if block.is_python and block.runs)
+        if code:
+            (tmp_path / "pages").mkdir(exist_ok=True)
+            (tmp_path / "pages" / f"{stem}.py").write_text(code)
+        for block in page.blocks:
+            if block.is_python:
+                (tmp_path / "blocks").mkdir(exist_ok=True)
+                (tmp_path / "blocks" / f"{stem}_{block.line}.py").write_text(block.code)
+    ruff = [sys.executable, "-m", "ruff"]
+    checks = [
+        [
+            *ruff,
+            "check",
+            "--no-cache",
+            "--select",
+            "F",
+            "--ignore",
+            "F811",
+            str(tmp_path / "pages"),
+        ],
+        [
+            *ruff,
+            "format",
+            "--no-cache",
+            "--check",
+            "--diff",
+            "--line-length",
+            "100",
+            str(tmp_path / "blocks"),
+        ],
+    ]
+    for command in checks:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_documentation_has_examples_to_run() -> None:
     # Guards the extraction itself: a parser that found nothing would let every page pass.
     runnable = sum(1 for page in PAGES for block in page.blocks if block.runs)
