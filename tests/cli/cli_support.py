@@ -45,7 +45,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Poll ``condition`` until it holds, failing the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
