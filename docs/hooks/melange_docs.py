@@ -114,7 +114,7 @@ def capabilities_of(cls: type[Any]) -> BackendCapabilities:
 
 def _unconnected(cls: type[Any]) -> Any:
     """An instance of ``cls`` carrying its constructor defaults, without running ``__init__``."""
-    instance = cls.__new__(cls)
+    instance = object.__new__(cls)
     for param in inspect.signature(cls.__init__).parameters.values():
         if param.default is inspect.Parameter.empty or param.name == "self":
             continue
