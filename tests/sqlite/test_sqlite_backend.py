@@ -111,6 +111,22 @@ def test_unsettled_message_of_a_closed_backend_is_redelivered_after_its_lease(
     second.close_connection()
 
 
+def test_a_relative_path_keeps_naming_the_same_file_after_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    backend = SQLiteBackend("relative.db")
+    queue, _ = backend.declare_queue("q")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with backend._read():  # holds the only open connection: the publish opens another
+        backend.publish_to_queue(make_message('"x"'), queue)
+    assert backend.queue_depth("q") == 1
+    assert not (elsewhere / "relative.db").exists()
+    backend.close_connection()
+
+
 def test_database_runs_in_wal_mode_with_the_chosen_synchronous_setting(db: Path) -> None:
     backend = SQLiteBackend(db, synchronous="full")
     with backend._read() as conn:

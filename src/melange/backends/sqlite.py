@@ -230,8 +230,12 @@ class SQLiteBackend(MessagingBackend):
                 f"busy_timeout must be >= 0 and poll_interval > 0, got {busy_timeout!r} and "
                 f"{poll_interval!r}"
             )
+        #: The database file as given.
         self.path = os.fspath(path)
         self._memory = self.path == _MEMORY
+        # Connections opened later (one per concurrent thread) must reach the same file even
+        # if the process changes its working directory meanwhile.
+        self._target = self.path if self._memory else os.path.abspath(self.path)
         #: Default visibility timeout of new queues, in seconds (read by the heartbeat).
         self.visibility_timeout = float(visibility_timeout)
         self.synchronous = mode
@@ -244,7 +248,6 @@ class SQLiteBackend(MessagingBackend):
         self._pool_cond = threading.Condition()
         self._free: list[sqlite3.Connection] = []
         self._closed = False
-        # Wakes receivers of this process on publish and interrupt.
         # Wakes waiting receivers on publish: shared by every backend of this process on the
         # same file, so one instance's publish reaches another's receivers at once.
         self._doorbell = _Doorbell() if self._memory else _doorbell_for(self.path)
@@ -277,7 +280,7 @@ class SQLiteBackend(MessagingBackend):
 
     def _open(self, initialize: bool = False) -> sqlite3.Connection:
         if not self._memory:
-            directory = os.path.dirname(os.path.abspath(self.path))
+            directory = os.path.dirname(self._target)
             if not os.path.isdir(directory):
                 raise ConfigurationError(
                     f"cannot open SQLite database {self.path!r}: directory {directory!r} "
@@ -285,7 +288,7 @@ class SQLiteBackend(MessagingBackend):
                 )
         try:
             conn = sqlite3.connect(
-                self.path,
+                self._target,
                 timeout=self._busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
@@ -321,7 +324,7 @@ class SQLiteBackend(MessagingBackend):
 
     def _initialize(self, conn: sqlite3.Connection) -> None:
         if not self._memory:
-            if os.path.exists(self.path) and not os.access(self.path, os.W_OK):
+            if os.path.exists(self._target) and not os.access(self._target, os.W_OK):
                 raise sqlite3.OperationalError("readonly file")
             # Persistent in the file; every later connection uses WAL too.
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
