@@ -517,3 +517,32 @@ def test_dead_letter_exchange_is_shared_and_durable(
 ) -> None:
     topology.queue(dlq=True)
     raw_channel.exchange_declare(DEAD_LETTER_EXCHANGE, passive=True)
+
+
+def test_an_idle_consumer_hands_its_buffered_messages_to_other_consumers(
+    make_rabbit: Callable[..., RabbitMQBackend], topology: Topology
+) -> None:
+    queue = topology.queue()
+    first = make_rabbit(consumer_idle_timeout=1.0)
+    first.publish_batch_to_queue([make_message(str(i)) for i in range(3)], queue)
+    # One message handed out and settled; the other two only sit in first's buffer.
+    [taken] = receive(first, queue, 1, max_messages=1)
+    first.acknowledge(taken)
+    second = make_rabbit()
+    rest = receive(second, queue, 2, timeout=20)
+    assert sorted(m.content for m in rest) == sorted({"0", "1", "2"} - {taken.content})
+    second.acknowledge_batch(rest)
+
+
+def test_an_idle_consumer_keeps_messages_that_are_being_processed(
+    make_rabbit: Callable[..., RabbitMQBackend], topology: Topology
+) -> None:
+    queue = topology.queue()
+    first = make_rabbit(consumer_idle_timeout=0.5)
+    first.publish_to_queue(make_message('"in hand"'), queue)
+    [held] = receive(first, queue, 1)
+    time.sleep(2)  # several idle checks pass while the message is processed
+    first.acknowledge(held)
+    assert first._link.generation == 1
+    second = make_rabbit()
+    assert second.retrieve_messages(second.get_queue(queue.name), wait_seconds=1) == []

@@ -75,6 +75,8 @@ class ConnectionThread:
         reconnect_max_delay: Longest pause between reconnection attempts, in seconds.
         poll_interval: Longest time the thread stays in pika before checking for new
             operations without being woken; operations normally wake it at once.
+        on_idle: Called on the I/O thread with the session between rounds of I/O (at least
+            every ``poll_interval``), for housekeeping.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class ConnectionThread:
         *,
         reconnect_max_delay: float = 10.0,
         poll_interval: float = 1.0,
+        on_idle: Callable[[Any], None] | None = None,
         name: str = "melange-rabbitmq-io",
     ) -> None:
         self._parameters = parameters
@@ -94,6 +97,7 @@ class ConnectionThread:
         self.describe = describe
         self._reconnect_max_delay = reconnect_max_delay
         self._poll_interval = poll_interval
+        self._on_idle = on_idle
         self._ops: collections.deque[_Op[Any]] = collections.deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -245,6 +249,8 @@ class ConnectionThread:
     def _serve(self) -> None:
         while not self._closing.is_set():
             self._run_ops()
+            if self._on_idle is not None:
+                self._on_idle(self._session)
             if self._ops:
                 self.process(0)
             else:

@@ -302,9 +302,12 @@ class _Session:
     def subscribe(self, queue: str) -> _Consumer:
         """Start consuming ``queue`` on a new channel (raises if the queue is missing)."""
         old = self.consumers.pop(queue, None)
-        if old is not None and old.channel.is_open:
-            with contextlib.suppress(Exception):
-                old.channel.close()
+        if old is not None:
+            # Its messages go back to the queue with its channel: forget our copies.
+            self.backend._drop_buffered(old)
+            if old.channel.is_open:
+                with contextlib.suppress(Exception):
+                    old.channel.close()
         channel = self.connection.channel()
         channel.basic_qos(prefetch_count=self.backend._prefetch_count)
         consumer = _Consumer(queue, channel)
@@ -369,6 +372,10 @@ class RabbitMQBackend(MessagingBackend):
             queue, instead of dropping the message.
         operation_timeout: Longest time a call waits for the broker (for instance while
             reconnecting) before raising ``BackendConnectionError``.
+        consumer_idle_timeout: Seconds without a ``retrieve_messages`` call on a queue after
+            which this backend stops consuming it and gives the messages buffered for it back
+            to the broker (so another consumer gets them), provided none it handed out is
+            still unsettled. Consuming resumes with the next ``retrieve_messages``.
         reconnect_max_delay: Longest pause between reconnection attempts, in seconds.
         connection_name: Name shown for the connection in the broker's management tools.
         **parameters: Further ``pika.ConnectionParameters`` arguments (``ssl_options``, ...).
@@ -395,6 +402,7 @@ class RabbitMQBackend(MessagingBackend):
         publisher_confirms: bool = True,
         require_topic_subscribers: bool = False,
         operation_timeout: float = 30.0,
+        consumer_idle_timeout: float = 60.0,
         reconnect_max_delay: float = 10.0,
         connection_name: str | None = None,
         **parameters: Any,
@@ -422,6 +430,9 @@ class RabbitMQBackend(MessagingBackend):
         self._confirms = publisher_confirms
         self._require_subscribers = require_topic_subscribers
         self._operation_timeout = operation_timeout
+        self._idle_timeout = consumer_idle_timeout
+        self._last_retrieve: dict[str, float] = {}
+        self._next_idle_check = 0.0
         self._cond = threading.Condition()
         self._buffers: dict[str, deque[Message]] = {}
         self._wanted: set[str] = set()
@@ -440,6 +451,7 @@ class RabbitMQBackend(MessagingBackend):
             self._on_disconnect,
             self.describe,
             reconnect_max_delay=reconnect_max_delay,
+            on_idle=self._release_idle_consumers,
         )
         budget = connection_attempts * (socket_timeout * 2 + retry_delay) + 5.0
         self._link.start(timeout=budget)
@@ -511,8 +523,48 @@ class RabbitMQBackend(MessagingBackend):
             self._buffers.setdefault(consumer.queue, deque()).append(message)
             self._cond.notify_all()
 
+    def _drop_buffered(self, consumer: _Consumer) -> None:
+        with self._cond:
+            buffer = self._buffers.get(consumer.queue)
+            if buffer:
+                kept = [m for m in buffer if m.metadata.consumer is not consumer]
+                buffer.clear()
+                buffer.extend(kept)
+
+    def _release_idle_consumers(self, session: _Session) -> None:
+        """Stop consuming queues nobody retrieves from, handing their buffers back."""
+        now = time.monotonic()
+        if now < self._next_idle_check:
+            return
+        self._next_idle_check = now + min(1.0, self._idle_timeout / 2)
+        idle: list[str] = []
+        with self._cond:
+            for name, consumer in session.consumers.items():
+                if now - self._last_retrieve.get(name, now) < self._idle_timeout:
+                    continue
+                buffered = self._buffers.get(name) or deque()
+                # Only when every unsettled message is still in the buffer: closing the
+                # channel would also hand back messages that are being processed.
+                if len(consumer.unacked) != len(buffered):
+                    continue
+                buffered.clear()
+                self._wanted.discard(name)
+                idle.append(name)
+        for name in idle:
+            logger.debug("no longer consuming idle queue %s", name)
+            session.unsubscribe(name)
+
     def _call(self, fn: Any, timeout: float | None = None) -> Any:
-        return self._link.call(fn, self._operation_timeout if timeout is None else timeout)
+        try:
+            return self._link.call(fn, self._operation_timeout if timeout is None else timeout)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            # Refusals not handled where they happen (e.g. 403 ACCESS_REFUSED on a resource).
+            raise BackendError(
+                f"RabbitMQ at {self.describe} refused the operation: {exc.reply_code} "
+                f"{exc.reply_text}"
+            ) from None
+        except pika.exceptions.AMQPError as exc:
+            raise BackendError(f"RabbitMQ at {self.describe}: {type(exc).__name__}: {exc}") from exc
 
     # -- topology ---------------------------------------------------------------------------
 
@@ -766,6 +818,7 @@ class RabbitMQBackend(MessagingBackend):
         name = queue.name
         deadline = time.monotonic() + wait
         with self._cond:
+            self._last_retrieve[name] = time.monotonic() + wait
             interrupts = self._interrupts
             error = self._subscribe_errors.pop(name, None)
         if error is not None:
@@ -968,9 +1021,14 @@ def _type_arguments(queue_type: str) -> dict[str, Any]:
 
 def _retry_arguments(queue_name: str, delay_ms: int) -> dict[str, Any]:
     return {
+        # Quorum, with at-least-once dead-lettering: a message waiting for its retry is
+        # replicated, and moving it back to its queue cannot lose it.
+        "x-queue-type": "quorum",
         "x-message-ttl": delay_ms,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": queue_name,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
         # Redeclared by every nack, so it only expires once no message has waited in it
         # for a minute longer than its delay.
         "x-expires": delay_ms + 60_000,
