@@ -304,9 +304,45 @@ def test_two_dispatchers_sharing_redis_run_a_redelivered_slow_message_once(
 # -- 4. Redis goes away while messages are being processed --------------------------------
 
 
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_unreachable_cache_leaves_messages_by_default_and_processes_them_when_failing_open(
+    fail_open: bool,
+) -> None:
+    from melange.infrastructure.redis_cache import RedisCache
+
+    backend = InMemoryMessagingBackend()
+    backend.declare_queue(QUEUE, dead_letter_queue_name=DLQ)
+    publish(backend, range(3))
+    seen: list[int] = []
+    errors: list[Exception] = []
+    dispatcher = MessageDispatcher(
+        JsonSerializer(),
+        cache=RedisCache(port=1, socket_connect_timeout=1),  # nothing listens there
+        backend=backend,
+        consumers=[Consumer(lambda payload: seen.append(payload["n"]), name="c")],
+        dedup_fail_open=fail_open,
+    )
+    dispatcher._on_exception = errors.append
+    assert dispatcher.consume_event(QUEUE, max_messages=10) == 3
+    if fail_open:
+        assert sorted(seen) == [0, 1, 2]
+        assert dispatcher.stats.acknowledged == 3
+        assert backend.queue_depth(QUEUE) == 0
+    else:
+        assert seen == []
+        assert dispatcher.stats.acknowledged == 0
+        assert dispatcher.stats.retried == 3
+        assert backend.queue_depth(QUEUE) == 3  # kept for later, not dead-lettered
+        assert backend.queue_depth(DLQ) == 0
+    assert errors and all("reachable" in str(e) for e in errors)
+
+
 @pytest.mark.slow
 @pytest.mark.redis
-def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing() -> None:
+@pytest.mark.parametrize("workers", [1, 4])
+def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing(
+    workers: int,
+) -> None:
     from melange.infrastructure.redis_cache import RedisCache
 
     count, stop_at = 40, 10
@@ -334,7 +370,7 @@ def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing
         thread = threading.Thread(
             target=dispatcher.consume_loop,
             args=(QUEUE, errors.append),
-            kwargs={"install_signal_handlers": False, "max_messages": 5},
+            kwargs={"install_signal_handlers": False, "max_messages": 5, "workers": workers},
             daemon=True,
         )
         thread.start()
@@ -358,6 +394,9 @@ def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing
         finally:
             dispatcher.stop()
             thread.join(30)
-    print(f"\nRedis outage: {outage_errors} cache errors, stats {dispatcher.stats.as_dict()}")
+    print(
+        f"\nRedis outage, workers={workers}: {outage_errors} cache errors while down, "
+        f"stats {dispatcher.stats.as_dict()}"
+    )
     assert processed == {n: 1 for n in range(count)}
     assert drain(backend, DLQ) == []
