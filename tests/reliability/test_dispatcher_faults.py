@@ -400,3 +400,23 @@ def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing
     )
     assert processed == {n: 1 for n in range(count)}
     assert drain(backend, DLQ) == []
+
+
+# -- the decisions behind the above ---------------------------------------------------------
+
+
+def test_a_busy_claim_is_retried_after_the_lease_and_an_unreachable_cache_after_the_policy() -> (
+    None
+):
+    from melange.dispatch_core import Action, ConsumerResult, Outcome, settle
+
+    consumer = Consumer(lambda payload: None, name="c")
+    policy = FailurePolicy(initial_delay=1.5, jitter=0.0)
+    busy = settle([ConsumerResult(consumer, Outcome.BUSY)], 1, policy, busy_delay=300.0)
+    assert (busy.action, busy.delay) == (Action.RETRY, 300.0)
+    assert "another consumer" in busy.reason
+    down = settle([ConsumerResult(consumer, Outcome.NOT_ATTEMPTED)], 1, policy, busy_delay=300.0)
+    assert (down.action, down.delay) == (Action.RETRY, 1.5)
+    assert "unreachable" in down.reason
+    # Without a lease to go by, a busy claim falls back to the policy's first delay.
+    assert settle([ConsumerResult(consumer, Outcome.BUSY)], 1, policy).delay == 1.5
