@@ -54,6 +54,16 @@ def test_queue_gets_friendly_and_raw_attributes(
     assert attributes["MaximumMessageSize"] == "2048"
 
 
+def test_fractional_seconds_round_up_to_whole_seconds(
+    make_aws_backend: Callable[..., AWSBackend], sqs: Any, names: Any
+) -> None:
+    backend = make_aws_backend(visibility_timeout=0.3)
+    assert backend.visibility_timeout == 1
+    name = names.queue()
+    MessagingBackendFactory(backend).init_queue(name, visibility_timeout=0.3)
+    assert queue_attributes(sqs, name)["VisibilityTimeout"] == "1"
+
+
 def test_unknown_queue_option_is_refused_naming_the_known_ones(
     aws_backend: AWSBackend, names: Any
 ) -> None:

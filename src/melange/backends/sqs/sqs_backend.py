@@ -165,6 +165,9 @@ def _text(exc: botocore.exceptions.ClientError) -> str:
 def _attribute_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        # SQS counts whole seconds (and bytes): round fractions up, never down to zero.
+        return str(math.ceil(value))
     if isinstance(value, Mapping | list):
         return json.dumps(value)
     return str(value)
@@ -202,7 +205,7 @@ class AWSBackend(MessagingBackend):
         visibility_timeout: Seconds a received message stays hidden from other consumers; it is
             requested on every receive (as in 7.2.0) and is what a dispatcher's heartbeat
             extends while a handler runs. ``None`` uses each queue's own setting (and turns the
-            heartbeat off).
+            heartbeat off). SQS counts whole seconds: fractions are rounded up.
         wait_time_seconds: Long-poll duration of a receive (0-20), as in 7.2.0.
         region_name: AWS region; default: boto3's resolution.
         endpoint_url: SQS endpoint (for SQS-compatible brokers or VPC endpoints).
@@ -217,7 +220,7 @@ class AWSBackend(MessagingBackend):
     def __init__(
         self,
         max_number_of_messages: int = 10,
-        visibility_timeout: int | None = 100,
+        visibility_timeout: float | None = 100,
         wait_time_seconds: int = 10,
         *,
         region_name: str | None = None,
@@ -237,8 +240,11 @@ class AWSBackend(MessagingBackend):
             raise ConfigurationError(
                 f"wait_time_seconds must be between 0 and 20, got {wait_time_seconds}"
             )
+        if visibility_timeout is not None:
+            # Whole seconds on SQS: a fraction rounds up, so 0.5 never means "at once".
+            visibility_timeout = math.ceil(visibility_timeout)
         if visibility_timeout is not None and not (
-            0 <= int(visibility_timeout) <= MAX_VISIBILITY_TIMEOUT
+            0 <= visibility_timeout <= MAX_VISIBILITY_TIMEOUT
         ):
             raise ConfigurationError(
                 f"visibility_timeout must be between 0 and 43200 seconds, got {visibility_timeout}"
@@ -438,7 +444,8 @@ class AWSBackend(MessagingBackend):
                 (default 4).
             attributes: Raw SQS queue attributes, e.g. ``{"VisibilityTimeout": "30"}``.
             visibility_timeout, message_retention_period, delay_seconds, ...: friendly names of
-                SQS attributes (see :data:`QUEUE_ATTRIBUTE_OPTIONS`).
+                SQS attributes (see :data:`QUEUE_ATTRIBUTE_OPTIONS`); fractions of a second are
+                rounded up, as SQS counts whole seconds.
 
         A ``.fifo`` name makes a FIFO queue with content-based deduplication; its dead-letter
         queue must be FIFO too, and it can only subscribe to FIFO topics. Existing queues keep
@@ -724,7 +731,7 @@ class AWSBackend(MessagingBackend):
         entry = self._queue_entry(message, queue)
         delay = kwargs.get("delay_seconds")
         if delay and not _is_fifo(queue.name):
-            entry["DelaySeconds"] = int(delay)
+            entry["DelaySeconds"] = min(900, math.ceil(delay))
         url = self._url(queue)
         with self._errors(f"publishing to queue {queue.name!r}", PublishError):
             try:
@@ -748,7 +755,7 @@ class AWSBackend(MessagingBackend):
         delay = kwargs.get("delay_seconds")
         if delay and not _is_fifo(queue.name):
             for _, _, entry in entries:
-                entry["DelaySeconds"] = int(delay)
+                entry["DelaySeconds"] = min(900, math.ceil(delay))
         for chunk in _chunks(
             entries,
             lambda e: (
@@ -875,7 +882,9 @@ class AWSBackend(MessagingBackend):
         }
         visibility = kwargs.get("visibility_timeout", self.visibility_timeout)
         if visibility is not None:
-            request["VisibilityTimeout"] = int(visibility)
+            request["VisibilityTimeout"] = max(
+                0, min(MAX_VISIBILITY_TIMEOUT, math.ceil(visibility))
+            )
         with self._errors(f"receiving from queue {queue.name!r}"):
             try:
                 response = self._sqs.receive_message(**request)
