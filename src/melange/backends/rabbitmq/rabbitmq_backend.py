@@ -55,7 +55,6 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 import pika
 import pika.exceptions
@@ -270,7 +269,8 @@ class _Session:
                 tag = self.next_tag
                 self.next_tag += 1
                 tags.append(tag)
-                self.unconfirmed.add(tag)
+                if self.backend._confirms:
+                    self.unconfirmed.add(tag)
                 channel.basic_publish(exchange, routing_key, body, properties, mandatory)
             if not self.backend._confirms:
                 return [None] * len(items)
@@ -332,11 +332,14 @@ class _Session:
         return consumer
 
     def unsubscribe(self, queue: str) -> None:
+        """Stop consuming ``queue``: its unsettled messages go back to the queue."""
         consumer = self.consumers.pop(queue, None)
-        if consumer is not None and consumer.channel.is_open:
-            # Closing the channel hands its unacknowledged messages back to the queue.
+        if consumer is None:
+            return
+        if consumer.channel.is_open:
             with contextlib.suppress(Exception):
                 consumer.channel.close()
+        self.backend._drop_buffered(consumer)
 
 
 class RabbitMQBackend(MessagingBackend):
@@ -1124,10 +1127,11 @@ def _connection_parameters(
             params = pika.URLParameters(url)
         except Exception as exc:
             raise ConfigurationError(f"invalid RabbitMQ URL {url!r}: {exc}") from exc
-        for key, value in {**common, **dict(extra)}.items():
-            setattr(params, key, value)
-        if params.virtual_host is None:
-            params.virtual_host = unquote("%2F")
+        try:
+            for key, value in {**common, **extra}.items():
+                setattr(params, key, value)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigurationError(f"invalid RabbitMQ connection parameters: {exc}") from exc
         return params
     if credentials is None:
         credentials = pika.PlainCredentials(username or "guest", password or "guest")
@@ -1138,7 +1142,7 @@ def _connection_parameters(
             virtual_host=virtual_host or "/",
             credentials=credentials,
             **common,
-            **dict(extra),
+            **extra,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"invalid RabbitMQ connection parameters: {exc}") from exc
