@@ -29,7 +29,7 @@ from melange.exceptions import (
     TopicNotFoundError,
 )
 from melange.message_dispatcher import MessageDispatcher
-from melange.models import FAILURE_ATTEMPTS, FAILURE_REASON, Message, QueueWrapper
+from melange.models import FAILURE_ATTEMPTS, FAILURE_QUEUE, FAILURE_REASON, Message, QueueWrapper
 from melange.policy import FailurePolicy
 from melange.serializers.json import JsonSerializer
 from melange.testing.conformance import Topology, make_message, receive, unique_name
@@ -546,3 +546,20 @@ def test_an_idle_consumer_keeps_messages_that_are_being_processed(
     assert first._link.generation == 1
     second = make_rabbit()
     assert second.retrieve_messages(second.get_queue(queue.name), wait_seconds=1) == []
+
+
+def test_messages_dead_lettered_by_the_broker_say_why(
+    rabbit: RabbitMQBackend, topology: Topology
+) -> None:
+    queue = topology.queue(dlq=True, max_receive_count=2)
+    dlq = topology.dead_letter_queue_of(queue)
+    rabbit.publish_to_queue(make_message('"poison"'), queue)
+    for attempt in (1, 2):
+        [got] = receive(rabbit, queue, 1)
+        assert got.attempt == attempt
+        rabbit.nack(got)
+    [dead] = receive(rabbit, dlq, 1)
+    assert dead.headers[FAILURE_REASON] == "dead-lettered by RabbitMQ: delivery_limit"
+    assert dead.headers[FAILURE_QUEUE] == queue.name
+    assert dead.content == '"poison"'
+    rabbit.acknowledge(dead)

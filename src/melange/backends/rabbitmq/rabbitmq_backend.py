@@ -857,7 +857,9 @@ class RabbitMQBackend(MessagingBackend):
                     self._known_queues.discard(name)
                     raise
 
-        self._call(op)
+        # While the broker is unreachable, fail soon after the caller's own wait so that a
+        # consume loop stays responsive to stop() and reports the outage.
+        self._call(op, timeout=min(self._operation_timeout, max(wait, 1.0) + 5.0))
 
     def _settle(self, message: Message, action: Any) -> Any:
         receipt = message.metadata

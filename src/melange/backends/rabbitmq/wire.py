@@ -22,7 +22,7 @@ from typing import Any
 
 import pika
 
-from melange.models import CORRELATION_ID, Message
+from melange.models import CORRELATION_ID, FAILURE_QUEUE, FAILURE_REASON, Message
 
 MANIFEST_HEADER = "manifest"
 SERIALIZER_HEADER = "serializer_id"
@@ -91,6 +91,7 @@ def from_delivery(
         if key.startswith("x-") or key in _ENVELOPE_HEADERS:
             continue
         headers[key] = _text(value)
+    _describe_broker_dead_letter(raw.get("x-death"), headers)
     manifest = raw.get(MANIFEST_HEADER)
     serializer = raw.get(SERIALIZER_HEADER)
     broker_count = raw.get(DELIVERY_COUNT_HEADER)
@@ -108,6 +109,23 @@ def from_delivery(
         attempt=attempt,
         group_id=_text(group) if group is not None else None,
     )
+
+
+#: ``x-death`` reasons that mean the broker dead-lettered the message (``expired`` is how
+#: retry queues send messages back, not a failure).
+_FAILURE_DEATHS = frozenset({"delivery_limit", "rejected", "maxlen"})
+
+
+def _describe_broker_dead_letter(deaths: Any, headers: dict[str, str]) -> None:
+    """Give a message the broker dead-lettered the failure headers Melange's own carry."""
+    if FAILURE_REASON in headers or not isinstance(deaths, list):
+        return
+    for death in deaths:
+        if isinstance(death, Mapping) and death.get("reason") in _FAILURE_DEATHS:
+            queue = _text(death.get("queue", ""))
+            headers[FAILURE_REASON] = f"dead-lettered by RabbitMQ: {death['reason']}"
+            headers.setdefault(FAILURE_QUEUE, queue)
+            return
 
 
 def broker_counts_deliveries(properties: pika.BasicProperties) -> bool:
