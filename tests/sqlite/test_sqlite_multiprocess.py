@@ -4,6 +4,7 @@ killed mid-way loses nothing (its unsettled messages come back when their lease 
 from __future__ import annotations
 
 import collections
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from melange.backends.sqlite import SQLiteBackend
+from melange.models import Message
 from melange.publishers import QueuePublisher
 from melange.serializers.json import JsonSerializer
 
@@ -65,6 +67,8 @@ def start_consumer(
 
 def stop_gracefully(process: subprocess.Popen[bytes], log: Path) -> None:
     """SIGTERM a consumer and check it stopped cleanly."""
+    marker = log.with_suffix(".ready")
+    wait_for(marker.exists, f"{marker.name} (the consumer handling SIGTERM)")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=20)
     assert process.returncode == 0, log.with_suffix(".err").read_text()
@@ -187,4 +191,33 @@ def test_processes_opening_a_new_file_together_create_it_once(tmp_path: Path) ->
     backend = SQLiteBackend(db)
     assert backend.queue_names() == names
     assert [backend.queue_depth(name) for name in names] == [1, 1, 1, 1]
+    backend.close_connection()
+
+
+def _use_inherited_backend(backend: SQLiteBackend) -> None:
+    queue = backend.get_queue("inherited")
+    got = backend.retrieve_messages(queue, max_messages=100)
+    backend.acknowledge_batch(got)
+    backend.publish_batch_to_queue(
+        [Message.create(f"child-{m.content}", "json", 1) for m in got], queue
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_uses_the_inherited_backend_with_its_own_connections(
+    tmp_path: Path,
+) -> None:
+    backend = SQLiteBackend(tmp_path / "fork.db")
+    queue, _ = backend.declare_queue("inherited")
+    backend.publish_batch_to_queue([Message.create(str(i), "json", 1) for i in range(10)], queue)
+    child = multiprocessing.get_context("fork").Process(
+        target=_use_inherited_backend, args=(backend,)
+    )
+    child.start()
+    child.join(timeout=TIMEOUT)
+    assert child.exitcode == 0
+    # The parent's own connections still work after the child used and left the file.
+    assert sorted(m.content for m in backend.peek("inherited", limit=100)) == sorted(
+        f"child-{i}" for i in range(10)
+    )
     backend.close_connection()

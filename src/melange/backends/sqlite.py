@@ -34,6 +34,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -248,6 +249,8 @@ class SQLiteBackend(MessagingBackend):
         self._pool_cond = threading.Condition()
         self._free: list[sqlite3.Connection] = []
         self._closed = False
+        # Connections inherited from the parent process across fork, never used again.
+        self._abandoned: list[sqlite3.Connection] = []
         # Wakes waiting receivers on publish: shared by every backend of this process on the
         # same file, so one instance's publish reaches another's receivers at once.
         self._doorbell = _Doorbell() if self._memory else _doorbell_for(self.path)
@@ -255,6 +258,7 @@ class SQLiteBackend(MessagingBackend):
         self._interrupts = 0
         self._next_dedup_sweep = 0.0
         self._free.append(self._open(initialize=True))
+        _OPEN_BACKENDS.add(self)
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -365,6 +369,19 @@ class SQLiteBackend(MessagingBackend):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's connections and locks, which SQLite and
+        threading do not support across ``fork``; the child opens its own on first use."""
+        self._pool_cond = threading.Condition()
+        if not self._memory:
+            # Never closed here: closing would touch the parent's file locks.
+            self._abandoned = self._free
+            self._free = []
+            self._doorbell = _doorbell_for(self.path)
+        else:
+            self._doorbell = _Doorbell()
+        self._wake = self._doorbell.condition
 
     def _acquire(self) -> sqlite3.Connection:
         with self._pool_cond:
@@ -1004,6 +1021,18 @@ class SQLiteBackend(MessagingBackend):
             conn.close()
 
 
+_OPEN_BACKENDS: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    global _DOORBELLS_GUARD
+    # Another thread of the parent may have held the guard when it forked.
+    _DOORBELLS_GUARD = threading.Lock()
+    _DOORBELLS.clear()
+    for backend in list(_OPEN_BACKENDS):
+        backend._after_fork()
+
+
 class _Doorbell:
     """A condition receivers wait on, and a count of the publishes that rang it."""
 
@@ -1043,6 +1072,10 @@ def _to_message(row: _Row, receipt: _Receipt | None) -> Message:
         row.group_id,
         row.dedup_id,
     )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 __all__ = ["DEDUPLICATION_WINDOW_SECONDS", "SCHEMA_VERSION", "QueueStats", "SQLiteBackend"]
