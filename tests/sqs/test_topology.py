@@ -324,6 +324,27 @@ def test_deleting_a_queue_forgets_its_cached_url(aws_backend: AWSBackend, names:
         aws_backend.get_queue(name)
 
 
+def test_deleting_a_queue_unsubscribes_it_so_the_topic_keeps_working(
+    aws_backend: AWSBackend, sns: Any, names: Any
+) -> None:
+    topic, gone, kept = names.topic(), names.queue(), names.queue()
+    factory = MessagingBackendFactory(aws_backend)
+    factory.init_queue(gone, topic)
+    factory.init_queue(kept, topic)
+    factory.delete_queue(gone)
+    topic_arn = aws_backend.get_topic(topic).unwrapped_obj
+    endpoints = [
+        s["Endpoint"] for s in sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
+    ]
+    assert len(endpoints) == 1
+    assert endpoints[0].endswith(":" + kept)
+    aws_backend.publish_to_topic(
+        Message.create('"still delivered"', "json", 1), aws_backend.get_topic(topic)
+    )
+    [got] = receive(aws_backend, aws_backend.get_queue(kept), 1)
+    assert got.content == '"still delivered"'
+
+
 def test_local_backend_builds_endpoints_from_host_and_port(sqs_endpoint: Any, names: Any) -> None:
     from melange.backends.sqs.elasticmq import LocalSQSBackend
     from melange.backends.sqs.localsqs import endpoint

@@ -660,8 +660,10 @@ class AWSBackend(MessagingBackend):
             )
 
     def delete_queue(self, queue: QueueWrapper) -> None:
-        """Delete the queue and its messages (a missing queue is not an error)."""
+        """Delete the queue and its messages, and unsubscribe it from its topics (a missing
+        queue is not an error)."""
         url = self._url(queue)
+        self._unsubscribe_queue(url, queue.name)
         with self._errors(f"deleting queue {queue.name!r}"):
             try:
                 self._sqs.delete_queue(QueueUrl=url)
@@ -671,6 +673,25 @@ class AWSBackend(MessagingBackend):
         with self._lock:
             self._queue_urls.pop(queue.name, None)
             self._dead_letter_urls.pop(url, None)
+
+    def _unsubscribe_queue(self, url: str, queue_name: str) -> None:
+        # SNS keeps subscriptions of a deleted queue and keeps trying to deliver to it (some
+        # SNS-compatible servers even refuse publishes then): remove them with the queue.
+        try:
+            arn = self._queue_arn(url, queue_name)
+            for page in self._sns.get_paginator("list_subscriptions").paginate():
+                for subscription in page.get("Subscriptions", []):
+                    if (
+                        subscription.get("Protocol") == "sqs"
+                        and subscription.get("Endpoint") == arn
+                    ):
+                        self._sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+        except Exception as exc:
+            logger.warning(
+                "could not remove the topic subscriptions of queue %r before deleting it: %s",
+                queue_name,
+                exc,
+            )
 
     def _url(self, queue: QueueWrapper) -> str:
         url = queue.unwrapped_obj
