@@ -228,6 +228,8 @@ def test_backend_manager_without_backend_or_env_says_how_to_set_one(
         ("sqs://?region=eu-west-1&colour=red", r"unknown option 'colour'.*region_name"),
         ("sqs://localhost:9324/queue", "has no path"),
         ("amqp:///%2F", r"needs a host.*amqp://guest:guest@localhost:5672"),
+        ("amqp://localhost/%2F?prefetch=5", "Unknown URL parameter: 'prefetch'"),
+        ("amqp://localhost/%2F?prefetch_count=many", "prefetch_count='many'"),
         ("memory://#top", "fragment"),
     ],
 )
