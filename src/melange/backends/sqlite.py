@@ -187,8 +187,9 @@ class SQLiteBackend(MessagingBackend):
             ``-wal`` and ``-shm`` files next to it).
         visibility_timeout: Default seconds a received message stays invisible to other
             consumers before it is delivered again (per queue: ``declare_queue(...,
-            visibility_timeout=...)``). The dispatcher's heartbeat extends it while a
-            handler runs.
+            visibility_timeout=...)``). The dispatcher's heartbeat extends the lease while
+            a handler runs, every third of this value: give queues consumed by long
+            handlers a visibility timeout no shorter than it.
         synchronous: SQLite's ``synchronous`` setting: ``"NORMAL"`` (default) survives process
             crashes but may lose the last commits on power loss; ``"FULL"`` syncs every
             commit; ``"OFF"`` leaves syncing to the operating system.
