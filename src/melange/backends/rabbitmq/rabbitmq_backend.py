@@ -13,17 +13,23 @@ Mapping onto RabbitMQ (AMQP 0-9-1):
 - **Dead-letter queue**: a queue bound to the ``melange.dlx`` direct exchange with the routing
   key of the queue it serves. :meth:`RabbitMQBackend.dead_letter` publishes there, and the
   queue's native dead-lettering (``x-dead-letter-exchange``) uses the same route, so any
-  process can find a queue's dead-letter queue through the broker alone.
+  process can find a queue's dead-letter queue through the broker alone. A message the
+  broker dead-lettered by itself (delivery limit reached) is received with
+  ``melange_failure_reason`` ``"dead-lettered by RabbitMQ: delivery_limit"``.
 - **Delayed retry**: ``nack(message, delay)`` publishes a copy to a retry queue named
   ``<queue>.melange-delay-<ms>ms`` whose message TTL is the delay and whose dead-letter target
-  is the original queue, then acknowledges the original. Delays are rounded to the nearest
-  step of a fixed ladder (100 ms, 200 ms, 300 ms, 500 ms, 1 s, 2 s, 3 s, 5 s, 10 s ...) so a
-  queue gets a handful of retry queues, not one per jittered delay; unused retry queues
-  expire on their own. The copy carries the delivery count in ``melange_deliveries``, so
-  ``attempt`` keeps counting across retries and reaches the failure policy's limit. An
+  is the original queue, then acknowledges the original (AMQP cannot requeue a message with a
+  delay, and per-message TTLs in one shared queue would make short delays wait behind long
+  ones). Delays are rounded to the nearest step of a fixed ladder (100 ms, 200 ms, 300 ms,
+  500 ms, 1 s, 2 s, 3 s, 5 s, 10 s ...) so a queue gets a handful of retry queues, not one per
+  jittered delay; unused retry queues expire on their own. Retry queues are quorum queues with
+  at-least-once dead-lettering, so a waiting message survives a broker restart and cannot be
+  dropped on its way back. The copy carries the deliveries so far in ``melange_deliveries``,
+  so ``attempt`` keeps counting across retries and reaches the failure policy's limit. An
   immediate ``nack`` on a quorum queue is a plain ``basic.nack`` with requeue (the broker
-  counts it); on a classic queue it is a republish too, because a classic queue cannot count
-  redeliveries.
+  counts it, which is what its delivery limit acts on); on a classic queue, or a queue this
+  backend did not declare and has not yet seen counted, it is a republish too, because a
+  classic queue cannot count redeliveries.
 
 Publishing waits for the broker's confirm (``publisher_confirms=True``); batches are pipelined
 and wait for all confirms once. Queue publishes are *mandatory*: a message for a queue that
@@ -33,10 +39,12 @@ match) drops the message, as SNS does, because publishing an event nobody listen
 normal in pub/sub. Pass ``require_topic_subscribers=True`` to raise
 :class:`~melange.exceptions.PublishError` instead.
 
-Receiving uses ``basic.consume`` with a prefetch window: messages stream into a local buffer
-and :meth:`RabbitMQBackend.retrieve_messages` hands them out. A message stays unacknowledged
-(owned by this connection) until it is settled; if the connection drops, the broker delivers
-it again. There is no visibility timeout.
+Receiving uses ``basic.consume`` with a prefetch window (``prefetch_count``): messages stream
+into a local buffer and :meth:`RabbitMQBackend.retrieve_messages` hands them out. A message
+stays unacknowledged (owned by this connection) until it is settled; if the connection drops,
+the broker delivers it again. There is no visibility timeout. A queue nobody retrieves from
+for ``consumer_idle_timeout`` seconds is no longer consumed, and its buffered messages go back
+to the broker for other consumers.
 
 All broker I/O runs on one thread per backend that owns the connection (see
 :mod:`melange.backends.rabbitmq.connection`): every method is thread-safe, heartbeats are
