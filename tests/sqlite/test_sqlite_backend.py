@@ -59,6 +59,9 @@ def backend(db: Path, clock: FakeClock) -> Iterator[SQLiteBackend]:
     backend.close_connection()
 
 
+GROUPS_OF_THREE = ("x", "y", "z")
+
+
 def fifo_message(content: str, group: str, dedup: str | None = None) -> Message:
     message = make_message(content, group=group)
     message.deduplication_id = dedup
@@ -239,6 +242,18 @@ def test_fifo_deduplication_id_drops_repeats_within_five_minutes(
     clock.advance(301)
     backend.publish_to_queue(fifo_message("1 much later", "g", dedup="order-1"), queue)
     assert backend.queue_stats("orders.fifo").total == 3
+
+
+def test_fifo_receive_of_a_huge_batch_keeps_group_order(backend: SQLiteBackend) -> None:
+    queue, _ = backend.declare_queue("bulk.fifo")
+    backend.publish_batch_to_queue(
+        [fifo_message(str(i), GROUPS_OF_THREE[i % 3]) for i in range(2_000)], queue
+    )
+    got = backend.retrieve_messages(queue, max_messages=5_000)
+    assert len(got) == 2_000
+    for group in GROUPS_OF_THREE:
+        numbers = [int(m.content) for m in got if m.group_id == group]
+        assert numbers == sorted(numbers)
 
 
 def test_fifo_batch_without_group_id_is_refused_whole(backend: SQLiteBackend) -> None:

@@ -887,13 +887,18 @@ class SQLiteBackend(MessagingBackend):
 
     @staticmethod
     def _rows_by_id(conn: sqlite3.Connection, ids: list[int]) -> list[_Row]:
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE id IN ({marks}) ORDER BY id", ids
-        ).fetchall()
-        return [_Row(*row) for row in rows]
+        rows: list[_Row] = []
+        # In slices: SQLite caps the number of parameters of one statement.
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows.extend(
+                _Row(*row)
+                for row in conn.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE id IN ({marks}) ORDER BY id", chunk
+                )
+            )
+        return rows
 
     def _move_to_dead_letter_queue(
         self,
