@@ -563,3 +563,34 @@ def test_messages_dead_lettered_by_the_broker_say_why(
     assert dead.headers[FAILURE_QUEUE] == queue.name
     assert dead.content == '"poison"'
     rabbit.acknowledge(dead)
+
+
+def test_an_existing_classic_queue_is_used_as_it_is(
+    rabbit: RabbitMQBackend, raw_channel: Any
+) -> None:
+    name = unique_name("legacy")
+    raw_channel.queue_declare(name, durable=True)  # what most tools create: a classic queue
+    try:
+        queue, _ = rabbit.declare_queue(name)
+        rabbit.publish_to_queue(make_message('"old queue"'), queue)
+        [first] = receive(rabbit, queue, 1)
+        rabbit.nack(first)
+        [second] = receive(rabbit, queue, 1)
+        assert (first.attempt, second.attempt) == (1, 2)
+        rabbit.acknowledge(second)
+    finally:
+        raw_channel.queue_delete(name)
+
+
+def test_asking_for_quorum_on_an_existing_classic_queue_is_refused_with_a_hint(
+    make_rabbit: Callable[..., RabbitMQBackend], raw_channel: Any
+) -> None:
+    name = unique_name("legacy")
+    raw_channel.queue_declare(name, durable=True)
+    try:
+        strict = make_rabbit(queue_type="quorum")
+        with pytest.raises(ConfigurationError, match="x-queue-type") as caught:
+            strict.declare_queue(name)
+        assert "leave queue_type unset" in str(caught.value)
+    finally:
+        raw_channel.queue_delete(name)

@@ -2,11 +2,15 @@
 
 Mapping onto RabbitMQ (AMQP 0-9-1):
 
-- **Queue**: a durable queue, by default a *quorum* queue. Quorum queues are replicated, count
-  deliveries (so ``attempt`` is exact even after consumer crashes) and dead-letter a message
-  natively after ``max_receive_count`` deliveries. Pass ``queue_type="classic"`` to declare
-  classic queues, e.g. to keep using queues that already exist as classic queues (a queue's
-  type cannot change; redeclaring it with another type is refused with the broker's reason).
+- **Queue**: a durable queue. New queues are *quorum* queues: they are replicated, count
+  deliveries (so ``attempt`` stays exact when a consumer crashes) and dead-letter a message by
+  themselves after ``max_receive_count`` deliveries. A queue that already exists keeps its
+  type: queues created before Melange, or by tools that default to classic queues, are used as
+  they are (a queue's type cannot change without deleting it). Classic queues work the same
+  way, except that the broker cannot dead-letter after a delivery count and, after a consumer
+  crash, cannot say how often a message was delivered before (``attempt`` then counts such
+  redeliveries once). ``queue_type="quorum"`` or ``"classic"`` asks for one type and refuses
+  existing queues of the other, with the broker's reason.
 - **Topic**: a durable ``headers`` exchange. A subscribed queue is bound to it; with
   ``filter_events`` it is bound once per listed manifest (matching the ``manifest`` header), so
   the broker drops what the queue did not ask for.
@@ -62,7 +66,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import pika
 import pika.exceptions
@@ -370,8 +374,10 @@ class RabbitMQBackend(MessagingBackend):
         connection_attempts: Attempts of the first connection before giving up.
         retry_delay: Seconds between those attempts.
         socket_timeout: Seconds to wait for the TCP connection and the AMQP handshake.
-        queue_type: ``"quorum"`` (default) or ``"classic"``: the type of queues this backend
-            declares; ``declare_queue(..., queue_type=...)`` overrides it per queue.
+        queue_type: ``"quorum"`` or ``"classic"``: the type of the queues this backend declares
+            (``declare_queue(..., queue_type=...)`` overrides it per queue); declaring an
+            existing queue of another type then fails. ``None`` (the default) declares new
+            queues as quorum queues and uses existing queues with the type they have.
         prefetch_count: Unsettled messages this backend may hold per consumed queue: those
             waiting in the local buffer plus those handed out and not yet settled. When that
             many are unsettled, no more arrive until some are settled, so keep it above the
@@ -408,7 +414,7 @@ class RabbitMQBackend(MessagingBackend):
         connection_attempts: int = 3,
         retry_delay: float = 1.0,
         socket_timeout: float = 5.0,
-        queue_type: str = "quorum",
+        queue_type: str | None = None,
         prefetch_count: int = 100,
         publisher_confirms: bool = True,
         require_topic_subscribers: bool = False,
@@ -418,7 +424,8 @@ class RabbitMQBackend(MessagingBackend):
         connection_name: str | None = None,
         **parameters: Any,
     ) -> None:
-        _check_queue_type(queue_type)
+        if queue_type is not None:
+            _check_queue_type(queue_type)
         if prefetch_count < 1:
             raise ConfigurationError(f"prefetch_count must be at least 1, got {prefetch_count}")
         self._params = _connection_parameters(
@@ -474,7 +481,7 @@ class RabbitMQBackend(MessagingBackend):
             persistent=True,
             fifo=False,
             topics=True,
-            native_dead_letter=self._queue_type == "quorum",
+            native_dead_letter=self._queue_type != "classic",
             delayed_delivery=True,
             visibility_timeout=False,
             extend_visibility=False,
@@ -485,8 +492,8 @@ class RabbitMQBackend(MessagingBackend):
         )
 
     @property
-    def queue_type(self) -> str:
-        """The type of the queues this backend declares: ``"quorum"`` or ``"classic"``."""
+    def queue_type(self) -> str | None:
+        """The queue type asked for: ``"quorum"``, ``"classic"`` or ``None`` (see the class)."""
         return self._queue_type
 
     @property
@@ -656,8 +663,9 @@ class RabbitMQBackend(MessagingBackend):
                 "visibility_timeout is ignored by the RabbitMQ backend: a message stays with "
                 "its consumer until settled, or until the consumer disconnects"
             )
-        queue_type = kwargs.get("queue_type", self._queue_type)
-        _check_queue_type(queue_type)
+        requested = kwargs.get("queue_type", self._queue_type)
+        if requested is not None:
+            _check_queue_type(requested)
         max_receive = int(kwargs.get("max_receive_count", 4))
         if max_receive < 1:
             raise ConfigurationError(f"max_receive_count must be at least 1, got {max_receive}")
@@ -672,18 +680,22 @@ class RabbitMQBackend(MessagingBackend):
         if dlq is not None and dlq == queue_name:
             raise ConfigurationError(f"queue {queue_name!r} cannot be its own dead-letter queue")
 
-        arguments: dict[str, Any] = _type_arguments(queue_type)
-        if dlq is not None:
-            arguments["x-dead-letter-exchange"] = DEAD_LETTER_EXCHANGE
-            arguments["x-dead-letter-routing-key"] = queue_name
-            if queue_type == "quorum":
-                # delivery-limit counts *failed* deliveries: N-1 of them allow N deliveries.
-                arguments["x-delivery-limit"] = max_receive - 1
-                # Without these the broker may drop a message while dead-lettering it.
-                arguments["x-dead-letter-strategy"] = "at-least-once"
-                arguments["x-overflow"] = "reject-publish"
-        arguments.update(extra)
+        def queue_arguments(queue_type: str) -> dict[str, Any]:
+            arguments: dict[str, Any] = _type_arguments(queue_type)
+            if dlq is not None:
+                arguments["x-dead-letter-exchange"] = DEAD_LETTER_EXCHANGE
+                arguments["x-dead-letter-routing-key"] = queue_name
+                if queue_type == "quorum":
+                    # delivery-limit counts *failed* deliveries: N-1 of them allow N deliveries.
+                    arguments["x-delivery-limit"] = max_receive - 1
+                    # Without these the broker may drop a message while dead-lettering it.
+                    arguments["x-dead-letter-strategy"] = "at-least-once"
+                    arguments["x-overflow"] = "reject-publish"
+            arguments.update(extra)
+            return arguments
+
         topic_names = [t.name for t in topics_to_bind]
+        types: dict[str, str] = {}
 
         def op(session: _Session) -> None:
             if dlq is not None:
@@ -692,28 +704,27 @@ class RabbitMQBackend(MessagingBackend):
                     session,
                     f"exchange {DEAD_LETTER_EXCHANGE!r}",
                 )
-                _declare(
-                    lambda ch: ch.queue_declare(
-                        dlq, durable=True, arguments=_type_arguments(queue_type)
-                    ),
+            types[queue_name] = _declare_queue(
+                session, queue_name, requested, queue_arguments, f"queue {queue_name!r}"
+            )
+            if dlq is not None:
+                # The dead-letter queue gets the type of its queue unless it exists already.
+                types[dlq] = _declare_queue(
                     session,
+                    dlq,
+                    requested or types[queue_name],
+                    _type_arguments,
                     f"dead-letter queue {dlq!r}",
+                    adopt=requested is None,
                 )
                 session.topology().queue_bind(dlq, DEAD_LETTER_EXCHANGE, routing_key=queue_name)
-            _declare(
-                lambda ch: ch.queue_declare(queue_name, durable=True, arguments=arguments),
-                session,
-                f"queue {queue_name!r}",
-            )
             for topic in topic_names:
                 _bind(session, queue_name, topic, manifests)
 
         self._call(op)
-        self._known_queues.add(queue_name)
-        self._queue_types[queue_name] = queue_type
-        if dlq is not None:
-            self._known_queues.add(dlq)
-            self._queue_types[dlq] = queue_type
+        for name, queue_type in types.items():
+            self._known_queues.add(name)
+            self._queue_types[name] = queue_type
         dlq_wrapper = QueueWrapper(dlq, dlq) if dlq is not None else None
         return QueueWrapper(queue_name, queue_name), dlq_wrapper
 
@@ -1056,9 +1067,61 @@ def _declare(fn: Any, session: _Session, what: str) -> Any:
         if exc.reply_code == _PRECONDITION_FAILED:
             raise ConfigurationError(
                 f"{what} already exists with different settings: {exc.reply_text}. Declare it "
-                "with the settings it has, or delete it first (its messages are lost then)"
+                "with the settings it has, or delete it first"
             ) from None
         raise
+
+
+def _declare_queue(
+    session: _Session,
+    name: str,
+    requested: str | None,
+    arguments_for: Any,
+    what: str,
+    *,
+    adopt: bool | None = None,
+) -> str:
+    """Declare a durable queue of the ``requested`` type; returns the type it has.
+
+    Without a requested type a new queue is a quorum queue, and an existing queue keeps its
+    type: a queue created as a classic queue (by other tools, or before Melange) is used as
+    it is instead of being refused.
+    """
+    queue_type = requested or "quorum"
+    if adopt is None:
+        adopt = requested is None
+    channel = session.topology()
+    try:
+        channel.queue_declare(name, durable=True, arguments=arguments_for(queue_type))
+        return queue_type
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        other = "classic" if queue_type == "quorum" else "quorum"
+        if not (
+            adopt and exc.reply_code == _PRECONDITION_FAILED and "x-queue-type" in exc.reply_text
+        ):
+            _raise_declare_error(exc, what, queue_type)
+        logger.info("%s exists as a %s queue; using it as such", what, other)
+    try:
+        session.topology().queue_declare(name, durable=True, arguments=arguments_for(other))
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        _raise_declare_error(exc, what, other)
+    return other
+
+
+def _raise_declare_error(
+    exc: pika.exceptions.ChannelClosedByBroker, what: str, queue_type: str
+) -> NoReturn:
+    if exc.reply_code != _PRECONDITION_FAILED:
+        raise exc
+    hint = "Declare it with the settings it has, or delete it first (its messages are lost then)"
+    if "x-queue-type" in exc.reply_text:
+        hint = (
+            f"It was declared here as a {queue_type} queue; pass the queue_type it has, or "
+            "leave queue_type unset to use existing queues as they are"
+        )
+    raise ConfigurationError(
+        f"{what} already exists with different settings: {exc.reply_text}. {hint}"
+    ) from None
 
 
 def _queue_exists(session: _Session, queue_name: str) -> bool:
