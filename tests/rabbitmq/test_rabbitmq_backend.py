@@ -594,3 +594,23 @@ def test_asking_for_quorum_on_an_existing_classic_queue_is_refused_with_a_hint(
         assert "leave queue_type unset" in str(caught.value)
     finally:
         raw_channel.queue_delete(name)
+
+
+def test_a_publish_the_broker_refuses_outright_raises_publish_error(
+    rabbit: RabbitMQBackend, raw_channel: Any
+) -> None:
+    # An internal exchange accepts no publishes: the broker closes the channel (403).
+    name = unique_name("internal")
+    raw_channel.exchange_declare(name, "headers", durable=False, internal=True)
+    try:
+        topic = rabbit.get_topic(name)
+        with pytest.raises(PublishError, match="403"):
+            rabbit.publish_to_topic(make_message('"x"'), topic)
+        # The backend reopens its publishing channel for the next publish.
+        queue, _ = rabbit.declare_queue(unique_name("q"))
+        rabbit.publish_to_queue(make_message('"after"'), queue)
+        [got] = receive(rabbit, queue, 1)
+        rabbit.acknowledge(got)
+        rabbit.delete_queue(queue)
+    finally:
+        raw_channel.exchange_delete(name)

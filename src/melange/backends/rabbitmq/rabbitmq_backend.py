@@ -761,7 +761,14 @@ class RabbitMQBackend(MessagingBackend):
         if not messages:
             return
         items = self._encode(messages)
-        outcome = self._call(lambda session: session.publish("", queue.name, items, True))
+
+        def op(session: _Session) -> list[str | None]:
+            try:
+                return session.publish("", queue.name, items, True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                raise _publish_refused(exc, f"queue {queue.name!r}") from None
+
+        outcome = self._call(op)
         failures = {i: reason for i, reason in enumerate(outcome) if reason is not None}
         if not failures:
             return
@@ -794,7 +801,7 @@ class RabbitMQBackend(MessagingBackend):
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code == _NOT_FOUND:
                     raise TopicNotFoundError(topic.name) from None
-                raise
+                raise _publish_refused(exc, f"topic {topic.name!r}") from None
 
         try:
             outcome = self._call(op)
@@ -1030,6 +1037,13 @@ def _wake(connection: Any) -> None:
 def _ack(session: _Session, receipt: RabbitMQReceipt) -> None:
     receipt.consumer.unacked.discard(receipt.delivery_tag)
     receipt.consumer.channel.basic_ack(receipt.delivery_tag)
+
+
+def _publish_refused(exc: pika.exceptions.ChannelClosedByBroker, target: str) -> PublishError:
+    """The broker closed the publishing channel (e.g. a message over its size limit)."""
+    return PublishError(
+        f"RabbitMQ refused the publish to {target}: {exc.reply_code} {exc.reply_text}"
+    )
 
 
 def _check_queue_type(queue_type: object) -> None:
