@@ -336,13 +336,23 @@ class Journal:
         return sum(count - 1 for count in self.ends.values() if count > 1)
 
 
-def drain(backend: MessagingBackend, queue: str) -> list[Message]:
-    """Receive and acknowledge every message visible in ``queue`` now."""
+def drain(
+    backend: MessagingBackend, queue: str, expected: int | None = None, timeout: float = 30.0
+) -> list[Message]:
+    """Receive and acknowledge the messages of ``queue``: those visible now, or, when
+    ``expected`` is given, until that many arrived (brokers that push messages to consumers,
+    like RabbitMQ, may hand out an empty batch while more are on their way)."""
     handle = backend.get_queue(queue)
     out: list[Message] = []
+    deadline = time.monotonic() + timeout
     while True:
-        batch = backend.retrieve_messages(handle, max_messages=10, wait_seconds=0)
-        if not batch:
+        wait = 0 if expected is None else 1
+        batch = backend.retrieve_messages(handle, max_messages=10, wait_seconds=wait)
+        if batch:
+            backend.acknowledge_batch(batch)
+            out.extend(batch)
+        if expected is None:
+            if not batch:
+                return out
+        elif len(out) >= expected or time.monotonic() > deadline:
             return out
-        backend.acknowledge_batch(batch)
-        out.extend(batch)

@@ -170,7 +170,7 @@ def run_random_failures(
     consume_until(dispatcher, settled, 120, queue, workers=4)
     assert queue_depth(backend, queue, spec) == 0
 
-    dead = drain(backend, dlq)
+    dead = drain(backend, dlq, expected=queue_depth(backend, dlq, spec))
     dead_numbers = collections.Counter(number(m) for m in dead)
     expected_dead = {n for n in range(count) if all(fails(n, a) for a in range(1, 4))}
     print(
