@@ -134,3 +134,56 @@ def test_unacknowledged_messages_are_redelivered_after_the_connection_drops(
     rabbit.acknowledge_batch(held)
     rabbit.acknowledge_batch(again)
     assert rabbit.retrieve_messages(queue, wait_seconds=1) == []
+
+
+def test_a_network_outage_is_survived_by_publishers_and_consumers(
+    make_rabbit: Callable[..., RabbitMQBackend],
+    proxy: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="melange")
+    # Through the relay: the connections break like a network does, not by the broker's hand.
+    via_proxy = {"port": proxy.port, "heartbeat": 2, "reconnect_max_delay": 0.5}
+    publisher_backend = make_rabbit(**via_proxy)
+    consumer_backend = make_rabbit(**via_proxy)
+    topology = Topology(publisher_backend)
+    consumed: list[int] = []
+    lock = threading.Lock()
+    dispatcher = MessageDispatcher(
+        JsonSerializer(),
+        backend=consumer_backend,
+        consumers=[Consumer(on_message=lambda p: consumed.append(p["n"]))],
+    )
+    loop_errors: list[Exception] = []
+    try:
+        queue = topology.queue()
+        loop = threading.Thread(
+            target=dispatcher.consume_loop,
+            args=(queue.name,),
+            kwargs={"install_signal_handlers": False, "on_exception": loop_errors.append},
+        )
+        loop.start()
+        publisher = QueuePublisher(JsonSerializer(), publisher_backend)
+        for n in range(100):
+            publisher.publish(queue.name, {"n": n})
+        wait_until(lambda: len(consumed) >= 20, 30, "traffic")
+        # The network fails, and stays down for two seconds.
+        proxy.refusing.set()
+        assert proxy.cut() >= 4
+        outage = threading.Timer(2.0, proxy.refusing.clear)
+        outage.start()
+        # A publish during the outage waits for the connection to come back.
+        for n in range(100, 150):
+            publisher.publish(queue.name, {"n": n})
+        outage.join()
+        wait_until(lambda: set(consumed) >= set(range(150)), 60, "every message")
+        with lock:
+            duplicates = len(consumed) - len(set(consumed))
+        print(f"\nnetwork outage: 150 published, {len(consumed)} consumed, {duplicates} dup")
+        assert publisher_backend._link.generation >= 2
+        assert consumer_backend._link.generation >= 2
+    finally:
+        dispatcher.stop()
+        topology.cleanup()
+    loop.join(30)
+    assert not loop.is_alive()
