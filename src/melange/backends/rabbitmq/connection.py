@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -321,8 +320,3 @@ def _explain(error: BaseException | None) -> str:
             return f"{type(inner).__name__}: {inner}"
     text = str(error) or repr(error)
     return f"{type(error).__name__}: {text}"
-
-
-def monotonic_deadline(timeout: float) -> float:
-    """The monotonic time ``timeout`` seconds from now."""
-    return time.monotonic() + timeout
