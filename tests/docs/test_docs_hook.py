@@ -67,7 +67,7 @@ def test_broker_backends_are_described_without_connecting(monkeypatch: pytest.Mo
     rabbit = hook.capabilities_of(RabbitMQBackend)
     assert (rabbit.name, rabbit.native_dead_letter, rabbit.visibility_timeout) == (
         "rabbitmq",
-        True,  # the default queue type is quorum
+        True,  # new queues are quorum queues by default
         False,
     )
     sqs = hook.capabilities_of(AWSBackend)
