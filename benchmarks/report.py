@@ -178,7 +178,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"Mode: **{doc['mode']}**, run time {doc['duration_s']:.0f} s.",
         "",
-        "## Machine",
+        "### Machine",
         "",
         f"- {machine['cores']} cores ({machine['cpu']}), {machine['platform']}",
         f"- Python {machine['python']}, SQLite {machine['sqlite']}",
@@ -189,7 +189,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"(1, 5, 15 min) before the run: {machine.get('load_average_before', '?')}, after: "
         f"{machine.get('load_average', '?')}.",
         "",
-        "## Targets",
+        "### Targets",
         "",
         "| target | median | min-max | verdict |",
         "|---|---|---|---|",
@@ -215,13 +215,16 @@ def markdown(doc: dict[str, Any]) -> str:
         ]
     for summary in doc["suites"].values():
         lines += _suite_markdown(summary)
+    findings = Path(__file__).with_name("findings.md")
+    if findings.exists():
+        lines += ["", findings.read_text(encoding="utf-8").rstrip()]
     return "\n".join(lines) + "\n"
 
 
 def _suite_markdown(summary: dict[str, Any]) -> list[str]:
     contenders = summary["contenders"]
     melange = summary["melange"]
-    lines = ["", f"## {summary['title']}", ""]
+    lines = ["", f"### {summary['title']}", ""]
     lines += [f"- {note}" for note in summary["notes"]]
     lines += ["", "| contender | versions | peak RSS of its process |", "|---|---|---|"]
     for info in contenders.values():
@@ -236,7 +239,7 @@ def _suite_markdown(summary: dict[str, Any]) -> list[str]:
             continue
         latency = key == "latency"
         sqs = any("requests_per_message" in c for c in entry["contenders"].values())
-        lines += ["", f"### {entry['title']}", ""]
+        lines += ["", f"#### {entry['title']}", ""]
         header = ["contender", "N"]
         header += (
             ["p50 ms", "p99 ms"]

@@ -31,8 +31,8 @@ class Sizes:
 
 FULL = Sizes(
     rounds=5,
-    rabbit_n=1500,
-    rabbit_latency_n=1000,
+    rabbit_n=800,
+    rabbit_latency_n=500,
     rabbit_latency_rate=500.0,
     sqs_n=150,
     memory_n=20_000,
