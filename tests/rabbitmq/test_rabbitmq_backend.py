@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
+import pika.exceptions
 import pytest
 
 import melange.backends
@@ -366,9 +367,13 @@ def test_attempt_counts_across_delayed_retries_until_the_policy_dead_letters(
         assert dead.headers[FAILURE_ATTEMPTS] == "4"
         assert "always fails" in dead.headers[FAILURE_REASON]
         backend.acknowledge(dead)
-        # The delayed copies went through a retry queue that sends them back.
+        # The delayed copies went through a retry queue that sends them back...
         retry = retry_queue_name(queue.name, 100)
         assert raw_channel.queue_declare(retry, passive=True).method.message_count == 0
+        # ... and that is deleted with its queue.
+        backend.delete_queue(queue)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+            raw_channel.queue_declare(retry, passive=True)
     finally:
         topology.cleanup()
         backend.close_connection()

@@ -459,6 +459,8 @@ class RabbitMQBackend(MessagingBackend):
         self._known_queues: set[str] = set()
         self._known_topics: set[str] = set()
         self._queue_types: dict[str, str] = {}
+        # Retry delays used per queue beyond the ladder (whole hours), to delete with it.
+        self._retry_steps: dict[str, set[int]] = {}
         self._warned_visibility = False
         self.describe = (
             f"{self._params.host}:{self._params.port}, vhost {self._params.virtual_host!r}"
@@ -729,11 +731,17 @@ class RabbitMQBackend(MessagingBackend):
         return QueueWrapper(queue_name, queue_name), dlq_wrapper
 
     def delete_queue(self, queue: QueueWrapper) -> None:
+        """Delete the queue, its messages and its retry queues (not its dead-letter queue)."""
         name = queue.name
+        steps = sorted({*DELAY_LADDER_MS, *self._retry_steps.get(name, ())})
 
         def op(session: _Session) -> None:
             session.unsubscribe(name)
-            session.topology().queue_delete(name)
+            channel = session.topology()
+            channel.queue_delete(name)
+            # Messages waiting to be retried have nowhere to go back to any more.
+            for step in steps:
+                channel.queue_delete(retry_queue_name(name, step))
 
         with self._cond:
             self._wanted.discard(name)
@@ -741,6 +749,7 @@ class RabbitMQBackend(MessagingBackend):
         self._call(op)
         self._known_queues.discard(name)
         self._queue_types.pop(name, None)
+        self._retry_steps.pop(name, None)
 
     def delete_topic(self, topic: TopicWrapper) -> None:
         name = topic.name
@@ -943,6 +952,8 @@ class RabbitMQBackend(MessagingBackend):
             target = queue_name
             if delay_ms:
                 target = retry_queue_name(queue_name, delay_ms)
+                if delay_ms not in DELAY_LADDER_MS:
+                    self._retry_steps.setdefault(queue_name, set()).add(delay_ms)
                 _declare(
                     lambda ch: ch.queue_declare(
                         target, durable=True, arguments=_retry_arguments(queue_name, delay_ms)
