@@ -415,7 +415,7 @@ def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing
             # Keep Redis down well past the default policy's retry delays (1 s, growing), long
             # enough for the broker's redrive (4 receives) to catch messages nacked in a loop.
             wait_for(
-                lambda: len(errors) >= 5 and time.monotonic() - began >= OUTAGE_SECONDS,
+                lambda: bool(errors) and time.monotonic() - began >= OUTAGE_SECONDS,
                 30,
                 "the outage to last",
             )
