@@ -174,7 +174,9 @@ def markdown(doc: dict[str, Any]) -> str:
         + "`; do not edit by hand. Each contender runs in its own process; rounds interleave "
         "the contenders (A B C, A B C, ...) and every ratio is Melange's throughput divided by "
         "the contender's in the same round. Cells show the median over rounds and, in "
-        "brackets, the min-max.",
+        "brackets, the min-max. CPU per message is the process CPU time (every thread) of the "
+        "contender's process during the measured section; peak RSS is that of the contender's "
+        "process, which runs its consumer and its publisher and holds the round's payloads.",
         "",
         f"Mode: **{doc['mode']}**, run time {doc['duration_s']:.0f} s.",
         "",
