@@ -258,6 +258,8 @@ class SQLiteBackend(MessagingBackend):
         self._wake = self._doorbell.condition
         self._interrupts = 0
         self._next_dedup_sweep = 0.0
+        # Queues whose last receive here returned messages.
+        self._busy_queues: set[str] = set()
         self._free.append(self._open(initialize=True))
         _OPEN_BACKENDS.add(self)
 
@@ -806,16 +808,17 @@ class SQLiteBackend(MessagingBackend):
                     return []
 
     def _receive(self, queue_name: str, max_messages: int) -> list[Message]:
-        now = self._clock()
         # A plain read first: idle consumers polling an empty queue never take the write lock.
-        with self._read() as conn:
-            self._queue_config(conn, queue_name)
-            probe = conn.execute(
-                "SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ? LIMIT 1",
-                (queue_name, now),
-            ).fetchone()
-        if probe is None:
-            return []
+        # Skipped while the queue keeps yielding messages, where it would only cost time.
+        if queue_name not in self._busy_queues:
+            with self._read() as conn:
+                self._queue_config(conn, queue_name)
+                probe = conn.execute(
+                    "SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ? LIMIT 1",
+                    (queue_name, self._clock()),
+                ).fetchone()
+            if probe is None:
+                return []
         with self._write() as conn:
             now = self._clock()
             queue = self._queue_config(conn, queue_name)
@@ -840,7 +843,9 @@ class SQLiteBackend(MessagingBackend):
                 else:
                     deliver.append(row)
             if not deliver:
+                self._busy_queues.discard(queue.name)
                 return []
+            self._busy_queues.add(queue.name)
             token = secrets.randbits(62)
             conn.executemany(
                 "UPDATE messages SET receipt = ?, visible_at = ?, "
