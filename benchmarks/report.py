@@ -45,6 +45,8 @@ def summarize(suite: Suite, result: SuiteResult) -> dict[str, Any]:
                 "per_cpu_second": _spread([_cpu_throughput(r) for r in records]),
                 "cpu_us_per_message": _spread([1e6 * r["cpu_s"] / r["n"] for r in records]),
             }
+            if all(r.get("peak_rss_kb") for r in records):
+                stats["peak_rss_mib"] = _spread([r["peak_rss_kb"] / 1024 for r in records])
             if all("requests" in r for r in records):
                 stats["requests_per_message"] = _spread([r["requests"] / r["n"] for r in records])
             if all("p50_ms" in r for r in records):
@@ -175,8 +177,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "the contenders (A B C, A B C, ...) and every ratio is Melange's throughput divided by "
         "the contender's in the same round. Cells show the median over rounds and, in "
         "brackets, the min-max. CPU per message is the process CPU time (every thread) of the "
-        "contender's process during the measured section; peak RSS is that of the contender's "
-        "process, which runs its consumer and its publisher and holds the round's payloads.",
+        "contender's process during the measured section; peak RSS is sampled every 20 ms "
+        "during the section in the contender's process, which runs its consumer and its "
+        "publisher and holds the section's prepared payloads.",
         "",
         f"Mode: **{doc['mode']}**, run time {doc['duration_s']:.0f} s.",
         "",
@@ -228,7 +231,7 @@ def _suite_markdown(summary: dict[str, Any]) -> list[str]:
     melange = summary["melange"]
     lines = ["", f"### {summary['title']}", ""]
     lines += [f"- {note}" for note in summary["notes"]]
-    lines += ["", "| contender | versions | peak RSS of its process |", "|---|---|---|"]
+    lines += ["", "| contender | versions | peak RSS of its process, whole run |", "|---|---|---|"]
     for info in contenders.values():
         versions = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
         if "unavailable" in info:
@@ -248,7 +251,7 @@ def _suite_markdown(summary: dict[str, Any]) -> list[str]:
             if latency
             else ["msg/s", f"{contenders[melange]['label'] if melange else 'Melange'} / it"]
         )
-        header += ["CPU µs/msg (client process)"]
+        header += ["CPU µs/msg (client process)", "peak RSS MiB"]
         if sqs:
             header += ["HTTP requests/msg"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -260,6 +263,7 @@ def _suite_markdown(summary: dict[str, Any]) -> list[str]:
                 ratio = entry["ratios"].get(ckey)
                 row += [_cell(stats["throughput"]), "-" if ckey == melange else _cell(ratio, "x")]
             row.append(_cell(stats["cpu_us_per_message"]))
+            row.append(_cell(stats.get("peak_rss_mib")))
             if sqs:
                 row.append(_cell(stats.get("requests_per_message")))
             lines.append("| " + " | ".join(row) + " |")

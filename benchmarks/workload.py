@@ -12,6 +12,7 @@ Standard library only: this module also runs under the released 7.2.0 interprete
 from __future__ import annotations
 
 import math
+import os
 import resource
 import threading
 import time
@@ -100,19 +101,56 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def rss_kb() -> int:
+    """Resident memory of this process now, in KiB (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _RSSSampler(threading.Thread):
+    """Samples the resident memory every ``interval`` seconds and keeps the highest."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        super().__init__(name="bench-rss", daemon=True)
+        self.peak = rss_kb()
+        self._interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self._interval):
+            self.peak = max(self.peak, rss_kb())
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return max(self.peak, rss_kb())
+
+
 class Stopwatch:
-    """Measures a section: wall seconds, process CPU seconds and, if counted, requests."""
+    """Measures a section: wall seconds, process CPU seconds, peak resident memory and, where
+    counted, HTTP requests."""
 
     def __init__(self, requests: Callable[[], int | None]) -> None:
         self._requests = requests
         self._first_request = requests()
+        self._sampler = _RSSSampler()
+        self._sampler.start()
         self._cpu = cpu_seconds()
         self._start = time.perf_counter()
 
     def stop(self, n: int) -> dict[str, Any]:
         """The result record of a section that handled ``n`` messages."""
         seconds = time.perf_counter() - self._start
-        result: dict[str, Any] = {"seconds": seconds, "n": n, "cpu_s": cpu_seconds() - self._cpu}
+        cpu = cpu_seconds() - self._cpu
+        result: dict[str, Any] = {
+            "seconds": seconds,
+            "n": n,
+            "cpu_s": cpu,
+            "peak_rss_kb": self._sampler.stop(),
+        }
         last = self._requests()
         if self._first_request is not None and last is not None:
             result["requests"] = last - self._first_request

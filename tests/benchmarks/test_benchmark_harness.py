@@ -39,6 +39,7 @@ def test_one_in_memory_round_produces_records_and_a_report(tmp_path: Path) -> No
     assert record["n"] == 200
     assert record["seconds"] > 0
     assert record["cpu_s"] >= 0
+    assert record["peak_rss_kb"] > 0
     assert result.contenders["melange"]["peak_rss_kb"] > 0
 
     suite = suites.Suite("memory", "In-memory", [spec, broken], measurements)
