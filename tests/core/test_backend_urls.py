@@ -129,6 +129,23 @@ def test_sqs_url_with_host_and_port_gives_a_local_sqs_backend(
     assert backend.wait_time_seconds == 1
 
 
+@pytest.mark.parametrize(
+    ("url", "endpoint"),
+    [
+        ("sqs://AKID:s%2Fcret@?region=eu-west-1", "https://sqs.eu-west-1.amazonaws.com"),
+        ("sqs://AKID:s%2Fcret@localhost:9324", "http://localhost:9324"),
+    ],
+)
+def test_sqs_url_user_and_password_are_the_aws_credentials(
+    url: str, endpoint: str, opened: list[MessagingBackend]
+) -> None:
+    backend = resolve(url, opened)
+    client = backend._sqs  # type: ignore[attr-defined]
+    credentials = client._request_signer._credentials
+    assert (credentials.access_key, credentials.secret_key) == ("AKID", "s/cret")
+    assert client.meta.endpoint_url == endpoint
+
+
 def test_amqp_url_gives_a_rabbitmq_backend_with_its_options(
     opened: list[MessagingBackend],
 ) -> None:
@@ -227,6 +244,13 @@ def test_backend_manager_without_backend_or_env_says_how_to_set_one(
         ("sqs://localhost:9324?endpoint_url=http://x:1", "both host:port and endpoint_url"),
         ("sqs://?region=eu-west-1&colour=red", r"unknown option 'colour'.*region_name"),
         ("sqs://localhost:9324/queue", "has no path"),
+        ("sqs://AKID@localhost:9324", "only part of the credentials"),
+        ("sqs://:9324", "has a port but no host"),
+        ("sqs://localhost:port", "bad port"),
+        (
+            "sqs://AKID:key@localhost:9324?aws_access_key_id=AKID",
+            "gives the credentials twice",
+        ),
         ("amqp:///%2F", r"needs a host.*amqp://guest:guest@localhost:5672"),
         ("amqp://localhost/%2F?prefetch=5", "Unknown URL parameter: 'prefetch'"),
         ("amqp://localhost/%2F?prefetch_count=many", "prefetch_count='many'"),

@@ -18,8 +18,8 @@ default value (``sqlite:///melange.db?synchronous=FULL&visibility_timeout=60``,
 ``amqp://guest:guest@localhost/%2F?prefetch_count=50``); ``region`` and ``endpoint`` are
 short for ``region_name`` and ``endpoint_url``. An option the backend does not take is an
 error naming the ones it does. Query parameters of an ``amqp`` URL that are not options of
-``RabbitMQBackend`` (``heartbeat``, ``connection_attempts``...) stay in the URL for the AMQP
-client to read.
+``RabbitMQBackend`` (``channel_max``, ``frame_max``...) stay in the URL for the AMQP client
+to read. ``sqs://ACCESS_KEY_ID:SECRET_ACCESS_KEY@...`` passes AWS credentials.
 
 :func:`backend_from_env` reads the URL from ``MELANGE_BACKEND_URL`` and falls back to
 :func:`default_backend_url`, an SQLite file ``melange.db`` in the current directory: the
@@ -154,6 +154,8 @@ def _sqlite(url: str) -> MessagingBackend:
 
 
 def _sqs(url: str) -> MessagingBackend:
+    from melange.backends.sqs.sqs_backend import AWSBackend
+
     parts = urlsplit(url)
     query = _query(parts.query)
     if parts.path not in ("", "/"):
@@ -161,30 +163,46 @@ def _sqs(url: str) -> MessagingBackend:
             f"an sqs URL has no path, got {parts.path!r} in {_redact(url)!r}; use "
             "sqs://?region=eu-west-1 or sqs://host:port"
         )
-    if not parts.netloc:
-        from melange.backends.sqs.sqs_backend import AWSBackend
-
-        return AWSBackend(**_options(url, query, AWSBackend, "sqs"))
-    from melange.backends.sqs.localsqs import LocalSQSBackend
-    from melange.backends.sqs.sqs_backend import AWSBackend
-
-    host = parts.hostname
+    # Credentials may come as user:password (access key id and secret key).
+    credentials: dict[str, str] = {}
+    if parts.username is not None or parts.password is not None:
+        if not parts.username or not parts.password:
+            raise ConfigurationError(
+                f"sqs URL {_redact(url)!r} gives only part of the credentials; use "
+                "sqs://ACCESS_KEY_ID:SECRET_ACCESS_KEY@... or none"
+            )
+        credentials = {
+            "aws_access_key_id": unquote(parts.username),
+            "aws_secret_access_key": unquote(parts.password),
+        }
+        if set(credentials) & set(query):
+            raise ConfigurationError(
+                f"sqs URL {_redact(url)!r} gives the credentials twice (user:password and "
+                "in the query); give them once"
+            )
     try:
         port = parts.port
     except ValueError as exc:
         raise ConfigurationError(f"sqs URL {_redact(url)!r} has a bad port: {exc}") from exc
-    if not host or port is None:
+    if not parts.hostname:
+        if port is not None:
+            raise ConfigurationError(f"sqs URL {_redact(url)!r} has a port but no host")
+        options: dict[str, Any] = {**_options(url, query, AWSBackend, "sqs"), **credentials}
+        return AWSBackend(**options)
+    from melange.backends.sqs.localsqs import LocalSQSBackend
+
+    if port is None:
         raise ConfigurationError(
             f"sqs URL {_redact(url)!r} needs a host and a port for a local SQS server, e.g. "
             "sqs://localhost:9324 (or sqs://?region=eu-west-1 for AWS)"
         )
-    if "endpoint_url" in query or "endpoint" in query:
+    if "endpoint_url" in query:
         raise ConfigurationError(
             f"sqs URL {_redact(url)!r} gives both host:port and endpoint_url; give one"
         )
     extra: dict[str, Callable[[str], Any]] = {"sns_host": str, "sns_port": int}
-    options = _options(url, query, AWSBackend, "localsqs", extra)
-    return LocalSQSBackend(host, port, **options)
+    options = {**_options(url, query, AWSBackend, "localsqs", extra), **credentials}
+    return LocalSQSBackend(parts.hostname, port, **options)
 
 
 def _amqp(url: str) -> MessagingBackend:
