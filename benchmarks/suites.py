@@ -139,8 +139,9 @@ def rabbit_suite(sizes: Sizes) -> Suite:
         ],
         [
             f"Every contender: {RABBIT_QUEUE_TYPE} queue (Melange's default), persistent "
-            f"messages, publisher confirms, prefetch {RABBIT_PREFETCH} (Melange's default), "
-            "one ack per message after the handler ran.",
+            "mandatory messages, publisher confirms (a single publish returns once confirmed), "
+            f"prefetch {RABBIT_PREFETCH} (Melange's default), every message acknowledged after "
+            "its handler ran (Melange acknowledges what one receive returned together).",
             "Batch publish: Melange pipelines the confirms of a batch; raw pika's "
             "BlockingChannel publishes and waits for each confirm.",
         ],

@@ -77,7 +77,8 @@ class RawPika(Contender):
         self.pub.queue_purge(self.queue)
 
     def publish_one(self, payload: Payload) -> None:
-        # With confirms on, basic_publish blocks until the broker confirms this message.
+        # With confirms on, basic_publish blocks until the broker confirms this message;
+        # mandatory, as Melange's queue publishes are, so an unroutable message raises.
         self.pub.basic_publish(
             "",
             self.queue,
@@ -85,6 +86,7 @@ class RawPika(Contender):
             self._pika.BasicProperties(
                 delivery_mode=2, content_type="application/json", message_id=uuid.uuid4().hex
             ),
+            mandatory=True,
         )
 
     def consume(self, n: int, handle: Tally) -> None:
@@ -134,7 +136,9 @@ class Kombu(Contender):
         self._bound.purge()
 
     def publish_one(self, payload: Payload) -> None:
-        self.producer.publish(payload, routing_key=self.queue_name, exchange="", delivery_mode=2)
+        self.producer.publish(
+            payload, routing_key=self.queue_name, exchange="", delivery_mode=2, mandatory=True
+        )
 
     def consume(self, n: int, handle: Tally) -> None:
         def on_message(body: Any, message: Any) -> None:
