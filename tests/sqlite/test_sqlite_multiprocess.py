@@ -204,7 +204,7 @@ def _use_inherited_backend(backend: SQLiteBackend) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_uses_the_inherited_backend_with_its_own_connections(
+def test_a_forked_child_can_use_the_backend_it_inherited(
     tmp_path: Path,
 ) -> None:
     backend = SQLiteBackend(tmp_path / "fork.db")

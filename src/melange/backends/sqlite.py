@@ -959,7 +959,7 @@ class SQLiteBackend(MessagingBackend):
         """Make the message visible again after ``delay`` seconds.
 
         On a FIFO queue a delayed message keeps its group blocked while it waits, so the
-        group's order holds.
+        group's order holds (and :meth:`queue_stats` counts it as in flight meanwhile).
         """
         receipt = self._receipt(message)
         delay = max(0.0, float(delay))
