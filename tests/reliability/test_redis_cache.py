@@ -171,3 +171,21 @@ def test_bad_expire_is_refused(expire: object) -> None:
 
     with pytest.raises(ConfigurationError, match="expire"):
         RedisCache(expire=expire)  # type: ignore[arg-type]
+
+
+def test_a_redis_that_accepts_but_never_answers_fails_within_the_socket_timeout() -> None:
+    import socket
+
+    from melange.infrastructure.redis_cache import RedisCache
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the backlog; nothing ever answers
+        port = silent.getsockname()[1]
+        cache = RedisCache(host="127.0.0.1", port=port, socket_timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(DeduplicationCacheError, match="claim"):
+            cache.claim("k", 5)
+        took = time.monotonic() - started
+    # One try and two quick retries, each bounded by the socket timeout.
+    assert took < 3
