@@ -249,3 +249,24 @@ def test_a_handler_commit_with_mark_done_in_is_never_repeated_on_postgres() -> N
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f"DROP TABLE IF EXISTS {orders}")
             admin.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_caches_created_at_once_on_a_new_table_all_work(factory: Factory) -> None:
+    barrier = threading.Barrier(6)
+    made: list[SQLDeduplicationCache] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            made.append(factory())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    assert sorted(c.claim("k", 30).value for c in made) == ["busy"] * 5 + ["claimed"]

@@ -114,7 +114,12 @@ class SQLDeduplicationCache(DeduplicationCache):
         self._tokens: dict[str, str] = {}
         self._writes = 0
         with self._lock:
-            self._execute(self._create_sql(), (), "create the table for")
+            try:
+                self._execute(self._create_sql(), (), "create the table for")
+            except DeduplicationCacheError:
+                # Processes starting together race on CREATE TABLE IF NOT EXISTS (PostgreSQL
+                # then reports a duplicate type); the second try sees the table.
+                self._execute(self._create_sql(), (), "create the table for")
 
     # -- SQL --------------------------------------------------------------------------------
 
