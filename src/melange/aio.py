@@ -240,7 +240,12 @@ class AsyncMessageDispatcher(MessageDispatcher):
                 await self._run_async(c, decoded.payload, message, queue_name) for c in consumers
             ]
         return settle(
-            results, message.attempt, self._policy, always_ack=self._always_ack, rng=self._rng
+            results,
+            message.attempt,
+            self._policy,
+            always_ack=self._always_ack,
+            rng=self._rng,
+            busy_delay=self._lease,
         )
 
     async def _run_async(
