@@ -454,3 +454,38 @@ def test_a_busy_claim_is_retried_after_the_lease_and_an_unreachable_cache_after_
     assert "unreachable" in down.reason
     # Without a lease to go by, a busy claim falls back to the policy's first delay.
     assert settle([ConsumerResult(consumer, Outcome.BUSY)], 1, policy).delay == 1.5
+
+
+@pytest.mark.parametrize("flavour", ["threaded", "asyncio"])
+def test_a_message_claimed_elsewhere_is_handed_back_for_the_claims_lease(flavour: str) -> None:
+    import asyncio
+
+    from melange.aio import AsyncMessageDispatcher
+
+    backend = InMemoryMessagingBackend()
+    backend.declare_queue(QUEUE, dead_letter_queue_name=DLQ)
+    publish(backend, range(1))
+    (message,) = backend.peek(QUEUE)
+    cache = InMemoryCache()
+    assert cache.claim(f"c.{message.message_id}", 60).value == "claimed"  # another process
+    delays: list[float] = []
+    nack = backend.nack
+
+    def recording_nack(message: Message, delay: float = 0.0) -> None:
+        delays.append(delay)
+        nack(message, delay)
+
+    backend.nack = recording_nack  # type: ignore[method-assign]
+    seen: list[Any] = []
+    options: dict[str, Any] = {
+        "cache": cache,
+        "backend": backend,
+        "consumers": [Consumer(seen.append, name="c")],
+        "dedup_lease_seconds": 42.0,
+    }
+    if flavour == "asyncio":
+        asyncio.run(AsyncMessageDispatcher(JsonSerializer(), **options).consume_event(QUEUE))
+    else:
+        MessageDispatcher(JsonSerializer(), **options).consume_event(QUEUE)
+    assert seen == []
+    assert delays == [42.0]
