@@ -8,9 +8,10 @@ kernel at once and so survive a SIGKILL of the process::
     end <n> <message id> <pid>
 
 Config keys: ``backend`` (see :func:`reliability_support.open_backend`), ``queue``,
-``journal``, ``delay`` (seconds each handler takes), ``block_on`` (a payload number whose
-handler never returns), ``workers``, ``redis_prefix`` (enables a RedisCache),
-``lease`` (deduplication lease seconds), ``max_messages``.
+``journal``, ``delay`` (seconds each handler takes), ``slow`` (payload number -> seconds
+that handler takes instead), ``block_on`` (a payload number whose handler never returns),
+``workers``, ``redis_prefix`` (enables a RedisCache), ``lease`` (deduplication lease
+seconds), ``max_messages``, ``heartbeat`` (false turns the visibility heartbeat off).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> int:
     pid = os.getpid()
     delay = float(config.get("delay", 0.0))
     block_on = config.get("block_on")
+    slow = {int(n): float(seconds) for n, seconds in config.get("slow", {}).items()}
     never = threading.Event()
 
     def record(phase: str, n: int) -> None:
@@ -48,8 +50,8 @@ def main() -> int:
         record("start", n)
         if n == block_on:
             never.wait()  # a handler stuck for good: only a second signal ends the process
-        if delay:
-            never.wait(delay)  # the handler's work
+        if n in slow or delay:
+            never.wait(slow.get(n, delay))  # the handler's work
         record("end", n)
 
     cache = None
@@ -65,6 +67,7 @@ def main() -> int:
         consumers=[Consumer(handle, name="fault-consumer")],
         failure_policy=FailurePolicy.no_delay(max_attempts=None),
         dedup_lease_seconds=float(config.get("lease", 300.0)),
+        visibility_heartbeat=bool(config.get("heartbeat", True)),
     )
     os.write(journal, f"ready - - {pid}\n".encode())
     kwargs: dict[str, Any] = {}

@@ -285,3 +285,47 @@ def test_a_second_signal_stops_a_consumer_stuck_in_a_handler_at_once(
     assert code != 0
     assert took < 5
     assert Journal.read(journal).ends[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "heartbeat"),
+    # The run without heartbeat is the control: it shows the test can see a redelivery.
+    [*[(k, True) for k in SHARED_BACKENDS if k != "rabbitmq"], ("sqlite", False)],
+)
+def test_a_handler_outlasting_the_visibility_timeout_keeps_its_message_from_other_processes(
+    kind: str, heartbeat: bool, broker: Callable[..., Broker], tmp_path: Path
+) -> None:
+    # RabbitMQ is left out: it has no visibility timeout (a message stays with its consumer
+    # until that consumer settles it or disconnects).
+    count, visibility, slow = 6, 1.0, 3.5
+    work = broker(count, visibility=visibility)
+    journal = tmp_path / "journal"
+    config = {
+        "backend": work.spec,
+        "queue": work.queue,
+        "journal": str(journal),
+        "slow": {"0": slow},
+        "max_messages": 1,
+        "heartbeat": heartbeat,
+    }
+    consumers = [spawn_worker(config), spawn_worker(config)]
+    try:
+        wait_for(all_done(journal, count, work), 60, "every message to be processed")
+        for process in consumers:
+            process.send_signal(signal.SIGTERM)
+        assert [process.wait(30) for process in consumers] == [0, 0]
+    finally:
+        for process in consumers:
+            stop_process(process)
+    final = Journal.read(journal)
+    print(
+        f"\n[{kind}, heartbeat={heartbeat}] handler of {slow}s, visibility timeout "
+        f"{visibility}s: message 0 started {final.starts[0]} time(s)"
+    )
+    assert final.ends.keys() == set(range(count))
+    if heartbeat:
+        # Never handed to the other process while its handler ran.
+        assert final.starts == {n: 1 for n in range(count)}
+        assert final.ends == {n: 1 for n in range(count)}
+    else:
+        assert final.starts[0] >= 2
