@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from melange.backends.interfaces import MessagingBackend
 from melange.models import Message
@@ -12,45 +13,59 @@ logger = logging.getLogger("melange.dispatcher")
 
 
 class Heartbeat:
-    """Extends the visibility of registered messages every ``interval`` seconds.
+    """Renews the lease of each registered message every third of its visibility timeout.
 
-    A background thread runs while messages are registered, and ends when none are left or
-    on :meth:`close`.
+    Each message's lease comes from ``backend.visibility_timeout_for(message)``, so queues
+    with different timeouts are each renewed in time. A background thread runs while messages
+    are registered, and ends when none are left or on :meth:`close`.
     """
 
-    def __init__(self, backend: MessagingBackend, extension: float) -> None:
+    def __init__(self, backend: MessagingBackend) -> None:
         self._backend = backend
-        self._extension = extension
-        self._interval = max(0.05, extension / 3)
         self._lock = threading.Lock()
-        self._messages: dict[int, Message] = {}
-        self._stop = threading.Event()
+        self._wake = threading.Condition(self._lock)
+        # id(message) -> (message, lease seconds, next renewal time)
+        self._messages: dict[int, tuple[Message, float, float]] = {}
+        self._closed = False
         self._thread: threading.Thread | None = None
 
     def add(self, message: Message) -> None:
+        """Renew ``message``'s lease until :meth:`remove` is called."""
+        lease = self._backend.visibility_timeout_for(message)
+        if lease is None or lease <= 0:
+            return
         with self._lock:
-            self._messages[id(message)] = message
-            if self._thread is None:
+            self._messages[id(message)] = (message, lease, time.monotonic() + lease / 3)
+            if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run, name="melange-heartbeat", daemon=True
                 )
                 self._thread.start()
+            self._wake.notify()
 
     def remove(self, message: Message) -> None:
+        """Stop renewing ``message``'s lease."""
         with self._lock:
             self._messages.pop(id(message), None)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
             with self._lock:
-                messages = list(self._messages.values())
-                if not messages:
+                if self._closed or not self._messages:
                     # Idle: end the thread; the next add() starts a new one.
                     self._thread = None
                     return
-            for message in messages:
+                now = time.monotonic()
+                due = [(m, lease) for m, lease, at in self._messages.values() if at <= now]
+                for message, lease in due:
+                    self._messages[id(message)] = (message, lease, now + lease / 3)
+                if not due:
+                    next_at = min(at for _, _, at in self._messages.values())
+                    self._wake.wait(max(0.01, next_at - now))
+                    continue
+            for message, lease in due:
                 try:
-                    self._backend.extend_visibility(message, self._extension)
+                    self._backend.extend_visibility(message, lease)
                 except Exception:
                     logger.warning(
                         "could not extend the visibility of message %s",
@@ -59,7 +74,10 @@ class Heartbeat:
                     )
 
     def close(self) -> None:
-        self._stop.set()
-        thread = self._thread
+        """Stop the background thread."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+            thread = self._thread
         if thread is not None:
             thread.join(timeout=5)

@@ -142,9 +142,7 @@ class MessageDispatcher:
         self._on_exception: Callable[[Exception], Any] | None = None
         self._heartbeat: Heartbeat | None = None
         if visibility_heartbeat and self._backend.capabilities.extend_visibility:
-            timeout = getattr(self._backend, "visibility_timeout", None)
-            if isinstance(timeout, int | float) and timeout > 0:
-                self._heartbeat = Heartbeat(self._backend, float(timeout))
+            self._heartbeat = Heartbeat(self._backend)
         #: Counters of what this dispatcher did.
         self.stats = DispatcherStats()
 

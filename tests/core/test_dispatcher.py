@@ -458,3 +458,20 @@ def test_heartbeat_keeps_a_slow_message_from_being_delivered_twice() -> None:
     assert other_saw == []
     assert backend.queue_depth("q") == 0
     d.close()
+
+
+def test_heartbeat_follows_each_queues_own_visibility_timeout() -> None:
+    backend = InMemoryMessagingBackend(visibility_timeout=30)
+    MessagingBackendFactory(backend).init_queue("short", visibility_timeout=0.3)
+    QueuePublisher(JsonSerializer(), backend).publish("short", {"n": 1})
+    other_saw: list[Message] = []
+
+    def slow(message: Any) -> None:
+        time.sleep(1.0)
+        other_saw.extend(backend.retrieve_messages(backend.get_queue("short")))
+
+    d = MessageDispatcher(JsonSerializer(), backend=backend, consumers=[Consumer(slow)])
+    d.consume_event("short")
+    d.close()
+    assert other_saw == []
+    assert backend.queue_depth("short") == 0

@@ -193,6 +193,18 @@ class MessagingBackend(ABC):
     def extend_visibility(self, message: Message, seconds: float) -> None:
         """Keep ``message`` invisible to other consumers for ``seconds`` more (a heartbeat)."""
 
+    def visibility_timeout_for(self, message: Message) -> float | None:
+        """The lease, in seconds, of a received ``message`` (its queue's visibility timeout).
+
+        The dispatcher's heartbeat renews the lease of a message in hand every third of it.
+        The default reads a ``visibility_timeout`` attribute of the backend; ``None`` means
+        no lease to renew.
+        """
+        timeout = getattr(self, "visibility_timeout", None)
+        if isinstance(timeout, int | float) and timeout > 0:
+            return float(timeout)
+        return None
+
     def interrupt(self) -> None:
         """Wake any :meth:`retrieve_messages` call blocked in this process (used on stop)."""
 

@@ -543,6 +543,15 @@ class InMemoryMessagingBackend(MessagingBackend):
             stored.visible_at = self._clock() + seconds
             heapq.heappush(queue.leases, (stored.visible_at, receipt))
 
+    def visibility_timeout_for(self, message: Message) -> float | None:
+        receipt = message.metadata
+        if isinstance(receipt, _Receipt):
+            with self._lock:
+                queue = self._queues.get(receipt.queue)
+                if queue is not None:
+                    return queue.visibility_timeout
+        return self.visibility_timeout
+
     def interrupt(self) -> None:
         with self._lock:
             self._interrupts += 1

@@ -152,6 +152,7 @@ class _Receipt:
     queue: str
     row_id: int
     token: int
+    lease: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -855,7 +856,7 @@ class SQLiteBackend(MessagingBackend):
         return [
             _to_message(
                 row._replace(receive_count=row.receive_count + 1),
-                _Receipt(queue.name, row.id, token),
+                _Receipt(queue.name, row.id, token, queue.visibility_timeout),
             )
             for row in deliver
         ]
@@ -1003,6 +1004,12 @@ class SQLiteBackend(MessagingBackend):
             self._move_to_dead_letter_queue(conn, queue, _Row(*found), headers, reason, now)
         self._wake_receivers()
         return True
+
+    def visibility_timeout_for(self, message: Message) -> float | None:
+        receipt = message.metadata
+        if isinstance(receipt, _Receipt) and receipt.lease > 0:
+            return receipt.lease
+        return self.visibility_timeout
 
     def extend_visibility(self, message: Message, seconds: float) -> None:
         receipt = self._receipt(message)
