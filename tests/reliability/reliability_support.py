@@ -303,7 +303,6 @@ class Journal:
 
     starts: collections.Counter[int] = field(default_factory=collections.Counter)
     ends: collections.Counter[int] = field(default_factory=collections.Counter)
-    ends_by_pid: dict[int, collections.Counter[int]] = field(default_factory=dict)
     message_ids: dict[int, str] = field(default_factory=dict)
     ready: set[int] = field(default_factory=set)
     exited: set[int] = field(default_factory=set)
@@ -327,13 +326,8 @@ class Journal:
                 journal.starts[int(n)] += 1
             elif phase == "end":
                 journal.ends[int(n)] += 1
-                journal.ends_by_pid.setdefault(int(pid), collections.Counter())[int(n)] += 1
                 journal.message_ids[int(n)] = message_id
         return journal
-
-    def duplicates(self) -> int:
-        """Completed handler runs beyond the first, over every message."""
-        return sum(count - 1 for count in self.ends.values() if count > 1)
 
 
 def drain(
