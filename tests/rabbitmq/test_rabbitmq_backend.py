@@ -353,9 +353,9 @@ def test_attempt_counts_across_delayed_retries_until_the_policy_dead_letters(
         )
         original = dispatcher._handle
 
-        def spy(message: Message, queue_name: str) -> Any:
+        def spy(message: Message, queue_name: str, *args: Any, **kwargs: Any) -> Any:
             attempts.append(message.attempt)
-            return original(message, queue_name)
+            return original(message, queue_name, *args, **kwargs)
 
         dispatcher._handle = spy  # type: ignore[method-assign]
         backend.publish_to_queue(make_message('{"x": 1}'), queue)
