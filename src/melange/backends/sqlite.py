@@ -123,6 +123,13 @@ _INSERT = (
     " group_id, dedup_id, visible_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+# The queue's delay and its existence come from the same statement as the insert.
+_INSERT_INTO_STANDARD_QUEUE = (
+    "INSERT INTO messages (message_id, content, serializer_id, manifest, headers, group_id,"
+    " dedup_id, visible_at, queue) SELECT ?, ?, ?, ?, ?, ?, ?, ? + delay_seconds, name"
+    " FROM queues WHERE name = ? AND fifo = 0"
+)
+
 
 class _QueueConfig(NamedTuple):
     name: str
@@ -676,9 +683,35 @@ class SQLiteBackend(MessagingBackend):
         if not messages:
             return
         now = self._clock()
+        # Encoded before the transaction, so the write lock is held for SQLite's work only.
+        rows = [
+            (
+                m.message_id,
+                m.content,
+                m.serializer_id,
+                m.manifest,
+                _dump_headers(m.headers),
+                m.group_id,
+                m.deduplication_id,
+                now,
+                queue.name,
+            )
+            for m in messages
+        ]
         with self._write() as conn:
-            target = self._queue_config(conn, queue.name)
-            self._enqueue(conn, target, messages, now)
+            # A standard queue takes the rows in one statement that also reads its settings;
+            # nothing is inserted if the queue is FIFO (deduplication and groups to check
+            # first) or missing, and the general path below decides.
+            inserted = conn.executemany(_INSERT_INTO_STANDARD_QUEUE, rows).rowcount
+            if inserted == 0:
+                target = self._queue_config(conn, queue.name)
+                self._enqueue(conn, target, messages, now)
+            elif inserted != len(rows):
+                # One queue row read within one transaction: all rows or none, never some.
+                raise BackendError(
+                    f"publishing {len(rows)} messages to {queue.name!r} stored {inserted}; "
+                    "the transaction was rolled back, nothing was published"
+                )
         self._wake_receivers()
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
@@ -1075,7 +1108,13 @@ def _require_topic(conn: sqlite3.Connection, name: str) -> None:
 
 
 def _dump_headers(headers: Mapping[str, str]) -> str:
-    return json.dumps(dict(headers), ensure_ascii=False, separators=(",", ":"))
+    if not headers:
+        return "{}"
+    return _HEADERS_ENCODER.encode(dict(headers))
+
+
+# One encoder for every row: ``json.dumps`` with options builds a new one per call.
+_HEADERS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def _to_message(row: _Row, receipt: _Receipt | None) -> Message:
