@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from cli_support import assert_one_line_error, run_melange
 
-from conftest import require_service
 from melange.backends.urls import backend_from_url
 from melange.cli.demo import _Console, _examples, run_example
+from service_check import require_service
 
 
 def test_demo_runs_both_examples_across_processes_and_exits_zero() -> None:

@@ -9,13 +9,13 @@ import pytest
 from cli_support import assert_one_line_error, run_melange, sqlite_url
 from click.testing import CliRunner
 
-from conftest import require_service
 from melange import Consumer, FailurePolicy, MessageDispatcher, QueuePublisher
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.sqlite import SQLiteBackend
 from melange.cli import cli
 from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message
 from melange.serializers.json import JsonSerializer
+from service_check import require_service
 
 
 class CardDeclined(Exception):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_service
 from melange.backends.backend_manager import BackendManager
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.interfaces import MessagingBackend
@@ -20,6 +19,7 @@ from melange.backends.urls import (
     default_backend_url,
 )
 from melange.exceptions import BackendError, ConfigurationError
+from service_check import require_service
 
 
 @pytest.fixture

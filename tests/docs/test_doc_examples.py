@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from doc_blocks import DOCS, Block, Page, commands, output_pattern, pages, parse
 
-from conftest import require_service
+from service_check import require_service
 
 ROOT = DOCS.parent
 PAGES = pages()

@@ -52,7 +52,7 @@ REDIS_START = [
 @contextmanager
 def redis_keys() -> Iterator[str]:
     """A key prefix unique to the caller; its keys are deleted afterwards."""
-    from conftest import require_service
+    from service_check import require_service
 
     host, port = require_service("redis")
     import redis
@@ -121,7 +121,7 @@ SHARED_BACKENDS = ["sqlite", "rabbitmq", "sqs"]
 
 
 def _require(name: str) -> None:
-    from conftest import require_service
+    from service_check import require_service
 
     require_service(name)
 

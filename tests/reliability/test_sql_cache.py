@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from conftest import require_service
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.consumers import Consumer
 from melange.exceptions import ConfigurationError, DeduplicationCacheError
@@ -20,6 +19,7 @@ from melange.message_dispatcher import MessageDispatcher
 from melange.policy import FailurePolicy
 from melange.publishers import QueuePublisher
 from melange.serializers.json import JsonSerializer
+from service_check import require_service
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
