@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 from melange.backends.interfaces import MessagingBackend
 from melange.models import Message
@@ -31,11 +32,19 @@ class Heartbeat:
 
     def add(self, message: Message) -> None:
         """Renew ``message``'s lease until :meth:`remove` is called."""
-        lease = self._backend.visibility_timeout_for(message)
+        self.add_batch((message,))
+
+    def add_batch(self, messages: Sequence[Message]) -> None:
+        """Renew the leases of a batch received together (one lookup of the lease for all)."""
+        if not messages:
+            return
+        lease = self._backend.visibility_timeout_for(messages[0])
         if lease is None or lease <= 0:
             return
+        due = time.monotonic() + lease / 3
         with self._lock:
-            self._messages[id(message)] = (message, lease, time.monotonic() + lease / 3)
+            for message in messages:
+                self._messages[id(message)] = (message, lease, due)
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run, name="melange-heartbeat", daemon=True
@@ -47,6 +56,12 @@ class Heartbeat:
         """Stop renewing ``message``'s lease."""
         with self._lock:
             self._messages.pop(id(message), None)
+
+    def remove_batch(self, messages: Sequence[Message]) -> None:
+        """Stop renewing the leases of ``messages``."""
+        with self._lock:
+            for message in messages:
+                self._messages.pop(id(message), None)
 
     def _run(self) -> None:
         while True:

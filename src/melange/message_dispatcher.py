@@ -342,6 +342,10 @@ class MessageDispatcher:
         acks: list[Message] = []
         # FIFO groups with a message coming back: their later messages must come back too.
         held: set[str] = set()
+        heartbeat = self._heartbeat
+        if heartbeat is not None:
+            # Every message of the batch is in hand until settled, not only the one running.
+            heartbeat.add_batch(messages)
         try:
             for index, message in enumerate(messages):
                 if self._stop.is_set():
@@ -350,12 +354,17 @@ class MessageDispatcher:
                 if message.group_id is not None and message.group_id in held:
                     self._release([message])
                     continue
-                verdict = self._handle(message, queue.name)
+                verdict = self._handle(message, queue.name, renew=False)
                 if verdict.action is Action.ACK:
                     acks.append(message)
-                elif not self._apply(verdict, message, queue.name) and message.group_id:
+                    continue
+                if heartbeat is not None:
+                    heartbeat.remove(message)
+                if not self._apply(verdict, message, queue.name) and message.group_id:
                     held.add(message.group_id)
         finally:
+            if heartbeat is not None:
+                heartbeat.remove_batch(messages)
             if acks:
                 # One round trip for the whole batch where the backend supports it.
                 self._backend.acknowledge_batch(acks)
@@ -381,6 +390,9 @@ class MessageDispatcher:
             self._cache_down.clear()
 
     def _release(self, messages: Sequence[Message]) -> None:
+        if self._heartbeat is not None:
+            # A renewal after the release would hide the message again.
+            self._heartbeat.remove_batch(messages)
         for message in messages:
             self.stats.add("released")
             try:
@@ -390,8 +402,12 @@ class MessageDispatcher:
 
     # -- one message ------------------------------------------------------------------------
 
-    def _handle(self, message: Message, queue_name: str) -> Verdict:
-        """Decode, route and run consumers; return how to settle (acks are left to the caller)."""
+    def _handle(self, message: Message, queue_name: str, renew: bool = True) -> Verdict:
+        """Decode, route and run consumers; return how to settle (acks are left to the caller).
+
+        ``renew`` registers the message with the heartbeat while consumers run (callers that
+        registered a whole batch pass ``False``).
+        """
         decoded = decode(message, self._registry)
         if not isinstance(decoded, Decoded):
             self.stats.add("poison")
@@ -406,7 +422,7 @@ class MessageDispatcher:
         consumers = self._route.select(decoded.payload, message.manifest)
         if not consumers:
             return ACK
-        heartbeat = self._heartbeat
+        heartbeat = self._heartbeat if renew else None
         if heartbeat is not None:
             heartbeat.add(message)
         try:
@@ -415,6 +431,8 @@ class MessageDispatcher:
         finally:
             if heartbeat is not None:
                 heartbeat.remove(message)
+        if len(results) == 1 and results[0].outcome is Outcome.SUCCEEDED:
+            return ACK  # one consumer, and it succeeded: nothing to weigh
         return settle(
             results,
             message.attempt,
@@ -427,15 +445,17 @@ class MessageDispatcher:
     def _run(
         self, consumer: Consumer, payload: Any, message: Message, queue_name: str
     ) -> ConsumerResult:
-        early, key = self._claim(consumer, message, queue_name)
-        if early is not None:
-            return early
+        key = None
+        if self._cache is not None:
+            early, key = self._claim(consumer, message, queue_name)
+            if early is not None:
+                return early
         policy = consumer.failure_policy or self._policy
         error: Exception | None = None
         for _ in range(policy.immediate_retries + 1):
             try:
                 result = consumer.process(payload)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     _close_awaitable(result)
                     raise TypeError(
                         f"consumer {consumer.name} is asynchronous; run it with "
@@ -446,6 +466,8 @@ class MessageDispatcher:
                 continue
             error = None
             break
+        if error is None and key is None:
+            return ConsumerResult(consumer, Outcome.SUCCEEDED)  # the common case, kept cheap
         return self._finish(consumer, message, queue_name, key, error)
 
     def _claim(

@@ -8,6 +8,7 @@ native message attributes; see each backend's documentation for the wire format.
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,9 +26,24 @@ FAILURE_CONSUMER = "melange_failure_consumer"
 FAILURE_QUEUE = "melange_failure_queue"
 
 
+class _IdSource:
+    # A generator seeded from the OS: ids need uniqueness, not secrecy, and unlike
+    # os.urandom it does not release the GIL on every message. Reseeded in forked children
+    # so that two processes never share a sequence.
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.bits = random.Random(os.urandom(32)).getrandbits
+
+
+_ids = _IdSource()
+
+
 def new_message_id() -> str:
     """A fresh, globally unique message id: 128 random bits as 32 hex digits (a UUID4's size)."""
-    return os.urandom(16).hex()
+    return f"{_ids.bits(128):032x}"
 
 
 class Message:
