@@ -39,69 +39,46 @@ from melange.publishers import QueuePublisher, TopicPublisher
 logger = logging.getLogger("melange.dispatcher")
 
 
-class AsyncQueuePublisher:
+class _AsyncPublisher:
+    _sync: QueuePublisher | TopicPublisher
+
+    async def publish(
+        self,
+        destination: str,
+        data: Any,
+        message_group_id: str | None = None,
+        message_deduplication_id: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Message:
+        """Serialize ``data`` and publish it; returns the envelope that was sent."""
+        # Built here, in the caller's task, so the causation id is this task's message.
+        message = self._sync._build(
+            data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
+        )
+        return await asyncio.to_thread(self._sync._publish, destination, message)
+
+    async def publish_batch(
+        self, destination: str, items: Iterable[Any], **kwargs: Any
+    ) -> list[Message]:
+        """Publish several messages in as few broker calls as the backend allows."""
+        return await asyncio.to_thread(self._sync.publish_batch, destination, list(items), **kwargs)
+
+
+class AsyncQueuePublisher(_AsyncPublisher):
     """``async`` twin of :class:`~melange.publishers.QueuePublisher` (same arguments)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync = QueuePublisher(*args, **kwargs)
 
-    async def publish(
-        self,
-        queue_name: str,
-        data: Any,
-        message_group_id: str | None = None,
-        message_deduplication_id: str | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-    ) -> Message:
-        """Serialize ``data`` and publish it to ``queue_name``; returns the sent envelope."""
-        # Build here so the causation id comes from this task's current message.
-        message = self._sync._build(
-            data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
-        )
-        queue = await asyncio.to_thread(self._sync._queue, queue_name)
-        await asyncio.to_thread(self._sync.backend.publish_to_queue, message, queue)
-        return message
 
-    async def publish_batch(
-        self, queue_name: str, items: Iterable[Any], **kwargs: Any
-    ) -> list[Message]:
-        """Publish several messages in as few broker calls as the backend allows."""
-        return await asyncio.to_thread(self._sync.publish_batch, queue_name, list(items), **kwargs)
-
-
-class AsyncTopicPublisher:
+class AsyncTopicPublisher(_AsyncPublisher):
     """``async`` twin of :class:`~melange.publishers.TopicPublisher` (same arguments)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync = TopicPublisher(*args, **kwargs)
-
-    async def publish(
-        self,
-        topic_name: str,
-        data: Any,
-        message_group_id: str | None = None,
-        message_deduplication_id: str | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-    ) -> Message:
-        """Serialize ``data`` and publish it to ``topic_name``; returns the sent envelope."""
-        message = self._sync._build(
-            data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
-        )
-        topic = await asyncio.to_thread(self._sync._topic, topic_name)
-        await asyncio.to_thread(self._sync.backend.publish_to_topic, message, topic)
-        return message
-
-    async def publish_batch(
-        self, topic_name: str, items: Iterable[Any], **kwargs: Any
-    ) -> list[Message]:
-        """Publish several messages to a topic in as few broker calls as the backend allows."""
-        return await asyncio.to_thread(self._sync.publish_batch, topic_name, list(items), **kwargs)
 
 
 class AsyncMessageDispatcher(MessageDispatcher):

@@ -73,17 +73,8 @@ class _Publisher:
         return message
 
 
-class QueuePublisher(_Publisher):
-    """Publishes messages to queues.
-
-    Args:
-        serializer_registry: A serializer, a list of serializers (each picked by the type of the
-            published object, the first being the default), a
-            :class:`~melange.serializers.registry.SerializerRegistry`, or its 7.2.0 config dict.
-            Defaults to JSON.
-        backend: The backend; defaults to the one set on
-            :class:`~melange.backends.backend_manager.BackendManager`.
-    """
+class _DestinationPublisher(_Publisher):
+    """Publishing shared by queues and topics; subclasses say how to reach a destination."""
 
     def __init__(
         self,
@@ -91,45 +82,53 @@ class QueuePublisher(_Publisher):
         backend: MessagingBackend | None = None,
     ) -> None:
         super().__init__(serializer_registry, backend)
-        self._queues: dict[str, QueueWrapper] = {}
+        # Handles are looked up once per destination (the backend caches URLs/ARNs too).
+        self._handles: dict[str, Any] = {}
 
-    def _queue(self, queue_name: str) -> QueueWrapper:
-        queue = self._queues.get(queue_name)
-        if queue is None:
-            queue = self._queues[queue_name] = self._backend.get_queue(queue_name)
-        return queue
+    def _lookup(self, name: str) -> Any:
+        raise NotImplementedError
 
-    def publish(
-        self,
-        queue_name: str,
-        data: Any,
-        message_group_id: str | None = None,
-        message_deduplication_id: str | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-    ) -> Message:
-        """Serialize ``data`` and publish it to ``queue_name``; returns the sent envelope.
+    def _send(self, message: Message, handle: Any) -> None:
+        raise NotImplementedError
 
-        ``message_group_id`` and ``message_deduplication_id`` apply to FIFO queues. Raises
-        :class:`~melange.exceptions.QueueNotFoundError` if the queue does not exist.
-        """
-        if not isinstance(queue_name, str):
-            raise TypeError(f"queue_name must be a str, got {type(queue_name).__name__}")
-        message = self._build(
-            data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
-        )
+    def _send_batch(self, messages: list[Message], handle: Any) -> None:
+        raise NotImplementedError
+
+    def _handle(self, name: str) -> Any:
+        if not isinstance(name, str):
+            raise TypeError(f"destination name must be a str, got {type(name).__name__}")
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = self._lookup(name)
+        return handle
+
+    def _publish(self, name: str, message: Message) -> Message:
+        handle = self._handle(name)
         try:
-            self._backend.publish_to_queue(message, self._queue(queue_name))
+            self._send(message, handle)
         except DestinationNotFoundError:
-            self._queues.pop(queue_name, None)
+            self._handles.pop(name, None)  # deleted since it was looked up
             raise
         return message
 
+    def _publish_data(
+        self,
+        destination: str,
+        data: Any,
+        message_group_id: str | None,
+        message_deduplication_id: str | None,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+    ) -> Message:
+        message = self._build(
+            data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
+        )
+        return self._publish(destination, message)
+
     def publish_batch(
         self,
-        queue_name: str,
+        destination: str,
         items: Iterable[Any],
         message_group_id: str | None = None,
         *,
@@ -143,29 +142,76 @@ class QueuePublisher(_Publisher):
             self._build(item, message_group_id, None, headers, None, None) for item in items
         ]
         if messages:
-            self._backend.publish_batch_to_queue(messages, self._queue(queue_name))
+            self._send_batch(messages, self._handle(destination))
         return messages
 
 
-class TopicPublisher(_Publisher):
+class QueuePublisher(_DestinationPublisher):
+    """Publishes messages to queues.
+
+    Args:
+        serializer_registry: A serializer, a list of serializers (each picked by the type of the
+            published object, the first being the default), a
+            :class:`~melange.serializers.registry.SerializerRegistry`, or its 7.2.0 config dict.
+            Defaults to JSON.
+        backend: The backend; defaults to the one set on
+            :class:`~melange.backends.backend_manager.BackendManager`.
+    """
+
+    def publish(
+        self,
+        queue_name: str,
+        data: Any,
+        message_group_id: str | None = None,
+        message_deduplication_id: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Message:
+        """Serialize ``data`` and publish it to ``queue_name``; returns the envelope sent.
+
+        Args:
+            queue_name: The queue.
+            data: The message; the serializer is chosen by its type.
+            message_group_id: Ordering key, for FIFO queues.
+            message_deduplication_id: Broker-side deduplication id, for FIFO queues.
+            headers: Extra string headers to send along.
+            correlation_id: Overrides the correlation id (by default, when publishing from
+                inside a consumer, the one of the message being processed).
+            causation_id: Overrides the causation id (by default the id of the message being
+                processed).
+
+        Raises:
+            QueueNotFoundError: The queue does not exist.
+            PublishError: The broker refused the message.
+            SerializationError: ``data`` could not be serialized.
+        """
+        return self._publish_data(
+            queue_name,
+            data,
+            message_group_id,
+            message_deduplication_id,
+            headers,
+            correlation_id,
+            causation_id,
+        )
+
+    def _lookup(self, name: str) -> QueueWrapper:
+        return self._backend.get_queue(name)
+
+    def _send(self, message: Message, handle: QueueWrapper) -> None:
+        self._backend.publish_to_queue(message, handle)
+
+    def _send_batch(self, messages: list[Message], handle: QueueWrapper) -> None:
+        self._backend.publish_batch_to_queue(messages, handle)
+
+
+class TopicPublisher(_DestinationPublisher):
     """Publishes messages to topics, which fan them out to every subscribed queue.
 
     Takes the same arguments as :class:`QueuePublisher`.
     """
-
-    def __init__(
-        self,
-        serializer_registry: SerializerSource | None = None,
-        backend: MessagingBackend | None = None,
-    ) -> None:
-        super().__init__(serializer_registry, backend)
-        self._topics: dict[str, TopicWrapper] = {}
-
-    def _topic(self, topic_name: str) -> TopicWrapper:
-        topic = self._topics.get(topic_name)
-        if topic is None:
-            topic = self._topics[topic_name] = self._backend.get_topic(topic_name)
-        return topic
 
     def publish(
         self,
@@ -178,37 +224,29 @@ class TopicPublisher(_Publisher):
         correlation_id: str | None = None,
         causation_id: str | None = None,
     ) -> Message:
-        """Serialize ``data`` and publish it to ``topic_name``; returns the sent envelope.
+        """Serialize ``data`` and publish it to ``topic_name``; returns the envelope sent.
 
-        Raises :class:`~melange.exceptions.TopicNotFoundError` if the topic does not exist.
+        Takes the same arguments as :meth:`QueuePublisher.publish`; raises
+        :class:`~melange.exceptions.TopicNotFoundError` if the topic does not exist.
         """
-        if not isinstance(topic_name, str):
-            raise TypeError(f"topic_name must be a str, got {type(topic_name).__name__}")
-        message = self._build(
-            data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
+        return self._publish_data(
+            topic_name,
+            data,
+            message_group_id,
+            message_deduplication_id,
+            headers,
+            correlation_id,
+            causation_id,
         )
-        try:
-            self._backend.publish_to_topic(message, self._topic(topic_name))
-        except DestinationNotFoundError:
-            self._topics.pop(topic_name, None)
-            raise
-        return message
 
-    def publish_batch(
-        self,
-        topic_name: str,
-        items: Iterable[Any],
-        message_group_id: str | None = None,
-        *,
-        headers: Mapping[str, str] | None = None,
-    ) -> list[Message]:
-        """Publish several messages to a topic in as few broker calls as the backend allows."""
-        messages = [
-            self._build(item, message_group_id, None, headers, None, None) for item in items
-        ]
-        if messages:
-            self._backend.publish_batch_to_topic(messages, self._topic(topic_name))
-        return messages
+    def _lookup(self, name: str) -> TopicWrapper:
+        return self._backend.get_topic(name)
+
+    def _send(self, message: Message, handle: TopicWrapper) -> None:
+        self._backend.publish_to_topic(message, handle)
+
+    def _send_batch(self, messages: list[Message], handle: TopicWrapper) -> None:
+        self._backend.publish_batch_to_topic(messages, handle)
 
 
 __all__ = ["QueuePublisher", "TopicPublisher"]
