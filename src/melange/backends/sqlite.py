@@ -159,8 +159,7 @@ class _Row(NamedTuple):
     receive_count: int
 
 
-@dataclass(frozen=True)
-class _Receipt:
+class _Receipt(NamedTuple):
     """What a received message needs to be settled: its row and the token of this delivery."""
 
     queue: str
@@ -262,7 +261,7 @@ class SQLiteBackend(MessagingBackend):
         self._clock = clock
         # Connections not in use. In-memory mode has exactly one, handed out under the
         # condition below: every connection to ":memory:" would be a different database.
-        self._pool_cond = threading.Condition()
+        self._pool_cond = threading.Condition(threading.Lock())
         self._free: list[sqlite3.Connection] = []
         self._closed = False
         # Connections inherited from the parent process across fork, never used again.
@@ -391,7 +390,7 @@ class SQLiteBackend(MessagingBackend):
     def _after_fork(self) -> None:
         """In a forked child: drop the parent's connections and locks, which SQLite and
         threading do not support across ``fork``; the child opens its own on first use."""
-        self._pool_cond = threading.Condition()
+        self._pool_cond = threading.Condition(threading.Lock())
         if not self._memory:
             # Never closed here: closing would touch the parent's file locks.
             self._abandoned = self._free
@@ -680,7 +679,32 @@ class SQLiteBackend(MessagingBackend):
     # -- publishing -------------------------------------------------------------------------
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        self.publish_batch_to_queue([message], queue, **kwargs)
+        self._check_sizes((message,))
+        row = (
+            message.message_id,
+            message.content,
+            message.serializer_id,
+            message.manifest,
+            _dump_headers(message.headers),
+            message.group_id,
+            message.deduplication_id,
+            self._clock(),
+            queue.name,
+        )
+        # One statement outside an explicit transaction is a transaction of its own (SQLite
+        # takes the write lock for it, waiting up to busy_timeout), so a single message to a
+        # standard queue needs no BEGIN and COMMIT. Anything else takes the general path.
+        conn = self._acquire()
+        try:
+            inserted = conn.execute(_INSERT_INTO_STANDARD_QUEUE, row).rowcount
+        except sqlite3.Error as exc:
+            raise self._backend_error(exc) from exc
+        finally:
+            self._release(conn)
+        if inserted:
+            self._wake_receivers()
+        else:
+            self.publish_batch_to_queue([message], queue, **kwargs)
 
     def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
