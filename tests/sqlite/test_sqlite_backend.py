@@ -213,6 +213,86 @@ def test_queue_delay_holds_every_new_message_back(backend: SQLiteBackend, clock:
     assert len(backend.retrieve_messages(queue)) == 1
 
 
+def test_a_delay_declared_through_another_instance_applies_to_the_next_publish(
+    db: Path, clock: FakeClock
+) -> None:
+    publisher = SQLiteBackend(db, clock=clock)
+    admin = SQLiteBackend(db, clock=clock)
+    try:
+        queue, _ = publisher.declare_queue("q")
+        publisher.publish_to_queue(make_message('"now"'), queue)
+        admin.declare_queue("q", delay_seconds=30)
+        publisher.publish_to_queue(make_message('"later"'), queue)
+        assert publisher.queue_stats("q") == QueueStats("q", ready=1, in_flight=0, delayed=1)
+        admin.declare_queue("q", delay_seconds=0)
+        publisher.publish_to_queue(make_message('"now again"'), queue)
+        got = publisher.retrieve_messages(queue)
+        assert [m.content for m in got] == ['"now"', '"now again"']
+    finally:
+        publisher.close_connection()
+        admin.close_connection()
+
+
+def test_publishing_to_a_queue_deleted_through_another_instance_raises_queue_not_found(
+    db: Path,
+) -> None:
+    publisher = SQLiteBackend(db)
+    admin = SQLiteBackend(db)
+    try:
+        queue, _ = publisher.declare_queue("q")
+        publisher.publish_to_queue(make_message('"kept"'), queue)
+        admin.delete_queue(admin.get_queue("q"))
+        with pytest.raises(QueueNotFoundError, match="'q'"):
+            publisher.publish_to_queue(make_message('"lost"'), queue)
+        assert admin.queue_names() == []
+    finally:
+        publisher.close_connection()
+        admin.close_connection()
+
+
+def test_a_queue_recreated_as_fifo_elsewhere_refuses_a_publish_without_group(db: Path) -> None:
+    publisher = SQLiteBackend(db)
+    admin = SQLiteBackend(db)
+    try:
+        queue, _ = publisher.declare_queue("q")
+        admin.delete_queue(admin.get_queue("q"))
+        admin.declare_queue("q", fifo=True)
+        with pytest.raises(ConfigurationError, match="message_group_id"):
+            publisher.publish_to_queue(make_message('"no group"'), queue)
+        assert admin.queue_stats("q").total == 0
+    finally:
+        publisher.close_connection()
+        admin.close_connection()
+
+
+def test_a_receive_dead_letters_exhausted_messages_and_delivers_the_rest(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, dlq = backend.declare_queue(
+        "q", dead_letter_queue_name="q-dlq", visibility_timeout=1, max_receive_count=1
+    )
+    assert dlq is not None
+    backend.publish_to_queue(make_message('"first"'), queue)
+    [first] = backend.retrieve_messages(queue)
+    clock.advance(1.5)  # never settled: its one delivery is used up
+    backend.publish_batch_to_queue([make_message('"second"'), make_message('"third"')], queue)
+    got = backend.retrieve_messages(queue, max_messages=10)
+    assert [(m.content, m.attempt) for m in got] == [('"second"', 1), ('"third"', 1)]
+    [dead] = backend.retrieve_messages(dlq)
+    assert (dead.content, dead.message_id) == ('"first"', first.message_id)
+    assert dead.headers[FAILURE_REASON] == "max receive count exceeded"
+    assert backend.queue_stats("q") == QueueStats("q", ready=0, in_flight=2, delayed=0)
+
+
+def test_a_batch_is_handed_out_in_publish_order(backend: SQLiteBackend) -> None:
+    queue, _ = backend.declare_queue("q")
+    for index in range(25):
+        backend.publish_to_queue(make_message(f'"{index}"'), queue)
+    got = backend.retrieve_messages(queue, max_messages=25)
+    assert [m.content for m in got] == [f'"{index}"' for index in range(25)]
+    assert {m.attempt for m in got} == {1}
+
+
 def test_nack_with_delay_counts_as_delayed_until_due(
     backend: SQLiteBackend, clock: FakeClock
 ) -> None:
