@@ -771,29 +771,51 @@ class AWSBackend(MessagingBackend):
         if not entries:
             return
         url = self._url(queue)
-        failures: dict[int, str] = {}
-        sent_any = False
         delay = kwargs.get("delay_seconds")
         if delay and not _is_fifo(queue.name):
             for _, _, entry in entries:
                 entry["DelaySeconds"] = min(900, math.ceil(delay))
+
+        def send(request: list[dict[str, Any]]) -> Any:
+            try:
+                return self._sqs.send_message_batch(QueueUrl=url, Entries=request)
+            except botocore.exceptions.ClientError as exc:
+                raise self._queue_error(exc, queue) from exc
+
+        self._send_in_batches(
+            entries, "MessageBody", send, QueueNotFoundError, f"queue {queue.name!r}"
+        )
+
+    def _send_in_batches(
+        self,
+        entries: list[tuple[int, Message, dict[str, Any]]],
+        body_key: str,
+        send: Callable[[list[dict[str, Any]]], Any],
+        missing: type[Exception],
+        target: str,
+    ) -> None:
+        """Send ``entries`` in batch requests within SQS/SNS limits; collect every refusal.
+
+        A missing destination before anything was sent raises ``missing`` as is; later (the
+        queue or topic was deleted meanwhile) and for other refusals, the affected messages
+        are reported together in a ``BatchPublishError``.
+        """
+        failures: dict[int, str] = {}
+        sent_any = False
         for chunk in _chunks(
             entries,
             lambda e: (
-                len(e["MessageBody"].encode("utf-8")) + wire.attributes_size(e["MessageAttributes"])
+                len(e[body_key].encode("utf-8")) + wire.attributes_size(e["MessageAttributes"])
             ),
         ):
             request = [{"Id": str(i), **entry} for i, _, entry in chunk]
             try:
-                with self._errors(f"publishing a batch to queue {queue.name!r}", PublishError):
-                    try:
-                        response = self._sqs.send_message_batch(QueueUrl=url, Entries=request)
-                    except botocore.exceptions.ClientError as exc:
-                        raise self._queue_error(exc, queue) from exc
-            except QueueNotFoundError:
+                with self._errors(f"publishing a batch to {target}", PublishError):
+                    response = send(request)
+            except missing:
                 if not sent_any:
                     raise
-                failures.update({i: "queue no longer exists" for i, _, _ in chunk})
+                failures.update({i: f"{target} no longer exists" for i, _, _ in chunk})
                 continue
             except (PublishError, BackendError) as exc:
                 failures.update({i: str(exc) for i, _, _ in chunk})
@@ -846,37 +868,14 @@ class AWSBackend(MessagingBackend):
         if not entries:
             return
         arn = self._topic_arn(topic)
-        failures: dict[int, str] = {}
-        sent_any = False
-        for chunk in _chunks(
-            entries,
-            lambda e: (
-                len(e["Message"].encode("utf-8")) + wire.attributes_size(e["MessageAttributes"])
-            ),
-        ):
-            request = [{"Id": str(i), **entry} for i, _, entry in chunk]
+
+        def send(request: list[dict[str, Any]]) -> Any:
             try:
-                with self._errors(f"publishing a batch to topic {topic.name!r}", PublishError):
-                    try:
-                        response = self._sns.publish_batch(
-                            TopicArn=arn,
-                            PublishBatchRequestEntries=request,
-                        )
-                    except botocore.exceptions.ClientError as exc:
-                        raise self._topic_error(exc, topic) from exc
-            except TopicNotFoundError:
-                if not sent_any:
-                    raise
-                failures.update({i: "topic no longer exists" for i, _, _ in chunk})
-                continue
-            except (PublishError, BackendError) as exc:
-                failures.update({i: str(exc) for i, _, _ in chunk})
-                continue
-            sent_any = True
-            for failed in response.get("Failed", []):
-                failures[int(failed["Id"])] = f"{failed.get('Code')}: {failed.get('Message', '')}"
-        if failures:
-            raise BatchPublishError(failures)
+                return self._sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=request)
+            except botocore.exceptions.ClientError as exc:
+                raise self._topic_error(exc, topic) from exc
+
+        self._send_in_batches(entries, "Message", send, TopicNotFoundError, f"topic {topic.name!r}")
 
     # -- consuming --------------------------------------------------------------------------
 
