@@ -9,16 +9,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from melange.backends.backend_manager import BackendManager
 from melange.backends.interfaces import MessagingBackend
 from melange.context import current_message
-from melange.exceptions import DestinationNotFoundError
+from melange.exceptions import DestinationNotFoundError, TopicNotFoundError
 from melange.models import CAUSATION_ID, CORRELATION_ID, Message, QueueWrapper, TopicWrapper
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
+
+logger = logging.getLogger("melange.publishers")
 
 
 class _Publisher:
@@ -210,8 +213,25 @@ class QueuePublisher(_DestinationPublisher):
 class TopicPublisher(_DestinationPublisher):
     """Publishes messages to topics, which fan them out to every subscribed queue.
 
-    Takes the same arguments as :class:`QueuePublisher`.
+    Args:
+        serializer_registry: As for :class:`QueuePublisher`.
+        backend: As for :class:`QueuePublisher`.
+        declare_topics: Create a topic that does not exist yet, once, on the first publish to
+            it (with a warning in the log), as released versions did: publishing an event
+            before anyone subscribed is normal in pub/sub. ``False`` raises
+            :class:`~melange.exceptions.TopicNotFoundError` instead, which catches a
+            misspelled topic name.
     """
+
+    def __init__(
+        self,
+        serializer_registry: SerializerSource | None = None,
+        backend: MessagingBackend | None = None,
+        *,
+        declare_topics: bool = True,
+    ) -> None:
+        super().__init__(serializer_registry, backend)
+        self.declare_topics = declare_topics
 
     def publish(
         self,
@@ -240,7 +260,17 @@ class TopicPublisher(_DestinationPublisher):
         )
 
     def _lookup(self, name: str) -> TopicWrapper:
-        return self._backend.get_topic(name)
+        try:
+            return self._backend.get_topic(name)
+        except TopicNotFoundError:
+            if not self.declare_topics:
+                raise
+        logger.warning(
+            "topic %r did not exist and was created; pass declare_topics=False to the "
+            "TopicPublisher to make this an error",
+            name,
+        )
+        return self._backend.declare_topic(name)
 
     def _send(self, message: Message, handle: TopicWrapper) -> None:
         self._backend.publish_to_topic(message, handle)

@@ -79,3 +79,15 @@ def test_missing_default_backend_says_how_to_set_one(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("MELANGE_BACKEND_URL", raising=False)
     with pytest.raises(ConfigurationError, match=r"use_backend\(backend\)"):
         QueuePublisher(JsonSerializer())
+
+
+def test_topic_publisher_creates_a_missing_topic_once_unless_told_not_to(caplog) -> None:
+    from melange import TopicPublisher
+    from melange.exceptions import TopicNotFoundError
+
+    backend = InMemoryMessagingBackend()
+    TopicPublisher(JsonSerializer(), backend).publish("new-topic", {"n": 1})
+    backend.get_topic("new-topic")
+    assert "did not exist and was created" in caplog.text
+    with pytest.raises(TopicNotFoundError, match="init_topic"):
+        TopicPublisher(JsonSerializer(), backend, declare_topics=False).publish("other", 1)

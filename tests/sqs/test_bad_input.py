@@ -34,11 +34,23 @@ def test_publishing_to_an_unknown_queue_raises_queue_not_found(
         QueuePublisher(JsonSerializer(), aws_backend).publish(names.queue("nope"), {"a": 1})
 
 
-def test_publishing_to_an_unknown_topic_raises_topic_not_found(
+def test_publishing_to_an_unknown_topic_raises_topic_not_found_when_asked(
     aws_backend: AWSBackend, names: Any
 ) -> None:
+    strict = TopicPublisher(JsonSerializer(), aws_backend, declare_topics=False)
     with pytest.raises(TopicNotFoundError, match="init_topic"):
-        TopicPublisher(JsonSerializer(), aws_backend).publish(names.topic("nope"), {"a": 1})
+        strict.publish(names.topic("nope"), {"a": 1})
+
+
+def test_publishing_to_an_unknown_topic_creates_it_once_by_default(
+    aws_backend: AWSBackend, names: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = names.topic("implicit")
+    publisher = TopicPublisher(JsonSerializer(), aws_backend)
+    publisher.publish(topic, {"a": 1})
+    publisher.publish(topic, {"a": 2})
+    assert aws_backend.get_topic(topic).name == topic
+    assert caplog.text.count("did not exist and was created") == 1
 
 
 def test_queue_deleted_behind_a_cached_url_raises_queue_not_found(
