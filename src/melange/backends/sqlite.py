@@ -137,6 +137,9 @@ _CLAIM_STANDARD = (
     f" ORDER BY visible_at, id LIMIT ?) RETURNING {_COLUMNS}"
 )
 
+# Deletes a message only while the delivery being settled still holds it.
+_DELETE_SETTLED = "DELETE FROM messages WHERE id = ? AND receipt = ?"
+
 
 class _QueueConfig(NamedTuple):
     name: str
@@ -1029,14 +1032,21 @@ class SQLiteBackend(MessagingBackend):
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
         """Delete the messages in one transaction."""
-        receipts = [self._receipt(message) for message in messages]
-        if not receipts:
+        keys = [(receipt.row_id, receipt.token) for receipt in map(self._receipt, messages)]
+        if not keys:
+            return
+        if len(keys) == 1:
+            # One statement is a transaction of its own: no BEGIN and COMMIT needed.
+            conn = self._acquire()
+            try:
+                conn.execute(_DELETE_SETTLED, keys[0])
+            except sqlite3.Error as exc:
+                raise self._backend_error(exc) from exc
+            finally:
+                self._release(conn)
             return
         with self._write() as conn:
-            conn.executemany(
-                "DELETE FROM messages WHERE id = ? AND receipt = ?",
-                [(r.row_id, r.token) for r in receipts],
-            )
+            conn.executemany(_DELETE_SETTLED, keys)
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Make the message visible again after ``delay`` seconds.
