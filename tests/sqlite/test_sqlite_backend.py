@@ -293,6 +293,61 @@ def test_a_batch_is_handed_out_in_publish_order(backend: SQLiteBackend) -> None:
     assert {m.attempt for m in got} == {1}
 
 
+@contextlib.contextmanager
+def write_lock_held_elsewhere(db: Path, seconds: float) -> Iterator[threading.Event]:
+    """Hold the database's write lock from another connection for ``seconds``; the yielded
+    event is set once the lock is taken."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        other = sqlite3.connect(db, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            taken.set()
+            time.sleep(seconds)  # the point is to keep the lock for this long
+            other.execute("COMMIT")
+        finally:
+            other.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert taken.wait(10)
+        yield taken
+    finally:
+        thread.join(10)
+
+
+def test_single_publish_and_acknowledgement_wait_for_another_writer(db: Path) -> None:
+    backend = SQLiteBackend(db, busy_timeout=10)
+    try:
+        queue, _ = backend.declare_queue("q")
+        backend.publish_to_queue(make_message('"first"'), queue)
+        [first] = backend.retrieve_messages(queue)
+        with write_lock_held_elsewhere(db, 0.3):
+            started = time.monotonic()
+            backend.publish_to_queue(make_message('"second"'), queue)
+            backend.acknowledge(first)
+            assert time.monotonic() - started >= 0.2
+        assert [m.content for m in backend.peek("q")] == ['"second"']
+    finally:
+        backend.close_connection()
+
+
+def test_single_publish_past_busy_timeout_fails_naming_it(db: Path) -> None:
+    backend = SQLiteBackend(db, busy_timeout=0.1)
+    try:
+        queue, _ = backend.declare_queue("q")
+        with (
+            write_lock_held_elsewhere(db, 1.0),
+            pytest.raises(BackendError, match=r"busy_timeout=0\.1"),
+        ):
+            backend.publish_to_queue(make_message('"blocked"'), queue)
+        assert backend.queue_stats("q").total == 0
+    finally:
+        backend.close_connection()
+
+
 def test_nack_with_delay_counts_as_delayed_until_due(
     backend: SQLiteBackend, clock: FakeClock
 ) -> None:
