@@ -130,3 +130,24 @@ def test_package_is_typed() -> None:
     from importlib.resources import files
 
     assert files("melange").joinpath("py.typed").is_file()
+
+
+@pytest.mark.parametrize(
+    ("blocked", "statement", "extra"),
+    [
+        ("boto3", "from melange.backends.sqs.sqs_backend import AWSBackend", "aws"),
+        ("boto3", "from melange.backends import LocalSQSBackend", "aws"),
+        ("redis", "from melange.infrastructure.cache import RedisCache", "redis"),
+        ("pika", "from melange.backends import RabbitMQBackend", "rabbitmq"),
+    ],
+)
+def test_a_missing_broker_client_names_the_extra_to_install(
+    blocked: str, statement: str, extra: str
+) -> None:
+    import subprocess
+    import sys
+
+    code = f"import sys; sys.modules[{blocked!r}] = None\n{statement}"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"melange[{extra}]" in result.stderr

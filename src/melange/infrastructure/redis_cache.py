@@ -26,9 +26,12 @@ import threading
 import uuid
 from typing import Any
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+try:
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(f"RedisCache needs redis-py ({exc}): pip install 'melange[redis]'") from exc
 
 from melange.exceptions import ConfigurationError, DeduplicationCacheError
 from melange.infrastructure.cache import CLAIM_PREFIX, DONE, ClaimState, DeduplicationCache

@@ -25,9 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import boto3
-import botocore.config
-import botocore.exceptions
+try:
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the SQS/SNS backends need boto3 ({exc}): pip install 'melange[aws]'"
+    ) from exc
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
 from melange.backends.sqs import wire
