@@ -64,7 +64,8 @@ def summarize(suite: Suite, result: SuiteResult) -> dict[str, Any]:
     linearity = cpu_linearity = None
     if melange is not None:
         small = {r["round"]: r for r in result.rounds.get("e2e", {}).get(melange, [])}
-        big = [r for r in result.rounds.get("e2e_4n", {}).get(melange, []) if r["round"] in small]
+        runs = result.rounds.get("e2e_4n", {})
+        big = [r for records in runs.values() for r in records if r["round"] in small]
         linearity = _spread([_throughput(r) / _throughput(small[r["round"]]) for r in big])
         # The same ratio from CPU time, which other load on the machine hardly moves.
         cpu_linearity = _spread(

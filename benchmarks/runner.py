@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-#: An operation that takes longer than this has hung; the harness gives up on it.
-OP_TIMEOUT = 600.0
+#: An operation that takes longer than this has hung; the harness gives up on it (every
+#: operation takes seconds; a broker that stops answering must not stall the whole run).
+OP_TIMEOUT = 180.0
 
 
 class WorkerError(RuntimeError):
@@ -76,8 +77,8 @@ class Worker:
         if not line:
             self.close()
             raise WorkerError(
-                f"{self.spec.key}: worker {'timed out' if not ready else 'exited'}; "
-                f"last log lines:\n{self.tail()}"
+                f"{self.spec.key}: worker {'timed out' if not ready else 'exited'} "
+                f"(exit code {self._process.returncode}); last log lines:\n{self.tail()}"
             )
         answer: dict[str, Any] = json.loads(line)
         if not answer["ok"]:
@@ -98,9 +99,15 @@ class Worker:
         result["op_cpu_s"] = answer["cpu_s"]
         return result
 
+    @property
+    def alive(self) -> bool:
+        """The worker process is still running."""
+        return self._process.poll() is None
+
     def tail(self, lines: int = 15) -> str:
         """The last lines the worker wrote to its log."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
@@ -174,7 +181,7 @@ def run_suite(
                 per_contender = result.rounds.setdefault(measurement.key, {})
                 for key, (op, args) in measurement.ops.items():
                     worker = workers.get(key)
-                    if worker is None:
+                    if worker is None or not worker.alive:
                         continue
                     try:
                         record = worker.run(op, **args)
@@ -197,6 +204,8 @@ def run_suite(
 
 def _reset(worker: Worker, result: SuiteResult, progress: Any) -> None:
     # What a failed operation left in the queue must not count in the next one.
+    if not worker.alive:
+        return
     try:
         worker.run("reset")
     except WorkerError as exc:

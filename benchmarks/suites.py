@@ -93,7 +93,25 @@ def _ops(keys: list[str], op: str, **args: Any) -> dict[str, tuple[str, dict[str
 
 
 def _linearity(n: int) -> Measurement:
-    return Measurement("e2e_4n", f"end to end at 4N = {4 * n}", {"melange": ("e2e", {"n": 4 * n})})
+    return Measurement(
+        "e2e_4n", f"end to end at 4N = {4 * n}", {LINEARITY_KEY: ("e2e", {"n": 4 * n})}
+    )
+
+
+#: The worker that runs Melange's 4N measurement.
+LINEARITY_KEY = "melange_4n"
+
+
+def _with_linearity_worker(specs: list[ContenderSpec], queue: str) -> list[ContenderSpec]:
+    """Add a second Melange worker, on its own queue, for the 4N measurement.
+
+    A separate process keeps the larger run's memory out of the peak memory of the worker
+    that is compared with the other contenders (Python rarely gives freed memory back).
+    """
+    melange = next(spec for spec in specs if spec.melange)
+    params = {**melange.params, "queue": queue, "subdir": "melange-4n"}
+    extra = ContenderSpec(LINEARITY_KEY, melange.target, f"{melange.label} (4N run)", params)
+    return [*specs, extra]
 
 
 def rabbit_suite(sizes: Sizes) -> Suite:
@@ -107,6 +125,7 @@ def rabbit_suite(sizes: Sizes) -> Suite:
         ContenderSpec("faststream", f"{module}:FastStreamRabbit", "FastStream", params),
     ]
     everyone = [spec.key for spec in specs]
+    specs = _with_linearity_worker(specs, "bench.rabbit.melange-4n")
     n = sizes.rabbit_n
     return Suite(
         "rabbitmq",
@@ -167,6 +186,7 @@ def sqs_suite(sizes: Sizes, port: int, legacy_python: str | None) -> Suite:
             )
         )
     everyone = [spec.key for spec in specs]
+    specs = _with_linearity_worker(specs, "bench-sqs-melange-4n")
     n = sizes.sqs_n
     return Suite(
         "sqs",
@@ -207,6 +227,7 @@ def memory_suite(sizes: Sizes) -> Suite:
             "faststream_test", f"{module}:FastStreamTestBroker", "FastStream TestRabbitBroker"
         ),
     ]
+    specs = _with_linearity_worker(specs, "bench-memory-4n")
     n = sizes.memory_n
     return Suite(
         "memory",
@@ -255,6 +276,7 @@ def sqlite_suite(sizes: Sizes, directory: str) -> Suite:
         ContenderSpec("persistqueue", f"{module}:PersistQueue", "persist-queue", params),
     ]
     everyone = [spec.key for spec in specs]
+    specs = _with_linearity_worker(specs, "bench-sqlite-4n")
     n = sizes.sqlite_n
     return Suite(
         "sqlite",

@@ -35,7 +35,7 @@ class MelangeSQLite(MelangeContender):
     def make_backend(self) -> Any:
         from melange.backends.sqlite import SQLiteBackend
 
-        path = _fresh_dir(self.params, "melange") / "bench.db"
+        path = _fresh_dir(self.params, str(self.params.get("subdir", "melange"))) / "bench.db"
         return SQLiteBackend(os.fspath(path))
 
 
