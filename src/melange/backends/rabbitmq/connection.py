@@ -48,17 +48,30 @@ FATAL_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class _Op(Generic[T]):
-    """An operation waiting to run on the I/O thread."""
+    """An operation waiting to run on the I/O thread.
+
+    ``done`` is a lock held until the operation finished (cheaper than an ``Event``, which
+    wraps a condition variable); ``None`` for operations nobody waits for (:meth:`post`).
+    """
 
     __slots__ = ("done", "error", "fn", "result", "state")
 
-    def __init__(self, fn: Callable[[Any], T]) -> None:
+    def __init__(self, fn: Callable[[Any], T], waited: bool = True) -> None:
         self.fn = fn
-        self.done = threading.Event()
+        self.done: threading.Lock | None = None
+        if waited:
+            self.done = threading.Lock()
+            self.done.acquire()
         self.result: T | None = None
         self.error: BaseException | None = None
         # pending -> running -> done, or pending -> cancelled (the caller gave up).
         self.state = "pending"
+
+    def finish(self) -> None:
+        """Mark the operation done and release its caller."""
+        self.state = "done"
+        if self.done is not None:
+            self.done.release()
 
 
 class ConnectionThread:
@@ -76,6 +89,8 @@ class ConnectionThread:
             operations without being woken; operations normally wake it at once.
         on_idle: Called on the I/O thread with the session between rounds of I/O (at least
             every ``poll_interval``), for housekeeping.
+        after_io: Called on the I/O thread with the session after each round of I/O, to
+            hand over what that round received.
     """
 
     def __init__(
@@ -88,6 +103,7 @@ class ConnectionThread:
         reconnect_max_delay: float = 10.0,
         poll_interval: float = 1.0,
         on_idle: Callable[[Any], None] | None = None,
+        after_io: Callable[[Any], None] | None = None,
         name: str = "melange-rabbitmq-io",
     ) -> None:
         self._parameters = parameters
@@ -97,6 +113,7 @@ class ConnectionThread:
         self._reconnect_max_delay = reconnect_max_delay
         self._poll_interval = poll_interval
         self._on_idle = on_idle
+        self._after_io = after_io
         self._ops: collections.deque[_Op[Any]] = collections.deque()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -160,10 +177,10 @@ class ConnectionThread:
         if self._closing.is_set():
             raise BackendConnectionError(f"the RabbitMQ backend for {self.describe} is closed")
         op: _Op[T] = _Op(fn)
-        with self._lock:
-            self._ops.append(op)
-        self._wake()
-        if not op.done.wait(timeout):
+        self._enqueue(op)
+        done = op.done
+        assert done is not None
+        if not done.acquire(timeout=timeout):
             with self._lock:
                 if op.state == "pending":
                     op.state = "cancelled"
@@ -174,10 +191,34 @@ class ConnectionThread:
                     f"{timeout:.0f}s (connected: {self.connected}; last error: "
                     f"{_explain(self.last_error)})"
                 )
-            op.done.wait()  # already running: it has its own deadline
+            done.acquire()  # already running: it has its own deadline
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[return-value]
+
+    def post(self, fn: Callable[[Any], object]) -> None:
+        """Queue ``fn(session)`` to run on the I/O thread, without waiting for it.
+
+        Posted operations run in order with those of :meth:`call`, are repeated after a
+        reconnection like them, and still run when :meth:`close` is called while the
+        connection is up. Errors they raise are logged.
+        """
+        if self.on_io_thread():
+            fn(self._session)
+            return
+        if self._closing.is_set():
+            raise BackendConnectionError(f"the RabbitMQ backend for {self.describe} is closed")
+        self._enqueue(_Op(fn, waited=False))
+
+    def _enqueue(self, op: _Op[Any]) -> None:
+        with self._lock:
+            idle = not self._ops
+            self._ops.append(op)
+        # Waking costs a write to the I/O loop's pipe and a poller round. With operations
+        # already queued the thread was woken for them and runs this one in the same round:
+        # it only goes back to waiting after finding the queue empty under the lock.
+        if idle:
+            self._wake()
 
     def _wake(self) -> None:
         connection = self._connection
@@ -254,6 +295,11 @@ class ConnectionThread:
                 self.process(0)
             else:
                 self.process(self._poll_interval)
+            if self._after_io is not None:
+                self._after_io(self._session)
+        # Closing: what was queued before close() (acknowledgements posted without waiting,
+        # above all) still goes out; the connection's close flushes it in order.
+        self._run_ops()
 
     def _run_ops(self) -> None:
         while True:
@@ -275,10 +321,11 @@ class ConnectionThread:
                         op.state = "pending"
                     raise pika.exceptions.ConnectionWrongStateError(str(exc)) from exc
                 op.error = exc
+                if op.done is None:
+                    logger.error("a queued RabbitMQ operation failed: %s", exc, exc_info=exc)
             with self._lock:
                 self._ops.popleft()
-                op.state = "done"
-            op.done.set()
+                op.finish()
 
     def _fail_pending(self, error: BaseException) -> None:
         with self._lock:
@@ -288,8 +335,7 @@ class ConnectionThread:
             op.error = BackendConnectionError(
                 f"could not reach RabbitMQ at {self.describe}: {_explain(error)}"
             )
-            op.state = "done"
-            op.done.set()
+            op.finish()
 
     def _close_quietly(self) -> None:
         connection = self._connection

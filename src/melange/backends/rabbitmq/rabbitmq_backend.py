@@ -148,6 +148,7 @@ class _Consumer:
 
     queue: str
     channel: Any
+    generation: int = 0
     tag: str = ""
     cancelled: bool = False
     unacked: set[int] = field(default_factory=set)
@@ -322,13 +323,15 @@ class _Session:
                     old.channel.close()
         channel = self.connection.channel()
         channel.basic_qos(prefetch_count=self.backend._prefetch_count)
-        consumer = _Consumer(queue, channel)
+        consumer = _Consumer(queue, channel, self.generation)
         backend = self.backend
         generation = self.generation
+        arrived = backend._arrived
 
         def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
             consumer.unacked.add(method.delivery_tag)
-            backend._deliver(consumer, generation, method, properties, body)
+            # Handed over after this round of I/O, all at once (see _hand_over).
+            arrived.append((consumer, generation, method, properties, body))
 
         def on_cancel(_frame: Any) -> None:
             consumer.cancelled = True
@@ -341,6 +344,8 @@ class _Session:
                 raise QueueNotFoundError(queue) from None
             raise
         self.consumers[queue] = consumer
+        with self.backend._cond:
+            self.backend._consuming[queue] = consumer
         return consumer
 
     def unsubscribe(self, queue: str) -> None:
@@ -348,6 +353,9 @@ class _Session:
         consumer = self.consumers.pop(queue, None)
         if consumer is None:
             return
+        with self.backend._cond:
+            if self.backend._consuming.get(queue) is consumer:
+                del self.backend._consuming[queue]
         if consumer.channel.is_open:
             with contextlib.suppress(Exception):
                 consumer.channel.close()
@@ -453,6 +461,11 @@ class RabbitMQBackend(MessagingBackend):
         self._next_idle_check = 0.0
         self._cond = threading.Condition()
         self._buffers: dict[str, deque[Message]] = {}
+        # Deliveries of the current round of I/O, not yet in the buffers (I/O thread only).
+        self._arrived: list[tuple[_Consumer, int, Any, Any, bytes]] = []
+        # The consumer of each queue, so callers can see without asking the I/O thread
+        # whether a queue is consumed; written by the I/O thread under _cond.
+        self._consuming: dict[str, _Consumer] = {}
         self._wanted: set[str] = set()
         self._subscribe_errors: dict[str, BaseException] = {}
         self._interrupts = 0
@@ -471,7 +484,8 @@ class RabbitMQBackend(MessagingBackend):
             self._on_disconnect,
             self.describe,
             reconnect_max_delay=reconnect_max_delay,
-            on_idle=self._release_idle_consumers,
+            on_idle=self._housekeeping,
+            after_io=self._hand_over,
         )
         budget = connection_attempts * (socket_timeout * 2 + retry_delay) + 5.0
         self._link.start(timeout=budget)
@@ -520,30 +534,56 @@ class RabbitMQBackend(MessagingBackend):
         return session
 
     def _on_disconnect(self) -> None:
+        self._arrived.clear()
         with self._cond:
             # The broker gives every unacknowledged message back; drop our copies.
             for buffer in self._buffers.values():
                 buffer.clear()
+            self._consuming.clear()
             self._cond.notify_all()
 
-    def _deliver(
-        self, consumer: _Consumer, generation: int, method: Any, properties: Any, body: bytes
-    ) -> None:
-        # A quorum queue counts deliveries, but only says so from the second delivery on;
-        # queues declared here are known. Unknown queues are treated as classic, which keeps
-        # ``attempt`` right on both types (see nack).
-        counts = broker_counts_deliveries(properties)
-        if counts:
-            self._queue_types[consumer.queue] = "quorum"
-        else:
-            counts = self._queue_types.get(consumer.queue) == "quorum"
-        receipt = RabbitMQReceipt(consumer.queue, generation, consumer, method.delivery_tag, counts)
-        message = from_delivery(method.redelivered, properties, body, receipt)
+    def _hand_over(self, _session: _Session | None = None) -> None:
+        """Move the deliveries of the last round of I/O into the buffers (I/O thread).
+
+        One lock and one wake-up per round rather than per message, so a receiving thread
+        finds every message of a burst at once instead of waking for each.
+        """
+        arrived = self._arrived
+        if not arrived:
+            return
+        messages: list[Message] = []
+        types = self._queue_types
+        for consumer, generation, method, properties, body in arrived:
+            # A quorum queue counts deliveries, but only says so from the second delivery
+            # on; queues declared here are known. Unknown queues are treated as classic,
+            # which keeps ``attempt`` right on both types (see nack).
+            counts = broker_counts_deliveries(properties)
+            if counts:
+                types[consumer.queue] = "quorum"
+            else:
+                counts = types.get(consumer.queue) == "quorum"
+            receipt = RabbitMQReceipt(
+                consumer.queue, generation, consumer, method.delivery_tag, counts
+            )
+            messages.append(from_delivery(method.redelivered, properties, body, receipt))
+        arrived.clear()
         with self._cond:
-            self._buffers.setdefault(consumer.queue, deque()).append(message)
+            buffers = self._buffers
+            for message in messages:
+                queue = message.metadata.queue
+                buffer = buffers.get(queue)
+                if buffer is None:
+                    buffer = buffers[queue] = deque()
+                buffer.append(message)
             self._cond.notify_all()
+
+    def _housekeeping(self, session: _Session) -> None:
+        # Before the I/O thread waits for the broker: nothing received may wait with it.
+        self._hand_over()
+        self._release_idle_consumers(session)
 
     def _drop_buffered(self, consumer: _Consumer) -> None:
+        self._hand_over()
         with self._cond:
             buffer = self._buffers.get(consumer.queue)
             if buffer:
@@ -859,10 +899,22 @@ class RabbitMQBackend(MessagingBackend):
             self._last_retrieve[name] = time.monotonic() + wait
             interrupts = self._interrupts
             error = self._subscribe_errors.pop(name, None)
+            consumer = self._consuming.get(name)
+            # Consumed already on the current connection: no need to ask the I/O thread.
+            # (Reading the channel's state from here is a benign race: a channel closing
+            # right now is noticed by the next call.)
+            consuming = (
+                consumer is not None
+                and name in self._wanted
+                and consumer.generation == self._link.generation
+                and self._link.connected
+                and consumer.active
+            )
         if error is not None:
             self._known_queues.discard(name)
             raise error
-        self._ensure_consuming(name, wait)
+        if not consuming:
+            self._ensure_consuming(name, wait)
         with self._cond:
             self._buffers.setdefault(name, deque())
             while True:
@@ -915,26 +967,24 @@ class RabbitMQBackend(MessagingBackend):
         return self._call(op)
 
     def acknowledge(self, message: Message) -> None:
-        self._settle(message, _ack)
+        """Acknowledge ``message``; see :meth:`acknowledge_batch`."""
+        self.acknowledge_batch([message])
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        """Acknowledge ``messages``: they are removed from their queues.
+
+        Returns without waiting for the I/O thread: AMQP acknowledgements get no answer, so
+        waiting would only measure the hand-over. They are sent in order with every other
+        operation of this backend, before :meth:`close_connection` closes the connection.
+        A message received on a connection that has since been replaced is not acknowledged
+        (the broker delivers it again), as when the acknowledgement itself is lost.
+        """
         receipts = [m.metadata for m in messages]
         for message, receipt in zip(messages, receipts, strict=True):
             if not isinstance(receipt, RabbitMQReceipt):
                 raise ValueError(f"{message!r} was not received from a RabbitMQ backend")
-
-        def op(session: _Session) -> None:
-            for receipt in receipts:
-                consumer = receipt.consumer
-                if (
-                    session.generation == receipt.generation
-                    and consumer.channel.is_open
-                    and receipt.delivery_tag in consumer.unacked
-                ):
-                    _ack(session, receipt)
-
         if receipts:
-            self._call(op)
+            self._link.post(lambda session: _ack_many(session, receipts))
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Give ``message`` back for redelivery after ``delay`` seconds (see the module doc)."""
@@ -1048,6 +1098,41 @@ def _wake(connection: Any) -> None:
 def _ack(session: _Session, receipt: RabbitMQReceipt) -> None:
     receipt.consumer.unacked.discard(receipt.delivery_tag)
     receipt.consumer.channel.basic_ack(receipt.delivery_tag)
+
+
+def _ack_many(session: _Session, receipts: Sequence[RabbitMQReceipt]) -> None:
+    """Acknowledge what is still unsettled on the current connection, in few frames.
+
+    Frames go through pika's channel object, whose output the I/O thread's next round of
+    I/O writes (the blocking channel would flush the socket after every frame). Where a
+    consumer's batch holds every tag it has outstanding up to its highest one, a single
+    ``multiple`` acknowledgement settles them all.
+    """
+    by_consumer: dict[int, tuple[_Consumer, list[int]]] = {}
+    for receipt in receipts:
+        consumer = receipt.consumer
+        if (
+            session.generation != receipt.generation
+            or receipt.delivery_tag not in consumer.unacked
+            or not consumer.channel.is_open
+        ):
+            continue  # settled already, or the connection was reset: redelivered anyway
+        entry = by_consumer.get(id(consumer))
+        if entry is None:
+            entry = by_consumer[id(consumer)] = (consumer, [])
+        entry[1].append(receipt.delivery_tag)
+    for consumer, tags in by_consumer.values():
+        tags = sorted(set(tags))
+        unacked = consumer.unacked
+        impl = consumer.channel._impl
+        highest = tags[-1]
+        if len(tags) > 1 and sum(1 for tag in unacked if tag <= highest) == len(tags):
+            unacked.difference_update(tags)
+            impl.basic_ack(highest, multiple=True)
+        else:
+            for tag in tags:
+                unacked.discard(tag)
+                impl.basic_ack(tag)
 
 
 def _publish_refused(exc: pika.exceptions.ChannelClosedByBroker, target: str) -> PublishError:
