@@ -130,13 +130,6 @@ _INSERT_INTO_STANDARD_QUEUE = (
     " FROM queues WHERE name = ? AND fifo = 0"
 )
 
-# Claims the oldest visible messages of a standard queue and returns them, in one statement.
-_CLAIM_STANDARD = (
-    "UPDATE messages SET receipt = ?, visible_at = ?, receive_count = receive_count + 1"
-    " WHERE id IN (SELECT id FROM messages WHERE queue = ? AND visible_at <= ?"
-    f" ORDER BY visible_at, id LIMIT ?) RETURNING {_COLUMNS}"
-)
-
 # Deletes a message only while the delivery being settled still holds it.
 _DELETE_SETTLED = "DELETE FROM messages WHERE id = ? AND receipt = ?"
 
@@ -887,64 +880,46 @@ class SQLiteBackend(MessagingBackend):
                 ).fetchone()
             if probe is None:
                 return []
-        token = secrets.randbits(62)
         with self._write() as conn:
             now = self._clock()
             queue = self._queue_config(conn, queue_name)
-            lease_end = now + queue.visibility_timeout
             if queue.fifo:
                 ids = self._fifo_candidates(conn, queue.name, now, max_messages)
-                deliver = self._dead_letter_exhausted(conn, queue, self._rows_by_id(conn, ids), now)
-                conn.executemany(
-                    "UPDATE messages SET receipt = ?, visible_at = ?, "
-                    "receive_count = receive_count + 1 WHERE id = ?",
-                    [(token, lease_end, row.id) for row in deliver],
-                )
-                deliver = [row._replace(receive_count=row.receive_count + 1) for row in deliver]
+                rows = self._rows_by_id(conn, ids)
             else:
-                # Claimed in one statement. Rows past their last delivery are claimed too,
-                # then moved to the dead-letter queue below (their count includes this claim).
-                claimed = [
+                rows = [
                     _Row(*row)
                     for row in conn.execute(
-                        _CLAIM_STANDARD, (token, lease_end, queue.name, now, max_messages)
+                        f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND visible_at <= ? "
+                        "ORDER BY visible_at, id LIMIT ?",
+                        (queue.name, now, max_messages),
                     )
                 ]
-                # RETURNING yields rows in no set order; hand them out in publish order.
-                claimed.sort(key=_row_id)
-                deliver = self._dead_letter_exhausted(conn, queue, claimed, now, claimed=True)
+            deliver: list[_Row] = []
+            for row in rows:
+                if queue.dead_letter_queue and row.receive_count >= queue.max_receive_count:
+                    self._move_to_dead_letter_queue(
+                        conn, queue, row, {}, "max receive count exceeded", now
+                    )
+                else:
+                    deliver.append(row)
             if not deliver:
                 self._busy_queues.discard(queue.name)
                 return []
             self._busy_queues.add(queue.name)
+            token = secrets.randbits(62)
+            conn.executemany(
+                "UPDATE messages SET receipt = ?, visible_at = ?, "
+                "receive_count = receive_count + 1 WHERE id = ?",
+                [(token, now + queue.visibility_timeout, row.id) for row in deliver],
+            )
         return [
-            _to_message(row, _Receipt(queue.name, row.id, token, queue.visibility_timeout))
+            _to_message(
+                row._replace(receive_count=row.receive_count + 1),
+                _Receipt(queue.name, row.id, token, queue.visibility_timeout),
+            )
             for row in deliver
         ]
-
-    def _dead_letter_exhausted(
-        self,
-        conn: sqlite3.Connection,
-        queue: _QueueConfig,
-        rows: list[_Row],
-        now: float,
-        claimed: bool = False,
-    ) -> list[_Row]:
-        """Move the rows delivered ``max_receive_count`` times already to the dead-letter
-        queue (if the queue has one); returns the others. ``claimed``: the rows' receive
-        counts include the delivery being made."""
-        if not queue.dead_letter_queue:
-            return rows
-        limit = queue.max_receive_count + (1 if claimed else 0)
-        deliver: list[_Row] = []
-        for row in rows:
-            if row.receive_count >= limit:
-                self._move_to_dead_letter_queue(
-                    conn, queue, row, {}, "max receive count exceeded", now
-                )
-            else:
-                deliver.append(row)
-        return deliver
 
     @staticmethod
     def _fifo_candidates(
@@ -1174,10 +1149,6 @@ def _dump_headers(headers: Mapping[str, str]) -> str:
 
 # One encoder for every row: ``json.dumps`` with options builds a new one per call.
 _HEADERS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def _row_id(row: _Row) -> int:
-    return row.id
 
 
 def _to_message(row: _Row, receipt: _Receipt | None) -> Message:
