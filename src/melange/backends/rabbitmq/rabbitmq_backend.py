@@ -71,6 +71,7 @@ from typing import Any, NoReturn
 import pika
 import pika.exceptions
 import pika.spec
+from pika.adapters.blocking_connection import _IoloopTimerContext
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
 from melange.backends.rabbitmq.connection import ConnectionThread
@@ -189,6 +190,8 @@ class _Session:
         self.returned: dict[str, str] = {}
         self.collecting = False
         self.waiting_for: set[int] = set()
+        # Set by _on_confirm once every tag in waiting_for is confirmed.
+        self.all_confirmed = False
 
     # -- channels ---------------------------------------------------------------------------
 
@@ -258,8 +261,8 @@ class _Session:
                 self.nacked.add(tag)
         if self.waiting_for and self.waiting_for.isdisjoint(self.unconfirmed):
             self.waiting_for = set()
-            # Make process_data_events return now rather than at its time limit.
-            _wake(self.connection)
+            # Ends the I/O wait in publish (checked after every poll).
+            self.all_confirmed = True
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -273,31 +276,30 @@ class _Session:
         """Publish ``items`` pipelined; per item ``None`` or the reason it was refused."""
         channel = self.publisher()
         self.returned = {}
-        self.collecting = self.backend._confirms
+        confirms = self.backend._confirms
+        self.collecting = confirms
         tags: list[int] = []
         try:
+            if not confirms:
+                for body, properties in items:
+                    # The blocking channel's publish returns once the frame is written.
+                    channel.basic_publish(exchange, routing_key, body, properties, mandatory)
+                return [None] * len(items)
+            # With confirms, the frames go out while waiting for the confirms below: pika's
+            # channel object only buffers them, saving the blocking channel's flush (a round
+            # of I/O) per message.
+            impl = channel._impl
+            unconfirmed = self.unconfirmed
             for body, properties in items:
-                # Register the tag before publishing: pika may read this message's confirm
-                # while basic_publish flushes, and a confirm for an unknown tag is lost.
+                # Register the tag before publishing, so that its confirm is never unknown.
                 tag = self.next_tag
                 self.next_tag += 1
                 tags.append(tag)
-                if self.backend._confirms:
-                    self.unconfirmed.add(tag)
-                channel.basic_publish(exchange, routing_key, body, properties, mandatory)
-            if not self.backend._confirms:
-                return [None] * len(items)
+                unconfirmed.add(tag)
+                impl.basic_publish(exchange, routing_key, body, properties, mandatory)
+            self.all_confirmed = False
             self.waiting_for = set(tags)
-            deadline = time.monotonic() + self.backend._operation_timeout
-            while not self.unconfirmed.isdisjoint(tags):
-                if self.publisher_closed is not None or channel.is_closed:
-                    raise self.publisher_closed or BackendError("publishing channel closed")
-                if time.monotonic() > deadline:
-                    raise PublishError(
-                        f"RabbitMQ did not confirm {len(items)} message(s) to "
-                        f"{exchange or routing_key!r} within {self.backend._operation_timeout}s"
-                    )
-                self.connection.process_data_events(time_limit=0.5)
+            self._wait_for_confirms(tags, f"{len(items)} message(s) to {exchange or routing_key!r}")
             outcome: list[str | None] = []
             for (_, properties), tag in zip(items, tags, strict=True):
                 if tag in self.nacked:
@@ -309,6 +311,28 @@ class _Session:
         finally:
             self.collecting = False
             self.waiting_for = set()
+
+    def _wait_for_confirms(self, tags: list[int], what: str) -> None:
+        """Do I/O until every tag in ``tags`` is confirmed (or nacked); raises on a timeout.
+
+        Uses the connection's own I/O loop with a condition, checked after every poll, rather
+        than ``process_data_events``, which only returns once a callback woke it: that
+        would cost a wake-up through the I/O loop's pipe for every confirm.
+        """
+        timeout = self.backend._operation_timeout
+        connection = self.connection
+        if self.unconfirmed.isdisjoint(tags):
+            self.all_confirmed = True
+
+        def finished() -> bool:
+            return self.all_confirmed or self.publisher_closed is not None
+
+        with _IoloopTimerContext(timeout, connection._impl) as timer:
+            connection._flush_output(timer.is_ready, finished)
+        if self.publisher_closed is not None:
+            raise self.publisher_closed
+        if not self.unconfirmed.isdisjoint(tags):
+            raise PublishError(f"RabbitMQ did not confirm {what} within {timeout}s")
 
     # -- consuming --------------------------------------------------------------------------
 
