@@ -12,6 +12,9 @@ from melange.models import Message
 
 logger = logging.getLogger("melange.dispatcher")
 
+#: How long the renewal thread waits for new messages before it ends.
+_IDLE_GRACE_SECONDS = 5.0
+
 
 class Heartbeat:
     """Renews the lease of each registered message every third of its visibility timeout.
@@ -64,12 +67,21 @@ class Heartbeat:
                 self._messages.pop(id(message), None)
 
     def _run(self) -> None:
+        idle_since: float | None = None
         while True:
             with self._lock:
+                if not self._closed and not self._messages:
+                    # Idle: linger a while (consume loops register batch after batch), then end
+                    # the thread; the next add() starts a new one.
+                    now = time.monotonic()
+                    idle_since = idle_since or now
+                    if now - idle_since < _IDLE_GRACE_SECONDS:
+                        self._wake.wait(_IDLE_GRACE_SECONDS - (now - idle_since))
+                        continue
                 if self._closed or not self._messages:
-                    # Idle: end the thread; the next add() starts a new one.
                     self._thread = None
                     return
+                idle_since = None
                 now = time.monotonic()
                 due = [(m, lease) for m, lease, at in self._messages.values() if at <= now]
                 for message, lease in due:
