@@ -620,3 +620,79 @@ def test_a_publish_the_broker_refuses_outright_raises_publish_error(
         rabbit.delete_queue(queue)
     finally:
         raw_channel.exchange_delete(name)
+
+
+# -- the receive and acknowledge path ---------------------------------------------------------
+
+
+def test_acknowledgements_still_pending_when_the_backend_closes_are_sent(
+    make_rabbit: Callable[..., RabbitMQBackend], topology: Topology
+) -> None:
+    queue = topology.queue()
+    first = make_rabbit()
+    first.publish_batch_to_queue([make_message(str(i)) for i in range(20)], queue)
+    got = receive(first, queue, 20)
+    assert len(got) == 20
+    # acknowledge returns before the I/O thread sends the frames; closing must not lose them.
+    for message in got:
+        first.acknowledge(message)
+    first.close_connection()
+    second = make_rabbit()
+    assert second.retrieve_messages(second.get_queue(queue.name), wait_seconds=1) == []
+
+
+def test_acknowledging_part_of_the_outstanding_messages_leaves_the_rest_unsettled(
+    make_rabbit: Callable[..., RabbitMQBackend], topology: Topology
+) -> None:
+    # A batch covering every tag up to its highest is one "multiple" ack: one that skips a
+    # tag must not settle the skipped message with it.
+    queue = topology.queue()
+    first = make_rabbit()
+    first.publish_batch_to_queue([make_message(str(i)) for i in range(6)], queue)
+    got = receive(first, queue, 6)
+    assert len(got) == 6
+    kept = got[2]
+    first.acknowledge_batch(got[:2] + got[3:])
+    first.close_connection()  # the unsettled message goes back to the queue
+    second = make_rabbit()
+    [again] = receive(second, second.get_queue(queue.name), 1)
+    assert again.content == kept.content
+    second.acknowledge(again)
+    assert second.retrieve_messages(second.get_queue(queue.name), wait_seconds=1) == []
+
+
+def test_a_burst_of_buffered_messages_is_handed_out_by_one_receive(
+    rabbit: RabbitMQBackend, topology: Topology
+) -> None:
+    queue = topology.queue()
+    rabbit.retrieve_messages(queue, wait_seconds=0)  # starts consuming
+    rabbit.publish_batch_to_queue([make_message(str(i)) for i in range(10)], queue)
+    wait_until(
+        lambda: len(rabbit._buffers.get(queue.name, ())) == 10, 30, "the burst to be buffered"
+    )
+    got = rabbit.retrieve_messages(queue, max_messages=10, wait_seconds=1)
+    assert sorted(m.content for m in got) == [str(i) for i in range(10)]
+    rabbit.acknowledge_batch(got)
+
+
+def test_receiving_from_a_consumed_queue_does_not_wait_for_the_io_thread(
+    rabbit: RabbitMQBackend, topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = topology.queue()
+    rabbit.publish_to_queue(make_message('"one"'), queue)
+    [first] = receive(rabbit, queue, 1)
+    rabbit.acknowledge(first)
+    calls: list[object] = []
+    original = rabbit._link.call
+
+    def counting_call(fn: Any, timeout: float) -> Any:
+        calls.append(fn)
+        return original(fn, timeout)
+
+    monkeypatch.setattr(rabbit._link, "call", counting_call)
+    rabbit.publish_to_queue(make_message('"two"'), queue)
+    publishes = len(calls)
+    [second] = receive(rabbit, queue, 1)
+    assert second.content == '"two"'
+    assert len(calls) == publishes, "a receive on a consumed queue went to the I/O thread"
+    rabbit.acknowledge(second)
