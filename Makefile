@@ -37,7 +37,7 @@ check: lint test  ## everything CI runs
 docs: $(STAMP)  ## build the documentation site into site/
 	$(BIN)/mkdocs build --strict
 
-bench: $(STAMP) services  ## full benchmark run (writes benchmarks/results/)
+bench: $(STAMP) services  ## full benchmark run (writes docs/benchmarks/results.md, .json, chart.png)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 
