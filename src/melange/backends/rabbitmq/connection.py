@@ -5,7 +5,9 @@ answers heartbeats while that thread is inside pika. :class:`ConnectionThread` t
 the connection on a dedicated thread that spends its idle time in ``process_data_events``
 (so heartbeats are always answered, however long message handlers run) and runs operations
 that other threads submit with :meth:`ConnectionThread.call`. Callers block until their
-operation finished on the I/O thread and get its result or exception.
+operation finished on the I/O thread and get its result or exception. Operations whose outcome
+nobody needs (acknowledgements) are queued with :meth:`ConnectionThread.post` instead and run
+in the same order without the caller waiting.
 
 When the connection drops, the thread reconnects with exponential backoff. An operation that
 was interrupted by the drop is run again on the new connection, so every operation must be

@@ -53,7 +53,11 @@ to the broker for other consumers.
 All broker I/O runs on one thread per backend that owns the connection (see
 :mod:`melange.backends.rabbitmq.connection`): every method is thread-safe, heartbeats are
 answered while handlers run, and a dropped connection is re-established with backoff, after
-which consumers resubscribe and interrupted publishes are repeated.
+which consumers resubscribe and interrupted publishes are repeated. Receiving and
+acknowledging do not wait for that thread: deliveries are buffered as they arrive, and
+acknowledgements (which AMQP does not answer) are queued for it in order, are dropped for
+messages of an older connection (the broker delivers those again), and are sent before the
+connection closes.
 """
 
 from __future__ import annotations
