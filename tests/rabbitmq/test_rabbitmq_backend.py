@@ -696,3 +696,17 @@ def test_receiving_from_a_consumed_queue_does_not_wait_for_the_io_thread(
     assert second.content == '"two"'
     assert len(calls) == publishes, "a receive on a consumed queue went to the I/O thread"
     rabbit.acknowledge(second)
+
+
+def test_confirms_are_awaited_through_public_pika_calls_when_its_internals_are_missing(
+    rabbit: RabbitMQBackend, topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import melange.backends.rabbitmq.rabbitmq_backend as module
+
+    monkeypatch.setattr(module, "_IoloopTimerContext", None)
+    queue = topology.queue()
+    rabbit.publish_to_queue(make_message('"one"'), queue)
+    rabbit.publish_batch_to_queue([make_message(f'"{i}"') for i in range(20)], queue)
+    got = receive(rabbit, queue, 21)
+    assert len(got) == 21
+    rabbit.acknowledge_batch(got)

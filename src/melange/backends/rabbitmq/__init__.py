@@ -5,6 +5,13 @@ dead letters map onto RabbitMQ, and :mod:`melange.backends.rabbitmq.wire` for th
 format.
 """
 
+try:
+    import pika  # noqa: F401 - checked here so every module of the package reports it clearly
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the RabbitMQ backend needs pika ({exc}): pip install 'melange[rabbitmq]'"
+    ) from exc
+
 from melange.backends.rabbitmq.rabbitmq_backend import RabbitMQBackend
 
 __all__ = ["RabbitMQBackend"]

@@ -75,7 +75,11 @@ from typing import Any, NoReturn
 import pika
 import pika.exceptions
 import pika.spec
-from pika.adapters.blocking_connection import _IoloopTimerContext
+
+try:  # A pika internal: waiting for confirms without a wake-up per confirm (see _await).
+    from pika.adapters.blocking_connection import _IoloopTimerContext
+except ImportError:  # pragma: no cover - other pika versions: the public, slower path
+    _IoloopTimerContext = None
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
 from melange.backends.rabbitmq.connection import ConnectionThread
@@ -331,8 +335,13 @@ class _Session:
         def finished() -> bool:
             return self.all_confirmed or self.publisher_closed is not None
 
-        with _IoloopTimerContext(timeout, connection._impl) as timer:
-            connection._flush_output(timer.is_ready, finished)
+        if _IoloopTimerContext is not None and hasattr(connection, "_flush_output"):
+            with _IoloopTimerContext(timeout, connection._impl) as timer:
+                connection._flush_output(timer.is_ready, finished)
+        else:
+            deadline = time.monotonic() + timeout
+            while not finished() and time.monotonic() < deadline:
+                connection.process_data_events(time_limit=min(0.05, timeout))
         if self.publisher_closed is not None:
             raise self.publisher_closed
         if not self.unconfirmed.isdisjoint(tags):
