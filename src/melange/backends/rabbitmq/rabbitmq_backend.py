@@ -67,6 +67,7 @@ import logging
 import math
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1341,12 +1342,12 @@ def _connection_parameters(
             )
         if not url.startswith(("amqp://", "amqps://")):
             raise ConfigurationError(
-                f"RabbitMQ URL must start with amqp:// or amqps://, got {url!r}"
+                f"RabbitMQ URL must start with amqp:// or amqps://, got {_redact(url)!r}"
             )
         try:
             params = pika.URLParameters(url)
         except Exception as exc:
-            raise ConfigurationError(f"invalid RabbitMQ URL {url!r}: {exc}") from exc
+            raise ConfigurationError(f"invalid RabbitMQ URL {_redact(url)!r}: {exc}") from exc
         try:
             for key, value in {**common, **extra}.items():
                 setattr(params, key, value)
@@ -1375,3 +1376,12 @@ __all__ = [
     "delay_bucket_ms",
     "retry_queue_name",
 ]
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, for error messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
