@@ -24,8 +24,8 @@ test: $(STAMP) services  ## run the whole test suite against the real services
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)  ## ruff lint and format check, mypy strict
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/hooks
+	$(BIN)/ruff format --check src tests benchmarks docs/hooks
 	$(BIN)/mypy
 
 format: $(STAMP)
