@@ -181,3 +181,58 @@ def test_synchronous_consumers_may_publish_without_recursing() -> None:
     link_synchronously("q", [Consumer(ping)], JsonSerializer(), backend)
     publisher.publish("q", 0)
     assert log == ["start 0", "end 0", "start 1", "end 1", "start 2", "end 2", "start 3", "end 3"]
+
+
+def test_a_blocked_receiver_wakes_for_every_publish_without_missing_one() -> None:
+    import threading
+    import time
+
+    backend = InMemoryMessagingBackend()
+    q, _ = backend.declare_queue("q")
+    for round_ in range(200):
+        got: list[Message] = []
+        receiver = threading.Thread(
+            target=lambda got=got: got.extend(backend.retrieve_messages(q, wait_seconds=20))
+        )
+        receiver.start()
+        if round_ % 2:
+            time.sleep(0.001)  # publish both before and after the receiver starts waiting
+        started = time.monotonic()
+        backend.publish_to_queue(Message.create(str(round_), "json", 1), q)
+        receiver.join(10)
+        assert time.monotonic() - started < 5, f"receiver missed the wake-up in round {round_}"
+        assert [m.content for m in got] == [str(round_)]
+        backend.acknowledge_batch(got)
+
+
+def test_concurrent_publishers_and_consumers_lose_and_repeat_nothing() -> None:
+    import threading
+
+    backend = InMemoryMessagingBackend()
+    q, _ = backend.declare_queue("q")
+    per_publisher, publishers = 2000, 4
+    seen: list[str] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def publish(p: int) -> None:
+        for i in range(per_publisher):
+            backend.publish_to_queue(Message.create(f"{p}-{i}", "json", 1), q)
+
+    def consume() -> None:
+        while not done.is_set():
+            batch = backend.retrieve_messages(q, wait_seconds=0.2)
+            with lock:
+                seen.extend(m.content for m in batch)
+                if len(seen) >= per_publisher * publishers:
+                    done.set()
+            backend.acknowledge_batch(batch)
+
+    threads = [threading.Thread(target=publish, args=(p,)) for p in range(publishers)]
+    threads += [threading.Thread(target=consume) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(seen) == len(set(seen)) == per_publisher * publishers
+    assert backend.queue_depth("q") == 0
