@@ -118,6 +118,9 @@ class ConnectionThread:
         self._after_io = after_io
         self._ops: collections.deque[_Op[Any]] = collections.deque()
         self._lock = threading.Lock()
+        # True while the thread waits (or is about to wait) in pika with nothing queued:
+        # only then does a new operation need to wake it. Written under _lock.
+        self._sleeping = False
         self._closing = threading.Event()
         self._connected = threading.Event()
         self._first_attempt_done = threading.Event()
@@ -214,12 +217,14 @@ class ConnectionThread:
 
     def _enqueue(self, op: _Op[Any]) -> None:
         with self._lock:
-            idle = not self._ops
             self._ops.append(op)
-        # Waking costs a write to the I/O loop's pipe and a poller round. With operations
-        # already queued the thread was woken for them and runs this one in the same round:
-        # it only goes back to waiting after finding the queue empty under the lock.
-        if idle:
+            sleeping = self._sleeping
+            # One wake-up is enough: the woken thread runs everything queued meanwhile.
+            self._sleeping = False
+        # Waking costs a write to the I/O loop's pipe and a poller round. A thread that is
+        # not waiting (running operations, handing over deliveries, waiting for confirms)
+        # looks at the queue under the lock before it waits again, so it needs no wake-up.
+        if sleeping:
             self._wake()
 
     def _wake(self) -> None:
@@ -293,10 +298,15 @@ class ConnectionThread:
             self._run_ops()
             if self._on_idle is not None:
                 self._on_idle(self._session)
-            if self._ops:
-                self.process(0)
-            else:
-                self.process(self._poll_interval)
+            with self._lock:
+                # Decided under the lock, so that _enqueue either sees the thread asleep
+                # (and wakes it) or the thread sees the new operation (and does not wait).
+                busy = bool(self._ops)
+                self._sleeping = not busy
+            try:
+                self.process(0 if busy else self._poll_interval)
+            finally:
+                self._sleeping = False
             if self._after_io is not None:
                 self._after_io(self._session)
         # Closing: what was queued before close() (acknowledgements posted without waiting,
