@@ -178,6 +178,15 @@ def _attribute_value(value: object) -> str:
     return str(value)
 
 
+def _with_fifo_fields(entry: dict[str, Any], name: str, message: Message) -> dict[str, Any]:
+    """Add the group and deduplication ids a FIFO queue or topic needs to a request entry."""
+    if _is_fifo(name):
+        entry["MessageGroupId"] = message.group_id
+        if message.deduplication_id:
+            entry["MessageDeduplicationId"] = message.deduplication_id
+    return entry
+
+
 def _is_fifo(name: str) -> bool:
     return name.endswith(".fifo")
 
@@ -730,11 +739,7 @@ class AWSBackend(MessagingBackend):
         attributes = self._attributes(message)
         self._check_size(body, attributes)
         entry: dict[str, Any] = {"MessageBody": body, "MessageAttributes": attributes}
-        if _is_fifo(queue.name):
-            entry["MessageGroupId"] = message.group_id
-            if message.deduplication_id:
-                entry["MessageDeduplicationId"] = message.deduplication_id
-        return entry
+        return _with_fifo_fields(entry, queue.name, message)
 
     def _queue_error(self, exc: botocore.exceptions.ClientError, queue: QueueWrapper) -> Exception:
         if _code(exc) in _QUEUE_MISSING:
@@ -841,11 +846,7 @@ class AWSBackend(MessagingBackend):
             "Message": message.content,
             "MessageAttributes": wire.to_sns_attributes(attributes),
         }
-        if _is_fifo(topic.name):
-            entry["MessageGroupId"] = message.group_id
-            if message.deduplication_id:
-                entry["MessageDeduplicationId"] = message.deduplication_id
-        return entry
+        return _with_fifo_fields(entry, topic.name, message)
 
     def _topic_error(self, exc: botocore.exceptions.ClientError, topic: TopicWrapper) -> Exception:
         if _code(exc) in _TOPIC_MISSING:
