@@ -4,10 +4,11 @@ A dispatcher given a cache checks, before calling a consumer, whether that consu
 processed the message id, and skips it if so (a skip counts as success, so the redelivered
 message is acknowledged). Keys are ``<consumer name>.<message id>``.
 
-The interface is the original's (``store``, ``get``, ``in``) plus three methods for safe
+The interface is the original's (``store``, ``get``, ``in``) plus four methods for safe
 concurrent use, which caches shared between processes implement atomically:
 
 - :meth:`DeduplicationCache.claim` takes a lease on the key before processing,
+- :meth:`DeduplicationCache.renew` extends that lease while the handler still runs,
 - :meth:`DeduplicationCache.mark_done` records success,
 - :meth:`DeduplicationCache.release` drops the lease after a failure.
 
@@ -68,6 +69,23 @@ class DeduplicationCache(ABC):
             return ClaimState.BUSY
         return ClaimState.DONE
 
+    def renew(self, key: str, lease_seconds: float) -> bool:
+        """Extend this instance's claim on ``key`` to ``lease_seconds`` from now.
+
+        Returns ``False`` when the claim is no longer ours: it expired and another process
+        took it over, or it was released, or the key was marked done.
+
+        Why it exists: a lease must outlast the handler, but a long lease also blocks the
+        message for that long when the claiming process crashes. Dispatchers therefore keep
+        leases short and renew them while a handler runs, so a crashed process's claims
+        expire within seconds instead of holding the message for a long lease. A ``False``
+        answer tells the dispatcher that another process may be processing the message too.
+
+        The default, for caches that only implement ``store`` and ``get`` (whose claims are
+        plain lookups with no lease), has nothing to renew and returns ``True``.
+        """
+        return True
+
     def mark_done(self, key: str) -> None:
         """Record that ``key`` was processed successfully."""
         self.store(key, DONE)
@@ -121,16 +139,31 @@ class InMemoryCache(DeduplicationCache):
         with self._lock:
             return self._live(key, self._clock())
 
+    def _claim_value(self) -> str:
+        return f"{CLAIM_PREFIX}{id(self)}"
+
     def claim(self, key: str, lease_seconds: float) -> ClaimState:
         with self._lock:
             now = self._clock()
             value = self._live(key, now)
             if value is None:
-                self._entries[key] = (f"{CLAIM_PREFIX}{id(self)}", now + lease_seconds)
+                self._entries[key] = (self._claim_value(), now + lease_seconds)
                 return ClaimState.CLAIMED
             if isinstance(value, str) and value.startswith(CLAIM_PREFIX):
                 return ClaimState.BUSY
             return ClaimState.DONE
+
+    def renew(self, key: str, lease_seconds: float) -> bool:
+        """Extend this instance's live claim on ``key``; ``False`` when it is not ours."""
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        with self._lock:
+            now = self._clock()
+            value = self._live(key, now)
+            if value != self._claim_value():
+                return False
+            self._entries[key] = (value, now + lease_seconds)
+            return True
 
     def release(self, key: str) -> None:
         with self._lock:

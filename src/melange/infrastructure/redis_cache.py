@@ -11,6 +11,8 @@ How keys are used:
 
 - :meth:`RedisCache.claim` runs ``SET key <claim token> NX PX <lease>``: only one process
   gets the key; the lease ends by itself if that process dies.
+- :meth:`RedisCache.renew` resets the lease (``PEXPIRE``) only if the key still holds this
+  process's own claim token (compare-and-expire in a Lua script).
 - :meth:`RedisCache.mark_done` sets the key to ``"done"`` for ``expire`` seconds.
 - :meth:`RedisCache.release` deletes the key only if it still holds this process's own claim
   token (compare-and-delete in a Lua script), so a late release never drops another
@@ -44,6 +46,14 @@ DEFAULT_EXPIRE = 7 * 24 * 3600
 _RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# Resets the lease of KEYS[1] to ARGV[2] milliseconds only when it still holds ARGV[1].
+_RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -123,6 +133,7 @@ class RedisCache(DeduplicationCache):
             )
             self._where = f"redis://{host}:{port}/{db}"
         self._release_script = self._client.register_script(_RELEASE_SCRIPT)
+        self._renew_script = self._client.register_script(_RENEW_SCRIPT)
         # Claim tokens this instance holds, so that release() deletes only its own claims.
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -196,6 +207,25 @@ class RedisCache(DeduplicationCache):
             raise self._error("claim", key, exc) from exc
         # The key keeps appearing and vanishing: someone else is working on it right now.
         return ClaimState.BUSY
+
+    def renew(self, key: str, lease_seconds: float) -> bool:
+        """Reset the lease on ``key`` to ``lease_seconds`` if it still holds our claim token.
+
+        One atomic compare-and-``PEXPIRE``; ``False`` (without asking Redis when this
+        instance holds no claim on ``key``) when the claim is no longer ours.
+        """
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        with self._lock:
+            token = self._tokens.get(key)
+        if token is None:
+            return False
+        lease_ms = max(1, int(lease_seconds * 1000))
+        try:
+            renewed = self._renew_script(keys=[self._prefix + key], args=[token, lease_ms])
+        except redis.RedisError as exc:
+            raise self._error("renew the claim on", key, exc) from exc
+        return bool(renewed)
 
     def mark_done(self, key: str) -> None:
         """Record ``key`` as processed for ``expire`` seconds (replacing any claim)."""

@@ -264,6 +264,30 @@ class SQLDeduplicationCache(DeduplicationCache):
             "expires_at = excluded.expires_at"
         )
 
+    def renew(self, key: str, lease_seconds: float) -> bool:
+        """Move the end of this instance's claim on ``key`` to ``lease_seconds`` from now.
+
+        One ``UPDATE`` that matches only the row still claimed with our token; ``False`` when
+        the claim is no longer ours (taken over after expiring, released, or marked done).
+        A lease that ran out but that nobody took over still carries our token, so it is
+        renewed: no other process can have started on the key in between.
+        """
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        with self._lock:
+            token = self._tokens.get(key)
+            if token is None:
+                return False
+            cursor = self._execute(
+                self._sql(
+                    "UPDATE {t} SET expires_at = ? WHERE key = ? AND state = ? AND claim_token = ?"
+                ),
+                (self._clock() + lease_seconds, key, _CLAIMED, token),
+                "renew the claim on",
+                key,
+            )
+            return int(cursor.rowcount) == 1
+
     def release(self, key: str) -> None:
         """Delete ``key``'s row if it still holds this instance's claim."""
         with self._lock:
