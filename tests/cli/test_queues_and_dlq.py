@@ -170,6 +170,68 @@ def test_dead_letter_without_a_source_queue_stays_put_and_is_reported(db: Path) 
     assert kept.headers[FAILURE_REASON] == "imported by hand"
 
 
+def _duplicate_a_dead_letter(db: Path) -> str:
+    """Put a second copy of the oldest dead letter right after it, as a consumer stopped
+    between dead-lettering it and acknowledging it leaves; returns its message id."""
+    backend = SQLiteBackend(db)
+    first, second = backend.peek("payments-dlq")
+    backend.purge("payments-dlq")
+    dlq = backend.get_queue("payments-dlq")
+    for message in (first, first, second):
+        backend.publish_to_queue(message, dlq)
+    assert [m.message_id for m in backend.peek("payments-dlq")] == [
+        first.message_id,
+        first.message_id,
+        second.message_id,
+    ]
+    backend.close_connection()
+    return first.message_id
+
+
+def test_dlq_show_collapses_copies_with_the_same_message_id(db: Path) -> None:
+    duplicated = _duplicate_a_dead_letter(db)
+
+    code, out = invoke("dlq", "show", "payments-dlq", "--backend-url", sqlite_url(db))
+
+    assert code == 0, out
+    assert out.count(duplicated[:12]) == 1
+    assert out.count("card 4000-0000 declined") == 1
+    assert "card 4000-0001 declined" in out
+    rows = out.splitlines()[2:4]
+    assert [row.split()[-1] for row in rows] == ["2", "1"]  # the copies column
+    assert "2 message(s) shown, from 3 of 3 stored copies" in out
+    assert "1 duplicate copy(ies) with the same message id collapsed" in out
+
+
+def test_dlq_show_limit_counts_distinct_messages(db: Path) -> None:
+    _duplicate_a_dead_letter(db)
+
+    code, out = invoke("dlq", "show", "payments-dlq", "-n", "2", "--backend-url", sqlite_url(db))
+
+    assert code == 0, out
+    assert "card 4000-0000 declined" in out
+    assert "card 4000-0001 declined" in out  # not crowded out by the duplicate copy
+
+
+def test_redrive_moves_a_duplicated_dead_letter_once(db: Path) -> None:
+    _duplicate_a_dead_letter(db)
+
+    code, out = invoke("dlq", "redrive", "payments-dlq", "--backend-url", sqlite_url(db))
+
+    assert code == 0, out
+    assert "moved 2 message(s) out of payments-dlq" in out
+    assert "deleted 1 duplicate copy(ies)" in out
+    backend = SQLiteBackend(db)
+    assert backend.queue_depth("payments-dlq") == 0
+    back = backend.peek("payments", limit=10)
+    assert len(back) == 2
+    assert len({m.message_id for m in back}) == 2
+    assert [m.content for m in back] == [
+        '{"order": 1, "card": "4000-0000"}',
+        '{"order": 2, "card": "4000-0001"}',
+    ]
+
+
 def test_redrive_to_a_missing_queue_loses_nothing(db: Path) -> None:
     result = run_melange(
         "dlq", "redrive", "payments-dlq", "--to", "paymnets", "--backend-url", sqlite_url(db)

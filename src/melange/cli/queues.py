@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import click
@@ -113,18 +114,23 @@ def dlq() -> None:
 @click.option("--body/--no-body", default=False, help="Show each message's body too.")
 @backend_url_option
 def show(name: str, limit: int, body: bool, backend_url: str | None) -> None:
-    """Show the messages of DEAD_LETTER_QUEUE and why each failed, oldest first."""
+    """Show the messages of DEAD_LETTER_QUEUE and why each failed, oldest first.
+
+    Copies with the same message id (left by a consumer stopped between dead-lettering a
+    message and acknowledging it) are shown once, with how many copies there are.
+    """
     backend = open_backend(backend_url)
     try:
         with reported_errors():
             inspector = Inspector(backend)
             total = inspector.stats(name)["total"]
-            messages = inspector.peek(name, limit)
+            messages, copies = _peek_distinct(inspector, name, limit)
     finally:
         backend.close_connection()
     if not messages:
         click.echo(f"{name} is empty")
         return
+    collapsed = any(copies[m.message_id] > 1 for m in messages)
     rows = []
     for message in messages:
         h = message.headers
@@ -136,17 +142,50 @@ def show(name: str, limit: int, body: bool, backend_url: str | None) -> None:
             h.get(FAILURE_EXCEPTION) or None,
             h.get(FAILURE_REASON),
         ]
+        if collapsed:
+            row.append(copies[message.message_id])
         if body:
             row.append(body_preview(message))
         rows.append(row)
     headers = ["message", "manifest", "from queue", "attempts", "exception", "reason"]
-    click.echo(table([*headers, "body"] if body else headers, rows))
-    click.echo(f"\n{len(messages)} of {total} message(s) shown")
+    if collapsed:
+        headers.append("copies")
+    if body:
+        headers.append("body")
+    click.echo(table(headers, rows))
+    if collapsed:
+        read = sum(copies[m.message_id] for m in messages)
+        duplicates = read - len(messages)
+        click.echo(
+            f"\n{len(messages)} message(s) shown, from {read} of {total} stored copies: "
+            f"{duplicates} duplicate copy(ies) with the same message id collapsed "
+            "(redrive moves each message once)"
+        )
+    else:
+        click.echo(f"\n{len(messages)} of {total} message(s) shown")
     consumers = sorted(
         {m.headers[FAILURE_CONSUMER] for m in messages if m.headers.get(FAILURE_CONSUMER)}
     )
     if consumers:
         click.echo(f"failing consumer(s): {', '.join(consumers)}")
+
+
+def _peek_distinct(
+    inspector: Inspector, queue: str, limit: int
+) -> tuple[list[Message], Counter[str]]:
+    """Up to ``limit`` distinct messages of ``queue`` (the oldest copy of each message id),
+    oldest first, and how many copies of each message id were read."""
+    wanted = limit
+    while True:
+        read = inspector.peek(queue, wanted)
+        copies = Counter(m.message_id for m in read)
+        if len(copies) >= limit or len(read) < wanted:
+            break
+        wanted *= 2  # duplicates took some of the places: read further
+    first: dict[str, Message] = {}
+    for message in read:
+        first.setdefault(message.message_id, message)
+    return list(first.values())[:limit], copies
 
 
 def _redriven(message: Message) -> Message:
@@ -165,18 +204,22 @@ def redrive_messages(
     to: str | None,
     limit: int | None,
     progress: ProgressBar[int] | None = None,
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """Move messages from ``dead_letter_queue`` back to their source queue.
 
     Each message is published to its source queue before it is acknowledged on the
     dead-letter queue, so a crash in between duplicates it rather than losing it. Messages
-    whose source is unknown (and no ``to`` was given) stay where they are.
+    whose source is unknown (and no ``to`` was given) stay where they are. A message is moved
+    once: further copies with the id of a message already moved (left by a consumer stopped
+    between dead-lettering and acknowledging) are deleted without being published again.
 
-    Returns how many were moved and how many were left.
+    Returns how many were moved, how many were left and how many duplicate copies deleted.
     """
     dlq_wrapper = backend.get_queue(dead_letter_queue)
     targets: dict[str, QueueWrapper] = {}
     moved = 0
+    moved_ids: set[str] = set()
+    duplicates = 0
     # Received and not settled: given back at the end, whatever happens, so that nothing
     # stays in flight (unsourced messages are held until then so they are not received again).
     in_hand: list[Message] = []
@@ -190,6 +233,13 @@ def redrive_messages(
                 break
             in_hand.extend(batch)
             for message in batch:
+                if message.message_id in moved_ids:
+                    backend.acknowledge(message)
+                    in_hand.remove(message)
+                    duplicates += 1
+                    if progress is not None:
+                        progress.update(1)
+                    continue
                 target = to or message.headers.get(FAILURE_QUEUE)
                 if not target or target == dead_letter_queue:
                     unsourced += 1
@@ -199,13 +249,14 @@ def redrive_messages(
                 backend.publish_to_queue(_redriven(message), targets[target])
                 backend.acknowledge(message)
                 in_hand.remove(message)
+                moved_ids.add(message.message_id)
                 moved += 1
                 if progress is not None:
                     progress.update(1)
     finally:
         for message in in_hand:
             backend.nack(message, 0.0)
-    return moved, unsourced
+    return moved, unsourced, duplicates
 
 
 @dlq.command("redrive")
@@ -233,12 +284,17 @@ def redrive(name: str, to: str | None, limit: int | None, backend_url: str | Non
                 total = min(total, limit)
             if total:
                 with click.progressbar(length=total, label=f"redriving {name}") as bar:
-                    moved, left = redrive_messages(backend, name, to, limit, bar)
+                    moved, left, duplicates = redrive_messages(backend, name, to, limit, bar)
             else:
-                moved, left = redrive_messages(backend, name, to, limit)
+                moved, left, duplicates = redrive_messages(backend, name, to, limit)
     finally:
         backend.close_connection()
     click.echo(f"moved {moved} message(s) out of {name}")
+    if duplicates:
+        click.echo(
+            f"deleted {duplicates} duplicate copy(ies) of message(s) already moved "
+            "(same message id)"
+        )
     if left:
         raise CommandError(
             f"{left} message(s) do not say which queue they failed in and were left in {name}; "
