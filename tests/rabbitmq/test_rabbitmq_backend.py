@@ -327,7 +327,7 @@ def test_delays_round_to_a_small_ladder() -> None:
     assert delay_bucket_ms(4.4) == 5_000
     assert delay_bucket_ms(300) == 300_000
     assert delay_bucket_ms(5000) == 7_200_000
-    assert retry_queue_name("orders", 2000) == "orders.melange-delay-2000ms"
+    assert retry_queue_name("orders", 2000) == "orders.melange-retry-2000ms"
 
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])

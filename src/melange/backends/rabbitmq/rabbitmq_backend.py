@@ -2,15 +2,21 @@
 
 Mapping onto RabbitMQ (AMQP 0-9-1):
 
-- **Queue**: a durable queue. New queues are *quorum* queues: they are replicated, count
-  deliveries (so ``attempt`` stays exact when a consumer crashes) and dead-letter a message by
-  themselves after ``max_receive_count`` deliveries. A queue that already exists keeps its
-  type: queues created before Melange, or by tools that default to classic queues, are used as
-  they are (a queue's type cannot change without deleting it). Classic queues work the same
-  way, except that the broker cannot dead-letter after a delivery count and, after a consumer
-  crash, cannot say how often a message was delivered before (``attempt`` then counts such
-  redeliveries once). ``queue_type="quorum"`` or ``"classic"`` asks for one type and refuses
-  existing queues of the other, with the broker's reason.
+- **Queue**: a durable queue. New queues are *quorum* queues: they are replicated, and with a
+  dead-letter queue they dead-letter a message by themselves once it was delivered
+  ``max_receive_count`` times without being settled (default 20): a backstop against a message
+  that crashes every consumer it reaches, far above the failure policy's attempts. A queue
+  that already exists keeps its type: queues created before Melange, or by tools that default
+  to classic queues, are used as they are (a queue's type cannot change without deleting it).
+  Classic queues work the same way, without the backstop. ``queue_type="quorum"`` or
+  ``"classic"`` asks for one type and refuses existing queues of the other, with the broker's
+  reason.
+- **Attempts**: ``attempt`` counts handler runs, not deliveries. A failed attempt
+  (:meth:`RabbitMQBackend.nack`) republishes the message with the attempts so far in the
+  ``melange_deliveries`` header and acknowledges the original; messages returned by a
+  connection loss, a crash, a stop (:meth:`RabbitMQBackend.release`) or an idle consumer come
+  back with the count they had, so neither prefetched messages nor clean stops use up the
+  failure policy's attempts.
 - **Topic**: a durable ``headers`` exchange. A subscribed queue is bound to it; with
   ``filter_events`` it is bound once per listed manifest (matching the ``manifest`` header), so
   the broker drops what the queue did not ask for.
@@ -21,19 +27,16 @@ Mapping onto RabbitMQ (AMQP 0-9-1):
   broker dead-lettered by itself (delivery limit reached) is received with
   ``melange_failure_reason`` ``"dead-lettered by RabbitMQ: delivery_limit"``.
 - **Delayed retry**: ``nack(message, delay)`` publishes a copy to a retry queue named
-  ``<queue>.melange-delay-<ms>ms`` whose message TTL is the delay and whose dead-letter target
+  ``<queue>.melange-retry-<ms>ms`` whose message TTL is the delay and whose dead-letter target
   is the original queue, then acknowledges the original (AMQP cannot requeue a message with a
   delay, and per-message TTLs in one shared queue would make short delays wait behind long
   ones). Delays are rounded to the nearest step of a fixed ladder (100 ms, 200 ms, 300 ms,
   500 ms, 1 s, 2 s, 3 s, 5 s, 10 s ...) so a queue gets a handful of retry queues, not one per
-  jittered delay; unused retry queues expire on their own. Retry queues are quorum queues with
-  at-least-once dead-lettering, so a waiting message survives a broker restart and cannot be
-  dropped on its way back. The copy carries the deliveries so far in ``melange_deliveries``,
-  so ``attempt`` keeps counting across retries and reaches the failure policy's limit. An
-  immediate ``nack`` on a quorum queue is a plain ``basic.nack`` with requeue (the broker
-  counts it, which is what its delivery limit acts on); on a classic queue, or a queue this
-  backend did not declare and has not yet seen counted, it is a republish too, because a
-  classic queue cannot count redeliveries.
+  jittered delay. Retry queues are quorum queues with at-least-once dead-lettering, so a
+  waiting message survives a broker restart and cannot be dropped on its way back, and they
+  never expire: a queue lease (``x-expires``) deletes the messages in the queue with it, and
+  RabbitMQ does not renew a quorum queue's lease on redeclaration. They live as long as their
+  queue: :meth:`RabbitMQBackend.delete_queue` deletes them.
 
 Publishing waits for the broker's confirm (``publisher_confirms=True``); batches are pipelined
 and wait for all confirms once. Queue publishes are *mandatory*: a message for a queue that
@@ -82,10 +85,13 @@ try:  # A pika internal: waiting for confirms without a wake-up per confirm (see
 except ImportError:  # pragma: no cover - other pika versions: the public, slower path
     _IoloopTimerContext = None
 
-from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.interfaces import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    BackendCapabilities,
+    MessagingBackend,
+)
 from melange.backends.rabbitmq.connection import ConnectionThread
 from melange.backends.rabbitmq.wire import (
-    broker_counts_deliveries,
     encode_body,
     from_delivery,
     to_properties,
@@ -149,6 +155,12 @@ def delay_bucket_ms(delay: float) -> int:
 
 def retry_queue_name(queue_name: str, delay_ms: int) -> str:
     """Name of the retry queue that holds messages of ``queue_name`` for ``delay_ms``."""
+    return f"{queue_name}.melange-retry-{delay_ms}ms"
+
+
+def _expiring_retry_queue_name(queue_name: str, delay_ms: int) -> str:
+    # Retry queues of earlier versions, declared with a lease (x-expires): deleted with
+    # their queue too, and otherwise left to expire once they have drained.
     return f"{queue_name}.melange-delay-{delay_ms}ms"
 
 
@@ -179,7 +191,6 @@ class RabbitMQReceipt:
     generation: int
     consumer: _Consumer
     delivery_tag: int
-    broker_counts: bool
 
 
 class _Session:
@@ -509,7 +520,6 @@ class RabbitMQBackend(MessagingBackend):
         self._interrupts = 0
         self._known_queues: set[str] = set()
         self._known_topics: set[str] = set()
-        self._queue_types: dict[str, str] = {}
         # Retry delays used per queue beyond the ladder (whole hours), to delete with it.
         self._retry_steps: dict[str, set[int]] = {}
         self._warned_visibility = False
@@ -590,20 +600,9 @@ class RabbitMQBackend(MessagingBackend):
         if not arrived:
             return
         messages: list[Message] = []
-        types = self._queue_types
         for consumer, generation, method, properties, body in arrived:
-            # A quorum queue counts deliveries, but only says so from the second delivery
-            # on; queues declared here are known. Unknown queues are treated as classic,
-            # which keeps ``attempt`` right on both types (see nack).
-            counts = broker_counts_deliveries(properties)
-            if counts:
-                types[consumer.queue] = "quorum"
-            else:
-                counts = types.get(consumer.queue) == "quorum"
-            receipt = RabbitMQReceipt(
-                consumer.queue, generation, consumer, method.delivery_tag, counts
-            )
-            messages.append(from_delivery(method.redelivered, properties, body, receipt))
+            receipt = RabbitMQReceipt(consumer.queue, generation, consumer, method.delivery_tag)
+            messages.append(from_delivery(properties, body, receipt))
         arrived.clear()
         with self._cond:
             buffers = self._buffers
@@ -712,11 +711,12 @@ class RabbitMQBackend(MessagingBackend):
         """Declare the queue (and its dead-letter queue) and bind it to ``topics_to_bind``.
 
         Keyword arguments: ``filter_events`` (manifests the queue receives from the topics),
-        ``max_receive_count`` (deliveries before a quorum queue dead-letters a message by
-        itself, default 4; only with a dead-letter queue), ``queue_type`` (``"quorum"`` or
-        ``"classic"``), ``arguments`` (further ``x-`` queue arguments). ``visibility_timeout``
-        is accepted for portability and ignored: RabbitMQ keeps a message with its consumer
-        until it is settled or the consumer disconnects.
+        ``max_receive_count`` (deliveries without a verdict, e.g. to consumers that crashed,
+        before a quorum queue dead-letters a message by itself, default 20; only with a
+        dead-letter queue; failed attempts are the failure policy's to count),
+        ``queue_type`` (``"quorum"`` or ``"classic"``), ``arguments`` (further ``x-`` queue
+        arguments). ``visibility_timeout`` is accepted for portability and ignored: RabbitMQ
+        keeps a message with its consumer until it is settled or the consumer disconnects.
 
         Bindings are only ever added: calling it again with other ``filter_events`` adds the new
         manifests but does not remove manifests bound before (delete and re-create the queue,
@@ -746,7 +746,7 @@ class RabbitMQBackend(MessagingBackend):
         requested = kwargs.get("queue_type", self._queue_type)
         if requested is not None:
             _check_queue_type(requested)
-        max_receive = int(kwargs.get("max_receive_count", 4))
+        max_receive = int(kwargs.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT))
         if max_receive < 1:
             raise ConfigurationError(f"max_receive_count must be at least 1, got {max_receive}")
         extra = dict(kwargs.get("arguments") or {})
@@ -785,7 +785,12 @@ class RabbitMQBackend(MessagingBackend):
                     f"exchange {DEAD_LETTER_EXCHANGE!r}",
                 )
             types[queue_name] = _declare_queue(
-                session, queue_name, requested, queue_arguments, f"queue {queue_name!r}"
+                session,
+                queue_name,
+                requested,
+                queue_arguments,
+                f"queue {queue_name!r}",
+                keep_delivery_limit="max_receive_count" not in kwargs,
             )
             if dlq is not None:
                 # The dead-letter queue gets the type of its queue unless it exists already.
@@ -802,9 +807,7 @@ class RabbitMQBackend(MessagingBackend):
                 _bind(session, queue_name, topic, manifests)
 
         self._call(op)
-        for name, queue_type in types.items():
-            self._known_queues.add(name)
-            self._queue_types[name] = queue_type
+        self._known_queues.update(types)
         dlq_wrapper = QueueWrapper(dlq, dlq) if dlq is not None else None
         return QueueWrapper(queue_name, queue_name), dlq_wrapper
 
@@ -820,13 +823,13 @@ class RabbitMQBackend(MessagingBackend):
             # Messages waiting to be retried have nowhere to go back to any more.
             for step in steps:
                 channel.queue_delete(retry_queue_name(name, step))
+                channel.queue_delete(_expiring_retry_queue_name(name, step))
 
         with self._cond:
             self._wanted.discard(name)
             self._buffers.pop(name, None)
         self._call(op)
         self._known_queues.discard(name)
-        self._queue_types.pop(name, None)
         self._retry_steps.pop(name, None)
 
     def delete_topic(self, topic: TopicWrapper) -> None:
@@ -1025,18 +1028,41 @@ class RabbitMQBackend(MessagingBackend):
             self._link.post(lambda session: _ack_many(session, receipts))
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
-        """Give ``message`` back for redelivery after ``delay`` seconds (see the module doc)."""
-        attempt = message.attempt or 1
-        queue_name = message.metadata.queue if isinstance(message.metadata, RabbitMQReceipt) else ""
+        """Report a failed attempt: ``message`` comes back after ``delay`` seconds with its
+        attempt count one higher (see the module doc)."""
+        self._give_back(message, delay, attempts=message.attempt or 1)
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        """Give back ``message`` unprocessed: it comes back after ``delay`` seconds with the
+        attempt count it had."""
+        if delay <= 0:
+            self._settle(message, _requeue)
+            return
+        self._give_back(message, delay, attempts=(message.attempt or 1) - 1)
+
+    def holds(self, message: Message) -> bool:
+        """``False`` once the connection ``message`` came on is gone (it is redelivered)."""
+        receipt = message.metadata
+        if not isinstance(receipt, RabbitMQReceipt):
+            return False
+        # Reads the I/O thread's state: a connection dropping right now is only noticed by
+        # the next call, and the message is then processed in vain, as without this check.
+        return (
+            receipt.generation == self._link.generation
+            and self._link.connected
+            and receipt.consumer.active
+        )
+
+    def _give_back(self, message: Message, delay: float, attempts: int) -> None:
+        """Republish ``message`` (to its retry queue, for ``delay``) recording ``attempts``
+        failed attempts, then acknowledge the original."""
+        receipt = message.metadata
+        queue_name = receipt.queue if isinstance(receipt, RabbitMQReceipt) else ""
         body = encode_body(message.content)
-        properties = to_properties(message, deliveries=attempt)
+        properties = to_properties(message, deliveries=attempts)
         delay_ms = delay_bucket_ms(delay) if delay > 0 else 0
 
         def action(session: _Session, receipt: RabbitMQReceipt) -> None:
-            if delay_ms == 0 and receipt.broker_counts:
-                receipt.consumer.unacked.discard(receipt.delivery_tag)
-                receipt.consumer.channel.basic_nack(receipt.delivery_tag, requeue=True)
-                return
             target = queue_name
             if delay_ms:
                 target = retry_queue_name(queue_name, delay_ms)
@@ -1058,8 +1084,7 @@ class RabbitMQBackend(MessagingBackend):
                     target,
                     refused,
                 )
-                receipt.consumer.unacked.discard(receipt.delivery_tag)
-                receipt.consumer.channel.basic_nack(receipt.delivery_tag, requeue=True)
+                _requeue(session, receipt)
                 return
             _ack(session, receipt)
 
@@ -1138,6 +1163,12 @@ def _ack(session: _Session, receipt: RabbitMQReceipt) -> None:
     receipt.consumer.channel.basic_ack(receipt.delivery_tag)
 
 
+def _requeue(session: _Session, receipt: RabbitMQReceipt) -> None:
+    # Back in its place in the queue; the broker's delivery count (the backstop) goes up.
+    receipt.consumer.unacked.discard(receipt.delivery_tag)
+    receipt.consumer.channel.basic_nack(receipt.delivery_tag, requeue=True)
+
+
 def _ack_many(session: _Session, receipts: Sequence[RabbitMQReceipt]) -> None:
     """Acknowledge what is still unsettled on the current connection, in few frames.
 
@@ -1201,9 +1232,7 @@ def _retry_arguments(queue_name: str, delay_ms: int) -> dict[str, Any]:
         "x-dead-letter-routing-key": queue_name,
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
-        # Redeclared by every nack, so it only expires once no message has waited in it
-        # for a minute longer than its delay.
-        "x-expires": delay_ms + 60_000,
+        # No x-expires: a queue lease deletes the messages waiting in the queue with it.
     }
 
 
@@ -1228,12 +1257,15 @@ def _declare_queue(
     what: str,
     *,
     adopt: bool | None = None,
+    keep_delivery_limit: bool = False,
 ) -> str:
     """Declare a durable queue of the ``requested`` type; returns the type it has.
 
     Without a requested type a new queue is a quorum queue, and an existing queue keeps its
     type: a queue created as a classic queue (by other tools, or before Melange) is used as
-    it is instead of being refused.
+    it is instead of being refused. With ``keep_delivery_limit``, an existing queue whose
+    delivery limit differs (declared by an earlier version, whose default was lower) is used
+    as it is, with a warning.
     """
     queue_type = requested or "quorum"
     if adopt is None:
@@ -1244,6 +1276,19 @@ def _declare_queue(
         return queue_type
     except pika.exceptions.ChannelClosedByBroker as exc:
         other = "classic" if queue_type == "quorum" else "quorum"
+        if (
+            keep_delivery_limit
+            and exc.reply_code == _PRECONDITION_FAILED
+            and "x-delivery-limit" in exc.reply_text
+        ):
+            logger.warning(
+                "%s exists with another delivery limit; using it as it is (%s). Recreate it, "
+                "or pass its max_receive_count, to change it",
+                what,
+                exc.reply_text,
+            )
+            session.topology().queue_declare(name, durable=True, passive=True)
+            return queue_type
         if not (
             adopt and exc.reply_code == _PRECONDITION_FAILED and "x-queue-type" in exc.reply_text
         ):

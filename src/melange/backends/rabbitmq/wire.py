@@ -6,8 +6,8 @@
   ``content_encoding="utf-8"``.
 - headers table: every Melange header (``correlation_id``, ``causation_id``, ``published_at``
   and the publisher's own), plus ``manifest`` (string) and ``serializer_id`` (integer), which
-  topic exchanges route on, and ``melange_deliveries``, the deliveries the message had before
-  this copy was published (set when a message is handed back for a delayed retry).
+  topic exchanges route on, and ``melange_deliveries``, the failed attempts the message had
+  before this copy was published (set when a message is handed back for a retry).
   ``melange_group_id`` carries the message group id when one was given.
 
 Headers whose names start with ``x-`` belong to the broker (``x-death``,
@@ -28,8 +28,6 @@ MANIFEST_HEADER = "manifest"
 SERIALIZER_HEADER = "serializer_id"
 DELIVERIES_HEADER = "melange_deliveries"
 GROUP_HEADER = "melange_group_id"
-#: Set by quorum queues: how many times the broker delivered this copy before.
-DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 _ENVELOPE_HEADERS = frozenset({MANIFEST_HEADER, SERIALIZER_HEADER, DELIVERIES_HEADER, GROUP_HEADER})
 
@@ -75,15 +73,12 @@ def to_properties(
     )
 
 
-def from_delivery(
-    redelivered: bool, properties: pika.BasicProperties, body: bytes, receipt: Any
-) -> Message:
+def from_delivery(properties: pika.BasicProperties, body: bytes, receipt: Any) -> Message:
     """Rebuild the envelope of a delivered message.
 
-    ``attempt`` counts the deliveries recorded in ``melange_deliveries`` plus the broker's
-    count for this copy: exact on quorum queues (``x-delivery-count``); on classic queues the
-    broker only says whether the copy was delivered before, so repeated redeliveries after
-    consumer crashes are counted once.
+    ``attempt`` is one more than the failed attempts recorded in ``melange_deliveries``. The
+    broker's own count (``x-delivery-count``) is not used: it also counts messages returned
+    unprocessed by a lost connection, a crash or a stop, which are not attempts.
     """
     raw: Mapping[str, Any] = properties.headers or {}
     headers: dict[str, str] = {}
@@ -94,10 +89,7 @@ def from_delivery(
     _describe_broker_dead_letter(raw.get("x-death"), headers)
     manifest = raw.get(MANIFEST_HEADER)
     serializer = raw.get(SERIALIZER_HEADER)
-    broker_count = raw.get(DELIVERY_COUNT_HEADER)
-    # Deliveries of this copy before this one.
-    previous = broker_count if isinstance(broker_count, int) else int(redelivered)
-    attempt = _int(raw.get(DELIVERIES_HEADER), 0) + previous + 1
+    attempt = _int(raw.get(DELIVERIES_HEADER), 0) + 1
     group = raw.get(GROUP_HEADER)
     return Message(
         message_id=properties.message_id,
@@ -126,11 +118,6 @@ def _describe_broker_dead_letter(deaths: Any, headers: dict[str, str]) -> None:
             headers[FAILURE_REASON] = f"dead-lettered by RabbitMQ: {death['reason']}"
             headers.setdefault(FAILURE_QUEUE, queue)
             return
-
-
-def broker_counts_deliveries(properties: pika.BasicProperties) -> bool:
-    """Whether the queue counts deliveries itself (a quorum queue)."""
-    return isinstance((properties.headers or {}).get(DELIVERY_COUNT_HEADER), int)
 
 
 def _text(value: Any) -> str:
