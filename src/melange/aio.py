@@ -24,6 +24,7 @@ from typing import Any
 from melange.consumers import Consumer
 from melange.context import processing
 from melange.dispatch_core import (
+    ABANDON,
     ACK,
     ConsumerResult,
     Decoded,
@@ -199,6 +200,8 @@ class AsyncMessageDispatcher(MessageDispatcher):
         return await asyncio.to_thread(self._apply, verdict, message, queue.name)
 
     async def _decide(self, message: Message, queue_name: str) -> Verdict:
+        if not self._backend.holds(message):
+            return ABANDON
         decoded = decode(message, self._registry)
         if not isinstance(decoded, Decoded):
             self.stats.add("poison")

@@ -33,7 +33,9 @@ class Action(enum.Enum):
     """How a message is settled."""
 
     ACK = "ack"
-    RETRY = "retry"
+    RETRY = "retry"  # a failed attempt: back after the delay, counted
+    RELEASE = "release"  # no handler ran: back after the delay, not counted as an attempt
+    ABANDON = "abandon"  # its connection was lost: the broker delivers it again anyway
     DEAD_LETTER = "dead_letter"
 
 
@@ -59,6 +61,11 @@ class Verdict:
 
 
 ACK = Verdict(Action.ACK)
+ABANDON = Verdict(Action.ABANDON, reason="the connection it came on was lost")
+
+#: Default lease of a deduplication claim, in seconds. Claims are renewed while their
+#: handler runs, so this only bounds how long a crashed process's claim blocks a message.
+DEFAULT_DEDUP_LEASE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -168,26 +175,28 @@ def settle(
     dead-letter so that no consumer loses its remaining attempts. A consumer's own
     ``failure_policy`` overrides ``policy``.
 
-    A message whose deduplication claim another process holds comes back after
-    ``busy_delay`` seconds (the claim's lease: by then the holder finished or its claim
-    expired), or after the policy's first delay when ``busy_delay`` is not given.
+    A message whose deduplication claim another process holds is released (given back
+    without counting an attempt) for ``busy_delay`` seconds (the claim's lease: by then the
+    holder finished or its claim expired), or the policy's first delay when ``busy_delay`` is
+    not given.
     """
     if always_ack:
         return ACK
     failed = [r for r in results if r.outcome is Outcome.FAILED and r.error is not None]
     if not failed:
+        # No handler ran for these: the message comes back later without the hand-back
+        # counting as an attempt, so a claim held by a crashed process or a cache outage
+        # never pushes a message towards the dead-letter queue.
         if any(r.outcome is Outcome.BUSY for r in results):
-            # Every delivery counts towards the broker's redrive limit: coming back before the
-            # holder can have finished would only push the message towards the dead-letter
-            # queue while it is being processed elsewhere.
+            # Back once the holder can have finished, or its claim (renewed while it runs)
+            # has expired because it died.
             delay = busy_delay if busy_delay is not None else policy.delay_for(1, rng)
             return Verdict(
-                Action.RETRY, delay=delay, reason="deduplication claim held by another consumer"
+                Action.RELEASE, delay=delay, reason="deduplication claim held by another consumer"
             )
         if any(r.outcome is Outcome.NOT_ATTEMPTED for r in results):
-            # Nothing failed, but a consumer could not run yet: come back later, without blame.
             return Verdict(
-                Action.RETRY,
+                Action.RELEASE,
                 delay=policy.delay_for(1, rng),
                 reason="deduplication cache unreachable",
             )

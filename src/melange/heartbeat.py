@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from melange.backends.interfaces import MessagingBackend
 from melange.models import Message
@@ -17,19 +18,24 @@ _IDLE_GRACE_SECONDS = 5.0
 
 
 class Heartbeat:
-    """Renews the lease of each registered message every third of its visibility timeout.
+    """Renews leases while their messages are in hand: every third of each lease.
 
-    Each message's lease comes from ``backend.visibility_timeout_for(message)``, so queues
-    with different timeouts are each renewed in time. A background thread runs while messages
-    are registered, and ends when none are left or on :meth:`close`.
+    Two kinds of lease are kept alive: a received message's visibility lease, from
+    ``backend.visibility_timeout_for(message)`` (so queues with different timeouts are each
+    renewed in time), and a deduplication claim, which is kept short so that a crashed
+    process's claims expire within seconds, and renewed here while its handler runs. A
+    background thread runs while anything is registered, and ends when nothing is left or on
+    :meth:`close`.
     """
 
     def __init__(self, backend: MessagingBackend) -> None:
-        self._backend = backend
+        self._extend = backend.extend_visibility
+        self._lease_for = backend.visibility_timeout_for
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        # id(message) -> (message, lease seconds, next renewal time)
-        self._messages: dict[int, tuple[Message, float, float]] = {}
+        # key -> (renew(target, lease), target, lease seconds, next renewal time); a message
+        # is keyed by its id(), a claim by its cache key.
+        self._entries: dict[object, tuple[Callable[[Any, float], Any], Any, float, float]] = {}
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -41,36 +47,52 @@ class Heartbeat:
         """Renew the leases of a batch received together (one lookup of the lease for all)."""
         if not messages:
             return
-        lease = self._backend.visibility_timeout_for(messages[0])
+        lease = self._lease_for(messages[0])
         if lease is None or lease <= 0:
             return
         due = time.monotonic() + lease / 3
+        extend = self._extend
         with self._lock:
             for message in messages:
-                self._messages[id(message)] = (message, lease, due)
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=self._run, name="melange-heartbeat", daemon=True
-                )
-                self._thread.start()
-            self._wake.notify()
+                self._entries[id(message)] = (extend, message, lease, due)
+            self._ensure_running()
+
+    def add_claim(self, key: str, lease: float, renew: Callable[[str, float], bool]) -> None:
+        """Renew the deduplication claim on ``key`` with ``renew(key, lease)`` until
+        :meth:`remove_claim`; a ``False`` answer (the claim was lost) ends the renewals."""
+        due = time.monotonic() + lease / 3
+        with self._lock:
+            self._entries[("claim", key)] = (renew, key, lease, due)
+            self._ensure_running()
+
+    def remove_claim(self, key: str) -> None:
+        """Stop renewing the claim on ``key``."""
+        with self._lock:
+            self._entries.pop(("claim", key), None)
 
     def remove(self, message: Message) -> None:
         """Stop renewing ``message``'s lease."""
         with self._lock:
-            self._messages.pop(id(message), None)
+            self._entries.pop(id(message), None)
 
     def remove_batch(self, messages: Sequence[Message]) -> None:
         """Stop renewing the leases of ``messages``."""
         with self._lock:
             for message in messages:
-                self._messages.pop(id(message), None)
+                self._entries.pop(id(message), None)
+
+    def _ensure_running(self) -> None:
+        # Called with the lock held.
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="melange-heartbeat", daemon=True)
+            self._thread.start()
+        self._wake.notify()
 
     def _run(self) -> None:
         idle_since: float | None = None
         while True:
             with self._lock:
-                if not self._closed and not self._messages:
+                if not self._closed and not self._entries:
                     # Idle: linger a while (consume loops register batch after batch), then end
                     # the thread; the next add() starts a new one.
                     now = time.monotonic()
@@ -78,27 +100,32 @@ class Heartbeat:
                     if now - idle_since < _IDLE_GRACE_SECONDS:
                         self._wake.wait(_IDLE_GRACE_SECONDS - (now - idle_since))
                         continue
-                if self._closed or not self._messages:
+                if self._closed or not self._entries:
                     self._thread = None
                     return
                 idle_since = None
                 now = time.monotonic()
-                due = [(m, lease) for m, lease, at in self._messages.values() if at <= now]
-                for message, lease in due:
-                    self._messages[id(message)] = (message, lease, now + lease / 3)
+                due = [(key, entry) for key, entry in self._entries.items() if entry[3] <= now]
+                for key, (renew, target, lease, _) in due:
+                    self._entries[key] = (renew, target, lease, now + lease / 3)
                 if not due:
-                    next_at = min(at for _, _, at in self._messages.values())
+                    next_at = min(entry[3] for entry in self._entries.values())
                     self._wake.wait(max(0.01, next_at - now))
                     continue
-            for message, lease in due:
+            for key, (renew, target, lease, _) in due:
                 try:
-                    self._backend.extend_visibility(message, lease)
+                    kept = renew(target, lease)
                 except Exception:
                     logger.warning(
-                        "could not extend the visibility of message %s",
-                        message.message_id,
-                        exc_info=True,
+                        "could not renew the lease of %s", _describe(target), exc_info=True
                     )
+                    continue
+                if kept is False:
+                    # The claim expired and may be someone else's now: stop renewing it.
+                    logger.warning("lost the deduplication claim on %s", target)
+                    with self._lock:
+                        if self._entries.get(key, (None, None))[1] is target:
+                            del self._entries[key]
 
     def close(self) -> None:
         """Stop the background thread."""
@@ -108,3 +135,9 @@ class Heartbeat:
             thread = self._thread
         if thread is not None:
             thread.join(timeout=5)
+
+
+def _describe(target: Any) -> str:
+    if isinstance(target, Message):
+        return f"message {target.message_id}"
+    return f"claim {target}"

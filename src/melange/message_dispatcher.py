@@ -29,7 +29,9 @@ from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
 from melange.context import processing
 from melange.dispatch_core import (
+    ABANDON,
     ACK,
+    DEFAULT_DEDUP_LEASE_SECONDS,
     Action,
     ConsumerResult,
     Decoded,
@@ -98,7 +100,9 @@ class MessageDispatcher:
         failure_policy: Retries, backoff and dead-lettering (default: 5 attempts, exponential
             backoff from 1 second). A consumer's own ``failure_policy`` overrides it.
         dedup_lease_seconds: How long a deduplication claim protects a message being
-            processed before another process may take it over.
+            processed before another process may take it over. The claim is renewed every
+            third of it while the handler runs, so it only needs to outlast a crash: a
+            message whose claimant died is processed again this many seconds later.
         dedup_fail_open: When the cache cannot be reached, process without deduplication
             (``True``) instead of leaving the message for later (``False``, the default).
         visibility_heartbeat: Keep messages in hand invisible while handlers run, on backends
@@ -114,7 +118,7 @@ class MessageDispatcher:
         *,
         consumers: Iterable[Consumer] = (),
         failure_policy: FailurePolicy | None = None,
-        dedup_lease_seconds: float = 300.0,
+        dedup_lease_seconds: float = DEFAULT_DEDUP_LEASE_SECONDS,
         dedup_fail_open: bool = False,
         visibility_heartbeat: bool = True,
     ) -> None:
@@ -124,6 +128,8 @@ class MessageDispatcher:
                 "MessageDispatcher(JsonSerializer(), backend=backend)"
             )
         self._registry = SerializerRegistry.coerce(serializer_registry)
+        if dedup_lease_seconds <= 0:
+            raise ValueError(f"dedup_lease_seconds must be positive, got {dedup_lease_seconds}")
         if cache is not None and not isinstance(cache, DeduplicationCache):
             raise TypeError(f"cache must be a DeduplicationCache, got {type(cache).__name__}")
         if backend is not None and not isinstance(backend, MessagingBackend):
@@ -141,8 +147,12 @@ class MessageDispatcher:
         self._rng = random.Random()
         self._on_exception: Callable[[Exception], Any] | None = None
         self._heartbeat: Heartbeat | None = None
+        # Renews deduplication claims while handlers run (and, with _heartbeat, leases).
+        self._leases: Heartbeat | None = None
         if visibility_heartbeat and self._backend.capabilities.extend_visibility:
-            self._heartbeat = Heartbeat(self._backend)
+            self._heartbeat = self._leases = Heartbeat(self._backend)
+        elif cache is not None:
+            self._leases = Heartbeat(self._backend)
         #: Counters of what this dispatcher did.
         self.stats = DispatcherStats()
 
@@ -396,7 +406,7 @@ class MessageDispatcher:
         for message in messages:
             self.stats.add("released")
             try:
-                self._backend.nack(message, 0.0)
+                self._backend.release(message)
             except Exception:
                 logger.warning("could not release message %s", message.message_id, exc_info=True)
 
@@ -408,6 +418,8 @@ class MessageDispatcher:
         ``renew`` registers the message with the heartbeat while consumers run (callers that
         registered a whole batch pass ``False``).
         """
+        if not self._backend.holds(message):
+            return ABANDON
         decoded = decode(message, self._registry)
         if not isinstance(decoded, Decoded):
             self.stats.add("poison")
@@ -507,6 +519,8 @@ class MessageDispatcher:
             return ConsumerResult(consumer, Outcome.SKIPPED_DUPLICATE), None
         if state is ClaimState.BUSY:
             return ConsumerResult(consumer, Outcome.BUSY), None
+        if self._leases is not None:
+            self._leases.add_claim(key, self._lease, self._cache.renew)
         return None, key
 
     def _finish(
@@ -518,6 +532,8 @@ class MessageDispatcher:
         error: Exception | None,
     ) -> ConsumerResult:
         """Record a consumer's outcome: logs, counters, and the deduplication claim."""
+        if key is not None and self._leases is not None:
+            self._leases.remove_claim(key)
         if error is not None:
             self.stats.add("consumer_failures")
             logger.error(
@@ -551,6 +567,21 @@ class MessageDispatcher:
             self._backend.acknowledge(message)
             self.stats.add("acknowledged")
             return True
+        if verdict.action is Action.RELEASE:
+            self.stats.add("released")
+            logger.info(
+                "message %s given back for %.2fs: %s",
+                message.message_id,
+                verdict.delay,
+                verdict.reason,
+                extra=_log_extra(message, queue_name, verdict.consumer, "released"),
+            )
+            self._backend.release(message, verdict.delay)
+            return False
+        if verdict.action is Action.ABANDON:
+            # Its connection is gone: the broker delivers it again, to us or to another.
+            self.stats.add("released")
+            return False
         if verdict.action is Action.RETRY:
             self.stats.add("retried")
             logger.warning(
@@ -620,8 +651,8 @@ class MessageDispatcher:
 
     def close(self) -> None:
         """Stop the heartbeat thread (the backend stays open)."""
-        if self._heartbeat is not None:
-            self._heartbeat.close()
+        if self._leases is not None:
+            self._leases.close()
 
 
 def _close_awaitable(result: Any) -> None:

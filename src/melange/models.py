@@ -59,8 +59,10 @@ class Message:
         manifest: The serializer's manifest for ``content`` (e.g. ``"json"`` or a class name).
         headers: String headers: correlation id, causation id, published-at timestamp, and
             anything the publisher added.
-        attempt: How many times this message has been delivered, counting this delivery,
-            where the backend knows it; ``None`` where it does not.
+        attempt: Which attempt at handling the message this delivery is: one more than the
+            attempts that failed (``nack``). Deliveries that ran no handler (a release, a lost
+            connection, a crashed receiver) do not count, except on SQS, where it is the
+            broker's receive count. ``None`` where the backend does not know it.
         group_id: Ordering key for FIFO queues (SQS ``MessageGroupId``).
         deduplication_id: Broker-side deduplication id for FIFO queues.
     """

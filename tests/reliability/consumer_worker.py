@@ -4,20 +4,25 @@ It consumes a queue with ``consume_loop`` until SIGTERM/SIGINT (or until it is k
 appends one line per handler step to a journal file, with ``O_APPEND`` writes that reach the
 kernel at once and so survive a SIGKILL of the process::
 
-    start <n> <message id> <pid>
-    end <n> <message id> <pid>
+    start <n> <message id> <pid> <attempt>
+    end <n> <message id> <pid> <attempt>
+    fail <n> <message id> <pid> <attempt>
 
 Config keys: ``backend`` (see :func:`reliability_support.open_backend`), ``queue``,
 ``journal``, ``delay`` (seconds each handler takes), ``slow`` (payload number -> seconds
 that handler takes instead), ``block_on`` (a payload number whose handler never returns),
 ``workers``, ``redis_prefix`` (enables a RedisCache), ``lease`` (deduplication lease
-seconds), ``max_messages``, ``heartbeat`` (false turns the visibility heartbeat off).
+seconds; default the library's), ``max_messages``, ``heartbeat`` (false turns the visibility
+heartbeat off), ``fail_first`` (the handler fails while ``attempt`` is at most this),
+``crash_on`` (a payload number whose handler SIGKILLs the process once it has ended),
+``policy`` (``FailurePolicy`` arguments; default: no delay, no attempt limit).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -40,19 +45,29 @@ def main() -> int:
     slow = {int(n): float(seconds) for n, seconds in config.get("slow", {}).items()}
     never = threading.Event()
 
-    def record(phase: str, n: int) -> None:
+    fail_first = int(config.get("fail_first", 0))
+    crash_on = config.get("crash_on")
+
+    def record(phase: str, n: int) -> int:
         message = current_message()
         message_id = message.message_id if message is not None else "-"
-        os.write(journal, f"{phase} {n} {message_id} {pid}\n".encode())
+        attempt = (message.attempt or 1) if message is not None else 0
+        os.write(journal, f"{phase} {n} {message_id} {pid} {attempt}\n".encode())
+        return attempt
 
     def handle(payload: dict[str, Any]) -> None:
         n = int(payload["n"])
-        record("start", n)
+        attempt = record("start", n)
         if n == block_on:
             never.wait()  # a handler stuck for good: only a second signal ends the process
         if n in slow or delay:
             never.wait(slow.get(n, delay))  # the handler's work
+        if attempt <= fail_first:
+            record("fail", n)
+            raise RuntimeError(f"attempt {attempt} of message {n} fails")
         record("end", n)
+        if n == crash_on:
+            os.kill(pid, signal.SIGKILL)  # dies after the side effect, before it is recorded
 
     cache = None
     if config.get("redis_prefix"):
@@ -60,23 +75,27 @@ def main() -> int:
 
         cache = RedisCache(key_prefix=config["redis_prefix"])
     backend = open_backend(config["backend"])
+    policy = FailurePolicy.no_delay(max_attempts=None)
+    if config.get("policy"):
+        policy = FailurePolicy(**config["policy"])
+    lease = {"dedup_lease_seconds": float(config["lease"])} if "lease" in config else {}
     dispatcher = MessageDispatcher(
         JsonSerializer(),
         cache=cache,
         backend=backend,
         consumers=[Consumer(handle, name="fault-consumer")],
-        failure_policy=FailurePolicy.no_delay(max_attempts=None),
-        dedup_lease_seconds=float(config.get("lease", 300.0)),
+        failure_policy=policy,
+        **lease,
         visibility_heartbeat=bool(config.get("heartbeat", True)),
     )
-    os.write(journal, f"ready - - {pid}\n".encode())
+    os.write(journal, f"ready - - {pid} 0\n".encode())
     kwargs: dict[str, Any] = {}
     if config.get("max_messages"):
         kwargs["max_messages"] = int(config["max_messages"])
     dispatcher.consume_loop(config["queue"], workers=int(config.get("workers", 1)), **kwargs)
     dispatcher.close()
     backend.close_connection()
-    os.write(journal, f"exit - - {pid}\n".encode())
+    os.write(journal, f"exit - - {pid} 0\n".encode())
     return 0
 
 

@@ -304,6 +304,8 @@ class Journal:
     starts: collections.Counter[int] = field(default_factory=collections.Counter)
     ends: collections.Counter[int] = field(default_factory=collections.Counter)
     message_ids: dict[int, str] = field(default_factory=dict)
+    #: Per message, each handler outcome in order: ("end" or "fail", attempt).
+    outcomes: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
     ready: set[int] = field(default_factory=set)
     exited: set[int] = field(default_factory=set)
 
@@ -315,9 +317,9 @@ class Journal:
             return journal
         for line in path.read_text().splitlines():
             parts = line.split()
-            if len(parts) != 4:
+            if len(parts) != 5:
                 continue
-            phase, n, message_id, pid = parts
+            phase, n, message_id, pid, attempt = parts
             if phase == "ready":
                 journal.ready.add(int(pid))
             elif phase == "exit":
@@ -327,6 +329,8 @@ class Journal:
             elif phase == "end":
                 journal.ends[int(n)] += 1
                 journal.message_ids[int(n)] = message_id
+            if phase in ("end", "fail"):
+                journal.outcomes.setdefault(int(n), []).append((phase, int(attempt)))
         return journal
 
 

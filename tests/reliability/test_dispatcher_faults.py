@@ -439,18 +439,17 @@ def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing
 # -- the decisions behind the above ---------------------------------------------------------
 
 
-def test_a_busy_claim_is_retried_after_the_lease_and_an_unreachable_cache_after_the_policy() -> (
-    None
-):
+def test_a_busy_claim_is_released_for_the_lease_and_an_unreachable_cache_for_the_policy() -> None:
     from melange.dispatch_core import Action, ConsumerResult, Outcome, settle
 
     consumer = Consumer(lambda payload: None, name="c")
     policy = FailurePolicy(initial_delay=1.5, jitter=0.0)
     busy = settle([ConsumerResult(consumer, Outcome.BUSY)], 1, policy, busy_delay=300.0)
-    assert (busy.action, busy.delay) == (Action.RETRY, 300.0)
+    # Released, not retried: no handler ran, so no attempt is used up.
+    assert (busy.action, busy.delay) == (Action.RELEASE, 300.0)
     assert "another consumer" in busy.reason
     down = settle([ConsumerResult(consumer, Outcome.NOT_ATTEMPTED)], 1, policy, busy_delay=300.0)
-    assert (down.action, down.delay) == (Action.RETRY, 1.5)
+    assert (down.action, down.delay) == (Action.RELEASE, 1.5)
     assert "unreachable" in down.reason
     # Without a lease to go by, a busy claim falls back to the policy's first delay.
     assert settle([ConsumerResult(consumer, Outcome.BUSY)], 1, policy).delay == 1.5
@@ -469,13 +468,13 @@ def test_a_message_claimed_elsewhere_is_handed_back_for_the_claims_lease(flavour
     cache = InMemoryCache()
     assert cache.claim(f"c.{message.message_id}", 60).value == "claimed"  # another process
     delays: list[float] = []
-    nack = backend.nack
+    release = backend.release
 
-    def recording_nack(message: Message, delay: float = 0.0) -> None:
+    def recording_release(message: Message, delay: float = 0.0) -> None:
         delays.append(delay)
-        nack(message, delay)
+        release(message, delay)
 
-    backend.nack = recording_nack  # type: ignore[method-assign]
+    backend.release = recording_release  # type: ignore[method-assign]
     seen: list[Any] = []
     options: dict[str, Any] = {
         "cache": cache,
@@ -483,9 +482,15 @@ def test_a_message_claimed_elsewhere_is_handed_back_for_the_claims_lease(flavour
         "consumers": [Consumer(seen.append, name="c")],
         "dedup_lease_seconds": 42.0,
     }
+    dispatcher: MessageDispatcher
     if flavour == "asyncio":
-        asyncio.run(AsyncMessageDispatcher(JsonSerializer(), **options).consume_event(QUEUE))
+        dispatcher = AsyncMessageDispatcher(JsonSerializer(), **options)
+        asyncio.run(dispatcher.consume_event(QUEUE))  # type: ignore[arg-type]
     else:
-        MessageDispatcher(JsonSerializer(), **options).consume_event(QUEUE)
+        dispatcher = MessageDispatcher(JsonSerializer(), **options)
+        dispatcher.consume_event(QUEUE)
     assert seen == []
     assert delays == [42.0]
+    # Not an attempt: the message still has all of the failure policy's attempts ahead.
+    assert backend.peek(QUEUE)[0].attempt is None
+    assert (dispatcher.stats.released, dispatcher.stats.retried) == (1, 0)

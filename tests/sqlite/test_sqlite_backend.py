@@ -110,7 +110,7 @@ def test_unsettled_message_of_a_closed_backend_is_redelivered_after_its_lease(
     clock.advance(10.5)
     [again] = second.retrieve_messages(queue)
     assert again.message_id == taken.message_id
-    assert again.attempt == 2
+    assert again.attempt == 1  # a crash is not a failed attempt
     second.close_connection()
 
 
@@ -143,18 +143,36 @@ def test_database_runs_in_wal_mode_with_the_chosen_synchronous_setting(db: Path)
 # -- leases on a fake clock -------------------------------------------------------------------
 
 
-def test_visibility_timeout_redelivers_with_growing_attempt(
+def test_attempt_counts_failed_attempts_and_the_receive_limit_counts_deliveries(
     backend: SQLiteBackend, clock: FakeClock
 ) -> None:
-    queue, _ = backend.declare_queue("q", visibility_timeout=5)
+    queue, _ = backend.declare_queue(
+        "q", visibility_timeout=5, dead_letter_queue_name="q-dlq", max_receive_count=4
+    )
     backend.publish_to_queue(make_message('"x"'), queue)
     attempts = []
-    for _ in range(3):
+    # Lease expiry, release and nack each deliver it again; only the nack is an attempt.
+    for settle in ("expire", "release", "nack"):
         [got] = backend.retrieve_messages(queue)
         attempts.append(got.attempt)
-        assert backend.retrieve_messages(queue) == []
-        clock.advance(5.01)
-    assert attempts == [1, 2, 3]
+        if settle == "release":
+            backend.release(got)
+        elif settle == "nack":
+            backend.nack(got)
+        else:
+            assert backend.retrieve_messages(queue) == []
+            clock.advance(5.01)
+    [got] = backend.retrieve_messages(queue)
+    attempts.append(got.attempt)
+    assert attempts == [1, 1, 1, 2]
+    # The release took its delivery back: 3 of the 4 deliveries so far count, so one more
+    # is allowed before max_receive_count sends it to the dead-letter queue.
+    clock.advance(5.01)
+    assert len(backend.retrieve_messages(queue)) == 1
+    clock.advance(5.01)
+    assert backend.retrieve_messages(queue) == []
+    [dead] = backend.retrieve_messages(backend.get_queue("q-dlq"))
+    assert dead.message_id == got.message_id
 
 
 def test_late_acknowledgement_does_not_delete_a_redelivered_message(
@@ -447,7 +465,8 @@ def test_stats_peek_and_purge_inspect_without_receiving(backend: SQLiteBackend) 
     backend.retrieve_messages(queue, max_messages=2)
     assert backend.queue_stats("q") == QueueStats("q", ready=3, in_flight=2, delayed=0)
     assert [m.content for m in backend.peek("q", limit=4)] == ["0", "1", "2", "3"]
-    assert [m.attempt for m in backend.peek("q", limit=3)] == [1, 1, None]
+    # Peeked copies tell their failed attempts: none yet.
+    assert [m.attempt for m in backend.peek("q", limit=3)] == [None, None, None]
     assert backend.queue_stats("q").ready == 3  # peeking received nothing
     assert backend.purge("q") == 5
     assert backend.queue_stats("q").total == 0

@@ -32,6 +32,13 @@ from typing import Any
 
 from melange.models import Message, QueueWrapper, TopicWrapper
 
+#: Deliveries after which a broker dead-letters a message by itself, unless a queue's
+#: ``max_receive_count`` says otherwise. A backstop for messages no handler ever settles (a
+#: message that crashes every consumer it reaches), set far above the failure policy's
+#: attempts so that the policy, which records why, always decides first. The SQS backend
+#: keeps 7.2.0's 4 (see its documentation).
+DEFAULT_MAX_RECEIVE_COUNT = 20
+
 
 @dataclass(frozen=True)
 class BackendCapabilities:
@@ -50,7 +57,7 @@ class BackendCapabilities:
         visibility_timeout: An unsettled message becomes visible again after a timeout (as on
             SQS); without it, it comes back only when its receiver disconnects.
         extend_visibility: :meth:`MessagingBackend.extend_visibility` extends a lease.
-        receive_count: Received messages carry ``attempt`` (the delivery count).
+        receive_count: Received messages carry ``attempt`` (see :class:`~melange.models.Message`).
         filter_policies: Subscriptions can filter on the message manifest in the broker.
         max_message_size: Largest body in bytes, or ``None`` for no fixed limit.
         max_batch_size: Most messages one native batch publish call takes, or ``None``.
@@ -176,10 +183,31 @@ class MessagingBackend(ABC):
             self.acknowledge(message)
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
-        """Give ``message`` back to the broker for redelivery after ``delay`` seconds.
+        """Report a failed attempt: deliver ``message`` again after ``delay`` seconds, with
+        its ``attempt`` one higher where the backend counts attempts.
 
         The default does nothing: the broker redelivers when its own timeout expires.
         """
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        """Give back a message whose handlers did not run, after ``delay`` seconds.
+
+        Unlike :meth:`nack`, which reports a failed attempt, a release must not count as an
+        attempt: the dispatcher releases what it received but did not start when it stops,
+        and messages whose deduplication claim another process holds. Backends that count
+        attempts themselves undo the count of this delivery; the default is :meth:`nack`, for
+        brokers that cannot (on SQS the receive count stays).
+        """
+        self.nack(message, delay)
+
+    def holds(self, message: Message) -> bool:
+        """Whether ``message`` can still be settled by this backend.
+
+        ``False`` once the broker will deliver it again whatever this process does (the
+        connection it came on was lost): the dispatcher then does not start it, since its
+        handlers would only run twice. The default is ``True``.
+        """
+        return True
 
     def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
         """Move ``message`` to its queue's dead-letter queue, adding ``headers``.

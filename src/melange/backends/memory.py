@@ -2,9 +2,11 @@
 
 Queues hold messages until they are acknowledged. A received message is invisible to other
 receivers for the queue's visibility timeout; if it is not settled by then, or is nacked, it
-is delivered again with a higher receive count. After ``max_receive_count`` deliveries a queue
-with a dead-letter queue moves the message there, as SQS does. Names ending in ``.fifo`` (or
-queues declared with ``fifo=True``) deliver each message group strictly in order.
+is delivered again. ``attempt`` counts failed attempts (nacks) plus one; after
+``max_receive_count`` deliveries (default 20, a backstop for messages whose handlers never
+settle them) a queue with a dead-letter queue moves the message there, as SQS does. Names
+ending in ``.fifo`` (or queues declared with ``fifo=True``) deliver each message group strictly
+in order.
 
 Everything lives in one process and is lost when it exits; use it in tests and for local
 development, and :mod:`melange.backends.sqlite` where messages must survive a restart.
@@ -21,7 +23,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.interfaces import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    BackendCapabilities,
+    MessagingBackend,
+)
 from melange.exceptions import (
     ConfigurationError,
     MessageTooLargeError,
@@ -38,6 +44,7 @@ class _Stored:
     """A message as the broker holds it (never handed out: receivers get fresh copies)."""
 
     __slots__ = (
+        "attempts",
         "content",
         "dedup_id",
         "group_id",
@@ -61,6 +68,7 @@ class _Stored:
         self.dedup_id = message.deduplication_id
         self.seq = seq
         self.receive_count = 0
+        self.attempts = 0  # failed attempts (nacks), which ``attempt`` counts
         self.receipt = 0
         self.visible_at = 0.0
 
@@ -72,7 +80,7 @@ class _Queue:
     visibility_timeout: float
     delay_seconds: float = 0.0
     dead_letter_queue: str | None = None
-    max_receive_count: int = 4
+    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
     ready: deque[_Stored] = field(default_factory=deque)
     # Published without the lock (standard queues, no delay); moved to ``ready`` under the lock.
     inbox: deque[_Stored] = field(default_factory=deque)
@@ -498,7 +506,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             stored.serializer_id,
             stored.manifest,
             stored.headers,
-            stored.receive_count or None,
+            stored.attempts + 1 if receipt is not None else stored.attempts or None,
             stored.group_id,
             stored.dedup_id,
         )
@@ -528,12 +536,25 @@ class InMemoryMessagingBackend(MessagingBackend):
             self._wake()
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
+        """Deliver ``message`` again after ``delay`` seconds (a failed attempt)."""
+        self._give_back(message, delay, uncount=0)
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        """As :meth:`nack`, but the delivery does not count towards ``attempt`` and
+        ``max_receive_count``."""
+        self._give_back(message, delay, uncount=1)
+
+    def _give_back(self, message: Message, delay: float, uncount: int) -> None:
         with self._lock:
             lease = self._lease(message)
             if lease is None:
                 return
             queue, receipt = lease
             stored = queue.inflight[receipt]
+            if uncount:
+                stored.receive_count -= 1
+            else:
+                stored.attempts += 1
             if queue.fifo and delay > 0:
                 # The group stays blocked while its head waits, as on SQS FIFO.
                 stored.visible_at = self._clock() + delay

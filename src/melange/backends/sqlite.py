@@ -18,10 +18,11 @@ window at a large cost in throughput.
 
 The file is meant for one machine: SQLite's locking is not reliable on network file systems.
 
-Storage (schema version 1): ``melange_meta`` (key/value: the schema version),
+Storage (schema version 2): ``melange_meta`` (key/value: the schema version),
 ``queues``, ``topics``, ``subscriptions`` (topic, queue, JSON list of manifests or ``NULL``),
 ``messages`` (one row per message per queue; a row is visible once ``visible_at`` has passed
-and is in flight while it carries a ``receipt`` and ``visible_at`` lies ahead), and
+and is in flight while it carries a ``receipt`` and ``visible_at`` lies ahead; ``attempts``
+counts its failed attempts, ``receive_count`` its deliveries), and
 ``deduplication`` (FIFO deduplication ids seen in the last five minutes). Times are Unix
 timestamps, so every process on the machine shares one clock.
 """
@@ -40,7 +41,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.interfaces import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    BackendCapabilities,
+    MessagingBackend,
+)
 from melange.exceptions import (
     BackendError,
     ConfigurationError,
@@ -51,7 +56,7 @@ from melange.exceptions import (
 from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message, QueueWrapper, TopicWrapper
 
 #: The schema version this module writes and understands.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: FIFO deduplication window, as on SQS.
 DEDUPLICATION_WINDOW_SECONDS = 300.0
@@ -72,7 +77,7 @@ CREATE TABLE queues (
     visibility_timeout REAL NOT NULL,
     delay_seconds REAL NOT NULL DEFAULT 0,
     dead_letter_queue TEXT,
-    max_receive_count INTEGER NOT NULL DEFAULT 4,
+    max_receive_count INTEGER NOT NULL DEFAULT 20,
     created_at REAL NOT NULL
 );
 CREATE TABLE topics (
@@ -97,7 +102,8 @@ CREATE TABLE messages (
     dedup_id TEXT,
     visible_at REAL NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt INTEGER
+    receipt INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 -- Receiving from a standard queue walks this index from its oldest visible entry.
 CREATE INDEX messages_by_visibility ON messages (queue, visible_at, id);
@@ -115,7 +121,8 @@ CREATE TABLE deduplication (
 _QUEUE_OPTIONS = frozenset({"fifo", "visibility_timeout", "delay_seconds", "max_receive_count"})
 
 _COLUMNS = (
-    "id, message_id, content, serializer_id, manifest, headers, group_id, dedup_id, receive_count"
+    "id, message_id, content, serializer_id, manifest, headers, group_id, dedup_id, "
+    "receive_count, attempts"
 )
 
 _INSERT = (
@@ -153,6 +160,7 @@ class _Row(NamedTuple):
     group_id: str | None
     dedup_id: str | None
     receive_count: int
+    attempts: int
 
 
 class _Receipt(NamedTuple):
@@ -357,6 +365,9 @@ class SQLiteBackend(MessagingBackend):
                     "SELECT value FROM melange_meta WHERE key = 'schema_version'"
                 ).fetchone()
                 version = int(found[0]) if found else None
+                if version == 1:
+                    _migrate_from_version_1(conn)
+                    version = SCHEMA_VERSION
                 if version != SCHEMA_VERSION:
                     raise ConfigurationError(
                         f"SQLite database {self.path!r} has Melange schema version {version}, "
@@ -552,7 +563,7 @@ class SQLiteBackend(MessagingBackend):
         delay = float(options.get("delay_seconds", 0.0))
         if delay < 0:
             raise ConfigurationError(f"delay_seconds of queue {name!r} must be >= 0, got {delay}")
-        count = int(options.get("max_receive_count", 4))
+        count = int(options.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT))
         if count < 1:
             raise ConfigurationError(f"max_receive_count must be at least 1, got {count}")
         created = conn.execute(
@@ -643,7 +654,7 @@ class SQLiteBackend(MessagingBackend):
         """Up to ``limit`` messages of the queue in publish order, without receiving them.
 
         The copies cannot be settled (their ``metadata`` is ``None``); ``attempt`` tells how
-        often each was delivered so far.
+        many attempts at each failed so far (``None``: none).
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
@@ -914,10 +925,7 @@ class SQLiteBackend(MessagingBackend):
                 [(token, now + queue.visibility_timeout, row.id) for row in deliver],
             )
         return [
-            _to_message(
-                row._replace(receive_count=row.receive_count + 1),
-                _Receipt(queue.name, row.id, token, queue.visibility_timeout),
-            )
+            _to_message(row, _Receipt(queue.name, row.id, token, queue.visibility_timeout))
             for row in deliver
         ]
 
@@ -1024,11 +1032,19 @@ class SQLiteBackend(MessagingBackend):
             conn.executemany(_DELETE_SETTLED, keys)
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
-        """Make the message visible again after ``delay`` seconds.
+        """Make the message visible again after ``delay`` seconds (a failed attempt).
 
         On a FIFO queue a delayed message keeps its group blocked while it waits, so the
         group's order holds (and :meth:`queue_stats` counts it as in flight meanwhile).
         """
+        self._give_back(message, delay, uncount=0)
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        """As :meth:`nack`, but the delivery does not count: ``attempt`` and the receive count
+        towards ``max_receive_count`` go back to what they were before it was received."""
+        self._give_back(message, delay, uncount=1)
+
+    def _give_back(self, message: Message, delay: float, uncount: int) -> None:
         receipt = self._receipt(message)
         delay = max(0.0, float(delay))
         with self._write() as conn:
@@ -1036,17 +1052,14 @@ class SQLiteBackend(MessagingBackend):
             row = found.fetchone()
             fifo = bool(row[0]) if row else False
             visible_at = self._clock() + delay
-            if fifo and delay > 0:
-                conn.execute(
-                    "UPDATE messages SET visible_at = ? WHERE id = ? AND receipt = ?",
-                    (visible_at, receipt.row_id, receipt.token),
-                )
-            else:
-                conn.execute(
-                    "UPDATE messages SET visible_at = ?, receipt = NULL "
-                    "WHERE id = ? AND receipt = ?",
-                    (visible_at, receipt.row_id, receipt.token),
-                )
+            # A failed attempt counts in ``attempts``; a release takes back its receive.
+            count = "receive_count = receive_count - 1" if uncount else "attempts = attempts + 1"
+            # On a FIFO queue a delayed message keeps its receipt, which blocks its group.
+            keep = "" if fifo and delay > 0 else ", receipt = NULL"
+            conn.execute(
+                f"UPDATE messages SET visible_at = ?, {count}{keep} WHERE id = ? AND receipt = ?",
+                (visible_at, receipt.row_id, receipt.token),
+            )
         if delay == 0:
             self._wake_receivers()
 
@@ -1151,7 +1164,23 @@ def _dump_headers(headers: Mapping[str, str]) -> str:
 _HEADERS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
+def _migrate_from_version_1(conn: sqlite3.Connection) -> None:
+    """Version 2 counts failed attempts apart from deliveries (``attempts``)."""
+    conn.execute("ALTER TABLE messages ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+    # Version 1 counted every delivery as an attempt: keep the counts messages had.
+    conn.execute(
+        "UPDATE messages SET attempts = receive_count - (receipt IS NOT NULL) "
+        "WHERE receive_count > 0"
+    )
+    conn.execute(
+        "UPDATE melange_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+    )
+
+
 def _to_message(row: _Row, receipt: _Receipt | None) -> Message:
+    # A received message is on its attempt after the failed ones; a peeked or dead-lettered
+    # copy tells how many failed.
+    attempt = row.attempts + 1 if receipt is not None else row.attempts or None
     return Message(
         row.message_id,
         row.content,
@@ -1159,7 +1188,7 @@ def _to_message(row: _Row, receipt: _Receipt | None) -> Message:
         row.serializer_id,
         row.manifest,
         json.loads(row.headers),
-        row.receive_count or None,
+        attempt,
         row.group_id,
         row.dedup_id,
     )
