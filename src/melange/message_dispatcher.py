@@ -57,8 +57,10 @@ class DispatcherStats:
 
     Every received message is settled exactly one way, so once none is in hand
     ``received == acknowledged + retried + dead_lettered + released``. ``released`` counts
-    messages given back unprocessed on stop; ``retried`` includes messages that should have
-    been dead-lettered but whose queue has none. ``poison`` (a subset of ``dead_lettered``),
+    messages given back without running a handler (on stop, while another process holds the
+    deduplication claim or the cache is down, or after their connection was lost);
+    ``retried`` includes messages that should have been dead-lettered but whose queue has
+    none. ``poison`` (a subset of ``dead_lettered``),
     ``duplicates_skipped`` (of ``acknowledged``) and ``consumer_failures`` (per consumer
     call) are details.
     """

@@ -194,9 +194,10 @@ class MessagingBackend(ABC):
 
         Unlike :meth:`nack`, which reports a failed attempt, a release must not count as an
         attempt: the dispatcher releases what it received but did not start when it stops,
-        and messages whose deduplication claim another process holds. Backends that count
-        attempts themselves undo the count of this delivery; the default is :meth:`nack`, for
-        brokers that cannot (on SQS the receive count stays).
+        and messages whose deduplication claim another process holds. The delivery still
+        counts towards the broker's ``max_receive_count`` (a backstop far above the failure
+        policy's attempts). The default is :meth:`nack`, for brokers whose only count is the
+        receive count (SQS).
         """
         self.nack(message, delay)
 

@@ -537,24 +537,21 @@ class InMemoryMessagingBackend(MessagingBackend):
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Deliver ``message`` again after ``delay`` seconds (a failed attempt)."""
-        self._give_back(message, delay, uncount=0)
+        self._give_back(message, delay, failed=True)
 
     def release(self, message: Message, delay: float = 0.0) -> None:
-        """As :meth:`nack`, but the delivery does not count towards ``attempt`` and
-        ``max_receive_count``."""
-        self._give_back(message, delay, uncount=1)
+        """As :meth:`nack`, but not a failed attempt: ``attempt`` stays as it was (the
+        delivery still counts towards ``max_receive_count``, the backstop)."""
+        self._give_back(message, delay, failed=False)
 
-    def _give_back(self, message: Message, delay: float, uncount: int) -> None:
+    def _give_back(self, message: Message, delay: float, failed: bool) -> None:
         with self._lock:
             lease = self._lease(message)
             if lease is None:
                 return
             queue, receipt = lease
             stored = queue.inflight[receipt]
-            if uncount:
-                stored.receive_count -= 1
-            else:
-                stored.attempts += 1
+            stored.attempts += failed
             if queue.fifo and delay > 0:
                 # The group stays blocked while its head waits, as on SQS FIFO.
                 stored.visible_at = self._clock() + delay

@@ -1037,14 +1037,14 @@ class SQLiteBackend(MessagingBackend):
         On a FIFO queue a delayed message keeps its group blocked while it waits, so the
         group's order holds (and :meth:`queue_stats` counts it as in flight meanwhile).
         """
-        self._give_back(message, delay, uncount=0)
+        self._give_back(message, delay, failed=True)
 
     def release(self, message: Message, delay: float = 0.0) -> None:
-        """As :meth:`nack`, but the delivery does not count: ``attempt`` and the receive count
-        towards ``max_receive_count`` go back to what they were before it was received."""
-        self._give_back(message, delay, uncount=1)
+        """As :meth:`nack`, but not a failed attempt: ``attempt`` stays as it was (the
+        delivery still counts towards ``max_receive_count``, the backstop)."""
+        self._give_back(message, delay, failed=False)
 
-    def _give_back(self, message: Message, delay: float, uncount: int) -> None:
+    def _give_back(self, message: Message, delay: float, failed: bool) -> None:
         receipt = self._receipt(message)
         delay = max(0.0, float(delay))
         with self._write() as conn:
@@ -1052,13 +1052,12 @@ class SQLiteBackend(MessagingBackend):
             row = found.fetchone()
             fifo = bool(row[0]) if row else False
             visible_at = self._clock() + delay
-            # A failed attempt counts in ``attempts``; a release takes back its receive.
-            count = "receive_count = receive_count - 1" if uncount else "attempts = attempts + 1"
             # On a FIFO queue a delayed message keeps its receipt, which blocks its group.
             keep = "" if fifo and delay > 0 else ", receipt = NULL"
             conn.execute(
-                f"UPDATE messages SET visible_at = ?, {count}{keep} WHERE id = ? AND receipt = ?",
-                (visible_at, receipt.row_id, receipt.token),
+                f"UPDATE messages SET visible_at = ?, attempts = attempts + ?{keep} "
+                "WHERE id = ? AND receipt = ?",
+                (visible_at, int(failed), receipt.row_id, receipt.token),
             )
         if delay == 0:
             self._wake_receivers()
