@@ -49,6 +49,11 @@ FATAL_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Operations posted without waiting (acknowledgements) that may be queued for the I/O
+#: thread before posting waits for it.
+MAX_QUEUED_POSTS = 16
+
+
 class _Op(Generic[T]):
     """An operation waiting to run on the I/O thread.
 
@@ -118,6 +123,9 @@ class ConnectionThread:
         self._after_io = after_io
         self._ops: collections.deque[_Op[Any]] = collections.deque()
         self._lock = threading.Lock()
+        # Posters waiting for the queue of operations to shrink (see post()).
+        self._shrunk = threading.Condition(self._lock)
+        self._posters_waiting = 0
         # True while the thread waits (or is about to wait) in pika with nothing queued:
         # only then does a new operation need to wake it. Written under _lock.
         self._sleeping = False
@@ -213,6 +221,17 @@ class ConnectionThread:
             return
         if self._closing.is_set():
             raise BackendConnectionError(f"the RabbitMQ backend for {self.describe} is closed")
+        with self._lock:
+            # Backpressure: an acknowledgement still queued when the connection drops is
+            # lost, and its message handled again. When the I/O thread falls behind (a busy
+            # machine), posters wait, so a lost connection repeats at most this many.
+            # Not while disconnected: those operations wait for the next connection anyway.
+            while len(self._ops) >= MAX_QUEUED_POSTS and self._connected.is_set():
+                self._posters_waiting += 1
+                try:
+                    self._shrunk.wait(0.1)
+                finally:
+                    self._posters_waiting -= 1
         self._enqueue(_Op(fn, waited=False))
 
     def _enqueue(self, op: _Op[Any]) -> None:
@@ -338,6 +357,8 @@ class ConnectionThread:
             with self._lock:
                 self._ops.popleft()
                 op.finish()
+                if self._posters_waiting and len(self._ops) < MAX_QUEUED_POSTS:
+                    self._shrunk.notify_all()
 
     def _fail_pending(self, error: BaseException) -> None:
         with self._lock:
