@@ -191,6 +191,41 @@ def _message_type(owner: type, attr: str, func: Callable[..., Any]) -> type:
     return annotation
 
 
+def is_coroutine_consumer(consumer_obj: Consumer, message: Any) -> bool:
+    """Whether handling ``message`` with ``consumer_obj`` runs a coroutine function (so an
+    asyncio dispatcher awaits it on the loop instead of running it on a worker thread)."""
+    process = type(consumer_obj).process
+    handler: Any
+    if process is Consumer.process:
+        handler = consumer_obj._on_message
+    elif process is SingleDispatchConsumer.process and isinstance(
+        consumer_obj, SingleDispatchConsumer
+    ):
+        attr = consumer_obj._handler_for(message)
+        handler = getattr(consumer_obj, attr) if attr is not None else None
+    else:
+        handler = consumer_obj.process
+    if handler is None:
+        return False
+    if inspect.iscoroutinefunction(handler):
+        return True
+    # A callable object with an ``async def __call__``, or a partial of a coroutine function.
+    inner = getattr(handler, "func", None) or getattr(handler, "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(inner)
+
+
+def has_coroutine_handlers(consumer_obj: Consumer) -> bool:
+    """Whether any message ``consumer_obj`` handles runs a coroutine function."""
+    if isinstance(consumer_obj, SingleDispatchConsumer) and (
+        type(consumer_obj).process is SingleDispatchConsumer.process
+    ):
+        return any(
+            inspect.iscoroutinefunction(getattr(consumer_obj, name))
+            for name in consumer_obj._handler_names
+        )
+    return is_coroutine_consumer(consumer_obj, None)
+
+
 def _wants_manifest(consumer_obj: Consumer) -> bool:
     """True for ``accepts(self, manifest)`` overrides written in the original docs' style."""
     method = type(consumer_obj).accepts

@@ -44,6 +44,18 @@ SERVICE = textwrap.dedent(
     def make_consumer():
         return Consumer(record)
 
+    async def record_async(message):
+        record(message)
+
+    def make_async(backend):
+        from melange.aio import AsyncMessageDispatcher
+
+        return AsyncMessageDispatcher(
+            JsonSerializer(), backend=backend, consumers=[Consumer(record_async)]
+        )
+
+    async_consumer = Consumer(record_async)
+
     ready_made = MessageDispatcher(
         JsonSerializer(), backend=InMemoryMessagingBackend(), consumers=[consumer]
     )
@@ -78,6 +90,9 @@ def consumed(workdir: Path) -> list[object]:
         ("service:make", "1", signal.SIGTERM),
         ("service:consumer", "3", signal.SIGTERM),
         ("service:make_consumer", "1", signal.SIGINT),
+        # An asyncio dispatcher, and a consumer with an async handler, run on an event loop.
+        ("service:make_async", "2", signal.SIGTERM),
+        ("service:async_consumer", "1", signal.SIGINT),
     ],
 )
 def test_consumes_until_signalled_then_exits_cleanly_with_its_counts(

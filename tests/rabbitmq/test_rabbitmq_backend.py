@@ -21,6 +21,7 @@ from melange.backends.rabbitmq.rabbitmq_backend import (
     retry_queue_name,
 )
 from melange.consumers import Consumer
+from melange.dispatch import Middleware
 from melange.exceptions import (
     BackendConnectionError,
     BatchPublishError,
@@ -341,6 +342,10 @@ def test_attempt_counts_across_delayed_retries_until_the_policy_dead_letters(
         dlq = topology.dead_letter_queue_of(queue)
         attempts: list[int | None] = []
 
+        class Attempts(Middleware):
+            def message_received(self, message: Message, queue: str) -> None:
+                attempts.append(message.attempt)
+
         def fail(_payload: Any) -> None:
             raise RuntimeError("always fails")
 
@@ -350,14 +355,8 @@ def test_attempt_counts_across_delayed_retries_until_the_policy_dead_letters(
             backend=backend,
             consumers=[Consumer(on_message=fail)],
             failure_policy=policy,
+            middleware=[Attempts()],
         )
-        original = dispatcher._handle
-
-        def spy(message: Message, queue_name: str, *args: Any, **kwargs: Any) -> Any:
-            attempts.append(message.attempt)
-            return original(message, queue_name, *args, **kwargs)
-
-        dispatcher._handle = spy  # type: ignore[method-assign]
         backend.publish_to_queue(make_message('{"x": 1}'), queue)
         deadline = time.monotonic() + 30
         while dispatcher.stats.dead_lettered < 1 and time.monotonic() < deadline:

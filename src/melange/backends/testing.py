@@ -56,7 +56,7 @@ def link_synchronously(
     def deliver(_: str) -> None:
         # One pass: what is visible now, each message once.
         messages = backend.retrieve_messages(queue, max_messages=1_000_000)
-        dispatcher._dispatch_batch(messages, queue)
+        dispatcher.dispatch(messages, queue_name)
 
     backend.add_listener(queue_name, deliver)
     return dispatcher

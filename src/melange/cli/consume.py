@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import click
@@ -17,8 +18,10 @@ from melange.cli._common import (
     open_backend,
     reported_errors,
 )
-from melange.consumers import Consumer
-from melange.message_dispatcher import MessageDispatcher
+from melange.consumers import Consumer, has_coroutine_handlers
+from melange.dispatch.aio import AsyncMessageDispatcher
+from melange.dispatch.base import DispatcherBase
+from melange.dispatch.threaded import MessageDispatcher
 from melange.serializers.json import JsonSerializer
 
 
@@ -27,13 +30,14 @@ def build_dispatcher(
     spec: str,
     backend_url: str | None,
     serializer_spec: str | None,
-) -> tuple[MessageDispatcher, MessagingBackend | None]:
+) -> tuple[DispatcherBase, MessagingBackend | None]:
     """The dispatcher ``target`` stands for, and the backend opened for it (if any).
 
-    ``target`` is a dispatcher, a consumer, or a callable returning one of them, called
-    with the backend when it takes an argument.
+    ``target`` is a dispatcher (threaded or asyncio), a consumer, or a callable returning
+    one of them, called with the backend when it takes an argument. A consumer with
+    ``async`` handlers gets an asyncio dispatcher.
     """
-    if isinstance(target, MessageDispatcher):
+    if isinstance(target, DispatcherBase):
         if backend_url is not None:
             raise CommandError(
                 f"{spec} is a dispatcher already bound to {describe_backend(target.backend)}, "
@@ -45,7 +49,7 @@ def build_dispatcher(
     try:
         if not isinstance(target, Consumer) and callable(target):
             target = _call_factory(target, spec, backend)
-        if isinstance(target, MessageDispatcher):
+        if isinstance(target, DispatcherBase):
             return target, backend
         if isinstance(target, Consumer):
             serializers: Any = JsonSerializer()
@@ -53,8 +57,9 @@ def build_dispatcher(
                 serializers = import_attribute(serializer_spec)
                 if isinstance(serializers, type):
                     serializers = serializers()
+            kind = AsyncMessageDispatcher if has_coroutine_handlers(target) else MessageDispatcher
             with reported_errors():
-                return MessageDispatcher(serializers, backend=backend, consumers=[target]), backend
+                return kind(serializers, backend=backend, consumers=[target]), backend
         raise CommandError(
             f"{spec} is a {type(target).__name__}, not a MessageDispatcher, a Consumer or a "
             "function returning one of them"
@@ -82,7 +87,7 @@ def _call_factory(factory: Any, spec: str, backend: MessagingBackend) -> Any:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Messages processed at once, on threads.",
+    help="Messages processed at once (threads, or tasks for an asyncio dispatcher).",
 )
 @click.option(
     "--serializer",
@@ -107,8 +112,9 @@ def consume(
 ) -> None:
     """Consume QUEUE with the dispatcher or consumer MODULE:ATTRIBUTE names.
 
-    The attribute is a MessageDispatcher, a Consumer, or a function returning one (given the
-    backend when it takes an argument), e.g.
+    The attribute is a MessageDispatcher or AsyncMessageDispatcher (run on an event loop), a
+    Consumer (async handlers get an asyncio dispatcher), or a function returning one (given
+    the backend when it takes an argument), e.g.
 
         melange consume melange.examples.saga.stock:create_dispatcher --queue saga-stock-service
 
@@ -122,7 +128,12 @@ def consume(
     click.echo(f"consuming {queue} on {where} with {workers} worker(s); Ctrl-C to stop", err=True)
     try:
         with reported_errors():
-            dispatcher.consume_loop(queue, workers=workers)
+            if isinstance(dispatcher, AsyncMessageDispatcher):
+                asyncio.run(dispatcher.consume_loop(queue, concurrency=workers))
+            elif isinstance(dispatcher, MessageDispatcher):
+                dispatcher.consume_loop(queue, workers=workers)
+            else:
+                raise CommandError(f"{target} is a {type(dispatcher).__name__}: not runnable")
     finally:
         dispatcher.close()
         if backend is not None:

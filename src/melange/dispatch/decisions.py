@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from melange.consumers import Consumer, _wants_manifest
+from melange.dispatch.policy import FailurePolicy
 from melange.exceptions import SerializationError
 from melange.models import (
     FAILURE_ATTEMPTS,
@@ -25,7 +26,6 @@ from melange.models import (
     FAILURE_REASON,
     Message,
 )
-from melange.policy import FailurePolicy
 from melange.serializers.registry import SerializerRegistry
 
 
@@ -100,6 +100,15 @@ def poison_verdict(poison: Poison) -> Verdict:
         exception_type=poison.exception_type,
         consumer="",
     )
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``"Type: message"``, even for an exception whose ``__str__`` itself raises."""
+    try:
+        text = str(exc)
+    except Exception as failure:
+        text = f"<str() failed: {type(failure).__name__}>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Outcome(enum.Enum):
@@ -203,7 +212,7 @@ def settle(
         return ACK
     first_error = failed[0].error
     assert first_error is not None
-    reason = f"{type(first_error).__name__}: {first_error}"
+    reason = describe_exception(first_error)
     exc_type = f"{type(first_error).__module__}.{type(first_error).__qualname__}"
     names = ", ".join(r.consumer.name for r in failed)
     retry_delays: list[float] = []
@@ -219,3 +228,21 @@ def settle(
         return Verdict(Action.RETRY, max(retry_delays), reason, exc_type, names)
     why = f"gave up after {attempt} attempt(s)" if any_retryable else "non-retryable exception"
     return Verdict(Action.DEAD_LETTER, 0.0, f"{why}: {reason}", exc_type, names)
+
+
+__all__ = [
+    "ABANDON",
+    "ACK",
+    "DEFAULT_DEDUP_LEASE_SECONDS",
+    "Action",
+    "ConsumerResult",
+    "Decoded",
+    "Outcome",
+    "Poison",
+    "Route",
+    "Verdict",
+    "decode",
+    "describe_exception",
+    "poison_verdict",
+    "settle",
+]

@@ -1,0 +1,335 @@
+"""The asyncio dispatcher: the dispatch engine driven on an event loop.
+
+The same :class:`~melange.dispatch.engine.Engine` as the threaded dispatcher makes every
+decision; this module only performs its effects with ``await``. Consumers may be ``async``: a
+consumer whose ``on_message`` (or ``@consumer`` method, or ``process``) is a coroutine
+function is awaited on the loop; plain consumers run on a bounded pool of worker threads (one
+per unit of ``concurrency``), never on the loop, in the context of the message. The leases of
+messages in hand and of deduplication claims are renewed as with the threaded dispatcher.
+Backend and cache calls run in worker threads, so they never block the loop::
+
+    dispatcher = AsyncMessageDispatcher(JsonSerializer(), backend=backend,
+                                        consumers=[Consumer(on_message=handle_order)])
+    await dispatcher.consume_loop("orders", concurrency=8)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from melange.consumers import is_coroutine_consumer
+from melange.dispatch.base import DispatcherBase
+from melange.dispatch.effects import (
+    Ack,
+    Claim,
+    DeadLetter,
+    FinishClaim,
+    Holds,
+    Invoke,
+    Nack,
+    ProbeCache,
+    Receive,
+    Release,
+    Sleep,
+    Unwatch,
+    Watch,
+)
+from melange.dispatch.engine import Step
+from melange.models import Message, QueueWrapper
+
+logger = logging.getLogger("melange.dispatcher")
+
+_BATCH_FOR_WORKERS = 10
+
+
+async def run_async(
+    step: Step[Any],
+    inline: dict[type, Callable[[Any], Any]],
+    awaited: dict[type, Callable[[Any], Awaitable[Any]]],
+) -> Any:
+    """Drive an engine step to its end: effects in ``inline`` are performed at once, the
+    others are awaited."""
+    try:
+        effect = next(step)
+        while True:
+            kind = type(effect)
+            try:
+                fn = inline.get(kind)
+                result = fn(effect) if fn is not None else await awaited[kind](effect)
+            except BaseException as exc:
+                effect = step.throw(exc)
+            else:
+                effect = step.send(result)
+    except StopIteration as done:
+        return done.value
+
+
+class AsyncMessageDispatcher(DispatcherBase):
+    """``async`` twin of :class:`~melange.dispatch.threaded.MessageDispatcher`.
+
+    Takes the same arguments. :meth:`consume_event` and :meth:`consume_loop` are coroutines;
+    :meth:`stop` may be called from any thread or task.
+    """
+
+    def _setup_driver(self) -> None:
+        backend, cache, leases = self._backend, self._cache, self._leases
+        self._executor: ThreadPoolExecutor | None = None
+
+        def watch(effect: Watch) -> None:
+            if leases is None:
+                return
+            if effect.messages:
+                leases.add_batch(effect.messages)
+            if effect.key is not None:
+                assert cache is not None
+                leases.add_claim(effect.key, effect.lease, cache.renew)
+
+        def unwatch(effect: Unwatch) -> None:
+            if leases is None:
+                return
+            if effect.messages:
+                leases.remove_batch(effect.messages)
+            if effect.key is not None:
+                leases.remove_claim(effect.key)
+
+        async def finish_claim(effect: FinishClaim) -> None:
+            assert cache is not None
+            action = cache.mark_done if effect.done else cache.release
+            await asyncio.to_thread(action, effect.key)
+
+        def ack(effect: Ack) -> None:
+            messages = effect.messages
+            if len(messages) == 1:
+                backend.acknowledge(messages[0])
+            else:
+                backend.acknowledge_batch(messages)
+
+        def threaded(fn: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
+            return lambda effect: asyncio.to_thread(fn, effect)
+
+        self._inline: dict[type, Callable[[Any], Any]] = {
+            Holds: lambda e: backend.holds(e.message),
+            Watch: watch,
+            Unwatch: unwatch,
+        }
+        self._awaited: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            Receive: threaded(lambda e: backend.retrieve_messages(e.queue, **e.options)),
+            Invoke: self._invoke,
+            Claim: threaded(lambda e: cache.claim(e.key, e.lease) if cache else None),
+            FinishClaim: finish_claim,
+            ProbeCache: threaded(lambda e: cache.get("melange-cache-probe") if cache else None),
+            Ack: threaded(ack),
+            Nack: threaded(lambda e: backend.nack(e.message, e.delay)),
+            Release: threaded(lambda e: backend.release(e.message, e.delay)),
+            DeadLetter: threaded(lambda e: backend.dead_letter(e.message, e.headers)),
+            Sleep: self._sleep,
+        }
+
+    async def _drive(self, step: Step[Any]) -> Any:
+        return await run_async(step, self._inline, self._awaited)
+
+    async def _invoke(self, effect: Invoke) -> None:
+        consumer, payload = effect.consumer, effect.payload
+        if is_coroutine_consumer(consumer, payload):
+            result = consumer.process(payload)
+        else:
+            # Plain consumers run on the worker threads, in this message's context.
+            executor = self._executor
+            if executor is None:
+                executor = self._executor = ThreadPoolExecutor(
+                    1, thread_name_prefix="melange-worker"
+                )
+            context = contextvars.copy_context()
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(executor, context.run, consumer.process, payload)
+        if inspect.isawaitable(result):
+            await result
+
+    async def _sleep(self, effect: Sleep) -> None:
+        # Short naps so that stop() from any thread ends the wait soon.
+        deadline = asyncio.get_running_loop().time() + effect.seconds
+        while not self._stop.is_set():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(remaining, 0.05))
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def consume_event(self, queue_name: str, **kwargs: Any) -> int:
+        """Receive one batch from ``queue_name`` and dispatch it; returns its size."""
+        queue = await asyncio.to_thread(self._backend.get_queue, queue_name)
+        messages = await asyncio.to_thread(self._backend.retrieve_messages, queue, **kwargs)
+        await self.dispatch(messages, queue_name)
+        return len(messages)
+
+    async def dispatch(self, messages: list[Message], queue_name: str) -> None:
+        """Dispatch ``messages``, received from ``queue_name`` by this dispatcher's backend,
+        and settle them."""
+        await self._drive(self._engine.dispatch(messages, queue_name))
+
+    async def consume_loop(
+        self,
+        queue_name: str,
+        on_exception: Callable[[Exception], Any] | None = None,
+        after_consume: Callable[[], Any] | None = None,
+        *,
+        concurrency: int = 1,
+        install_signal_handlers: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Consume until :meth:`stop`; up to ``concurrency`` messages are processed at once.
+
+        Messages of one FIFO group are processed in order. On stop, messages received but not
+        started are given back; the ones in hand are finished and settled. Cancelling the task
+        stops at once (unsettled messages come back after the visibility timeout). A consumer
+        raising ``SystemExit`` or ``KeyboardInterrupt`` stops the loop, which raises it once
+        the messages in hand are settled.
+        """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self._start_loop(queue_name, on_exception, kwargs)
+        queue = await asyncio.to_thread(self._backend.get_queue, queue_name)
+        previous_executor = self._executor
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="melange-worker")
+        handled = self._add_signal_handlers() if install_signal_handlers else []
+        logger.info("consuming %s", queue_name, extra={"queue": queue_name, "workers": concurrency})
+        try:
+            if concurrency == 1:
+                await self._loop_serial(queue, after_consume, kwargs)
+            else:
+                await self._loop_tasks(queue, after_consume, concurrency, kwargs)
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            self._executor.shutdown(wait=False)
+            self._executor = previous_executor
+        logger.info("stopped consuming %s", queue_name, extra={"queue": queue_name})
+        if self._interrupted is not None:
+            raise self._interrupted
+
+    async def _loop_serial(
+        self, queue: QueueWrapper, after_consume: Callable[[], Any] | None, options: dict[str, Any]
+    ) -> None:
+        engine = self._engine
+        while not self._stop.is_set():
+            messages = await self._drive(engine.receive(queue, options))
+            if messages:
+                try:
+                    await self._drive(engine.dispatch(messages, queue.name))
+                except (SystemExit, KeyboardInterrupt) as exc:
+                    self._interrupt_from_worker(exc)
+                except Exception as exc:
+                    logger.error(
+                        "settling messages from %s failed: %s", queue.name, exc, exc_info=True
+                    )
+                    self._notify(exc)
+            if after_consume is not None:
+                after_consume()
+
+    async def _loop_tasks(
+        self,
+        queue: QueueWrapper,
+        after_consume: Callable[[], Any] | None,
+        concurrency: int,
+        options: dict[str, Any],
+    ) -> None:
+        slots = asyncio.Semaphore(concurrency)
+        tails: dict[str, asyncio.Task[bool]] = {}
+        running: set[asyncio.Task[bool]] = set()
+        try:
+            while not self._stop.is_set():
+                # Receive only when a task slot is free, so in-flight work stays bounded.
+                await slots.acquire()
+                slots.release()
+                options["max_messages"] = min(_BATCH_FOR_WORKERS, concurrency)
+                messages = await self._drive(self._engine.receive(queue, options))
+                in_batch: dict[str, asyncio.Task[bool]] = {}
+                for message in messages:
+                    await slots.acquire()
+                    group = message.group_id
+                    # Chain on the group's previous message, even a finished one of this batch:
+                    # if it is coming back, this one must come back too.
+                    before = (in_batch.get(group) or tails.get(group)) if group else None
+                    task = asyncio.create_task(self._work(message, queue.name, before, slots))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    if group is not None:
+                        in_batch[group] = tails[group] = task
+                        task.add_done_callback(_forget(tails, group))
+                if after_consume is not None:
+                    after_consume()
+                if not messages:
+                    await asyncio.sleep(0)  # let finished tasks release their slots
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _work(
+        self,
+        message: Message,
+        queue_name: str,
+        before: asyncio.Task[bool] | None,
+        slots: asyncio.Semaphore,
+    ) -> bool:
+        """Process one message in its own task; returns whether it is settled for good."""
+        try:
+            go_ahead = before is None or await before
+            return bool(await self._drive(self._engine.process(message, queue_name, go_ahead)))
+        except (SystemExit, KeyboardInterrupt) as exc:
+            self._interrupt_from_worker(exc)
+            return False
+        except Exception as exc:
+            logger.exception("settling message %s failed", message.message_id)
+            self._notify(exc)
+            return False
+        finally:
+            slots.release()
+
+    def _add_signal_handlers(self) -> list[signal.Signals]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        loop = asyncio.get_running_loop()
+        handled = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):
+                continue
+            handled.append(sig)
+        return handled
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            # Second signal: stop now.
+            raise KeyboardInterrupt if sig == signal.SIGINT else SystemExit(128 + sig)
+        logger.info("signal %s received: finishing the messages in hand", int(sig))
+        self.stop()
+
+    def close(self) -> None:
+        """Stop the lease renewal thread and the worker threads (the backend stays open)."""
+        super().close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+
+def _forget(
+    tails: dict[str, asyncio.Task[bool]], group: str
+) -> Callable[[asyncio.Task[bool]], None]:
+    def forget(task: asyncio.Task[bool]) -> None:
+        if tails.get(group) is task:
+            tails.pop(group, None)
+
+    return forget
+
+
+__all__ = ["AsyncMessageDispatcher", "run_async"]

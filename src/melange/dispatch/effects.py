@@ -1,0 +1,159 @@
+"""What the dispatch engine asks its driver to do.
+
+The engine (:mod:`melange.dispatch.engine`) is written as generators that *yield* these
+effects and receive their results: it decides, a driver performs. The threaded driver performs
+an effect by calling the backend, the cache or the consumer; the asyncio driver awaits them; a
+simulation can answer them from a model of a broker. An effect that fails is thrown back into
+the engine as the exception it raised.
+
+Each effect names its result in its docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from melange.consumers import Consumer
+from melange.models import Message, QueueWrapper
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """Receive a batch from ``queue`` (``retrieve_messages`` options in ``options``).
+    Result: the list of messages."""
+
+    queue: QueueWrapper
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Holds:
+    """Whether the backend can still settle ``message``. Result: ``bool``."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """Run ``consumer`` on ``payload`` (awaiting it when it is asynchronous).
+    Result: ``None``; the consumer's exception is thrown back."""
+
+    consumer: Consumer
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Take the deduplication claim on ``key`` for ``lease`` seconds.
+    Result: a :class:`~melange.infrastructure.cache.ClaimState`."""
+
+    key: str
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class FinishClaim:
+    """Mark ``key`` done (``done``) or give its claim up after a failure. Result: ``None``."""
+
+    key: str
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCache:
+    """Check that the deduplication cache answers. Result: ``None``, or it raises."""
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """Keep renewing the leases of ``messages`` (and of the claim ``key``, for ``lease``
+    seconds at a time) until unwatched. Result: ``None``."""
+
+    messages: Sequence[Message] = ()
+    key: str | None = None
+    lease: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Unwatch:
+    """Stop renewing what :class:`Watch` registered. Result: ``None``."""
+
+    messages: Sequence[Message] = ()
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Acknowledge ``messages`` (in one round trip where the backend can). Result: ``None``."""
+
+    messages: Sequence[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """A failed attempt: ``message`` comes back after ``delay`` seconds. Result: ``None``."""
+
+    message: Message
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give ``message`` back unprocessed after ``delay`` seconds, not as an attempt.
+    Result: ``None``."""
+
+    message: Message
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Move ``message`` to its dead-letter queue with ``headers``.
+    Result: ``bool`` (``False``: the queue has none)."""
+
+    message: Message
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait ``seconds``, or less if the dispatcher is stopped. Result: ``None``."""
+
+    seconds: float
+
+
+#: Every effect the engine yields.
+Effect = (
+    Receive
+    | Holds
+    | Invoke
+    | Claim
+    | FinishClaim
+    | ProbeCache
+    | Watch
+    | Unwatch
+    | Ack
+    | Nack
+    | Release
+    | DeadLetter
+    | Sleep
+)
+
+__all__ = [
+    "Ack",
+    "Claim",
+    "DeadLetter",
+    "Effect",
+    "FinishClaim",
+    "Holds",
+    "Invoke",
+    "Nack",
+    "ProbeCache",
+    "Receive",
+    "Release",
+    "Sleep",
+    "Unwatch",
+    "Watch",
+]

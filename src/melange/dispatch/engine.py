@@ -1,0 +1,492 @@
+"""The dispatch engine: every step of handling a message, written once.
+
+The engine is the sequence of decisions between receiving a message and settling it:
+whether the backend still holds it, decoding (poison goes to the dead-letter queue), routing,
+the deduplication claim, calling each consumer (with immediate retries), weighing the
+outcomes against the failure policy, and settling (acknowledge, retry, release without using
+up an attempt, dead-letter, or the fallback for a queue without a dead-letter queue). Around
+that it keeps FIFO groups in order within a batch, gives back what it had not started when
+the dispatcher stops, backs off after receive errors and waits for an unreachable cache.
+
+It performs no I/O itself. Its methods are generators that yield
+:mod:`~melange.dispatch.effects` and are sent back their results; a *driver* performs them.
+The threaded driver (:class:`~melange.dispatch.threaded.MessageDispatcher`) and the asyncio
+driver (:class:`~melange.dispatch.aio.AsyncMessageDispatcher`) differ only in how they
+perform effects and schedule messages, so a decision cannot drift between them, and a
+simulation can drive the same engine with a virtual clock and injected faults.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
+
+from melange.consumers import Consumer
+from melange.context import processing
+from melange.dispatch.decisions import (
+    ABANDON,
+    ACK,
+    Action,
+    ConsumerResult,
+    Decoded,
+    Outcome,
+    Route,
+    Verdict,
+    decode,
+    describe_exception,
+    poison_verdict,
+    settle,
+)
+from melange.dispatch.effects import (
+    Ack,
+    Claim,
+    DeadLetter,
+    Effect,
+    FinishClaim,
+    Holds,
+    Invoke,
+    Nack,
+    ProbeCache,
+    Receive,
+    Release,
+    Sleep,
+    Unwatch,
+    Watch,
+)
+from melange.dispatch.middleware import MiddlewareChain
+from melange.dispatch.policy import FailurePolicy
+from melange.dispatch.stats import DispatcherStats
+from melange.infrastructure.cache import ClaimState
+from melange.models import Message, QueueWrapper
+from melange.serializers.registry import SerializerRegistry
+
+logger = logging.getLogger("melange.dispatcher")
+
+T = TypeVar("T")
+#: A step of the engine: a generator of effects that returns a ``T``.
+Step = Generator[Effect, Any, T]
+
+_NO_MIDDLEWARE = MiddlewareChain()
+
+
+class Engine:
+    """The decisions of one dispatcher, as generators of effects (see the module doc).
+
+    Args:
+        registry: The serializers messages may be decoded with.
+        route: The consumers and how each is asked whether it accepts a message.
+        policy: The dispatcher's failure policy (a consumer's own overrides it).
+        stats: Where the counters go.
+        deduplicate: Whether a deduplication cache is used (claims are then effects).
+        lease: Lease of a deduplication claim, in seconds.
+        fail_open: Process without deduplication while the cache is unreachable.
+        always_ack: Acknowledge whatever the consumers did.
+        watch_messages: Renew the leases of messages in hand (a backend with leases).
+        middleware: The middleware chain.
+        notify: Called with every exception (the consume loop's ``on_exception``).
+        stopping: Whether the dispatcher was asked to stop.
+        rng: Random source of the retry jitter.
+    """
+
+    def __init__(
+        self,
+        registry: SerializerRegistry,
+        route: Route,
+        policy: FailurePolicy,
+        stats: DispatcherStats,
+        *,
+        deduplicate: bool,
+        lease: float,
+        fail_open: bool,
+        always_ack: bool,
+        watch_messages: bool,
+        middleware: MiddlewareChain = _NO_MIDDLEWARE,
+        notify: Callable[[BaseException], None] = lambda exc: None,
+        stopping: Callable[[], bool] = lambda: False,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.route = route
+        self.policy = policy
+        self.stats = stats
+        self.deduplicate = deduplicate
+        self.lease = lease
+        self.fail_open = fail_open
+        self.always_ack = always_ack
+        self.watch_messages = watch_messages
+        self.middleware = middleware
+        self.notify = notify
+        self.stopping = stopping
+        self.rng = rng or random.Random()
+        #: Set while the deduplication cache is unreachable and the dispatcher fails closed:
+        #: receiving then waits for it (see :meth:`receive`).
+        self.cache_down = False
+        self._receive_failures = 0
+
+    # -- the consume loop -------------------------------------------------------------------
+
+    def receive(self, queue: QueueWrapper, options: dict[str, Any]) -> Step[list[Message]]:
+        """Receive a batch; on a broker error log it, back off and return nothing.
+
+        While the cache is unreachable (failing closed) it waits for the cache first:
+        receiving anyway would only hand the same messages back again and again.
+        """
+        if self.cache_down:
+            yield from self.wait_for_cache()
+        if self.stopping():
+            return []  # a receive now would only take messages from other consumers
+        try:
+            messages: list[Message] = yield Receive(queue, options)
+        except Exception as exc:
+            self._receive_failures += 1
+            pause = min(30.0, 0.5 * 2 ** min(self._receive_failures, 6))
+            logger.error(
+                "receiving from %s failed (%s); retrying in %.1fs",
+                queue.name,
+                describe_exception(exc),
+                pause,
+                exc_info=True,
+                extra={"queue": queue.name},
+            )
+            self.notify(exc)
+            yield Sleep(pause)
+            return []
+        self._receive_failures = 0
+        return messages
+
+    def wait_for_cache(self) -> Step[None]:
+        """Probe the unreachable cache with growing pauses until it answers (or a stop)."""
+        failures = 0
+        while self.cache_down and not self.stopping():
+            yield Sleep(min(5.0, 0.1 * 2**failures))
+            try:
+                yield ProbeCache()
+            except Exception:
+                failures = min(failures + 1, 6)
+                continue
+            logger.info("deduplication cache reachable again: resuming")
+            self.cache_down = False
+
+    # -- batches and single messages --------------------------------------------------------
+
+    def dispatch(self, messages: Sequence[Message], queue_name: str) -> Step[None]:
+        """Handle and settle a batch in order, acknowledging the successes together.
+
+        A FIFO group with a message coming back has its later messages of the batch given
+        back too, and a stop gives back what was not started.
+        """
+        self.stats.add("received", len(messages))
+        if not messages:
+            return
+        acks: list[Message] = []
+        held: set[str] = set()  # FIFO groups with a message coming back
+        watch = self.watch_messages
+        if watch:
+            # Every message of the batch is in hand until settled, not only the one running.
+            yield Watch(messages=messages)
+        index = 0
+        try:
+            for index, message in enumerate(messages):
+                if self.stopping():
+                    yield from self.release(messages[index:])
+                    break
+                if message.group_id is not None and message.group_id in held:
+                    yield from self.release([message])
+                    continue
+                verdict = yield from self.handle(message, queue_name)
+                if verdict.action is Action.ACK:
+                    acks.append(message)
+                    continue
+                if watch:
+                    yield Unwatch(messages=(message,))
+                if not (yield from self.apply(verdict, message, queue_name)) and message.group_id:
+                    held.add(message.group_id)
+        except BaseException:
+            # A consumer stopped the process (SystemExit, KeyboardInterrupt): what succeeded
+            # is still acknowledged, what was not started comes back.
+            yield from self.release(messages[index + 1 :])
+            yield from self._finish_batch(messages, acks, queue_name, watch)
+            raise
+        yield from self._finish_batch(messages, acks, queue_name, watch)
+
+    def _finish_batch(
+        self, messages: Sequence[Message], acks: list[Message], queue_name: str, watch: bool
+    ) -> Step[None]:
+        if watch:
+            yield Unwatch(messages=messages)
+        if acks:
+            # One round trip for the whole batch where the backend supports it.
+            yield Ack(acks)
+            self.stats.add("acknowledged", len(acks))
+            if self.middleware:
+                for message in acks:
+                    self.middleware.message_settled(message, queue_name, ACK)
+
+    def process(self, message: Message, queue_name: str, go_ahead: bool = True) -> Step[bool]:
+        """Handle and settle one message; returns whether it is settled for good (so the next
+        message of its FIFO group may go ahead). ``go_ahead`` is false when the previous
+        message of its group is coming back: then this one is given back too."""
+        self.stats.add("received")
+        if self.stopping() or not go_ahead:
+            yield from self.release([message])
+            return False
+        watch = self.watch_messages
+        if watch:
+            yield Watch(messages=(message,))
+        try:
+            verdict = yield from self.handle(message, queue_name)
+        finally:
+            if watch:
+                yield Unwatch(messages=(message,))
+        return (yield from self.apply(verdict, message, queue_name))
+
+    def release(self, messages: Sequence[Message]) -> Step[None]:
+        """Give ``messages`` back unprocessed, not as attempts."""
+        for message in messages:
+            self.stats.add("released")
+            try:
+                yield Release(message, 0.0)
+            except Exception:
+                logger.warning("could not release message %s", message.message_id, exc_info=True)
+
+    # -- one message ------------------------------------------------------------------------
+
+    def handle(self, message: Message, queue_name: str) -> Step[Verdict]:
+        """Decode, route and run the consumers; returns how to settle the message.
+
+        A consumer raising ``SystemExit`` or ``KeyboardInterrupt`` asks the process to stop:
+        the message is given back (not an attempt) and the exception goes on to the driver.
+        """
+        if not (yield Holds(message)):
+            return ABANDON
+        if self.middleware:
+            self.middleware.message_received(message, queue_name)
+        decoded = decode(message, self.registry)
+        if not isinstance(decoded, Decoded):
+            self.stats.add("poison")
+            logger.error(
+                "message %s on %s cannot be decoded: %s",
+                message.message_id,
+                queue_name,
+                decoded.reason,
+                extra=_log_extra(message, queue_name, "", "poison"),
+            )
+            return poison_verdict(decoded)
+        consumers = self.route.select(decoded.payload, message.manifest)
+        if not consumers:
+            return ACK
+        try:
+            with processing(message):
+                results = []
+                for consumer in consumers:
+                    result = yield from self._run(consumer, decoded.payload, message, queue_name)
+                    results.append(result)
+        except (SystemExit, KeyboardInterrupt):
+            logger.error(
+                "a consumer asked to stop the process while handling message %s; it is given back",
+                message.message_id,
+                extra=_log_extra(message, queue_name, "", "interrupted"),
+            )
+            yield from self.release([message])
+            raise
+        if len(results) == 1 and results[0].outcome is Outcome.SUCCEEDED:
+            return ACK  # one consumer, and it succeeded: nothing to weigh
+        return settle(
+            results,
+            message.attempt,
+            self.policy,
+            always_ack=self.always_ack,
+            rng=self.rng,
+            busy_delay=self.lease,
+        )
+
+    def _run(
+        self, consumer: Consumer, payload: Any, message: Message, queue_name: str
+    ) -> Step[ConsumerResult]:
+        key = None
+        if self.deduplicate:
+            early, key = yield from self._claim(consumer, message, queue_name)
+            if early is not None:
+                if self.middleware:
+                    self.middleware.consumer_finished(message, consumer, early.outcome, None)
+                return early
+        policy = consumer.failure_policy or self.policy
+        error: Exception | None = None
+        middleware = self.middleware
+        try:
+            for _ in range(policy.immediate_retries + 1):
+                try:
+                    if middleware:
+                        with middleware.consumer_call(message, consumer):
+                            yield Invoke(consumer, payload)
+                    else:
+                        yield Invoke(consumer, payload)
+                except Exception as exc:
+                    error = exc
+                    continue
+                error = None
+                break
+        except BaseException:
+            if key is not None:
+                yield Unwatch(key=key)  # the claim expires soon after, unrenewed
+            raise
+        if error is None and key is None and not middleware:
+            return ConsumerResult(consumer, Outcome.SUCCEEDED)  # the common case, kept cheap
+        return (yield from self._finish(consumer, message, queue_name, key, error))
+
+    def _claim(
+        self, consumer: Consumer, message: Message, queue_name: str
+    ) -> Step[tuple[ConsumerResult | None, str | None]]:
+        """Take the deduplication claim for ``consumer``.
+
+        Returns a final result when the consumer must not run now, else ``None`` and the
+        claimed key (``None`` when deduplication does not apply).
+        """
+        key = f"{consumer.name}.{message.message_id}"
+        try:
+            state = yield Claim(key, self.lease)
+        except Exception as exc:
+            logger.error(
+                "deduplication cache unreachable for message %s (%s): %s",
+                message.message_id,
+                describe_exception(exc),
+                "processing without deduplication" if self.fail_open else "leaving it for later",
+                extra=_log_extra(message, queue_name, consumer.name, "cache_error"),
+            )
+            self.notify(exc)
+            if not self.fail_open:
+                self.cache_down = True
+                return ConsumerResult(consumer, Outcome.NOT_ATTEMPTED), None
+            return None, None
+        if state is ClaimState.DONE:
+            self.stats.add("duplicates_skipped")
+            logger.info(
+                "skipping message %s already processed by %s",
+                message.message_id,
+                consumer.name,
+                extra=_log_extra(message, queue_name, consumer.name, "duplicate"),
+            )
+            return ConsumerResult(consumer, Outcome.SKIPPED_DUPLICATE), None
+        if state is ClaimState.BUSY:
+            return ConsumerResult(consumer, Outcome.BUSY), None
+        yield Watch(key=key, lease=self.lease)  # renewed while the consumer runs: kept short
+        return None, key
+
+    def _finish(
+        self,
+        consumer: Consumer,
+        message: Message,
+        queue_name: str,
+        key: str | None,
+        error: Exception | None,
+    ) -> Step[ConsumerResult]:
+        """Record a consumer's outcome: logs, counters, and the deduplication claim."""
+        if key is not None:
+            yield Unwatch(key=key)
+        if error is not None:
+            self.stats.add("consumer_failures")
+            logger.error(
+                "consumer %s failed on message %s (attempt %s): %s",
+                consumer.name,
+                message.message_id,
+                message.attempt,
+                describe_exception(error),
+                exc_info=error,
+                extra=_log_extra(message, queue_name, consumer.name, "failed"),
+            )
+            self.notify(error)
+            result = ConsumerResult(consumer, Outcome.FAILED, error)
+        else:
+            result = ConsumerResult(consumer, Outcome.SUCCEEDED)
+        if key is not None:
+            try:
+                yield FinishClaim(key, done=error is None)
+            except Exception as exc:
+                action = "mark_done" if error is None else "release"
+                logger.error(
+                    "deduplication cache %s(%r) failed: %s", action, key, describe_exception(exc)
+                )
+                self.notify(exc)
+        if self.middleware:
+            self.middleware.consumer_finished(message, consumer, result.outcome, error)
+        return result
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def apply(self, verdict: Verdict, message: Message, queue_name: str) -> Step[bool]:
+        """Settle ``message`` as ``verdict`` says; returns whether it is settled for good."""
+        settled = yield from self._apply(verdict, message, queue_name)
+        if self.middleware:
+            self.middleware.message_settled(message, queue_name, verdict)
+        return settled
+
+    def _apply(self, verdict: Verdict, message: Message, queue_name: str) -> Step[bool]:
+        action = verdict.action
+        if action is Action.ACK:
+            yield Ack((message,))
+            self.stats.add("acknowledged")
+            return True
+        if action is Action.ABANDON:
+            # Its connection is gone: the broker delivers it again, to us or to another.
+            self.stats.add("released")
+            return False
+        if action is Action.RELEASE:
+            self.stats.add("released")
+            logger.info(
+                "message %s given back for %.2fs: %s",
+                message.message_id,
+                verdict.delay,
+                verdict.reason,
+                extra=_log_extra(message, queue_name, verdict.consumer, "released"),
+            )
+            yield Release(message, verdict.delay)
+            return False
+        if action is Action.RETRY:
+            self.stats.add("retried")
+            logger.warning(
+                "message %s will be retried in %.2fs: %s",
+                message.message_id,
+                verdict.delay,
+                verdict.reason,
+                extra=_log_extra(message, queue_name, verdict.consumer, "retry"),
+            )
+            yield Nack(message, verdict.delay)
+            return False
+        headers = verdict.failure_headers(message, queue_name)
+        if (yield DeadLetter(message, headers)):
+            self.stats.add("dead_lettered")
+            logger.error(
+                "message %s dead-lettered: %s",
+                message.message_id,
+                verdict.reason,
+                extra=_log_extra(message, queue_name, verdict.consumer, "dead_lettered"),
+            )
+            return True
+        delay = self.policy.delay_for(message.attempt, self.rng)
+        logger.error(
+            "message %s should be dead-lettered (%s) but queue %s has no dead-letter queue; "
+            "it is left for the broker's redrive and retried in %.1fs",
+            message.message_id,
+            verdict.reason,
+            queue_name,
+            delay,
+            extra=_log_extra(message, queue_name, verdict.consumer, "no_dead_letter_queue"),
+        )
+        self.stats.add("retried")
+        yield Nack(message, delay)
+        return False
+
+
+def _log_extra(message: Message, queue: str, consumer: str, outcome: str) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "queue": queue,
+        "consumer": consumer,
+        "attempt": message.attempt,
+        "outcome": outcome,
+    }
+
+
+__all__ = ["Engine", "Step"]

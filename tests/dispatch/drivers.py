@@ -1,0 +1,328 @@
+"""Drivers and brokers for the dispatcher behaviour suite.
+
+A :class:`Driver` is one synchronous facade over the threaded
+:class:`~melange.MessageDispatcher` and the asyncio :class:`~melange.aio.AsyncMessageDispatcher`,
+so that a behaviour test is written once and runs under both: ``make`` builds a dispatcher,
+``consume_event`` receives and dispatches one batch, ``run_loop`` runs ``consume_loop`` on a
+background thread (the asyncio driver in its own event loop there) and returns a
+:class:`LoopHandle` whose ``stop()`` stops the dispatcher and joins the thread.
+
+A :class:`Broker` wraps the backend a test runs on (in-memory, SQLite or RabbitMQ) with the
+few helpers the tests need: uniquely named queues with a dead-letter queue, publishing, taking
+what a queue holds, and stepping a fake clock through visibility timeouts and retry delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from melange import JsonSerializer, MessageDispatcher
+from melange.aio import AsyncMessageDispatcher
+from melange.backends.interfaces import MessagingBackend
+from melange.models import Message
+from melange.testing.conformance import Topology, assert_empty
+
+DRIVER_NAMES = ("threaded", "asyncio")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.01)
+
+
+# -- drivers --------------------------------------------------------------------------------
+
+
+class LoopHandle:
+    """A dispatcher's ``consume_loop`` running on a background thread."""
+
+    def __init__(self, dispatcher: MessageDispatcher, run: Callable[[], None], name: str) -> None:
+        self.dispatcher = dispatcher
+        #: What the loop raised, if it raised (``SystemExit`` and ``KeyboardInterrupt`` too),
+        #: without its traceback (which would keep the loop's frames and tasks alive), and
+        #: that traceback as text.
+        self.error: BaseException | None = None
+        self.error_text = ""
+        self._thread = threading.Thread(target=self._main, args=(run,), name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self, run: Callable[[], None]) -> None:
+        try:
+            run()
+        except BaseException as exc:  # kept for the test to look at
+            self.error = exc
+            self.error_text = "".join(traceback.format_exception(exc))
+            _drop_tracebacks(exc)
+        finally:
+            # See Driver.close: finalize what the loop left behind here and now.
+            gc.collect()
+
+    @property
+    def running(self) -> bool:
+        """Whether ``consume_loop`` has not returned (or raised) yet."""
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the loop to end by itself; whether it ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Call ``dispatcher.stop()`` and join the loop; fail when it does not return within
+        ``timeout`` seconds or when it raised."""
+        self.dispatcher.stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"consume_loop did not return within {timeout}s of stop()")
+        if self.error is not None:
+            raise AssertionError(f"consume_loop raised {self.error!r}:\n{self.error_text}")
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Stop and join without judging the outcome (teardown)."""
+        self.dispatcher.stop()
+        self._thread.join(timeout)
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending += [current.__cause__, current.__context__]
+
+
+class Driver:
+    """Runs dispatchers one way (threads or asyncio) behind a synchronous interface.
+
+    It keeps track of the dispatchers and loops it made; :meth:`close` stops and closes them
+    (the fixtures call it before the backend is closed).
+    """
+
+    name: str = ""
+
+    def __init__(self) -> None:
+        self._dispatchers: list[MessageDispatcher] = []
+        self._loops: list[LoopHandle] = []
+
+    def __repr__(self) -> str:
+        return f"<{self.name} driver>"
+
+    def _new(self, serializers: Any, **kwargs: Any) -> MessageDispatcher:
+        raise NotImplementedError
+
+    def make(self, serializers: Any = None, **kwargs: Any) -> MessageDispatcher:
+        """A dispatcher of this driver; JSON only unless ``serializers`` says otherwise.
+
+        Keyword arguments are the dispatcher's (``backend=``, ``consumers=``, ``cache=``,
+        ``failure_policy=``, ``dedup_lease_seconds=``...).
+        """
+        dispatcher = self._new(
+            serializers if serializers is not None else JsonSerializer(), **kwargs
+        )
+        self._dispatchers.append(dispatcher)
+        return dispatcher
+
+    def consume_event(self, dispatcher: MessageDispatcher, queue: str, **kwargs: Any) -> int:
+        """Receive one batch from ``queue`` and dispatch it; returns its size."""
+        raise NotImplementedError
+
+    def _loop(
+        self, dispatcher: MessageDispatcher, queue: str, concurrency: int, kwargs: dict[str, Any]
+    ) -> Callable[[], None]:
+        raise NotImplementedError
+
+    def run_loop(
+        self, dispatcher: MessageDispatcher, queue: str, concurrency: int = 1, **kwargs: Any
+    ) -> LoopHandle:
+        """Start ``consume_loop`` on ``queue`` on a background thread, ``concurrency`` messages
+        at once (``workers`` or ``concurrency``), without signal handlers."""
+        kwargs.setdefault("install_signal_handlers", False)
+        run = self._loop(dispatcher, queue, concurrency, kwargs)
+        handle = LoopHandle(dispatcher, run, f"{self.name}-loop-{queue}")
+        self._loops.append(handle)
+        return handle
+
+    def close(self) -> None:
+        """Stop every loop this driver started and close its dispatchers (idempotent)."""
+        loops, self._loops = self._loops, []
+        for loop in loops:
+            loop.shutdown()
+        dispatchers, self._dispatchers = self._dispatchers, []
+        for dispatcher in dispatchers:
+            with contextlib.suppress(Exception):
+                dispatcher.close()
+        if loops or dispatchers:
+            # Finalize what the loops left behind (an asyncio task that ended with an exception
+            # logs it, with its traceback, when collected) now rather than at a random later
+            # allocation: on Python 3.11 a collection inside pytest's own ``ast.parse``, while
+            # it formats a failure, makes that parse fail with "AST constructor recursion depth
+            # mismatch" and ends the whole run with an INTERNALERROR.
+            del loops, dispatchers
+            gc.collect()
+
+
+class ThreadedDriver(Driver):
+    """:class:`melange.MessageDispatcher`, loops on threads (``workers``)."""
+
+    name = "threaded"
+
+    def _new(self, serializers: Any, **kwargs: Any) -> MessageDispatcher:
+        return MessageDispatcher(serializers, **kwargs)
+
+    def consume_event(self, dispatcher: MessageDispatcher, queue: str, **kwargs: Any) -> int:
+        return dispatcher.consume_event(queue, **kwargs)
+
+    def _loop(
+        self, dispatcher: MessageDispatcher, queue: str, concurrency: int, kwargs: dict[str, Any]
+    ) -> Callable[[], None]:
+        return lambda: dispatcher.consume_loop(queue, workers=concurrency, **kwargs)
+
+
+class AsyncioDriver(Driver):
+    """:class:`melange.aio.AsyncMessageDispatcher`, each call in an event loop of its own."""
+
+    name = "asyncio"
+
+    def _new(self, serializers: Any, **kwargs: Any) -> MessageDispatcher:
+        return AsyncMessageDispatcher(serializers, **kwargs)
+
+    def consume_event(self, dispatcher: MessageDispatcher, queue: str, **kwargs: Any) -> int:
+        aio = cast(AsyncMessageDispatcher, dispatcher)
+        return asyncio.run(aio.consume_event(queue, **kwargs))
+
+    def _loop(
+        self, dispatcher: MessageDispatcher, queue: str, concurrency: int, kwargs: dict[str, Any]
+    ) -> Callable[[], None]:
+        aio = cast(AsyncMessageDispatcher, dispatcher)
+        return lambda: asyncio.run(aio.consume_loop(queue, concurrency=concurrency, **kwargs))
+
+
+def make_driver(name: str) -> Driver:
+    """The driver called ``name`` (one of :data:`DRIVER_NAMES`)."""
+    drivers: dict[str, type[Driver]] = {"threaded": ThreadedDriver, "asyncio": AsyncioDriver}
+    return drivers[name]()
+
+
+# -- brokers --------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock that only moves when told to: visibility timeouts and retry delays never run
+    out behind a test's back."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def json_message(payload: Any, group: str | None = None) -> Message:
+    """``payload`` as the JSON serializer publishes it (fresh id)."""
+    message = Message.create(json.dumps(payload), "json", 1)
+    if group is not None:
+        message.group_id = group
+        message.deduplication_id = message.message_id
+    return message
+
+
+def payload_of(message: Message) -> Any:
+    return json.loads(message.content)
+
+
+class Broker:
+    """The backend a test runs on, with helpers that work the same on each kind."""
+
+    def __init__(self, kind: str, backend: MessagingBackend, clock: FakeClock | None) -> None:
+        self.kind = kind
+        self.backend = backend
+        self.clock = clock
+        self.topology = Topology(backend)
+        #: ``wait_seconds`` for a receive that must see messages already published: a broker
+        #: that pushes messages (RabbitMQ) needs a moment to deliver them.
+        self.wait = 1.0 if kind == "rabbitmq" else 0.0
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} broker>"
+
+    def queue(self, fifo: bool = False, **options: Any) -> tuple[str, str]:
+        """Declare a uniquely named queue with a dead-letter queue; returns both names."""
+        queue = self.topology.queue(fifo=fifo, dlq=True, **options)
+        return queue.name, self.topology.dead_letter_queue_of(queue).name
+
+    def publish(self, queue: str, payloads: Iterable[Any], group: Any = None) -> list[Message]:
+        """Publish JSON ``payloads`` in order; ``group`` is a group id or a function of the
+        payload giving it (FIFO queues). Returns the messages sent."""
+        messages = [json_message(p, group(p) if callable(group) else group) for p in payloads]
+        self.publish_raw(queue, messages)
+        return messages
+
+    def publish_raw(self, queue: str, messages: list[Message]) -> None:
+        self.backend.publish_batch_to_queue(messages, self.backend.get_queue(queue))
+
+    def receive_now(self, queue: str, max_messages: int = 10) -> list[Message]:
+        """What a receive returns right now (left unsettled)."""
+        handle = self.backend.get_queue(queue)
+        return self.backend.retrieve_messages(
+            handle, max_messages=max_messages, wait_seconds=self.wait
+        )
+
+    def take(self, queue: str, expected: int | None = None, timeout: float = 15.0) -> list[Message]:
+        """Receive and acknowledge what ``queue`` holds: all that is visible now, or, with
+        ``expected``, until that many arrived (or ``timeout`` passed)."""
+        handle = self.backend.get_queue(queue)
+        out: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            wait = self.wait if expected is None else 0.5
+            batch = self.backend.retrieve_messages(handle, max_messages=10, wait_seconds=wait)
+            if batch:
+                self.backend.acknowledge_batch(batch)
+                out.extend(batch)
+            if expected is None:
+                if not batch:
+                    return out
+            elif len(out) >= expected or time.monotonic() > deadline:
+                return out
+
+    def depth(self, queue: str) -> int:
+        """Messages held by ``queue``, in flight or not (in-memory and SQLite only)."""
+        depth = getattr(self.backend, "queue_depth", None)
+        if depth is None:
+            raise NotImplementedError(f"{self.kind} cannot tell a queue's depth")
+        return int(depth(queue))
+
+    def assert_empty(self, queue: str) -> None:
+        """Fail if ``queue`` still holds a message."""
+        if self.kind == "rabbitmq":
+            assert_empty(self.backend, self.backend.get_queue(queue), wait=1.0)
+        else:
+            assert self.depth(queue) == 0, f"{queue} still holds {self.depth(queue)} message(s)"
+
+    def advance(self, seconds: float) -> None:
+        """Move the broker's fake clock on (in-memory and SQLite brokers only)."""
+        if self.clock is None:
+            raise NotImplementedError(f"the {self.kind} broker runs on real time")
+        self.clock.advance(seconds)
+
+    def cleanup(self) -> None:
+        self.topology.cleanup()

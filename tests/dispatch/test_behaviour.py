@@ -1,0 +1,683 @@
+"""The dispatcher's behaviour, once, under both drivers.
+
+Every test runs with the threaded ``MessageDispatcher`` and the asyncio
+``AsyncMessageDispatcher`` (the ``driver`` fixture) on the in-memory and the SQLite backend
+(the ``backend`` fixture, both on a fake clock, so nothing waits for a timeout to run out);
+tests whose behaviour is the broker's as much as the dispatcher's add RabbitMQ. A difference
+between the two dispatchers therefore fails a test here.
+
+Acknowledgement, retries and dead letters with their headers, immediate retries, non-retryable
+exceptions, poison messages, deduplication and claims held elsewhere, FIFO groups, graceful
+stop, hostile exceptions, lease renewal while a handler runs long, and (asyncio only) plain
+consumers that must not block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+from drivers import Broker, Driver, json_message, payload_of, wait_for
+
+from melange import (
+    Consumer,
+    FailurePolicy,
+    InMemoryCache,
+    InMemoryMessagingBackend,
+    Message,
+    MessageDispatcher,
+    MessagingBackendFactory,
+    PickleSerializer,
+    current_message,
+)
+from melange.aio import AsyncMessageDispatcher
+from melange.models import (
+    FAILURE_ATTEMPTS,
+    FAILURE_CONSUMER,
+    FAILURE_EXCEPTION,
+    FAILURE_QUEUE,
+    FAILURE_REASON,
+)
+from melange.testing.conformance import unique_name
+
+#: For tests whose behaviour is also the broker's: RabbitMQ too.
+WITH_RABBITMQ = pytest.mark.parametrize(
+    "backend",
+    ["memory", "sqlite", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)],
+    indirect=True,
+)
+ASYNCIO_ONLY = pytest.mark.parametrize("driver", ["asyncio"], indirect=True)
+#: Messages processed at once in the loop tests: one at a time, and a pool.
+CONCURRENCY = pytest.mark.parametrize("concurrency", [1, 4])
+
+#: Longer than every visibility timeout the fake-clock brokers use (30 s by default).
+PAST_ANY_LEASE = 31.0
+#: How long a loop may take to end after a consumer raised SystemExit or KeyboardInterrupt.
+FATAL_GRACE_SECONDS = 3.0
+
+
+class Boom(Exception):
+    """A consumer's failure."""
+
+
+class Recorder:
+    """A consumer callback that records its calls, thread-safely, and what
+    ``current_message()`` said about each."""
+
+    def __init__(self, fail: Callable[[Any, int], bool] | None = None) -> None:
+        self.calls: list[Any] = []
+        self.attempts: list[int | None] = []
+        self._fail = fail
+        self._lock = threading.Lock()
+
+    def __call__(self, payload: Any) -> None:
+        message = current_message()
+        attempt = message.attempt if message is not None else None
+        with self._lock:
+            self.calls.append(payload)
+            self.attempts.append(attempt)
+            earlier = sum(1 for c in self.calls if c == payload)
+        if self._fail is not None and self._fail(payload, earlier):
+            raise Boom(f"{payload} fails on call {earlier}")
+
+
+def consume_until(
+    driver: Driver,
+    dispatcher: MessageDispatcher,
+    broker: Broker,
+    queue: str,
+    condition: Callable[[], bool],
+    rounds: int = 20,
+    **kwargs: Any,
+) -> None:
+    """``consume_event`` on ``queue`` until ``condition()`` holds (at most ``rounds`` calls)."""
+    kwargs.setdefault("wait_seconds", broker.wait)
+    for _ in range(rounds):
+        if condition():
+            return
+        driver.consume_event(dispatcher, queue, **kwargs)
+    assert condition(), f"not reached after {rounds} consume_event calls: {condition}"
+
+
+def numbers(messages: list[Message]) -> list[int]:
+    return [payload_of(m)["n"] for m in messages]
+
+
+# -- acknowledgement and the counters -------------------------------------------------------
+
+
+@WITH_RABBITMQ
+def test_messages_every_consumer_handles_are_acknowledged(driver: Driver, broker: Broker) -> None:
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": n} for n in range(3)])
+    first, second = Recorder(), Recorder()
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(first, name="first"), Consumer(second, name="second")],
+    )
+    consume_until(driver, dispatcher, broker, queue, lambda: dispatcher.stats.acknowledged == 3)
+    assert sorted(p["n"] for p in first.calls) == sorted(p["n"] for p in second.calls) == [0, 1, 2]
+    broker.assert_empty(queue)
+    stats = dispatcher.stats
+    assert (stats.received, stats.acknowledged, stats.retried, stats.dead_lettered) == (3, 3, 0, 0)
+
+
+def test_a_message_no_consumer_accepts_is_acknowledged_without_running_a_consumer(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, dlq = broker.queue()
+    broker.publish(queue, [{"kind": "theirs"}])
+    mine = Recorder()
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(mine, accepts=lambda p: p.get("kind") == "mine", name="picky")],
+    )
+    assert driver.consume_event(dispatcher, queue) == 1
+    assert mine.calls == []
+    broker.assert_empty(queue)
+    broker.assert_empty(dlq)
+    assert (dispatcher.stats.received, dispatcher.stats.acknowledged) == (1, 1)
+
+
+@CONCURRENCY
+def test_stats_add_up_over_successes_retries_dead_letters_poison_duplicates_and_skips(
+    driver: Driver, broker: Broker, concurrency: int
+) -> None:
+    queue, dlq = broker.queue()
+    # n % 4 == 0 always fails (dead-lettered after 2 attempts), n % 4 == 1 fails once.
+    broker.publish(queue, [{"n": n} for n in range(12)])
+    broker.publish_raw(
+        queue,
+        [
+            Message(None, "{broken", serializer_id=1, manifest="json"),
+            Message(None, '{"n": 1}', serializer_id=99, manifest="json"),
+        ],
+    )
+    cache = InMemoryCache()
+    duplicate = json_message({"n": 100})
+    cache.mark_done(f"counting.{duplicate.message_id}")
+    broker.publish_raw(queue, [duplicate])
+    broker.publish(queue, [{"unwanted": True}])
+    handler = Recorder(fail=lambda p, call: p["n"] % 4 == 0 or (p["n"] % 4 == 1 and call == 1))
+    dispatcher = driver.make(
+        backend=broker.backend,
+        cache=cache,
+        consumers=[Consumer(handler, accepts=lambda p: "n" in p, name="counting")],
+        failure_policy=FailurePolicy.no_delay(max_attempts=2),
+    )
+    loop = driver.run_loop(dispatcher, queue, concurrency)
+    wait_for(lambda: broker.depth(queue) == 0 and broker.depth(dlq) == 5, 20, "the queue to drain")
+    loop.stop()
+    stats = dispatcher.stats
+    settled = stats.acknowledged + stats.retried + stats.dead_lettered + stats.released
+    assert stats.received == settled
+    expected = {
+        "received": 22,
+        "acknowledged": 6 + 3 + 1 + 1,  # successes, fail-once, duplicate, unwanted
+        "retried": 3 + 3,  # first attempts of the always- and of the once-failing
+        "dead_lettered": 3 + 2,  # always-failing and poison
+        "released": 0,
+        "poison": 2,
+        "duplicates_skipped": 1,
+        "consumer_failures": 2 * 3 + 3,
+    }
+    counted = stats.as_dict()
+    assert {name: counted.get(name) for name in expected} == expected
+    assert len(broker.take(dlq)) == 5
+
+
+# -- failures, retries and dead letters -----------------------------------------------------
+
+
+@WITH_RABBITMQ
+def test_a_failing_consumer_is_retried_per_policy_then_dead_lettered_with_failure_headers(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, dlq = broker.queue()
+    [sent] = broker.publish(queue, [{"n": 1}])
+    failing = Recorder(fail=lambda p, call: True)
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(failing, name="payments")],
+        failure_policy=FailurePolicy.no_delay(max_attempts=3),
+    )
+    consume_until(driver, dispatcher, broker, queue, lambda: dispatcher.stats.dead_lettered == 1)
+    assert failing.attempts == [1, 2, 3]
+    [dead] = broker.take(dlq, expected=1)
+    assert dead.content == sent.content
+    assert dead.message_id == sent.message_id
+    headers = dead.headers
+    assert headers[FAILURE_REASON].startswith("gave up after 3 attempt(s): Boom"), headers
+    assert "fails on call 3" in headers[FAILURE_REASON]
+    assert headers[FAILURE_EXCEPTION].endswith(".Boom")
+    assert headers[FAILURE_ATTEMPTS] == "3"
+    assert headers[FAILURE_CONSUMER] == "payments"
+    assert headers[FAILURE_QUEUE] == queue
+    broker.assert_empty(queue)
+    stats = dispatcher.stats
+    assert (stats.received, stats.retried, stats.dead_lettered) == (3, 2, 1)
+    assert (stats.acknowledged, stats.consumer_failures) == (0, 3)
+
+
+def test_immediate_retries_call_the_consumer_again_at_once_within_one_attempt(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": 1}])
+    flaky = Recorder(fail=lambda p, call: call <= 2)
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(flaky, name="flaky")],
+        failure_policy=FailurePolicy(immediate_retries=2, initial_delay=0, jitter=0),
+    )
+    assert driver.consume_event(dispatcher, queue) == 1
+    assert flaky.calls == [{"n": 1}] * 3
+    assert flaky.attempts == [1, 1, 1]
+    broker.assert_empty(queue)
+    stats = dispatcher.stats
+    assert (stats.acknowledged, stats.retried, stats.consumer_failures) == (1, 0, 0)
+
+
+@WITH_RABBITMQ
+def test_a_non_retryable_exception_dead_letters_at_once(driver: Driver, broker: Broker) -> None:
+    queue, dlq = broker.queue()
+    broker.publish(queue, [{"n": 1}])
+    calls: list[Any] = []
+
+    def reject(payload: Any) -> None:
+        calls.append(payload)
+        raise ValueError("invalid order")
+
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(reject, name="orders")],
+        failure_policy=FailurePolicy(max_attempts=5, non_retryable=(ValueError,), initial_delay=0),
+    )
+    consume_until(driver, dispatcher, broker, queue, lambda: dispatcher.stats.dead_lettered == 1)
+    assert calls == [{"n": 1}]
+    [dead] = broker.take(dlq, expected=1)
+    assert dead.headers[FAILURE_REASON].startswith("non-retryable exception: ValueError")
+    assert "invalid order" in dead.headers[FAILURE_REASON]
+    assert dead.headers[FAILURE_EXCEPTION] == "builtins.ValueError"
+    assert dead.headers[FAILURE_ATTEMPTS] == "1"
+    assert dead.headers[FAILURE_CONSUMER] == "orders"
+    assert dispatcher.stats.retried == 0
+    broker.assert_empty(queue)
+
+
+@WITH_RABBITMQ
+@CONCURRENCY
+def test_poison_is_dead_lettered_with_a_reason_never_reaches_a_consumer_nor_stops_the_loop(
+    driver: Driver, broker: Broker, concurrency: int
+) -> None:
+    queue, dlq = broker.queue()
+    poison = {
+        "garbage": Message(None, "{not json", serializer_id=1, manifest="json"),
+        "unknown-id": Message(None, '{"n": -1}', serializer_id=99, manifest="json"),
+        "no-id": Message(None, '{"n": -2}', serializer_id=None, manifest="json"),
+        "pickle": Message(
+            None, PickleSerializer().serialize({"n": -3}), serializer_id=2, manifest="dict"
+        ),
+    }
+    mixed: list[Message] = []
+    for n, (kind, message) in enumerate(poison.items()):
+        message.headers["kind"] = kind
+        mixed += [json_message({"n": n}), message]
+    mixed.append(json_message({"n": len(poison)}))
+    broker.publish_raw(queue, mixed)
+    good = Recorder()
+    dispatcher = driver.make(backend=broker.backend, consumers=[Consumer(good, name="good")])
+    loop = driver.run_loop(dispatcher, queue, concurrency)
+    wait_for(
+        lambda: dispatcher.stats.dead_lettered == 4 and dispatcher.stats.acknowledged == 5,
+        20,
+        "the poison to be dead-lettered and the good messages processed",
+    )
+    loop.stop()
+    assert sorted(p["n"] for p in good.calls) == [0, 1, 2, 3, 4]
+    dead = {m.headers["kind"]: m for m in broker.take(dlq, expected=4)}
+    assert set(dead) == set(poison)
+    for kind, message in dead.items():
+        assert message.headers[FAILURE_REASON].startswith("undecodable message"), kind
+        assert message.content == poison[kind].content
+    assert "not valid JSON" in dead["garbage"].headers[FAILURE_REASON]
+    assert "serializer id 99" in dead["unknown-id"].headers[FAILURE_REASON]
+    assert "no serializer id" in dead["no-id"].headers[FAILURE_REASON]
+    assert "serializer id 2" in dead["pickle"].headers[FAILURE_REASON]
+    stats = dispatcher.stats
+    assert (stats.poison, stats.dead_lettered, stats.consumer_failures) == (4, 4, 0)
+    broker.assert_empty(queue)
+
+
+# -- deduplication --------------------------------------------------------------------------
+
+
+@WITH_RABBITMQ
+def test_a_redelivered_message_already_processed_is_skipped_and_acknowledged(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, _ = broker.queue()
+    cache = InMemoryCache()
+    done, fresh = json_message({"n": 1}), json_message({"n": 2})
+    cache.mark_done(f"dedup.{done.message_id}")  # processed before it came back
+    broker.publish_raw(queue, [done, fresh])
+    handler = Recorder()
+    dispatcher = driver.make(
+        backend=broker.backend, cache=cache, consumers=[Consumer(handler, name="dedup")]
+    )
+    consume_until(driver, dispatcher, broker, queue, lambda: dispatcher.stats.acknowledged == 2)
+    assert handler.calls == [{"n": 2}]
+    assert dispatcher.stats.duplicates_skipped == 1
+    assert dispatcher.stats.received == 2
+    broker.assert_empty(queue)
+
+
+def test_on_redelivery_only_the_consumer_that_failed_runs_again(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": 1}])
+    ok, flaky = Recorder(), Recorder(fail=lambda p, call: call == 1)
+    dispatcher = driver.make(
+        backend=broker.backend,
+        cache=InMemoryCache(),
+        consumers=[Consumer(ok, name="ok"), Consumer(flaky, name="flaky")],
+        failure_policy=FailurePolicy.no_delay(max_attempts=3),
+    )
+    driver.consume_event(dispatcher, queue)
+    driver.consume_event(dispatcher, queue)
+    assert ok.calls == [{"n": 1}]
+    assert flaky.attempts == [1, 2]
+    broker.assert_empty(queue)
+    stats = dispatcher.stats
+    assert (stats.retried, stats.acknowledged, stats.duplicates_skipped) == (1, 1, 1)
+
+
+def test_a_message_claimed_elsewhere_is_released_for_the_lease_without_using_an_attempt(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, _ = broker.queue()
+    cache = InMemoryCache()
+    [sent] = broker.publish(queue, [{"n": 1}])
+    key = f"claimed.{sent.message_id}"
+    assert cache.claim(key, 60).value == "claimed"  # another process is processing it
+    handler = Recorder()
+    dispatcher = driver.make(
+        backend=broker.backend,
+        cache=cache,
+        consumers=[Consumer(handler, name="claimed")],
+        dedup_lease_seconds=42.0,
+        failure_policy=FailurePolicy.no_delay(max_attempts=1),
+    )
+    assert driver.consume_event(dispatcher, queue) == 1
+    assert handler.calls == []
+    stats = dispatcher.stats
+    assert (stats.released, stats.retried, stats.acknowledged, stats.dead_lettered) == (1, 0, 0, 0)
+    # Handed back for the claim's lease: not before, and then with its attempt unused.
+    broker.advance(41.0)
+    assert broker.receive_now(queue) == []
+    broker.advance(2.0)
+    [back] = broker.receive_now(queue)
+    assert back.message_id == sent.message_id
+    assert back.attempt == 1
+    broker.backend.release(back)
+    # Once the other holder lets go, the message is processed here, on its first attempt
+    # (with max_attempts=1 a used-up attempt would have dead-lettered it instead).
+    cache.release(key)
+    assert driver.consume_event(dispatcher, queue) == 1
+    assert handler.calls == [{"n": 1}]
+    assert handler.attempts == [1]
+    broker.assert_empty(queue)
+
+
+# -- FIFO groups and stopping ---------------------------------------------------------------
+
+
+def test_fifo_groups_keep_their_order_with_concurrency_even_when_a_message_fails(
+    driver: Driver, broker: Broker
+) -> None:
+    groups, per_group = 3, 8
+    queue, _ = broker.queue(fifo=True)
+    payloads = [{"g": g, "i": i} for i in range(per_group) for g in range(groups)]
+    broker.publish(queue, payloads, group=lambda p: f"group-{p['g']}")
+    order: dict[int, list[int]] = {g: [] for g in range(groups)}
+    failed: set[tuple[int, int]] = set()
+    lock = threading.Lock()
+
+    def handle(payload: dict[str, int]) -> None:
+        key = (payload["g"], payload["i"])
+        time.sleep(0.002)  # uneven enough to shuffle concurrent handlers
+        with lock:
+            if payload["i"] % 4 == 1 and key not in failed:
+                failed.add(key)
+                raise Boom(f"{key} fails on its first delivery")
+            order[payload["g"]].append(payload["i"])
+
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(handle, name="fifo")],
+        failure_policy=FailurePolicy.no_delay(max_attempts=5),
+    )
+    loop = driver.run_loop(dispatcher, queue, 4)
+    wait_for(lambda: sum(map(len, order.values())) == groups * per_group, 30, "every message")
+    loop.stop()
+    for g in range(groups):
+        assert order[g] == list(range(per_group)), f"group {g} out of order: {order[g]}"
+    assert len(failed) == groups * 2
+    broker.assert_empty(queue)
+
+
+def test_stop_during_a_batch_finishes_the_message_in_hand_and_releases_the_rest(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": n} for n in range(5)])
+    seen: list[int] = []
+    dispatcher: MessageDispatcher
+
+    def handle(payload: dict[str, int]) -> None:
+        seen.append(payload["n"])
+        dispatcher.stop()  # as a signal would, while the first message is in hand
+
+    dispatcher = driver.make(backend=broker.backend, consumers=[Consumer(handle, name="stop")])
+    assert driver.consume_event(dispatcher, queue, max_messages=10) == 5
+    assert seen == [0]
+    stats = dispatcher.stats
+    assert (stats.received, stats.acknowledged, stats.released) == (5, 1, 4)
+    # Given back at once (not left to the visibility timeout) and with the attempt they had.
+    again = broker.receive_now(queue)
+    assert sorted(numbers(again)) == [1, 2, 3, 4]
+    assert {m.attempt for m in again} == {1}
+
+
+def test_stop_on_a_loop_finishes_the_message_in_hand_and_releases_those_behind_it(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, _ = broker.queue(fifo=True)
+    broker.publish(queue, [{"n": n} for n in range(4)], group="one-group")
+    seen: list[int] = []
+    dispatcher: MessageDispatcher
+
+    def handle(payload: dict[str, int]) -> None:
+        seen.append(payload["n"])
+        dispatcher.stop()  # while the others of the batch wait behind this one
+
+    dispatcher = driver.make(backend=broker.backend, consumers=[Consumer(handle, name="stop")])
+    loop = driver.run_loop(dispatcher, queue, 4)
+    assert loop.wait(15), "consume_loop did not return after stop()"
+    loop.stop()
+    assert seen == [0]
+    stats = dispatcher.stats
+    assert (stats.received, stats.acknowledged, stats.released) == (4, 1, 3)
+    again = broker.receive_now(queue)
+    assert numbers(again) == [1, 2, 3]
+    assert {m.attempt for m in again} == {1}
+
+
+# -- hostile consumers ----------------------------------------------------------------------
+
+
+class UnprintableError(Exception):
+    """An exception that cannot be turned into text."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception's __str__ raises")
+
+
+def test_an_exception_whose_str_raises_neither_aborts_the_batch_nor_loses_its_reason(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, dlq = broker.queue()
+    broker.publish(queue, [{"n": n} for n in range(3)])
+    handled: list[int] = []
+
+    def handle(payload: dict[str, int]) -> None:
+        if payload["n"] == 1:
+            raise UnprintableError()
+        handled.append(payload["n"])
+
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(handle, name="hostile")],
+        failure_policy=FailurePolicy.no_delay(max_attempts=2),
+    )
+    assert driver.consume_event(dispatcher, queue, max_messages=10) == 3
+    assert sorted(handled) == [0, 2], "the rest of the batch was not handled"
+    stats = dispatcher.stats
+    assert (stats.acknowledged, stats.retried) == (2, 1)
+    assert driver.consume_event(dispatcher, queue, max_messages=10) == 1
+    [dead] = broker.take(dlq)
+    assert payload_of(dead) == {"n": 1}
+    assert "UnprintableError" in dead.headers[FAILURE_REASON]
+    assert dead.headers[FAILURE_EXCEPTION].endswith("UnprintableError")
+    assert dead.headers[FAILURE_ATTEMPTS] == "2"
+    assert dispatcher.stats.dead_lettered == 1
+    broker.assert_empty(queue)
+
+
+@CONCURRENCY
+@pytest.mark.parametrize("fatal", [SystemExit, KeyboardInterrupt])
+def test_a_consumer_raising_systemexit_or_keyboardinterrupt_stops_the_loop_unacknowledged(
+    driver: Driver, broker: Broker, concurrency: int, fatal: type[BaseException]
+) -> None:
+    queue, _ = broker.queue()
+    [sent] = broker.publish(queue, [{"n": 1}])
+    calls: list[Any] = []
+
+    def handle(payload: Any) -> None:
+        calls.append(payload)
+        raise fatal()
+
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(handle, name="fatal")],
+        failure_policy=FailurePolicy.no_delay(max_attempts=3),
+    )
+    loop = driver.run_loop(dispatcher, queue, concurrency)
+    ended = loop.wait(FATAL_GRACE_SECONDS)
+    if not ended:
+        loop.shutdown()  # stop it before looking at the queue
+    assert calls, "the consumer never ran"
+    # Not acknowledged: it comes back (at once if handed back, or once its lease runs out).
+    broker.advance(PAST_ANY_LEASE)
+    back = broker.receive_now(queue)
+    assert [m.message_id for m in back] == [sent.message_id], "the message was settled"
+    assert dispatcher.stats.acknowledged == 0
+    assert ended, (
+        f"consume_loop went on for {FATAL_GRACE_SECONDS}s after a consumer raised "
+        f"{fatal.__name__}: the exception vanished"
+    )
+
+
+# -- leases renewed while a handler runs long -----------------------------------------------
+
+
+def run_next_to_a_second_dispatcher(driver: Driver, handler: Callable[[Any], Any]) -> int:
+    """Run a slow ``handler`` on the one message of a queue with a 1 s visibility timeout
+    (real clock) while a second dispatcher of the same driver polls the queue too; returns
+    how many times the handler started."""
+    backend = InMemoryMessagingBackend(visibility_timeout=1.0)
+    queue = unique_name("lease")
+    MessagingBackendFactory(backend).init_queue(queue, dead_letter_queue_name=queue + "-dlq")
+    backend.publish_to_queue(json_message({"n": 1}), backend.get_queue(queue))
+    try:
+        dispatchers = [
+            driver.make(
+                backend=backend,
+                consumers=[Consumer(handler, name="slow")],
+                failure_policy=FailurePolicy.no_delay(max_attempts=3),
+            )
+            for _ in range(2)
+        ]
+        first = driver.run_loop(dispatchers[0], queue, 1)
+        wait_for(lambda: starts(handler) == 1, 10, "the first dispatcher to start the message")
+        second = driver.run_loop(dispatchers[1], queue, 1)
+        # Until it is acknowledged, or until it was started twice (then the test fails).
+        wait_for(
+            lambda: (
+                starts(handler) > 1
+                or (backend.queue_depth(queue) == 0 and ends(handler) == starts(handler))
+            ),
+            15,
+            "the message to be acknowledged",
+        )
+        second.stop()
+        first.stop()
+    finally:
+        driver.close()
+        backend.close_connection()
+    return starts(handler)
+
+
+def starts(handler: Any) -> int:
+    return len(handler.started)
+
+
+def ends(handler: Any) -> int:
+    return len(handler.ended)
+
+
+class SlowSync:
+    """A plain consumer that takes 2.5 s."""
+
+    def __init__(self) -> None:
+        self.started: list[float] = []
+        self.ended: list[float] = []
+
+    def __call__(self, payload: Any) -> None:
+        self.started.append(time.monotonic())
+        time.sleep(2.5)
+        self.ended.append(time.monotonic())
+
+
+class SlowAsync(SlowSync):
+    """An ``async`` consumer that takes 2.5 s."""
+
+    async def __call__(self, payload: Any) -> None:  # type: ignore[override]
+        self.started.append(time.monotonic())
+        await asyncio.sleep(2.5)
+        self.ended.append(time.monotonic())
+
+
+def test_the_lease_of_a_message_a_slow_consumer_holds_is_renewed_so_it_runs_once(
+    driver: Driver,
+) -> None:
+    assert run_next_to_a_second_dispatcher(driver, SlowSync()) == 1
+
+
+@ASYNCIO_ONLY
+def test_the_lease_of_a_message_a_slow_async_consumer_holds_is_renewed_so_it_runs_once(
+    driver: Driver,
+) -> None:
+    assert run_next_to_a_second_dispatcher(driver, SlowAsync()) == 1
+
+
+# -- asyncio: plain consumers off the event loop --------------------------------------------
+
+
+@ASYNCIO_ONLY
+def test_plain_consumers_run_off_the_event_loop_concurrently_and_it_keeps_ticking(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": n} for n in range(4)])
+    finished: list[float] = []
+    lock = threading.Lock()
+    dispatcher: MessageDispatcher
+
+    def blocking(payload: Any) -> None:
+        time.sleep(0.5)
+        with lock:
+            finished.append(time.monotonic())
+            if len(finished) == 4:
+                dispatcher.stop()
+
+    dispatcher = driver.make(backend=broker.backend, consumers=[Consumer(blocking, name="plain")])
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            ticks.append(time.monotonic())
+
+    async def main() -> float:
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        aio = cast(AsyncMessageDispatcher, dispatcher)
+        consume = aio.consume_loop(queue, concurrency=4, install_signal_handlers=False)
+        await asyncio.wait_for(consume, timeout=20)
+        ticking.cancel()
+        return started
+
+    started = asyncio.run(main())
+    assert len(finished) == 4
+    took = max(finished) - started
+    assert took < 1.5, f"4 plain consumers sleeping 0.5 s took {took:.2f}s with concurrency 4"
+    during = [t for t in ticks if started <= t <= max(finished)]
+    assert len(during) > 5, f"the event loop ticked {len(during)} times in {took:.2f}s"
+    broker.assert_empty(queue)
