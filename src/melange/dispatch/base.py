@@ -99,6 +99,8 @@ class DispatcherBase:
             fail_open=dedup_fail_open,
             always_ack=always_ack,
             watch_messages=watch_messages,
+            # Only backends that override holds() can orphan a message.
+            check_holds=type(self._backend).holds is not MessagingBackend.holds,
             middleware=MiddlewareChain(middleware),
             notify=self._notify,
             stopping=self._stop.is_set,

@@ -84,6 +84,8 @@ class Engine:
         fail_open: Process without deduplication while the cache is unreachable.
         always_ack: Acknowledge whatever the consumers did.
         watch_messages: Renew the leases of messages in hand (a backend with leases).
+        check_holds: Ask whether the backend still holds each message before handling it
+            (a backend whose messages can be orphaned by a lost connection).
         middleware: The middleware chain.
         notify: Called with every exception (the consume loop's ``on_exception``).
         stopping: Whether the dispatcher was asked to stop.
@@ -102,6 +104,7 @@ class Engine:
         fail_open: bool,
         always_ack: bool,
         watch_messages: bool,
+        check_holds: bool = True,
         middleware: MiddlewareChain = _NO_MIDDLEWARE,
         notify: Callable[[BaseException], None] = lambda exc: None,
         stopping: Callable[[], bool] = lambda: False,
@@ -116,6 +119,7 @@ class Engine:
         self.fail_open = fail_open
         self.always_ack = always_ack
         self.watch_messages = watch_messages
+        self.check_holds = check_holds
         self.middleware = middleware
         self.notify = notify
         self.stopping = stopping
@@ -259,7 +263,7 @@ class Engine:
         A consumer raising ``SystemExit`` or ``KeyboardInterrupt`` asks the process to stop:
         the message is given back (not an attempt) and the exception goes on to the driver.
         """
-        if not (yield Holds(message)):
+        if self.check_holds and not (yield Holds(message)):
             return ABANDON
         if self.middleware:
             self.middleware.message_received(message, queue_name)
@@ -279,10 +283,25 @@ class Engine:
             return ACK
         try:
             with processing(message):
-                results = []
-                for consumer in consumers:
-                    result = yield from self._run(consumer, decoded.payload, message, queue_name)
-                    results.append(result)
+                if len(consumers) == 1 and self._plain(consumers[0]):
+                    # The common case, kept cheap: one consumer, no claim, no middleware, no
+                    # immediate retries.
+                    try:
+                        yield Invoke(consumers[0], decoded.payload)
+                    except Exception as exc:
+                        result = yield from self._finish(
+                            consumers[0], message, queue_name, None, exc
+                        )
+                        results = [result]
+                    else:
+                        return ACK
+                else:
+                    results = []
+                    for consumer in consumers:
+                        result = yield from self._run(
+                            consumer, decoded.payload, message, queue_name
+                        )
+                        results.append(result)
         except (SystemExit, KeyboardInterrupt):
             logger.error(
                 "a consumer asked to stop the process while handling message %s; it is given back",
@@ -301,6 +320,13 @@ class Engine:
             rng=self.rng,
             busy_delay=self.lease,
         )
+
+    def _plain(self, consumer: Consumer) -> bool:
+        """Whether running ``consumer`` involves nothing but calling it once."""
+        if self.deduplicate or self.middleware:
+            return False
+        policy = consumer.failure_policy or self.policy
+        return policy.immediate_retries == 0
 
     def _run(
         self, consumer: Consumer, payload: Any, message: Message, queue_name: str
