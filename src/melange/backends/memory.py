@@ -23,6 +23,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from melange.backends.embedded_rules import (
+    DEDUPLICATION_WINDOW_SECONDS,
+    check_filter_events,
+    check_type_kept,
+    dead_letter_copy,
+    queue_options,
+)
 from melange.backends.interfaces import (
     DEFAULT_MAX_RECEIVE_COUNT,
     BackendCapabilities,
@@ -34,10 +41,9 @@ from melange.exceptions import (
     QueueNotFoundError,
     TopicNotFoundError,
 )
-from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message, QueueWrapper, TopicWrapper
+from melange.models import FAILURE_REASON, Message, QueueWrapper, TopicWrapper
 
 #: FIFO deduplication window, as on SQS.
-_DEDUP_WINDOW_SECONDS = 300.0
 
 
 class _Stored:
@@ -192,6 +198,7 @@ class InMemoryMessagingBackend(MessagingBackend):
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
         filter_events = kwargs.pop("filter_events", None)
+        check_filter_events(filter_events)
         manifests = frozenset(filter_events) if filter_events else None
         with self._lock:
             if dead_letter_queue_name is not None and dead_letter_queue_name != queue_name:
@@ -208,33 +215,27 @@ class InMemoryMessagingBackend(MessagingBackend):
         return QueueWrapper(queue_name, queue_name), dlq
 
     def _create_queue(self, name: str, options: Mapping[str, Any]) -> _Queue:
-        known = {"fifo", "visibility_timeout", "delay_seconds", "max_receive_count"}
-        unknown = set(options) - known
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) {sorted(unknown)} for in-memory queue {name!r}; "
-                f"known: {sorted(known)}"
-            )
+        settings = queue_options("in-memory", name, options, self.visibility_timeout)
         queue = self._queues.get(name)
-        fifo = bool(options.get("fifo", name.endswith(".fifo")))
         if queue is None:
             queue = _Queue(
                 name=name,
-                fifo=fifo,
-                visibility_timeout=float(
-                    options.get("visibility_timeout", self.visibility_timeout)
-                ),
+                fifo=settings.fifo,
+                visibility_timeout=settings.visibility_timeout,
+                delay_seconds=settings.delay_seconds,
+                max_receive_count=settings.max_receive_count,
             )
             self._queues[name] = queue
-        elif "visibility_timeout" in options:
-            queue.visibility_timeout = float(options["visibility_timeout"])
-        if "delay_seconds" in options:
-            queue.delay_seconds = float(options["delay_seconds"])
-        if "max_receive_count" in options:
-            count = int(options["max_receive_count"])
-            if count < 1:
-                raise ConfigurationError(f"max_receive_count must be at least 1, got {count}")
-            queue.max_receive_count = count
+            return queue
+        # Declaring again changes the options given; messages stay.
+        check_type_kept(name, queue.fifo, settings)
+        given = settings.given
+        if "visibility_timeout" in given:
+            queue.visibility_timeout = settings.visibility_timeout
+        if "delay_seconds" in given:
+            queue.delay_seconds = settings.delay_seconds
+        if "max_receive_count" in given:
+            queue.max_receive_count = settings.max_receive_count
         return queue
 
     def delete_queue(self, queue: QueueWrapper) -> None:
@@ -373,7 +374,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             dedup = message.deduplication_id
             if dedup is not None:
                 seen = queue.dedup_seen.get(dedup)
-                if seen is not None and now - seen < _DEDUP_WINDOW_SECONDS:
+                if seen is not None and now - seen < DEDUPLICATION_WINDOW_SECONDS:
                     return
                 queue.dedup_seen[dedup] = now
         self._drain(queue)  # keep publish order with lock-free publishes
@@ -489,12 +490,15 @@ class InMemoryMessagingBackend(MessagingBackend):
         assert queue.dead_letter_queue is not None
         dlq = self._queues.get(queue.dead_letter_queue)
         if dlq is None:
+            # Deleted behind our back: recreate it rather than drop the message.
             dlq = self._create_queue(queue.dead_letter_queue, {"fifo": queue.fifo})
-        headers = dict(stored.headers)
-        headers.setdefault(FAILURE_REASON, reason)
-        headers.setdefault(FAILURE_QUEUE, queue.name)
-        copy = self._copy(stored, None)
-        copy.deduplication_id = None
+        copy, headers = dead_letter_copy(
+            self._copy(stored, None),
+            stored.headers,
+            source_queue=queue.name,
+            reason=reason,
+            into_fifo=dlq.fifo,
+        )
         self._enqueue(dlq, copy, headers)
 
     @staticmethod

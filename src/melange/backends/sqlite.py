@@ -41,8 +41,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from melange.backends.embedded_rules import (
+    DEDUPLICATION_WINDOW_SECONDS,
+    check_filter_events,
+    check_type_kept,
+    dead_letter_copy,
+    queue_options,
+)
 from melange.backends.interfaces import (
-    DEFAULT_MAX_RECEIVE_COUNT,
     BackendCapabilities,
     MessagingBackend,
 )
@@ -53,13 +59,10 @@ from melange.exceptions import (
     QueueNotFoundError,
     TopicNotFoundError,
 )
-from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message, QueueWrapper, TopicWrapper
+from melange.models import FAILURE_REASON, Message, QueueWrapper, TopicWrapper
 
 #: The schema version this module writes and understands.
 SCHEMA_VERSION = 2
-
-#: FIFO deduplication window, as on SQS.
-DEDUPLICATION_WINDOW_SECONDS = 300.0
 
 #: The ``synchronous`` settings SQLite knows, weakest first.
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -117,8 +120,6 @@ CREATE TABLE deduplication (
     PRIMARY KEY (queue, dedup_id)
 );
 """
-
-_QUEUE_OPTIONS = frozenset({"fifo", "visibility_timeout", "delay_seconds", "max_receive_count"})
 
 _COLUMNS = (
     "id, message_id, content, serializer_id, manifest, headers, group_id, dedup_id, "
@@ -507,21 +508,14 @@ class SQLiteBackend(MessagingBackend):
 
         Options: ``fifo`` (default: the name ends in ``.fifo``), ``visibility_timeout``,
         ``delay_seconds`` (every new message waits this long), ``max_receive_count``
-        (deliveries before the broker moves a message to the dead-letter queue, default 4),
+        (deliveries before the broker moves a message to the dead-letter queue, default 20),
         ``filter_events`` (manifests the subscriptions let through). Declaring again updates
         the options given and keeps the messages.
         """
         filter_events = kwargs.pop("filter_events", None)
-        unknown = set(kwargs) - _QUEUE_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) {sorted(unknown)} for SQLite queue {queue_name!r}; "
-                f"known: {sorted(_QUEUE_OPTIONS | {'filter_events'})}"
-            )
-        if isinstance(filter_events, str):
-            raise ConfigurationError(
-                f"filter_events must be a list of manifests, got the string {filter_events!r}"
-            )
+        check_filter_events(filter_events)
+        # Checked before anything is written, so a bad option changes nothing.
+        queue_options("SQLite", queue_name, kwargs, self.visibility_timeout)
         manifests = json.dumps(sorted(set(filter_events))) if filter_events else None
         now = self._clock()
         with self._write() as conn:
@@ -554,43 +548,31 @@ class SQLiteBackend(MessagingBackend):
     def _upsert_queue(
         self, conn: sqlite3.Connection, name: str, options: Mapping[str, Any], now: float
     ) -> None:
-        fifo = bool(options.get("fifo", name.endswith(".fifo")))
-        visibility = float(options.get("visibility_timeout", self.visibility_timeout))
-        if visibility <= 0:
-            raise ConfigurationError(
-                f"visibility_timeout of queue {name!r} must be positive, got {visibility!r}"
-            )
-        delay = float(options.get("delay_seconds", 0.0))
-        if delay < 0:
-            raise ConfigurationError(f"delay_seconds of queue {name!r} must be >= 0, got {delay}")
-        count = int(options.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT))
-        if count < 1:
-            raise ConfigurationError(f"max_receive_count must be at least 1, got {count}")
+        settings = queue_options("SQLite", name, options, self.visibility_timeout)
         created = conn.execute(
             "INSERT OR IGNORE INTO queues (name, fifo, visibility_timeout, delay_seconds, "
             "max_receive_count, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (name, int(fifo), visibility, delay, count, now),
+            (
+                name,
+                int(settings.fifo),
+                settings.visibility_timeout,
+                settings.delay_seconds,
+                settings.max_receive_count,
+                now,
+            ),
         ).rowcount
         if created:
             return
-        if "fifo" in options:
-            existing = bool(
-                conn.execute("SELECT fifo FROM queues WHERE name = ?", (name,)).fetchone()[0]
-            )
-            if existing != fifo:
-                kind = "a FIFO" if existing else "a standard"
-                raise ConfigurationError(
-                    f"queue {name!r} already exists as {kind} queue and cannot change type; "
-                    "delete it first or use another name"
-                )
+        existing = conn.execute("SELECT fifo FROM queues WHERE name = ?", (name,)).fetchone()
+        check_type_kept(name, bool(existing[0]), settings)
         # Only the options given change; messages stay.
         values = {
-            "visibility_timeout": visibility,
-            "delay_seconds": delay,
-            "max_receive_count": count,
+            "visibility_timeout": settings.visibility_timeout,
+            "delay_seconds": settings.delay_seconds,
+            "max_receive_count": settings.max_receive_count,
         }
         for option, value in values.items():
-            if option in options:
+            if option in settings.given:
                 conn.execute(f"UPDATE queues SET {option} = ? WHERE name = ?", (value, name))
 
     def delete_queue(self, queue: QueueWrapper) -> None:
@@ -990,14 +972,13 @@ class SQLiteBackend(MessagingBackend):
             # Deleted behind our back: recreate it rather than drop the message.
             self._upsert_queue(conn, queue.dead_letter_queue, {"fifo": queue.fifo}, now)
             dlq = self._queue_config(conn, queue.dead_letter_queue)
-        headers = {**json.loads(row.headers), **extra_headers}
-        headers.setdefault(FAILURE_REASON, reason)
-        headers.setdefault(FAILURE_QUEUE, queue.name)
-        copy = _to_message(row, None)
-        copy.deduplication_id = None
-        if dlq.fifo and copy.group_id is None:
-            # A FIFO dead-letter queue of a standard queue: one group keeps the failure order.
-            copy.group_id = queue.name
+        copy, headers = dead_letter_copy(
+            _to_message(row, None),
+            {**json.loads(row.headers), **extra_headers},
+            source_queue=queue.name,
+            reason=reason,
+            into_fifo=dlq.fifo,
+        )
         self._enqueue(conn, dlq, [copy], now, [headers])
         conn.execute("DELETE FROM messages WHERE id = ?", (row.id,))
 
