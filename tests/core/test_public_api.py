@@ -151,3 +151,22 @@ def test_a_missing_broker_client_names_the_extra_to_install(
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert f"melange[{extra}]" in result.stderr
+
+
+def test_old_import_paths_of_the_dispatch_modules_and_link_synchronously_keep_working() -> None:
+    import melange.backends
+    import melange.backends.testing
+    import melange.dispatch_core
+    import melange.heartbeat
+    import melange.message_dispatcher
+    import melange.policy
+    import melange.testing
+    from melange.dispatch import decisions, leases, policy, threaded
+
+    link = melange.testing.link_synchronously
+    assert melange.backends.link_synchronously is link
+    assert melange.backends.testing.link_synchronously is link
+    assert melange.message_dispatcher.MessageDispatcher is threaded.MessageDispatcher
+    assert melange.policy.FailurePolicy is policy.FailurePolicy
+    assert melange.heartbeat.Heartbeat is leases.Heartbeat
+    assert melange.dispatch_core.settle is decisions.settle

@@ -19,12 +19,15 @@ if TYPE_CHECKING:
     from melange.backends.sqlite import SQLiteBackend
     from melange.backends.sqs.localsqs import LocalSQSBackend
     from melange.backends.sqs.sqs_backend import AWSBackend
+    from melange.testing.link import link_synchronously
 
 _LAZY = {
     "AWSBackend": ("melange.backends.sqs.sqs_backend", "aws"),
     "LocalSQSBackend": ("melange.backends.sqs.localsqs", "aws"),
     "RabbitMQBackend": ("melange.backends.rabbitmq.rabbitmq_backend", "rabbitmq"),
     "SQLiteBackend": ("melange.backends.sqlite", None),
+    # Lives with the testing helpers, which import the dispatcher (and so this package).
+    "link_synchronously": ("melange.testing.link", None),
 }
 
 
@@ -53,4 +56,5 @@ __all__ = [
     "MessagingBackendFactory",
     "RabbitMQBackend",
     "SQLiteBackend",
+    "link_synchronously",
 ]

@@ -3,9 +3,11 @@
 - :mod:`melange.testing.probe`: wait for asynchronous effects (``Probe``, ``wait_until``).
 - :mod:`melange.testing.conformance`: the test suite every messaging backend must pass
   (needs pytest).
-- :func:`melange.backends.testing.link_synchronously`: synchronous in-memory dispatch.
+- :mod:`melange.testing.link`: :func:`link_synchronously`, synchronous in-memory dispatch
+  (also importable from ``melange.backends.testing``, as in the original documentation).
 """
 
+from melange.testing.link import link_synchronously
 from melange.testing.probe import PredicateProbe, Probe, ProbeTimeoutError, wait_until
 
-__all__ = ["PredicateProbe", "Probe", "ProbeTimeoutError", "wait_until"]
+__all__ = ["PredicateProbe", "Probe", "ProbeTimeoutError", "link_synchronously", "wait_until"]
