@@ -13,8 +13,8 @@ from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.testing import link_synchronously
 from melange.consumers import Consumer, SingleDispatchConsumer, consumer, listener
 from melange.context import current_message
+from melange.deduplication.cache import DeduplicationCache, InMemoryCache, NullCache
 from melange.exceptions import MelangeError
-from melange.infrastructure.cache import DeduplicationCache, InMemoryCache, NullCache
 from melange.message_dispatcher import (
     ConsumerHandler,
     DispatcherStats,

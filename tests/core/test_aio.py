@@ -15,7 +15,7 @@ from melange import (
     current_message,
 )
 from melange.aio import AsyncMessageDispatcher, AsyncQueuePublisher, AsyncTopicPublisher
-from melange.infrastructure.cache import InMemoryCache
+from melange.deduplication.cache import InMemoryCache
 from melange.models import FAILURE_REASON
 from melange.policy import FailurePolicy
 

@@ -83,7 +83,7 @@ def test_top_level_all_is_exactly_the_public_api() -> None:
         ("melange.serializers.pickle", ["PickleSerializer"]),
         ("melange.serializers.registry", ["SerializerRegistry", "sort"]),
         ("melange.models", ["Message", "QueueWrapper", "TopicWrapper"]),
-        ("melange.infrastructure.cache", ["DeduplicationCache", "NullCache", "InMemoryCache"]),
+        ("melange.deduplication.cache", ["DeduplicationCache", "NullCache", "InMemoryCache"]),
         ("melange.exceptions", ["SerializationError", "MelangeError"]),
         ("melange.examples.doc_examples.probe", ["Probe"]),
         ("melange.testing", ["Probe", "wait_until"]),
@@ -137,7 +137,7 @@ def test_package_is_typed() -> None:
     [
         ("boto3", "from melange.backends.sqs.sqs_backend import AWSBackend", "aws"),
         ("boto3", "from melange.backends import LocalSQSBackend", "aws"),
-        ("redis", "from melange.infrastructure.cache import RedisCache", "redis"),
+        ("redis", "from melange.deduplication.cache import RedisCache", "redis"),
         ("pika", "from melange.backends import RabbitMQBackend", "rabbitmq"),
     ],
 )

@@ -71,7 +71,7 @@ def main() -> int:
 
     cache = None
     if config.get("redis_prefix"):
-        from melange.infrastructure.redis_cache import RedisCache
+        from melange.deduplication.redis_cache import RedisCache
 
         cache = RedisCache(key_prefix=config["redis_prefix"])
     backend = open_backend(config["backend"])

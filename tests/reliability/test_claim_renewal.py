@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from reliability_support import redis_keys
 
-from melange.exceptions import DeduplicationCacheError
-from melange.infrastructure.cache import (
+from melange.deduplication.cache import (
     CLAIM_PREFIX,
     ClaimState,
     DeduplicationCache,
     InMemoryCache,
     NullCache,
 )
-from melange.infrastructure.sql_cache import SQLDeduplicationCache
+from melange.deduplication.sql_cache import SQLDeduplicationCache
+from melange.exceptions import DeduplicationCacheError
 from service_check import require_service
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -68,7 +68,7 @@ def _in_memory() -> Iterator[Harness]:
 
 
 def _redis() -> Iterator[Harness]:
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     with redis_keys() as prefix:
         made: list[RedisCache] = []
@@ -203,7 +203,7 @@ def test_a_cache_with_only_store_and_get_has_nothing_to_renew() -> None:
 def test_redis_renew_writes_the_new_lease() -> None:
     import redis
 
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     with redis_keys() as prefix:
         cache = RedisCache(host="127.0.0.1", key_prefix=prefix)
@@ -219,7 +219,7 @@ def test_redis_renew_writes_the_new_lease() -> None:
 
 def test_redis_renew_without_a_claim_does_not_call_redis_and_errors_are_clear() -> None:
     pytest.importorskip("redis")
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     cache = RedisCache(host="127.0.0.1", port=1, socket_connect_timeout=1.0)
     assert cache.renew(KEY, 5) is False  # no token held: no round trip, so no error

@@ -36,7 +36,7 @@ from melange.backends.interfaces import MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.consumers import Consumer
 from melange.context import current_message
-from melange.infrastructure.cache import InMemoryCache
+from melange.deduplication.cache import InMemoryCache
 from melange.message_dispatcher import MessageDispatcher
 from melange.models import FAILURE_ATTEMPTS, FAILURE_EXCEPTION, FAILURE_REASON, Message
 from melange.policy import FailurePolicy
@@ -272,7 +272,7 @@ def test_poison_is_dead_lettered_with_reasons_and_good_messages_in_between_are_p
 def test_two_dispatchers_sharing_redis_run_a_redelivered_slow_message_once(
     kind: str, tmp_path: Path
 ) -> None:
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     if kind == "memory":
         shared = InMemoryMessagingBackend()
@@ -342,7 +342,7 @@ def test_two_dispatchers_sharing_redis_run_a_redelivered_slow_message_once(
 def test_unreachable_cache_leaves_messages_by_default_and_processes_them_when_failing_open(
     fail_open: bool,
 ) -> None:
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     backend = InMemoryMessagingBackend()
     backend.declare_queue(QUEUE, dead_letter_queue_name=DLQ)
@@ -378,7 +378,7 @@ def test_unreachable_cache_leaves_messages_by_default_and_processes_them_when_fa
 def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing(
     workers: int,
 ) -> None:
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     count, stop_at = 40, 10
     backend = InMemoryMessagingBackend()

@@ -18,7 +18,7 @@ from reliability_support import DURABLE_BACKENDS, drain, durable_spec, open_back
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.consumers import Consumer
-from melange.infrastructure.cache import InMemoryCache
+from melange.deduplication.cache import InMemoryCache
 from melange.message_dispatcher import MessageDispatcher
 from melange.models import Message
 from melange.policy import FailurePolicy

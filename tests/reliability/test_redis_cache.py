@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from reliability_support import redis_keys, wait_for
 
+from melange.deduplication.cache import ClaimState, DeduplicationCache
 from melange.exceptions import ConfigurationError, DeduplicationCacheError
-from melange.infrastructure.cache import ClaimState, DeduplicationCache
 
 pytestmark = pytest.mark.redis
 
@@ -24,7 +24,7 @@ def prefix() -> Iterator[str]:
 
 
 def make(prefix: str, **kwargs: object) -> DeduplicationCache:
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     return RedisCache(key_prefix=prefix, **kwargs)  # type: ignore[arg-type]
 
@@ -45,7 +45,7 @@ def test_get_returns_none_on_a_miss_and_the_value_after_store(prefix: str) -> No
 
 
 def test_defaults_are_localhost_6379_db_0_and_url_is_equivalent() -> None:
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     kwargs = RedisCache()._client.connection_pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("localhost", 6379, 0)
@@ -59,15 +59,15 @@ def test_defaults_are_localhost_6379_db_0_and_url_is_equivalent() -> None:
 
 
 def test_is_importable_from_the_cache_module_as_in_7_2_0() -> None:
-    from melange.infrastructure import cache
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication import cache
+    from melange.deduplication.redis_cache import RedisCache
 
     assert cache.RedisCache is RedisCache
 
 
 def test_importing_the_cache_module_does_not_import_redis() -> None:
     code = (
-        "import sys, melange, melange.infrastructure.cache, melange.message_dispatcher;"
+        "import sys, melange, melange.deduplication.cache, melange.message_dispatcher;"
         "sys.exit(1 if 'redis' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
@@ -146,7 +146,7 @@ def test_release_lets_the_next_delivery_claim_again(prefix: str) -> None:
 
 
 def test_an_unreachable_redis_raises_a_clear_error_quickly() -> None:
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     cache = RedisCache(port=1, socket_connect_timeout=1.0)
     started = time.monotonic()
@@ -157,7 +157,7 @@ def test_an_unreachable_redis_raises_a_clear_error_quickly() -> None:
 
 
 def test_password_is_not_shown_in_errors() -> None:
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     cache = RedisCache.from_url("redis://:s3cret@127.0.0.1:1/0", socket_connect_timeout=1.0)
     with pytest.raises(DeduplicationCacheError) as info:
@@ -167,7 +167,7 @@ def test_password_is_not_shown_in_errors() -> None:
 
 @pytest.mark.parametrize("expire", [0, -5, 1.5])
 def test_bad_expire_is_refused(expire: object) -> None:
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     with pytest.raises(ConfigurationError, match="expire"):
         RedisCache(expire=expire)  # type: ignore[arg-type]
@@ -176,7 +176,7 @@ def test_bad_expire_is_refused(expire: object) -> None:
 def test_a_redis_that_accepts_but_never_answers_fails_within_the_socket_timeout() -> None:
     import socket
 
-    from melange.infrastructure.redis_cache import RedisCache
+    from melange.deduplication.redis_cache import RedisCache
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

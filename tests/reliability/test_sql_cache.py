@@ -12,9 +12,9 @@ import pytest
 
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.consumers import Consumer
+from melange.deduplication.cache import ClaimState
+from melange.deduplication.sql_cache import SQLDeduplicationCache, deduplication_key
 from melange.exceptions import ConfigurationError, DeduplicationCacheError
-from melange.infrastructure.cache import ClaimState
-from melange.infrastructure.sql_cache import SQLDeduplicationCache, deduplication_key
 from melange.message_dispatcher import MessageDispatcher
 from melange.policy import FailurePolicy
 from melange.publishers import QueuePublisher

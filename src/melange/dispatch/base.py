@@ -11,13 +11,13 @@ from typing import Any
 from melange.backends.backend_manager import BackendManager
 from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
+from melange.deduplication.cache import DeduplicationCache
 from melange.dispatch.decisions import DEFAULT_DEDUP_LEASE_SECONDS, Route
 from melange.dispatch.engine import Engine
 from melange.dispatch.leases import Heartbeat
 from melange.dispatch.middleware import Middleware, MiddlewareChain
 from melange.dispatch.policy import DEFAULT_POLICY, FailurePolicy
 from melange.dispatch.stats import DispatcherStats
-from melange.infrastructure.cache import DeduplicationCache
 from melange.serializers.registry import SerializerRegistry, SerializerSource
 
 logger = logging.getLogger("melange.dispatcher")

@@ -49,7 +49,7 @@ class Invoke:
 @dataclass(slots=True)
 class Claim:
     """Take the deduplication claim on ``key`` for ``lease`` seconds.
-    Result: a :class:`~melange.infrastructure.cache.ClaimState`."""
+    Result: a :class:`~melange.deduplication.cache.ClaimState`."""
 
     key: str
     lease: float

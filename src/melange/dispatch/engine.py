@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from melange.consumers import Consumer
 from melange.context import processing
+from melange.deduplication.cache import ClaimState
 from melange.dispatch.decisions import (
     ABANDON,
     ACK,
@@ -58,7 +59,6 @@ from melange.dispatch.effects import (
 from melange.dispatch.middleware import MiddlewareChain
 from melange.dispatch.policy import FailurePolicy
 from melange.dispatch.stats import DispatcherStats
-from melange.infrastructure.cache import ClaimState
 from melange.models import Message, QueueWrapper
 from melange.serializers.registry import SerializerRegistry
 

@@ -6,7 +6,7 @@ acknowledged only when every accepting consumer succeeded; otherwise it is retri
 the :class:`~melange.dispatch.policy.FailurePolicy` and finally dead-lettered with the reason. A
 message that cannot be decoded is dead-lettered at once. No failure stops the consume loop.
 
-With a :class:`~melange.infrastructure.cache.DeduplicationCache`, a consumer that already
+With a :class:`~melange.deduplication.cache.DeduplicationCache`, a consumer that already
 processed a message skips it on redelivery (which counts as success).
 
 Every decision is the :class:`~melange.dispatch.engine.Engine`'s; this module performs the
@@ -28,6 +28,7 @@ from typing import Any
 
 from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
+from melange.deduplication.cache import DeduplicationCache
 from melange.dispatch.base import DispatcherBase
 from melange.dispatch.effects import (
     Ack,
@@ -47,7 +48,6 @@ from melange.dispatch.effects import (
 from melange.dispatch.engine import Step
 from melange.dispatch.leases import Heartbeat
 from melange.dispatch.stats import DispatcherStats
-from melange.infrastructure.cache import DeduplicationCache
 from melange.models import Message, QueueWrapper
 from melange.serializers.registry import SerializerSource
 

@@ -1,1 +1,2 @@
-"""Infrastructure used by dispatchers: deduplication caches."""
+"""The original documentation's path to the deduplication caches: see
+:mod:`melange.deduplication`."""

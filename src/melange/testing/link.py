@@ -17,8 +17,8 @@ from typing import Any
 
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.consumers import Consumer
+from melange.deduplication.cache import DeduplicationCache
 from melange.dispatch.threaded import MessageDispatcher
-from melange.infrastructure.cache import DeduplicationCache
 from melange.models import QueueWrapper
 from melange.serializers.registry import SerializerSource
 
