@@ -119,3 +119,31 @@ def test_a_failed_acknowledgement_does_not_end_the_consume_loop(
         dispatcher.stop()
         loop.join(timeout=15)
     assert not loop.is_alive()
+
+
+def test_with_every_default_the_policy_dead_letters_before_the_redrive_and_says_why(
+    make_aws_backend: Callable[..., AWSBackend], names: Any
+) -> None:
+    """SQS queues get 7.2.0's redrive count (4) and the default policy makes 4 attempts: the
+    dispatcher, which records why, must dead-letter before SQS moves the message silently."""
+    from melange.models import FAILURE_ATTEMPTS, FAILURE_EXCEPTION, FAILURE_REASON
+
+    backend = make_aws_backend(visibility_timeout=1, wait_time_seconds=1)
+    name, dlq = names.queue(), names.queue()
+    MessagingBackendFactory(backend).init_queue(name, dead_letter_queue_name=dlq)
+    QueuePublisher(JsonSerializer(), backend).publish(name, {"n": 1})
+
+    def refuse(message: Any) -> None:
+        raise LookupError("no such customer")
+
+    dispatcher = MessageDispatcher(
+        JsonSerializer(), backend=backend, consumers=[Consumer(on_message=refuse)]
+    )
+    deadline = time.monotonic() + 60
+    while dispatcher.stats.dead_lettered == 0 and time.monotonic() < deadline:
+        dispatcher.consume_event(name, wait_seconds=1)
+    [dead] = receive(backend, backend.get_queue(dlq), 1)
+    assert dead.headers[FAILURE_ATTEMPTS] == "4"
+    assert dead.headers[FAILURE_EXCEPTION] == "builtins.LookupError"
+    assert "gave up after 4 attempt(s)" in dead.headers[FAILURE_REASON]
+    assert dispatcher.stats.as_dict()["dead_lettered"] == 1

@@ -35,7 +35,7 @@ class DispatcherBase:
         always_ack: Acknowledge every message even if a consumer failed (failures are
             logged and lost: use only for messages that may be dropped).
         consumers: Consumers to attach right away.
-        failure_policy: Retries, backoff and dead-lettering (default: 5 attempts, exponential
+        failure_policy: Retries, backoff and dead-lettering (default: 4 attempts, exponential
             backoff from 1 second). A consumer's own ``failure_policy`` overrides it.
         dedup_lease_seconds: How long a deduplication claim protects a message being
             processed before another process may take it over. The claim is renewed every

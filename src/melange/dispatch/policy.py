@@ -2,8 +2,11 @@
 
 One policy means the same on every backend: a failed message is first retried in process
 (``immediate_retries``), then handed back to the broker with a growing delay (exponential
-backoff with jitter), and once it has been delivered ``max_attempts`` times it is moved to the
-queue's dead-letter queue with headers telling why. Exception types listed in
+backoff with jitter), and once ``max_attempts`` attempts at it failed it is moved to the
+queue's dead-letter queue with headers telling why. An attempt is a run of the consumers that
+failed: a message given back unprocessed (on stop, after a crash, while another process holds
+its deduplication claim) keeps the attempts it had, except on SQS, whose receive count is all
+the broker tells. Exception types listed in
 ``non_retryable`` skip the retries and go straight to the dead-letter queue.
 
 Each backend maps the delay onto its own tools (SQS visibility changes, RabbitMQ delayed
@@ -21,7 +24,7 @@ class FailurePolicy:
     """How failed messages are retried and when they are dead-lettered.
 
     Args:
-        max_attempts: Deliveries of a message before it is dead-lettered; ``None`` retries
+        max_attempts: Failed attempts before the message is dead-lettered; ``None`` retries
             forever (leaving the broker's own redrive policy, if any, as the limit).
         immediate_retries: Extra in-process calls of a failing consumer, at once, before the
             delivery counts as failed.
@@ -33,7 +36,10 @@ class FailurePolicy:
         non_retryable: Exception types that dead-letter the message at once.
     """
 
-    max_attempts: int | None = 5
+    # 4, as SQS's redrive count (7.2.0's): with every setting left at its default the policy
+    # dead-letters, with the reason, before any broker does so by itself (elsewhere the
+    # broker's limit is a backstop of 20, see DEFAULT_MAX_RECEIVE_COUNT).
+    max_attempts: int | None = 4
     immediate_retries: int = 0
     initial_delay: float = 1.0
     backoff_factor: float = 2.0
@@ -52,7 +58,7 @@ class FailurePolicy:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter}")
 
     @classmethod
-    def no_delay(cls, max_attempts: int | None = 5) -> FailurePolicy:
+    def no_delay(cls, max_attempts: int | None = 4) -> FailurePolicy:
         """Redeliver at once, up to ``max_attempts`` deliveries (useful in tests)."""
         return cls(max_attempts=max_attempts, initial_delay=0.0, jitter=0.0)
 
