@@ -53,6 +53,7 @@ def summarize(suite: Suite, result: SuiteResult) -> dict[str, Any]:
                 stats["p50_ms"] = _spread([r["p50_ms"] for r in records])
                 stats["p99_ms"] = _spread([r["p99_ms"] for r in records])
             entry["contenders"][key] = stats
+            entry.setdefault("per_round", {})[key] = {r["round"]: _throughput(r) for r in records}
         if melange in per_contender:
             mine = {r["round"]: _throughput(r) for r in per_contender[melange]}
             for key, records in per_contender.items():
@@ -98,6 +99,11 @@ def evaluate(target: Target, suites: dict[str, Any]) -> dict[str, Any]:
                 spread = mine.get("throughput")
                 if mine.get("per_cpu_second"):
                     verdict["per_cpu_second"] = mine["per_cpu_second"]["median"]
+            elif target.numerator is not None:
+                rounds = measurement.get("per_round", {})
+                top, bottom = rounds.get(target.numerator), rounds.get(target.contender)
+                if top and bottom:
+                    spread = _spread([top[r] / bottom[r] for r in top if r in bottom])
             else:
                 spread = measurement.get("ratios", {}).get(target.contender)
     if spread is None:

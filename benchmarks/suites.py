@@ -65,6 +65,8 @@ class Target:
         measurement: The measurement whose throughputs are compared.
         threshold: The least acceptable median (ratio, or messages per second).
         contender: The contender Melange is divided by; ``None`` for an absolute throughput.
+        numerator: The contender divided, when it is not Melange's main worker (e.g. the
+            asyncio dispatcher compared with the threaded one).
         linearity: A band ``threshold .. 2 - threshold`` on the ratio of throughput at 4N to
             throughput at N (``measurement`` holds N, ``measurement + "_4n"`` holds 4N).
     """
@@ -75,6 +77,7 @@ class Target:
     contender: str | None = None
     linearity: bool = False
     text: str = ""
+    numerator: str | None = None
 
 
 @dataclass
@@ -114,6 +117,20 @@ def _with_linearity_worker(specs: list[ContenderSpec], queue: str) -> list[Conte
     return [*specs, extra]
 
 
+#: The worker that runs Melange's asyncio dispatcher.
+ASYNCIO_KEY = "melange_async"
+
+
+def _with_asyncio_worker(specs: list[ContenderSpec], queue: str) -> list[ContenderSpec]:
+    """Add Melange with the asyncio dispatcher, on its own queue."""
+    melange = next(spec for spec in specs if spec.melange)
+    params = {**melange.params, "queue": queue, "subdir": "melange-async", "driver": "asyncio"}
+    return [
+        *specs,
+        ContenderSpec(ASYNCIO_KEY, melange.target, f"{melange.label} (asyncio)", params),
+    ]
+
+
 def rabbit_suite(sizes: Sizes) -> Suite:
     """Melange, raw pika, kombu and FastStream on the local RabbitMQ."""
     params = {"prefetch": RABBIT_PREFETCH, "queue_type": RABBIT_QUEUE_TYPE}
@@ -125,6 +142,7 @@ def rabbit_suite(sizes: Sizes) -> Suite:
         ContenderSpec("faststream", f"{module}:FastStreamRabbit", "FastStream", params),
     ]
     everyone = [spec.key for spec in specs]
+    specs = _with_asyncio_worker(specs, "bench.rabbit.melange-async")
     specs = _with_linearity_worker(specs, "bench.rabbit.melange-4n")
     n = sizes.rabbit_n
     return Suite(
@@ -133,8 +151,10 @@ def rabbit_suite(sizes: Sizes) -> Suite:
         specs,
         [
             Measurement("publish", "publish, one by one (msg/s)", _ops(everyone, "publish", n=n)),
-            Measurement("consume", "consume (msg/s)", _ops(everyone, "consume", n=n)),
-            Measurement("e2e", "end to end (msg/s)", _ops(everyone, "e2e", n=n)),
+            Measurement(
+                "consume", "consume (msg/s)", _ops([*everyone, ASYNCIO_KEY], "consume", n=n)
+            ),
+            Measurement("e2e", "end to end (msg/s)", _ops([*everyone, ASYNCIO_KEY], "e2e", n=n)),
             Measurement(
                 "batch_publish",
                 f"batch publish, {sizes.batch} per batch (msg/s)",
@@ -186,6 +206,7 @@ def sqs_suite(sizes: Sizes, port: int, legacy_python: str | None) -> Suite:
             )
         )
     everyone = [spec.key for spec in specs]
+    specs = _with_asyncio_worker(specs, "bench-sqs-melange-async")
     specs = _with_linearity_worker(specs, "bench-sqs-melange-4n")
     n = sizes.sqs_n
     return Suite(
@@ -204,8 +225,10 @@ def sqs_suite(sizes: Sizes, port: int, legacy_python: str | None) -> Suite:
                     "melange72": ("publish_batch", {"n": n, "batch": sizes.batch}),
                 },
             ),
-            Measurement("consume", "consume (msg/s)", _ops(everyone, "consume", n=n)),
-            Measurement("e2e", "end to end (msg/s)", _ops(everyone, "e2e", n=n)),
+            Measurement(
+                "consume", "consume (msg/s)", _ops([*everyone, ASYNCIO_KEY], "consume", n=n)
+            ),
+            Measurement("e2e", "end to end (msg/s)", _ops([*everyone, ASYNCIO_KEY], "e2e", n=n)),
             _linearity(n),
         ],
         [
@@ -227,6 +250,7 @@ def memory_suite(sizes: Sizes) -> Suite:
             "faststream_test", f"{module}:FastStreamTestBroker", "FastStream TestRabbitBroker"
         ),
     ]
+    specs = _with_asyncio_worker(specs, "bench-memory-async")
     specs = _with_linearity_worker(specs, "bench-memory-4n")
     n = sizes.memory_n
     return Suite(
@@ -235,12 +259,15 @@ def memory_suite(sizes: Sizes) -> Suite:
         specs,
         [
             Measurement("publish", "publish (msg/s)", {"melange": ("publish", {"n": n})}),
-            Measurement("consume", "consume (msg/s)", {"melange": ("consume", {"n": n})}),
+            Measurement(
+                "consume", "consume (msg/s)", _ops(["melange", ASYNCIO_KEY], "consume", n=n)
+            ),
             Measurement(
                 "e2e",
                 "end to end (msg/s)",
                 {
                     "melange": ("e2e", {"n": n}),
+                    ASYNCIO_KEY: ("e2e", {"n": n}),
                     "faststream_test": ("e2e", {"n": sizes.memory_peer_n}),
                 },
             ),
@@ -276,6 +303,7 @@ def sqlite_suite(sizes: Sizes, directory: str) -> Suite:
         ContenderSpec("persistqueue", f"{module}:PersistQueue", "persist-queue", params),
     ]
     everyone = [spec.key for spec in specs]
+    specs = _with_asyncio_worker(specs, "bench-sqlite-async")
     specs = _with_linearity_worker(specs, "bench-sqlite-4n")
     n = sizes.sqlite_n
     return Suite(
@@ -284,8 +312,10 @@ def sqlite_suite(sizes: Sizes, directory: str) -> Suite:
         specs,
         [
             Measurement("publish", "publish, one by one (msg/s)", _ops(everyone, "publish", n=n)),
-            Measurement("consume", "consume (msg/s)", _ops(everyone, "consume", n=n)),
-            Measurement("e2e", "end to end (msg/s)", _ops(everyone, "e2e", n=n)),
+            Measurement(
+                "consume", "consume (msg/s)", _ops([*everyone, ASYNCIO_KEY], "consume", n=n)
+            ),
+            Measurement("e2e", "end to end (msg/s)", _ops([*everyone, ASYNCIO_KEY], "e2e", n=n)),
             _linearity(n),
         ],
         [
@@ -296,6 +326,22 @@ def sqlite_suite(sizes: Sizes, directory: str) -> Suite:
 
 
 TARGETS = [
+    *[
+        Target(
+            suite,
+            "e2e",
+            1.0,
+            "melange",
+            numerator=ASYNCIO_KEY,
+            text=f"{title}: asyncio end to end >= threaded end to end",
+        )
+        for suite, title in [
+            ("rabbitmq", "RabbitMQ"),
+            ("sqs", "SQS"),
+            ("memory", "in-memory"),
+            ("sqlite", "SQLite"),
+        ]
+    ],
     Target("rabbitmq", "e2e", 0.9, "pika", text="RabbitMQ end to end >= 0.9x raw pika"),
     Target("rabbitmq", "e2e", 3.0, "faststream", text="RabbitMQ end to end >= 3x FastStream"),
     Target(

@@ -6,6 +6,7 @@ says one instance must serve both (in-memory: the queue lives in the instance).
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import version
 from typing import Any
 
@@ -13,7 +14,11 @@ from benchmarks.workload import Contender, Payload, Tally
 
 
 class MelangeContender(Contender):
-    """Publishes with :class:`~melange.QueuePublisher`; consumes with ``consume_loop``."""
+    """Publishes with :class:`~melange.QueuePublisher`; consumes with ``consume_loop``.
+
+    With the parameter ``driver="asyncio"`` the consumer is an ``AsyncMessageDispatcher``
+    running on an event loop (the publisher stays the same).
+    """
 
     label = "Melange"
     #: One backend instance for the publisher and the dispatcher.
@@ -29,6 +34,7 @@ class MelangeContender(Contender):
 
     def setup(self) -> dict[str, str]:
         from melange import Consumer, JsonSerializer, MessageDispatcher, QueuePublisher
+        from melange.aio import AsyncMessageDispatcher
 
         self.queue_name = str(self.params.get("queue", f"bench-{type(self).__name__.lower()}"))
         self.pub_backend = self.make_backend()
@@ -37,10 +43,14 @@ class MelangeContender(Contender):
         self.purge()
         self.publisher = QueuePublisher(JsonSerializer(), backend=self.pub_backend)
         self._handle: Tally | None = None
-        self.dispatcher = MessageDispatcher(
+        self.asyncio = self.params.get("driver") == "asyncio"
+        kind = AsyncMessageDispatcher if self.asyncio else MessageDispatcher
+        # An asyncio service's handlers are coroutines; plain ones would each take a thread.
+        handler = self._on_message_async if self.asyncio else self._on_message
+        self.dispatcher = kind(
             JsonSerializer(),
             backend=self.sub_backend,
-            consumers=[Consumer(on_message=self._on_message, name="bench")],
+            consumers=[Consumer(on_message=handler, name="bench")],
         )
         return {"melange": version("melange")}
 
@@ -58,6 +68,9 @@ class MelangeContender(Contender):
             # Ends consume_loop once this message is settled.
             self.dispatcher.stop()
 
+    async def _on_message_async(self, payload: Any) -> None:
+        self._on_message(payload)
+
     def publish_one(self, payload: Payload) -> None:
         self.publisher.publish(self.queue_name, payload)
 
@@ -68,7 +81,9 @@ class MelangeContender(Contender):
         self._handle = handle
         try:
             while not handle.complete:
-                self.dispatcher.consume_loop(self.queue_name, install_signal_handlers=False)
+                loop = self.dispatcher.consume_loop(self.queue_name, install_signal_handlers=False)
+                if self.asyncio:
+                    asyncio.run(loop)
         finally:
             self._handle = None
 

@@ -88,6 +88,11 @@ class MessagingBackend(ABC):
     #: ``None`` leaves it to the backend's own default (e.g. SQS long polling).
     loop_wait_seconds: float | None = None
 
+    #: Whether calls may block on I/O. An asyncio dispatcher runs the calls of a blocking
+    #: backend on worker threads; a backend that never blocks (in memory) it calls on the
+    #: event loop, except a receive that has to wait for messages.
+    blocking: bool = True
+
     @property
     def capabilities(self) -> BackendCapabilities:
         """What this backend supports; override it to advertise more."""

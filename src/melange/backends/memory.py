@@ -182,6 +182,9 @@ class InMemoryMessagingBackend(MessagingBackend):
                 self._topics[topic_name] = []
         return TopicWrapper(topic_name, topic_name)
 
+    #: Everything happens in process memory, under a lock held for microseconds.
+    blocking = False
+
     def get_queue(self, queue_name: str) -> QueueWrapper:
         with self._lock:
             if queue_name not in self._queues:

@@ -42,7 +42,7 @@ from melange.dispatch.effects import (
     Unwatch,
     Watch,
 )
-from melange.dispatch.engine import Step
+from melange.dispatch.engine import Engine, Step
 from melange.models import Message, QueueWrapper
 
 logger = logging.getLogger("melange.dispatcher")
@@ -115,23 +115,38 @@ class AsyncMessageDispatcher(DispatcherBase):
         def threaded(fn: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
             return lambda effect: asyncio.to_thread(fn, effect)
 
+        settling: dict[type, Callable[[Any], Any]] = {
+            Ack: ack,
+            Nack: lambda e: backend.nack(e.message, e.delay),
+            Release: lambda e: backend.release(e.message, e.delay),
+            DeadLetter: lambda e: backend.dead_letter(e.message, e.headers),
+        }
         self._inline: dict[type, Callable[[Any], Any]] = {
             Holds: lambda e: backend.holds(e.message),
             Watch: watch,
             Unwatch: unwatch,
         }
         self._awaited: dict[type, Callable[[Any], Awaitable[Any]]] = {
-            Receive: threaded(lambda e: backend.retrieve_messages(e.queue, **e.options)),
+            Receive: self._receive,
             Invoke: self._invoke,
             Claim: threaded(lambda e: cache.claim(e.key, e.lease) if cache else None),
             FinishClaim: finish_claim,
             ProbeCache: threaded(lambda e: cache.get("melange-cache-probe") if cache else None),
-            Ack: threaded(ack),
-            Nack: threaded(lambda e: backend.nack(e.message, e.delay)),
-            Release: threaded(lambda e: backend.release(e.message, e.delay)),
-            DeadLetter: threaded(lambda e: backend.dead_letter(e.message, e.headers)),
             Sleep: self._sleep,
         }
+        if backend.blocking:
+            self._awaited.update({kind: threaded(fn) for kind, fn in settling.items()})
+        else:
+            self._inline.update(settling)
+
+    async def _receive(self, effect: Receive) -> list[Message]:
+        backend = self._backend
+        if not backend.blocking:
+            # What is there now, on the loop; only a wait for more goes to a thread.
+            ready = backend.retrieve_messages(effect.queue, **{**effect.options, "wait_seconds": 0})
+            if ready or not effect.options.get("wait_seconds"):
+                return ready
+        return await asyncio.to_thread(backend.retrieve_messages, effect.queue, **effect.options)
 
     async def _drive(self, step: Step[Any]) -> Any:
         return await run_async(step, self._inline, self._awaited)
@@ -257,10 +272,12 @@ class AsyncMessageDispatcher(DispatcherBase):
                 for message in messages:
                     await slots.acquire()
                     group = message.group_id
-                    # Chain on the group's previous message, even a finished one of this batch:
-                    # if it is coming back, this one must come back too.
+                    # Wait for the group's previous message (see Engine.may_go_ahead).
+                    same_batch = group is not None and group in in_batch
                     before = (in_batch.get(group) or tails.get(group)) if group else None
-                    task = asyncio.create_task(self._work(message, queue.name, before, slots))
+                    task = asyncio.create_task(
+                        self._work(message, queue.name, before, same_batch, slots)
+                    )
                     running.add(task)
                     task.add_done_callback(running.discard)
                     if group is not None:
@@ -279,11 +296,12 @@ class AsyncMessageDispatcher(DispatcherBase):
         message: Message,
         queue_name: str,
         before: asyncio.Task[bool] | None,
+        same_batch: bool,
         slots: asyncio.Semaphore,
     ) -> bool:
         """Process one message in its own task; returns whether it is settled for good."""
         try:
-            go_ahead = before is None or await before
+            go_ahead = before is None or Engine.may_go_ahead(await before, same_batch)
             return bool(await self._drive(self._engine.process(message, queue_name, go_ahead)))
         except (SystemExit, KeyboardInterrupt) as exc:
             self._interrupt_from_worker(exc)

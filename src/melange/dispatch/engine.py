@@ -246,6 +246,19 @@ class Engine:
                 yield Unwatch(messages=(message,))
         return (yield from self.apply(verdict, message, queue_name))
 
+    @staticmethod
+    def may_go_ahead(previous_settled_for_good: bool, same_batch: bool) -> bool:
+        """Whether a message of a FIFO group may be handled once the group's previous
+        message is done.
+
+        Messages of a group run one after the other. When the previous one is coming back,
+        the later ones received with it (in the same batch) must come back too, or they would
+        overtake it. A message received in a later batch was delivered after the previous one
+        was settled (a FIFO broker holds a group while one of its messages is out), so it goes
+        ahead whatever became of that one: giving it back too would only make it circle.
+        """
+        return previous_settled_for_good or not same_batch
+
     def release(self, messages: Sequence[Message]) -> Step[None]:
         """Give ``messages`` back unprocessed, not as attempts."""
         for message in messages:

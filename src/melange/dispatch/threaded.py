@@ -45,7 +45,7 @@ from melange.dispatch.effects import (
     Unwatch,
     Watch,
 )
-from melange.dispatch.engine import Step
+from melange.dispatch.engine import Engine, Step
 from melange.dispatch.leases import Heartbeat
 from melange.dispatch.stats import DispatcherStats
 from melange.models import Message, QueueWrapper
@@ -314,10 +314,10 @@ class MessageDispatcher(DispatcherBase):
                 for message in messages:
                     slots.acquire()
                     group = message.group_id
-                    # Chain on the group's previous message, even a finished one of this
-                    # batch: if it is coming back, this one must come back too.
+                    # Wait for the group's previous message (see Engine.may_go_ahead).
+                    same_batch = group is not None and group in in_batch
                     before = (in_batch.get(group) or tails.get(group)) if group else None
-                    future = pool.submit(self._work, message, queue.name, before, slots)
+                    future = pool.submit(self._work, message, queue.name, before, same_batch, slots)
                     if group is not None:
                         in_batch[group] = tails[group] = future
                         future.add_done_callback(_forget_tail(tails, group))
@@ -334,11 +334,12 @@ class MessageDispatcher(DispatcherBase):
         message: Message,
         queue_name: str,
         before: Future[bool] | None,
+        same_batch: bool,
         slots: threading.Semaphore,
     ) -> bool:
         """Process one message on a worker; returns whether it is settled for good."""
         try:
-            go_ahead = before is None or before.result()
+            go_ahead = before is None or Engine.may_go_ahead(before.result(), same_batch)
             return bool(self._drive(self._engine.process(message, queue_name, go_ahead)))
         except (SystemExit, KeyboardInterrupt) as exc:
             self._interrupt_from_worker(exc)
