@@ -28,21 +28,12 @@ from typing import Any
 from melange.consumers import is_coroutine_consumer
 from melange.dispatch.base import DispatcherBase
 from melange.dispatch.effects import (
-    Ack,
-    Claim,
-    DeadLetter,
-    FinishClaim,
-    Holds,
     Invoke,
-    Nack,
-    ProbeCache,
     Receive,
-    Release,
     Sleep,
-    Unwatch,
-    Watch,
 )
 from melange.dispatch.engine import Engine, Step
+from melange.dispatch.perform import CACHE, LOCAL, SETTLING, BlockingPerformer
 from melange.models import Message, QueueWrapper
 
 logger = logging.getLogger("melange.dispatcher")
@@ -80,64 +71,20 @@ class AsyncMessageDispatcher(DispatcherBase):
     """
 
     def _setup_driver(self) -> None:
-        backend, cache, leases = self._backend, self._cache, self._leases
         self._executor: ThreadPoolExecutor | None = None
-
-        def watch(effect: Watch) -> None:
-            if leases is None:
-                return
-            if effect.messages:
-                leases.add_batch(effect.messages)
-            if effect.key is not None:
-                assert cache is not None
-                leases.add_claim(effect.key, effect.lease, cache.renew)
-
-        def unwatch(effect: Unwatch) -> None:
-            if leases is None:
-                return
-            if effect.messages:
-                leases.remove_batch(effect.messages)
-            if effect.key is not None:
-                leases.remove_claim(effect.key)
-
-        async def finish_claim(effect: FinishClaim) -> None:
-            assert cache is not None
-            action = cache.mark_done if effect.done else cache.release
-            await asyncio.to_thread(action, effect.key)
-
-        def ack(effect: Ack) -> None:
-            messages = effect.messages
-            if len(messages) == 1:
-                backend.acknowledge(messages[0])
-            else:
-                backend.acknowledge_batch(messages)
+        blocking = BlockingPerformer(self._backend, self._cache, self._leases, self._stop)
+        self._blocking = blocking
 
         def threaded(fn: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
             return lambda effect: asyncio.to_thread(fn, effect)
 
-        settling: dict[type, Callable[[Any], Any]] = {
-            Ack: ack,
-            Nack: lambda e: backend.nack(e.message, e.delay),
-            Release: lambda e: backend.release(e.message, e.delay),
-            DeadLetter: lambda e: backend.dead_letter(e.message, e.headers),
-        }
-        self._inline: dict[type, Callable[[Any], Any]] = {
-            Holds: lambda e: backend.holds(e.message),
-            Watch: watch,
-            Unwatch: unwatch,
-        }
+        table = blocking.table
+        on_loop = LOCAL if self._backend.blocking else (*LOCAL, *SETTLING)
+        self._inline: dict[type, Callable[[Any], Any]] = {kind: table[kind] for kind in on_loop}
         self._awaited: dict[type, Callable[[Any], Awaitable[Any]]] = {
-            Receive: self._receive,
-            Invoke: self._invoke,
-            Claim: threaded(lambda e: cache.claim(e.key, e.lease) if cache else None),
-            FinishClaim: finish_claim,
-            ProbeCache: threaded(lambda e: cache.get("melange-cache-probe") if cache else None),
-            Sleep: self._sleep,
+            kind: threaded(table[kind]) for kind in (*SETTLING, *CACHE) if kind not in on_loop
         }
-        if backend.blocking:
-            self._awaited.update({kind: threaded(fn) for kind, fn in settling.items()})
-        else:
-            self._inline.update(settling)
+        self._awaited.update({Receive: self._receive, Invoke: self._invoke, Sleep: self._sleep})
 
     async def _receive(self, effect: Receive) -> list[Message]:
         backend = self._backend
@@ -146,7 +93,7 @@ class AsyncMessageDispatcher(DispatcherBase):
             ready = backend.retrieve_messages(effect.queue, **{**effect.options, "wait_seconds": 0})
             if ready or not effect.options.get("wait_seconds"):
                 return ready
-        return await asyncio.to_thread(backend.retrieve_messages, effect.queue, **effect.options)
+        return await asyncio.to_thread(self._blocking, effect)
 
     async def _drive(self, step: Step[Any]) -> Any:
         return await run_async(step, self._inline, self._awaited)

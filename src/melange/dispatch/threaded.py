@@ -15,7 +15,6 @@ effects it asks for, and schedules messages on worker threads.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import queue as queue_module
 import signal
@@ -30,23 +29,8 @@ from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
 from melange.deduplication.cache import DeduplicationCache
 from melange.dispatch.base import DispatcherBase
-from melange.dispatch.effects import (
-    Ack,
-    Claim,
-    DeadLetter,
-    FinishClaim,
-    Holds,
-    Invoke,
-    Nack,
-    ProbeCache,
-    Receive,
-    Release,
-    Sleep,
-    Unwatch,
-    Watch,
-)
 from melange.dispatch.engine import Engine, Step
-from melange.dispatch.leases import Heartbeat
+from melange.dispatch.perform import BlockingPerformer
 from melange.dispatch.stats import DispatcherStats
 from melange.models import Message, QueueWrapper
 from melange.serializers.registry import SerializerSource
@@ -70,94 +54,6 @@ def run_sync(step: Step[Any], perform: Callable[[Any], Any]) -> Any:
                 effect = step.send(result)
     except StopIteration as done:
         return done.value
-
-
-class _Performer:
-    """Performs the engine's effects with blocking calls (see :mod:`melange.dispatch.effects`)."""
-
-    def __init__(
-        self,
-        backend: MessagingBackend,
-        cache: DeduplicationCache | None,
-        leases: Heartbeat | None,
-        stop: threading.Event,
-    ) -> None:
-        self._backend = backend
-        self._cache = cache
-        self._leases = leases
-        self._stop = stop
-        # Looked up on the backend at each call, so that wrappers installed later apply.
-        self._table: dict[type, Callable[[Any], Any]] = {
-            Receive: lambda e: backend.retrieve_messages(e.queue, **e.options),
-            Holds: lambda e: backend.holds(e.message),
-            Invoke: _invoke,
-            Claim: self._claim,
-            FinishClaim: self._finish_claim,
-            ProbeCache: self._probe,
-            Watch: self._watch,
-            Unwatch: self._unwatch,
-            Ack: self._ack,
-            Nack: lambda e: backend.nack(e.message, e.delay),
-            Release: lambda e: backend.release(e.message, e.delay),
-            DeadLetter: lambda e: backend.dead_letter(e.message, e.headers),
-            Sleep: lambda e: stop.wait(e.seconds),
-        }
-
-    def __call__(self, effect: Any) -> Any:
-        return self._table[type(effect)](effect)
-
-    def _ack(self, effect: Ack) -> None:
-        messages = effect.messages
-        if len(messages) == 1:
-            self._backend.acknowledge(messages[0])
-        else:
-            self._backend.acknowledge_batch(messages)
-
-    def _claim(self, effect: Claim) -> Any:
-        assert self._cache is not None
-        return self._cache.claim(effect.key, effect.lease)
-
-    def _finish_claim(self, effect: FinishClaim) -> None:
-        assert self._cache is not None
-        if effect.done:
-            self._cache.mark_done(effect.key)
-        else:
-            self._cache.release(effect.key)
-
-    def _probe(self, _effect: ProbeCache) -> None:
-        assert self._cache is not None
-        self._cache.get("melange-cache-probe")
-
-    def _watch(self, effect: Watch) -> None:
-        leases = self._leases
-        if leases is None:
-            return
-        if effect.messages:
-            leases.add_batch(effect.messages)
-        if effect.key is not None:
-            assert self._cache is not None
-            leases.add_claim(effect.key, effect.lease, self._cache.renew)
-
-    def _unwatch(self, effect: Unwatch) -> None:
-        leases = self._leases
-        if leases is None:
-            return
-        if effect.messages:
-            leases.remove_batch(effect.messages)
-        if effect.key is not None:
-            leases.remove_claim(effect.key)
-
-
-def _invoke(effect: Invoke) -> None:
-    result = effect.consumer.process(effect.payload)
-    if result is not None and inspect.isawaitable(result):
-        close = getattr(result, "close", None)
-        if callable(close):
-            close()  # no "coroutine was never awaited" warning
-        raise TypeError(
-            f"consumer {effect.consumer.name} is asynchronous; run it with "
-            "melange.aio.AsyncMessageDispatcher"
-        )
 
 
 class _Workers:
@@ -206,7 +102,7 @@ class MessageDispatcher(DispatcherBase):
     __doc__ = DispatcherBase.__doc__
 
     def _setup_driver(self) -> None:
-        self._perform = _Performer(self._backend, self._cache, self._leases, self._stop)
+        self._perform = BlockingPerformer(self._backend, self._cache, self._leases, self._stop)
 
     def _drive(self, step: Step[Any]) -> Any:
         return run_sync(step, self._perform)
