@@ -671,3 +671,29 @@ def test_a_closed_backend_refuses_work(db: Path) -> None:
 def test_settling_a_message_from_elsewhere_is_refused(backend: SQLiteBackend) -> None:
     with pytest.raises(ValueError, match="not received from an SQLite backend"):
         backend.acknowledge(make_message("x"))
+
+
+def test_a_version_1_database_is_migrated_keeping_each_message_attempts(
+    db: Path, clock: FakeClock
+) -> None:
+    first = SQLiteBackend(db, clock=clock)
+    queue, _ = first.declare_queue("jobs")
+    first.publish_to_queue(make_message('"waiting"'), queue)
+    first.close_connection()
+    # Version 1: no attempts column; every delivery counted as an attempt.
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE messages DROP COLUMN attempts")
+        conn.execute("UPDATE messages SET receive_count = 2")
+        conn.execute("UPDATE melange_meta SET value = '1' WHERE key = 'schema_version'")
+    migrated = SQLiteBackend(db, clock=clock)
+    [got] = migrated.retrieve_messages(queue)
+    assert got.attempt == 3  # two failed deliveries before, this is the third attempt
+    migrated.nack(got)
+    [again] = migrated.retrieve_messages(queue)
+    assert again.attempt == 4
+    migrated.close_connection()
+    with sqlite3.connect(db) as conn:
+        [(version,)] = conn.execute(
+            "SELECT value FROM melange_meta WHERE key = 'schema_version'"
+        ).fetchall()
+    assert version == "2"
