@@ -129,7 +129,8 @@ class MessagingBackend(ABC):
 
         Common keyword arguments: ``filter_events`` (only messages whose manifest is listed
         reach the queue from the topics), ``max_receive_count`` (deliveries before the broker
-        dead-letters a message, default 4), ``visibility_timeout`` (seconds).
+        dead-letters a message by itself: :data:`DEFAULT_MAX_RECEIVE_COUNT`, 4 on SQS),
+        ``visibility_timeout`` (seconds).
         """
 
     @abstractmethod
