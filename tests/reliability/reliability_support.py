@@ -1,5 +1,5 @@
 """Helpers shared by the reliability tests: durable backends, consumer processes, journals,
-isolated Redis keys, stopping and restarting Redis, and polling waits.
+isolated Redis keys, a throwaway Redis to stop and restart, and polling waits.
 
 Also imported by ``consumer_worker.py`` in child processes, so it imports nothing heavy at
 module level.
@@ -28,25 +28,6 @@ from melange.backends.interfaces import MessagingBackend
 from melange.models import Message
 
 HERE = Path(__file__).resolve().parent
-
-REDIS_START = [
-    "redis-server",
-    "--daemonize",
-    "yes",
-    "--bind",
-    "127.0.0.1",
-    "-::1",
-    "--port",
-    "6379",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--dir",
-    "/var/lib/redis",
-    "--logfile",
-    "/var/log/redis/ci.log",
-]
 
 
 @contextmanager
@@ -80,26 +61,48 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "
         time.sleep(0.01)
 
 
-def stop_redis() -> None:
-    """Shut the machine's Redis down and wait until its port is closed."""
-    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], check=False, timeout=30)
-    wait_for(lambda: not service_up("127.0.0.1", 6379, 0.2), 30, "Redis to stop")
+class ThrowawayRedis:
+    """A ``redis-server`` of the test's own, on a free loopback port, that it may stop and
+    start again (a test never stops the machine's Redis: it may hold somebody's data)."""
 
+    def __init__(self, tmp_dir: Path) -> None:
+        import shutil
 
-def start_redis() -> None:
-    """Start the machine's Redis as CI does and wait until it answers PING."""
-    if not service_up("127.0.0.1", 6379, 0.2):
-        subprocess.run(REDIS_START, check=True, timeout=30)
-    deadline = time.monotonic() + 30
-    while True:
-        probe = subprocess.run(
-            ["redis-cli", "-p", "6379", "ping"], capture_output=True, text=True, timeout=10
+        server = shutil.which("redis-server")
+        if server is None:
+            import pytest
+
+            pytest.fail("redis-server is needed to start a throwaway Redis")
+        self._server = server
+        self._dir = tmp_dir
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (again, on the same port) and wait until it answers."""
+        options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self._process = subprocess.Popen(
+            [self._server, "--port", str(self.port), *options, "--dir", str(self._dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        if probe.stdout.strip() == "PONG":
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Redis did not come back: {probe.stdout} {probe.stderr}")
-        time.sleep(0.05)
+        wait_for(lambda: service_up("127.0.0.1", self.port, 0.2), 30, "the Redis to start")
+
+    def stop(self) -> None:
+        """Stop it and wait until its port is closed."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(30)
+        wait_for(lambda: not service_up("127.0.0.1", self.port, 0.2), 30, "the Redis to stop")
+
+    def __enter__(self) -> ThrowawayRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def service_up(host: str, port: int, timeout: float = 1.0) -> bool:

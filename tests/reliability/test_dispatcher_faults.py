@@ -21,14 +21,13 @@ from typing import Any
 import pytest
 from reliability_support import (
     DURABLE_BACKENDS,
+    ThrowawayRedis,
     delete_work_queue,
     drain,
     durable_spec,
     open_backend,
     queue_depth,
     redis_keys,
-    start_redis,
-    stop_redis,
     wait_for,
 )
 
@@ -376,7 +375,7 @@ def test_unreachable_cache_leaves_messages_by_default_and_processes_them_when_fa
 @pytest.mark.redis
 @pytest.mark.parametrize("workers", [1, 4])
 def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing(
-    workers: int,
+    workers: int, tmp_path: Path
 ) -> None:
     from melange.deduplication.redis_cache import RedisCache
 
@@ -391,13 +390,18 @@ def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing
     def handle(payload: dict[str, int]) -> None:
         processed[payload["n"]] += 1
         if payload["n"] == stop_at:
-            stop_redis()
+            redis_server.stop()
             outage.set()
 
-    with redis_keys() as prefix:
+    with ThrowawayRedis(tmp_path) as redis_server:
         dispatcher = MessageDispatcher(
             JsonSerializer(),
-            cache=RedisCache(key_prefix=prefix, socket_timeout=2, socket_connect_timeout=2),
+            cache=RedisCache(
+                port=redis_server.port,
+                host="127.0.0.1",
+                socket_timeout=2,
+                socket_connect_timeout=2,
+            ),
             backend=backend,
             consumers=[Consumer(handle, name="during-outage")],
         )
@@ -423,7 +427,7 @@ def test_redis_outage_with_fail_closed_default_loses_nothing_and_repeats_nothing
             outage_errors = len(errors)
             assert dict(processed) == frozen, "processed without deduplication while Redis was down"
         finally:
-            start_redis()
+            redis_server.start()
         try:
             wait_for(lambda: queue_depth(backend, QUEUE) == 0, 60, "the queue to drain")
         finally:
