@@ -28,6 +28,7 @@ from melange import JsonSerializer, MessageDispatcher
 from melange.aio import AsyncMessageDispatcher
 from melange.backends.interfaces import MessagingBackend
 from melange.models import Message
+from melange.testing import wait_until
 from melange.testing.conformance import Topology, assert_empty
 
 DRIVER_NAMES = ("threaded", "asyncio")
@@ -35,11 +36,7 @@ DRIVER_NAMES = ("threaded", "asyncio")
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.01)
+    wait_until(condition, timeout, what or None)
 
 
 # -- drivers --------------------------------------------------------------------------------

@@ -267,18 +267,11 @@ class AsyncMessageDispatcher(DispatcherBase):
         handled = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
+                loop.add_signal_handler(sig, self._signal_received, sig)
             except (NotImplementedError, RuntimeError):
                 continue
             handled.append(sig)
         return handled
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        if self._stop.is_set():
-            # Second signal: stop now.
-            raise KeyboardInterrupt if sig == signal.SIGINT else SystemExit(128 + sig)
-        logger.info("signal %s received: finishing the messages in hand", int(sig))
-        self.stop()
 
     def close(self) -> None:
         """Stop the lease renewal thread and the worker threads (the backend stays open)."""

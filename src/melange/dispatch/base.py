@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -158,6 +159,13 @@ class DispatcherBase:
         self._on_exception = on_exception
         if self._backend.loop_wait_seconds is not None:
             options.setdefault("wait_seconds", self._backend.loop_wait_seconds)
+
+    def _signal_received(self, signum: int) -> None:
+        """SIGINT/SIGTERM: the first finishes the messages in hand, a second stops now."""
+        if self._stop.is_set():
+            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+        logger.info("signal %s received: finishing the messages in hand", int(signum))
+        self.stop()
 
     def _interrupt_from_worker(self, exc: BaseException) -> None:
         """A consumer on a worker raised SystemExit/KeyboardInterrupt: stop the loop, which

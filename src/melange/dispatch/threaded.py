@@ -257,11 +257,7 @@ class MessageDispatcher(DispatcherBase):
         previous: dict[signal.Signals, Any] = {}
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            if self._stop.is_set():
-                # Second signal: stop now.
-                raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
-            logger.info("signal %s received: finishing the messages in hand", signum)
-            self.stop()
+            self._signal_received(signum)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
