@@ -34,6 +34,12 @@ DONE = "done"
 CLAIM_PREFIX = "melange-claim:"
 
 
+def check_lease(lease_seconds: float) -> None:
+    """A claim's lease must be positive: a zero lease would end the claim at once."""
+    if lease_seconds <= 0:
+        raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+
+
 class ClaimState(enum.Enum):
     """Answer of :meth:`DeduplicationCache.claim`."""
 
@@ -155,8 +161,7 @@ class InMemoryCache(DeduplicationCache):
 
     def renew(self, key: str, lease_seconds: float) -> bool:
         """Extend this instance's live claim on ``key``; ``False`` when it is not ours."""
-        if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        check_lease(lease_seconds)
         with self._lock:
             now = self._clock()
             value = self._live(key, now)

@@ -35,7 +35,13 @@ try:
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(f"RedisCache needs redis-py ({exc}): pip install 'melange[redis]'") from exc
 
-from melange.deduplication.cache import CLAIM_PREFIX, DONE, ClaimState, DeduplicationCache
+from melange.deduplication.cache import (
+    CLAIM_PREFIX,
+    DONE,
+    ClaimState,
+    DeduplicationCache,
+    check_lease,
+)
 from melange.exceptions import ConfigurationError, DeduplicationCacheError
 
 #: Seconds a processed key is remembered unless told otherwise (one week: longer than the
@@ -180,8 +186,7 @@ class RedisCache(DeduplicationCache):
 
     def claim(self, key: str, lease_seconds: float) -> ClaimState:
         """Take ``key`` for ``lease_seconds`` with ``SET NX PX``; see :class:`ClaimState`."""
-        if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        check_lease(lease_seconds)
         token = f"{CLAIM_PREFIX}{uuid.uuid4().hex}"
         lease_ms = max(1, int(lease_seconds * 1000))
         name = self._prefix + key
@@ -214,8 +219,7 @@ class RedisCache(DeduplicationCache):
         One atomic compare-and-``PEXPIRE``; ``False`` (without asking Redis when this
         instance holds no claim on ``key``) when the claim is no longer ours.
         """
-        if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        check_lease(lease_seconds)
         with self._lock:
             token = self._tokens.get(key)
         if token is None:

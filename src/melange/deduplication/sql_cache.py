@@ -43,7 +43,13 @@ from typing import Any
 
 from melange.consumers import Consumer
 from melange.context import current_message
-from melange.deduplication.cache import CLAIM_PREFIX, DONE, ClaimState, DeduplicationCache
+from melange.deduplication.cache import (
+    CLAIM_PREFIX,
+    DONE,
+    ClaimState,
+    DeduplicationCache,
+    check_lease,
+)
 from melange.exceptions import ConfigurationError, DeduplicationCacheError
 from melange.models import Message
 
@@ -210,8 +216,7 @@ class SQLDeduplicationCache(DeduplicationCache):
 
     def claim(self, key: str, lease_seconds: float) -> ClaimState:
         """Take ``key`` for ``lease_seconds``, or report it DONE or BUSY (one statement)."""
-        if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        check_lease(lease_seconds)
         token = uuid.uuid4().hex
         # Insert a claim, or take over a row whose lease or memory has expired.
         upsert = self._sql(
@@ -272,8 +277,7 @@ class SQLDeduplicationCache(DeduplicationCache):
         A lease that ran out but that nobody took over still carries our token, so it is
         renewed: no other process can have started on the key in between.
         """
-        if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        check_lease(lease_seconds)
         with self._lock:
             token = self._tokens.get(key)
             if token is None:
