@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from melange.aio import AsyncMessageDispatcher
 from melange.backends.rabbitmq import RabbitMQBackend
 from melange.backends.rabbitmq.connection import MAX_QUEUED_POSTS
 from melange.backends.rabbitmq.rabbitmq_backend import (
@@ -189,8 +191,9 @@ def test_a_lost_connection_repeats_at_most_the_handlers_in_flight(
     assert repeated <= len(cuts) * (MAX_QUEUED_POSTS + 2 * workers)
 
 
+@pytest.mark.parametrize("driver", ["threaded", "asyncio"])
 def test_messages_of_a_lost_connection_are_not_held_and_not_started(
-    make_rabbit: Callable[..., RabbitMQBackend], topology: Topology, proxy: Any
+    make_rabbit: Callable[..., RabbitMQBackend], topology: Topology, proxy: Any, driver: str
 ) -> None:
     backend = make_rabbit(port=proxy.port, heartbeat=2, reconnect_max_delay=0.2)
     queue = topology.queue(dlq=True)
@@ -203,10 +206,14 @@ def test_messages_of_a_lost_connection_are_not_held_and_not_started(
     proxy.cut()
     wait_until(lambda: not any(backend.holds(m) for m in received), 10, "the loss to show")
     ran: list[dict[str, int]] = []
-    dispatcher = MessageDispatcher(
-        JsonSerializer(), backend=backend, consumers=[Consumer(ran.append)]
-    )
-    dispatcher.dispatch(received, queue.name)
+    options: dict[str, Any] = {"backend": backend, "consumers": [Consumer(ran.append)]}
+    dispatcher: MessageDispatcher | AsyncMessageDispatcher
+    if driver == "asyncio":
+        dispatcher = AsyncMessageDispatcher(JsonSerializer(), **options)
+        asyncio.run(dispatcher.dispatch(received, queue.name))
+    else:
+        dispatcher = MessageDispatcher(JsonSerializer(), **options)
+        dispatcher.dispatch(received, queue.name)
     # Not started: the broker delivers them again, on the new connection.
     assert ran == []
     assert dispatcher.stats.released == 3
