@@ -1,0 +1,296 @@
+"""The asynchronous messaging backend contract, for transports with a native asyncio client.
+
+:class:`AsyncMessagingBackend` is :class:`~melange.backends.interfaces.MessagingBackend` with
+coroutines: the same methods, arguments, results, errors and guarantees (at-least-once,
+idempotent-enough settling, a message settled by the instance that received it), so that the
+asyncio dispatcher and publishers await broker calls instead of running blocking clients on
+worker threads. What a backend decides (queue arguments, the wire format, retry queues, dead
+letters) lives in modules shared with its blocking twin; only the I/O differs.
+
+:func:`as_async` presents a blocking backend through this contract (its calls run on worker
+threads, or inline for a backend that never blocks, like the in-memory one), so the asyncio
+dispatcher talks to one contract whatever it is given.
+
+A concrete subclass must set :attr:`AsyncMessagingBackend.name` (``"rabbitmq"``, ...): it is
+how logs, metrics and the factory name the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+_T = TypeVar("_T")
+
+
+class AsyncMessagingBackend(ABC):
+    """Base class of messaging backends whose I/O is asyncio-native.
+
+    Each coroutine means what the :class:`~melange.backends.interfaces.MessagingBackend`
+    method of the same name means; :meth:`holds` and :meth:`visibility_timeout_for` look at
+    local state only and are plain methods.
+    """
+
+    #: Short name of the transport (``"rabbitmq"``, ``"sqs"``, ...); required.
+    name: ClassVar[str]
+
+    #: See :attr:`MessagingBackend.loop_wait_seconds`.
+    loop_wait_seconds: float | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls, "__abstractmethods__", None) and not isinstance(
+            getattr(cls, "name", None), str
+        ):
+            raise TypeError(f"{cls.__name__} must set the class attribute 'name' (a str)")
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        """What this backend supports; override it to advertise more."""
+        return BackendCapabilities(name=self.name, persistent=False, fifo=False)
+
+    # -- topology ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def declare_topic(self, topic_name: str) -> TopicWrapper:
+        """See :meth:`MessagingBackend.declare_topic`."""
+
+    @abstractmethod
+    async def get_topic(self, topic_name: str) -> TopicWrapper:
+        """See :meth:`MessagingBackend.get_topic`."""
+
+    @abstractmethod
+    async def get_queue(self, queue_name: str) -> QueueWrapper:
+        """See :meth:`MessagingBackend.get_queue`."""
+
+    @abstractmethod
+    async def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """See :meth:`MessagingBackend.declare_queue`."""
+
+    @abstractmethod
+    async def delete_queue(self, queue: QueueWrapper) -> None:
+        """See :meth:`MessagingBackend.delete_queue`."""
+
+    @abstractmethod
+    async def delete_topic(self, topic: TopicWrapper) -> None:
+        """See :meth:`MessagingBackend.delete_topic`."""
+
+    # -- publishing -------------------------------------------------------------------------
+
+    @abstractmethod
+    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        """See :meth:`MessagingBackend.publish_to_queue`."""
+
+    @abstractmethod
+    async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        """See :meth:`MessagingBackend.publish_to_topic`."""
+
+    async def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
+    ) -> None:
+        """See :meth:`MessagingBackend.publish_batch_to_queue`."""
+        for message in messages:
+            await self.publish_to_queue(message, queue, **kwargs)
+
+    async def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
+    ) -> None:
+        """See :meth:`MessagingBackend.publish_batch_to_topic`."""
+        for message in messages:
+            await self.publish_to_topic(message, topic, **kwargs)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    @abstractmethod
+    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """See :meth:`MessagingBackend.retrieve_messages`."""
+
+    @abstractmethod
+    async def acknowledge(self, message: Message) -> None:
+        """See :meth:`MessagingBackend.acknowledge`."""
+
+    async def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        """See :meth:`MessagingBackend.acknowledge_batch`."""
+        for message in messages:
+            await self.acknowledge(message)
+
+    async def nack(self, message: Message, delay: float = 0.0) -> None:
+        """See :meth:`MessagingBackend.nack`."""
+
+    async def release(self, message: Message, delay: float = 0.0) -> None:
+        """See :meth:`MessagingBackend.release` (the default is :meth:`nack`)."""
+        await self.nack(message, delay)
+
+    def holds(self, message: Message) -> bool:
+        """See :meth:`MessagingBackend.holds`."""
+        return True
+
+    async def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
+        """See :meth:`MessagingBackend.dead_letter`."""
+        return False
+
+    async def extend_visibility(self, message: Message, seconds: float) -> None:
+        """See :meth:`MessagingBackend.extend_visibility`."""
+
+    def visibility_timeout_for(self, message: Message) -> float | None:
+        """See :meth:`MessagingBackend.visibility_timeout_for`."""
+        return None
+
+    def interrupt(self) -> None:
+        """Wake a :meth:`retrieve_messages` waiting for messages (thread-safe; used on stop)."""
+
+    async def aclose(self) -> None:
+        """Release connections. The backend may not be used afterwards."""
+
+    async def __aenter__(self) -> AsyncMessagingBackend:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class BlockingBackendAdapter(AsyncMessagingBackend):
+    """A blocking :class:`MessagingBackend` behind the asynchronous contract.
+
+    Calls run on worker threads (``asyncio.to_thread``); for a backend that never blocks
+    (``blocking = False``) they run inline on the loop, except a receive that must wait for
+    messages. Use :func:`as_async` rather than this class.
+    """
+
+    name = "blocking-adapter"
+
+    def __init__(self, backend: MessagingBackend) -> None:
+        self.backend = backend
+        self.loop_wait_seconds = backend.loop_wait_seconds
+
+    def __repr__(self) -> str:
+        return f"<as_async({self.backend!r})>"
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return self.backend.capabilities
+
+    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        if self.backend.blocking:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    async def declare_topic(self, topic_name: str) -> TopicWrapper:
+        return await asyncio.to_thread(self.backend.declare_topic, topic_name)
+
+    async def get_topic(self, topic_name: str) -> TopicWrapper:
+        return await asyncio.to_thread(self.backend.get_topic, topic_name)
+
+    async def get_queue(self, queue_name: str) -> QueueWrapper:
+        return await asyncio.to_thread(self.backend.get_queue, queue_name)
+
+    async def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        return await asyncio.to_thread(
+            self.backend.declare_queue,
+            queue_name,
+            *topics_to_bind,
+            dead_letter_queue_name=dead_letter_queue_name,
+            **kwargs,
+        )
+
+    async def delete_queue(self, queue: QueueWrapper) -> None:
+        await asyncio.to_thread(self.backend.delete_queue, queue)
+
+    async def delete_topic(self, topic: TopicWrapper) -> None:
+        await asyncio.to_thread(self.backend.delete_topic, topic)
+
+    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        await self._call(self.backend.publish_to_queue, message, queue, **kwargs)
+
+    async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        await self._call(self.backend.publish_to_topic, message, topic, **kwargs)
+
+    async def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
+    ) -> None:
+        await self._call(self.backend.publish_batch_to_queue, messages, queue, **kwargs)
+
+    async def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
+    ) -> None:
+        await self._call(self.backend.publish_batch_to_topic, messages, topic, **kwargs)
+
+    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        backend = self.backend
+        if not backend.blocking:
+            # What is there now, on the loop; only a wait for more goes to a thread.
+            ready = backend.retrieve_messages(queue, **{**kwargs, "wait_seconds": 0})
+            if ready or not kwargs.get("wait_seconds"):
+                return ready
+        return await asyncio.to_thread(backend.retrieve_messages, queue, **kwargs)
+
+    async def acknowledge(self, message: Message) -> None:
+        await self._call(self.backend.acknowledge, message)
+
+    async def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        await self._call(self.backend.acknowledge_batch, messages)
+
+    async def nack(self, message: Message, delay: float = 0.0) -> None:
+        await self._call(self.backend.nack, message, delay)
+
+    async def release(self, message: Message, delay: float = 0.0) -> None:
+        await self._call(self.backend.release, message, delay)
+
+    def holds(self, message: Message) -> bool:
+        return self.backend.holds(message)
+
+    async def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
+        return await self._call(self.backend.dead_letter, message, headers)
+
+    async def extend_visibility(self, message: Message, seconds: float) -> None:
+        await self._call(self.backend.extend_visibility, message, seconds)
+
+    def visibility_timeout_for(self, message: Message) -> float | None:
+        return self.backend.visibility_timeout_for(message)
+
+    def interrupt(self) -> None:
+        self.backend.interrupt()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.backend.close_connection)
+
+
+def as_async(backend: MessagingBackend | AsyncMessagingBackend) -> AsyncMessagingBackend:
+    """``backend`` through the asynchronous contract (itself when it already is one)."""
+    if isinstance(backend, AsyncMessagingBackend):
+        return backend
+    if isinstance(backend, MessagingBackend):
+        return BlockingBackendAdapter(backend)
+    raise TypeError(
+        f"backend must be a MessagingBackend or an AsyncMessagingBackend, got "
+        f"{type(backend).__name__}"
+    )
+
+
+def overrides_holds(backend: MessagingBackend | AsyncMessagingBackend) -> bool:
+    """Whether ``backend`` can orphan a message (it overrides ``holds``)."""
+    if isinstance(backend, BlockingBackendAdapter):
+        backend = backend.backend
+    if isinstance(backend, AsyncMessagingBackend):
+        return type(backend).holds is not AsyncMessagingBackend.holds
+    return type(backend).holds is not MessagingBackend.holds
+
+
+__all__ = ["AsyncMessagingBackend", "BlockingBackendAdapter", "as_async", "overrides_holds"]
