@@ -48,8 +48,25 @@ class ClaimState(enum.Enum):
     BUSY = "busy"  # another process is processing it right now: try again later
 
 
+def state_of(value: Any) -> ClaimState:
+    """What the value found under a key means for a claim by lookup: free (``CLAIMED``),
+    someone's claim (``BUSY``) or processed (``DONE``; any other value, as 7.2.0 wrote)."""
+    if value is None:
+        return ClaimState.CLAIMED
+    if isinstance(value, str) and value.startswith(CLAIM_PREFIX):
+        return ClaimState.BUSY
+    return ClaimState.DONE
+
+
 class DeduplicationCache(ABC):
-    """Where dispatchers record processed message ids."""
+    """Where dispatchers record processed message ids.
+
+    For an ``async`` cache see :class:`~melange.deduplication.async_cache.AsyncDeduplicationCache`.
+    """
+
+    #: Whether calls may block on I/O. The asyncio dispatcher runs the calls of a blocking
+    #: cache on worker threads, and those of one that never blocks (in memory) on the loop.
+    blocking: bool = True
 
     @abstractmethod
     def store(self, key: str, value: Any) -> None:
@@ -68,12 +85,7 @@ class DeduplicationCache(ABC):
         The default is a plain lookup, fine for a cache used by one process; caches shared by
         several processes override it with an atomic operation.
         """
-        value = self.get(key)
-        if value is None:
-            return ClaimState.CLAIMED
-        if isinstance(value, str) and value.startswith(CLAIM_PREFIX):
-            return ClaimState.BUSY
-        return ClaimState.DONE
+        return state_of(self.get(key))
 
     def renew(self, key: str, lease_seconds: float) -> bool:
         """Extend this instance's claim on ``key`` to ``lease_seconds`` from now.
@@ -103,6 +115,8 @@ class DeduplicationCache(ABC):
 class NullCache(DeduplicationCache):
     """A cache that remembers nothing: every delivery is processed."""
 
+    blocking = False
+
     def store(self, key: str, value: Any) -> None:
         return None
 
@@ -117,6 +131,8 @@ class InMemoryCache(DeduplicationCache):
         expire: Seconds a processed key is remembered (``None``: forever).
         clock: Monotonic clock in seconds.
     """
+
+    blocking = False
 
     def __init__(
         self, expire: float | None = None, *, clock: Callable[[], float] = time.monotonic
@@ -151,13 +167,10 @@ class InMemoryCache(DeduplicationCache):
     def claim(self, key: str, lease_seconds: float) -> ClaimState:
         with self._lock:
             now = self._clock()
-            value = self._live(key, now)
-            if value is None:
+            state = state_of(self._live(key, now))
+            if state is ClaimState.CLAIMED:
                 self._entries[key] = (self._claim_value(), now + lease_seconds)
-                return ClaimState.CLAIMED
-            if isinstance(value, str) and value.startswith(CLAIM_PREFIX):
-                return ClaimState.BUSY
-            return ClaimState.DONE
+            return state
 
     def renew(self, key: str, lease_seconds: float) -> bool:
         """Extend this instance's live claim on ``key``; ``False`` when it is not ours."""

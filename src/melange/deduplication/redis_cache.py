@@ -1,4 +1,4 @@
-"""A deduplication cache in Redis, shared by every process that consumes a queue.
+"""Deduplication caches in Redis, shared by every process that consumes a queue.
 
 Install the extra: ``pip install melange[redis]``. Claims are atomic across processes::
 
@@ -7,16 +7,20 @@ Install the extra: ``pip install melange[redis]``. Claims are atomic across proc
     cache = RedisCache.from_url("redis://localhost:6379/0", expire=24 * 3600)
     dispatcher = MessageDispatcher(JsonSerializer(), cache=cache, backend=backend)
 
-How keys are used:
+:class:`AsyncRedisCache` is the same cache on ``redis.asyncio``, for the asyncio dispatcher;
+it takes the same options, and the two may share keys.
 
-- :meth:`RedisCache.claim` runs ``SET key <claim token> NX PX <lease>``: only one process
-  gets the key; the lease ends by itself if that process dies.
-- :meth:`RedisCache.renew` resets the lease (``PEXPIRE``) only if the key still holds this
-  process's own claim token (compare-and-expire in a Lua script).
-- :meth:`RedisCache.mark_done` sets the key to ``"done"`` for ``expire`` seconds.
-- :meth:`RedisCache.release` deletes the key only if it still holds this process's own claim
-  token (compare-and-delete in a Lua script), so a late release never drops another
-  process's claim or a finished mark.
+How keys are used (the scripts are in :mod:`~melange.deduplication.redis_claims`):
+
+- ``claim`` sets the key to a fresh claim token with ``SET NX PX <lease>`` and reads what it
+  holds, in one Lua script: only one process gets the key; the lease ends by itself if that
+  process dies.
+- ``renew`` resets the lease (``PEXPIRE``) only if the key still holds this instance's own
+  claim token (compare-and-expire in a Lua script).
+- ``mark_done`` sets the key to ``"done"`` for ``expire`` seconds.
+- ``release`` deletes the key only if it still holds this instance's own claim token
+  (compare-and-delete in a Lua script), so a late release never drops another process's
+  claim or a finished mark.
 
 Any other value is read as "processed": keys written by Melange 7.2.0, which stored the key
 itself as the value, keep deduplicating after an upgrade.
@@ -24,55 +28,109 @@ itself as the value, keep deduplicating after an upgrade.
 
 from __future__ import annotations
 
-import threading
-import uuid
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 try:
     import redis
+    import redis.asyncio
+    import redis.asyncio.retry
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(f"RedisCache needs redis-py ({exc}): pip install 'melange[redis]'") from exc
 
-from melange.deduplication.cache import (
-    CLAIM_PREFIX,
-    DONE,
-    ClaimState,
-    DeduplicationCache,
-    check_lease,
+from melange.deduplication.async_cache import AsyncDeduplicationCache
+from melange.deduplication.cache import DONE, ClaimState, DeduplicationCache
+from melange.deduplication.redis_claims import (
+    CLAIM_SCRIPT,
+    DEFAULT_EXPIRE,
+    RELEASE_SCRIPT,
+    RENEW_SCRIPT,
+    RETRIES,
+    RETRY_BACKOFF_BASE,
+    RETRY_BACKOFF_CAP,
+    cache_error,
+    check_options,
+    claim_state,
+    lease_ms,
+    new_token,
+    redact,
+    text,
 )
 from melange.exceptions import ConfigurationError, DeduplicationCacheError
 
-#: Seconds a processed key is remembered unless told otherwise (one week: longer than the
-#: default retention of the brokers Melange supports, so a late redelivery is still caught).
-DEFAULT_EXPIRE = 7 * 24 * 3600
-
-# Deletes KEYS[1] only when it still holds ARGV[1] (our claim token).
-_RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-# Resets the lease of KEYS[1] to ARGV[2] milliseconds only when it still holds ARGV[1].
-_RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
+_Client = TypeVar("_Client", "redis.Redis", "redis.asyncio.Redis")
 
 
-class RedisCache(DeduplicationCache):
+class _RedisCacheConfig(Generic[_Client]):
+    """The options, the client and the claim tokens of a Redis cache: everything but I/O."""
+
+    _client: _Client
+
+    def __init__(
+        self,
+        client_class: Any,
+        retry: Any,
+        *,
+        host: str,
+        port: int,
+        db: int,
+        password: str | None,
+        expire: int | None,
+        url: str | None,
+        socket_timeout: float,
+        socket_connect_timeout: float,
+        key_prefix: str,
+        client: _Client | None,
+    ) -> None:
+        check_options(expire, socket_timeout, socket_connect_timeout)
+        self._expire = expire
+        self._prefix = key_prefix
+        timeouts = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+            "retry": retry,
+        }
+        if client is not None:
+            self._client = client
+            self._where = "the given Redis client"
+        elif url is not None:
+            try:
+                self._client = client_class.from_url(url, **timeouts)
+            except ValueError as exc:
+                raise ConfigurationError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
+            self._where = redact(url)
+        else:
+            self._client = client_class(host=host, port=port, db=db, password=password, **timeouts)
+            self._where = f"redis://{host}:{port}/{db}"
+        # Script objects of the sync or the asyncio client: called alike, awaited or not.
+        self._claim_script: Any = self._client.register_script(CLAIM_SCRIPT)
+        self._release_script: Any = self._client.register_script(RELEASE_SCRIPT)
+        self._renew_script: Any = self._client.register_script(RENEW_SCRIPT)
+        # Claim tokens this instance holds, so that it renews and releases only its own claims.
+        # Each use is one dict operation, atomic in CPython: threads may share the cache.
+        self._tokens: dict[str, str] = {}
+
+    @property
+    def expire(self) -> int | None:
+        """Seconds a processed key is remembered (``None``: forever)."""
+        return self._expire
+
+    def _error(self, action: str, key: str, exc: Exception) -> DeduplicationCacheError:
+        return cache_error(self._where, action, key, exc)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._where!r}, expire={self._expire!r})"
+
+
+class RedisCache(_RedisCacheConfig["redis.Redis"], DeduplicationCache):
     """Deduplication cache in Redis (redis-py 5 or later).
 
     Args:
         host: Redis host.
         port: Redis port.
         db: Database number.
-        password: Password, if Redis requires one.
+        password: Password, if Redis requires one (never shown in errors, logs or ``repr``).
         expire: Seconds a processed key is remembered; ``None`` keeps it forever.
         url: A ``redis://`` / ``rediss://`` / ``unix://`` URL, used instead of host, port,
             db and password.
@@ -102,47 +160,20 @@ class RedisCache(DeduplicationCache):
         key_prefix: str = "",
         client: redis.Redis | None = None,
     ) -> None:
-        if expire is not None and (not isinstance(expire, int) or expire <= 0):
-            raise ConfigurationError(
-                f"expire must be a positive number of seconds or None, got {expire!r}"
-            )
-        if socket_timeout <= 0 or socket_connect_timeout <= 0:
-            raise ConfigurationError(
-                "socket timeouts must be positive: an unbounded wait "
-                "would hang the dispatcher when Redis stops answering"
-            )
-        self._expire = expire
-        self._prefix = key_prefix
-        if client is not None:
-            self._client = client
-            self._where = "the given Redis client"
-        elif url is not None:
-            try:
-                self._client = redis.Redis.from_url(
-                    url,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=socket_connect_timeout,
-                    retry=_short_retry(),
-                )
-            except ValueError as exc:
-                raise ConfigurationError(f"invalid Redis URL {url!r}: {exc}") from exc
-            self._where = _redact(url)
-        else:
-            self._client = redis.Redis(
-                host=host,
-                port=port,
-                db=db,
-                password=password,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout,
-                retry=_short_retry(),
-            )
-            self._where = f"redis://{host}:{port}/{db}"
-        self._release_script = self._client.register_script(_RELEASE_SCRIPT)
-        self._renew_script = self._client.register_script(_RENEW_SCRIPT)
-        # Claim tokens this instance holds, so that release() deletes only its own claims.
-        self._tokens: dict[str, str] = {}
-        self._lock = threading.Lock()
+        super().__init__(
+            redis.Redis,
+            Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE), RETRIES),
+            host=host,
+            port=port,
+            db=db,
+            password=password,
+            expire=expire,
+            url=url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            key_prefix=key_prefix,
+            client=client,
+        )
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisCache:
@@ -151,19 +182,6 @@ class RedisCache(DeduplicationCache):
         Keyword arguments are those of the constructor (``expire``, timeouts, ...).
         """
         return cls(url=url, **kwargs)
-
-    @property
-    def expire(self) -> int | None:
-        """Seconds a processed key is remembered (``None``: forever)."""
-        return self._expire
-
-    def _error(self, action: str, key: str, exc: Exception) -> DeduplicationCacheError:
-        cause = str(exc).rstrip(".")
-        return DeduplicationCacheError(
-            f"Redis deduplication cache at {self._where} failed to {action} {key!r}: {cause}. "
-            "Check that Redis is running and reachable; messages are left for redelivery "
-            "meanwhile (unless the dispatcher fails open)."
-        )
 
     # -- 7.2.0 interface --------------------------------------------------------------------
 
@@ -180,38 +198,21 @@ class RedisCache(DeduplicationCache):
             raw = self._client.get(self._prefix + key)
         except redis.RedisError as exc:
             raise self._error("read", key, exc) from exc
-        return _text(raw)
+        return text(raw)
 
     # -- atomic claims ----------------------------------------------------------------------
 
     def claim(self, key: str, lease_seconds: float) -> ClaimState:
-        """Take ``key`` for ``lease_seconds`` with ``SET NX PX``; see :class:`ClaimState`."""
-        check_lease(lease_seconds)
-        token = f"{CLAIM_PREFIX}{uuid.uuid4().hex}"
-        lease_ms = max(1, int(lease_seconds * 1000))
-        name = self._prefix + key
+        """Take ``key`` for ``lease_seconds`` (``SET NX PX``); see :class:`ClaimState`."""
+        token, lease = new_token(), lease_ms(lease_seconds)
         try:
-            # A claim that expires between the SET and the GET is retried: the key is free.
-            for _ in range(3):
-                if self._client.set(name, token, nx=True, px=lease_ms):
-                    with self._lock:
-                        self._tokens[key] = token
-                    return ClaimState.CLAIMED
-                value = _text(self._client.get(name))
-                if value is None:
-                    continue
-                if value == token:
-                    # Our SET went through but its answer was lost and the client retried.
-                    with self._lock:
-                        self._tokens[key] = token
-                    return ClaimState.CLAIMED
-                if value.startswith(CLAIM_PREFIX):
-                    return ClaimState.BUSY
-                return ClaimState.DONE
+            reply = self._claim_script(keys=[self._prefix + key], args=[token, lease])
         except redis.RedisError as exc:
             raise self._error("claim", key, exc) from exc
-        # The key keeps appearing and vanishing: someone else is working on it right now.
-        return ClaimState.BUSY
+        state = claim_state(reply, token)
+        if state is ClaimState.CLAIMED:
+            self._tokens[key] = token
+        return state
 
     def renew(self, key: str, lease_seconds: float) -> bool:
         """Reset the lease on ``key`` to ``lease_seconds`` if it still holds our claim token.
@@ -219,14 +220,12 @@ class RedisCache(DeduplicationCache):
         One atomic compare-and-``PEXPIRE``; ``False`` (without asking Redis when this
         instance holds no claim on ``key``) when the claim is no longer ours.
         """
-        check_lease(lease_seconds)
-        with self._lock:
-            token = self._tokens.get(key)
+        lease = lease_ms(lease_seconds)
+        token = self._tokens.get(key)
         if token is None:
             return False
-        lease_ms = max(1, int(lease_seconds * 1000))
         try:
-            renewed = self._renew_script(keys=[self._prefix + key], args=[token, lease_ms])
+            renewed = self._renew_script(keys=[self._prefix + key], args=[token, lease])
         except redis.RedisError as exc:
             raise self._error("renew the claim on", key, exc) from exc
         return bool(renewed)
@@ -237,13 +236,11 @@ class RedisCache(DeduplicationCache):
             self._client.set(self._prefix + key, DONE, ex=self._expire)
         except redis.RedisError as exc:
             raise self._error("mark as done", key, exc) from exc
-        with self._lock:
-            self._tokens.pop(key, None)
+        self._tokens.pop(key, None)
 
     def release(self, key: str) -> None:
         """Delete ``key`` if it still holds this instance's claim; otherwise leave it."""
-        with self._lock:
-            token = self._tokens.pop(key, None)
+        token = self._tokens.pop(key, None)
         if token is None:
             return
         try:
@@ -265,30 +262,118 @@ class RedisCache(DeduplicationCache):
         """Close the connections to Redis."""
         self._client.close()
 
-    def __repr__(self) -> str:
-        return f"RedisCache({self._where!r}, expire={self._expire!r})"
+
+class AsyncRedisCache(_RedisCacheConfig["redis.asyncio.Redis"], AsyncDeduplicationCache):
+    """:class:`RedisCache` on ``redis.asyncio``, for the asyncio dispatcher.
+
+    Takes the same arguments as :class:`RedisCache` (``client`` is a ``redis.asyncio.Redis``
+    that does not decode responses), keeps claims the same way (the two may share keys), and
+    raises :class:`~melange.exceptions.DeduplicationCacheError` on every Redis failure. Use it
+    on one event loop at a time; :meth:`aclose` it when done.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        expire: int | None = DEFAULT_EXPIRE,
+        *,
+        url: str | None = None,
+        socket_timeout: float = 5.0,
+        socket_connect_timeout: float = 5.0,
+        key_prefix: str = "",
+        client: redis.asyncio.Redis | None = None,
+    ) -> None:
+        backoff = ExponentialBackoff(cap=RETRY_BACKOFF_CAP, base=RETRY_BACKOFF_BASE)
+        super().__init__(
+            redis.asyncio.Redis,
+            redis.asyncio.retry.Retry(backoff, RETRIES),
+            host=host,
+            port=port,
+            db=db,
+            password=password,
+            expire=expire,
+            url=url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            key_prefix=key_prefix,
+            client=client,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> AsyncRedisCache:
+        """A cache on the Redis at ``url``; see :meth:`RedisCache.from_url`."""
+        return cls(url=url, **kwargs)
+
+    async def store(self, key: str, value: Any) -> None:
+        """Set ``key`` to ``str(value)`` for ``expire`` seconds."""
+        try:
+            await self._client.set(self._prefix + key, str(value), ex=self._expire)
+        except redis.RedisError as exc:
+            raise self._error("store", key, exc) from exc
+
+    async def get(self, key: str) -> str | None:
+        """The value stored for ``key``, or ``None`` when there is none."""
+        try:
+            raw = await self._client.get(self._prefix + key)
+        except redis.RedisError as exc:
+            raise self._error("read", key, exc) from exc
+        return text(raw)
+
+    async def claim(self, key: str, lease_seconds: float) -> ClaimState:
+        """Take ``key`` for ``lease_seconds``; see :meth:`RedisCache.claim`."""
+        token, lease = new_token(), lease_ms(lease_seconds)
+        try:
+            reply = await self._claim_script(keys=[self._prefix + key], args=[token, lease])
+        except redis.RedisError as exc:
+            raise self._error("claim", key, exc) from exc
+        state = claim_state(reply, token)
+        if state is ClaimState.CLAIMED:
+            self._tokens[key] = token
+        return state
+
+    async def renew(self, key: str, lease_seconds: float) -> bool:
+        """Reset our claim's lease; see :meth:`RedisCache.renew`."""
+        lease = lease_ms(lease_seconds)
+        token = self._tokens.get(key)
+        if token is None:
+            return False
+        try:
+            renewed = await self._renew_script(keys=[self._prefix + key], args=[token, lease])
+        except redis.RedisError as exc:
+            raise self._error("renew the claim on", key, exc) from exc
+        return bool(renewed)
+
+    async def mark_done(self, key: str) -> None:
+        """Record ``key`` as processed for ``expire`` seconds (replacing any claim)."""
+        try:
+            await self._client.set(self._prefix + key, DONE, ex=self._expire)
+        except redis.RedisError as exc:
+            raise self._error("mark as done", key, exc) from exc
+        self._tokens.pop(key, None)
+
+    async def release(self, key: str) -> None:
+        """Delete ``key`` if it still holds this instance's claim; otherwise leave it."""
+        token = self._tokens.pop(key, None)
+        if token is None:
+            return
+        try:
+            await self._release_script(keys=[self._prefix + key], args=[token])
+        except redis.RedisError as exc:
+            raise self._error("release the claim on", key, exc) from exc
+
+    async def ping(self) -> bool:
+        """Whether Redis answers; raises ``DeduplicationCacheError`` when it does not."""
+        try:
+            return bool(await self._client.ping())
+        except redis.RedisError as exc:
+            raise self._error("ping", "", exc) from exc
+
+    async def aclose(self) -> None:
+        """Close the connections to Redis."""
+        await self._client.aclose()
 
 
-def _short_retry() -> Retry:
-    # Two quick retries ride over a dropped connection; more would hold the message (and the
-    # worker) for seconds when Redis is really down, which the dispatcher handles better.
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), 2)
-
-
-def _text(raw: Any) -> str | None:
-    if raw is None:
-        return None
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", errors="replace")
-    return str(raw)
-
-
-def _redact(url: str) -> str:
-    # Keep passwords out of error messages and logs.
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
-
-
-__all__ = ["DEFAULT_EXPIRE", "RedisCache"]
+__all__ = ["DEFAULT_EXPIRE", "AsyncRedisCache", "RedisCache"]
