@@ -15,7 +15,7 @@ import pytest
 
 import melange.backends
 from melange.backends.rabbitmq import RabbitMQBackend
-from melange.backends.rabbitmq.rabbitmq_backend import (
+from melange.backends.rabbitmq.topology import (
     DEAD_LETTER_EXCHANGE,
     delay_bucket_ms,
     retry_queue_name,
@@ -702,7 +702,7 @@ def test_receiving_from_a_consumed_queue_does_not_wait_for_the_io_thread(
 def test_confirms_are_awaited_through_public_pika_calls_when_its_internals_are_missing(
     rabbit: RabbitMQBackend, topology: Topology, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import melange.backends.rabbitmq.rabbitmq_backend as module
+    import melange.backends.rabbitmq.connection as module
 
     monkeypatch.setattr(module, "_IoloopTimerContext", None)
     queue = topology.queue()

@@ -16,9 +16,9 @@ import pytest
 from melange.aio import AsyncMessageDispatcher
 from melange.backends.rabbitmq import RabbitMQBackend
 from melange.backends.rabbitmq.connection import MAX_QUEUED_POSTS
-from melange.backends.rabbitmq.rabbitmq_backend import (
+from melange.backends.rabbitmq.topology import (
     DELAY_LADDER_MS,
-    _retry_arguments,
+    retry_arguments,
     retry_queue_name,
 )
 from melange.consumers import Consumer
@@ -67,7 +67,7 @@ def test_no_retry_queue_expires_at_any_delay_level(
             assert waiting == 1 or step < 2_000, f"{name} holds {waiting} messages"
             # The broker refuses a lease the queue does not have, and says it has none: a
             # queue lease would delete the waiting message with the queue.
-            leased = {**_retry_arguments(queue.name, step), "x-expires": 3_600_000}
+            leased = {**retry_arguments(queue.name, step), "x-expires": 3_600_000}
             with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
                 channel.queue_declare(name, durable=True, arguments=leased)
             assert "x-expires" in refused.value.reply_text

@@ -1,8 +1,8 @@
 """The RabbitMQ backend (needs the ``rabbitmq`` extra: ``pip install 'melange[rabbitmq]'``).
 
-See :mod:`melange.backends.rabbitmq.rabbitmq_backend` for how queues, topics, retries and
-dead letters map onto RabbitMQ, and :mod:`melange.backends.rabbitmq.wire` for the message
-format.
+See :mod:`melange.backends.rabbitmq.backend` for how queues, topics, retries and dead letters
+map onto RabbitMQ, :mod:`melange.backends.rabbitmq.topology` for the declarations, and
+:mod:`melange.backends.rabbitmq.wire` for the message format.
 """
 
 try:
@@ -12,6 +12,6 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
         f"the RabbitMQ backend needs pika ({exc}): pip install 'melange[rabbitmq]'"
     ) from exc
 
-from melange.backends.rabbitmq.rabbitmq_backend import RabbitMQBackend
+from melange.backends.rabbitmq.backend import RabbitMQBackend
 
 __all__ = ["RabbitMQBackend"]

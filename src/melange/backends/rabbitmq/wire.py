@@ -42,13 +42,17 @@ def decode_body(body: bytes) -> str:
     return body.decode("utf-8", errors="surrogateescape")
 
 
-def to_properties(
+def properties_fields(
     message: Message,
     *,
     deliveries: int = 0,
     extra_headers: Mapping[str, str] | None = None,
-) -> pika.BasicProperties:
-    """AMQP properties for ``message``; ``deliveries`` is its delivery count so far."""
+) -> dict[str, Any]:
+    """The AMQP properties of ``message`` as plain data, whatever the client library.
+
+    ``deliveries`` is the failed attempts recorded for it so far; ``timestamp`` is in whole
+    seconds.
+    """
     headers: dict[str, Any] = {
         key: value for key, value in message.headers.items() if not key.startswith("x-")
     }
@@ -63,18 +67,33 @@ def to_properties(
     if message.group_id is not None:
         headers[GROUP_HEADER] = message.group_id
     correlation = message.headers.get(CORRELATION_ID)
+    return {
+        "message_id": message.message_id,
+        "correlation_id": correlation if correlation and len(correlation) <= 255 else None,
+        "delivery_mode": 2,
+        "timestamp": int(time.time()),
+        "content_encoding": "utf-8",
+        "headers": headers,
+    }
+
+
+def to_properties(
+    message: Message,
+    *,
+    deliveries: int = 0,
+    extra_headers: Mapping[str, str] | None = None,
+) -> pika.BasicProperties:
+    """pika properties for ``message``; ``deliveries`` is its delivery count so far."""
     return pika.BasicProperties(
-        message_id=message.message_id,
-        correlation_id=correlation if correlation and len(correlation) <= 255 else None,
-        delivery_mode=2,
-        timestamp=int(time.time()),
-        content_encoding="utf-8",
-        headers=headers,
+        **properties_fields(message, deliveries=deliveries, extra_headers=extra_headers)
     )
 
 
-def from_delivery(properties: pika.BasicProperties, body: bytes, receipt: Any) -> Message:
+def from_delivery(properties: Any, body: bytes, receipt: Any) -> Message:
     """Rebuild the envelope of a delivered message.
+
+    ``properties`` is the client's properties object (pika's or aiormq's): only its
+    ``headers`` and ``message_id`` are read.
 
     ``attempt`` is one more than the failed attempts recorded in ``melange_deliveries``. The
     broker's own count (``x-delivery-count``) is not used: it also counts messages returned
