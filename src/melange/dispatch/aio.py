@@ -6,7 +6,12 @@ consumer whose ``on_message`` (or ``@consumer`` method, or ``process``) is a cor
 function is awaited on the loop; plain consumers run on a bounded pool of worker threads (one
 per unit of ``concurrency``), never on the loop, in the context of the message. The leases of
 messages in hand and of deduplication claims are renewed as with the threaded dispatcher.
-Backend and cache calls run in worker threads, so they never block the loop::
+
+It talks to asynchronous contracts only: an
+:class:`~melange.backends.async_interfaces.AsyncMessagingBackend` and an
+:class:`~melange.deduplication.async_cache.AsyncDeduplicationCache` are awaited natively; a
+blocking backend or cache is adapted (``as_async``, ``as_async_cache``), its calls running in
+worker threads (or on the loop for one that never blocks, like the in-memory backend)::
 
     dispatcher = AsyncMessageDispatcher(JsonSerializer(), backend=backend,
                                         consumers=[Consumer(on_message=handle_order)])
@@ -25,15 +30,19 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from melange.consumers import is_coroutine_consumer
-from melange.dispatch.base import DispatcherBase
-from melange.dispatch.effects import (
-    Invoke,
-    Receive,
-    Sleep,
+from melange.backends.async_interfaces import (
+    AsyncMessagingBackend,
+    BlockingBackendAdapter,
+    as_async,
 )
+from melange.backends.interfaces import MessagingBackend
+from melange.consumers import is_coroutine_consumer
+from melange.deduplication.async_cache import BlockingCacheAdapter, as_async_cache
+from melange.dispatch.base import DispatcherBase
+from melange.dispatch.effects import Invoke, Sleep
 from melange.dispatch.engine import Engine, Step
-from melange.dispatch.perform import CACHE, LOCAL, SETTLING, BlockingPerformer
+from melange.dispatch.leases import Heartbeat, LoopBridge
+from melange.dispatch.perform import AsyncPerformer
 from melange.models import Message, QueueWrapper
 
 logger = logging.getLogger("melange.dispatcher")
@@ -66,34 +75,54 @@ async def run_async(
 class AsyncMessageDispatcher(DispatcherBase):
     """``async`` twin of :class:`~melange.dispatch.threaded.MessageDispatcher`.
 
-    Takes the same arguments. :meth:`consume_event` and :meth:`consume_loop` are coroutines;
-    :meth:`stop` may be called from any thread or task.
+    Takes the same arguments; ``backend`` may also be an
+    :class:`~melange.backends.async_interfaces.AsyncMessagingBackend` and ``cache`` an
+    :class:`~melange.deduplication.async_cache.AsyncDeduplicationCache`, awaited natively.
+    :meth:`consume_event` and :meth:`consume_loop` are coroutines; :meth:`stop` may be called
+    from any thread or task.
     """
+
+    _takes_async = True
+
+    def _adapt(self) -> None:
+        # One contract for the driver, whatever was given.
+        self._async_backend = as_async(self._given_backend)
+        cache = self._given_cache
+        self._async_cache = as_async_cache(cache) if cache is not None else None
+        self._bridge = LoopBridge()
+
+    def _heartbeat(self) -> Heartbeat:
+        backend = self._async_backend
+        if isinstance(backend, BlockingBackendAdapter):
+            # A blocking backend's leases are renewed from the heartbeat's thread, as under the
+            # threaded dispatcher: no detour through a loop that may be busy.
+            return Heartbeat.for_backend(backend.backend)
+        return Heartbeat(
+            self._bridge.renewal(backend.extend_visibility), backend.visibility_timeout_for
+        )
 
     def _setup_driver(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
-        blocking = BlockingPerformer(self._backend, self._cache, self._leases, self._stop)
-        self._blocking = blocking
-
-        def threaded(fn: Callable[[Any], Any]) -> Callable[[Any], Awaitable[Any]]:
-            return lambda effect: asyncio.to_thread(fn, effect)
-
-        table = blocking.table
-        on_loop = LOCAL if self._backend.blocking else (*LOCAL, *SETTLING)
-        self._inline: dict[type, Callable[[Any], Any]] = {kind: table[kind] for kind in on_loop}
+        cache = self._async_cache
+        renew_claim: Callable[[str, float], Any] | None = None
+        if isinstance(cache, BlockingCacheAdapter):
+            renew_claim = cache.cache.renew  # from the heartbeat's thread, as above
+        elif cache is not None:
+            renew_claim = self._bridge.renewal(cache.renew)
+        performer = AsyncPerformer(
+            self._async_backend, cache, self._leases, renew_claim, self._bridge.attach
+        )
+        self._inline = performer.inline
         self._awaited: dict[type, Callable[[Any], Awaitable[Any]]] = {
-            kind: threaded(table[kind]) for kind in (*SETTLING, *CACHE) if kind not in on_loop
+            **performer.awaited,
+            Invoke: self._invoke,
+            Sleep: self._sleep,
         }
-        self._awaited.update({Receive: self._receive, Invoke: self._invoke, Sleep: self._sleep})
 
-    async def _receive(self, effect: Receive) -> list[Message]:
-        backend = self._backend
-        if not backend.blocking:
-            # What is there now, on the loop; only a wait for more goes to a thread.
-            ready = backend.retrieve_messages(effect.queue, **{**effect.options, "wait_seconds": 0})
-            if ready or not effect.options.get("wait_seconds"):
-                return ready
-        return await asyncio.to_thread(self._blocking, effect)
+    @property
+    def backend(self) -> MessagingBackend | AsyncMessagingBackend:  # type: ignore[override]
+        """The backend messages are consumed from, as it was given."""
+        return self._given_backend
 
     async def _drive(self, step: Step[Any]) -> Any:
         return await run_async(step, self._inline, self._awaited)
@@ -128,8 +157,9 @@ class AsyncMessageDispatcher(DispatcherBase):
 
     async def consume_event(self, queue_name: str, **kwargs: Any) -> int:
         """Receive one batch from ``queue_name`` and dispatch it; returns its size."""
-        queue = await asyncio.to_thread(self._backend.get_queue, queue_name)
-        messages = await asyncio.to_thread(self._backend.retrieve_messages, queue, **kwargs)
+        backend = self._async_backend
+        queue = await backend.get_queue(queue_name)
+        messages = await backend.retrieve_messages(queue, **kwargs)
         await self.dispatch(messages, queue_name)
         return len(messages)
 
@@ -159,7 +189,7 @@ class AsyncMessageDispatcher(DispatcherBase):
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self._start_loop(queue_name, on_exception, kwargs)
-        queue = await asyncio.to_thread(self._backend.get_queue, queue_name)
+        queue = await self._async_backend.get_queue(queue_name)
         previous_executor = self._executor
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="melange-worker")
         handled = self._add_signal_handlers() if install_signal_handlers else []

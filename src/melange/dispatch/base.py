@@ -7,11 +7,13 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
+from melange.backends.async_interfaces import AsyncMessagingBackend, overrides_holds
 from melange.backends.backend_manager import BackendManager
 from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
+from melange.deduplication.async_cache import AsyncDeduplicationCache
 from melange.deduplication.cache import DeduplicationCache
 from melange.dispatch.decisions import DEFAULT_DEDUP_LEASE_SECONDS, Route
 from melange.dispatch.engine import Engine
@@ -31,8 +33,11 @@ class DispatcherBase:
         serializer_registry: The serializers messages may be decoded with: one serializer,
             a list, a :class:`~melange.serializers.registry.SerializerRegistry` or its config
             dict. A message naming any other serializer id is dead-lettered, never guessed.
-        cache: Deduplication cache; ``None`` processes every delivery.
-        backend: The backend; defaults to the ``BackendManager``'s.
+        cache: Deduplication cache; ``None`` processes every delivery. The asyncio
+            dispatcher also takes an
+            :class:`~melange.deduplication.async_cache.AsyncDeduplicationCache`.
+        backend: The backend; defaults to the ``BackendManager``'s. The asyncio dispatcher
+            also takes an :class:`~melange.backends.async_interfaces.AsyncMessagingBackend`.
         always_ack: Acknowledge every message even if a consumer failed (failures are
             logged and lost: use only for messages that may be dropped).
         consumers: Consumers to attach right away.
@@ -50,11 +55,18 @@ class DispatcherBase:
             message, in order.
     """
 
+    #: Whether this driver takes asynchronous backends and caches (the asyncio one does).
+    _takes_async: ClassVar[bool] = False
+    #: The blocking backend and cache, for a driver that performs with blocking calls (the
+    #: threaded one, which refuses asynchronous ones); see ``_given_backend``/``_given_cache``.
+    _backend: MessagingBackend
+    _cache: DeduplicationCache | None
+
     def __init__(
         self,
         serializer_registry: SerializerSource | None = None,
-        cache: DeduplicationCache | None = None,
-        backend: MessagingBackend | None = None,
+        cache: DeduplicationCache | AsyncDeduplicationCache | None = None,
+        backend: MessagingBackend | AsyncMessagingBackend | None = None,
         always_ack: bool = False,
         *,
         consumers: Iterable[Consumer] = (),
@@ -71,23 +83,26 @@ class DispatcherBase:
             )
         if dedup_lease_seconds <= 0:
             raise ValueError(f"dedup_lease_seconds must be positive, got {dedup_lease_seconds}")
-        if cache is not None and not isinstance(cache, DeduplicationCache):
-            raise TypeError(f"cache must be a DeduplicationCache, got {type(cache).__name__}")
-        if backend is not None and not isinstance(backend, MessagingBackend):
-            raise TypeError(f"backend must be a MessagingBackend, got {type(backend).__name__}")
-        self._cache = cache
-        self._backend = backend or BackendManager().get_backend()
+        self._check_kinds(backend, cache)
+        given = backend if backend is not None else BackendManager().get_backend()
+        #: What the user passed, blocking or not.
+        self._given_backend: MessagingBackend | AsyncMessagingBackend = given
+        self._given_cache = cache
+        if isinstance(given, MessagingBackend):
+            self._backend = given
+        self._cache = cache if isinstance(cache, DeduplicationCache) else None
+        self._adapt()
         self._route = Route(consumers)
         self._stop = threading.Event()
         self._on_exception: Callable[[Exception], Any] | None = None
         # Set when a consumer raised SystemExit/KeyboardInterrupt on a worker: the loop
         # stops and raises it in the thread that runs it.
         self._interrupted: BaseException | None = None
-        watch_messages = visibility_heartbeat and self._backend.capabilities.extend_visibility
+        watch_messages = visibility_heartbeat and given.capabilities.extend_visibility
         # Renews message leases and deduplication claims while handlers run.
         self._leases: Heartbeat | None = None
         if watch_messages or cache is not None:
-            self._leases = Heartbeat(self._backend)
+            self._leases = self._heartbeat()
         #: Counters of what this dispatcher did.
         self.stats = DispatcherStats()
         self._engine = Engine(
@@ -101,13 +116,40 @@ class DispatcherBase:
             always_ack=always_ack,
             watch_messages=watch_messages,
             # Only backends that override holds() can orphan a message.
-            check_holds=type(self._backend).holds is not MessagingBackend.holds,
+            check_holds=overrides_holds(given),
             middleware=MiddlewareChain(middleware),
             notify=self._notify,
             stopping=self._stop.is_set,
             rng=random.Random(),
         )
         self._setup_driver()
+
+    def _check_kinds(self, backend: object, cache: object) -> None:
+        name = type(self).__name__
+        if backend is not None:
+            if isinstance(backend, AsyncMessagingBackend) and not self._takes_async:
+                raise TypeError(
+                    f"{type(backend).__name__} is an asynchronous backend, which {name} cannot "
+                    "use: consume from it with melange.aio.AsyncMessageDispatcher"
+                )
+            if not isinstance(backend, MessagingBackend | AsyncMessagingBackend):
+                raise TypeError(f"backend must be a MessagingBackend, got {type(backend).__name__}")
+        if cache is not None:
+            if isinstance(cache, AsyncDeduplicationCache) and not self._takes_async:
+                raise TypeError(
+                    f"{type(cache).__name__} is an asynchronous cache, which {name} cannot "
+                    "use: give it to melange.aio.AsyncMessageDispatcher, or use its blocking "
+                    "twin (e.g. RedisCache for AsyncRedisCache)"
+                )
+            if not isinstance(cache, DeduplicationCache | AsyncDeduplicationCache):
+                raise TypeError(f"cache must be a DeduplicationCache, got {type(cache).__name__}")
+
+    def _adapt(self) -> None:
+        """Prepare the backend and the cache for this driver (before anything uses them)."""
+
+    def _heartbeat(self) -> Heartbeat:
+        """The lease renewal of this driver (the blocking backend's, by default)."""
+        return Heartbeat.for_backend(self._backend)
 
     def _setup_driver(self) -> None:
         """Prepare what the driver needs to perform the engine's effects."""
@@ -137,7 +179,7 @@ class DispatcherBase:
     def stop(self) -> None:
         """Ask the consume loop to return after settling the messages in hand. Thread-safe."""
         self._stop.set()
-        self._backend.interrupt()
+        self._given_backend.interrupt()
 
     @property
     def stopping(self) -> bool:
@@ -157,8 +199,9 @@ class DispatcherBase:
         self._stop.clear()
         self._interrupted = None
         self._on_exception = on_exception
-        if self._backend.loop_wait_seconds is not None:
-            options.setdefault("wait_seconds", self._backend.loop_wait_seconds)
+        wait = self._given_backend.loop_wait_seconds
+        if wait is not None:
+            options.setdefault("wait_seconds", wait)
 
     def _signal_received(self, signum: int) -> None:
         """SIGINT/SIGTERM: the first finishes the messages in hand, a second stops now."""

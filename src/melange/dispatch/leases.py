@@ -1,15 +1,26 @@
-"""Keeps the messages in hand invisible to other consumers while handlers run long."""
+"""Keeps the messages in hand invisible to other consumers while handlers run long.
+
+One schedule, :class:`Heartbeat`, renews every lease a third of the way through it, for both
+dispatchers. It calls the renewals it is given from its own thread: blocking calls directly,
+and the coroutines of an asynchronous backend or cache through a :class:`LoopBridge`, which
+submits them to the dispatcher's event loop without waiting for them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from melange.backends.interfaces import MessagingBackend
 from melange.models import Message
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("melange.dispatcher")
 
@@ -21,16 +32,31 @@ class Heartbeat:
     """Renews leases while their messages are in hand: every third of each lease.
 
     Two kinds of lease are kept alive: a received message's visibility lease, from
-    ``backend.visibility_timeout_for(message)`` (so queues with different timeouts are each
-    renewed in time), and a deduplication claim, which is kept short so that a crashed
-    process's claims expire within seconds, and renewed here while its handler runs. A
-    background thread runs while anything is registered, and ends when nothing is left or on
-    :meth:`close`.
+    ``lease_for(message)`` (so queues with different timeouts are each renewed in time), and a
+    deduplication claim, which is kept short so that a crashed process's claims expire within
+    seconds, and renewed here while its handler runs. A background thread runs while anything
+    is registered, and ends when nothing is left or on :meth:`close`.
+
+    A renewal (``extend(message, seconds)``, or the ``renew(key, seconds)`` of a claim) is
+    called on that thread. It either answers at once, or returns a
+    :class:`concurrent.futures.Future` (see :class:`LoopBridge`) whose result is read when it
+    comes; a renewal still pending when the next one is due is not repeated.
+
+    Args:
+        extend: Extends a message's lease (``MessagingBackend.extend_visibility``).
+        lease_for: A message's lease in seconds, ``None`` for none
+            (``MessagingBackend.visibility_timeout_for``).
     """
 
-    def __init__(self, backend: MessagingBackend) -> None:
-        self._extend = backend.extend_visibility
-        self._lease_for = backend.visibility_timeout_for
+    def __init__(
+        self,
+        extend: Callable[[Message, float], Any],
+        lease_for: Callable[[Message], float | None],
+    ) -> None:
+        self._extend = extend
+        self._lease_for = lease_for
+        # Renewals handed to an event loop and not answered yet, by entry key.
+        self._pending: dict[object, Future[Any]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         # key -> (renew(target, lease), target, lease seconds, next renewal time); a message
@@ -38,6 +64,11 @@ class Heartbeat:
         self._entries: dict[object, tuple[Callable[[Any, float], Any], Any, float, float]] = {}
         self._closed = False
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_backend(cls, backend: MessagingBackend) -> Heartbeat:
+        """The heartbeat of a blocking ``backend``'s message leases."""
+        return cls(backend.extend_visibility, backend.visibility_timeout_for)
 
     def add(self, message: Message) -> None:
         """Renew ``message``'s lease until :meth:`remove` is called."""
@@ -57,7 +88,7 @@ class Heartbeat:
                 self._entries[id(message)] = (extend, message, lease, due)
             self._ensure_running()
 
-    def add_claim(self, key: str, lease: float, renew: Callable[[str, float], bool]) -> None:
+    def add_claim(self, key: str, lease: float, renew: Callable[[str, float], Any]) -> None:
         """Renew the deduplication claim on ``key`` with ``renew(key, lease)`` until
         :meth:`remove_claim`; a ``False`` answer (the claim was lost) ends the renewals."""
         due = time.monotonic() + lease / 3
@@ -112,6 +143,8 @@ class Heartbeat:
                     next_at = min(entry[3] for entry in self._entries.values())
                     self._wake.wait(max(0.01, next_at - now))
                     continue
+                # A renewal still on its way (on a busy loop) is not piled up with another.
+                due = [(key, entry) for key, entry in due if key not in self._pending]
             for key, (renew, target, lease, _) in due:
                 try:
                     kept = renew(target, lease)
@@ -120,12 +153,32 @@ class Heartbeat:
                         "could not renew the lease of %s", _describe(target), exc_info=True
                     )
                     continue
-                if kept is False:
-                    # The claim expired and may be someone else's now: stop renewing it.
-                    logger.warning("lost the deduplication claim on %s", target)
+                if isinstance(kept, Future):
                     with self._lock:
-                        if self._entries.get(key, (None, None))[1] is target:
-                            del self._entries[key]
+                        self._pending[key] = kept
+                    kept.add_done_callback(functools.partial(self._answered, key, target))
+                else:
+                    self._kept(key, target, kept)
+
+    def _answered(self, key: object, target: Any, future: Future[Any]) -> None:
+        """A renewal handed to an event loop finished (on the loop's thread)."""
+        with self._lock:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+        try:
+            kept = future.result()
+        except Exception:  # including CancelledError: the loop went away
+            logger.warning("could not renew the lease of %s", _describe(target), exc_info=True)
+            return
+        self._kept(key, target, kept)
+
+    def _kept(self, key: object, target: Any, kept: Any) -> None:
+        if kept is False:
+            # The claim expired and may be someone else's now: stop renewing it.
+            logger.warning("lost the deduplication claim on %s", target)
+            with self._lock:
+                if self._entries.get(key, (None, None))[1] is target:
+                    del self._entries[key]
 
     def close(self) -> None:
         """Stop the background thread."""
@@ -135,6 +188,40 @@ class Heartbeat:
             thread = self._thread
         if thread is not None:
             thread.join(timeout=5)
+
+
+class LoopBridge:
+    """Hands renewals from the heartbeat's thread to the event loop a dispatcher runs on.
+
+    :meth:`attach` (called on the loop) says which loop; a function wrapped with
+    :meth:`renewal` then submits its coroutine there with ``run_coroutine_threadsafe`` and
+    returns the future at once, so a busy loop never holds up the heartbeat's other renewals.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self) -> None:
+        """Submit to the running event loop from now on (call it on that loop)."""
+        self._loop = asyncio.get_running_loop()
+
+    def renewal(
+        self, fn: Callable[[_T, float], Coroutine[Any, Any, Any]]
+    ) -> Callable[[_T, float], Future[Any]]:
+        """``fn`` as a renewal the heartbeat can call from its thread."""
+
+        def submit(target: _T, seconds: float) -> Future[Any]:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                raise RuntimeError("the dispatcher's event loop is not running")
+            coroutine = fn(target, seconds)
+            try:
+                return asyncio.run_coroutine_threadsafe(coroutine, loop)
+            except BaseException:
+                coroutine.close()  # never scheduled: no "was never awaited" warning
+                raise
+
+        return submit
 
 
 def _describe(target: Any) -> str:

@@ -1,20 +1,26 @@
-"""Performing the engine's effects with blocking calls, for both drivers.
+"""Performing the engine's effects: with blocking calls, or by awaiting coroutines.
 
-The threaded dispatcher performs every effect with this performer. The asyncio dispatcher
-uses the same one: it performs the effects that never block (:data:`LOCAL`) on the event
-loop, and runs the others on worker threads, or on the loop too for a backend that does not
-block (``MessagingBackend.blocking``), so the two drivers cannot differ in what an effect
-does, only in where it runs.
+:class:`BlockingPerformer` (the threaded dispatcher's) calls a
+:class:`~melange.backends.interfaces.MessagingBackend` and a
+:class:`~melange.deduplication.cache.DeduplicationCache`. :class:`AsyncPerformer` (the asyncio
+dispatcher's) awaits an :class:`~melange.backends.async_interfaces.AsyncMessagingBackend` and
+an :class:`~melange.deduplication.async_cache.AsyncDeduplicationCache`; a blocking backend or
+cache reaches it through ``as_async``/``as_async_cache``, which decide where its calls run.
+Each performer maps every effect to one call, in one table; the lease bookkeeping of
+:class:`~melange.dispatch.effects.Watch` and :class:`~melange.dispatch.effects.Unwatch` is
+shared (:func:`watch`, :func:`unwatch`).
 """
 
 from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from melange.backends.async_interfaces import AsyncMessagingBackend
 from melange.backends.interfaces import MessagingBackend
+from melange.deduplication.async_cache import AsyncDeduplicationCache
 from melange.deduplication.cache import DeduplicationCache
 from melange.dispatch.effects import (
     Ack,
@@ -39,6 +45,8 @@ LOCAL: tuple[type, ...] = (Holds, Watch, Unwatch)
 SETTLING: tuple[type, ...] = (Ack, Nack, Release, DeadLetter)
 #: Effects on the deduplication cache.
 CACHE: tuple[type, ...] = (Claim, FinishClaim, ProbeCache)
+#: The key :class:`~melange.dispatch.effects.ProbeCache` reads to see that the cache answers.
+PROBE_KEY = "melange-cache-probe"
 
 
 class BlockingPerformer:
@@ -95,26 +103,111 @@ class BlockingPerformer:
 
     def _probe(self, _effect: ProbeCache) -> None:
         assert self._cache is not None
-        self._cache.get("melange-cache-probe")
+        self._cache.get(PROBE_KEY)
 
     def _watch(self, effect: Watch) -> None:
-        leases = self._leases
-        if leases is None:
-            return
-        if effect.messages:
-            leases.add_batch(effect.messages)
-        if effect.key is not None:
-            assert self._cache is not None
-            leases.add_claim(effect.key, effect.lease, self._cache.renew)
+        watch(self._leases, effect, self._cache.renew if self._cache is not None else None)
 
     def _unwatch(self, effect: Unwatch) -> None:
-        leases = self._leases
-        if leases is None:
-            return
-        if effect.messages:
-            leases.remove_batch(effect.messages)
-        if effect.key is not None:
-            leases.remove_claim(effect.key)
+        unwatch(self._leases, effect)
+
+
+class AsyncPerformer:
+    """Performs the engine's effects on an event loop, awaiting the asynchronous contracts.
+
+    :attr:`inline` holds the effects that never block (:data:`LOCAL`), performed at once;
+    :attr:`awaited` the broker and cache effects, awaited. Running a consumer and sleeping
+    are the dispatcher's (they depend on its worker threads and on stopping), so it adds
+    :class:`~melange.dispatch.effects.Invoke` and :class:`~melange.dispatch.effects.Sleep`.
+
+    Args:
+        backend: The backend, through the asynchronous contract.
+        cache: The deduplication cache, through the asynchronous contract, if any.
+        leases: The heartbeat renewing leases, if any.
+        renew_claim: What the heartbeat calls to renew a deduplication claim (from its
+            thread; see :class:`~melange.dispatch.leases.LoopBridge`).
+        on_watch: Called on the loop before leases are registered (the dispatcher attaches
+            its loop bridge there).
+    """
+
+    def __init__(
+        self,
+        backend: AsyncMessagingBackend,
+        cache: AsyncDeduplicationCache | None,
+        leases: Heartbeat | None,
+        renew_claim: Callable[[str, float], Any] | None,
+        on_watch: Callable[[], None],
+    ) -> None:
+        self._backend = backend
+        self._cache = cache
+        self._leases = leases
+        self._renew_claim = renew_claim
+        self._on_watch = on_watch
+        self.inline: dict[type, Callable[[Any], Any]] = {
+            Holds: lambda e: backend.holds(e.message),
+            Watch: self._watch,
+            Unwatch: lambda e: unwatch(leases, e),
+        }
+        self.awaited: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            Receive: lambda e: backend.retrieve_messages(e.queue, **e.options),
+            Ack: self._ack,
+            Nack: lambda e: backend.nack(e.message, e.delay),
+            Release: lambda e: backend.release(e.message, e.delay),
+            DeadLetter: lambda e: backend.dead_letter(e.message, e.headers),
+            Claim: self._claim,
+            FinishClaim: self._finish_claim,
+            ProbeCache: self._probe,
+        }
+
+    async def _ack(self, effect: Ack) -> None:
+        messages = effect.messages
+        if len(messages) == 1:
+            await self._backend.acknowledge(messages[0])
+        else:
+            await self._backend.acknowledge_batch(messages)
+
+    async def _claim(self, effect: Claim) -> Any:
+        assert self._cache is not None
+        return await self._cache.claim(effect.key, effect.lease)
+
+    async def _finish_claim(self, effect: FinishClaim) -> None:
+        assert self._cache is not None
+        if effect.done:
+            await self._cache.mark_done(effect.key)
+        else:
+            await self._cache.release(effect.key)
+
+    async def _probe(self, _effect: ProbeCache) -> None:
+        assert self._cache is not None
+        await self._cache.get(PROBE_KEY)
+
+    def _watch(self, effect: Watch) -> None:
+        self._on_watch()
+        watch(self._leases, effect, self._renew_claim)
+
+
+def watch(
+    leases: Heartbeat | None, effect: Watch, renew_claim: Callable[[str, float], Any] | None
+) -> None:
+    """Register what ``effect`` asks to keep alive with ``leases`` (a claim is renewed with
+    ``renew_claim``)."""
+    if leases is None:
+        return
+    if effect.messages:
+        leases.add_batch(effect.messages)
+    if effect.key is not None:
+        assert renew_claim is not None
+        leases.add_claim(effect.key, effect.lease, renew_claim)
+
+
+def unwatch(leases: Heartbeat | None, effect: Unwatch) -> None:
+    """Stop renewing what ``effect`` names."""
+    if leases is None:
+        return
+    if effect.messages:
+        leases.remove_batch(effect.messages)
+    if effect.key is not None:
+        leases.remove_claim(effect.key)
 
 
 def invoke(effect: Invoke) -> None:
@@ -130,4 +223,14 @@ def invoke(effect: Invoke) -> None:
         )
 
 
-__all__ = ["CACHE", "LOCAL", "SETTLING", "BlockingPerformer", "invoke"]
+__all__ = [
+    "CACHE",
+    "LOCAL",
+    "PROBE_KEY",
+    "SETTLING",
+    "AsyncPerformer",
+    "BlockingPerformer",
+    "invoke",
+    "unwatch",
+    "watch",
+]
