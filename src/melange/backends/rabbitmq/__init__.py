@@ -1,4 +1,7 @@
-"""The RabbitMQ backend (needs the ``rabbitmq`` extra: ``pip install 'melange[rabbitmq]'``).
+"""The RabbitMQ backends (need the ``rabbitmq`` extra: ``pip install 'melange[rabbitmq]'``).
+
+:class:`RabbitMQBackend` (pika, blocking) and :class:`AsyncRabbitMQBackend` (aiormq, asyncio)
+share topology and wire format: either consumes what the other published.
 
 See :mod:`melange.backends.rabbitmq.backend` for how queues, topics, retries and dead letters
 map onto RabbitMQ, :mod:`melange.backends.rabbitmq.topology` for the declarations, and
@@ -12,6 +15,21 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
         f"the RabbitMQ backend needs pika ({exc}): pip install 'melange[rabbitmq]'"
     ) from exc
 
+from typing import TYPE_CHECKING, Any
+
 from melange.backends.rabbitmq.backend import RabbitMQBackend
 
-__all__ = ["RabbitMQBackend"]
+if TYPE_CHECKING:
+    from melange.backends.rabbitmq.async_backend import AsyncRabbitMQBackend
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the asyncio backend needs aiormq, the pika backend does not.
+    if name == "AsyncRabbitMQBackend":
+        from melange.backends.rabbitmq.async_backend import AsyncRabbitMQBackend
+
+        return AsyncRabbitMQBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AsyncRabbitMQBackend", "RabbitMQBackend"]

@@ -1,0 +1,1016 @@
+"""The RabbitMQ backend on asyncio: :class:`AsyncRabbitMQBackend`, on aiormq.
+
+It behaves as :class:`~melange.backends.rabbitmq.backend.RabbitMQBackend` does (same
+constructor arguments, capabilities, queues, retry queues, dead letters and message format,
+from the shared :mod:`~melange.backends.rabbitmq.topology` and
+:mod:`~melange.backends.rabbitmq.wire` modules), with its I/O on the running event loop
+instead of a thread: messages published by one are consumed by the other.
+
+- The connection is opened by :meth:`AsyncRabbitMQBackend.connect` (or ``async with``, or the
+  first call). When it is lost, buffered messages are dropped (the broker delivers them
+  again), :meth:`~AsyncRabbitMQBackend.holds` turns ``False`` for the messages it carried, and
+  the next call reconnects; consuming resumes with the next ``retrieve_messages``.
+- Publishing waits for the broker's confirms (``publisher_confirms=True``); a batch is
+  pipelined and waits for all of them at once.
+- Receiving uses ``basic.consume`` with a prefetch window: deliveries are buffered as they
+  arrive, and ``retrieve_messages`` hands them out, waiting up to ``wait_seconds`` for the
+  first.
+
+Use one instance from one event loop; only :meth:`~AsyncRabbitMQBackend.interrupt` may be
+called from other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import threading
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+try:
+    import aiormq
+    import aiormq.abc
+    import aiormq.exceptions
+    from pamqp import commands as spec
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the asyncio RabbitMQ backend needs aiormq ({exc}): pip install 'melange[rabbitmq]'"
+    ) from exc
+
+from melange.backends.async_interfaces import AsyncMessagingBackend
+from melange.backends.interfaces import BackendCapabilities
+from melange.backends.rabbitmq.connection import connection_parameters
+from melange.backends.rabbitmq.topology import (
+    DEAD_LETTER_EXCHANGE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DELAY_LADDER_MS,
+    NOT_FOUND,
+    Bind,
+    DeclareExchange,
+    DeclareQueue,
+    DeleteQueue,
+    Operation,
+    Refusal,
+    Steps,
+    Unbind,
+    ack_plan,
+    check_queue_publish,
+    check_queue_type,
+    check_topic_publish,
+    dead_letter_routed,
+    declare_steps,
+    declare_topic_steps,
+    delete_queue_steps,
+    delete_topic_steps,
+    exists_steps,
+    give_back,
+    plan_queue,
+    publish_refused,
+    queue_options,
+    retry_queue_steps,
+)
+from melange.backends.rabbitmq.wire import encode_body, from_delivery, properties_fields
+from melange.exceptions import (
+    BackendConnectionError,
+    BackendError,
+    ConfigurationError,
+    MessageTooLargeError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+)
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+logger = logging.getLogger("melange.backends.rabbitmq")
+
+T = TypeVar("T")
+
+#: Errors after which the connection is unusable: the next call reconnects.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+)
+
+#: Errors of an attempt to connect.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    aiormq.exceptions.AMQPError,
+    *_CONNECTION_ERRORS,
+)
+
+_REPLY_CODES = {
+    aiormq.exceptions.ChannelAccessRefused: 403,
+    aiormq.exceptions.ChannelNotFoundEntity: 404,
+    aiormq.exceptions.ChannelLockedResource: 405,
+    aiormq.exceptions.ChannelPreconditionFailed: 406,
+}
+
+
+def _refusal(exc: aiormq.exceptions.ChannelClosed) -> Refusal:
+    """The reply code and text of a channel the broker closed (aiormq keeps them as args)."""
+    code = _REPLY_CODES.get(type(exc))
+    if code is not None:
+        return Refusal(code, str(exc.args[0]) if exc.args else "", exc)
+    args = exc.args
+    raw_code = args[0] if args else None
+    text = str(args[1]) if len(args) > 1 else ""
+    return Refusal(raw_code if isinstance(raw_code, int) else 0, text, exc)
+
+
+@dataclass(eq=False)
+class _AsyncConsumer:
+    """A ``basic.consume`` subscription on its own channel, within one connection."""
+
+    queue: str
+    channel: Any
+    generation: int
+    tag: str = ""
+    cancelled: bool = False
+    unacked: set[int] = field(default_factory=set)
+
+    @property
+    def active(self) -> bool:
+        return not self.channel.is_closed and not self.cancelled
+
+
+@dataclass(frozen=True, eq=False)
+class AsyncRabbitMQReceipt:
+    """What a received message needs to be settled: its queue, consumer and delivery tag.
+
+    Opaque to users; kept in :attr:`~melange.models.Message.metadata`.
+    """
+
+    queue: str
+    generation: int
+    consumer: _AsyncConsumer
+    delivery_tag: int
+
+
+class _AsyncSession:
+    """One AMQP connection and its channels."""
+
+    def __init__(self, connection: Any, generation: int) -> None:
+        self.connection = connection
+        self.generation = generation
+        self.consumers: dict[str, _AsyncConsumer] = {}
+        self._topology: Any = None
+        self._publisher: Any = None
+
+    @property
+    def alive(self) -> bool:
+        return not self.connection.is_closed
+
+    async def topology(self) -> Any:
+        """The channel for declarations; reopened after the broker closed it on an error."""
+        if self._topology is None or self._topology.is_closed:
+            self._topology = await self.connection.channel(publisher_confirms=False)
+        return self._topology
+
+    async def publisher(self, confirms: bool) -> Any:
+        """The publishing channel (in confirm mode when ``confirms``)."""
+        if self._publisher is None or self._publisher.is_closed:
+            self._publisher = await self.connection.channel(
+                publisher_confirms=confirms, on_return_raises=False
+            )
+        return self._publisher
+
+    async def perform(self, operation: Operation) -> Refusal | None:
+        """Perform a topology operation; ``None``, or the broker's refusal."""
+        channel = await self.topology()
+        try:
+            if isinstance(operation, DeclareQueue):
+                if operation.passive:
+                    await channel.queue_declare(operation.name, passive=True)
+                else:
+                    await channel.queue_declare(
+                        operation.name, durable=True, arguments=dict(operation.arguments)
+                    )
+            elif isinstance(operation, DeclareExchange):
+                if operation.passive:
+                    await channel.exchange_declare(operation.name, passive=True)
+                else:
+                    await channel.exchange_declare(
+                        operation.name, exchange_type=operation.type, durable=True
+                    )
+            elif isinstance(operation, Bind | Unbind):
+                arguments = dict(operation.arguments) if operation.arguments is not None else None
+                method = channel.queue_bind if isinstance(operation, Bind) else channel.queue_unbind
+                await method(
+                    operation.queue,
+                    operation.exchange,
+                    routing_key=operation.routing_key,
+                    arguments=arguments,
+                )
+            elif isinstance(operation, DeleteQueue):
+                await channel.queue_delete(operation.name)
+            else:
+                await channel.exchange_delete(operation.name)
+        except aiormq.exceptions.ChannelClosed as exc:
+            return _refusal(exc)
+        return None
+
+    async def run(self, steps: Steps[T]) -> T:
+        """Perform topology ``steps`` (see :mod:`~melange.backends.rabbitmq.topology`)."""
+        try:
+            operation = next(steps)
+            while True:
+                operation = steps.send(await self.perform(operation))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        items: Sequence[tuple[bytes, spec.Basic.Properties]],
+        mandatory: bool,
+        confirms: bool,
+    ) -> list[str | None]:
+        """Publish ``items`` pipelined; per item ``None`` or the reason it was refused."""
+        channel = await self.publisher(confirms)
+        results = await asyncio.gather(
+            *(
+                channel.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=mandatory,
+                )
+                for body, properties in items
+            ),
+            return_exceptions=True,
+        )
+        outcome: list[str | None] = []
+        for result in results:
+            if isinstance(result, aiormq.exceptions.DeliveryError) and not isinstance(
+                result, aiormq.exceptions.PublishError
+            ):
+                outcome.append("nacked by the broker")
+            elif isinstance(result, BaseException):
+                raise result
+            elif isinstance(result, aiormq.abc.DeliveredMessage) and isinstance(
+                result.delivery, spec.Basic.Return
+            ):
+                outcome.append(f"{result.delivery.reply_code} {result.delivery.reply_text}")
+            else:
+                outcome.append(None)
+        return outcome
+
+
+def _properties(
+    message: Message, deliveries: int = 0, extra_headers: Mapping[str, str] | None = None
+) -> spec.Basic.Properties:
+    """aiormq properties for ``message`` (the shared wire format)."""
+    fields = properties_fields(message, deliveries=deliveries, extra_headers=extra_headers)
+    fields["timestamp"] = datetime.datetime.fromtimestamp(fields["timestamp"], datetime.UTC)
+    return spec.Basic.Properties(**fields)
+
+
+class AsyncRabbitMQBackend(AsyncMessagingBackend):
+    """A messaging backend on RabbitMQ with asyncio-native I/O (via aiormq).
+
+    Takes the arguments of :class:`~melange.backends.rabbitmq.backend.RabbitMQBackend`
+    (``url`` or ``host``/``port``/``virtual_host``/``credentials``/``username``/``password``,
+    ``queue_type``, ``prefetch_count``, ``publisher_confirms``, ``require_topic_subscribers``,
+    ``operation_timeout``, ``consumer_idle_timeout``, ...) and means the same by them. The
+    constructor only checks them: the connection opens with :meth:`connect`, ``async with``
+    or the first call, which raise :class:`~melange.exceptions.BackendConnectionError` naming
+    host, port and vhost (never the password) when the broker cannot be reached.
+
+    ``**parameters`` are ``pika.ConnectionParameters`` arguments as for the pika backend; of
+    those, ``ssl_options`` (its ``context``) and ``client_properties`` are used.
+    """
+
+    name = "rabbitmq"
+    loop_wait_seconds = 1.0
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        virtual_host: str | None = None,
+        credentials: Any = None,
+        username: str | None = None,
+        password: str | None = None,
+        heartbeat: int = 30,
+        connection_attempts: int = 3,
+        retry_delay: float = 1.0,
+        socket_timeout: float = 5.0,
+        queue_type: str | None = None,
+        prefetch_count: int = 100,
+        publisher_confirms: bool = True,
+        require_topic_subscribers: bool = False,
+        operation_timeout: float = 30.0,
+        consumer_idle_timeout: float = 60.0,
+        reconnect_max_delay: float = 10.0,
+        connection_name: str | None = None,
+        **parameters: Any,
+    ) -> None:
+        if queue_type is not None:
+            check_queue_type(queue_type)
+        if prefetch_count < 1:
+            raise ConfigurationError(f"prefetch_count must be at least 1, got {prefetch_count}")
+        # The pika backend's parsing and checks, so both accept and refuse the same settings.
+        params = connection_parameters(
+            url,
+            host=host,
+            port=port,
+            virtual_host=virtual_host,
+            credentials=credentials,
+            username=username,
+            password=password,
+            heartbeat=heartbeat,
+            connection_attempts=connection_attempts,
+            retry_delay=retry_delay,
+            socket_timeout=socket_timeout,
+            connection_name=connection_name,
+            extra=parameters,
+        )
+        ssl_options = getattr(params, "ssl_options", None)
+        self._ssl_context = getattr(ssl_options, "context", None) if ssl_options else None
+        self._client_properties = dict(getattr(params, "client_properties", None) or {})
+        self.__url = _amqp_url(params, tls=ssl_options is not None)
+        self.describe = f"{params.host}:{params.port}, vhost {params.virtual_host!r}"
+        self._connection_attempts = max(1, connection_attempts)
+        self._retry_delay = retry_delay
+        self._socket_timeout = socket_timeout
+        self._queue_type = queue_type
+        self._prefetch_count = prefetch_count
+        self._confirms = publisher_confirms
+        self._require_subscribers = require_topic_subscribers
+        self._operation_timeout = operation_timeout
+        self._idle_timeout = consumer_idle_timeout
+        self._reconnect_max_delay = reconnect_max_delay
+        self._session: _AsyncSession | None = None
+        self._generation = 0
+        self._ever_connected = False
+        self._closed = False
+        self._connect_lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buffers: dict[str, deque[Message]] = {}
+        self._last_retrieve: dict[str, float] = {}
+        self._signal: asyncio.Future[None] | None = None
+        self._interrupts = 0
+        self._interrupt_lock = threading.Lock()
+        self._known_queues: set[str] = set()
+        self._known_topics: set[str] = set()
+        self._retry_steps: dict[str, set[int]] = {}
+        self._warned_visibility = False
+
+    def __repr__(self) -> str:
+        return f"AsyncRabbitMQBackend({self.describe})"
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(
+            name="rabbitmq",
+            persistent=True,
+            fifo=False,
+            topics=True,
+            native_dead_letter=self._queue_type != "classic",
+            delayed_delivery=True,
+            visibility_timeout=False,
+            extend_visibility=False,
+            receive_count=True,
+            filter_policies=True,
+            max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+            max_batch_size=None,
+        )
+
+    @property
+    def queue_type(self) -> str | None:
+        """The queue type asked for: ``"quorum"``, ``"classic"`` or ``None``."""
+        return self._queue_type
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to the broker is up right now."""
+        return self._session is not None and self._session.alive
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection now (calls open it when needed)."""
+        await self._current()
+
+    async def __aenter__(self) -> AsyncRabbitMQBackend:
+        await self.connect()
+        return self
+
+    async def _current(self) -> _AsyncSession:
+        """The connected session, connecting (again) when there is none."""
+        session = self._session
+        if session is not None and session.alive:
+            return session
+        if self._closed:
+            raise BackendConnectionError(f"the RabbitMQ backend for {self.describe} is closed")
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+            self._loop = asyncio.get_running_loop()
+        async with self._connect_lock:
+            session = self._session
+            if session is not None and session.alive:
+                return session
+            return await self._open()
+
+    async def _open(self) -> _AsyncSession:
+        # The first connection gives up after connection_attempts; later ones retry with
+        # backoff until operation_timeout, as the pika backend's I/O thread does.
+        attempts = 0
+        deadline = time.monotonic() + self._operation_timeout
+        last: BaseException | None = None
+        while True:
+            attempts += 1
+            connection = aiormq.Connection(
+                self.__url, context=self._ssl_context, client_properties=self._client_properties
+            )
+            try:
+                await asyncio.wait_for(connection.connect(), self._socket_timeout * 2)
+            except _CONNECT_ERRORS as exc:
+                last = exc
+                if not connection.is_closed:
+                    await _close_quietly(connection)
+                fatal = isinstance(exc, _AUTH_ERRORS)
+                if self._ever_connected and not fatal and time.monotonic() < deadline:
+                    pause = min(self._reconnect_max_delay, 0.2 * 2 ** min(attempts, 8))
+                    logger.warning(
+                        "reconnecting to RabbitMQ at %s failed (%s); next attempt in %.1fs",
+                        self.describe,
+                        _explain(exc),
+                        pause,
+                    )
+                    await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                    continue
+                if not self._ever_connected and not fatal and attempts < self._connection_attempts:
+                    await asyncio.sleep(self._retry_delay)
+                    continue
+                raise BackendConnectionError(
+                    f"could not connect to RabbitMQ at {self.describe}: {_explain(last)}"
+                ) from None
+            break
+        self._generation += 1
+        session = _AsyncSession(connection, self._generation)
+        if self._ever_connected:
+            logger.warning("reconnected to RabbitMQ at %s", self.describe)
+        self._ever_connected = True
+        self._session = session
+        connection.closing.add_done_callback(lambda _f: self._on_lost(session))
+        return session
+
+    def _on_lost(self, session: _AsyncSession) -> None:
+        """The connection closed: the broker gives every unsettled message back."""
+        if self._session is session:
+            self._session = None
+            if not self._closed:
+                logger.warning("connection to RabbitMQ at %s lost; reconnecting", self.describe)
+        for queue, consumer in session.consumers.items():
+            buffer = self._buffers.get(queue)
+            if buffer:
+                kept = [m for m in buffer if m.metadata.consumer is not consumer]
+                buffer.clear()
+                buffer.extend(kept)
+        self._notify()
+
+    async def _run(self, fn: Callable[[_AsyncSession], Awaitable[T]]) -> T:
+        """Run ``fn`` on the current session, once more on a new one if the connection drops.
+
+        Operations are safe to repeat (declarations are idempotent; a repeated publish may
+        duplicate a message, which at-least-once delivery allows).
+        """
+        deadline = time.monotonic() + self._operation_timeout
+        while True:
+            session = await self._current()
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    return await fn(session)
+            except TimeoutError:
+                raise BackendConnectionError(
+                    f"RabbitMQ at {self.describe} did not complete the operation within "
+                    f"{self._operation_timeout:.0f}s"
+                ) from None
+            except aiormq.exceptions.ChannelClosed as exc:
+                refusal = _refusal(exc)
+                raise BackendError(
+                    f"RabbitMQ at {self.describe} refused the operation: {refusal.code} "
+                    f"{refusal.text}"
+                ) from None
+            except _CONNECTION_ERRORS as exc:
+                if session.alive:
+                    await _close_quietly(session.connection)
+                if self._closed or time.monotonic() >= deadline:
+                    raise BackendConnectionError(
+                        f"lost the connection to RabbitMQ at {self.describe}: {_explain(exc)}"
+                    ) from None
+                logger.warning(
+                    "connection to RabbitMQ at %s lost (%s); repeating the operation",
+                    self.describe,
+                    _explain(exc),
+                )
+
+    async def _steps(self, steps: Callable[[], Steps[T]]) -> T:
+        return await self._run(lambda session: session.run(steps()))
+
+    # -- topology ---------------------------------------------------------------------------
+
+    async def declare_topic(self, topic_name: str) -> TopicWrapper:
+        await self._steps(lambda: declare_topic_steps(topic_name))
+        self._known_topics.add(topic_name)
+        return TopicWrapper(topic_name, topic_name)
+
+    async def get_topic(self, topic_name: str) -> TopicWrapper:
+        if topic_name not in self._known_topics:
+            if not await self._steps(
+                lambda: exists_steps(DeclareExchange(topic_name, passive=True))
+            ):
+                raise TopicNotFoundError(topic_name)
+            self._known_topics.add(topic_name)
+        return TopicWrapper(topic_name, topic_name)
+
+    async def get_queue(self, queue_name: str) -> QueueWrapper:
+        if queue_name not in self._known_queues:
+            if not await self._steps(lambda: exists_steps(DeclareQueue(queue_name, passive=True))):
+                raise QueueNotFoundError(queue_name)
+            self._known_queues.add(queue_name)
+        return QueueWrapper(queue_name, queue_name)
+
+    async def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Declare the queue (and its dead-letter queue) and bind it to ``topics_to_bind``.
+
+        The options are those of :meth:`RabbitMQBackend.declare_queue
+        <melange.backends.rabbitmq.backend.RabbitMQBackend.declare_queue>`.
+        """
+        dlq = dead_letter_queue_name
+        options = queue_options(queue_name, kwargs, self._queue_type, dlq)
+        if options.ignored_visibility_timeout and not self._warned_visibility:
+            self._warned_visibility = True
+            logger.info(
+                "visibility_timeout is ignored by the RabbitMQ backend: a message stays with "
+                "its consumer until settled, or until the consumer disconnects"
+            )
+        plan = plan_queue(queue_name, options, dlq, [t.name for t in topics_to_bind])
+        types = await self._steps(lambda: declare_steps(plan))
+        self._known_queues.update(types)
+        dlq_wrapper = QueueWrapper(dlq, dlq) if dlq is not None else None
+        return QueueWrapper(queue_name, queue_name), dlq_wrapper
+
+    async def delete_queue(self, queue: QueueWrapper) -> None:
+        """Delete the queue, its messages and its retry queues (not its dead-letter queue)."""
+        name = queue.name
+        extra = sorted(self._retry_steps.get(name, ()))
+
+        async def op(session: _AsyncSession) -> None:
+            await self._unsubscribe(session, name)
+            await session.run(delete_queue_steps(name, extra))
+
+        self._buffers.pop(name, None)
+        await self._run(op)
+        self._known_queues.discard(name)
+        self._retry_steps.pop(name, None)
+
+    async def delete_topic(self, topic: TopicWrapper) -> None:
+        await self._steps(lambda: delete_topic_steps(topic.name))
+        self._known_topics.discard(topic.name)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        await self._publish_queue([message], queue, batch=False)
+
+    async def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
+    ) -> None:
+        await self._publish_queue(messages, queue, batch=True)
+
+    async def _publish_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, batch: bool
+    ) -> None:
+        if not messages:
+            return
+        items = _encode(messages)
+
+        async def op(session: _AsyncSession) -> list[str | None]:
+            try:
+                return await session.publish("", queue.name, items, True, self._confirms)
+            except aiormq.exceptions.ChannelClosed as exc:
+                refusal = _refusal(exc)
+                raise publish_refused(refusal.code, refusal.text, f"queue {queue.name!r}") from None
+
+        missing = check_queue_publish(await self._run(op), queue.name, batch)
+        if missing is not None:
+            self._known_queues.discard(queue.name)
+            raise missing
+
+    async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        await self._publish_topic([message], topic, batch=False)
+
+    async def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
+    ) -> None:
+        await self._publish_topic(messages, topic, batch=True)
+
+    async def _publish_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper, batch: bool
+    ) -> None:
+        if not messages:
+            return
+        items = _encode(messages)
+        mandatory = self._require_subscribers
+
+        async def op(session: _AsyncSession) -> list[str | None]:
+            try:
+                return await session.publish(topic.name, "", items, mandatory, self._confirms)
+            except aiormq.exceptions.ChannelClosed as exc:
+                refusal = _refusal(exc)
+                if refusal.code == NOT_FOUND:
+                    raise TopicNotFoundError(topic.name) from None
+                raise publish_refused(refusal.code, refusal.text, f"topic {topic.name!r}") from None
+
+        try:
+            outcome = await self._run(op)
+        except TopicNotFoundError:
+            self._known_topics.discard(topic.name)
+            raise
+        check_topic_publish(outcome, messages, topic.name, batch)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """Hand out up to ``max_messages`` (default 10) buffered messages of ``queue``.
+
+        Starts consuming the queue on the first call. Waits up to ``wait_seconds`` (default
+        0) while nothing is buffered; :meth:`interrupt` ends the wait early.
+        """
+        max_messages = int(kwargs.get("max_messages") or 10)
+        wait = float(kwargs.get("wait_seconds") or 0.0)
+        name = queue.name
+        deadline = time.monotonic() + wait
+        interrupts = self._interrupts
+        self._last_retrieve[name] = time.monotonic() + wait
+        session = self._session
+        consumer = session.consumers.get(name) if session is not None else None
+        if session is None or not session.alive or consumer is None or not consumer.active:
+            # While the broker is unreachable, fail soon after the caller's own wait so that
+            # a consume loop stays responsive to stop() and reports the outage.
+            await asyncio.wait_for(
+                self._run(lambda s: self._ensure_consuming(s, name)),
+                min(self._operation_timeout, max(wait, 1.0) + 5.0),
+            )
+        await self._release_idle_consumers()
+        buffer = self._buffers.setdefault(name, deque())
+        while True:
+            if buffer:
+                return [buffer.popleft() for _ in range(min(max_messages, len(buffer)))]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._interrupts != interrupts or self._closed:
+                return []
+            current = self._session
+            consumer = current.consumers.get(name) if current is not None else None
+            if consumer is None or not consumer.active:
+                return []  # lost meanwhile: the next call consumes again
+            await asyncio.wait([self._signal_future()], timeout=remaining)
+            buffer = self._buffers.setdefault(name, deque())
+
+    async def _ensure_consuming(self, session: _AsyncSession, name: str) -> None:
+        consumer = session.consumers.get(name)
+        if consumer is not None and consumer.active:
+            return
+        await self._unsubscribe(session, name)
+        channel = await session.connection.channel(publisher_confirms=False)
+        await channel.basic_qos(prefetch_count=self._prefetch_count)
+        consumer = _AsyncConsumer(name, channel, session.generation)
+        buffers = self._buffers
+
+        def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
+            tag = delivered.delivery_tag
+            if tag is None:
+                return
+            consumer.unacked.add(tag)
+            receipt = AsyncRabbitMQReceipt(name, consumer.generation, consumer, tag)
+            message = from_delivery(delivered.header.properties, delivered.body, receipt)
+            buffers.setdefault(name, deque()).append(message)
+            self._notify()
+
+        def on_cancel(_frame: Any) -> None:
+            consumer.cancelled = True
+            self._notify()
+
+        channel.on_consumer_cancel_callbacks.add(on_cancel)
+        try:
+            ok = await channel.basic_consume(name, _sync_callback(on_message))
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            self._known_queues.discard(name)
+            raise QueueNotFoundError(name) from None
+        consumer.tag = ok.consumer_tag or ""
+        session.consumers[name] = consumer
+
+    async def _unsubscribe(self, session: _AsyncSession, name: str) -> None:
+        """Stop consuming ``name``: its unsettled messages go back to the queue."""
+        consumer = session.consumers.pop(name, None)
+        if consumer is None:
+            return
+        buffer = self._buffers.get(name)
+        if buffer:
+            kept = [m for m in buffer if m.metadata.consumer is not consumer]
+            buffer.clear()
+            buffer.extend(kept)
+        if not consumer.channel.is_closed:
+            try:
+                await consumer.channel.close()
+            except Exception:  # closing anyway: the broker requeues what it holds
+                logger.debug("closing a consumer channel failed", exc_info=True)
+
+    async def _release_idle_consumers(self) -> None:
+        """Stop consuming queues nobody retrieves from, handing their buffers back."""
+        session = self._session
+        if session is None or not session.alive:
+            return
+        now = time.monotonic()
+        for name, consumer in list(session.consumers.items()):
+            if now - self._last_retrieve.get(name, now) < self._idle_timeout:
+                continue
+            buffered = self._buffers.get(name) or deque()
+            # Only when every unsettled message is still in the buffer: closing the channel
+            # would also hand back messages that are being processed.
+            if len(consumer.unacked) != len(buffered):
+                continue
+            logger.debug("no longer consuming idle queue %s", name)
+            await self._unsubscribe(session, name)
+
+    def _signal_future(self) -> asyncio.Future[None]:
+        if self._signal is None or self._signal.done():
+            self._signal = asyncio.get_running_loop().create_future()
+        return self._signal
+
+    def _notify(self) -> None:
+        """Wake every ``retrieve_messages`` waiting (on the loop)."""
+        signal = self._signal
+        if signal is not None and not signal.done():
+            signal.set_result(None)
+
+    def interrupt(self) -> None:
+        """Wake a :meth:`retrieve_messages` waiting for messages (from any thread)."""
+        with self._interrupt_lock:
+            self._interrupts += 1
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # RuntimeError: the loop closed meanwhile, so nobody is waiting.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._notify)
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def _valid(self, receipt: AsyncRabbitMQReceipt) -> bool:
+        session = self._session
+        return (
+            session is not None
+            and session.alive
+            and session.generation == receipt.generation
+            and not receipt.consumer.channel.is_closed
+            and receipt.delivery_tag in receipt.consumer.unacked
+        )
+
+    async def _settle(
+        self, message: Message, action: Callable[[AsyncRabbitMQReceipt], Awaitable[T]]
+    ) -> T | None:
+        receipt = _receipt(message)
+        if not self._valid(receipt):
+            return None  # settled already, or the connection was reset: redelivered anyway
+        try:
+            return await action(receipt)
+        except _CONNECTION_ERRORS:
+            return None  # its connection is gone: the broker delivers it again
+        except aiormq.exceptions.ChannelClosed as exc:
+            refusal = _refusal(exc)
+            raise BackendError(
+                f"RabbitMQ at {self.describe} refused the operation: {refusal.code} {refusal.text}"
+            ) from None
+
+    async def acknowledge(self, message: Message) -> None:
+        """Acknowledge ``message``; see :meth:`acknowledge_batch`."""
+        await self.acknowledge_batch([message])
+
+    async def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        """Acknowledge ``messages``: they are removed from their queues.
+
+        A message received on a connection that has since been lost is not acknowledged
+        (the broker delivers it again). Where a consumer's batch holds every tag it has
+        outstanding up to its highest one, a single ``multiple`` acknowledgement settles all.
+        """
+        receipts = [_receipt(m) for m in messages]
+        by_consumer: dict[int, tuple[_AsyncConsumer, list[int]]] = {}
+        for receipt in receipts:
+            if not self._valid(receipt):
+                continue
+            entry = by_consumer.setdefault(id(receipt.consumer), (receipt.consumer, []))
+            entry[1].append(receipt.delivery_tag)
+        for consumer, tags in by_consumer.values():
+            highest, multiple, tags = ack_plan(consumer.unacked, tags)
+            consumer.unacked.difference_update(tags)
+            try:
+                if multiple:
+                    await consumer.channel.basic_ack(highest, multiple=True)
+                else:
+                    for tag in tags:
+                        await consumer.channel.basic_ack(tag)
+            except _CONNECTION_ERRORS:
+                logger.debug("acknowledgement lost with the connection; redelivered")
+
+    async def nack(self, message: Message, delay: float = 0.0) -> None:
+        """Report a failed attempt: ``message`` comes back after ``delay`` seconds with its
+        attempt count one higher."""
+        await self._give_back(message, delay, failed=True)
+
+    async def release(self, message: Message, delay: float = 0.0) -> None:
+        """Give back ``message`` unprocessed: it comes back after ``delay`` seconds with the
+        attempt count it had."""
+        if delay <= 0:
+            await self._settle(message, _requeue)
+            return
+        await self._give_back(message, delay, failed=False)
+
+    def holds(self, message: Message) -> bool:
+        """``False`` once the connection ``message`` came on is gone (it is redelivered)."""
+        receipt = message.metadata
+        if not isinstance(receipt, AsyncRabbitMQReceipt):
+            return False
+        session = self._session
+        return (
+            session is not None
+            and session.alive
+            and session.generation == receipt.generation
+            and receipt.consumer.active
+        )
+
+    async def _give_back(self, message: Message, delay: float, failed: bool) -> None:
+        receipt = _receipt(message)
+        plan = give_back(receipt.queue, message, delay, failed)
+        body = encode_body(message.content)
+        properties = _properties(message, plan.deliveries)
+        session = self._session
+
+        async def action(receipt: AsyncRabbitMQReceipt) -> None:
+            assert session is not None
+            if plan.delay_ms:
+                if plan.delay_ms not in DELAY_LADDER_MS:
+                    self._retry_steps.setdefault(plan.queue, set()).add(plan.delay_ms)
+                await session.run(retry_queue_steps(plan.queue, plan.delay_ms))
+            [refused] = await session.publish(
+                "", plan.target, [(body, properties)], True, self._confirms
+            )
+            if refused is not None:
+                # The copy did not land: keep the original and let the broker return it.
+                logger.error(
+                    "could not hand message %s back to %s (%s); returning it to the queue now",
+                    message.message_id,
+                    plan.target,
+                    refused,
+                )
+                await _requeue(receipt)
+                return
+            await _ack(receipt)
+
+        await self._settle(message, action)
+
+    async def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
+        """Publish a copy with ``headers`` to the queue's dead-letter queue, then ack.
+
+        Returns ``False``, leaving the message unsettled, when no dead-letter queue is bound
+        for the queue.
+        """
+        _receipt(message)  # refuses messages of other backends before any I/O
+        body = encode_body(message.content)
+        properties = _properties(message, message.attempt or 1, dict(headers))
+        session = self._session
+
+        async def action(receipt: AsyncRabbitMQReceipt) -> bool:
+            assert session is not None
+            try:
+                [refused] = await session.publish(
+                    DEAD_LETTER_EXCHANGE, receipt.queue, [(body, properties)], True, self._confirms
+                )
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False  # no dead-letter queue was ever declared
+            if not dead_letter_routed(refused, message.message_id):
+                return False
+            await _ack(receipt)
+            return True
+
+        result = await self._settle(message, action)
+        if result is None:
+            logger.warning(
+                "message %s could not be dead-lettered now: the connection was reset since it "
+                "was received; the broker delivers it again",
+                message.message_id,
+            )
+            return True
+        return result
+
+    async def aclose(self) -> None:
+        """Close the connection; unsettled messages go back to their queues."""
+        self._closed = True
+        self.interrupt()
+        session, self._session = self._session, None
+        if session is not None and session.alive:
+            await _close_quietly(session.connection)
+        self._buffers.clear()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+_AUTH_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.ConnectionNotAllowed,
+)
+
+
+def _receipt(message: Message) -> AsyncRabbitMQReceipt:
+    receipt = message.metadata
+    if not isinstance(receipt, AsyncRabbitMQReceipt):
+        raise ValueError(f"{message!r} was not received from an AsyncRabbitMQBackend")
+    return receipt
+
+
+async def _ack(receipt: AsyncRabbitMQReceipt) -> None:
+    receipt.consumer.unacked.discard(receipt.delivery_tag)
+    await receipt.consumer.channel.basic_ack(receipt.delivery_tag)
+
+
+async def _requeue(receipt: AsyncRabbitMQReceipt) -> None:
+    # Back in its place in the queue; the broker's delivery count (the backstop) goes up.
+    receipt.consumer.unacked.discard(receipt.delivery_tag)
+    await receipt.consumer.channel.basic_nack(receipt.delivery_tag, requeue=True)
+
+
+def _sync_callback(
+    fn: Callable[[aiormq.abc.DeliveredMessage], None],
+) -> Callable[[aiormq.abc.DeliveredMessage], Awaitable[None]]:
+    async def callback(delivered: aiormq.abc.DeliveredMessage) -> None:
+        fn(delivered)
+
+    return callback
+
+
+def _encode(messages: Sequence[Message]) -> list[tuple[bytes, spec.Basic.Properties]]:
+    items = []
+    for message in messages:
+        body = encode_body(message.content)
+        if len(body) > DEFAULT_MAX_MESSAGE_SIZE:
+            raise MessageTooLargeError(len(body), DEFAULT_MAX_MESSAGE_SIZE, "RabbitMQ")
+        items.append((body, _properties(message)))
+    return items
+
+
+async def _close_quietly(connection: Any) -> None:
+    try:
+        await asyncio.wait_for(connection.close(), 5.0)
+    except Exception:
+        logger.debug("closing the connection failed", exc_info=True)
+
+
+def _amqp_url(params: Any, tls: bool) -> str:
+    """The URL aiormq connects to, from pika's parsed parameters (kept private: it holds
+    the password)."""
+    credentials = params.credentials
+    user = urllib.parse.quote(getattr(credentials, "username", "guest"), safe="")
+    password = urllib.parse.quote(getattr(credentials, "password", "guest"), safe="")
+    vhost = urllib.parse.quote(params.virtual_host, safe="")
+    scheme = "amqps" if tls else "amqp"
+    query = urllib.parse.urlencode({"heartbeat": params.heartbeat})
+    return f"{scheme}://{user}:{password}@{params.host}:{params.port}/{vhost}?{query}"
+
+
+def _explain(error: BaseException | None) -> str:
+    """A readable reason for a connection failure (never the URL: it holds the password)."""
+    if error is None:
+        return "no error recorded"
+    if isinstance(error, _AUTH_ERRORS):
+        return (
+            f"access refused ({type(error).__name__}); check the username, password and that "
+            "the user may access this virtual host"
+        )
+    if isinstance(error, asyncio.TimeoutError):
+        return "timed out"
+    text = str(error) or repr(error)
+    return f"{type(error).__name__}: {text}"
+
+
+__all__ = ["AsyncRabbitMQBackend", "AsyncRabbitMQReceipt"]
