@@ -123,7 +123,7 @@ def test_a_relative_path_keeps_naming_the_same_file_after_a_change_of_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    with backend._read():  # holds the only open connection: the publish opens another
+    with backend._db.read():  # holds the only open connection: the publish opens another
         backend.publish_to_queue(make_message('"x"'), queue)
     assert backend.queue_depth("q") == 1
     assert not (elsewhere / "relative.db").exists()
@@ -132,7 +132,7 @@ def test_a_relative_path_keeps_naming_the_same_file_after_a_change_of_directory(
 
 def test_database_runs_in_wal_mode_with_the_chosen_synchronous_setting(db: Path) -> None:
     backend = SQLiteBackend(db, synchronous="full")
-    with backend._read() as conn:
+    with backend._db.read() as conn:
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     backend.close_connection()
     with contextlib.closing(sqlite3.connect(db)) as conn:

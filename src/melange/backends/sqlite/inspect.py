@@ -1,0 +1,72 @@
+"""Looking into the queues of the SQLite backend (the CLI and tests): how many messages a
+queue holds by state (:class:`QueueStats`), copies of its messages, and purging it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from melange.backends.sqlite.connection import Database
+from melange.backends.sqlite.topology import queue_config
+from melange.backends.sqlite.wire import COLUMNS, Row, to_message
+from melange.models import Message
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """How many messages a queue holds, by state.
+
+    Attributes:
+        name: The queue.
+        ready: Messages a receive would return now (including those whose lease ran out).
+        in_flight: Messages received and not yet settled, whose lease is still running.
+        delayed: Messages held back until a later time (queue delay or delayed ``nack``).
+    """
+
+    name: str
+    ready: int
+    in_flight: int
+    delayed: int
+
+    @property
+    def total(self) -> int:
+        """Every message of the queue, whatever its state."""
+        return self.ready + self.in_flight + self.delayed
+
+
+def queue_stats(db: Database, queue_name: str, now: float) -> QueueStats:
+    """How many messages the queue holds at ``now``: ready, in flight and delayed."""
+    with db.read() as conn:
+        queue_config(conn, queue_name)
+        ready, in_flight, delayed = conn.execute(
+            "SELECT"
+            " COALESCE(SUM(visible_at <= :now), 0),"
+            " COALESCE(SUM(visible_at > :now AND receipt IS NOT NULL), 0),"
+            " COALESCE(SUM(visible_at > :now AND receipt IS NULL), 0)"
+            " FROM messages WHERE queue = :queue",
+            {"now": now, "queue": queue_name},
+        ).fetchone()
+    return QueueStats(queue_name, int(ready), int(in_flight), int(delayed))
+
+
+def peek(db: Database, queue_name: str, limit: int) -> list[Message]:
+    """Up to ``limit`` messages of the queue in publish order, without receiving them."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    with db.read() as conn:
+        queue_config(conn, queue_name)
+        rows = conn.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE queue = ? ORDER BY id LIMIT ?",
+            (queue_name, limit),
+        ).fetchall()
+    return [to_message(Row(*row), None) for row in rows]
+
+
+def purge(db: Database, queue_name: str) -> int:
+    """Delete every message of the queue, in flight or not; returns how many."""
+    with db.write() as conn:
+        queue_config(conn, queue_name)
+        deleted = conn.execute("DELETE FROM messages WHERE queue = ?", (queue_name,)).rowcount
+    return int(deleted)
+
+
+__all__ = ["QueueStats", "peek", "purge", "queue_stats"]
