@@ -2,10 +2,15 @@
 
 A :class:`Driver` is one synchronous facade over the threaded
 :class:`~melange.MessageDispatcher` and the asyncio :class:`~melange.aio.AsyncMessageDispatcher`,
-so that a behaviour test is written once and runs under both: ``make`` builds a dispatcher,
+so that a behaviour test is written once and runs under each: ``make`` builds a dispatcher,
 ``consume_event`` receives and dispatches one batch, ``run_loop`` runs ``consume_loop`` on a
 background thread (the asyncio driver in its own event loop there) and returns a
 :class:`LoopHandle` whose ``stop()`` stops the dispatcher and joins the thread.
+
+The asyncio dispatcher runs twice: given the test's blocking backend and cache (``asyncio``:
+it adapts them), and given asynchronous ones (``asyncio-native``: :class:`NativeAsyncBackend`
+and :class:`NativeAsyncCache` stand for asyncio-native clients, so leases and claims are
+renewed through the event loop).
 
 A :class:`Broker` wraps the backend a test runs on (in-memory, SQLite or RabbitMQ) with the
 few helpers the tests need: uniquely named queues with a dead-letter queue, publishing, taking
@@ -26,12 +31,15 @@ from typing import Any, cast
 
 from melange import JsonSerializer, MessageDispatcher
 from melange.aio import AsyncMessageDispatcher
-from melange.backends.interfaces import MessagingBackend
-from melange.models import Message
+from melange.backends.async_interfaces import AsyncMessagingBackend
+from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.deduplication.async_cache import AsyncDeduplicationCache
+from melange.deduplication.cache import ClaimState, DeduplicationCache
+from melange.models import Message, QueueWrapper, TopicWrapper
 from melange.testing import wait_until
 from melange.testing.conformance import Topology, assert_empty
 
-DRIVER_NAMES = ("threaded", "asyncio")
+DRIVER_NAMES = ("threaded", "asyncio", "asyncio-native")
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
@@ -210,10 +218,172 @@ class AsyncioDriver(Driver):
         return lambda: asyncio.run(aio.consume_loop(queue, concurrency=concurrency, **kwargs))
 
 
+class AsyncioNativeDriver(AsyncioDriver):
+    """:class:`melange.aio.AsyncMessageDispatcher` given an asynchronous backend and cache:
+    the test's blocking ones behind :class:`NativeAsyncBackend` and :class:`NativeAsyncCache`."""
+
+    name = "asyncio-native"
+
+    def _new(self, serializers: Any, **kwargs: Any) -> MessageDispatcher:
+        if kwargs.get("backend") is not None:
+            kwargs["backend"] = NativeAsyncBackend(kwargs["backend"])
+        if kwargs.get("cache") is not None:
+            kwargs["cache"] = NativeAsyncCache(kwargs["cache"])
+        return AsyncMessageDispatcher(serializers, **kwargs)
+
+
 def make_driver(name: str) -> Driver:
     """The driver called ``name`` (one of :data:`DRIVER_NAMES`)."""
-    drivers: dict[str, type[Driver]] = {"threaded": ThreadedDriver, "asyncio": AsyncioDriver}
+    drivers: dict[str, type[Driver]] = {
+        "threaded": ThreadedDriver,
+        "asyncio": AsyncioDriver,
+        "asyncio-native": AsyncioNativeDriver,
+    }
     return drivers[name]()
+
+
+# -- asynchronous contracts over the test's brokers and caches ------------------------------
+
+
+class NativeAsyncBackend(AsyncMessagingBackend):
+    """A blocking backend presented as an asyncio-native one, as a native client would be.
+
+    Not :func:`~melange.backends.async_interfaces.as_async`, so that the dispatcher cannot
+    tell it from a native client: calls that never block run on the loop, the others on a
+    worker thread (as a native client's I/O would not block the loop). ``renewals`` records
+    the thread each :meth:`extend_visibility` ran on.
+    """
+
+    name = "native-test"
+
+    def __init__(self, backend: MessagingBackend) -> None:
+        self.blocking_backend = backend
+        self.loop_wait_seconds = backend.loop_wait_seconds
+        #: The thread each lease renewal ran on.
+        self.renewals: list[str] = []
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return self.blocking_backend.capabilities
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.blocking_backend.blocking:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        await asyncio.sleep(0)  # a real client would yield to the loop here
+        return fn(*args, **kwargs)
+
+    async def declare_topic(self, topic_name: str) -> TopicWrapper:
+        return cast(TopicWrapper, await self._call(self.blocking_backend.declare_topic, topic_name))
+
+    async def get_topic(self, topic_name: str) -> TopicWrapper:
+        return cast(TopicWrapper, await self._call(self.blocking_backend.get_topic, topic_name))
+
+    async def get_queue(self, queue_name: str) -> QueueWrapper:
+        return cast(QueueWrapper, await self._call(self.blocking_backend.get_queue, queue_name))
+
+    async def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        return cast(
+            "tuple[QueueWrapper, QueueWrapper | None]",
+            await self._call(
+                self.blocking_backend.declare_queue,
+                queue_name,
+                *topics_to_bind,
+                dead_letter_queue_name=dead_letter_queue_name,
+                **kwargs,
+            ),
+        )
+
+    async def delete_queue(self, queue: QueueWrapper) -> None:
+        await self._call(self.blocking_backend.delete_queue, queue)
+
+    async def delete_topic(self, topic: TopicWrapper) -> None:
+        await self._call(self.blocking_backend.delete_topic, topic)
+
+    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        await self._call(self.blocking_backend.publish_to_queue, message, queue, **kwargs)
+
+    async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        await self._call(self.blocking_backend.publish_to_topic, message, topic, **kwargs)
+
+    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        backend = self.blocking_backend
+        if not backend.blocking and kwargs.get("wait_seconds"):
+            # Wait for messages without holding the loop (or a thread), as a native client.
+            deadline = time.monotonic() + float(kwargs["wait_seconds"])
+            options = {**kwargs, "wait_seconds": 0}
+            while True:
+                ready = backend.retrieve_messages(queue, **options)
+                if ready or time.monotonic() >= deadline:
+                    return ready
+                await asyncio.sleep(0.02)
+        return cast(list[Message], await self._call(backend.retrieve_messages, queue, **kwargs))
+
+    async def acknowledge(self, message: Message) -> None:
+        await self._call(self.blocking_backend.acknowledge, message)
+
+    async def acknowledge_batch(self, messages: Any) -> None:
+        await self._call(self.blocking_backend.acknowledge_batch, messages)
+
+    async def nack(self, message: Message, delay: float = 0.0) -> None:
+        await self._call(self.blocking_backend.nack, message, delay)
+
+    async def release(self, message: Message, delay: float = 0.0) -> None:
+        await self._call(self.blocking_backend.release, message, delay)
+
+    def holds(self, message: Message) -> bool:
+        return self.blocking_backend.holds(message)
+
+    async def dead_letter(self, message: Message, headers: Any) -> bool:
+        return bool(await self._call(self.blocking_backend.dead_letter, message, headers))
+
+    async def extend_visibility(self, message: Message, seconds: float) -> None:
+        self.renewals.append(threading.current_thread().name)
+        await self._call(self.blocking_backend.extend_visibility, message, seconds)
+
+    def visibility_timeout_for(self, message: Message) -> float | None:
+        return self.blocking_backend.visibility_timeout_for(message)
+
+    def interrupt(self) -> None:
+        self.blocking_backend.interrupt()
+
+
+class NativeAsyncCache(AsyncDeduplicationCache):
+    """A blocking cache presented as an asyncio-native one (see :class:`NativeAsyncBackend`);
+    ``renewals`` records which thread each claim renewal ran on."""
+
+    def __init__(self, cache: DeduplicationCache) -> None:
+        self.cache = cache
+        self.renewals: list[str] = []
+
+    async def store(self, key: str, value: Any) -> None:
+        await asyncio.sleep(0)
+        self.cache.store(key, value)
+
+    async def get(self, key: str) -> Any:
+        await asyncio.sleep(0)
+        return self.cache.get(key)
+
+    async def claim(self, key: str, lease_seconds: float) -> ClaimState:
+        await asyncio.sleep(0)
+        return self.cache.claim(key, lease_seconds)
+
+    async def renew(self, key: str, lease_seconds: float) -> bool:
+        self.renewals.append(threading.current_thread().name)
+        return self.cache.renew(key, lease_seconds)
+
+    async def mark_done(self, key: str) -> None:
+        await asyncio.sleep(0)
+        self.cache.mark_done(key)
+
+    async def release(self, key: str) -> None:
+        await asyncio.sleep(0)
+        self.cache.release(key)
 
 
 # -- brokers --------------------------------------------------------------------------------

@@ -21,7 +21,15 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from drivers import Broker, Driver, json_message, payload_of, wait_for
+from drivers import (
+    Broker,
+    Driver,
+    NativeAsyncBackend,
+    NativeAsyncCache,
+    json_message,
+    payload_of,
+    wait_for,
+)
 
 from melange import (
     Consumer,
@@ -43,6 +51,7 @@ from melange.models import (
     FAILURE_REASON,
 )
 from melange.testing.conformance import unique_name
+from service_check import require_service
 
 #: For tests whose behaviour is also the broker's: RabbitMQ too.
 WITH_RABBITMQ = pytest.mark.parametrize(
@@ -50,7 +59,7 @@ WITH_RABBITMQ = pytest.mark.parametrize(
     ["memory", "sqlite", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)],
     indirect=True,
 )
-ASYNCIO_ONLY = pytest.mark.parametrize("driver", ["asyncio"], indirect=True)
+ASYNCIO_ONLY = pytest.mark.parametrize("driver", ["asyncio", "asyncio-native"], indirect=True)
 #: Messages processed at once in the loop tests: one at a time, and a pool.
 CONCURRENCY = pytest.mark.parametrize("concurrency", [1, 4])
 
@@ -556,10 +565,12 @@ def test_a_consumer_raising_systemexit_or_keyboardinterrupt_stops_the_loop_unack
 # -- leases renewed while a handler runs long -----------------------------------------------
 
 
-def run_next_to_a_second_dispatcher(driver: Driver, handler: Callable[[Any], Any]) -> int:
+def run_next_to_a_second_dispatcher(
+    driver: Driver, handler: Callable[[Any], Any], made: list[MessageDispatcher] | None = None
+) -> int:
     """Run a slow ``handler`` on the one message of a queue with a 1 s visibility timeout
     (real clock) while a second dispatcher of the same driver polls the queue too; returns
-    how many times the handler started."""
+    how many times the handler started (the dispatchers go to ``made``)."""
     backend = InMemoryMessagingBackend(visibility_timeout=1.0)
     queue = unique_name("lease")
     MessagingBackendFactory(backend).init_queue(queue, dead_letter_queue_name=queue + "-dlq")
@@ -573,6 +584,8 @@ def run_next_to_a_second_dispatcher(driver: Driver, handler: Callable[[Any], Any
             )
             for _ in range(2)
         ]
+        if made is not None:
+            made.extend(dispatchers)
         first = driver.run_loop(dispatchers[0], queue, 1)
         wait_for(lambda: starts(handler) == 1, 10, "the first dispatcher to start the message")
         second = driver.run_loop(dispatchers[1], queue, 1)
@@ -634,6 +647,109 @@ def test_the_lease_of_a_message_a_slow_async_consumer_holds_is_renewed_so_it_run
     driver: Driver,
 ) -> None:
     assert run_next_to_a_second_dispatcher(driver, SlowAsync()) == 1
+
+
+@pytest.mark.parametrize("driver", ["asyncio-native"], indirect=True)
+def test_an_async_backend_renews_a_slow_async_handlers_lease_on_the_event_loop(
+    driver: Driver,
+) -> None:
+    made: list[MessageDispatcher] = []
+    assert run_next_to_a_second_dispatcher(driver, SlowAsync(), made) == 1
+    backend = cast(NativeAsyncBackend, made[0].backend)
+    assert isinstance(backend, NativeAsyncBackend)
+    # 2.5 s on a 1 s lease: renewed every third of a second, each time on the loop's thread.
+    assert len(backend.renewals) >= 3, backend.renewals
+    assert all(name.startswith("asyncio-native-loop") for name in backend.renewals)
+
+
+# -- what each dispatcher accepts -----------------------------------------------------------
+
+
+def test_the_threaded_dispatcher_refuses_an_async_backend_or_cache_clearly() -> None:
+    from melange.deduplication.async_cache import AsyncDeduplicationCache
+
+    backend = InMemoryMessagingBackend()
+    with pytest.raises(TypeError, match=r"asynchronous backend.*AsyncMessageDispatcher"):
+        MessageDispatcher(PickleSerializer(), backend=NativeAsyncBackend(backend))
+    cache: AsyncDeduplicationCache = NativeAsyncCache(InMemoryCache())
+    with pytest.raises(TypeError, match=r"asynchronous cache.*AsyncMessageDispatcher"):
+        MessageDispatcher(PickleSerializer(), backend=backend, cache=cache)
+    with pytest.raises(TypeError, match="backend must be"):
+        AsyncMessageDispatcher(PickleSerializer(), backend=object())  # type: ignore[arg-type]
+    # The asyncio one takes both, and tells what it was given.
+    native = NativeAsyncBackend(backend)
+    dispatcher = AsyncMessageDispatcher(PickleSerializer(), backend=native, cache=cache)
+    assert dispatcher.backend is native
+    dispatcher.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("driver", ["asyncio"], indirect=True)
+def test_async_redis_caches_deduplicate_a_message_delivered_to_two_dispatchers(
+    driver: Driver,
+) -> None:
+    from melange.deduplication.redis_cache import AsyncRedisCache
+
+    host, port = require_service("redis")
+    prefix = f"melange-test-{unique_name('dedup')}:"
+    backend = InMemoryMessagingBackend(visibility_timeout=1.0)
+    queue = unique_name("dedup")
+    MessagingBackendFactory(backend).init_queue(queue, dead_letter_queue_name=queue + "-dlq")
+    # The same message twice (a redelivery, or a producer retry): one id, two copies.
+    original = json_message({"n": 1})
+    for _ in range(2):
+        copy = Message(original.message_id, original.content, None, 1, original.manifest)
+        backend.publish_to_queue(copy, backend.get_queue(queue))
+    calls: list[str] = []
+
+    async def slow(payload: Any) -> None:
+        calls.append(threading.current_thread().name)
+        await asyncio.sleep(1.5)  # longer than the claim's lease: renewed meanwhile
+
+    caches = [AsyncRedisCache(host=host, port=port, key_prefix=prefix) for _ in range(2)]
+    dispatchers = [
+        cast(
+            AsyncMessageDispatcher,
+            driver.make(
+                backend=backend,
+                consumers=[Consumer(slow, name="slow")],
+                cache=cache,
+                dedup_lease_seconds=0.6,
+            ),
+        )
+        for cache in caches
+    ]
+
+    async def main() -> None:
+        # Both loops on one event loop, so that the caches are closed on the loop they used.
+        loops = [
+            asyncio.create_task(d.consume_loop(queue, install_signal_handlers=False))
+            for d in dispatchers
+        ]
+        deadline = time.monotonic() + 20
+        while not (backend.queue_depth(queue) == 0 and calls) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for dispatcher in dispatchers:
+            dispatcher.stop()
+        await asyncio.wait_for(asyncio.gather(*loops), 15)
+        for cache in caches:
+            await cache.aclose()
+
+    try:
+        asyncio.run(main())
+        assert backend.queue_depth(queue) == 0
+        assert len(calls) == 1, calls
+        assert sum(d.stats.acknowledged for d in dispatchers) == 2
+    finally:
+        driver.close()
+        backend.close_connection()
+        import redis
+
+        client = redis.Redis(host=host, port=port, socket_timeout=5)
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 # -- asyncio: plain consumers off the event loop --------------------------------------------
