@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
+
+import pytest
 
 from melange import (
     Consumer,
@@ -171,3 +174,53 @@ def test_async_loop_keeps_fifo_groups_in_order_even_when_a_message_fails() -> No
     for values in order.values():
         assert values == sorted(values)
         assert len(values) == total // 3
+
+
+@pytest.mark.rabbitmq
+def test_publishers_and_dispatcher_await_an_async_backend_natively() -> None:
+    from melange.backends.rabbitmq import AsyncRabbitMQBackend
+    from service_check import require_service
+
+    host, port = require_service("rabbitmq")
+    queue = f"aio-native-{uuid.uuid4().hex[:10]}"
+    topic = queue + "-events"
+    seen: list[Any] = []
+
+    async def handle(message: Any) -> None:
+        seen.append(message["n"])
+        if len(seen) == 4:
+            dispatcher.stop()
+
+    async def main() -> None:
+        backend = AsyncRabbitMQBackend(url=f"amqp://guest:guest@{host}:{port}/")
+        try:
+            events = await backend.declare_topic(topic)
+            await backend.declare_queue(queue, events, dead_letter_queue_name=queue + "-dlq")
+            publisher = AsyncQueuePublisher(JsonSerializer(), backend)
+            assert publisher.backend is backend
+            await publisher.publish(queue, {"n": 1})
+            await publisher.publish_batch(queue, [{"n": 2}, {"n": 3}])
+            await AsyncTopicPublisher(JsonSerializer(), backend).publish(topic, {"n": 4})
+            consuming = dispatcher_for(backend).consume_loop(
+                queue, concurrency=2, install_signal_handlers=False
+            )
+            await asyncio.wait_for(consuming, 20)
+        finally:
+            for name in (queue, queue + "-dlq"):
+                await backend.delete_queue(await backend.get_queue(name))
+            await backend.delete_topic(await backend.get_topic(topic))
+            await backend.aclose()
+
+    dispatcher: AsyncMessageDispatcher
+
+    def dispatcher_for(backend: Any) -> AsyncMessageDispatcher:
+        nonlocal dispatcher
+        dispatcher = AsyncMessageDispatcher(
+            JsonSerializer(), backend=backend, consumers=[Consumer(handle)]
+        )
+        assert dispatcher.backend is backend
+        return dispatcher
+
+    asyncio.run(main())
+    assert sorted(seen) == [1, 2, 3, 4]
+    assert dispatcher.stats.acknowledged == 4
