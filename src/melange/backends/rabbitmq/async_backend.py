@@ -163,6 +163,9 @@ class _AsyncSession:
         self.consumers: dict[str, _AsyncConsumer] = {}
         self._topology: Any = None
         self._publisher: Any = None
+        # One plan at a time on the declaration channel: a refusal closes the channel, and
+        # must not fail another plan's operation in flight on it.
+        self._topology_lock = asyncio.Lock()
 
     @property
     def alive(self) -> bool:
@@ -219,13 +222,14 @@ class _AsyncSession:
 
     async def run(self, steps: Steps[T]) -> T:
         """Perform topology ``steps`` (see :mod:`~melange.backends.rabbitmq.topology`)."""
-        try:
-            operation = next(steps)
-            while True:
-                operation = steps.send(await self.perform(operation))
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+        async with self._topology_lock:
+            try:
+                operation = next(steps)
+                while True:
+                    operation = steps.send(await self.perform(operation))
+            except StopIteration as stop:
+                result: T = stop.value
+                return result
 
     async def publish(
         self,
@@ -416,9 +420,11 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             return session
         if self._closed:
             raise BackendConnectionError(f"the RabbitMQ backend for {self.describe} is closed")
-        if self._connect_lock is None:
+        loop = asyncio.get_running_loop()
+        if self._connect_lock is None or self._loop is not loop:
+            # First use, or a new loop (asyncio.run per call): locks belong to one loop.
             self._connect_lock = asyncio.Lock()
-            self._loop = asyncio.get_running_loop()
+            self._loop = loop
         async with self._connect_lock:
             session = self._session
             if session is not None and session.alive:
@@ -669,10 +675,14 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         if session is None or not session.alive or consumer is None or not consumer.active:
             # While the broker is unreachable, fail soon after the caller's own wait so that
             # a consume loop stays responsive to stop() and reports the outage.
-            await asyncio.wait_for(
-                self._run(lambda s: self._ensure_consuming(s, name)),
-                min(self._operation_timeout, max(wait, 1.0) + 5.0),
-            )
+            budget = min(self._operation_timeout, max(wait, 1.0) + 5.0)
+            try:
+                await asyncio.wait_for(self._run(lambda s: self._ensure_consuming(s, name)), budget)
+            except TimeoutError:
+                raise BackendConnectionError(
+                    f"RabbitMQ at {self.describe} did not start consuming {name!r} within "
+                    f"{budget:.0f}s"
+                ) from None
         await self._release_idle_consumers()
         buffer = self._buffers.setdefault(name, deque())
         while True:
