@@ -1,15 +1,10 @@
-"""An in-memory backend with the semantics of a real broker.
+""":class:`InMemoryMessagingBackend`: publishing, receiving and settling messages held in
+process memory.
 
-Queues hold messages until they are acknowledged. A received message is invisible to other
-receivers for the queue's visibility timeout; if it is not settled by then, or is nacked, it
-is delivered again. ``attempt`` counts failed attempts (nacks) plus one; after
-``max_receive_count`` deliveries (default 20, a backstop for messages whose handlers never
-settle them) a queue with a dead-letter queue moves the message there, as SQS does. Names
-ending in ``.fifo`` (or queues declared with ``fifo=True``) deliver each message group strictly
-in order.
-
-Everything lives in one process and is lost when it exits; use it in tests and for local
-development, and :mod:`melange.backends.sqlite` where messages must survive a restart.
+The queues and subscriptions it keeps, and the steps that change a queue's messages (leases
+running out, FIFO groups in flight), are in :mod:`~melange.backends.memory.topology`; the
+backend holds them under one lock and adds publishing (FIFO deduplication, delays), receiving
+with leases, settling, interrupting waiting receivers and synchronous listeners.
 """
 
 from __future__ import annotations
@@ -20,20 +15,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from melange.backends.embedded_rules import (
     DEDUPLICATION_WINDOW_SECONDS,
     check_filter_events,
-    check_type_kept,
     dead_letter_copy,
-    queue_options,
 )
-from melange.backends.interfaces import (
-    DEFAULT_MAX_RECEIVE_COUNT,
-    BackendCapabilities,
-    MessagingBackend,
+from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.memory.topology import (
+    QueueState,
+    Receipt,
+    Stored,
+    Subscription,
+    create_queue,
+    drain,
+    expire_leases,
+    next_candidate,
+    release_lease,
+    require,
+    to_message,
 )
 from melange.exceptions import (
     ConfigurationError,
@@ -42,72 +43,6 @@ from melange.exceptions import (
     TopicNotFoundError,
 )
 from melange.models import FAILURE_REASON, Message, QueueWrapper, TopicWrapper
-
-#: FIFO deduplication window, as on SQS.
-
-
-class _Stored:
-    """A message as the broker holds it (never handed out: receivers get fresh copies)."""
-
-    __slots__ = (
-        "attempts",
-        "content",
-        "dedup_id",
-        "group_id",
-        "headers",
-        "manifest",
-        "message_id",
-        "receipt",
-        "receive_count",
-        "seq",
-        "serializer_id",
-        "visible_at",
-    )
-
-    def __init__(self, message: Message, seq: int, headers: dict[str, str] | None = None) -> None:
-        self.message_id = message.message_id
-        self.content = message.content
-        self.serializer_id = message.serializer_id
-        self.manifest = message.manifest
-        self.headers = headers if headers is not None else dict(message.headers)
-        self.group_id = message.group_id
-        self.dedup_id = message.deduplication_id
-        self.seq = seq
-        self.receive_count = 0
-        self.attempts = 0  # failed attempts (nacks), which ``attempt`` counts
-        self.receipt = 0
-        self.visible_at = 0.0
-
-
-@dataclass
-class _Queue:
-    name: str
-    fifo: bool
-    visibility_timeout: float
-    delay_seconds: float = 0.0
-    dead_letter_queue: str | None = None
-    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
-    ready: deque[_Stored] = field(default_factory=deque)
-    # Published without the lock (standard queues, no delay); moved to ``ready`` under the lock.
-    inbox: deque[_Stored] = field(default_factory=deque)
-    # Redelivered and delayed messages, by the time they become visible, then publish order.
-    pending: list[tuple[float, int, _Stored]] = field(default_factory=list)
-    inflight: dict[int, _Stored] = field(default_factory=dict)
-    leases: list[tuple[float, int]] = field(default_factory=list)
-    groups_in_flight: dict[str, int] = field(default_factory=dict)
-    dedup_seen: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class _Subscription:
-    queue: str
-    manifests: frozenset[str] | None
-
-
-@dataclass(frozen=True)
-class _Receipt:
-    queue: str
-    receipt: int
 
 
 class InMemoryMessagingBackend(MessagingBackend):
@@ -139,8 +74,8 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._clock = clock
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
-        self._queues: dict[str, _Queue] = {}
-        self._topics: dict[str, list[_Subscription]] = {}
+        self._queues: dict[str, QueueState] = {}
+        self._topics: dict[str, list[Subscription]] = {}
         self._seq = itertools.count(1)
         self._receipts = itertools.count(1)
         # Queue name -> callbacks run after a message lands there (see link_synchronously).
@@ -213,33 +148,12 @@ class InMemoryMessagingBackend(MessagingBackend):
             for topic in topics_to_bind:
                 subscriptions = self._topics.setdefault(topic.name, [])
                 subscriptions[:] = [s for s in subscriptions if s.queue != queue_name]
-                subscriptions.append(_Subscription(queue_name, manifests))
+                subscriptions.append(Subscription(queue_name, manifests))
         dlq = QueueWrapper(dead_letter_queue_name) if dead_letter_queue_name else None
         return QueueWrapper(queue_name, queue_name), dlq
 
-    def _create_queue(self, name: str, options: Mapping[str, Any]) -> _Queue:
-        settings = queue_options("in-memory", name, options, self.visibility_timeout)
-        queue = self._queues.get(name)
-        if queue is None:
-            queue = _Queue(
-                name=name,
-                fifo=settings.fifo,
-                visibility_timeout=settings.visibility_timeout,
-                delay_seconds=settings.delay_seconds,
-                max_receive_count=settings.max_receive_count,
-            )
-            self._queues[name] = queue
-            return queue
-        # Declaring again changes the options given; messages stay.
-        check_type_kept(name, queue.fifo, settings)
-        given = settings.given
-        if "visibility_timeout" in given:
-            queue.visibility_timeout = settings.visibility_timeout
-        if "delay_seconds" in given:
-            queue.delay_seconds = settings.delay_seconds
-        if "max_receive_count" in given:
-            queue.max_receive_count = settings.max_receive_count
-        return queue
+    def _create_queue(self, name: str, options: Mapping[str, Any]) -> QueueState:
+        return create_queue(self._queues, name, options, self.visibility_timeout)
 
     def delete_queue(self, queue: QueueWrapper) -> None:
         with self._lock:
@@ -262,41 +176,28 @@ class InMemoryMessagingBackend(MessagingBackend):
     def queue_depth(self, queue_name: str) -> int:
         """Messages in the queue, in flight or not (SQS's visible + not visible)."""
         with self._lock:
-            queue = self._require(queue_name)
-            self._drain(queue)
+            queue = require(self._queues, queue_name)
+            drain(queue)
             return len(queue.ready) + len(queue.pending) + len(queue.inflight)
 
     def peek(self, queue_name: str) -> list[Message]:
         """Copies of every message held by the queue, without receiving them."""
         with self._lock:
-            queue = self._require(queue_name)
-            self._drain(queue)
+            queue = require(self._queues, queue_name)
+            drain(queue)
             stored = [*queue.ready, *(s for _, _, s in queue.pending), *queue.inflight.values()]
-            return [self._copy(s, None) for s in sorted(stored, key=lambda s: s.seq)]
+            return [to_message(s, None) for s in sorted(stored, key=lambda s: s.seq)]
 
     def purge(self, queue_name: str) -> None:
         """Drop every message of the queue."""
         with self._lock:
-            queue = self._require(queue_name)
-            self._drain(queue)
+            queue = require(self._queues, queue_name)
+            drain(queue)
             queue.ready.clear()
             queue.pending.clear()
             queue.inflight.clear()
             queue.leases.clear()
             queue.groups_in_flight.clear()
-
-    @staticmethod
-    def _drain(queue: _Queue) -> None:
-        # Called with the lock held. popleft/append are atomic, so publishers may keep adding.
-        inbox, ready = queue.inbox, queue.ready
-        while inbox:
-            ready.append(inbox.popleft())
-
-    def _require(self, name: str) -> _Queue:
-        queue = self._queues.get(name)
-        if queue is None:
-            raise QueueNotFoundError(name)
-        return queue
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -313,7 +214,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             # (under the GIL a contended lock costs a thread switch per message).
             inbox, seq = target.inbox, self._seq
             for message in messages:
-                inbox.append(_Stored(message, next(seq)))
+                inbox.append(Stored(message, next(seq)))
             # A receiver counts itself as waiting before it looks at the inbox a last time,
             # so either it sees these messages or we see it waiting.
             if self._waiting:
@@ -366,7 +267,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 raise MessageTooLargeError(size, limit, "in-memory")
 
     def _enqueue(
-        self, queue: _Queue, message: Message, headers: dict[str, str] | None = None
+        self, queue: QueueState, message: Message, headers: dict[str, str] | None = None
     ) -> None:
         now = self._clock()
         if queue.fifo:
@@ -380,8 +281,8 @@ class InMemoryMessagingBackend(MessagingBackend):
                 if seen is not None and now - seen < DEDUPLICATION_WINDOW_SECONDS:
                     return
                 queue.dedup_seen[dedup] = now
-        self._drain(queue)  # keep publish order with lock-free publishes
-        stored = _Stored(message, next(self._seq), headers)
+        drain(queue)  # keep publish order with lock-free publishes
+        stored = Stored(message, next(self._seq), headers)
         if queue.delay_seconds > 0:
             stored.visible_at = now + queue.delay_seconds
             heapq.heappush(queue.pending, (stored.visible_at, stored.seq, stored))
@@ -397,7 +298,7 @@ class InMemoryMessagingBackend(MessagingBackend):
         with self._lock:
             generation = self._interrupts
             while True:
-                target = self._require(queue.name)
+                target = require(self._queues, queue.name)
                 received = self._receive(target, max_messages)
                 remaining = deadline - time.monotonic()
                 if received or remaining <= 0 or generation != self._interrupts:
@@ -414,25 +315,25 @@ class InMemoryMessagingBackend(MessagingBackend):
         if self._waiting:
             self._arrived.notify_all()
 
-    def _next_wakeup(self, queue: _Queue) -> float:
+    def _next_wakeup(self, queue: QueueState) -> float:
         times = [t for t, _ in queue.leases[:1]] + [t for t, _, _ in queue.pending[:1]]
         if not times:
             return 3600.0
         return max(0.001, min(times) - self._clock())
 
-    def _receive(self, queue: _Queue, max_messages: int) -> list[Message]:
-        self._drain(queue)
+    def _receive(self, queue: QueueState, max_messages: int) -> list[Message]:
+        drain(queue)
         now = self._clock()
-        self._expire_leases(queue, now)
+        expire_leases(queue, now)
         out: list[Message] = []
-        blocked: list[_Stored] = []
+        blocked: list[Stored] = []
         # Redelivered messages of busy groups go back to ``pending`` under their own key: in
         # ``ready`` they would fall behind later messages of their group redelivered after.
-        blocked_pending: list[tuple[float, int, _Stored]] = []
+        blocked_pending: list[tuple[float, int, Stored]] = []
         batch_groups: set[str] = set()
         while len(out) < max_messages:
             due = queue.pending[0] if queue.pending and queue.pending[0][0] <= now else None
-            stored = self._next_candidate(queue, now)
+            stored = next_candidate(queue, now)
             if stored is None:
                 break
             group = stored.group_id
@@ -454,7 +355,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             if queue.fifo and group is not None:
                 queue.groups_in_flight[group] = queue.groups_in_flight.get(group, 0) + 1
                 batch_groups.add(group)
-            out.append(self._copy(stored, _Receipt(queue.name, stored.receipt)))
+            out.append(to_message(stored, Receipt(queue.name, stored.receipt)))
         # Messages of busy groups go back in front, in their original order.
         for stored in sorted(blocked, key=lambda s: s.seq, reverse=True):
             queue.ready.appendleft(stored)
@@ -462,41 +363,14 @@ class InMemoryMessagingBackend(MessagingBackend):
             heapq.heappush(queue.pending, entry)
         return out
 
-    def _next_candidate(self, queue: _Queue, now: float) -> _Stored | None:
-        # Redelivered messages due now are older than anything in ``ready``: take them first.
-        if queue.pending and queue.pending[0][0] <= now:
-            return heapq.heappop(queue.pending)[2]
-        if queue.ready:
-            return queue.ready.popleft()
-        return None
-
-    def _expire_leases(self, queue: _Queue, now: float) -> None:
-        while queue.leases and queue.leases[0][0] <= now:
-            _, receipt = heapq.heappop(queue.leases)
-            stored = queue.inflight.get(receipt)
-            if stored is None or stored.visible_at > now:
-                continue  # settled, or its lease was extended
-            self._release(queue, receipt)
-            heapq.heappush(queue.pending, (now, stored.seq, stored))
-
-    def _release(self, queue: _Queue, receipt: int) -> _Stored | None:
-        stored = queue.inflight.pop(receipt, None)
-        if stored is not None and queue.fifo and stored.group_id is not None:
-            count = queue.groups_in_flight.get(stored.group_id, 0) - 1
-            if count > 0:
-                queue.groups_in_flight[stored.group_id] = count
-            else:
-                queue.groups_in_flight.pop(stored.group_id, None)
-        return stored
-
-    def _move_to_dlq(self, queue: _Queue, stored: _Stored, reason: str) -> None:
+    def _move_to_dlq(self, queue: QueueState, stored: Stored, reason: str) -> None:
         assert queue.dead_letter_queue is not None
         dlq = self._queues.get(queue.dead_letter_queue)
         if dlq is None:
             # Deleted behind our back: recreate it rather than drop the message.
             dlq = self._create_queue(queue.dead_letter_queue, {"fifo": queue.fifo})
         copy, headers = dead_letter_copy(
-            self._copy(stored, None),
+            to_message(stored, None),
             stored.headers,
             source_queue=queue.name,
             reason=reason,
@@ -504,23 +378,9 @@ class InMemoryMessagingBackend(MessagingBackend):
         )
         self._enqueue(dlq, copy, headers)
 
-    @staticmethod
-    def _copy(stored: _Stored, receipt: _Receipt | None) -> Message:
-        return Message(
-            stored.message_id,
-            stored.content,
-            receipt,
-            stored.serializer_id,
-            stored.manifest,
-            stored.headers,
-            stored.attempts + 1 if receipt is not None else stored.attempts or None,
-            stored.group_id,
-            stored.dedup_id,
-        )
-
-    def _lease(self, message: Message) -> tuple[_Queue, int] | None:
+    def _lease(self, message: Message) -> tuple[QueueState, int] | None:
         receipt = message.metadata
-        if not isinstance(receipt, _Receipt):
+        if not isinstance(receipt, Receipt):
             raise ValueError(f"{message!r} was not received from an in-memory backend")
         queue = self._queues.get(receipt.queue)
         if queue is None or receipt.receipt not in queue.inflight:
@@ -531,7 +391,7 @@ class InMemoryMessagingBackend(MessagingBackend):
         with self._lock:
             lease = self._lease(message)
             if lease is not None:
-                self._release(*lease)
+                release_lease(*lease)
                 self._wake()
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
@@ -539,7 +399,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             for message in messages:
                 lease = self._lease(message)
                 if lease is not None:
-                    self._release(*lease)
+                    release_lease(*lease)
             self._wake()
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
@@ -564,7 +424,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 stored.visible_at = self._clock() + delay
                 heapq.heappush(queue.leases, (stored.visible_at, receipt))
                 return
-            self._release(queue, receipt)
+            release_lease(queue, receipt)
             stored.visible_at = self._clock() + max(0.0, delay)
             heapq.heappush(queue.pending, (stored.visible_at, stored.seq, stored))
             self._wake()
@@ -574,12 +434,12 @@ class InMemoryMessagingBackend(MessagingBackend):
             lease = self._lease(message)
             if lease is None:
                 receipt = message.metadata
-                queue = self._queues.get(receipt.queue) if isinstance(receipt, _Receipt) else None
+                queue = self._queues.get(receipt.queue) if isinstance(receipt, Receipt) else None
                 return queue is not None and queue.dead_letter_queue is not None
             queue, receipt_id = lease
             if queue.dead_letter_queue is None:
                 return False
-            stored = self._release(queue, receipt_id)
+            stored = release_lease(queue, receipt_id)
             assert stored is not None
             stored.headers = {**stored.headers, **headers}
             self._move_to_dlq(queue, stored, headers.get(FAILURE_REASON, "dead-lettered"))
@@ -598,7 +458,7 @@ class InMemoryMessagingBackend(MessagingBackend):
 
     def visibility_timeout_for(self, message: Message) -> float | None:
         receipt = message.metadata
-        if isinstance(receipt, _Receipt):
+        if isinstance(receipt, Receipt):
             with self._lock:
                 queue = self._queues.get(receipt.queue)
                 if queue is not None:
