@@ -17,12 +17,12 @@ from melange.backends.memory import InMemoryMessagingBackend
 if TYPE_CHECKING:
     from melange.backends.rabbitmq.rabbitmq_backend import RabbitMQBackend
     from melange.backends.sqlite import SQLiteBackend
+    from melange.backends.sqs.backend import AWSBackend
     from melange.backends.sqs.localsqs import LocalSQSBackend
-    from melange.backends.sqs.sqs_backend import AWSBackend
     from melange.testing.link import link_synchronously
 
 _LAZY = {
-    "AWSBackend": ("melange.backends.sqs.sqs_backend", "aws"),
+    "AWSBackend": ("melange.backends.sqs.backend", "aws"),
     "LocalSQSBackend": ("melange.backends.sqs.localsqs", "aws"),
     "RabbitMQBackend": ("melange.backends.rabbitmq.rabbitmq_backend", "rabbitmq"),
     "SQLiteBackend": ("melange.backends.sqlite", None),

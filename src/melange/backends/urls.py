@@ -154,7 +154,7 @@ def _sqlite(url: str) -> MessagingBackend:
 
 
 def _sqs(url: str) -> MessagingBackend:
-    from melange.backends.sqs.sqs_backend import AWSBackend
+    from melange.backends.sqs.backend import AWSBackend
 
     parts = urlsplit(url)
     query = _query(parts.query)

@@ -1,6 +1,6 @@
 """SQS-compatible brokers on your machine: ElasticMQ, LocalStack, moto (needs the ``aws`` extra).
 
-:class:`LocalSQSBackend` is :class:`~melange.backends.sqs.sqs_backend.AWSBackend` pointed at a
+:class:`LocalSQSBackend` is :class:`~melange.backends.sqs.backend.AWSBackend` pointed at a
 local endpoint, with placeholder credentials and region so nothing has to be configured::
 
     backend = LocalSQSBackend(host="localhost", port=9324)
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from melange.backends.sqs.sqs_backend import AWSBackend
+from melange.backends.sqs.backend import AWSBackend
 from melange.exceptions import ConfigurationError
 
 #: Region used when neither ``region_name`` nor ``AWS_REGION``/``AWS_DEFAULT_REGION`` is set.
@@ -53,7 +53,7 @@ class LocalSQSBackend(AWSBackend):
     The host may carry a scheme (``"http://localhost"``) or not (``"localhost"``); the port may
     be a string (as read from the environment). Region and credentials default to
     placeholders unless passed or set in the environment. Other keyword arguments are those of
-    :class:`~melange.backends.sqs.sqs_backend.AWSBackend` (``visibility_timeout``,
+    :class:`~melange.backends.sqs.backend.AWSBackend` (``visibility_timeout``,
     ``wait_time_seconds``, ...).
     """
 

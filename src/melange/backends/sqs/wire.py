@@ -26,16 +26,25 @@ Receiving
     (raw delivery, foreign producers) is taken as the content itself, with the SQS message
     attributes. A body that cannot be decoded is still returned, with whatever attributes it
     has, so the dispatcher can dead-letter it with the reason instead of losing it.
+
+Requests and received messages
+    The arguments of ``SendMessage``/``Publish`` requests and their batch entries
+    (:func:`queue_entry`, :func:`topic_entry`, checked against the size limit and FIFO rules
+    before any request; :func:`chunks` groups them into batches), a received message with the
+    :class:`SQSReceipt` that settles it (:func:`to_message`), and a message's copy to a
+    dead-letter queue (:func:`dead_letter_entry`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from melange.exceptions import ConfigurationError, MessageTooLargeError, PublishError
 from melange.models import (
     CAUSATION_ID,
     CORRELATION_ID,
@@ -45,7 +54,12 @@ from melange.models import (
     FAILURE_QUEUE,
     FAILURE_REASON,
     PUBLISHED_AT,
+    Message,
 )
+
+logger = logging.getLogger("melange.backends.sqs")
+
+_T = TypeVar("_T")
 
 #: Largest SQS/SNS message, body and attributes together, in bytes.
 MAX_MESSAGE_SIZE = 262_144
@@ -255,6 +269,175 @@ def decode(body: str, message_attributes: Mapping[str, Any] | None) -> Decoded:
     return Decoded(content, manifest, serializer_id, headers, from_topic)
 
 
+# -- requests and received messages ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SQSReceipt:
+    """What a received message needs to be settled; kept in :attr:`Message.metadata`.
+
+    The original body and message attributes are kept so a dead-lettered copy is the
+    message exactly as it arrived.
+    """
+
+    queue_url: str
+    queue_name: str
+    receipt_handle: str
+    sqs_message_id: str
+    body: str
+    attributes: Mapping[str, AttributeValue]
+
+
+def with_fifo_fields(entry: dict[str, Any], name: str, message: Message) -> dict[str, Any]:
+    """Add the group and deduplication ids a FIFO queue or topic needs to a request entry."""
+    if is_fifo(name):
+        entry["MessageGroupId"] = message.group_id
+        if message.deduplication_id:
+            entry["MessageDeduplicationId"] = message.deduplication_id
+    return entry
+
+
+def is_fifo(name: str) -> bool:
+    """Whether a queue or topic is FIFO: its name (or URL, or ARN) ends with ``.fifo``."""
+    return name.endswith(".fifo")
+
+
+def chunks(
+    items: Sequence[tuple[int, Message, _T]], size_of: Callable[[_T], int]
+) -> Iterator[list[tuple[int, Message, _T]]]:
+    """Groups of at most ten entries whose payloads add up to at most the size limit."""
+    chunk: list[tuple[int, Message, _T]] = []
+    total = 0
+    for item in items:
+        size = size_of(item[2])
+        if chunk and (len(chunk) == MAX_BATCH_ENTRIES or total + size > MAX_MESSAGE_SIZE):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(item)
+        total += size
+    if chunk:
+        yield chunk
+
+
+def check_size(payload: str, attributes: Mapping[str, AttributeValue]) -> int:
+    """The size SQS counts for a message; raises ``MessageTooLargeError`` over the limit."""
+    size = len(payload.encode("utf-8")) + attributes_size(attributes)
+    if size > MAX_MESSAGE_SIZE:
+        raise MessageTooLargeError(size, MAX_MESSAGE_SIZE, "sqs")
+    return size
+
+
+def check_group(message: Message, destination: str, kind: str) -> None:
+    """Raise ``ConfigurationError`` for a message without group id to a FIFO destination."""
+    if is_fifo(destination) and not message.group_id:
+        raise ConfigurationError(
+            f"{kind} {destination!r} is FIFO: publish with a message_group_id "
+            "(e.g. publisher.publish(name, data, message_group_id='orders'))"
+        )
+
+
+def queue_entry(message: Message, queue_name: str) -> dict[str, Any]:
+    """The ``SendMessage`` arguments (or batch entry) of a message to a queue."""
+    check_group(message, queue_name, "queue")
+    body = queue_body(message.content)
+    attributes = encode_attributes(message.manifest, message.serializer_id, message.headers)
+    check_size(body, attributes)
+    entry: dict[str, Any] = {"MessageBody": body, "MessageAttributes": attributes}
+    return with_fifo_fields(entry, queue_name, message)
+
+
+def topic_entry(message: Message, topic_name: str) -> dict[str, Any]:
+    """The ``Publish`` arguments (or batch entry) of a message to a topic."""
+    check_group(message, topic_name, "topic")
+    if not message.content:
+        raise PublishError(f"SNS refuses empty messages; nothing published to {topic_name!r}")
+    attributes = encode_attributes(message.manifest, message.serializer_id, message.headers)
+    check_size(message.content, attributes)
+    entry: dict[str, Any] = {
+        "Message": message.content,
+        "MessageAttributes": to_sns_attributes(attributes),
+    }
+    return with_fifo_fields(entry, topic_name, message)
+
+
+def to_message(raw: Mapping[str, Any], url: str, queue_name: str) -> Message:
+    """The message of a ``ReceiveMessage`` answer, with its :class:`SQSReceipt`."""
+    body = raw.get("Body", "")
+    attributes = raw.get("MessageAttributes", {}) or {}
+    system = raw.get("Attributes", {}) or {}
+    decoded = decode(body, attributes)
+    count = system.get("ApproximateReceiveCount")
+    receipt = SQSReceipt(
+        queue_url=url,
+        queue_name=queue_name,
+        receipt_handle=raw["ReceiptHandle"],
+        sqs_message_id=raw["MessageId"],
+        body=body,
+        attributes=dict(attributes),
+    )
+    return Message(
+        raw["MessageId"],
+        decoded.content,
+        receipt,
+        decoded.serializer_id,
+        decoded.manifest,
+        decoded.headers,
+        int(count) if count is not None else None,
+        system.get("MessageGroupId"),
+        system.get("MessageDeduplicationId"),
+    )
+
+
+def dead_letter_entry(
+    message: Message, receipt: SQSReceipt, headers: Mapping[str, str], dlq_url: str
+) -> dict[str, Any]:
+    """The ``SendMessage`` arguments of a received message's copy to a dead-letter queue:
+    the original body and attributes, with ``headers`` added."""
+    # Keep the original attributes; decode them to headers so that the overflow attribute
+    # is rebuilt rather than duplicated, and add the failure headers on top.
+    originals = dict(receipt.attributes)
+    kept: dict[str, AttributeValue] = {}
+    strings: dict[str, str] = {}
+    for name, value in originals.items():
+        if name in (MANIFEST_ATTRIBUTE, SERIALIZER_ID_ATTRIBUTE) or (
+            value.get("DataType", "").startswith("Binary")
+        ):
+            kept[name] = {
+                k: v for k, v in value.items() if k in ("DataType", "StringValue", "BinaryValue")
+            }
+        elif "StringValue" in value:
+            strings[name] = str(value["StringValue"])
+    original = headers_from_strings(strings)
+    reason = headers.get(FAILURE_REASON, "dead-lettered")
+    body_size = len(receipt.body.encode("utf-8"))
+    # Every header if it fits; near the size limit, the original headers and a shortened
+    # reason; at worst the shortened reason alone. The body is always kept whole.
+    candidates = [
+        {**original, **{k: v[:1024] for k, v in headers.items()}},
+        {**original, FAILURE_REASON: reason[:200]},
+        {FAILURE_REASON: reason[:200]},
+    ]
+    shortened = False
+    for candidate in candidates:
+        attributes = encode_attributes(None, None, candidate, kept)
+        if body_size + attributes_size(attributes) <= MAX_MESSAGE_SIZE:
+            break
+        shortened = True
+    if shortened:
+        logger.warning(
+            "message %s is too close to the SQS size limit to carry every header to the "
+            "dead-letter queue; some headers were left out of the copy",
+            message.message_id,
+        )
+    entry: dict[str, Any] = {"MessageBody": receipt.body, "MessageAttributes": attributes}
+    if is_fifo(dlq_url):
+        entry["MessageGroupId"] = message.group_id or "melange-dead-letters"
+        # The SQS id, so distinct messages with equal bodies are never merged in the
+        # dead-letter queue while a retried move of the same message is.
+        entry["MessageDeduplicationId"] = receipt.sqs_message_id
+    return entry
+
+
 __all__ = [
     "MANIFEST_ATTRIBUTE",
     "MAX_ATTRIBUTES",
@@ -264,10 +447,20 @@ __all__ = [
     "SERIALIZER_ID_ATTRIBUTE",
     "AttributeValue",
     "Decoded",
+    "SQSReceipt",
     "attributes_size",
+    "check_group",
+    "check_size",
+    "chunks",
+    "dead_letter_entry",
     "decode",
     "encode_attributes",
     "headers_from_strings",
+    "is_fifo",
     "queue_body",
+    "queue_entry",
+    "to_message",
     "to_sns_attributes",
+    "topic_entry",
+    "with_fifo_fields",
 ]

@@ -1,0 +1,500 @@
+"""Queues, topics and subscriptions of :class:`~melange.backends.sqs.backend.AWSBackend`.
+
+:class:`Topology` creates, looks up and deletes SQS queues and SNS topics, and caches their
+URLs and ARNs: queue attributes (:data:`QUEUE_ATTRIBUTE_OPTIONS`), the redrive policy naming a
+queue's dead-letter queue, the queue access policy that lets topics send to it, SNS
+subscriptions with their raw-delivery setting and filter policies. Queue URLs and topic ARNs
+are handed out as :class:`QueueUrl` and :class:`TopicArn`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from melange.backends.sqs import wire
+from melange.backends.sqs.connection import (
+    QUEUE_EXISTS,
+    QUEUE_MISSING,
+    ClientError,
+    code,
+    errors,
+    text,
+)
+from melange.backends.sqs.wire import SQSReceipt, is_fifo
+from melange.exceptions import (
+    BackendError,
+    ConfigurationError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+)
+from melange.models import QueueWrapper, TopicWrapper
+
+logger = logging.getLogger("melange.backends.sqs")
+
+#: Deliveries before SQS moves a message to the dead-letter queue, as in 7.2.0.
+DEFAULT_MAX_RECEIVE_COUNT = 4
+
+#: Friendly keyword arguments of :meth:`AWSBackend.declare_queue` and the SQS attribute each sets.
+QUEUE_ATTRIBUTE_OPTIONS = {
+    "visibility_timeout": "VisibilityTimeout",
+    "message_retention_period": "MessageRetentionPeriod",
+    "delay_seconds": "DelaySeconds",
+    "receive_wait_time_seconds": "ReceiveMessageWaitTimeSeconds",
+    "maximum_message_size": "MaximumMessageSize",
+    "content_based_deduplication": "ContentBasedDeduplication",
+    "deduplication_scope": "DeduplicationScope",
+    "fifo_throughput_limit": "FifoThroughputLimit",
+    "kms_master_key_id": "KmsMasterKeyId",
+    "kms_data_key_reuse_period_seconds": "KmsDataKeyReusePeriodSeconds",
+    "sqs_managed_sse_enabled": "SqsManagedSseEnabled",
+}
+_OTHER_QUEUE_OPTIONS = {"attributes", "filter_events", "max_receive_count", "raw_delivery", "fifo"}
+
+
+class QueueUrl(str):
+    """A queue's URL: the ``unwrapped_obj`` of an SQS :class:`QueueWrapper`.
+
+    A plain string that also answers ``.url``, as the boto3 queue objects of 7.2.0 did.
+    """
+
+    __slots__ = ()
+
+    @property
+    def url(self) -> str:
+        """The queue URL."""
+        return str(self)
+
+
+class TopicArn(str):
+    """A topic's ARN: the ``unwrapped_obj`` of an SNS :class:`TopicWrapper`.
+
+    A plain string that also answers ``.arn``, as the boto3 topic objects of 7.2.0 did.
+    """
+
+    __slots__ = ()
+
+    @property
+    def arn(self) -> str:
+        """The topic ARN."""
+        return str(self)
+
+
+def _source_arn(statement: Mapping[str, Any]) -> str | None:
+    """The topic ARN a policy statement lets send to the queue, if it is that kind."""
+    condition = statement.get("Condition")
+    if not isinstance(condition, Mapping):
+        return None
+    for operator in ("ArnEquals", "ArnLike", "StringEquals"):
+        clause = condition.get(operator)
+        if isinstance(clause, Mapping):
+            value = clause.get("aws:SourceArn") or clause.get("aws:sourceArn")
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def _attribute_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        # SQS counts whole seconds (and bytes): round fractions up, never down to zero.
+        return str(math.ceil(value))
+    if isinstance(value, Mapping | list):
+        return json.dumps(value)
+    return str(value)
+
+
+class Topology:
+    """The queues and topics of one pair of SQS and SNS clients, with their URLs and ARNs
+    cached (thread-safe)."""
+
+    def __init__(self, sqs: Any, sns: Any) -> None:
+        self._sqs = sqs
+        self._sns = sns
+        self._lock = threading.Lock()
+        self._queue_urls: dict[str, str] = {}
+        self._topic_arns: dict[str, str] = {}
+        # Queue URL -> its dead-letter queue URL, or None when it has none.
+        self._dead_letter_urls: dict[str, str | None] = {}
+
+    def forget_queue(self, queue_name: str) -> None:
+        """Drop the cached URL of a queue that no longer exists."""
+        with self._lock:
+            self._queue_urls.pop(queue_name, None)
+
+    def forget_topic(self, topic_name: str) -> None:
+        """Drop the cached ARN of a topic that no longer exists."""
+        with self._lock:
+            self._topic_arns.pop(topic_name, None)
+
+    # -- topics -----------------------------------------------------------------------------
+
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        """Create the SNS topic if needed (a ``.fifo`` name makes a FIFO topic with
+        content-based deduplication) and return it; its ARN is cached."""
+        attributes: dict[str, str] = {}
+        if is_fifo(topic_name):
+            attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "true"}
+        with errors(f"creating topic {topic_name!r}"):
+            response = self._sns.create_topic(Name=topic_name, Attributes=attributes)
+        arn = str(response["TopicArn"])
+        with self._lock:
+            self._topic_arns[topic_name] = arn
+        return TopicWrapper(TopicArn(arn), topic_name)
+
+    def get_topic(self, topic_name: str) -> TopicWrapper:
+        """The existing topic (its ARN looked up once, then cached); never creates it.
+
+        Raises :class:`~melange.exceptions.TopicNotFoundError` when it does not exist.
+        """
+        with self._lock:
+            arn = self._topic_arns.get(topic_name)
+        if arn is None:
+            arn = self._find_topic_arn(topic_name)
+        if arn is None:
+            raise TopicNotFoundError(topic_name)
+        return TopicWrapper(TopicArn(arn), topic_name)
+
+    def _find_topic_arn(self, topic_name: str) -> str | None:
+        found: dict[str, str] = {}
+        with errors(f"looking up topic {topic_name!r}"):
+            for page in self._sns.get_paginator("list_topics").paginate():
+                for topic in page.get("Topics", []):
+                    arn = topic.get("TopicArn", "")
+                    found[arn.rsplit(":", 1)[-1]] = arn
+        with self._lock:
+            self._topic_arns.update(found)
+        return found.get(topic_name)
+
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        """Delete the topic and its subscriptions (a missing topic is not an error)."""
+        with errors(f"deleting topic {topic.name!r}"):
+            self._sns.delete_topic(TopicArn=self.topic_arn(topic))
+        with self._lock:
+            self._topic_arns.pop(topic.name, None)
+
+    def topic_arn(self, topic: TopicWrapper) -> str:
+        arn = topic.unwrapped_obj
+        if isinstance(arn, str) and arn.startswith("arn:"):
+            return arn
+        return self.get_topic(topic.name).unwrapped_obj  # type: ignore[no-any-return]
+
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        """The existing queue (its URL looked up once, then cached); never creates it.
+
+        Raises :class:`~melange.exceptions.QueueNotFoundError` only when SQS says the queue
+        does not exist; other failures (permissions, network) raise ``BackendError``.
+        """
+        with self._lock:
+            url = self._queue_urls.get(queue_name)
+        if url is None:
+            url = self.lookup_queue_url(queue_name)
+        return QueueWrapper(QueueUrl(url), queue_name)
+
+    def lookup_queue_url(self, queue_name: str, owner: str | None = None) -> str:
+        with errors(f"looking up queue {queue_name!r}"):
+            try:
+                if owner:
+                    response = self._sqs.get_queue_url(
+                        QueueName=queue_name, QueueOwnerAWSAccountId=owner
+                    )
+                else:
+                    response = self._sqs.get_queue_url(QueueName=queue_name)
+            except ClientError as exc:
+                if code(exc) in QUEUE_MISSING:
+                    raise QueueNotFoundError(queue_name) from exc
+                raise
+        url = str(response["QueueUrl"])
+        with self._lock:
+            self._queue_urls[queue_name] = url
+        return url
+
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Create or update the queue, its dead-letter queue and its subscriptions (see
+        :meth:`melange.backends.sqs.backend.AWSBackend.declare_queue` for the options)."""
+        unknown = set(kwargs) - set(QUEUE_ATTRIBUTE_OPTIONS) - _OTHER_QUEUE_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {sorted(unknown)} for SQS queue {queue_name!r}; known: "
+                f"{sorted(set(QUEUE_ATTRIBUTE_OPTIONS) | _OTHER_QUEUE_OPTIONS)}"
+            )
+        fifo = is_fifo(queue_name)
+        if "fifo" in kwargs and bool(kwargs["fifo"]) != fifo:
+            raise ConfigurationError(
+                f"SQS decides FIFO by name: a FIFO queue's name ends with '.fifo', and "
+                f"{queue_name!r} {'does not' if not fifo else 'does'}"
+            )
+        attributes = self._queue_attributes(queue_name, kwargs)
+        max_receive_count = int(kwargs.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT))
+        if not 1 <= max_receive_count <= 1000:
+            raise ConfigurationError(
+                f"max_receive_count must be between 1 and 1000, got {max_receive_count}"
+            )
+        if "max_receive_count" in kwargs and dead_letter_queue_name is None:
+            raise ConfigurationError(
+                f"max_receive_count applies only to a queue with a dead-letter queue; pass "
+                f"dead_letter_queue_name=... for {queue_name!r} or drop max_receive_count"
+            )
+        for topic in topics_to_bind:
+            if fifo and not is_fifo(topic.name):
+                raise ConfigurationError(
+                    f"FIFO queue {queue_name!r} cannot subscribe to standard topic "
+                    f"{topic.name!r}: SNS delivers to FIFO queues only from FIFO topics"
+                )
+        dead_letter: QueueWrapper | None = None
+        if dead_letter_queue_name is not None:
+            if is_fifo(dead_letter_queue_name) != fifo:
+                raise ConfigurationError(
+                    f"queue {queue_name!r} and its dead-letter queue {dead_letter_queue_name!r} "
+                    "must both be FIFO (names ending '.fifo') or both standard"
+                )
+            dlq_attributes = {"FifoQueue": "true"} if fifo else {}
+            dlq_url = self._create_queue(dead_letter_queue_name, dlq_attributes)
+            dlq_arn = self._queue_arn(dlq_url, dead_letter_queue_name)
+            attributes["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
+            )
+            dead_letter = QueueWrapper(QueueUrl(dlq_url), dead_letter_queue_name)
+        url = self._create_queue(queue_name, attributes)
+        with self._lock:
+            if dead_letter is not None:
+                self._dead_letter_urls[url] = dead_letter.unwrapped_obj
+            else:
+                # The redrive policy may have been set elsewhere: read it again when needed.
+                self._dead_letter_urls.pop(url, None)
+        if topics_to_bind:
+            queue_arn = self._queue_arn(url, queue_name)
+            self._allow_topics(url, queue_name, queue_arn, topics_to_bind)
+            subscription_attributes: dict[str, str] = {
+                "RawMessageDelivery": "true" if kwargs.get("raw_delivery") else "false"
+            }
+            filter_events = kwargs.get("filter_events")
+            if filter_events:
+                if isinstance(filter_events, str):
+                    filter_events = [filter_events]
+                subscription_attributes["FilterPolicy"] = json.dumps(
+                    {wire.MANIFEST_ATTRIBUTE: sorted({str(m) for m in filter_events})}
+                )
+            for topic in topics_to_bind:
+                self._subscribe(topic, queue_arn, subscription_attributes)
+        return QueueWrapper(QueueUrl(url), queue_name), dead_letter
+
+    def _queue_attributes(self, queue_name: str, options: Mapping[str, Any]) -> dict[str, str]:
+        attributes: dict[str, str] = {}
+        if is_fifo(queue_name):
+            attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+        raw = options.get("attributes") or {}
+        if not isinstance(raw, Mapping):
+            raise ConfigurationError(
+                f"attributes must be a dict of SQS queue attributes, got {type(raw).__name__}"
+            )
+        attributes.update({str(k): _attribute_value(v) for k, v in raw.items()})
+        for option, attribute in QUEUE_ATTRIBUTE_OPTIONS.items():
+            if option in options and options[option] is not None:
+                attributes[attribute] = _attribute_value(options[option])
+        return attributes
+
+    def _create_queue(self, queue_name: str, attributes: dict[str, str]) -> str:
+        action = f"creating queue {queue_name!r}"
+        with errors(action):
+            try:
+                url: str = self._sqs.create_queue(QueueName=queue_name, Attributes=attributes)[
+                    "QueueUrl"
+                ]
+            except ClientError as exc:
+                if code(exc) not in QUEUE_EXISTS:
+                    raise
+                # It exists with other attributes: keep it (and its messages), update them.
+                url = self._sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
+                changeable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
+                if changeable:
+                    self._sqs.set_queue_attributes(QueueUrl=url, Attributes=changeable)
+        with self._lock:
+            self._queue_urls[queue_name] = url
+        return url
+
+    def _queue_arn(self, url: str, queue_name: str) -> str:
+        with errors(f"reading the ARN of queue {queue_name!r}"):
+            response = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        return str(response["Attributes"]["QueueArn"])
+
+    def _allow_topics(
+        self, url: str, queue_name: str, queue_arn: str, topics: Sequence[TopicWrapper]
+    ) -> None:
+        """Add a statement letting each topic send to the queue; keep every other statement.
+
+        SQS has no conditional update, so after writing, the policy is read again to check
+        that a concurrent declaration did not overwrite the new statements (up to 3 tries).
+        """
+        action = f"updating the access policy of queue {queue_name!r}"
+        topic_arns = [self.topic_arn(topic) for topic in topics]
+        for _ in range(3):
+            policy = self._read_policy(url, action)
+            statements = policy["Statement"]
+            allowed = {
+                _source_arn(s)
+                for s in statements
+                if isinstance(s, dict) and s.get("Effect") == "Allow"
+            }
+            missing = [arn for arn in topic_arns if arn not in allowed]
+            if not missing:
+                return
+            for topic_arn in missing:
+                statements.append(
+                    {
+                        # Alphanumeric and unique per topic ARN.
+                        "Sid": "MelangeSns" + hashlib.sha256(topic_arn.encode()).hexdigest()[:20],
+                        "Effect": "Allow",
+                        "Principal": {"Service": "sns.amazonaws.com"},
+                        "Action": "sqs:SendMessage",
+                        "Resource": queue_arn,
+                        "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                    }
+                )
+            with errors(action):
+                self._sqs.set_queue_attributes(
+                    QueueUrl=url, Attributes={"Policy": json.dumps(policy)}
+                )
+        raise BackendError(
+            f"{action} failed: the policy kept changing under concurrent updates; declare again"
+        )
+
+    def _read_policy(self, url: str, action: str) -> dict[str, Any]:
+        with errors(action):
+            current = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
+        text = current.get("Attributes", {}).get("Policy")
+        try:
+            policy: object = json.loads(text) if text else {}
+        except ValueError as exc:
+            raise BackendError(f"{action}: the current policy is not valid JSON") from exc
+        if not isinstance(policy, dict):
+            raise BackendError(f"{action}: the current policy is not a JSON object")
+        statements = policy.get("Statement", [])
+        policy["Statement"] = [statements] if isinstance(statements, dict) else list(statements)
+        policy.setdefault("Version", "2012-10-17")
+        return policy
+
+    def _subscribe(self, topic: TopicWrapper, queue_arn: str, attributes: dict[str, str]) -> None:
+        topic_arn = self.topic_arn(topic)
+        action = f"subscribing {queue_arn.rsplit(':', 1)[-1]!r} to topic {topic.name!r}"
+        with errors(action):
+            try:
+                response = self._sns.subscribe(
+                    TopicArn=topic_arn,
+                    Protocol="sqs",
+                    Endpoint=queue_arn,
+                    Attributes=attributes,
+                    ReturnSubscriptionArn=True,
+                )
+                arns = [str(response["SubscriptionArn"])]
+                stale = False
+            except ClientError as exc:
+                if "already exists" not in text(exc):
+                    raise
+                arns = [
+                    str(subscription["SubscriptionArn"])
+                    for page in self._sns.get_paginator("list_subscriptions_by_topic").paginate(
+                        TopicArn=topic_arn
+                    )
+                    for subscription in page.get("Subscriptions", [])
+                    if subscription.get("Endpoint") == queue_arn
+                ]
+                stale = True
+            for arn in arns:
+                if stale:
+                    # It exists with other attributes: bring it to the declared ones.
+                    for name, value in attributes.items():
+                        self._sns.set_subscription_attributes(
+                            SubscriptionArn=arn, AttributeName=name, AttributeValue=value
+                        )
+                if "FilterPolicy" not in attributes:
+                    self._clear_filter_policy(arn)
+
+    def _clear_filter_policy(self, subscription_arn: str) -> None:
+        """Declared without ``filter_events``: let every message through again."""
+        current = self._sns.get_subscription_attributes(SubscriptionArn=subscription_arn)
+        policy = current.get("Attributes", {}).get("FilterPolicy")
+        if policy and policy.strip() not in ("", "{}"):
+            self._sns.set_subscription_attributes(
+                SubscriptionArn=subscription_arn, AttributeName="FilterPolicy", AttributeValue="{}"
+            )
+
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        """Delete the queue and its messages, and unsubscribe it from its topics (a missing
+        queue is not an error)."""
+        url = self.url(queue)
+        self._unsubscribe_queue(url, queue.name)
+        with errors(f"deleting queue {queue.name!r}"):
+            try:
+                self._sqs.delete_queue(QueueUrl=url)
+            except ClientError as exc:
+                if code(exc) not in QUEUE_MISSING:
+                    raise
+        with self._lock:
+            self._queue_urls.pop(queue.name, None)
+            self._dead_letter_urls.pop(url, None)
+
+    def _unsubscribe_queue(self, url: str, queue_name: str) -> None:
+        # SNS keeps subscriptions of a deleted queue and keeps trying to deliver to it (some
+        # SNS-compatible servers even refuse publishes then): remove them with the queue.
+        try:
+            arn = self._queue_arn(url, queue_name)
+            for page in self._sns.get_paginator("list_subscriptions").paginate():
+                for subscription in page.get("Subscriptions", []):
+                    if (
+                        subscription.get("Protocol") == "sqs"
+                        and subscription.get("Endpoint") == arn
+                    ):
+                        self._sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+        except Exception as exc:
+            logger.warning(
+                "could not remove the topic subscriptions of queue %r before deleting it: %s",
+                queue_name,
+                exc,
+            )
+
+    def url(self, queue: QueueWrapper) -> str:
+        url = queue.unwrapped_obj
+        if isinstance(url, str) and "://" in url:
+            return url
+        return self.get_queue(queue.name).unwrapped_obj  # type: ignore[no-any-return]
+
+    def dead_letter_url(self, receipt: SQSReceipt) -> str | None:
+        with self._lock:
+            if receipt.queue_url in self._dead_letter_urls:
+                return self._dead_letter_urls[receipt.queue_url]
+        with errors(f"reading the redrive policy of queue {receipt.queue_name!r}"):
+            response = self._sqs.get_queue_attributes(
+                QueueUrl=receipt.queue_url, AttributeNames=["RedrivePolicy"]
+            )
+        text = response.get("Attributes", {}).get("RedrivePolicy")
+        url: str | None = None
+        if text:
+            arn = str(json.loads(text).get("deadLetterTargetArn", ""))
+            parts = arn.split(":")
+            if len(parts) >= 6:
+                url = self.lookup_queue_url(parts[5], owner=parts[4] or None)
+        with self._lock:
+            self._dead_letter_urls[receipt.queue_url] = url
+        return url
+
+
+__all__ = [
+    "DEFAULT_MAX_RECEIVE_COUNT",
+    "QUEUE_ATTRIBUTE_OPTIONS",
+    "QueueUrl",
+    "TopicArn",
+    "Topology",
+]
