@@ -35,7 +35,7 @@ from melange.backends.interfaces import BackendCapabilities
 BACKENDS = [
     ("In-memory", "melange.backends.memory:InMemoryMessagingBackend"),
     ("SQLite", "melange.backends.sqlite:SQLiteBackend"),
-    ("SQS/SNS", "melange.backends.sqs.sqs_backend:AWSBackend"),
+    ("SQS/SNS", "melange.backends.sqs.backend:AWSBackend"),
     ("RabbitMQ", "melange.backends.rabbitmq.rabbitmq_backend:RabbitMQBackend"),
 ]
 

@@ -106,7 +106,7 @@ def test_sqlite_memory_urls_keep_the_broker_in_the_process(
 def test_sqs_url_without_host_gives_an_aws_backend_with_region_and_endpoint(
     opened: list[MessagingBackend],
 ) -> None:
-    from melange.backends.sqs.sqs_backend import AWSBackend
+    from melange.backends.sqs.backend import AWSBackend
 
     backend = resolve(
         "sqs://?region=eu-west-1&endpoint_url=http://127.0.0.1:9324&visibility_timeout=45", opened

@@ -136,6 +136,7 @@ def test_package_is_typed() -> None:
     ("blocked", "statement", "extra"),
     [
         ("boto3", "from melange.backends.sqs.sqs_backend import AWSBackend", "aws"),
+        ("boto3", "from melange.backends.sqs.backend import AWSBackend", "aws"),
         ("boto3", "from melange.backends import LocalSQSBackend", "aws"),
         ("redis", "from melange.deduplication.cache import RedisCache", "redis"),
         ("pika", "from melange.backends import RabbitMQBackend", "rabbitmq"),
@@ -170,3 +171,23 @@ def test_old_import_paths_of_the_dispatch_modules_and_link_synchronously_keep_wo
     assert melange.policy.FailurePolicy is policy.FailurePolicy
     assert melange.heartbeat.Heartbeat is leases.Heartbeat
     assert melange.dispatch_core.settle is decisions.settle
+
+
+def test_the_import_paths_of_the_backends_before_they_became_packages_keep_working() -> None:
+    pytest.importorskip("boto3")
+    from melange.backends import memory, sqlite
+    from melange.backends.memory.backend import InMemoryMessagingBackend
+    from melange.backends.sqlite.backend import SQLiteBackend
+    from melange.backends.sqlite.inspect import QueueStats
+    from melange.backends.sqs import backend, sqs_backend, topology, wire
+
+    assert memory.InMemoryMessagingBackend is InMemoryMessagingBackend
+    assert sqlite.SQLiteBackend is SQLiteBackend
+    assert sqlite.QueueStats is QueueStats
+    assert {"DEDUPLICATION_WINDOW_SECONDS", "SCHEMA_VERSION"} <= set(sqlite.__all__)
+    assert sqs_backend.AWSBackend is backend.AWSBackend
+    assert sqs_backend.SQSReceipt is wire.SQSReceipt
+    assert sqs_backend.QueueUrl is topology.QueueUrl
+    assert sqs_backend.TopicArn is topology.TopicArn
+    assert sqs_backend.QUEUE_ATTRIBUTE_OPTIONS is topology.QUEUE_ATTRIBUTE_OPTIONS
+    assert sqs_backend.DEFAULT_MAX_RECEIVE_COUNT == 4

@@ -62,7 +62,7 @@ def test_broker_backends_are_described_without_connecting(monkeypatch: pytest.Mo
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     from melange.backends.rabbitmq.rabbitmq_backend import RabbitMQBackend
-    from melange.backends.sqs.sqs_backend import AWSBackend
+    from melange.backends.sqs.backend import AWSBackend
 
     rabbit = hook.capabilities_of(RabbitMQBackend)
     assert (rabbit.name, rabbit.native_dead_letter, rabbit.visibility_timeout) == (

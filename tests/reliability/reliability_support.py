@@ -177,7 +177,7 @@ def open_backend(spec: dict[str, Any]) -> MessagingBackend:
             host=spec["host"], port=spec["port"], connection_name=spec["connection_name"]
         )
     if kind == "sqs":
-        from melange.backends.sqs.sqs_backend import AWSBackend
+        from melange.backends.sqs.backend import AWSBackend
 
         return AWSBackend(
             endpoint_url=spec["endpoint"],

@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 
-from melange.backends.sqs.sqs_backend import AWSBackend
+from melange.backends.sqs.backend import AWSBackend
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from melange.backends.factory import MessagingBackendFactory
-from melange.backends.sqs.sqs_backend import AWSBackend
+from melange.backends.sqs.backend import AWSBackend
 from melange.consumers import Consumer
 from melange.exceptions import (
     BatchPublishError,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from melange.backends.factory import MessagingBackendFactory
-from melange.backends.sqs.sqs_backend import AWSBackend
+from melange.backends.sqs.backend import AWSBackend
 from melange.consumers import Consumer
 from melange.message_dispatcher import MessageDispatcher
 from melange.models import Message

@@ -23,8 +23,8 @@ import pytest
 from hamcrest import assert_that, is_
 
 from melange.backends.factory import MessagingBackendFactory
+from melange.backends.sqs.backend import AWSBackend
 from melange.backends.sqs.elasticmq import LocalSQSBackend
-from melange.backends.sqs.sqs_backend import AWSBackend
 from melange.consumers import Consumer, SimpleMessageDispatcher
 from melange.examples.doc_examples.probe import Probe
 from melange.exceptions import ConfigurationError
@@ -251,7 +251,7 @@ def test_backend_manager_example_publishes_without_passing_the_backend(
 # -- factory ---------------------------------------------------------------------------------
 
 FACTORY_HEADER = """
-from melange.backends.sqs.sqs_backend import AWSBackend
+from melange.backends.sqs.backend import AWSBackend
 from melange.backends.factory import MessagingBackendFactory
 
 backend = AWSBackend()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from melange.backends.sqs.sqs_backend import AWSBackend
+from melange.backends.sqs.backend import AWSBackend
 from melange.testing.conformance import BackendConformance
 
 

@@ -12,7 +12,7 @@ import botocore.config
 import pytest
 
 from melange.backends.factory import MessagingBackendFactory
-from melange.backends.sqs.sqs_backend import AWSBackend
+from melange.backends.sqs.backend import AWSBackend
 from melange.exceptions import (
     BackendConnectionError,
     BackendError,

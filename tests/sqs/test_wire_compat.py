@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.sqs import wire
-from melange.backends.sqs.sqs_backend import AWSBackend
+from melange.backends.sqs.backend import AWSBackend
 from melange.consumers import Consumer
 from melange.message_dispatcher import MessageDispatcher
 from melange.models import FAILURE_REASON, Message
