@@ -76,3 +76,44 @@ def test_a_queue_keeps_its_type_and_its_messages_when_declared_again(
         backend.declare_queue("orders", fifo=True)
     backend.declare_queue("orders", visibility_timeout=9)
     assert len(backend.retrieve_messages(queue)) == 1
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_fifo_group_keeps_its_order_when_its_head_comes_back_after_a_later_message(
+    kind: str, tmp_path: Path
+) -> None:
+    # Both messages of a group received together; the head is given back with a delay (the
+    # group stays blocked), the next at once. When the head's delay is over it must go out
+    # first, although the other became visible earlier.
+    clock = _Clock()
+    made: MessagingBackend = (
+        InMemoryMessagingBackend(clock=clock)
+        if kind == "memory"
+        else SQLiteBackend(tmp_path / "broker.db", clock=clock)
+    )
+    try:
+        queue, _ = made.declare_queue("orders.fifo", dead_letter_queue_name="orders-dlq.fifo")
+        for n in (1, 2):
+            message = Message.create(f'"{n}"', "json", 1)
+            message.group_id, message.deduplication_id = "g", f"m{n}"
+            made.publish_to_queue(message, queue)
+        head, second = made.retrieve_messages(queue, max_messages=10)
+        assert (head.content, second.content) == ('"1"', '"2"')
+        made.release(head, 6.0)
+        made.release(second, 0.0)
+        assert made.retrieve_messages(queue) == [], "the group waits for its head"
+        clock.now += 6.5
+        received = made.retrieve_messages(queue, max_messages=1)
+        assert [m.content for m in received] == ['"1"']
+        made.acknowledge(received[0])
+        assert [m.content for m in made.retrieve_messages(queue)] == ['"2"']
+    finally:
+        made.close_connection()

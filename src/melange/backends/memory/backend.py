@@ -31,6 +31,9 @@ from melange.backends.memory.topology import (
     create_queue,
     drain,
     expire_leases,
+    group_member,
+    join_group,
+    leave_group,
     next_candidate,
     release_lease,
     require,
@@ -198,6 +201,8 @@ class InMemoryMessagingBackend(MessagingBackend):
             queue.inflight.clear()
             queue.leases.clear()
             queue.groups_in_flight.clear()
+            queue.group_order.clear()
+            queue.removed.clear()
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -283,6 +288,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 queue.dedup_seen[dedup] = now
         drain(queue)  # keep publish order with lock-free publishes
         stored = Stored(message, next(self._seq), headers)
+        join_group(queue, stored)
         if queue.delay_seconds > 0:
             stored.visible_at = now + queue.delay_seconds
             heapq.heappush(queue.pending, (stored.visible_at, stored.seq, stored))
@@ -330,20 +336,26 @@ class InMemoryMessagingBackend(MessagingBackend):
         # Redelivered messages of busy groups go back to ``pending`` under their own key: in
         # ``ready`` they would fall behind later messages of their group redelivered after.
         blocked_pending: list[tuple[float, int, Stored]] = []
-        batch_groups: set[str] = set()
+        # FIFO groups delivered in this batch, and how many of each.
+        batch_groups: dict[str, int] = {}
         while len(out) < max_messages:
             due = queue.pending[0] if queue.pending and queue.pending[0][0] <= now else None
             stored = next_candidate(queue, now)
             if stored is None:
                 break
             group = stored.group_id
-            busy = group is not None and group in queue.groups_in_flight
-            if queue.fifo and busy and group not in batch_groups:
-                if due is not None:
-                    blocked_pending.append(due)
-                else:
-                    blocked.append(stored)
-                continue
+            if queue.fifo and group is not None:
+                taken = batch_groups.get(group, 0)
+                # A group goes out in order: nothing while one of its messages is in flight
+                # (unless taken by this batch), and only its oldest message next.
+                if (taken == 0 and group in queue.groups_in_flight) or stored.seq != group_member(
+                    queue, group, taken
+                ):
+                    if due is not None:
+                        blocked_pending.append(due)
+                    else:
+                        blocked.append(stored)
+                    continue
             if stored.receive_count >= queue.max_receive_count and queue.dead_letter_queue:
                 self._move_to_dlq(queue, stored, "max receive count exceeded")
                 continue
@@ -354,7 +366,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             heapq.heappush(queue.leases, (stored.visible_at, stored.receipt))
             if queue.fifo and group is not None:
                 queue.groups_in_flight[group] = queue.groups_in_flight.get(group, 0) + 1
-                batch_groups.add(group)
+                batch_groups[group] = batch_groups.get(group, 0) + 1
             out.append(to_message(stored, Receipt(queue.name, stored.receipt)))
         # Messages of busy groups go back in front, in their original order.
         for stored in sorted(blocked, key=lambda s: s.seq, reverse=True):
@@ -365,6 +377,7 @@ class InMemoryMessagingBackend(MessagingBackend):
 
     def _move_to_dlq(self, queue: QueueState, stored: Stored, reason: str) -> None:
         assert queue.dead_letter_queue is not None
+        leave_group(queue, stored)
         dlq = self._queues.get(queue.dead_letter_queue)
         if dlq is None:
             # Deleted behind our back: recreate it rather than drop the message.
@@ -391,7 +404,9 @@ class InMemoryMessagingBackend(MessagingBackend):
         with self._lock:
             lease = self._lease(message)
             if lease is not None:
-                release_lease(*lease)
+                stored = release_lease(*lease)
+                if stored is not None:
+                    leave_group(lease[0], stored)
                 self._wake()
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
@@ -399,7 +414,9 @@ class InMemoryMessagingBackend(MessagingBackend):
             for message in messages:
                 lease = self._lease(message)
                 if lease is not None:
-                    release_lease(*lease)
+                    stored = release_lease(*lease)
+                    if stored is not None:
+                        leave_group(lease[0], stored)
             self._wake()
 
     def nack(self, message: Message, delay: float = 0.0) -> None:

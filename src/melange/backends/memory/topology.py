@@ -74,6 +74,11 @@ class QueueState:
     leases: list[tuple[float, int]] = field(default_factory=list)
     groups_in_flight: dict[str, int] = field(default_factory=dict)
     dedup_seen: dict[str, float] = field(default_factory=dict)
+    # FIFO: each group's messages in publish order (their ``seq``), so that a group's next
+    # message is always its oldest one, whenever each became visible again; ``removed`` holds
+    # the settled ones not yet at the head.
+    group_order: dict[str, deque[int]] = field(default_factory=dict)
+    removed: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -171,6 +176,51 @@ def release_lease(queue: QueueState, receipt: int) -> Stored | None:
         else:
             queue.groups_in_flight.pop(stored.group_id, None)
     return stored
+
+
+def join_group(queue: QueueState, stored: Stored) -> None:
+    """A FIFO message was enqueued: it comes after the messages its group holds."""
+    group = stored.group_id
+    if queue.fifo and group is not None:
+        order = queue.group_order.get(group)
+        if order is None:
+            order = queue.group_order[group] = deque()
+        order.append(stored.seq)
+
+
+def leave_group(queue: QueueState, stored: Stored) -> None:
+    """A FIFO message left the queue for good (acknowledged or dead-lettered)."""
+    group = stored.group_id
+    if not queue.fifo or group is None:
+        return
+    order = queue.group_order.get(group)
+    if not order:
+        return
+    if order[0] != stored.seq:
+        queue.removed.add(stored.seq)
+        return
+    order.popleft()
+    removed = queue.removed
+    while order and order[0] in removed:
+        removed.discard(order.popleft())
+    if not order:
+        del queue.group_order[group]
+
+
+def group_member(queue: QueueState, group: str, position: int) -> int | None:
+    """The ``seq`` of the group's message at ``position`` (0: its oldest) still held."""
+    order = queue.group_order.get(group)
+    if not order:
+        return None
+    removed = queue.removed
+    index = 0
+    for seq in order:
+        if seq in removed:
+            continue
+        if index == position:
+            return seq
+        index += 1
+    return None
 
 
 def to_message(stored: Stored, receipt: Receipt | None) -> Message:
