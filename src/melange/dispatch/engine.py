@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
@@ -56,6 +57,7 @@ from melange.dispatch.effects import (
     Unwatch,
     Watch,
 )
+from melange.dispatch.leases import RENEWAL_FRACTION
 from melange.dispatch.middleware import MiddlewareChain
 from melange.dispatch.policy import FailurePolicy
 from melange.dispatch.stats import DispatcherStats
@@ -69,6 +71,14 @@ T = TypeVar("T")
 Step = Generator[Effect, Any, T]
 
 _NO_MIDDLEWARE = MiddlewareChain()
+
+#: Least delay, in seconds, before a message that should be dead-lettered but whose queue has
+#: no dead-letter queue comes back.
+NO_DEAD_LETTER_QUEUE_DELAY = 5.0
+
+#: A claim answered after this fraction of its lease is not trusted: its first renewal, due a
+#: renewal interval after the answer, would leave no margin before the lease runs out.
+CLAIM_ANSWER_LIMIT = RENEWAL_FRACTION
 
 
 class Engine:
@@ -90,6 +100,7 @@ class Engine:
         notify: Called with every exception (the consume loop's ``on_exception``).
         stopping: Whether the dispatcher was asked to stop.
         rng: Random source of the retry jitter.
+        clock: Monotonic clock, in seconds (to time deduplication claims).
     """
 
     def __init__(
@@ -109,6 +120,7 @@ class Engine:
         notify: Callable[[BaseException], None] = lambda exc: None,
         stopping: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.route = route
@@ -124,6 +136,7 @@ class Engine:
         self.notify = notify
         self.stopping = stopping
         self.rng = rng or random.Random()
+        self.clock = clock
         #: Set while the deduplication cache is unreachable and the dispatcher fails closed:
         #: receiving then waits for it (see :meth:`receive`).
         self.cache_down = False
@@ -158,6 +171,10 @@ class Engine:
             yield Sleep(pause)
             return []
         self._receive_failures = 0
+        if messages and self.watch_messages:
+            # In hand from now on: messages waiting for a worker, or for the previous message
+            # of their FIFO group, must not see their lease expire while they wait.
+            yield Watch(messages=messages)
         return messages
 
     def wait_for_cache(self) -> Step[None]:
@@ -222,7 +239,11 @@ class Engine:
             yield Unwatch(messages=messages)
         if acks:
             # One round trip for the whole batch where the backend supports it.
-            yield Ack(acks)
+            try:
+                yield Ack(acks)
+            except Exception:
+                self.stats.add("unsettled", len(acks))
+                raise
             self.stats.add("acknowledged", len(acks))
             if self.middleware:
                 for message in acks:
@@ -233,16 +254,14 @@ class Engine:
         message of its FIFO group may go ahead). ``go_ahead`` is false when the previous
         message of its group is coming back: then this one is given back too."""
         self.stats.add("received")
-        if self.stopping() or not go_ahead:
-            yield from self.release([message])
-            return False
-        watch = self.watch_messages
-        if watch:
-            yield Watch(messages=(message,))
+        # Its lease is renewed since it was received (see receive), until settled.
         try:
+            if self.stopping() or not go_ahead:
+                yield from self.release([message])
+                return False
             verdict = yield from self.handle(message, queue_name)
         finally:
-            if watch:
+            if self.watch_messages:
                 yield Unwatch(messages=(message,))
         return (yield from self.apply(verdict, message, queue_name))
 
@@ -369,7 +388,13 @@ class Engine:
                 break
         except BaseException:
             if key is not None:
-                yield Unwatch(key=key)  # the claim expires soon after, unrenewed
+                # The consumer stopped the process: the message is given back, so give its
+                # claim up too, or the next delivery would wait for the claim to expire.
+                yield Unwatch(key=key)
+                try:
+                    yield FinishClaim(key, done=False)
+                except Exception:
+                    logger.warning("could not give up the claim %r", key, exc_info=True)
             raise
         if error is None and key is None and not middleware:
             return ConsumerResult(consumer, Outcome.SUCCEEDED)  # the common case, kept cheap
@@ -384,6 +409,7 @@ class Engine:
         claimed key (``None`` when deduplication does not apply).
         """
         key = f"{consumer.name}.{message.message_id}"
+        asked = self.clock()
         try:
             state = yield Claim(key, self.lease)
         except Exception as exc:
@@ -409,6 +435,20 @@ class Engine:
             )
             return ConsumerResult(consumer, Outcome.SKIPPED_DUPLICATE), None
         if state is ClaimState.BUSY:
+            return ConsumerResult(consumer, Outcome.BUSY), None
+        waited = self.clock() - asked
+        if waited >= self.lease * CLAIM_ANSWER_LIMIT:
+            # The claim's first renewal would come after its lease ran out: another process
+            # may hold it by now. Treat it as busy; unrenewed, ours expires by itself.
+            logger.warning(
+                "deduplication cache answered the claim on %s after %.1fs, too late for its "
+                "%.1fs lease: message %s is given back",
+                key,
+                waited,
+                self.lease,
+                message.message_id,
+                extra=_log_extra(message, queue_name, consumer.name, "slow_cache"),
+            )
             return ConsumerResult(consumer, Outcome.BUSY), None
         yield Watch(key=key, lease=self.lease)  # renewed while the consumer runs: kept short
         return None, key
@@ -456,7 +496,11 @@ class Engine:
 
     def apply(self, verdict: Verdict, message: Message, queue_name: str) -> Step[bool]:
         """Settle ``message`` as ``verdict`` says; returns whether it is settled for good."""
-        settled = yield from self._apply(verdict, message, queue_name)
+        try:
+            settled = yield from self._apply(verdict, message, queue_name)
+        except Exception:
+            self.stats.add("unsettled")  # the broker delivers it again
+            raise
         if self.middleware:
             self.middleware.message_settled(message, queue_name, verdict)
         return settled
@@ -472,7 +516,6 @@ class Engine:
             self.stats.add("released")
             return False
         if action is Action.RELEASE:
-            self.stats.add("released")
             logger.info(
                 "message %s given back for %.2fs: %s",
                 message.message_id,
@@ -481,9 +524,9 @@ class Engine:
                 extra=_log_extra(message, queue_name, verdict.consumer, "released"),
             )
             yield Release(message, verdict.delay)
+            self.stats.add("released")
             return False
         if action is Action.RETRY:
-            self.stats.add("retried")
             logger.warning(
                 "message %s will be retried in %.2fs: %s",
                 message.message_id,
@@ -492,6 +535,7 @@ class Engine:
                 extra=_log_extra(message, queue_name, verdict.consumer, "retry"),
             )
             yield Nack(message, verdict.delay)
+            self.stats.add("retried")
             return False
         headers = verdict.failure_headers(message, queue_name)
         if (yield DeadLetter(message, headers)):
@@ -503,7 +547,9 @@ class Engine:
                 extra=_log_extra(message, queue_name, verdict.consumer, "dead_lettered"),
             )
             return True
-        delay = self.policy.delay_for(message.attempt, self.rng)
+        # Never at once: a message that can only fail would otherwise circle without pause
+        # and starve the rest of the queue.
+        delay = max(NO_DEAD_LETTER_QUEUE_DELAY, self.policy.delay_for(message.attempt, self.rng))
         logger.error(
             "message %s should be dead-lettered (%s) but queue %s has no dead-letter queue; "
             "it is left for the broker's redrive and retried in %.1fs",
@@ -513,8 +559,8 @@ class Engine:
             delay,
             extra=_log_extra(message, queue_name, verdict.consumer, "no_dead_letter_queue"),
         )
-        self.stats.add("retried")
         yield Nack(message, delay)
+        self.stats.add("retried")
         return False
 
 

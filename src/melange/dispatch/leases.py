@@ -24,6 +24,10 @@ _T = TypeVar("_T")
 
 logger = logging.getLogger("melange.dispatcher")
 
+#: A lease is renewed each time this fraction of it has passed (a third: two renewals may
+#: fail before it runs out).
+RENEWAL_FRACTION = 1 / 3
+
 #: How long the renewal thread waits for new messages before it ends.
 _IDLE_GRACE_SECONDS = 5.0
 
@@ -81,7 +85,7 @@ class Heartbeat:
         lease = self._lease_for(messages[0])
         if lease is None or lease <= 0:
             return
-        due = time.monotonic() + lease / 3
+        due = time.monotonic() + lease * RENEWAL_FRACTION
         extend = self._extend
         with self._lock:
             for message in messages:
@@ -91,7 +95,7 @@ class Heartbeat:
     def add_claim(self, key: str, lease: float, renew: Callable[[str, float], Any]) -> None:
         """Renew the deduplication claim on ``key`` with ``renew(key, lease)`` until
         :meth:`remove_claim`; a ``False`` answer (the claim was lost) ends the renewals."""
-        due = time.monotonic() + lease / 3
+        due = time.monotonic() + lease * RENEWAL_FRACTION
         with self._lock:
             self._entries[("claim", key)] = (renew, key, lease, due)
             self._ensure_running()
@@ -138,7 +142,7 @@ class Heartbeat:
                 now = time.monotonic()
                 due = [(key, entry) for key, entry in self._entries.items() if entry[3] <= now]
                 for key, (renew, target, lease, _) in due:
-                    self._entries[key] = (renew, target, lease, now + lease / 3)
+                    self._entries[key] = (renew, target, lease, now + lease * RENEWAL_FRACTION)
                 if not due:
                     next_at = min(entry[3] for entry in self._entries.values())
                     self._wake.wait(max(0.01, next_at - now))

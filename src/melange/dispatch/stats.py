@@ -11,11 +11,13 @@ class DispatcherStats:
     """Counters a dispatcher keeps; read them any time (e.g. to export as metrics).
 
     Every received message is settled exactly one way, so once none is in hand
-    ``received == acknowledged + retried + dead_lettered + released``. ``released`` counts
-    messages given back without running a handler (on stop, while another process holds the
-    deduplication claim or the cache is down, or after their connection was lost);
+    ``received == acknowledged + retried + dead_lettered + released + unsettled``.
+    ``released`` counts messages given back without running a handler (on stop, while
+    another process holds the deduplication claim or the cache is down, or after their
+    connection was lost);
     ``retried`` includes messages that should have been dead-lettered but whose queue has
-    none. ``poison`` (a subset of ``dead_lettered``), ``duplicates_skipped`` (of
+    none; ``unsettled`` counts messages whose settling call failed (the broker delivers them
+    again). ``poison`` (a subset of ``dead_lettered``), ``duplicates_skipped`` (of
     ``acknowledged``) and ``consumer_failures`` (per consumer call) are details.
     """
 
@@ -24,6 +26,7 @@ class DispatcherStats:
     retried: int = 0
     dead_lettered: int = 0
     released: int = 0
+    unsettled: int = 0
     poison: int = 0
     duplicates_skipped: int = 0
     consumer_failures: int = 0
