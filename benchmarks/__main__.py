@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SUITE_NAMES, help="run only these suites")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument(
+        "--measure",
+        nargs="+",
+        metavar="MEASUREMENT",
+        help="run only these measurements of each suite (publish, consume, e2e, ...)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where results go"
     )
     parser.add_argument(
@@ -43,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in wanted:
             print(f"{name}:")
             if name == "sqs":
-                results.append(_run_sqs(sizes, rounds, logs, legacy=not args.no_legacy))
+                results.append(
+                    _run_sqs(sizes, rounds, logs, legacy=not args.no_legacy, measure=args.measure)
+                )
                 continue
             if name == "rabbitmq":
                 suite = suites.rabbit_suite(sizes)
@@ -51,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                 suite = suites.memory_suite(sizes)
             else:
                 suite = suites.sqlite_suite(sizes, str(work / "sqlite"))
+            _select(suite, args.measure)
             results.append((suite, run_suite(name, suite.specs, suite.measurements, rounds, logs)))
         mode = "quick" if args.quick else "full"
         machine = services.machine()
@@ -72,8 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def _select(suite: suites.Suite, measure: list[str] | None) -> None:
+    """Keep only the measurements named in ``measure`` (all when ``None``)."""
+    if measure:
+        suite.measurements = [m for m in suite.measurements if m.key in measure]
+
+
 def _run_sqs(
-    sizes: suites.Sizes, rounds: int, logs: Path, legacy: bool
+    sizes: suites.Sizes, rounds: int, logs: Path, legacy: bool, measure: list[str] | None
 ) -> tuple[suites.Suite, SuiteResult]:
     legacy_python: str | None = None
     if legacy:
@@ -83,6 +98,7 @@ def _run_sqs(
             print(f"  melange 7.2.0 environment could not be built: {exc}")
     with services.MotoServer(logs / "moto.log") as moto:
         suite = suites.sqs_suite(sizes, moto.port, legacy_python)
+        _select(suite, measure)
         return suite, run_suite("sqs", suite.specs, suite.measurements, rounds, logs)
 
 

@@ -11,12 +11,13 @@ Standard library only: this module also runs under the released 7.2.0 interprete
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 Payload = dict[str, Any]
@@ -284,6 +285,53 @@ class Contender:
         result = watch.stop(n)
         if failure:
             raise RuntimeError(f"producer failed: {failure[0]!r}") from failure[0]
+        tally.check("e2e")
+        if rate is not None:
+            result["p50_ms"] = percentile(tally.latencies, 0.50) * 1000
+            result["p99_ms"] = percentile(tally.latencies, 0.99) * 1000
+            result["rate"] = rate
+        return result
+
+    def _op_e2e_async(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        n: int,
+        rate: float | None,
+        publish: Callable[[Payload], Awaitable[None]],
+        consume: Callable[[Tally], Awaitable[None]],
+    ) -> dict[str, Any]:
+        """:meth:`op_e2e` for an asyncio client: a producer task and the consumer on ``loop``.
+
+        An asyncio client's connections belong to its event loop, so publishing from another
+        thread is not an option; the producer shares the loop with the consumer, as in an
+        asyncio service.
+        """
+        first = self._ids()
+        payloads = [make_payload(first + i) for i in range(n)]
+        tally = Tally(first, n, record_latency=rate is not None)
+
+        async def produce() -> None:
+            begin = time.monotonic()
+            for index, payload in enumerate(payloads):
+                if rate is not None:
+                    delay = begin + index / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                payload["t"] = time.monotonic()
+                await publish(payload)
+
+        async def run() -> None:
+            producer = asyncio.ensure_future(produce())
+            try:
+                await consume(tally)
+            finally:
+                if not producer.done():
+                    await asyncio.wait([producer], timeout=120)
+            await producer  # raises what the producer raised
+
+        watch = self.stopwatch()
+        loop.run_until_complete(run())
+        result = watch.stop(n)
         tally.check("e2e")
         if rate is not None:
             result["p50_ms"] = percentile(tally.latencies, 0.50) * 1000

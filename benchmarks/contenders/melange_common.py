@@ -12,12 +12,24 @@ from typing import Any
 
 from benchmarks.workload import Contender, Payload, Tally
 
+#: ``driver`` parameter values.
+THREADED = "threaded"
+#: The asyncio dispatcher on the backend's native asyncio twin (the blocking backend,
+#: adapted, where it has none).
+ASYNCIO = "asyncio"
+#: The asyncio dispatcher on the blocking backend, adapted with ``as_async``.
+ASYNCIO_ADAPTED = "asyncio-adapted"
+
 
 class MelangeContender(Contender):
     """Publishes with :class:`~melange.QueuePublisher`; consumes with ``consume_loop``.
 
     With the parameter ``driver="asyncio"`` the consumer is an ``AsyncMessageDispatcher``
-    running on an event loop (the publisher stays the same).
+    with an ``async`` handler on an event loop. When the backend has an asyncio-native twin
+    (:meth:`make_async_backend`), the dispatcher awaits it and the publisher is an
+    ``AsyncQueuePublisher`` on the same loop, as in an asyncio service; otherwise (and with
+    ``driver="asyncio-adapted"``) the dispatcher adapts the blocking backend and the
+    blocking publisher publishes from a thread, as the threaded contender does.
     """
 
     label = "Melange"
@@ -28,22 +40,40 @@ class MelangeContender(Contender):
         """A new backend instance to benchmark."""
         raise NotImplementedError
 
+    def make_async_backend(self) -> Any | None:
+        """A new asyncio-native backend instance, or ``None`` when the backend has none."""
+        return None
+
     def queue_options(self) -> dict[str, Any]:
         """Keyword arguments for declaring the benchmark queue."""
         return {}
 
     def setup(self) -> dict[str, str]:
         from melange import Consumer, JsonSerializer, MessageDispatcher, QueuePublisher
-        from melange.aio import AsyncMessageDispatcher
+        from melange.aio import AsyncMessageDispatcher, AsyncQueuePublisher
 
         self.queue_name = str(self.params.get("queue", f"bench-{type(self).__name__.lower()}"))
-        self.pub_backend = self.make_backend()
-        self.sub_backend = self.pub_backend if self.shared_backend else self.make_backend()
-        self.pub_backend.declare_queue(self.queue_name, **self.queue_options())
-        self.purge()
-        self.publisher = QueuePublisher(JsonSerializer(), backend=self.pub_backend)
+        driver = str(self.params.get("driver", THREADED))
+        self.asyncio = driver in (ASYNCIO, ASYNCIO_ADAPTED)
+        self.loop = asyncio.new_event_loop() if self.asyncio else None
         self._handle: Tally | None = None
-        self.asyncio = self.params.get("driver") == "asyncio"
+        native = self.make_async_backend() if driver == ASYNCIO else None
+        self.native = native is not None
+        if native is not None:
+            assert self.loop is not None
+            self.pub_backend = native
+            self.sub_backend = native if self.shared_backend else self.make_async_backend()
+            self.loop.run_until_complete(
+                native.declare_queue(self.queue_name, **self.queue_options())
+            )
+            self.purge()
+            self.async_publisher = AsyncQueuePublisher(JsonSerializer(), backend=native)
+        else:
+            self.pub_backend = self.make_backend()
+            self.sub_backend = self.pub_backend if self.shared_backend else self.make_backend()
+            self.pub_backend.declare_queue(self.queue_name, **self.queue_options())
+            self.purge()
+            self.publisher = QueuePublisher(JsonSerializer(), backend=self.pub_backend)
         kind = AsyncMessageDispatcher if self.asyncio else MessageDispatcher
         # An asyncio service's handlers are coroutines; plain ones would each take a thread.
         handler = self._on_message_async if self.asyncio else self._on_message
@@ -71,24 +101,60 @@ class MelangeContender(Contender):
     async def _on_message_async(self, payload: Any) -> None:
         self._on_message(payload)
 
+    async def _publish_async(self, payload: Payload) -> None:
+        await self.async_publisher.publish(self.queue_name, payload)
+
     def publish_one(self, payload: Payload) -> None:
-        self.publisher.publish(self.queue_name, payload)
+        if self.native:
+            assert self.loop is not None
+            self.loop.run_until_complete(self._publish_async(payload))
+        else:
+            self.publisher.publish(self.queue_name, payload)
 
     def publish_many(self, payloads: list[Payload]) -> None:
-        self.publisher.publish_batch(self.queue_name, payloads)
+        if self.native:
+            assert self.loop is not None
+            self.loop.run_until_complete(
+                self.async_publisher.publish_batch(self.queue_name, payloads)
+            )
+        else:
+            self.publisher.publish_batch(self.queue_name, payloads)
 
-    def consume(self, n: int, handle: Tally) -> None:
+    async def _consume_async(self, handle: Tally) -> None:
         self._handle = handle
         try:
             while not handle.complete:
-                loop = self.dispatcher.consume_loop(self.queue_name, install_signal_handlers=False)
-                if self.asyncio:
-                    asyncio.run(loop)
+                await self.dispatcher.consume_loop(self.queue_name, install_signal_handlers=False)
         finally:
             self._handle = None
 
+    def consume(self, n: int, handle: Tally) -> None:
+        if self.loop is not None:
+            self.loop.run_until_complete(self._consume_async(handle))
+            return
+        self._handle = handle
+        try:
+            while not handle.complete:
+                self.dispatcher.consume_loop(self.queue_name, install_signal_handlers=False)
+        finally:
+            self._handle = None
+
+    def op_e2e(self, n: int, rate: float | None = None) -> dict[str, Any]:
+        if not self.native:
+            return super().op_e2e(n, rate)
+        assert self.loop is not None
+        return self._op_e2e_async(self.loop, n, rate, self._publish_async, self._consume_async)
+
     def teardown(self) -> None:
         self.dispatcher.close()
-        self.pub_backend.close_connection()
+        backends = [self.pub_backend]
         if self.sub_backend is not self.pub_backend:
-            self.sub_backend.close_connection()
+            backends.append(self.sub_backend)
+        for backend in backends:
+            if self.native:
+                assert self.loop is not None
+                self.loop.run_until_complete(backend.aclose())
+            else:
+                backend.close_connection()
+        if self.loop is not None:
+            self.loop.close()

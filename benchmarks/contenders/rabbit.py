@@ -243,38 +243,7 @@ class FastStreamRabbit(Contender):
         self.loop.run_until_complete(self._consume(handle))
 
     def op_e2e(self, n: int, rate: float | None = None) -> dict[str, Any]:
-        import time
-
-        from benchmarks.workload import make_payload, percentile
-
-        first = self._ids()
-        payloads = [make_payload(first + i) for i in range(n)]
-        tally = Tally(first, n, record_latency=rate is not None)
-
-        async def produce() -> None:
-            begin = time.monotonic()
-            for index, payload in enumerate(payloads):
-                if rate is not None:
-                    delay = begin + index / rate - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                payload["t"] = time.monotonic()
-                await self._publish(payload)
-
-        async def run() -> None:
-            producer = asyncio.ensure_future(produce())
-            await self._consume(tally)
-            await producer
-
-        watch = self.stopwatch()
-        self.loop.run_until_complete(run())
-        result = watch.stop(n)
-        tally.check("e2e")
-        if rate is not None:
-            result["p50_ms"] = percentile(tally.latencies, 0.5) * 1000
-            result["p99_ms"] = percentile(tally.latencies, 0.99) * 1000
-            result["rate"] = rate
-        return result
+        return self._op_e2e_async(self.loop, n, rate, self._publish, self._consume)
 
     def teardown(self) -> None:
         async def close() -> None:
@@ -300,11 +269,24 @@ class MelangeRabbit(MelangeContender):
             publisher_confirms=True,
         )
 
+    def make_async_backend(self) -> Any:
+        from melange.backends.rabbitmq import AsyncRabbitMQBackend
+
+        return AsyncRabbitMQBackend(
+            host=HOST,
+            port=PORT,
+            prefetch_count=int(self.params.get("prefetch", 10)),
+            queue_type=_queue_type(self.params),
+            publisher_confirms=True,
+        )
+
     def setup(self) -> dict[str, str]:
         self.params.setdefault("queue", "bench.rabbit.melange")
         self.params["queue"] = _queue_name(self.params, "bench.rabbit.melange")
         versions = super().setup()
         _purge(self.queue_name)
+        if self.native:
+            return {**versions, "aiormq": version("aiormq")}
         return {**versions, "pika": version("pika")}
 
     def purge(self) -> None:

@@ -94,3 +94,55 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 0.5) == 50.0
     assert percentile(values, 0.99) == 99.0
     assert percentile([3.0], 0.99) == 3.0
+
+
+def test_asyncio_rows_follow_the_threaded_one_in_every_suite() -> None:
+    sizes = suites.QUICK
+    for suite in [
+        suites.rabbit_suite(sizes),
+        suites.sqs_suite(sizes, 1, "python-7.2"),
+        suites.memory_suite(sizes),
+        suites.sqlite_suite(sizes, "/tmp/unused"),
+    ]:
+        keys = [spec.key for spec in suite.specs]
+        assert keys[0] == "melange"
+        assert keys[1] == suites.ASYNCIO_KEY
+        assert keys[-1] == suites.LINEARITY_KEY
+        e2e = next(m for m in suite.measurements if m.key == "e2e")
+        assert suites.ASYNCIO_KEY in e2e.ops
+    rabbit = suites.rabbit_suite(sizes)
+    assert [spec.params.get("driver") for spec in rabbit.specs[:3]] == [
+        None,
+        "asyncio",
+        "asyncio-adapted",
+    ]
+
+
+def test_a_cost_target_is_met_at_or_below_its_threshold() -> None:
+    target = suites.Target(
+        "sqs",
+        "consume",
+        0.2,
+        numerator=suites.ASYNCIO_KEY,
+        metric="requests_per_message",
+        at_most=True,
+        text="consume <= 0.2 requests per message",
+    )
+    per_message = {"median": 0.2, "min": 0.19, "max": 0.21, "rounds": 3}
+    summaries = {
+        "sqs": {
+            "melange": "melange",
+            "measurements": {
+                "consume": {
+                    "contenders": {
+                        suites.ASYNCIO_KEY: {"requests_per_message": per_message},
+                        "melange": {"requests_per_message": {**per_message, "median": 0.5}},
+                    }
+                }
+            },
+        }
+    }
+    verdict = report.evaluate(target, summaries)
+    assert verdict["met"] is True
+    assert verdict["every_round"] is False
+    assert verdict["unit"] == " requests/msg"
