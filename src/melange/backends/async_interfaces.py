@@ -9,7 +9,9 @@ letters) lives in modules shared with its blocking twin; only the I/O differs.
 
 :func:`as_async` presents a blocking backend through this contract (its calls run on worker
 threads, or inline for a backend that never blocks, like the in-memory one), so the asyncio
-dispatcher talks to one contract whatever it is given.
+dispatcher talks to one contract whatever it is given. It and
+:func:`~melange.testing.blocking.as_blocking` undo each other: an asynchronous backend made
+blocking comes back as itself, and is awaited natively rather than through two threads.
 
 A concrete subclass must set :attr:`AsyncMessagingBackend.name` (``"rabbitmq"``, ...): it is
 how logs, metrics and the factory name the transport.
@@ -18,6 +20,7 @@ how logs, metrics and the factory name the transport.
 from __future__ import annotations
 
 import asyncio
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -190,10 +193,10 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
         return await asyncio.to_thread(self.backend.declare_topic, topic_name)
 
     async def get_topic(self, topic_name: str) -> TopicWrapper:
-        return await asyncio.to_thread(self.backend.get_topic, topic_name)
+        return await self._call(self.backend.get_topic, topic_name)
 
     async def get_queue(self, queue_name: str) -> QueueWrapper:
-        return await asyncio.to_thread(self.backend.get_queue, queue_name)
+        return await self._call(self.backend.get_queue, queue_name)
 
     async def declare_queue(
         self,
@@ -272,12 +275,30 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
         await asyncio.to_thread(self.backend.close_connection)
 
 
+def _wrapped_async(backend: MessagingBackend) -> AsyncMessagingBackend | None:
+    """The asynchronous backend ``backend`` runs, when :func:`~melange.testing.blocking.as_blocking`
+    made it; else ``None``."""
+    # Only that module makes such backends: when it was never imported, there is none.
+    if "melange.testing.blocking" not in sys.modules:
+        return None
+    from melange.testing.blocking import BlockingAsyncBackend
+
+    return backend.backend if isinstance(backend, BlockingAsyncBackend) else None
+
+
 def as_async(backend: MessagingBackend | AsyncMessagingBackend) -> AsyncMessagingBackend:
-    """``backend`` through the asynchronous contract (itself when it already is one)."""
+    """``backend`` through the asynchronous contract (itself when it already is one).
+
+    An asynchronous backend that :func:`~melange.testing.blocking.as_blocking` wrapped comes
+    back as it was, to be awaited on the caller's event loop instead of through a worker
+    thread and the wrapper's loop. Like any asynchronous backend, it should then be used from
+    that one loop only: hand the wrapper over before its own loop has opened connections.
+    """
     if isinstance(backend, AsyncMessagingBackend):
         return backend
     if isinstance(backend, MessagingBackend):
-        return BlockingBackendAdapter(backend)
+        inner = _wrapped_async(backend)
+        return inner if inner is not None else BlockingBackendAdapter(backend)
     raise TypeError(
         f"backend must be a MessagingBackend or an AsyncMessagingBackend, got "
         f"{type(backend).__name__}"
@@ -288,6 +309,8 @@ def overrides_holds(backend: MessagingBackend | AsyncMessagingBackend) -> bool:
     """Whether ``backend`` can orphan a message (it overrides ``holds``)."""
     if isinstance(backend, BlockingBackendAdapter):
         backend = backend.backend
+    if isinstance(backend, MessagingBackend):
+        backend = _wrapped_async(backend) or backend
     if isinstance(backend, AsyncMessagingBackend):
         return type(backend).holds is not AsyncMessagingBackend.holds
     return type(backend).holds is not MessagingBackend.holds

@@ -20,6 +20,11 @@ both kinds of backend)::
 and the way to use one from blocking code (a ``MessageDispatcher``, publishers, scripts).
 Every call may come from any thread; calls from the loop's own thread (code the backend
 itself runs) would wait for themselves and raise ``RuntimeError`` instead.
+
+It and :func:`~melange.backends.async_interfaces.as_async` undo each other: given to the
+asyncio dispatcher or publishers, the wrapper is unwrapped and its backend awaited on the
+caller's loop (not through a worker thread and this loop), and :func:`as_blocking` of an
+``as_async`` adapter is the blocking backend inside it.
 """
 
 from __future__ import annotations
