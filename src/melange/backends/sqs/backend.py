@@ -14,7 +14,10 @@ being stopped returns after at most one long poll (``wait_time_seconds``).
 :class:`AWSBackend` publishes, receives and settles; it delegates the clients and error
 reporting to :mod:`~melange.backends.sqs.connection`, queues, topics and subscriptions to
 :mod:`~melange.backends.sqs.topology`, and the message format to
-:mod:`~melange.backends.sqs.wire`.
+:mod:`~melange.backends.sqs.wire`. What it does is written once, in :class:`SQSOperations`,
+as requests (:class:`~melange.backends.sqs.connection.Call`) it performs with boto3; the
+asyncio backend (:mod:`~melange.backends.sqs.async_backend`) awaits the same requests on
+aiobotocore.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
 from melange.backends.sqs import wire
@@ -31,10 +34,13 @@ from melange.backends.sqs.connection import (
     QUEUE_MISSING,
     STALE_RECEIPT,
     TOPIC_MISSING,
+    Call,
     ClientError,
+    Steps,
     code,
     errors,
     make_clients,
+    run_steps,
     text,
 )
 from melange.backends.sqs.topology import Topology
@@ -65,13 +71,345 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("melange.backends.sqs")
 
+_T = TypeVar("_T")
+
 #: The longest visibility timeout SQS accepts (12 hours).
 MAX_VISIBILITY_TIMEOUT = 43_200
 
 _SYSTEM_ATTRIBUTES = ("ApproximateReceiveCount", "MessageGroupId", "MessageDeduplicationId")
 
 
-class AWSBackend(MessagingBackend):
+class SQSOperations:
+    """What the SQS/SNS backends do, written once for the blocking and the asyncio one.
+
+    Options are checked and kept by :meth:`_configure`; every operation is
+    :data:`~melange.backends.sqs.connection.Steps` (the requests it needs, with the answers'
+    meaning and the errors' mapping), which :class:`AWSBackend` performs with boto3 and
+    :class:`~melange.backends.sqs.async_backend.AsyncAWSBackend` with aiobotocore.
+    """
+
+    max_number_of_messages: int
+    visibility_timeout: int | None
+    wait_time_seconds: int
+    _topology: Topology
+
+    def _configure(
+        self,
+        max_number_of_messages: int,
+        visibility_timeout: float | None,
+        wait_time_seconds: int,
+    ) -> None:
+        if not 1 <= int(max_number_of_messages) <= wire.MAX_BATCH_ENTRIES:
+            raise ConfigurationError(
+                f"max_number_of_messages must be between 1 and 10, got {max_number_of_messages}"
+            )
+        if not 0 <= int(wait_time_seconds) <= MAX_WAIT_SECONDS:
+            raise ConfigurationError(
+                f"wait_time_seconds must be between 0 and 20, got {wait_time_seconds}"
+            )
+        if visibility_timeout is not None:
+            # Whole seconds on SQS: a fraction rounds up, so 0.5 never means "at once".
+            visibility_timeout = math.ceil(visibility_timeout)
+        if visibility_timeout is not None and not (
+            0 <= visibility_timeout <= MAX_VISIBILITY_TIMEOUT
+        ):
+            raise ConfigurationError(
+                f"visibility_timeout must be between 0 and 43200 seconds, got {visibility_timeout}"
+            )
+        self.max_number_of_messages = int(max_number_of_messages)
+        #: Seconds a received message stays hidden (read by the dispatcher's heartbeat).
+        self.visibility_timeout = None if visibility_timeout is None else int(visibility_timeout)
+        self.wait_time_seconds = int(wait_time_seconds)
+        self._topology = Topology()
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(
+            name="sqs",
+            persistent=True,
+            fifo=True,
+            topics=True,
+            native_dead_letter=True,
+            delayed_delivery=True,
+            visibility_timeout=True,
+            extend_visibility=True,
+            receive_count=True,
+            filter_policies=True,
+            max_message_size=wire.MAX_MESSAGE_SIZE,
+            max_batch_size=wire.MAX_BATCH_ENTRIES,
+        )
+
+    def visibility_timeout_for(self, message: Message) -> float | None:
+        """The lease of a received message: the backend's ``visibility_timeout`` (``None``
+        when each queue's own setting applies)."""
+        if self.visibility_timeout:
+            return float(self.visibility_timeout)
+        return None
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def _queue_error(self, exc: ClientError, queue: QueueWrapper) -> Exception:
+        if code(exc) in QUEUE_MISSING:
+            self._topology.forget_queue(queue.name)
+            return QueueNotFoundError(queue.name)
+        return PublishError(f"SQS refused the message for queue {queue.name!r}: {text(exc)}")
+
+    def _topic_error(self, exc: ClientError, topic: TopicWrapper) -> Exception:
+        if code(exc) in TOPIC_MISSING:
+            self._topology.forget_topic(topic.name)
+            return TopicNotFoundError(topic.name)
+        return PublishError(f"SNS refused the message for topic {topic.name!r}: {text(exc)}")
+
+    @staticmethod
+    def _delay(entry: dict[str, Any], queue_name: str, kwargs: Mapping[str, Any]) -> None:
+        """``delay_seconds=`` holds messages back on standard queues (at most 15 minutes)."""
+        delay = kwargs.get("delay_seconds")
+        if delay and not is_fifo(queue_name):
+            entry["DelaySeconds"] = min(900, math.ceil(delay))
+
+    def _publish_to_queue(
+        self, message: Message, queue: QueueWrapper, kwargs: Mapping[str, Any]
+    ) -> Steps[None]:
+        entry = queue_entry(message, queue.name)
+        self._delay(entry, queue.name, kwargs)
+        url = yield from self._topology.url(queue)
+        with errors(f"publishing to queue {queue.name!r}", PublishError):
+            try:
+                yield Call("sqs", "send_message", {"QueueUrl": url, **entry})
+            except ClientError as exc:
+                raise self._queue_error(exc, queue) from exc
+
+    def _publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, kwargs: Mapping[str, Any]
+    ) -> Steps[None]:
+        entries = [(i, m, queue_entry(m, queue.name)) for i, m in enumerate(messages)]
+        if not entries:
+            return
+        url = yield from self._topology.url(queue)
+        for _, _, entry in entries:
+            self._delay(entry, queue.name, kwargs)
+
+        def send(request: list[dict[str, Any]]) -> Steps[Any]:
+            try:
+                return (
+                    yield Call("sqs", "send_message_batch", {"QueueUrl": url, "Entries": request})
+                )
+            except ClientError as exc:
+                raise self._queue_error(exc, queue) from exc
+
+        yield from self._send_in_batches(
+            entries, "MessageBody", send, QueueNotFoundError, f"queue {queue.name!r}"
+        )
+
+    def _send_in_batches(
+        self,
+        entries: list[tuple[int, Message, dict[str, Any]]],
+        body_key: str,
+        send: Callable[[list[dict[str, Any]]], Steps[Any]],
+        missing: type[Exception],
+        target: str,
+    ) -> Steps[None]:
+        """Send ``entries`` in batch requests within SQS/SNS limits; collect every refusal.
+
+        A missing destination before anything was sent raises ``missing`` as is; later (the
+        queue or topic was deleted meanwhile) and for other refusals, the affected messages
+        are reported together in a ``BatchPublishError``.
+        """
+        failures: dict[int, str] = {}
+        sent_any = False
+        for chunk in chunks(
+            entries,
+            lambda e: (
+                len(e[body_key].encode("utf-8")) + wire.attributes_size(e["MessageAttributes"])
+            ),
+        ):
+            request = [{"Id": str(i), **entry} for i, _, entry in chunk]
+            try:
+                with errors(f"publishing a batch to {target}", PublishError):
+                    response = yield from send(request)
+            except missing:
+                if not sent_any:
+                    raise
+                failures.update({i: f"{target} no longer exists" for i, _, _ in chunk})
+                continue
+            except (PublishError, BackendError) as exc:
+                failures.update({i: str(exc) for i, _, _ in chunk})
+                continue
+            sent_any = True
+            for failed in response.get("Failed", []):
+                failures[int(failed["Id"])] = f"{failed.get('Code')}: {failed.get('Message', '')}"
+        if failures:
+            raise BatchPublishError(failures)
+
+    def _publish_to_topic(self, message: Message, topic: TopicWrapper) -> Steps[None]:
+        entry = topic_entry(message, topic.name)
+        arn = yield from self._topology.topic_arn(topic)
+        with errors(f"publishing to topic {topic.name!r}", PublishError):
+            try:
+                yield Call("sns", "publish", {"TopicArn": arn, **entry})
+            except ClientError as exc:
+                raise self._topic_error(exc, topic) from exc
+
+    def _publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper
+    ) -> Steps[None]:
+        entries = [(i, m, topic_entry(m, topic.name)) for i, m in enumerate(messages)]
+        if not entries:
+            return
+        arn = yield from self._topology.topic_arn(topic)
+
+        def send(request: list[dict[str, Any]]) -> Steps[Any]:
+            try:
+                return (
+                    yield Call(
+                        "sns",
+                        "publish_batch",
+                        {"TopicArn": arn, "PublishBatchRequestEntries": request},
+                    )
+                )
+            except ClientError as exc:
+                raise self._topic_error(exc, topic) from exc
+
+        yield from self._send_in_batches(
+            entries, "Message", send, TopicNotFoundError, f"topic {topic.name!r}"
+        )
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def _retrieve_messages(
+        self, queue: QueueWrapper, kwargs: Mapping[str, Any]
+    ) -> Steps[list[Message]]:
+        max_messages = kwargs.get("max_messages") or self.max_number_of_messages
+        max_messages = max(1, min(wire.MAX_BATCH_ENTRIES, int(max_messages)))
+        wait = kwargs.get("wait_seconds")
+        wait_seconds = self.wait_time_seconds if wait is None else math.ceil(float(wait))
+        wait_seconds = max(0, min(MAX_WAIT_SECONDS, wait_seconds))
+        url = yield from self._topology.url(queue)
+        request: dict[str, Any] = {
+            "QueueUrl": url,
+            "MaxNumberOfMessages": max_messages,
+            "WaitTimeSeconds": wait_seconds,
+            "MessageAttributeNames": ["All"],
+            "MessageSystemAttributeNames": list(_SYSTEM_ATTRIBUTES),
+            # The older name of the same parameter, for SQS-compatible brokers that predate it.
+            "AttributeNames": list(_SYSTEM_ATTRIBUTES),
+        }
+        visibility = kwargs.get("visibility_timeout", self.visibility_timeout)
+        if visibility is not None:
+            request["VisibilityTimeout"] = max(
+                0, min(MAX_VISIBILITY_TIMEOUT, math.ceil(visibility))
+            )
+        with errors(f"receiving from queue {queue.name!r}"):
+            try:
+                response = yield Call("sqs", "receive_message", request)
+            except ClientError as exc:
+                if code(exc) in QUEUE_MISSING:
+                    self._topology.forget_queue(queue.name)
+                    raise QueueNotFoundError(queue.name) from exc
+                raise
+        return [to_message(raw, url, queue.name) for raw in response.get("Messages", [])]
+
+    @staticmethod
+    def _receipt(message: Message) -> SQSReceipt:
+        receipt = message.metadata
+        if not isinstance(receipt, SQSReceipt):
+            raise ValueError(
+                f"{message!r} was not received from an SQS backend: it has no receipt handle"
+            )
+        return receipt
+
+    @staticmethod
+    def _settle(action: str, call: Call) -> Steps[None]:
+        """Send a settle request; a stale receipt (lease expired, already settled) is a no-op."""
+        with errors(action):
+            try:
+                yield call
+            except ClientError as exc:
+                if code(exc) not in STALE_RECEIPT:
+                    raise
+                logger.warning(
+                    "%s: receipt no longer valid (%s); SQS will redeliver it", action, text(exc)
+                )
+
+    @staticmethod
+    def _delete(receipt: SQSReceipt) -> Call:
+        return Call(
+            "sqs",
+            "delete_message",
+            {"QueueUrl": receipt.queue_url, "ReceiptHandle": receipt.receipt_handle},
+        )
+
+    def _acknowledge(self, message: Message) -> Steps[None]:
+        receipt = self._receipt(message)
+        yield from self._settle(
+            f"acknowledging message {message.message_id}", self._delete(receipt)
+        )
+
+    def _acknowledge_batch(self, messages: Sequence[Message]) -> Steps[None]:
+        by_queue: dict[str, list[Message]] = {}
+        for message in messages:
+            by_queue.setdefault(self._receipt(message).queue_url, []).append(message)
+        problems: list[str] = []
+        for url, group in by_queue.items():
+            for start in range(0, len(group), wire.MAX_BATCH_ENTRIES):
+                chunk = group[start : start + wire.MAX_BATCH_ENTRIES]
+                entries = [
+                    {"Id": str(i), "ReceiptHandle": self._receipt(m).receipt_handle}
+                    for i, m in enumerate(chunk)
+                ]
+                with errors(f"acknowledging {len(chunk)} message(s)"):
+                    response = yield Call(
+                        "sqs", "delete_message_batch", {"QueueUrl": url, "Entries": entries}
+                    )
+                for failed in response.get("Failed", []):
+                    message = chunk[int(failed["Id"])]
+                    reason = f"{failed.get('Code')}: {failed.get('Message', '')}"
+                    if failed.get("Code") in STALE_RECEIPT:
+                        logger.warning(
+                            "acknowledging message %s: receipt no longer valid (%s); "
+                            "SQS will redeliver it",
+                            message.message_id,
+                            reason,
+                        )
+                    else:
+                        problems.append(f"{message.message_id} ({reason})")
+        if problems:
+            raise BackendError(
+                f"SQS did not delete {len(problems)} message(s), which will be delivered "
+                f"again: {'; '.join(problems)}"
+            )
+
+    def _change_visibility(self, message: Message, seconds: float, verb: str) -> Steps[None]:
+        receipt = self._receipt(message)
+        timeout = max(0, min(MAX_VISIBILITY_TIMEOUT, math.ceil(seconds)))
+        yield from self._settle(
+            f"{verb} message {message.message_id}",
+            Call(
+                "sqs",
+                "change_message_visibility",
+                {
+                    "QueueUrl": receipt.queue_url,
+                    "ReceiptHandle": receipt.receipt_handle,
+                    "VisibilityTimeout": timeout,
+                },
+            ),
+        )
+
+    def _dead_letter(self, message: Message, headers: Mapping[str, str]) -> Steps[bool]:
+        receipt = self._receipt(message)
+        dlq_url = yield from self._topology.dead_letter_url(receipt)
+        if dlq_url is None:
+            return False
+        entry = dead_letter_entry(message, receipt, headers, dlq_url)
+        with errors(f"dead-lettering message {message.message_id}"):
+            yield Call("sqs", "send_message", {"QueueUrl": dlq_url, **entry})
+        yield from self._settle(
+            f"deleting dead-lettered message {message.message_id}", self._delete(receipt)
+        )
+        return True
+
+
+class AWSBackend(SQSOperations, MessagingBackend):
     """Amazon SQS queues and SNS topics.
 
     Region and credentials are found the way boto3 finds them (environment, shared config,
@@ -109,29 +447,7 @@ class AWSBackend(MessagingBackend):
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
     ) -> None:
-        if not 1 <= int(max_number_of_messages) <= wire.MAX_BATCH_ENTRIES:
-            raise ConfigurationError(
-                f"max_number_of_messages must be between 1 and 10, got {max_number_of_messages}"
-            )
-        if not 0 <= int(wait_time_seconds) <= MAX_WAIT_SECONDS:
-            raise ConfigurationError(
-                f"wait_time_seconds must be between 0 and 20, got {wait_time_seconds}"
-            )
-        if visibility_timeout is not None:
-            # Whole seconds on SQS: a fraction rounds up, so 0.5 never means "at once".
-            visibility_timeout = math.ceil(visibility_timeout)
-        if visibility_timeout is not None and not (
-            0 <= visibility_timeout <= MAX_VISIBILITY_TIMEOUT
-        ):
-            raise ConfigurationError(
-                f"visibility_timeout must be between 0 and 43200 seconds, got {visibility_timeout}"
-            )
-        self.max_number_of_messages = int(max_number_of_messages)
-        #: Seconds a received message stays hidden (read by the dispatcher's heartbeat).
-        self.visibility_timeout: int | None = (
-            None if visibility_timeout is None else int(visibility_timeout)
-        )
-        self.wait_time_seconds = int(wait_time_seconds)
+        self._configure(max_number_of_messages, visibility_timeout, wait_time_seconds)
         self._sqs, self._sns = make_clients(
             region_name=region_name,
             endpoint_url=endpoint_url,
@@ -142,7 +458,9 @@ class AWSBackend(MessagingBackend):
             aws_secret_access_key=aws_secret_access_key,
             aws_session_token=aws_session_token,
         )
-        self._topology = Topology(self._sqs, self._sns)
+
+    def _run(self, steps: Steps[_T]) -> _T:
+        return run_steps(steps, self._sqs, self._sns)
 
     # -- clients -----------------------------------------------------------------------
 
@@ -156,40 +474,23 @@ class AWSBackend(MessagingBackend):
         """The boto3 SNS client (for inspection and request counting)."""
         return cast("SNSClient", self._sns)
 
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(
-            name="sqs",
-            persistent=True,
-            fifo=True,
-            topics=True,
-            native_dead_letter=True,
-            delayed_delivery=True,
-            visibility_timeout=True,
-            extend_visibility=True,
-            receive_count=True,
-            filter_policies=True,
-            max_message_size=wire.MAX_MESSAGE_SIZE,
-            max_batch_size=wire.MAX_BATCH_ENTRIES,
-        )
-
     # -- topology (see melange.backends.sqs.topology) ---------------------------------------
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
         """Create the SNS topic if needed (a ``.fifo`` name makes a FIFO topic with
         content-based deduplication) and return it; its ARN is cached."""
-        return self._topology.declare_topic(topic_name)
+        return self._run(self._topology.declare_topic(topic_name))
 
     def get_topic(self, topic_name: str) -> TopicWrapper:
         """The existing topic (its ARN looked up once, then cached); never creates it.
 
         Raises :class:`~melange.exceptions.TopicNotFoundError` when it does not exist.
         """
-        return self._topology.get_topic(topic_name)
+        return self._run(self._topology.get_topic(topic_name))
 
     def delete_topic(self, topic: TopicWrapper) -> None:
         """Delete the topic and its subscriptions (a missing topic is not an error)."""
-        self._topology.delete_topic(topic)
+        self._run(self._topology.delete_topic(topic))
 
     def get_queue(self, queue_name: str) -> QueueWrapper:
         """The existing queue (its URL looked up once, then cached); never creates it.
@@ -197,7 +498,7 @@ class AWSBackend(MessagingBackend):
         Raises :class:`~melange.exceptions.QueueNotFoundError` only when SQS says the queue
         does not exist; other failures (permissions, network) raise ``BackendError``.
         """
-        return self._topology.get_queue(queue_name)
+        return self._run(self._topology.get_queue(queue_name))
 
     def declare_queue(
         self,
@@ -227,22 +528,18 @@ class AWSBackend(MessagingBackend):
         their messages and get the given attributes. Subscribing adds one statement per topic
         to the queue's access policy and keeps every other statement.
         """
-        return self._topology.declare_queue(
-            queue_name, *topics_to_bind, dead_letter_queue_name=dead_letter_queue_name, **kwargs
+        return self._run(
+            self._topology.declare_queue(
+                queue_name, *topics_to_bind, dead_letter_queue_name=dead_letter_queue_name, **kwargs
+            )
         )
 
     def delete_queue(self, queue: QueueWrapper) -> None:
         """Delete the queue and its messages, and unsubscribe it from its topics (a missing
         queue is not an error)."""
-        self._topology.delete_queue(queue)
+        self._run(self._topology.delete_queue(queue))
 
     # -- publishing -------------------------------------------------------------------------
-
-    def _queue_error(self, exc: ClientError, queue: QueueWrapper) -> Exception:
-        if code(exc) in QUEUE_MISSING:
-            self._topology.forget_queue(queue.name)
-            return QueueNotFoundError(queue.name)
-        return PublishError(f"SQS refused the message for queue {queue.name!r}: {text(exc)}")
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
         """Send one message (one ``SendMessage`` request).
@@ -255,16 +552,7 @@ class AWSBackend(MessagingBackend):
         as in 7.2.0: SQS drops a body equal to one accepted in the previous five minutes.
         Give each message a ``message_deduplication_id`` to publish equal bodies.
         """
-        entry = queue_entry(message, queue.name)
-        delay = kwargs.get("delay_seconds")
-        if delay and not is_fifo(queue.name):
-            entry["DelaySeconds"] = min(900, math.ceil(delay))
-        url = self._topology.url(queue)
-        with errors(f"publishing to queue {queue.name!r}", PublishError):
-            try:
-                self._sqs.send_message(QueueUrl=url, **entry)
-            except ClientError as exc:
-                raise self._queue_error(exc, queue) from exc
+        self._run(self._publish_to_queue(message, queue, kwargs))
 
     def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
@@ -273,98 +561,18 @@ class AWSBackend(MessagingBackend):
         they are large, as a batch holds at most 256 KiB). Every message is checked before the
         first request; refused ones are reported together in a ``BatchPublishError`` (the
         others were sent). ``delay_seconds=`` holds them back on standard queues."""
-        entries = [(i, m, queue_entry(m, queue.name)) for i, m in enumerate(messages)]
-        if not entries:
-            return
-        url = self._topology.url(queue)
-        delay = kwargs.get("delay_seconds")
-        if delay and not is_fifo(queue.name):
-            for _, _, entry in entries:
-                entry["DelaySeconds"] = min(900, math.ceil(delay))
-
-        def send(request: list[dict[str, Any]]) -> Any:
-            try:
-                return self._sqs.send_message_batch(QueueUrl=url, Entries=request)
-            except ClientError as exc:
-                raise self._queue_error(exc, queue) from exc
-
-        self._send_in_batches(
-            entries, "MessageBody", send, QueueNotFoundError, f"queue {queue.name!r}"
-        )
-
-    def _send_in_batches(
-        self,
-        entries: list[tuple[int, Message, dict[str, Any]]],
-        body_key: str,
-        send: Callable[[list[dict[str, Any]]], Any],
-        missing: type[Exception],
-        target: str,
-    ) -> None:
-        """Send ``entries`` in batch requests within SQS/SNS limits; collect every refusal.
-
-        A missing destination before anything was sent raises ``missing`` as is; later (the
-        queue or topic was deleted meanwhile) and for other refusals, the affected messages
-        are reported together in a ``BatchPublishError``.
-        """
-        failures: dict[int, str] = {}
-        sent_any = False
-        for chunk in chunks(
-            entries,
-            lambda e: (
-                len(e[body_key].encode("utf-8")) + wire.attributes_size(e["MessageAttributes"])
-            ),
-        ):
-            request = [{"Id": str(i), **entry} for i, _, entry in chunk]
-            try:
-                with errors(f"publishing a batch to {target}", PublishError):
-                    response = send(request)
-            except missing:
-                if not sent_any:
-                    raise
-                failures.update({i: f"{target} no longer exists" for i, _, _ in chunk})
-                continue
-            except (PublishError, BackendError) as exc:
-                failures.update({i: str(exc) for i, _, _ in chunk})
-                continue
-            sent_any = True
-            for failed in response.get("Failed", []):
-                failures[int(failed["Id"])] = f"{failed.get('Code')}: {failed.get('Message', '')}"
-        if failures:
-            raise BatchPublishError(failures)
-
-    def _topic_error(self, exc: ClientError, topic: TopicWrapper) -> Exception:
-        if code(exc) in TOPIC_MISSING:
-            self._topology.forget_topic(topic.name)
-            return TopicNotFoundError(topic.name)
-        return PublishError(f"SNS refused the message for topic {topic.name!r}: {text(exc)}")
+        self._run(self._publish_batch_to_queue(messages, queue, kwargs))
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
         """Publish one message to the SNS topic (one ``Publish`` request)."""
-        entry = topic_entry(message, topic.name)
-        arn = self._topology.topic_arn(topic)
-        with errors(f"publishing to topic {topic.name!r}", PublishError):
-            try:
-                self._sns.publish(TopicArn=arn, **entry)
-            except ClientError as exc:
-                raise self._topic_error(exc, topic) from exc
+        self._run(self._publish_to_topic(message, topic))
 
     def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
         """Publish with SNS ``PublishBatch``: one request per ten messages (more when large);
         refused messages are reported together in a ``BatchPublishError``."""
-        entries = [(i, m, topic_entry(m, topic.name)) for i, m in enumerate(messages)]
-        if not entries:
-            return
-        arn = self._topology.topic_arn(topic)
-
-        def send(request: list[dict[str, Any]]) -> Any:
-            try:
-                return self._sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=request)
-            except ClientError as exc:
-                raise self._topic_error(exc, topic) from exc
-
-        self._send_in_batches(entries, "Message", send, TopicNotFoundError, f"topic {topic.name!r}")
+        self._run(self._publish_batch_to_topic(messages, topic))
 
     # -- consuming --------------------------------------------------------------------------
 
@@ -375,67 +583,11 @@ class AWSBackend(MessagingBackend):
         ``wait_seconds`` (default ``wait_time_seconds``, at most 20, rounded up to whole
         seconds) and ``visibility_timeout`` (default the backend's).
         """
-        max_messages = kwargs.get("max_messages") or self.max_number_of_messages
-        max_messages = max(1, min(wire.MAX_BATCH_ENTRIES, int(max_messages)))
-        wait = kwargs.get("wait_seconds")
-        wait_seconds = self.wait_time_seconds if wait is None else math.ceil(float(wait))
-        wait_seconds = max(0, min(MAX_WAIT_SECONDS, wait_seconds))
-        request: dict[str, Any] = {
-            "QueueUrl": self._topology.url(queue),
-            "MaxNumberOfMessages": max_messages,
-            "WaitTimeSeconds": wait_seconds,
-            "MessageAttributeNames": ["All"],
-            "MessageSystemAttributeNames": list(_SYSTEM_ATTRIBUTES),
-            # The older name of the same parameter, for SQS-compatible brokers that predate it.
-            "AttributeNames": list(_SYSTEM_ATTRIBUTES),
-        }
-        visibility = kwargs.get("visibility_timeout", self.visibility_timeout)
-        if visibility is not None:
-            request["VisibilityTimeout"] = max(
-                0, min(MAX_VISIBILITY_TIMEOUT, math.ceil(visibility))
-            )
-        with errors(f"receiving from queue {queue.name!r}"):
-            try:
-                response = self._sqs.receive_message(**request)
-            except ClientError as exc:
-                if code(exc) in QUEUE_MISSING:
-                    self._topology.forget_queue(queue.name)
-                    raise QueueNotFoundError(queue.name) from exc
-                raise
-        return [
-            to_message(raw, request["QueueUrl"], queue.name) for raw in response.get("Messages", [])
-        ]
-
-    @staticmethod
-    def _receipt(message: Message) -> SQSReceipt:
-        receipt = message.metadata
-        if not isinstance(receipt, SQSReceipt):
-            raise ValueError(
-                f"{message!r} was not received from an SQS backend: it has no receipt handle"
-            )
-        return receipt
-
-    def _settle(self, action: str, call: Callable[[], object]) -> None:
-        """Run a settle request; a stale receipt (lease expired, already settled) is a no-op."""
-        with errors(action):
-            try:
-                call()
-            except ClientError as exc:
-                if code(exc) not in STALE_RECEIPT:
-                    raise
-                logger.warning(
-                    "%s: receipt no longer valid (%s); SQS will redeliver it", action, text(exc)
-                )
+        return self._run(self._retrieve_messages(queue, kwargs))
 
     def acknowledge(self, message: Message) -> None:
         """Delete the message from its queue (``DeleteMessage``)."""
-        receipt = self._receipt(message)
-        self._settle(
-            f"acknowledging message {message.message_id}",
-            lambda: self._sqs.delete_message(
-                QueueUrl=receipt.queue_url, ReceiptHandle=receipt.receipt_handle
-            ),
-        )
+        self._run(self._acknowledge(message))
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
         """Delete messages with ``DeleteMessageBatch``, one request per ten per queue.
@@ -443,57 +595,16 @@ class AWSBackend(MessagingBackend):
         Stale receipts are logged and skipped; any other refusal raises ``BackendError``
         naming the messages (they will be delivered again).
         """
-        by_queue: dict[str, list[Message]] = {}
-        for message in messages:
-            by_queue.setdefault(self._receipt(message).queue_url, []).append(message)
-        problems: list[str] = []
-        for url, group in by_queue.items():
-            for start in range(0, len(group), wire.MAX_BATCH_ENTRIES):
-                chunk = group[start : start + wire.MAX_BATCH_ENTRIES]
-                entries = [
-                    {"Id": str(i), "ReceiptHandle": self._receipt(m).receipt_handle}
-                    for i, m in enumerate(chunk)
-                ]
-                with errors(f"acknowledging {len(chunk)} message(s)"):
-                    response = self._sqs.delete_message_batch(QueueUrl=url, Entries=entries)
-                for failed in response.get("Failed", []):
-                    message = chunk[int(failed["Id"])]
-                    reason = f"{failed.get('Code')}: {failed.get('Message', '')}"
-                    if failed.get("Code") in STALE_RECEIPT:
-                        logger.warning(
-                            "acknowledging message %s: receipt no longer valid (%s); "
-                            "SQS will redeliver it",
-                            message.message_id,
-                            reason,
-                        )
-                    else:
-                        problems.append(f"{message.message_id} ({reason})")
-        if problems:
-            raise BackendError(
-                f"SQS did not delete {len(problems)} message(s), which will be delivered "
-                f"again: {'; '.join(problems)}"
-            )
+        self._run(self._acknowledge_batch(messages))
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Make the message visible again after ``delay`` seconds (``ChangeMessageVisibility``;
         rounded up, at most 12 hours)."""
-        self._change_visibility(message, delay, "releasing")
+        self._run(self._change_visibility(message, delay, "releasing"))
 
     def extend_visibility(self, message: Message, seconds: float) -> None:
         """Keep the message hidden ``seconds`` more from now (at most 12 hours)."""
-        self._change_visibility(message, seconds, "extending the visibility of")
-
-    def _change_visibility(self, message: Message, seconds: float, verb: str) -> None:
-        receipt = self._receipt(message)
-        timeout = max(0, min(MAX_VISIBILITY_TIMEOUT, math.ceil(seconds)))
-        self._settle(
-            f"{verb} message {message.message_id}",
-            lambda: self._sqs.change_message_visibility(
-                QueueUrl=receipt.queue_url,
-                ReceiptHandle=receipt.receipt_handle,
-                VisibilityTimeout=timeout,
-            ),
-        )
+        self._run(self._change_visibility(message, seconds, "extending the visibility of"))
 
     def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
         """Send a copy (original body and attributes plus ``headers``) to the queue's
@@ -501,20 +612,7 @@ class AWSBackend(MessagingBackend):
 
         Returns ``False``, leaving the message alone, when the queue has no redrive policy.
         """
-        receipt = self._receipt(message)
-        dlq_url = self._topology.dead_letter_url(receipt)
-        if dlq_url is None:
-            return False
-        entry = dead_letter_entry(message, receipt, headers, dlq_url)
-        with errors(f"dead-lettering message {message.message_id}"):
-            self._sqs.send_message(QueueUrl=dlq_url, **entry)
-        self._settle(
-            f"deleting dead-lettered message {message.message_id}",
-            lambda: self._sqs.delete_message(
-                QueueUrl=receipt.queue_url, ReceiptHandle=receipt.receipt_handle
-            ),
-        )
-        return True
+        return self._run(self._dead_letter(message, headers))
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -528,4 +626,4 @@ class AWSBackend(MessagingBackend):
         self._sns.close()
 
 
-__all__ = ["MAX_VISIBILITY_TIMEOUT", "AWSBackend"]
+__all__ = ["MAX_VISIBILITY_TIMEOUT", "AWSBackend", "SQSOperations"]

@@ -46,6 +46,33 @@ def endpoint(host: str | None, port: int | str | None, what: str = "SQS") -> str
     return f"{scheme}://{host}:{number}"
 
 
+def local_options(
+    host: str | None,
+    port: int | str | None,
+    sns_host: str | None,
+    sns_port: int | str | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The backend options for a local broker: its endpoints, and placeholder region and
+    credentials unless given (shared by :class:`LocalSQSBackend` and the asyncio
+    ``AsyncLocalSQSBackend``)."""
+    options = dict(options)
+    sqs_url = endpoint(host, port)
+    sns_url = sqs_url
+    if sns_host is not None or sns_port is not None:
+        sns_url = endpoint(sns_host or host, sns_port if sns_port is not None else port, "SNS")
+    options.setdefault(
+        "region_name",
+        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+    )
+    if "session" not in options:
+        options.setdefault("aws_access_key_id", DEFAULT_CREDENTIALS[0])
+        options.setdefault("aws_secret_access_key", DEFAULT_CREDENTIALS[1])
+    options.setdefault("endpoint_url", sqs_url)
+    options.setdefault("sns_endpoint_url", sns_url)
+    return options
+
+
 class LocalSQSBackend(AWSBackend):
     """An SQS-compatible broker at ``host:port`` (SNS at ``sns_host:sns_port``, by default the
     same endpoint, as LocalStack and moto serve both).
@@ -65,19 +92,7 @@ class LocalSQSBackend(AWSBackend):
         sns_port: int | str | None = None,
         **options: Any,
     ) -> None:
-        sqs_url = endpoint(host, port)
-        sns_url = sqs_url
-        if sns_host is not None or sns_port is not None:
-            sns_url = endpoint(sns_host or host, sns_port if sns_port is not None else port, "SNS")
-        options.setdefault(
-            "region_name",
-            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
-        )
-        if "session" not in options:
-            options.setdefault("aws_access_key_id", DEFAULT_CREDENTIALS[0])
-            options.setdefault("aws_secret_access_key", DEFAULT_CREDENTIALS[1])
-        options.setdefault("endpoint_url", sqs_url)
-        options.setdefault("sns_endpoint_url", sns_url)
+        options = local_options(host, port, sns_host, sns_port, options)
         super().__init__(**options)
         #: The SQS endpoint URL in use.
         self.endpoint_url: str = options["endpoint_url"]
@@ -85,4 +100,4 @@ class LocalSQSBackend(AWSBackend):
         self.sns_endpoint_url: str = options["sns_endpoint_url"]
 
 
-__all__ = ["LocalSQSBackend", "endpoint"]
+__all__ = ["LocalSQSBackend", "endpoint", "local_options"]

@@ -5,6 +5,12 @@ URLs and ARNs: queue attributes (:data:`QUEUE_ATTRIBUTE_OPTIONS`), the redrive p
 queue's dead-letter queue, the queue access policy that lets topics send to it, SNS
 subscriptions with their raw-delivery setting and filter policies. Queue URLs and topic ARNs
 are handed out as :class:`QueueUrl` and :class:`TopicArn`.
+
+What the requests carry is computed by pure functions (:func:`queue_attributes`,
+:func:`redrive_policy`, :func:`allow_topics`, :func:`subscription_attributes`...), and each
+operation of :class:`Topology` is written once as
+:data:`~melange.backends.sqs.connection.Steps`: the blocking and the asyncio backends only
+perform its requests on their own clients.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from melange.backends.sqs import wire
 from melange.backends.sqs.connection import (
     QUEUE_EXISTS,
     QUEUE_MISSING,
+    Call,
     ClientError,
+    Steps,
     code,
     errors,
     text,
@@ -110,13 +118,165 @@ def _attribute_value(value: object) -> str:
     return str(value)
 
 
-class Topology:
-    """The queues and topics of one pair of SQS and SNS clients, with their URLs and ARNs
-    cached (thread-safe)."""
+def queue_attributes(queue_name: str, options: Mapping[str, Any]) -> dict[str, str]:
+    """The SQS attributes a queue is declared with: FIFO ones for a ``.fifo`` name, raw
+    ``attributes=`` and the friendly options of :data:`QUEUE_ATTRIBUTE_OPTIONS`."""
+    attributes: dict[str, str] = {}
+    if is_fifo(queue_name):
+        attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+    raw = options.get("attributes") or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError(
+            f"attributes must be a dict of SQS queue attributes, got {type(raw).__name__}"
+        )
+    attributes.update({str(k): _attribute_value(v) for k, v in raw.items()})
+    for option, attribute in QUEUE_ATTRIBUTE_OPTIONS.items():
+        if option in options and options[option] is not None:
+            attributes[attribute] = _attribute_value(options[option])
+    return attributes
 
-    def __init__(self, sqs: Any, sns: Any) -> None:
-        self._sqs = sqs
-        self._sns = sns
+
+def check_queue_options(
+    queue_name: str,
+    topics_to_bind: Sequence[TopicWrapper],
+    dead_letter_queue_name: str | None,
+    options: Mapping[str, Any],
+) -> int:
+    """Refuse a declaration SQS or SNS would not honour, before any request; returns the
+    ``max_receive_count`` of the redrive policy."""
+    unknown = set(options) - set(QUEUE_ATTRIBUTE_OPTIONS) - _OTHER_QUEUE_OPTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {sorted(unknown)} for SQS queue {queue_name!r}; known: "
+            f"{sorted(set(QUEUE_ATTRIBUTE_OPTIONS) | _OTHER_QUEUE_OPTIONS)}"
+        )
+    fifo = is_fifo(queue_name)
+    if "fifo" in options and bool(options["fifo"]) != fifo:
+        raise ConfigurationError(
+            f"SQS decides FIFO by name: a FIFO queue's name ends with '.fifo', and "
+            f"{queue_name!r} {'does not' if not fifo else 'does'}"
+        )
+    max_receive_count = int(options.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT))
+    if not 1 <= max_receive_count <= 1000:
+        raise ConfigurationError(
+            f"max_receive_count must be between 1 and 1000, got {max_receive_count}"
+        )
+    if "max_receive_count" in options and dead_letter_queue_name is None:
+        raise ConfigurationError(
+            f"max_receive_count applies only to a queue with a dead-letter queue; pass "
+            f"dead_letter_queue_name=... for {queue_name!r} or drop max_receive_count"
+        )
+    for topic in topics_to_bind:
+        if fifo and not is_fifo(topic.name):
+            raise ConfigurationError(
+                f"FIFO queue {queue_name!r} cannot subscribe to standard topic "
+                f"{topic.name!r}: SNS delivers to FIFO queues only from FIFO topics"
+            )
+    if dead_letter_queue_name is not None and is_fifo(dead_letter_queue_name) != fifo:
+        raise ConfigurationError(
+            f"queue {queue_name!r} and its dead-letter queue {dead_letter_queue_name!r} "
+            "must both be FIFO (names ending '.fifo') or both standard"
+        )
+    return max_receive_count
+
+
+def redrive_policy(dead_letter_arn: str, max_receive_count: int) -> str:
+    """The ``RedrivePolicy`` attribute naming a queue's dead-letter queue."""
+    return json.dumps(
+        {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": max_receive_count}
+    )
+
+
+def dead_letter_target(redrive: str | None) -> tuple[str, str | None] | None:
+    """The (queue name, owner account) of the dead-letter queue a ``RedrivePolicy`` names."""
+    if not redrive:
+        return None
+    arn = str(json.loads(redrive).get("deadLetterTargetArn", ""))
+    parts = arn.split(":")
+    if len(parts) < 6:
+        return None
+    return parts[5], parts[4] or None
+
+
+def subscription_attributes(options: Mapping[str, Any]) -> dict[str, str]:
+    """The attributes of a queue's SNS subscriptions: raw delivery and the filter policy of
+    ``filter_events``."""
+    attributes: dict[str, str] = {
+        "RawMessageDelivery": "true" if options.get("raw_delivery") else "false"
+    }
+    filter_events = options.get("filter_events")
+    if filter_events:
+        if isinstance(filter_events, str):
+            filter_events = [filter_events]
+        attributes["FilterPolicy"] = json.dumps(
+            {wire.MANIFEST_ATTRIBUTE: sorted({str(m) for m in filter_events})}
+        )
+    return attributes
+
+
+def filter_policy_set(policy: str | None) -> bool:
+    """Whether a subscription's ``FilterPolicy`` attribute filters anything."""
+    return bool(policy and policy.strip() not in ("", "{}"))
+
+
+def parse_policy(text: str | None, action: str) -> dict[str, Any]:
+    """A queue's access policy (``Policy`` attribute) as a dict with a ``Statement`` list."""
+    try:
+        policy: object = json.loads(text) if text else {}
+    except ValueError as exc:
+        raise BackendError(f"{action}: the current policy is not valid JSON") from exc
+    if not isinstance(policy, dict):
+        raise BackendError(f"{action}: the current policy is not a JSON object")
+    statements = policy.get("Statement", [])
+    policy["Statement"] = [statements] if isinstance(statements, dict) else list(statements)
+    policy.setdefault("Version", "2012-10-17")
+    return policy
+
+
+def allow_topics(policy: dict[str, Any], queue_arn: str, topic_arns: Sequence[str]) -> bool:
+    """Add to ``policy`` a statement letting each topic send to the queue, unless one already
+    does; keep every other statement. Returns whether anything was added."""
+    statements = policy["Statement"]
+    allowed = {
+        _source_arn(s) for s in statements if isinstance(s, dict) and s.get("Effect") == "Allow"
+    }
+    missing = [arn for arn in topic_arns if arn not in allowed]
+    for topic_arn in missing:
+        statements.append(
+            {
+                # Alphanumeric and unique per topic ARN.
+                "Sid": "MelangeSns" + hashlib.sha256(topic_arn.encode()).hexdigest()[:20],
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }
+        )
+    return bool(missing)
+
+
+def _pages(service: str, operation: str, **params: Any) -> Steps[list[Any]]:
+    """Every page of a listing (``NextToken`` pagination)."""
+    pages: list[Any] = []
+    token: str | None = None
+    while True:
+        request = {**params, "NextToken": token} if token else dict(params)
+        page = yield Call(service, operation, request)
+        pages.append(page)
+        token = page.get("NextToken")
+        if not token:
+            return pages
+
+
+class Topology:
+    """The queues and topics of one backend, with their URLs and ARNs cached (thread-safe).
+
+    It performs no I/O: each operation is :data:`~melange.backends.sqs.connection.Steps`
+    that the blocking and the asyncio backends run on their own clients.
+    """
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}
         self._topic_arns: dict[str, str] = {}
@@ -135,20 +295,22 @@ class Topology:
 
     # -- topics -----------------------------------------------------------------------------
 
-    def declare_topic(self, topic_name: str) -> TopicWrapper:
+    def declare_topic(self, topic_name: str) -> Steps[TopicWrapper]:
         """Create the SNS topic if needed (a ``.fifo`` name makes a FIFO topic with
         content-based deduplication) and return it; its ARN is cached."""
         attributes: dict[str, str] = {}
         if is_fifo(topic_name):
             attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "true"}
         with errors(f"creating topic {topic_name!r}"):
-            response = self._sns.create_topic(Name=topic_name, Attributes=attributes)
+            response = yield Call(
+                "sns", "create_topic", {"Name": topic_name, "Attributes": attributes}
+            )
         arn = str(response["TopicArn"])
         with self._lock:
             self._topic_arns[topic_name] = arn
         return TopicWrapper(TopicArn(arn), topic_name)
 
-    def get_topic(self, topic_name: str) -> TopicWrapper:
+    def get_topic(self, topic_name: str) -> Steps[TopicWrapper]:
         """The existing topic (its ARN looked up once, then cached); never creates it.
 
         Raises :class:`~melange.exceptions.TopicNotFoundError` when it does not exist.
@@ -156,36 +318,42 @@ class Topology:
         with self._lock:
             arn = self._topic_arns.get(topic_name)
         if arn is None:
-            arn = self._find_topic_arn(topic_name)
+            arn = yield from self._find_topic_arn(topic_name)
         if arn is None:
             raise TopicNotFoundError(topic_name)
         return TopicWrapper(TopicArn(arn), topic_name)
 
-    def _find_topic_arn(self, topic_name: str) -> str | None:
+    def _find_topic_arn(self, topic_name: str) -> Steps[str | None]:
         found: dict[str, str] = {}
         with errors(f"looking up topic {topic_name!r}"):
-            for page in self._sns.get_paginator("list_topics").paginate():
-                for topic in page.get("Topics", []):
-                    arn = topic.get("TopicArn", "")
-                    found[arn.rsplit(":", 1)[-1]] = arn
+            pages = yield from _pages("sns", "list_topics")
+        for page in pages:
+            for topic in page.get("Topics", []):
+                arn = topic.get("TopicArn", "")
+                found[arn.rsplit(":", 1)[-1]] = arn
         with self._lock:
             self._topic_arns.update(found)
         return found.get(topic_name)
 
-    def delete_topic(self, topic: TopicWrapper) -> None:
+    def delete_topic(self, topic: TopicWrapper) -> Steps[None]:
         """Delete the topic and its subscriptions (a missing topic is not an error)."""
+        arn = yield from self.topic_arn(topic)
         with errors(f"deleting topic {topic.name!r}"):
-            self._sns.delete_topic(TopicArn=self.topic_arn(topic))
+            yield Call("sns", "delete_topic", {"TopicArn": arn})
         with self._lock:
             self._topic_arns.pop(topic.name, None)
 
-    def topic_arn(self, topic: TopicWrapper) -> str:
+    def topic_arn(self, topic: TopicWrapper) -> Steps[str]:
+        """The ARN of ``topic`` (looked up when the wrapper does not carry it)."""
         arn = topic.unwrapped_obj
         if isinstance(arn, str) and arn.startswith("arn:"):
             return arn
-        return self.get_topic(topic.name).unwrapped_obj  # type: ignore[no-any-return]
+        found = yield from self.get_topic(topic.name)
+        return str(found.unwrapped_obj)
 
-    def get_queue(self, queue_name: str) -> QueueWrapper:
+    # -- queues -----------------------------------------------------------------------------
+
+    def get_queue(self, queue_name: str) -> Steps[QueueWrapper]:
         """The existing queue (its URL looked up once, then cached); never creates it.
 
         Raises :class:`~melange.exceptions.QueueNotFoundError` only when SQS says the queue
@@ -194,18 +362,17 @@ class Topology:
         with self._lock:
             url = self._queue_urls.get(queue_name)
         if url is None:
-            url = self.lookup_queue_url(queue_name)
+            url = yield from self.lookup_queue_url(queue_name)
         return QueueWrapper(QueueUrl(url), queue_name)
 
-    def lookup_queue_url(self, queue_name: str, owner: str | None = None) -> str:
+    def lookup_queue_url(self, queue_name: str, owner: str | None = None) -> Steps[str]:
+        """Ask SQS for a queue's URL (and cache it)."""
+        params: dict[str, Any] = {"QueueName": queue_name}
+        if owner:
+            params["QueueOwnerAWSAccountId"] = owner
         with errors(f"looking up queue {queue_name!r}"):
             try:
-                if owner:
-                    response = self._sqs.get_queue_url(
-                        QueueName=queue_name, QueueOwnerAWSAccountId=owner
-                    )
-                else:
-                    response = self._sqs.get_queue_url(QueueName=queue_name)
+                response = yield Call("sqs", "get_queue_url", params)
             except ClientError as exc:
                 if code(exc) in QUEUE_MISSING:
                     raise QueueNotFoundError(queue_name) from exc
@@ -221,53 +388,22 @@ class Topology:
         *topics_to_bind: TopicWrapper,
         dead_letter_queue_name: str | None = None,
         **kwargs: Any,
-    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+    ) -> Steps[tuple[QueueWrapper, QueueWrapper | None]]:
         """Create or update the queue, its dead-letter queue and its subscriptions (see
         :meth:`melange.backends.sqs.backend.AWSBackend.declare_queue` for the options)."""
-        unknown = set(kwargs) - set(QUEUE_ATTRIBUTE_OPTIONS) - _OTHER_QUEUE_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) {sorted(unknown)} for SQS queue {queue_name!r}; known: "
-                f"{sorted(set(QUEUE_ATTRIBUTE_OPTIONS) | _OTHER_QUEUE_OPTIONS)}"
-            )
+        max_receive_count = check_queue_options(
+            queue_name, topics_to_bind, dead_letter_queue_name, kwargs
+        )
         fifo = is_fifo(queue_name)
-        if "fifo" in kwargs and bool(kwargs["fifo"]) != fifo:
-            raise ConfigurationError(
-                f"SQS decides FIFO by name: a FIFO queue's name ends with '.fifo', and "
-                f"{queue_name!r} {'does not' if not fifo else 'does'}"
-            )
-        attributes = self._queue_attributes(queue_name, kwargs)
-        max_receive_count = int(kwargs.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT))
-        if not 1 <= max_receive_count <= 1000:
-            raise ConfigurationError(
-                f"max_receive_count must be between 1 and 1000, got {max_receive_count}"
-            )
-        if "max_receive_count" in kwargs and dead_letter_queue_name is None:
-            raise ConfigurationError(
-                f"max_receive_count applies only to a queue with a dead-letter queue; pass "
-                f"dead_letter_queue_name=... for {queue_name!r} or drop max_receive_count"
-            )
-        for topic in topics_to_bind:
-            if fifo and not is_fifo(topic.name):
-                raise ConfigurationError(
-                    f"FIFO queue {queue_name!r} cannot subscribe to standard topic "
-                    f"{topic.name!r}: SNS delivers to FIFO queues only from FIFO topics"
-                )
+        attributes = queue_attributes(queue_name, kwargs)
         dead_letter: QueueWrapper | None = None
         if dead_letter_queue_name is not None:
-            if is_fifo(dead_letter_queue_name) != fifo:
-                raise ConfigurationError(
-                    f"queue {queue_name!r} and its dead-letter queue {dead_letter_queue_name!r} "
-                    "must both be FIFO (names ending '.fifo') or both standard"
-                )
             dlq_attributes = {"FifoQueue": "true"} if fifo else {}
-            dlq_url = self._create_queue(dead_letter_queue_name, dlq_attributes)
-            dlq_arn = self._queue_arn(dlq_url, dead_letter_queue_name)
-            attributes["RedrivePolicy"] = json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
-            )
+            dlq_url = yield from self._create_queue(dead_letter_queue_name, dlq_attributes)
+            dlq_arn = yield from self._queue_arn(dlq_url, dead_letter_queue_name)
+            attributes["RedrivePolicy"] = redrive_policy(dlq_arn, max_receive_count)
             dead_letter = QueueWrapper(QueueUrl(dlq_url), dead_letter_queue_name)
-        url = self._create_queue(queue_name, attributes)
+        url = yield from self._create_queue(queue_name, attributes)
         with self._lock:
             if dead_letter is not None:
                 self._dead_letter_urls[url] = dead_letter.unwrapped_obj
@@ -275,139 +411,100 @@ class Topology:
                 # The redrive policy may have been set elsewhere: read it again when needed.
                 self._dead_letter_urls.pop(url, None)
         if topics_to_bind:
-            queue_arn = self._queue_arn(url, queue_name)
-            self._allow_topics(url, queue_name, queue_arn, topics_to_bind)
-            subscription_attributes: dict[str, str] = {
-                "RawMessageDelivery": "true" if kwargs.get("raw_delivery") else "false"
-            }
-            filter_events = kwargs.get("filter_events")
-            if filter_events:
-                if isinstance(filter_events, str):
-                    filter_events = [filter_events]
-                subscription_attributes["FilterPolicy"] = json.dumps(
-                    {wire.MANIFEST_ATTRIBUTE: sorted({str(m) for m in filter_events})}
-                )
+            queue_arn = yield from self._queue_arn(url, queue_name)
+            yield from self._allow_topics(url, queue_name, queue_arn, topics_to_bind)
+            subscription = subscription_attributes(kwargs)
             for topic in topics_to_bind:
-                self._subscribe(topic, queue_arn, subscription_attributes)
+                yield from self._subscribe(topic, queue_arn, subscription)
         return QueueWrapper(QueueUrl(url), queue_name), dead_letter
 
-    def _queue_attributes(self, queue_name: str, options: Mapping[str, Any]) -> dict[str, str]:
-        attributes: dict[str, str] = {}
-        if is_fifo(queue_name):
-            attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
-        raw = options.get("attributes") or {}
-        if not isinstance(raw, Mapping):
-            raise ConfigurationError(
-                f"attributes must be a dict of SQS queue attributes, got {type(raw).__name__}"
-            )
-        attributes.update({str(k): _attribute_value(v) for k, v in raw.items()})
-        for option, attribute in QUEUE_ATTRIBUTE_OPTIONS.items():
-            if option in options and options[option] is not None:
-                attributes[attribute] = _attribute_value(options[option])
-        return attributes
-
-    def _create_queue(self, queue_name: str, attributes: dict[str, str]) -> str:
+    def _create_queue(self, queue_name: str, attributes: dict[str, str]) -> Steps[str]:
         action = f"creating queue {queue_name!r}"
         with errors(action):
             try:
-                url: str = self._sqs.create_queue(QueueName=queue_name, Attributes=attributes)[
-                    "QueueUrl"
-                ]
+                created = yield Call(
+                    "sqs", "create_queue", {"QueueName": queue_name, "Attributes": attributes}
+                )
+                url: str = created["QueueUrl"]
             except ClientError as exc:
                 if code(exc) not in QUEUE_EXISTS:
                     raise
                 # It exists with other attributes: keep it (and its messages), update them.
-                url = self._sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
+                found = yield Call("sqs", "get_queue_url", {"QueueName": queue_name})
+                url = found["QueueUrl"]
                 changeable = {k: v for k, v in attributes.items() if k != "FifoQueue"}
                 if changeable:
-                    self._sqs.set_queue_attributes(QueueUrl=url, Attributes=changeable)
+                    yield Call(
+                        "sqs", "set_queue_attributes", {"QueueUrl": url, "Attributes": changeable}
+                    )
         with self._lock:
             self._queue_urls[queue_name] = url
         return url
 
-    def _queue_arn(self, url: str, queue_name: str) -> str:
+    def _queue_arn(self, url: str, queue_name: str) -> Steps[str]:
         with errors(f"reading the ARN of queue {queue_name!r}"):
-            response = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+            response = yield Call(
+                "sqs", "get_queue_attributes", {"QueueUrl": url, "AttributeNames": ["QueueArn"]}
+            )
         return str(response["Attributes"]["QueueArn"])
 
     def _allow_topics(
         self, url: str, queue_name: str, queue_arn: str, topics: Sequence[TopicWrapper]
-    ) -> None:
+    ) -> Steps[None]:
         """Add a statement letting each topic send to the queue; keep every other statement.
 
         SQS has no conditional update, so after writing, the policy is read again to check
         that a concurrent declaration did not overwrite the new statements (up to 3 tries).
         """
         action = f"updating the access policy of queue {queue_name!r}"
-        topic_arns = [self.topic_arn(topic) for topic in topics]
+        topic_arns = []
+        for topic in topics:
+            topic_arns.append((yield from self.topic_arn(topic)))
         for _ in range(3):
-            policy = self._read_policy(url, action)
-            statements = policy["Statement"]
-            allowed = {
-                _source_arn(s)
-                for s in statements
-                if isinstance(s, dict) and s.get("Effect") == "Allow"
-            }
-            missing = [arn for arn in topic_arns if arn not in allowed]
-            if not missing:
-                return
-            for topic_arn in missing:
-                statements.append(
-                    {
-                        # Alphanumeric and unique per topic ARN.
-                        "Sid": "MelangeSns" + hashlib.sha256(topic_arn.encode()).hexdigest()[:20],
-                        "Effect": "Allow",
-                        "Principal": {"Service": "sns.amazonaws.com"},
-                        "Action": "sqs:SendMessage",
-                        "Resource": queue_arn,
-                        "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
-                    }
-                )
             with errors(action):
-                self._sqs.set_queue_attributes(
-                    QueueUrl=url, Attributes={"Policy": json.dumps(policy)}
+                current = yield Call(
+                    "sqs", "get_queue_attributes", {"QueueUrl": url, "AttributeNames": ["Policy"]}
+                )
+            policy = parse_policy(current.get("Attributes", {}).get("Policy"), action)
+            if not allow_topics(policy, queue_arn, topic_arns):
+                return
+            with errors(action):
+                yield Call(
+                    "sqs",
+                    "set_queue_attributes",
+                    {"QueueUrl": url, "Attributes": {"Policy": json.dumps(policy)}},
                 )
         raise BackendError(
             f"{action} failed: the policy kept changing under concurrent updates; declare again"
         )
 
-    def _read_policy(self, url: str, action: str) -> dict[str, Any]:
-        with errors(action):
-            current = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
-        text = current.get("Attributes", {}).get("Policy")
-        try:
-            policy: object = json.loads(text) if text else {}
-        except ValueError as exc:
-            raise BackendError(f"{action}: the current policy is not valid JSON") from exc
-        if not isinstance(policy, dict):
-            raise BackendError(f"{action}: the current policy is not a JSON object")
-        statements = policy.get("Statement", [])
-        policy["Statement"] = [statements] if isinstance(statements, dict) else list(statements)
-        policy.setdefault("Version", "2012-10-17")
-        return policy
-
-    def _subscribe(self, topic: TopicWrapper, queue_arn: str, attributes: dict[str, str]) -> None:
-        topic_arn = self.topic_arn(topic)
+    def _subscribe(
+        self, topic: TopicWrapper, queue_arn: str, attributes: dict[str, str]
+    ) -> Steps[None]:
+        topic_arn = yield from self.topic_arn(topic)
         action = f"subscribing {queue_arn.rsplit(':', 1)[-1]!r} to topic {topic.name!r}"
         with errors(action):
             try:
-                response = self._sns.subscribe(
-                    TopicArn=topic_arn,
-                    Protocol="sqs",
-                    Endpoint=queue_arn,
-                    Attributes=attributes,
-                    ReturnSubscriptionArn=True,
+                response = yield Call(
+                    "sns",
+                    "subscribe",
+                    {
+                        "TopicArn": topic_arn,
+                        "Protocol": "sqs",
+                        "Endpoint": queue_arn,
+                        "Attributes": attributes,
+                        "ReturnSubscriptionArn": True,
+                    },
                 )
                 arns = [str(response["SubscriptionArn"])]
                 stale = False
             except ClientError as exc:
                 if "already exists" not in text(exc):
                     raise
+                pages = yield from _pages("sns", "list_subscriptions_by_topic", TopicArn=topic_arn)
                 arns = [
                     str(subscription["SubscriptionArn"])
-                    for page in self._sns.get_paginator("list_subscriptions_by_topic").paginate(
-                        TopicArn=topic_arn
-                    )
+                    for page in pages
                     for subscription in page.get("Subscriptions", [])
                     if subscription.get("Endpoint") == queue_arn
                 ]
@@ -416,29 +513,39 @@ class Topology:
                 if stale:
                     # It exists with other attributes: bring it to the declared ones.
                     for name, value in attributes.items():
-                        self._sns.set_subscription_attributes(
-                            SubscriptionArn=arn, AttributeName=name, AttributeValue=value
+                        yield Call(
+                            "sns",
+                            "set_subscription_attributes",
+                            {
+                                "SubscriptionArn": arn,
+                                "AttributeName": name,
+                                "AttributeValue": value,
+                            },
                         )
                 if "FilterPolicy" not in attributes:
-                    self._clear_filter_policy(arn)
+                    # Declared without filter_events: let every message through again.
+                    current = yield Call(
+                        "sns", "get_subscription_attributes", {"SubscriptionArn": arn}
+                    )
+                    if filter_policy_set(current.get("Attributes", {}).get("FilterPolicy")):
+                        yield Call(
+                            "sns",
+                            "set_subscription_attributes",
+                            {
+                                "SubscriptionArn": arn,
+                                "AttributeName": "FilterPolicy",
+                                "AttributeValue": "{}",
+                            },
+                        )
 
-    def _clear_filter_policy(self, subscription_arn: str) -> None:
-        """Declared without ``filter_events``: let every message through again."""
-        current = self._sns.get_subscription_attributes(SubscriptionArn=subscription_arn)
-        policy = current.get("Attributes", {}).get("FilterPolicy")
-        if policy and policy.strip() not in ("", "{}"):
-            self._sns.set_subscription_attributes(
-                SubscriptionArn=subscription_arn, AttributeName="FilterPolicy", AttributeValue="{}"
-            )
-
-    def delete_queue(self, queue: QueueWrapper) -> None:
+    def delete_queue(self, queue: QueueWrapper) -> Steps[None]:
         """Delete the queue and its messages, and unsubscribe it from its topics (a missing
         queue is not an error)."""
-        url = self.url(queue)
-        self._unsubscribe_queue(url, queue.name)
+        url = yield from self.url(queue)
+        yield from self._unsubscribe_queue(url, queue.name)
         with errors(f"deleting queue {queue.name!r}"):
             try:
-                self._sqs.delete_queue(QueueUrl=url)
+                yield Call("sqs", "delete_queue", {"QueueUrl": url})
             except ClientError as exc:
                 if code(exc) not in QUEUE_MISSING:
                     raise
@@ -446,18 +553,23 @@ class Topology:
             self._queue_urls.pop(queue.name, None)
             self._dead_letter_urls.pop(url, None)
 
-    def _unsubscribe_queue(self, url: str, queue_name: str) -> None:
+    def _unsubscribe_queue(self, url: str, queue_name: str) -> Steps[None]:
         # SNS keeps subscriptions of a deleted queue and keeps trying to deliver to it (some
         # SNS-compatible servers even refuse publishes then): remove them with the queue.
         try:
-            arn = self._queue_arn(url, queue_name)
-            for page in self._sns.get_paginator("list_subscriptions").paginate():
+            arn = yield from self._queue_arn(url, queue_name)
+            pages = yield from _pages("sns", "list_subscriptions")
+            for page in pages:
                 for subscription in page.get("Subscriptions", []):
                     if (
                         subscription.get("Protocol") == "sqs"
                         and subscription.get("Endpoint") == arn
                     ):
-                        self._sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+                        yield Call(
+                            "sns",
+                            "unsubscribe",
+                            {"SubscriptionArn": subscription["SubscriptionArn"]},
+                        )
         except Exception as exc:
             logger.warning(
                 "could not remove the topic subscriptions of queue %r before deleting it: %s",
@@ -465,27 +577,29 @@ class Topology:
                 exc,
             )
 
-    def url(self, queue: QueueWrapper) -> str:
+    def url(self, queue: QueueWrapper) -> Steps[str]:
+        """The URL of ``queue`` (looked up when the wrapper does not carry it)."""
         url = queue.unwrapped_obj
         if isinstance(url, str) and "://" in url:
             return url
-        return self.get_queue(queue.name).unwrapped_obj  # type: ignore[no-any-return]
+        found = yield from self.get_queue(queue.name)
+        return str(found.unwrapped_obj)
 
-    def dead_letter_url(self, receipt: SQSReceipt) -> str | None:
+    def dead_letter_url(self, receipt: SQSReceipt) -> Steps[str | None]:
+        """The URL of the dead-letter queue of the queue a message came from, or ``None``."""
         with self._lock:
             if receipt.queue_url in self._dead_letter_urls:
                 return self._dead_letter_urls[receipt.queue_url]
         with errors(f"reading the redrive policy of queue {receipt.queue_name!r}"):
-            response = self._sqs.get_queue_attributes(
-                QueueUrl=receipt.queue_url, AttributeNames=["RedrivePolicy"]
+            response = yield Call(
+                "sqs",
+                "get_queue_attributes",
+                {"QueueUrl": receipt.queue_url, "AttributeNames": ["RedrivePolicy"]},
             )
-        text = response.get("Attributes", {}).get("RedrivePolicy")
+        target = dead_letter_target(response.get("Attributes", {}).get("RedrivePolicy"))
         url: str | None = None
-        if text:
-            arn = str(json.loads(text).get("deadLetterTargetArn", ""))
-            parts = arn.split(":")
-            if len(parts) >= 6:
-                url = self.lookup_queue_url(parts[5], owner=parts[4] or None)
+        if target is not None:
+            url = yield from self.lookup_queue_url(*target)
         with self._lock:
             self._dead_letter_urls[receipt.queue_url] = url
         return url
@@ -497,4 +611,12 @@ __all__ = [
     "QueueUrl",
     "TopicArn",
     "Topology",
+    "allow_topics",
+    "check_queue_options",
+    "dead_letter_target",
+    "filter_policy_set",
+    "parse_policy",
+    "queue_attributes",
+    "redrive_policy",
+    "subscription_attributes",
 ]
