@@ -130,6 +130,29 @@ def make_aws_backend(sqs_endpoint: Endpoint) -> Iterator[Callable[..., AWSBacken
 
 
 @pytest.fixture
+def async_aws_class() -> type[Any]:
+    """:class:`AsyncAWSBackend`, or a failure (CI) / loud skip without the aws-async extra."""
+    try:
+        from melange.backends.sqs.async_backend import AsyncAWSBackend
+    except ImportError as exc:
+        _unavailable(f"SERVICE MISSING: the asyncio SQS backend needs aiobotocore ({exc})")
+    return AsyncAWSBackend
+
+
+@pytest.fixture
+def make_async_aws_backend(
+    sqs_endpoint: Endpoint, async_aws_class: type[Any]
+) -> Callable[..., Any]:
+    """Builds asyncio backends on the test endpoint (close them with ``await aclose()`` on
+    the loop that used them)."""
+
+    def make(**options: Any) -> Any:
+        return async_aws_class(**{**sqs_endpoint.options(), **options})
+
+    return make
+
+
+@pytest.fixture
 def aws_backend(make_aws_backend: Callable[..., AWSBackend]) -> AWSBackend:
     """A backend with short long polls, so tests stay quick."""
     return make_aws_backend(wait_time_seconds=1)
