@@ -51,5 +51,22 @@ def install() -> RequestCounter:
         return client
 
     botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
+    _install_aio(counter)
     _counter = counter
     return counter
+
+
+def _install_aio(counter: RequestCounter) -> None:
+    """The same for aiobotocore's sessions, whose clients are made by a coroutine."""
+    try:
+        import aiobotocore.session
+    except ImportError:
+        return
+    original = aiobotocore.session.AioSession._create_client
+
+    async def create_client(self: Any, *args: Any, **kwargs: Any) -> Any:
+        client = await original(self, *args, **kwargs)
+        client.meta.events.register("before-send", counter)
+        return client
+
+    aiobotocore.session.AioSession._create_client = create_client  # type: ignore[method-assign]

@@ -134,6 +134,8 @@ class MelangeSQS(MelangeContender):
     def setup(self) -> dict[str, str]:
         self.counter = botohook.install()
         versions = super().setup()
+        if self.native:
+            return {**versions, "aiobotocore": version("aiobotocore")}
         return {**versions, "boto3": version("boto3"), "botocore": version("botocore")}
 
     def make_backend(self) -> Any:
@@ -141,7 +143,22 @@ class MelangeSQS(MelangeContender):
 
         return LocalSQSBackend(host="127.0.0.1", port=int(self.params["port"]))
 
+    def make_async_backend(self) -> Any | None:
+        try:
+            from melange.backends.sqs.async_backend import AsyncLocalSQSBackend
+        except ImportError:  # aiobotocore is not installed
+            return None
+        return AsyncLocalSQSBackend(host="127.0.0.1", port=int(self.params["port"]))
+
     def purge(self) -> None:
+        if self.native:
+            import boto3
+
+            client = boto3.client("sqs", **client_settings(int(self.params["port"])))
+            # Outside the measured sections: not a request of the backend under test.
+            url = client.get_queue_url(QueueName=self.queue_name)["QueueUrl"]
+            client.purge_queue(QueueUrl=url)
+            return
         client = self.pub_backend.sqs_client
         client.purge_queue(QueueUrl=client.get_queue_url(QueueName=self.queue_name)["QueueUrl"])
 

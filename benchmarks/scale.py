@@ -1,0 +1,254 @@
+"""``python -m benchmarks.scale [--quick] [--backends memory sqlite] [--out FILE]``: how the
+embedded backends behave as queues grow.
+
+Per backend (each measurement in a fresh worker process, so that memory figures are its own):
+
+- consume rate of the first and the last 5,000 messages of a backlog of 1k, 100k and 1M
+  messages (receive 10 at a time and acknowledge), as ratios to the rate at 1k (target >= 0.8);
+- RSS per queued message, and the RSS after draining them against the process before
+  publishing (target: within 20%);
+- single-message publish rate with 0, 10 and 50 idle receivers waiting on other queues, as
+  ratios to 0 (target >= 0.8 at 50);
+- the time to count a queue's messages (``queue_stats``, in memory ``queue_depth``) at 1M
+  (target < 10 ms).
+
+The SQLite backlog's middle is deleted in one statement rather than consumed (the last 5,000
+are consumed as they would be after a drain); the in-memory one is consumed whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SLICE = 5_000
+PUBLISH_N = 5_000
+RECEIVERS = (0, 10, 50)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _backend(kind: str, directory: str) -> Any:
+    if kind == "memory":
+        from melange.backends.memory import InMemoryMessagingBackend
+
+        return InMemoryMessagingBackend(visibility_timeout=30.0)
+    from melange.backends.sqlite import SQLiteBackend
+
+    return SQLiteBackend(os.path.join(directory, "scale.db"), visibility_timeout=30.0)
+
+
+def _messages(start: int, count: int) -> list[Any]:
+    from melange.models import Message
+
+    # 84 bytes of JSON, with the published-at header a publisher adds.
+    return [
+        Message.create(f'{{"id": {i:012d}, "body": "{"x" * 50}"}}', "json", 1)
+        for i in range(start, start + count)
+    ]
+
+
+def _fill(backend: Any, queue: Any, depth: int) -> None:
+    for start in range(0, depth, 1000):
+        backend.publish_batch_to_queue(_messages(start, min(1000, depth - start)), queue)
+
+
+def _consume(backend: Any, queue: Any, count: int) -> float:
+    """Receive and acknowledge ``count`` messages; their rate per second."""
+    done = 0
+    started = time.perf_counter()
+    while done < count:
+        received = backend.retrieve_messages(queue, max_messages=min(10, count - done))
+        if not received:
+            break
+        backend.acknowledge_batch(received)
+        done += len(received)
+    return done / (time.perf_counter() - started)
+
+
+def _skip_to_last(kind: str, backend: Any, queue: Any, keep: int) -> None:
+    if kind == "memory":
+        while True:
+            pending = backend.queue_depth(queue.name) - keep
+            if pending <= 0:
+                return
+            received = backend.retrieve_messages(queue, max_messages=min(100, pending))
+            backend.acknowledge_batch(received)
+    with backend._db.write() as conn:
+        conn.execute(
+            "DELETE FROM messages WHERE queue = ? AND id NOT IN "
+            "(SELECT id FROM messages WHERE queue = ? ORDER BY id DESC LIMIT ?)",
+            (queue.name, queue.name, keep),
+        )
+
+
+def _count(kind: str, backend: Any, name: str) -> int:
+    if kind == "memory":
+        return int(backend.queue_depth(name))
+    return int(backend.queue_stats(name).total)
+
+
+def measure_depth(kind: str, depth: int, directory: str) -> dict[str, Any]:
+    """Consume rates of the first and last slice at ``depth``; RSS; the count's time."""
+    gc.collect()
+    backend = _backend(kind, directory)
+    queue, _ = backend.declare_queue("scale")
+    empty = _rss()
+    _fill(backend, queue, depth)
+    gc.collect()
+    full = _rss()
+    started = time.perf_counter()
+    counted = _count(kind, backend, queue.name)
+    count_ms = (time.perf_counter() - started) * 1000
+    assert counted == depth, (counted, depth)
+    first = _consume(backend, queue, min(SLICE, depth))
+    last = first
+    if depth > SLICE:
+        _skip_to_last(kind, backend, queue, SLICE)
+        last = _consume(backend, queue, SLICE)
+    gc.collect()
+    drained = _rss()
+    result = {
+        "backend": kind,
+        "depth": depth,
+        "first_rate": first,
+        "last_rate": last,
+        "count_ms": count_ms,
+        "rss_per_message": (full - empty) / depth,
+        "rss_empty_mb": empty / 2**20,
+        "rss_drained_mb": drained / 2**20,
+    }
+    if kind == "memory":
+        state = backend._queues[queue.name]
+        result["lease_entries_after_drain"] = len(state.leases)
+    backend.close_connection()
+    return result
+
+
+def measure_receivers(kind: str, idle: int, directory: str) -> dict[str, Any]:
+    """Single-message publish rate with ``idle`` receivers waiting on other queues."""
+    backend = _backend(kind, directory)
+    queue, _ = backend.declare_queue("published")
+    stop = threading.Event()
+    threads = []
+    for index in range(idle):
+        other, _ = backend.declare_queue(f"idle-{index}")
+
+        def wait(other: Any = other) -> None:
+            while not stop.is_set():
+                backend.retrieve_messages(other, wait_seconds=1.0)
+
+        thread = threading.Thread(target=wait, daemon=True)
+        thread.start()
+        threads.append(thread)
+    time.sleep(0.5)  # the receivers are waiting
+    messages = _messages(0, PUBLISH_N)
+    started = time.perf_counter()
+    for message in messages:
+        backend.publish_to_queue(message, queue)
+    rate = PUBLISH_N / (time.perf_counter() - started)
+    stop.set()
+    backend.interrupt()
+    for thread in threads:
+        thread.join(5)
+    backend.close_connection()
+    return {"backend": kind, "idle_receivers": idle, "publish_rate": rate}
+
+
+def _worker(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="melange-scale-") as directory:
+        if args.depth is not None:
+            result = measure_depth(args.worker, args.depth, directory)
+        else:
+            result = measure_receivers(args.worker, args.idle, directory)
+    print(json.dumps(result))
+
+
+def _run(kind: str, *options: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.scale", "--worker", kind, *options]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run(backends: list[str], depths: list[int]) -> dict[str, Any]:
+    """Every measurement of every backend, each in a worker process of its own."""
+    results: dict[str, Any] = {}
+    for kind in backends:
+        rows = [_run(kind, "--depth", str(depth)) for depth in depths]
+        base = rows[0]
+        for row in rows:
+            row["first_ratio"] = row["first_rate"] / base["first_rate"]
+            row["last_ratio"] = row["last_rate"] / base["first_rate"]
+            row["drained_vs_empty"] = row["rss_drained_mb"] / row["rss_empty_mb"]
+        publish = [_run(kind, "--idle", str(idle)) for idle in RECEIVERS]
+        for row in publish:
+            row["ratio"] = row["publish_rate"] / publish[0]["publish_rate"]
+        results[kind] = {"depths": rows, "publish": publish}
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "| backend | depth | first 5k (x 1k) | last 5k (x 1k) | RSS B/msg | drained / empty "
+        "| count ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, result in results.items():
+        for row in result["depths"]:
+            lines.append(
+                f"| {kind} | {row['depth']:,} | {row['first_ratio']:.2f} "
+                f"({row['first_rate']:,.0f}/s) | {row['last_ratio']:.2f} "
+                f"({row['last_rate']:,.0f}/s) | {row['rss_per_message']:.0f} "
+                f"| {row['drained_vs_empty']:.2f} | {row['count_ms']:.2f} |"
+            )
+    lines += [
+        "",
+        "| backend | idle receivers | publish msg/s | x 0 receivers |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind, result in results.items():
+        for row in result["publish"]:
+            lines.append(
+                f"| {kind} | {row['idle_receivers']} | {row['publish_rate']:,.0f} "
+                f"| {row['ratio']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurements and print the table (and write JSON with ``--out``)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__)
+    parser.add_argument("--backends", nargs="+", default=["memory", "sqlite"])
+    parser.add_argument("--quick", action="store_true", help="depths 1k, 10k and 100k")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--depth", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--idle", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return 0
+    depths = [1_000, 10_000, 100_000] if args.quick else [1_000, 100_000, 1_000_000]
+    results = run(args.backends, depths)
+    print(table(results))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
