@@ -18,21 +18,27 @@ they never block the event loop::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from melange.backends.async_interfaces import AsyncMessagingBackend, as_async
 from melange.backends.backend_manager import BackendManager
 from melange.backends.interfaces import MessagingBackend
 from melange.dispatch.aio import AsyncMessageDispatcher
-from melange.exceptions import DestinationNotFoundError, TopicNotFoundError
 from melange.models import Message, QueueWrapper, TopicWrapper
-from melange.publishers import _Publisher
+from melange.publishers import (
+    Destinations,
+    LookUp,
+    PublishEffect,
+    PublishStep,
+    Send,
+    SendBatch,
+    _Publisher,
+)
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
 
-logger = logging.getLogger("melange.publishers")
+T = TypeVar("T")
 
 
 class _Builder(_Publisher):
@@ -45,6 +51,9 @@ class _Builder(_Publisher):
 
 
 class _AsyncPublisher:
+    #: The name the warning about a created topic gives the publisher.
+    _publisher_name = "publisher"
+
     def __init__(
         self,
         serializer_registry: SerializerSource | None = None,
@@ -57,8 +66,8 @@ class _AsyncPublisher:
         self._builder = _Builder(serializer_registry)
         self._given = backend if backend is not None else BackendManager().get_backend()
         self._backend = as_async(self._given)
-        # Handles are looked up once per destination, as by the synchronous publishers.
-        self._handles: dict[str, Any] = {}
+        # The synchronous publishers' destination rules, performed by awaiting.
+        self._destinations = Destinations(self._publisher_name)
 
     @property
     def serializer_registry(self) -> SerializerRegistry:
@@ -70,7 +79,15 @@ class _AsyncPublisher:
         """The backend messages are handed to, as it was given."""
         return self._given
 
+    @property
+    def _create_topic(self) -> bool:
+        """Whether a missing topic is created rather than an error."""
+        return False
+
     async def _lookup(self, name: str) -> Any:
+        raise NotImplementedError
+
+    async def _declare(self, name: str) -> Any:
         raise NotImplementedError
 
     async def _send(self, message: Message, handle: Any) -> None:
@@ -79,13 +96,29 @@ class _AsyncPublisher:
     async def _send_batch(self, messages: list[Message], handle: Any) -> None:
         raise NotImplementedError
 
-    async def _handle(self, name: str) -> Any:
-        if not isinstance(name, str):
-            raise TypeError(f"destination name must be a str, got {type(name).__name__}")
-        handle = self._handles.get(name)
-        if handle is None:
-            handle = self._handles[name] = await self._lookup(name)
-        return handle
+    async def _perform(self, effect: PublishEffect) -> Any:
+        if isinstance(effect, Send):
+            return await self._send(effect.message, effect.handle)
+        if isinstance(effect, LookUp):
+            return await self._lookup(effect.name)
+        if isinstance(effect, SendBatch):
+            return await self._send_batch(effect.messages, effect.handle)
+        return await self._declare(effect.name)
+
+    async def _run(self, step: PublishStep[T]) -> T:
+        """Drive ``step`` to its end, awaiting each effect."""
+        try:
+            effect = next(step)
+            while True:
+                try:
+                    result = await self._perform(effect)
+                except BaseException as exc:
+                    effect = step.throw(exc)
+                else:
+                    effect = step.send(result)
+        except StopIteration as done:
+            value: T = done.value
+            return value
 
     async def publish(
         self,
@@ -106,13 +139,7 @@ class _AsyncPublisher:
         message = self._builder._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )
-        handle = await self._handle(destination)
-        try:
-            await self._send(message, handle)
-        except DestinationNotFoundError:
-            self._handles.pop(destination, None)  # deleted since it was looked up
-            raise
-        return message
+        return await self._run(self._destinations.publish(destination, message, self._create_topic))
 
     async def publish_batch(
         self,
@@ -130,9 +157,8 @@ class _AsyncPublisher:
             self._builder._build(item, message_group_id, None, headers, None, None)
             for item in items
         ]
-        if messages:
-            await self._send_batch(messages, await self._handle(destination))
-        return messages
+        step = self._destinations.publish_batch(destination, messages, self._create_topic)
+        return await self._run(step)
 
 
 class AsyncQueuePublisher(_AsyncPublisher):
@@ -156,6 +182,8 @@ class AsyncTopicPublisher(_AsyncPublisher):
     :class:`~melange.backends.async_interfaces.AsyncMessagingBackend`.
     """
 
+    _publisher_name = "AsyncTopicPublisher"
+
     def __init__(
         self,
         serializer_registry: SerializerSource | None = None,
@@ -166,17 +194,14 @@ class AsyncTopicPublisher(_AsyncPublisher):
         super().__init__(serializer_registry, backend)
         self.declare_topics = declare_topics
 
+    @property
+    def _create_topic(self) -> bool:
+        return self.declare_topics
+
     async def _lookup(self, name: str) -> TopicWrapper:
-        try:
-            return await self._backend.get_topic(name)
-        except TopicNotFoundError:
-            if not self.declare_topics:
-                raise
-        logger.warning(
-            "topic %r did not exist and was created; pass declare_topics=False to the "
-            "AsyncTopicPublisher to make this an error",
-            name,
-        )
+        return await self._backend.get_topic(name)
+
+    async def _declare(self, name: str) -> TopicWrapper:
         return await self._backend.declare_topic(name)
 
     async def _send(self, message: Message, handle: TopicWrapper) -> None:

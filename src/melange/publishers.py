@@ -5,13 +5,20 @@
 
     publisher = QueuePublisher(JsonSerializer(), backend)
     publisher.publish("orders", {"id": 1})
+
+How a publisher reaches a destination (handles looked up once and cached, a cached handle
+dropped when its destination turns out deleted, a missing topic created with a warning) is
+decided once, by :class:`Destinations`, for these publishers and their ``async`` twins in
+:mod:`melange.aio`: its steps yield what to do and each publisher performs it, with blocking
+calls or by awaiting.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from melange.backends.backend_manager import BackendManager
 from melange.backends.interfaces import MessagingBackend
@@ -22,6 +29,131 @@ from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
 
 logger = logging.getLogger("melange.publishers")
+
+T = TypeVar("T")
+
+
+# -- destination rules: decided here, performed by the blocking and the asyncio publishers --
+
+
+@dataclass(slots=True)
+class LookUp:
+    """Look the destination ``name`` up. Result: its handle; a destination that does not
+    exist raises :class:`~melange.exceptions.DestinationNotFoundError`."""
+
+    name: str
+
+
+@dataclass(slots=True)
+class CreateTopic:
+    """Create the topic ``name``. Result: its handle."""
+
+    name: str
+
+
+@dataclass(slots=True)
+class Send:
+    """Send ``message`` to the destination behind ``handle``. Result: ``None``."""
+
+    message: Message
+    handle: Any
+
+
+@dataclass(slots=True)
+class SendBatch:
+    """Send ``messages`` to the destination behind ``handle`` in as few calls as the backend
+    allows. Result: ``None``."""
+
+    messages: list[Message]
+    handle: Any
+
+
+#: What the destination rules ask a publisher to do.
+PublishEffect = LookUp | CreateTopic | Send | SendBatch
+#: A step of the destination rules: a generator of effects that returns a ``T``; a failed
+#: effect is thrown back into it as the exception it raised.
+PublishStep = Generator[PublishEffect, Any, T]
+
+
+class Destinations:
+    """The destination handles of one publisher and the rules for using them, without I/O.
+
+    Each method is a :data:`PublishStep`: a blocking publisher performs its effects with
+    blocking calls (:func:`run_steps`), an asyncio one awaits them.
+
+    Args:
+        publisher: The publisher's name, for the warning about a topic it created.
+    """
+
+    __slots__ = ("_handles", "publisher")
+
+    def __init__(self, publisher: str) -> None:
+        self.publisher = publisher
+        # Handles are looked up once per destination (the backend caches URLs/ARNs too).
+        self._handles: dict[str, Any] = {}
+
+    def handle(self, name: str, create_topic: bool = False) -> PublishStep[Any]:
+        """The handle of ``name``: cached, else looked up (and cached). With
+        ``create_topic``, a topic that does not exist is created, with a warning."""
+        if not isinstance(name, str):
+            raise TypeError(f"destination name must be a str, got {type(name).__name__}")
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = yield from self._look_up(name, create_topic)
+        return handle
+
+    def _look_up(self, name: str, create_topic: bool) -> PublishStep[Any]:
+        try:
+            return (yield LookUp(name))
+        except TopicNotFoundError:
+            if not create_topic:
+                raise
+        logger.warning(
+            "topic %r did not exist and was created; pass declare_topics=False to the "
+            "%s to make this an error",
+            name,
+            self.publisher,
+        )
+        return (yield CreateTopic(name))
+
+    def publish(
+        self, name: str, message: Message, create_topic: bool = False
+    ) -> PublishStep[Message]:
+        """Send ``message`` to ``name``. A destination deleted since its handle was looked up
+        raises, and is looked up again next time."""
+        handle = self._handles.get(name) if isinstance(name, str) else None
+        if handle is None:
+            handle = yield from self.handle(name, create_topic)
+        try:
+            yield Send(message, handle)
+        except DestinationNotFoundError:
+            self._handles.pop(name, None)  # deleted since it was looked up
+            raise
+        return message
+
+    def publish_batch(
+        self, name: str, messages: list[Message], create_topic: bool = False
+    ) -> PublishStep[list[Message]]:
+        """Send ``messages`` (if any) to ``name`` in as few calls as the backend allows."""
+        if messages:
+            yield SendBatch(messages, (yield from self.handle(name, create_topic)))
+        return messages
+
+
+def run_steps(step: PublishStep[T], perform: Callable[[PublishEffect], Any]) -> T:
+    """Drive ``step`` to its end, performing each effect with the blocking ``perform``."""
+    try:
+        effect = next(step)
+        while True:
+            try:
+                result = perform(effect)
+            except BaseException as exc:
+                effect = step.throw(exc)
+            else:
+                effect = step.send(result)
+    except StopIteration as done:
+        value: T = done.value
+        return value
 
 
 class _Publisher:
@@ -79,16 +211,26 @@ class _Publisher:
 class _DestinationPublisher(_Publisher):
     """Publishing shared by queues and topics; subclasses say how to reach a destination."""
 
+    #: The name the warning about a created topic gives the publisher.
+    _publisher_name = "publisher"
+
     def __init__(
         self,
         serializer_registry: SerializerSource | None = None,
         backend: MessagingBackend | None = None,
     ) -> None:
         super().__init__(serializer_registry, backend)
-        # Handles are looked up once per destination (the backend caches URLs/ARNs too).
-        self._handles: dict[str, Any] = {}
+        self._destinations = Destinations(self._publisher_name)
+
+    @property
+    def _create_topic(self) -> bool:
+        """Whether a missing topic is created rather than an error."""
+        return False
 
     def _lookup(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def _declare(self, name: str) -> Any:
         raise NotImplementedError
 
     def _send(self, message: Message, handle: Any) -> None:
@@ -97,22 +239,18 @@ class _DestinationPublisher(_Publisher):
     def _send_batch(self, messages: list[Message], handle: Any) -> None:
         raise NotImplementedError
 
-    def _handle(self, name: str) -> Any:
-        if not isinstance(name, str):
-            raise TypeError(f"destination name must be a str, got {type(name).__name__}")
-        handle = self._handles.get(name)
-        if handle is None:
-            handle = self._handles[name] = self._lookup(name)
-        return handle
+    def _perform(self, effect: PublishEffect) -> Any:
+        if isinstance(effect, Send):
+            return self._send(effect.message, effect.handle)
+        if isinstance(effect, LookUp):
+            return self._lookup(effect.name)
+        if isinstance(effect, SendBatch):
+            return self._send_batch(effect.messages, effect.handle)
+        return self._declare(effect.name)
 
     def _publish(self, name: str, message: Message) -> Message:
-        handle = self._handle(name)
-        try:
-            self._send(message, handle)
-        except DestinationNotFoundError:
-            self._handles.pop(name, None)  # deleted since it was looked up
-            raise
-        return message
+        step = self._destinations.publish(name, message, self._create_topic)
+        return run_steps(step, self._perform)
 
     def _publish_data(
         self,
@@ -144,9 +282,8 @@ class _DestinationPublisher(_Publisher):
         messages = [
             self._build(item, message_group_id, None, headers, None, None) for item in items
         ]
-        if messages:
-            self._send_batch(messages, self._handle(destination))
-        return messages
+        step = self._destinations.publish_batch(destination, messages, self._create_topic)
+        return run_steps(step, self._perform)
 
 
 class QueuePublisher(_DestinationPublisher):
@@ -223,6 +360,8 @@ class TopicPublisher(_DestinationPublisher):
             misspelled topic name.
     """
 
+    _publisher_name = "TopicPublisher"
+
     def __init__(
         self,
         serializer_registry: SerializerSource | None = None,
@@ -259,17 +398,14 @@ class TopicPublisher(_DestinationPublisher):
             causation_id,
         )
 
+    @property
+    def _create_topic(self) -> bool:
+        return self.declare_topics
+
     def _lookup(self, name: str) -> TopicWrapper:
-        try:
-            return self._backend.get_topic(name)
-        except TopicNotFoundError:
-            if not self.declare_topics:
-                raise
-        logger.warning(
-            "topic %r did not exist and was created; pass declare_topics=False to the "
-            "TopicPublisher to make this an error",
-            name,
-        )
+        return self._backend.get_topic(name)
+
+    def _declare(self, name: str) -> TopicWrapper:
         return self._backend.declare_topic(name)
 
     def _send(self, message: Message, handle: TopicWrapper) -> None:
