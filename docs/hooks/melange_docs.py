@@ -36,7 +36,7 @@ BACKENDS = [
     ("In-memory", "melange.backends.memory:InMemoryMessagingBackend"),
     ("SQLite", "melange.backends.sqlite:SQLiteBackend"),
     ("SQS/SNS", "melange.backends.sqs.backend:AWSBackend"),
-    ("RabbitMQ", "melange.backends.rabbitmq.rabbitmq_backend:RabbitMQBackend"),
+    ("RabbitMQ", "melange.backends.rabbitmq.backend:RabbitMQBackend"),
 ]
 
 _CAPABILITIES = re.compile(r"<!--\s*capabilities:\s*([\w.]+):(\w+)\s*-->")

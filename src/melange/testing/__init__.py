@@ -5,6 +5,9 @@
   (needs pytest).
 - :mod:`melange.testing.link`: :func:`link_synchronously`, synchronous in-memory dispatch
   (also importable from ``melange.backends.testing``, as in the original documentation).
+- :mod:`melange.testing.blocking`: :func:`~melange.testing.blocking.as_blocking`, an
+  asynchronous backend as a blocking one (to run the conformance suite on it, or to use it
+  from blocking code).
 """
 
 from melange.testing.link import link_synchronously
