@@ -28,6 +28,7 @@ from melange.backends.memory.topology import (
     Receipt,
     Stored,
     Subscription,
+    compact_leases,
     create_queue,
     drain,
     expire_leases,
@@ -35,9 +36,12 @@ from melange.backends.memory.topology import (
     join_group,
     leave_group,
     next_candidate,
+    pack_headers,
     release_lease,
     require,
+    store,
     to_message,
+    unpack_headers,
 )
 from melange.exceptions import (
     ConfigurationError,
@@ -180,8 +184,7 @@ class InMemoryMessagingBackend(MessagingBackend):
         """Messages in the queue, in flight or not (SQS's visible + not visible)."""
         with self._lock:
             queue = require(self._queues, queue_name)
-            drain(queue)
-            return len(queue.ready) + len(queue.pending) + len(queue.inflight)
+            return len(queue.ready) + len(queue.inbox) + len(queue.pending) + len(queue.inflight)
 
     def peek(self, queue_name: str) -> list[Message]:
         """Copies of every message held by the queue, without receiving them."""
@@ -219,7 +222,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             # (under the GIL a contended lock costs a thread switch per message).
             inbox, seq = target.inbox, self._seq
             for message in messages:
-                inbox.append(Stored(message, next(seq)))
+                inbox.append(store(message, next(seq)))
             # A receiver counts itself as waiting before it looks at the inbox a last time,
             # so either it sees these messages or we see it waiting.
             if self._waiting:
@@ -286,14 +289,15 @@ class InMemoryMessagingBackend(MessagingBackend):
                 if seen is not None and now - seen < DEDUPLICATION_WINDOW_SECONDS:
                     return
                 queue.dedup_seen[dedup] = now
-        drain(queue)  # keep publish order with lock-free publishes
-        stored = Stored(message, next(self._seq), headers)
+        stored = store(message, next(self._seq), headers)
         join_group(queue, stored)
         if queue.delay_seconds > 0:
             stored.visible_at = now + queue.delay_seconds
             heapq.heappush(queue.pending, (stored.visible_at, stored.seq, stored))
-        else:
+        elif queue.fifo:
             queue.ready.append(stored)
+        else:
+            queue.inbox.append(stored)  # in publish order with the lock-free publishes
 
     # -- consuming --------------------------------------------------------------------------
 
@@ -328,7 +332,6 @@ class InMemoryMessagingBackend(MessagingBackend):
         return max(0.001, min(times) - self._clock())
 
     def _receive(self, queue: QueueState, max_messages: int) -> list[Message]:
-        drain(queue)
         now = self._clock()
         expire_leases(queue, now)
         out: list[Message] = []
@@ -360,14 +363,14 @@ class InMemoryMessagingBackend(MessagingBackend):
                 self._move_to_dlq(queue, stored, "max receive count exceeded")
                 continue
             stored.receive_count += 1
-            stored.receipt = next(self._receipts)
+            receipt = next(self._receipts)
             stored.visible_at = now + queue.visibility_timeout
-            queue.inflight[stored.receipt] = stored
-            heapq.heappush(queue.leases, (stored.visible_at, stored.receipt))
+            queue.inflight[receipt] = stored
+            heapq.heappush(queue.leases, (stored.visible_at, receipt))
             if queue.fifo and group is not None:
                 queue.groups_in_flight[group] = queue.groups_in_flight.get(group, 0) + 1
                 batch_groups[group] = batch_groups.get(group, 0) + 1
-            out.append(to_message(stored, Receipt(queue.name, stored.receipt)))
+            out.append(to_message(stored, Receipt(queue.name, receipt)))
         # Messages of busy groups go back in front, in their original order.
         for stored in sorted(blocked, key=lambda s: s.seq, reverse=True):
             queue.ready.appendleft(stored)
@@ -384,7 +387,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             dlq = self._create_queue(queue.dead_letter_queue, {"fifo": queue.fifo})
         copy, headers = dead_letter_copy(
             to_message(stored, None),
-            stored.headers,
+            unpack_headers(stored.headers),
             source_queue=queue.name,
             reason=reason,
             into_fifo=dlq.fifo,
@@ -440,6 +443,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 # The group stays blocked while its head waits, as on SQS FIFO.
                 stored.visible_at = self._clock() + delay
                 heapq.heappush(queue.leases, (stored.visible_at, receipt))
+                compact_leases(queue)
                 return
             release_lease(queue, receipt)
             stored.visible_at = self._clock() + max(0.0, delay)
@@ -458,7 +462,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                 return False
             stored = release_lease(queue, receipt_id)
             assert stored is not None
-            stored.headers = {**stored.headers, **headers}
+            stored.headers = pack_headers({**unpack_headers(stored.headers), **headers})
             self._move_to_dlq(queue, stored, headers.get(FAILURE_REASON, "dead-lettered"))
             self._wake()
             return True
@@ -472,6 +476,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             stored = queue.inflight[receipt]
             stored.visible_at = self._clock() + seconds
             heapq.heappush(queue.leases, (stored.visible_at, receipt))
+            compact_leases(queue)  # the lease's previous entry is stale now
 
     def visibility_timeout_for(self, message: Message) -> float | None:
         receipt = message.metadata

@@ -1,9 +1,10 @@
 """The state of the in-memory broker: queues, the messages they hold, and subscriptions.
 
-:class:`QueueState` holds a queue's settings and its messages by state: ``ready`` (in publish
-order), ``inbox`` (published without the lock, moved to ``ready`` under it), ``pending``
-(redelivered and delayed, by the time they become visible), ``inflight`` (received, by
-receipt, with their ``leases``), plus the FIFO groups in flight and the deduplication ids
+:class:`QueueState` holds a queue's settings and its messages by state: ``ready`` (FIFO
+queues, in publish order), ``inbox`` (standard queues, in publish order, appended to without
+the lock), ``pending`` (redelivered and delayed, by the time they become visible),
+``inflight`` (received, by receipt, with their ``leases``: a heap kept in proportion to the
+messages in flight), plus the FIFO groups in flight and the deduplication ids
 seen. :class:`Subscription` binds a queue to a topic with its manifest filter. The functions
 below change that state; the backend calls them with its lock held.
 """
@@ -14,6 +15,7 @@ import heapq
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from melange.backends.embedded_rules import check_type_kept, queue_options
@@ -23,36 +25,80 @@ from melange.models import Message
 
 
 class Stored:
-    """A message as the broker holds it (never handed out: receivers get fresh copies)."""
+    """A message as the broker holds it (never handed out: receivers get fresh copies).
+
+    Kept small, as a queue may hold millions: slots only, the headers as one flat tuple
+    (``(key, value, key, value, ...)``, see :func:`pack_headers`), and the FIFO group and
+    deduplication ids only on the messages that have them (:class:`GroupedStored`).
+    """
 
     __slots__ = (
         "attempts",
         "content",
-        "dedup_id",
-        "group_id",
         "headers",
         "manifest",
         "message_id",
-        "receipt",
         "receive_count",
         "seq",
         "serializer_id",
         "visible_at",
     )
 
-    def __init__(self, message: Message, seq: int, headers: dict[str, str] | None = None) -> None:
+    #: Set on :class:`GroupedStored` only.
+    group_id: str | None = None
+    dedup_id: str | None = None
+
+    def __init__(
+        self, message: Message, seq: int, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.message_id = message.message_id
         self.content = message.content
         self.serializer_id = message.serializer_id
         self.manifest = message.manifest
-        self.headers = headers if headers is not None else dict(message.headers)
-        self.group_id = message.group_id
-        self.dedup_id = message.deduplication_id
+        self.headers = pack_headers(message.headers if headers is None else headers)
         self.seq = seq
         self.receive_count = 0
         self.attempts = 0  # failed attempts (nacks), which ``attempt`` counts
-        self.receipt = 0
         self.visible_at = 0.0
+
+
+class GroupedStored(Stored):
+    """A stored message with a FIFO group id or a deduplication id."""
+
+    __slots__ = ("dedup_id", "group_id")
+
+    def __init__(
+        self, message: Message, seq: int, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, seq, headers)
+        self.group_id = message.group_id
+        self.dedup_id = message.deduplication_id
+
+
+def store(message: Message, seq: int, headers: Mapping[str, str] | None = None) -> Stored:
+    """The message as the broker holds it."""
+    if message.group_id is None and message.deduplication_id is None:
+        return Stored(message, seq, headers)
+    return GroupedStored(message, seq, headers)
+
+
+def pack_headers(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """Headers as one flat, immutable tuple (a third of a dict's size for one header)."""
+    if not headers:
+        return ()
+    if len(headers) == 1:
+        for item in headers.items():
+            return item
+    return tuple(chain.from_iterable(headers.items()))
+
+
+def unpack_headers(packed: tuple[str, ...]) -> dict[str, str]:
+    """A fresh dict of the headers :func:`pack_headers` packed."""
+    if not packed:
+        return {}
+    if len(packed) == 2:
+        return {packed[0]: packed[1]}
+    return dict(zip(packed[::2], packed[1::2], strict=True))
 
 
 @dataclass
@@ -65,8 +111,11 @@ class QueueState:
     delay_seconds: float = 0.0
     dead_letter_queue: str | None = None
     max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
+    # FIFO queues' messages (and, after an inspection, those of ``inbox``): older than
+    # anything in ``inbox``.
     ready: deque[Stored] = field(default_factory=deque)
-    # Published without the lock (standard queues, no delay); moved to ``ready`` under the lock.
+    # Standard queues' messages without delay: publishers append without the lock, receivers
+    # take them one at a time under it.
     inbox: deque[Stored] = field(default_factory=deque)
     # Redelivered and delayed messages, by the time they become visible, then publish order.
     pending: list[tuple[float, int, Stored]] = field(default_factory=list)
@@ -138,7 +187,8 @@ def require(queues: Mapping[str, QueueState], name: str) -> QueueState:
 
 
 def drain(queue: QueueState) -> None:
-    """Move the messages published without the lock to ``ready``."""
+    """Move the messages of ``inbox`` to ``ready`` (inspection only: receiving takes them
+    from ``inbox`` one at a time, so a receive never pays for the depth of the queue)."""
     # Called with the lock held. popleft/append are atomic, so publishers may keep adding.
     inbox, ready = queue.inbox, queue.ready
     while inbox:
@@ -152,6 +202,8 @@ def next_candidate(queue: QueueState, now: float) -> Stored | None:
         return heapq.heappop(queue.pending)[2]
     if queue.ready:
         return queue.ready.popleft()
+    if queue.inbox:
+        return queue.inbox.popleft()
     return None
 
 
@@ -166,9 +218,25 @@ def expire_leases(queue: QueueState, now: float) -> None:
         heapq.heappush(queue.pending, (now, stored.seq, stored))
 
 
+def compact_leases(queue: QueueState) -> None:
+    """Drop the entries of settled and extended leases once they outnumber the live ones.
+
+    A settled lease leaves its entry in the heap; rebuilding the heap from ``inflight``
+    whenever stale entries make up more than half of it keeps its size proportional to the
+    messages in flight (not to the throughput times the visibility timeout), at an amortized
+    O(1) per settle.
+    """
+    leases, inflight = queue.leases, queue.inflight
+    if len(leases) > 2 * len(inflight) + 32:
+        fresh = [(stored.visible_at, receipt) for receipt, stored in inflight.items()]
+        heapq.heapify(fresh)
+        queue.leases = fresh
+
+
 def release_lease(queue: QueueState, receipt: int) -> Stored | None:
     """Take the message out of flight (and its FIFO group with it); ``None`` if settled."""
     stored = queue.inflight.pop(receipt, None)
+    compact_leases(queue)
     if stored is not None and queue.fifo and stored.group_id is not None:
         count = queue.groups_in_flight.get(stored.group_id, 0) - 1
         if count > 0:
@@ -225,29 +293,39 @@ def group_member(queue: QueueState, group: str, position: int) -> int | None:
 
 def to_message(stored: Stored, receipt: Receipt | None) -> Message:
     """A fresh copy of a stored message; ``receipt`` is ``None`` for copies not to settle."""
-    return Message(
+    message = Message(
         stored.message_id,
         stored.content,
         receipt,
         stored.serializer_id,
         stored.manifest,
-        stored.headers,
+        None,
         stored.attempts + 1 if receipt is not None else stored.attempts or None,
         stored.group_id,
         stored.dedup_id,
     )
+    message.headers = unpack_headers(stored.headers)
+    return message
 
 
 __all__ = [
+    "GroupedStored",
     "QueueState",
     "Receipt",
     "Stored",
     "Subscription",
+    "compact_leases",
     "create_queue",
     "drain",
     "expire_leases",
+    "group_member",
+    "join_group",
+    "leave_group",
     "next_candidate",
+    "pack_headers",
     "release_lease",
     "require",
+    "store",
     "to_message",
+    "unpack_headers",
 ]

@@ -1,0 +1,111 @@
+"""What the in-memory backend keeps as queues grow: lease entries follow the messages in
+flight, a receive takes messages one at a time from the backlog, and messages are held
+compactly without changing what receivers get."""
+
+from __future__ import annotations
+
+from melange.backends.memory import InMemoryMessagingBackend
+from melange.backends.memory.topology import GroupedStored, Stored
+from melange.models import FAILURE_REASON, Message
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _message(index: int, **headers: str) -> Message:
+    return Message.create(f'{{"n": {index}}}', "json", 1, headers or None)
+
+
+def test_acknowledged_messages_leave_no_lease_entries() -> None:
+    backend = InMemoryMessagingBackend(visibility_timeout=30.0, clock=FakeClock())
+    queue, _ = backend.declare_queue("jobs")
+    backend.publish_batch_to_queue([_message(i) for i in range(5000)], queue)
+    state = backend._queues["jobs"]
+    largest = 0
+    while received := backend.retrieve_messages(queue, max_messages=10):
+        largest = max(largest, len(state.leases))
+        backend.acknowledge_batch(received)
+    assert largest <= 2 * 10 + 32
+    assert len(state.leases) <= 32
+    assert not state.inflight
+
+
+def test_extended_and_released_leases_do_not_pile_up() -> None:
+    clock = FakeClock()
+    backend = InMemoryMessagingBackend(visibility_timeout=30.0, clock=clock)
+    queue, _ = backend.declare_queue("jobs")
+    backend.publish_to_queue(_message(1), queue)
+    [message] = backend.retrieve_messages(queue)
+    for _ in range(1000):
+        backend.extend_visibility(message, 30.0)
+    state = backend._queues["jobs"]
+    assert len(state.leases) <= 2 + 32
+    # The live lease survived the compactions: it runs out 30 s after the last extension.
+    clock.now += 29.0
+    assert backend.retrieve_messages(queue) == []
+    clock.now += 2.0
+    [again] = backend.retrieve_messages(queue)
+    assert again.message_id == message.message_id
+
+
+def test_a_receive_takes_only_what_it_returns_from_the_backlog() -> None:
+    backend = InMemoryMessagingBackend()
+    queue, _ = backend.declare_queue("jobs")
+    backend.publish_batch_to_queue([_message(i) for i in range(1000)], queue)
+    first = backend.retrieve_messages(queue, max_messages=3)
+    state = backend._queues["jobs"]
+    assert len(state.inbox) == 997 and not state.ready
+    assert [m.content for m in first] == ['{"n": 0}', '{"n": 1}', '{"n": 2}']
+    assert backend.queue_depth("jobs") == 1000
+
+
+def test_topic_publishes_keep_their_order_with_direct_ones() -> None:
+    backend = InMemoryMessagingBackend()
+    topic = backend.declare_topic("events")
+    queue, _ = backend.declare_queue("jobs", topic)
+    for index in range(6):
+        if index % 2:
+            backend.publish_to_topic(_message(index), topic)
+        else:
+            backend.publish_to_queue(_message(index), queue)
+    received = backend.retrieve_messages(queue, max_messages=10)
+    assert [m.content for m in received] == [f'{{"n": {i}}}' for i in range(6)]
+
+
+def test_messages_are_stored_compactly_and_received_whole() -> None:
+    backend = InMemoryMessagingBackend()
+    queue, _ = backend.declare_queue("jobs")
+    fifo, _ = backend.declare_queue("jobs.fifo")
+    plain = _message(1, a="1", b="2")
+    backend.publish_to_queue(plain, queue)
+    plain.headers["a"] = "changed after publishing"
+    grouped = _message(2)
+    grouped.group_id, grouped.deduplication_id = "g", "d"
+    backend.publish_to_queue(grouped, fifo)
+    stored = backend._queues["jobs"].inbox[0]
+    assert type(stored) is Stored and not hasattr(stored, "__dict__")
+    assert isinstance(stored.headers, tuple)
+    assert isinstance(backend._queues["jobs.fifo"].ready[0], GroupedStored)
+    [got] = backend.retrieve_messages(queue)
+    assert got.headers == {**plain.headers, "a": "1"}
+    got.headers["b"] = "changed by the receiver"
+    [got_grouped] = backend.retrieve_messages(fifo)
+    assert (got_grouped.group_id, got_grouped.deduplication_id) == ("g", "d")
+    assert got_grouped.headers == grouped.headers
+
+
+def test_dead_lettered_messages_keep_their_headers_and_gain_the_failure() -> None:
+    backend = InMemoryMessagingBackend()
+    queue, _ = backend.declare_queue("jobs", dead_letter_queue_name="jobs-dlq")
+    backend.publish_to_queue(_message(1, trace="t-1"), queue)
+    [message] = backend.retrieve_messages(queue)
+    assert backend.dead_letter(message, {FAILURE_REASON: "boom"})
+    [dead] = backend.peek("jobs-dlq")
+    assert dead.headers["trace"] == "t-1"
+    assert dead.headers[FAILURE_REASON] == "boom"
+    assert backend.queue_depth("jobs") == 0
