@@ -11,10 +11,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from melange.backends.sqlite import QueueStats, SQLiteBackend
+from melange.backends.sqlite import SCHEMA_VERSION, QueueStats, SQLiteBackend
 from melange.consumers import Consumer
 from melange.exceptions import (
     BackendError,
@@ -673,6 +674,15 @@ def test_settling_a_message_from_elsewhere_is_refused(backend: SQLiteBackend) ->
         backend.acknowledge(make_message("x"))
 
 
+def downgrade_to_version_2(db: Path) -> None:
+    """Turn a database of the current schema into one of schema version 2 (no queue depths)."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER messages_counted")
+        conn.execute("DROP TRIGGER messages_uncounted")
+        conn.execute("ALTER TABLE queues DROP COLUMN depth")
+        conn.execute("UPDATE melange_meta SET value = '2' WHERE key = 'schema_version'")
+
+
 def test_a_version_1_database_is_migrated_keeping_each_message_attempts(
     db: Path, clock: FakeClock
 ) -> None:
@@ -681,6 +691,7 @@ def test_a_version_1_database_is_migrated_keeping_each_message_attempts(
     first.publish_to_queue(make_message('"waiting"'), queue)
     first.close_connection()
     # Version 1: no attempts column; every delivery counted as an attempt.
+    downgrade_to_version_2(db)
     with sqlite3.connect(db) as conn:
         conn.execute("ALTER TABLE messages DROP COLUMN attempts")
         conn.execute("UPDATE messages SET receive_count = 2")
@@ -691,9 +702,102 @@ def test_a_version_1_database_is_migrated_keeping_each_message_attempts(
     migrated.nack(got)
     [again] = migrated.retrieve_messages(queue)
     assert again.attempt == 4
+    assert migrated.queue_stats("jobs").total == 1
     migrated.close_connection()
     with sqlite3.connect(db) as conn:
         [(version,)] = conn.execute(
             "SELECT value FROM melange_meta WHERE key = 'schema_version'"
         ).fetchall()
-    assert version == "2"
+    assert version == str(SCHEMA_VERSION)
+
+
+def test_a_publish_wakes_only_the_receivers_of_its_queue(db: Path) -> None:
+    backend = SQLiteBackend(db, poll_interval=60)
+    try:
+        a, _ = backend.declare_queue("a")
+        b, _ = backend.declare_queue("b")
+        receives: list[str] = []
+        original = backend._receive
+
+        def counting(name: str, max_messages: int) -> Any:
+            receives.append(name)
+            return original(name, max_messages)
+
+        backend._receive = counting  # type: ignore[method-assign]
+        got: list[Message] = []
+        waiter = threading.Thread(
+            target=lambda: got.extend(backend.retrieve_messages(b, wait_seconds=30))
+        )
+        waiter.start()
+        doorbell = backend._db.doorbell
+        deadline = time.monotonic() + 10
+        while "b" not in doorbell._conditions or not doorbell._conditions["b"]._waiters:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        for index in range(20):
+            backend.publish_to_queue(make_message(f'"a{index}"'), a)
+        backend.publish_to_queue(make_message('"b"'), b)
+        waiter.join(10)
+        assert [m.content for m in got] == ['"b"']
+        assert receives == ["b", "b"]  # the first look, and the one after b's publish
+    finally:
+        backend.close_connection()
+
+
+def test_queue_stats_follow_publishes_settles_and_dead_letters(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, _ = backend.declare_queue("jobs", dead_letter_queue_name="jobs-dlq", max_receive_count=2)
+    topic = backend.declare_topic("events")
+    backend.declare_queue("jobs", topic)
+    backend.publish_batch_to_queue([make_message(f'"{i}"') for i in range(5)], queue)
+    backend.publish_to_topic(make_message('"t"'), topic)
+    assert backend.queue_stats("jobs") == QueueStats("jobs", 6, 0, 0)
+    first, second, third = backend.retrieve_messages(queue, max_messages=3)
+    assert backend.queue_stats("jobs") == QueueStats("jobs", 3, 3, 0)
+    backend.acknowledge(first)
+    backend.nack(second, delay=10)
+    assert backend.dead_letter(third, {FAILURE_REASON: "boom"})
+    assert backend.queue_stats("jobs") == QueueStats("jobs", 3, 0, 1)
+    assert backend.queue_stats("jobs-dlq") == QueueStats("jobs-dlq", 1, 0, 0)
+    # Leases running out make messages ready again; the broker dead-letters the third delivery.
+    rest = backend.retrieve_messages(queue, max_messages=10)
+    assert len(rest) == 3
+    clock.now += 60
+    assert backend.queue_stats("jobs") == QueueStats("jobs", 4, 0, 0)
+    again = backend.retrieve_messages(queue, max_messages=10)
+    clock.now += 60
+    assert len(again) == 4
+    assert backend.retrieve_messages(queue, max_messages=10) == []
+    assert backend.queue_stats("jobs") == QueueStats("jobs", 0, 0, 0)
+    assert backend.queue_stats("jobs-dlq").total == 5
+    assert backend.purge("jobs-dlq") == 5
+    assert backend.queue_stats("jobs-dlq") == QueueStats("jobs-dlq", 0, 0, 0)
+    backend.publish_to_queue(make_message('"x"'), queue)
+    backend.delete_queue(queue)
+    queue, _ = backend.declare_queue("jobs")
+    assert backend.queue_stats("jobs") == QueueStats("jobs", 0, 0, 0)
+
+
+def test_a_version_2_database_is_migrated_with_its_queue_depths(db: Path, clock: FakeClock) -> None:
+    first = SQLiteBackend(db, clock=clock)
+    jobs, _ = first.declare_queue("jobs")
+    first.declare_queue("empty")
+    first.publish_batch_to_queue([make_message(f'"{i}"') for i in range(7)], jobs)
+    [held] = first.retrieve_messages(jobs, max_messages=1)
+    first.close_connection()
+    downgrade_to_version_2(db)
+    migrated = SQLiteBackend(db, clock=clock)
+    try:
+        assert migrated.queue_stats("jobs") == QueueStats("jobs", 6, 1, 0)
+        assert migrated.queue_stats("empty") == QueueStats("empty", 0, 0, 0)
+        migrated.acknowledge(held)
+        migrated.publish_to_queue(make_message('"new"'), jobs)
+        assert migrated.queue_stats("jobs") == QueueStats("jobs", 7, 0, 0)
+    finally:
+        migrated.close_connection()
+    with sqlite3.connect(db) as conn:
+        [(version,)] = conn.execute(
+            "SELECT value FROM melange_meta WHERE key = 'schema_version'"
+        ).fetchall()
+    assert version == "3"

@@ -70,8 +70,14 @@ class SQLiteBackend(MessagingBackend):
             crashes but may lose the last commits on power loss; ``"FULL"`` syncs every
             commit; ``"OFF"`` leaves syncing to the operating system.
         busy_timeout: Seconds to wait for another process's write transaction before failing.
-        poll_interval: Seconds between checks while a receive waits for messages published
-            by other processes (publishes in this process wake it at once).
+        poll_interval: Seconds between a waiting receive's first checks for messages published
+            by other processes. Publishes in this process wake only the receivers of the
+            queues they reach, at once; messages becoming visible again (leases running out,
+            delays) wake the receivers of their queue when due.
+        max_poll_interval: While its queue stays empty a receive checks for other processes'
+            publishes less and less often, doubling ``poll_interval`` up to this value: a
+            message published by another process is seen within ``max_poll_interval``
+            seconds (default 0.5) by an idle receiver, within ``poll_interval`` by a busy one.
         max_message_size: Largest body accepted, in bytes (``None``: no limit).
         clock: Wall clock in seconds since the epoch (shared by every process using the
             file); tests pass a fake one to step through timeouts.
@@ -91,6 +97,7 @@ class SQLiteBackend(MessagingBackend):
         synchronous: str = "NORMAL",
         busy_timeout: float = 30.0,
         poll_interval: float = 0.05,
+        max_poll_interval: float = 0.5,
         max_message_size: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -114,6 +121,9 @@ class SQLiteBackend(MessagingBackend):
         self.visibility_timeout = float(visibility_timeout)
         self.synchronous = mode
         self._poll_interval = float(poll_interval)
+        self._max_poll_interval = max(float(max_poll_interval), self._poll_interval)
+        # Queue -> seconds the next idle wait of its receivers lasts at most (the backoff).
+        self._idle_waits: dict[str, float] = {}
         self._max_message_size = max_message_size
         self._clock = clock
         self._interrupts = 0
@@ -244,7 +254,7 @@ class SQLiteBackend(MessagingBackend):
         finally:
             self._db.release(conn)
         if inserted:
-            self._db.doorbell.ring()
+            self._db.doorbell.ring(queue.name)
         else:
             self.publish_batch_to_queue([message], queue, **kwargs)
 
@@ -285,7 +295,7 @@ class SQLiteBackend(MessagingBackend):
                     f"publishing {len(rows)} messages to {queue.name!r} stored {inserted}; "
                     "the transaction was rolled back, nothing was published"
                 )
-        self._db.doorbell.ring()
+        self._db.doorbell.ring(queue.name)
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
         self.publish_batch_to_topic([message], topic, **kwargs)
@@ -297,6 +307,7 @@ class SQLiteBackend(MessagingBackend):
         transaction."""
         self._check_sizes(messages)
         now = self._clock()
+        reached: list[str] = []
         with self._db.write() as conn:
             if (
                 conn.execute("SELECT 1 FROM topics WHERE name = ?", (topic.name,)).fetchone()
@@ -315,7 +326,9 @@ class SQLiteBackend(MessagingBackend):
                 allowed = set(json.loads(manifests)) if manifests else None
                 selected = [m for m in messages if allowed is None or m.manifest in allowed]
                 enqueue(conn, target, selected, now, self._deduplication)
-        self._db.doorbell.ring()
+                if selected:
+                    reached.append(queue_name)
+        self._db.doorbell.ring(*reached)
 
     def _check_sizes(self, messages: Sequence[Message]) -> None:
         limit = self._max_message_size
@@ -331,44 +344,62 @@ class SQLiteBackend(MessagingBackend):
     def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
         """Claim up to ``max_messages`` (default 10) visible messages.
 
-        With ``wait_seconds`` it waits that long for messages to arrive when there are none,
-        checking every ``poll_interval`` for other processes' publishes; publishes from this
-        process and :meth:`interrupt` wake it at once (an interrupt returns ``[]``).
+        With ``wait_seconds`` it waits that long for messages to arrive when there are none.
+        Publishes to the queue from this process and :meth:`interrupt` wake it at once (an
+        interrupt returns ``[]``), and so does the time its next message becomes visible
+        again; other processes' publishes are seen at its next check, every
+        ``poll_interval`` at first, backing off to ``max_poll_interval`` while the queue
+        stays empty.
         """
         max_messages = int(kwargs.get("max_messages") or 10)
         if max_messages < 1:
             raise ValueError(f"max_messages must be at least 1, got {max_messages}")
         wait = float(kwargs.get("wait_seconds") or 0.0)
         deadline = time.monotonic() + wait
-        with self._db.wake:
+        name = queue.name
+        doorbell = self._db.doorbell
+        with doorbell.lock:
             interrupts = self._interrupts
         while True:
-            with self._db.wake:
-                publishes = self._db.doorbell.rings
-            received = self._receive(queue.name, max_messages)
-            remaining = deadline - time.monotonic()
-            if received or remaining <= 0:
+            publishes = doorbell.rings(name)
+            received, due = self._receive(name, max_messages)
+            if received:
+                self._idle_waits.pop(name, None)
                 return received
-            with self._db.wake:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return received
+            idle = self._idle_waits.get(name, self._poll_interval)
+            self._idle_waits[name] = min(idle * 2, self._max_poll_interval)
+            timeout = min(remaining, idle)
+            if due is not None:
+                until_due = due - self._clock()
+                if until_due > 0:
+                    timeout = min(timeout, until_due)
+            with doorbell.lock:
                 if self._interrupts != interrupts:
                     return []
-                if self._db.doorbell.rings == publishes:
-                    self._db.wake.wait(min(remaining, self._poll_interval))
+                doorbell.wait(name, publishes, timeout)
                 if self._interrupts != interrupts:
                     return []
 
-    def _receive(self, queue_name: str, max_messages: int) -> list[Message]:
+    def _receive(self, queue_name: str, max_messages: int) -> tuple[list[Message], float | None]:
+        """The messages claimed, and when nothing was: the time the queue's next message
+        becomes visible (``None``: no message, or unknown)."""
         # A plain read first: idle consumers polling an empty queue never take the write lock.
         # Skipped while the queue keeps yielding messages, where it would only cost time.
         if queue_name not in self._busy_queues:
             with self._db.read() as conn:
                 queue_config(conn, queue_name)
+                # The queue's earliest visibility, from the index: one lookup.
                 probe = conn.execute(
-                    "SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ? LIMIT 1",
-                    (queue_name, self._clock()),
+                    "SELECT visible_at FROM messages WHERE queue = ? ORDER BY visible_at LIMIT 1",
+                    (queue_name,),
                 ).fetchone()
             if probe is None:
-                return []
+                return [], None
+            if probe[0] > self._clock():
+                return [], float(probe[0])
         with self._db.write() as conn:
             now = self._clock()
             queue = queue_config(conn, queue_name)
@@ -385,6 +416,7 @@ class SQLiteBackend(MessagingBackend):
                     )
                 ]
             deliver: list[Row] = []
+            dead_lettered = False
             for row in rows:
                 if queue.dead_letter_queue and row.receive_count >= queue.max_receive_count:
                     move_to_dead_letter_queue(
@@ -397,22 +429,27 @@ class SQLiteBackend(MessagingBackend):
                         self._deduplication,
                         self.visibility_timeout,
                     )
+                    dead_lettered = True
                 else:
                     deliver.append(row)
             if not deliver:
                 self._busy_queues.discard(queue.name)
-                return []
-            self._busy_queues.add(queue.name)
-            token = secrets.randbits(62)
-            conn.executemany(
-                "UPDATE messages SET receipt = ?, visible_at = ?, "
-                "receive_count = receive_count + 1 WHERE id = ?",
-                [(token, now + queue.visibility_timeout, row.id) for row in deliver],
-            )
+            else:
+                self._busy_queues.add(queue.name)
+                token = secrets.randbits(62)
+                conn.executemany(
+                    "UPDATE messages SET receipt = ?, visible_at = ?, "
+                    "receive_count = receive_count + 1 WHERE id = ?",
+                    [(token, now + queue.visibility_timeout, row.id) for row in deliver],
+                )
+        if dead_lettered and queue.dead_letter_queue:
+            self._db.doorbell.ring(queue.dead_letter_queue)
+        if not deliver:
+            return [], None
         return [
             to_message(row, Receipt(queue.name, row.id, token, queue.visibility_timeout))
             for row in deliver
-        ]
+        ], None
 
     @staticmethod
     def _receipt(message: Message) -> Receipt:
@@ -473,7 +510,7 @@ class SQLiteBackend(MessagingBackend):
                 (visible_at, int(failed), receipt.row_id, receipt.token),
             )
         if delay == 0:
-            self._db.doorbell.ring()
+            self._db.doorbell.ring(receipt.queue)
 
     def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
         receipt = self._receipt(message)
@@ -503,7 +540,7 @@ class SQLiteBackend(MessagingBackend):
                 self._deduplication,
                 self.visibility_timeout,
             )
-        self._db.doorbell.ring()
+        self._db.doorbell.ring(queue.dead_letter_queue)
         return True
 
     def visibility_timeout_for(self, message: Message) -> float | None:
@@ -522,9 +559,10 @@ class SQLiteBackend(MessagingBackend):
 
     def interrupt(self) -> None:
         """End every :meth:`retrieve_messages` wait in this process; they return ``[]``."""
-        with self._db.wake:
+        doorbell = self._db.doorbell
+        with doorbell.lock:
             self._interrupts += 1
-            self._db.wake.notify_all()
+            doorbell.wake_all()
 
     def close_connection(self) -> None:
         """Interrupt waiting receivers and close every connection (idempotent)."""

@@ -1,13 +1,15 @@
 """The database file of :class:`~melange.backends.sqlite.SQLiteBackend`: opening it, its
-schema and migrations, the pool of connections, transactions, the doorbell that wakes
-receivers, and what happens across ``fork``.
+schema and migrations, the pool of connections, transactions, the doorbell that wakes the
+receivers of a queue, and what happens across ``fork``.
 
-Storage (schema version 2): ``melange_meta`` (key/value: the schema version),
-``queues``, ``topics``, ``subscriptions`` (topic, queue, JSON list of manifests or ``NULL``),
-``messages`` (one row per message per queue; a row is visible once ``visible_at`` has passed
-and is in flight while it carries a ``receipt`` and ``visible_at`` lies ahead; ``attempts``
-counts its failed attempts, ``receive_count`` its deliveries), and
-``deduplication`` (FIFO deduplication ids seen in the last five minutes). Times are Unix
+Storage (schema version 3): ``melange_meta`` (key/value: the schema version),
+``queues`` (settings, and ``depth``: the messages the queue holds, kept by triggers on
+``messages`` so that counting them never scans the queue), ``topics``, ``subscriptions``
+(topic, queue, JSON list of manifests or ``NULL``), ``messages`` (one row per message per
+queue; a row is visible once ``visible_at`` has passed and is in flight while it carries a
+``receipt`` and ``visible_at`` lies ahead; ``attempts`` counts its failed attempts,
+``receive_count`` its deliveries), and ``deduplication`` (FIFO deduplication ids seen in the
+last five minutes). Times are Unix
 timestamps, so every process on the machine shares one clock.
 """
 
@@ -24,14 +26,15 @@ from contextlib import contextmanager
 from melange.exceptions import BackendError, ConfigurationError
 
 #: The schema version this module writes and understands.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The ``synchronous`` settings SQLite knows, weakest first.
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 MEMORY = ":memory:"
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE melange_meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -43,7 +46,8 @@ CREATE TABLE queues (
     delay_seconds REAL NOT NULL DEFAULT 0,
     dead_letter_queue TEXT,
     max_receive_count INTEGER NOT NULL DEFAULT 20,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    depth INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE topics (
     name TEXT PRIMARY KEY,
@@ -82,6 +86,31 @@ CREATE TABLE deduplication (
     PRIMARY KEY (queue, dedup_id)
 );
 """
+    + """
+-- Each queue counts its messages, whoever inserts or deletes them.
+CREATE TRIGGER messages_counted AFTER INSERT ON messages BEGIN
+    UPDATE queues SET depth = depth + 1 WHERE name = NEW.queue;
+END;
+CREATE TRIGGER messages_uncounted AFTER DELETE ON messages BEGIN
+    UPDATE queues SET depth = depth - 1 WHERE name = OLD.queue;
+END;
+"""
+)
+
+# The part of the schema that migrating from version 2 adds.
+_TRIGGERS = _SCHEMA[_SCHEMA.index("-- Each queue counts") :]
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script, one by one (a trigger's body holds statements too)."""
+    statements: list[str] = []
+    buffer = ""
+    for part in script.split(";")[:-1]:
+        buffer += part + ";"
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return statements
 
 
 class Database:
@@ -114,7 +143,6 @@ class Database:
         # Wakes waiting receivers on publish: shared by every backend of this process on the
         # same file, so one instance's publish reaches another's receivers at once.
         self.doorbell = Doorbell() if self.memory else doorbell_for(self.path)
-        self.wake = self.doorbell.condition
         self._free.append(self.open(initialize=True))
         _OPEN_DATABASES.add(self)
 
@@ -183,6 +211,9 @@ class Database:
                 version = int(found[0]) if found else None
                 if version == 1:
                     _migrate_from_version_1(conn)
+                    version = 2
+                if version == 2:
+                    _migrate_from_version_2(conn)
                     version = SCHEMA_VERSION
                 if version != SCHEMA_VERSION:
                     raise ConfigurationError(
@@ -197,9 +228,8 @@ class Database:
                     "one Melange created"
                 )
             else:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(_SCHEMA):
+                    conn.execute(statement)
                 conn.execute(
                     "INSERT INTO melange_meta (key, value) VALUES ('schema_version', ?), "
                     "('created_at', ?)",
@@ -221,7 +251,6 @@ class Database:
             self.doorbell = doorbell_for(self.path)
         else:
             self.doorbell = Doorbell()
-        self.wake = self.doorbell.condition
 
     def acquire(self) -> sqlite3.Connection:
         """A connection of the pool, or a new one (in-memory mode: wait for the only one)."""
@@ -319,17 +348,42 @@ def _reset_after_fork() -> None:
 
 
 class Doorbell:
-    """A condition receivers wait on, and a count of the publishes that rang it."""
+    """What wakes the receivers of this process: a count of the publishes to each queue, and
+    a condition per queue that its receivers wait on, so a publish wakes only the receivers
+    of the queues it reached. All conditions share :attr:`lock`."""
 
     def __init__(self) -> None:
-        self.condition = threading.Condition()
-        self.rings = 0
+        self.lock = threading.Lock()
+        self._rings: dict[str, int] = {}
+        self._conditions: dict[str, threading.Condition] = {}
 
-    def ring(self) -> None:
-        """Count a publish and wake every waiting receiver."""
-        with self.condition:
-            self.rings += 1
-            self.condition.notify_all()
+    def rings(self, queue: str) -> int:
+        """How many times publishes to ``queue`` rang (read before looking at the queue)."""
+        return self._rings.get(queue, 0)
+
+    def ring(self, *queues: str) -> None:
+        """Count a publish to each queue and wake the receivers waiting on them."""
+        with self.lock:
+            for queue in queues:
+                self._rings[queue] = self._rings.get(queue, 0) + 1
+                condition = self._conditions.get(queue)
+                if condition is not None:
+                    condition.notify_all()
+
+    def wait(self, queue: str, rings: int, timeout: float) -> None:
+        """With :attr:`lock` held: wait up to ``timeout`` seconds for a publish to ``queue``,
+        unless one rang since :meth:`rings` returned ``rings``."""
+        if self._rings.get(queue, 0) != rings:
+            return
+        condition = self._conditions.get(queue)
+        if condition is None:
+            condition = self._conditions[queue] = threading.Condition(self.lock)
+        condition.wait(timeout)
+
+    def wake_all(self) -> None:
+        """With :attr:`lock` held: wake every waiting receiver, whatever its queue."""
+        for condition in self._conditions.values():
+            condition.notify_all()
 
 
 _DOORBELLS: dict[str, Doorbell] = {}
@@ -350,9 +404,18 @@ def _migrate_from_version_1(conn: sqlite3.Connection) -> None:
         "UPDATE messages SET attempts = receive_count - (receipt IS NOT NULL) "
         "WHERE receive_count > 0"
     )
+    conn.execute("UPDATE melange_meta SET value = '2' WHERE key = 'schema_version'")
+
+
+def _migrate_from_version_2(conn: sqlite3.Connection) -> None:
+    """Version 3 counts each queue's messages (``queues.depth``, kept by triggers)."""
+    conn.execute("ALTER TABLE queues ADD COLUMN depth INTEGER NOT NULL DEFAULT 0")
     conn.execute(
-        "UPDATE melange_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+        "UPDATE queues SET depth = (SELECT COUNT(*) FROM messages WHERE queue = queues.name)"
     )
+    for statement in _statements(_TRIGGERS):
+        conn.execute(statement)
+    conn.execute("UPDATE melange_meta SET value = '3' WHERE key = 'schema_version'")
 
 
 if hasattr(os, "register_at_fork"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from melange.backends.sqlite.connection import Database
 from melange.backends.sqlite.topology import queue_config
 from melange.backends.sqlite.wire import COLUMNS, Row, to_message
+from melange.exceptions import QueueNotFoundError
 from melange.models import Message
 
 
@@ -34,18 +35,30 @@ class QueueStats:
 
 
 def queue_stats(db: Database, queue_name: str, now: float) -> QueueStats:
-    """How many messages the queue holds at ``now``: ready, in flight and delayed."""
+    """How many messages the queue holds at ``now``: ready, in flight and delayed.
+
+    The queue's row counts its messages; only those not visible at ``now`` (in flight or
+    delayed) are counted one by one, from the index on visibility: the time taken grows with
+    them, never with the messages ready.
+    """
     with db.read() as conn:
-        queue_config(conn, queue_name)
-        ready, in_flight, delayed = conn.execute(
-            "SELECT"
-            " COALESCE(SUM(visible_at <= :now), 0),"
-            " COALESCE(SUM(visible_at > :now AND receipt IS NOT NULL), 0),"
-            " COALESCE(SUM(visible_at > :now AND receipt IS NULL), 0)"
-            " FROM messages WHERE queue = :queue",
-            {"now": now, "queue": queue_name},
-        ).fetchone()
-    return QueueStats(queue_name, int(ready), int(in_flight), int(delayed))
+        # One read transaction: both statements see the same state.
+        conn.execute("BEGIN")
+        try:
+            found = conn.execute(
+                "SELECT depth FROM queues WHERE name = ?", (queue_name,)
+            ).fetchone()
+            if found is None:
+                raise QueueNotFoundError(queue_name)
+            hidden, in_flight = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(receipt IS NOT NULL), 0) FROM messages"
+                " WHERE queue = ? AND visible_at > ?",
+                (queue_name, now),
+            ).fetchone()
+        finally:
+            conn.execute("COMMIT")
+    hidden, in_flight = int(hidden), int(in_flight)
+    return QueueStats(queue_name, int(found[0]) - hidden, in_flight, hidden - in_flight)
 
 
 def peek(db: Database, queue_name: str, limit: int) -> list[Message]:
