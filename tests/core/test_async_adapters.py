@@ -221,3 +221,11 @@ def test_lookups_of_a_blocking_backend_run_on_worker_threads() -> None:
     asyncio.run(main())
     assert len(memory.lookups) == 2
     assert threading.current_thread().name not in memory.lookups
+
+
+def test_the_commands_describe_an_asynchronous_backend_too() -> None:
+    from melange.cli._common import describe_backend
+
+    memory = InMemoryMessagingBackend()
+    assert describe_backend(as_async(memory)) == f"<as_async({memory!r})>"
+    assert describe_backend(NativeBackend(memory)) == "NativeBackend"

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from melange.backends.async_interfaces import AsyncMessagingBackend
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.urls import backend_from_env, backend_from_url
 from melange.exceptions import MelangeError
@@ -98,7 +99,7 @@ def open_backend(url: str | None) -> MessagingBackend:
         return backend_from_url(url) if url else backend_from_env()
 
 
-def describe_backend(backend: MessagingBackend) -> str:
+def describe_backend(backend: MessagingBackend | AsyncMessagingBackend) -> str:
     """A short name of the backend for messages to the user."""
     return (
         repr(backend) if type(backend).__repr__ is not object.__repr__ else type(backend).__name__
