@@ -31,11 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from melange.backends.async_interfaces import (
-    AsyncMessagingBackend,
     BlockingBackendAdapter,
     as_async,
 )
-from melange.backends.interfaces import MessagingBackend
 from melange.consumers import is_coroutine_consumer
 from melange.deduplication.async_cache import BlockingCacheAdapter, as_async_cache
 from melange.dispatch.base import DispatcherBase
@@ -118,11 +116,6 @@ class AsyncMessageDispatcher(DispatcherBase):
             Invoke: self._invoke,
             Sleep: self._sleep,
         }
-
-    @property
-    def backend(self) -> MessagingBackend | AsyncMessagingBackend:  # type: ignore[override]
-        """The backend messages are consumed from, as it was given."""
-        return self._given_backend
 
     async def _drive(self, step: Step[Any]) -> Any:
         return await run_async(step, self._inline, self._awaited)

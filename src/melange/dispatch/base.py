@@ -169,17 +169,17 @@ class DispatcherBase:
         """The attached consumers."""
         return self._route.consumers
 
-    @property
-    def backend(self) -> MessagingBackend:
-        """The backend messages are consumed from."""
-        return self._backend
-
     # -- stopping ---------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask the consume loop to return after settling the messages in hand. Thread-safe."""
         self._stop.set()
         self._given_backend.interrupt()
+
+    @property
+    def backend(self) -> MessagingBackend | AsyncMessagingBackend:
+        """The backend messages are consumed from, as it was given."""
+        return self._given_backend
 
     @property
     def stopping(self) -> bool:

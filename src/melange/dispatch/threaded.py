@@ -104,6 +104,11 @@ class MessageDispatcher(DispatcherBase):
     def _setup_driver(self) -> None:
         self._perform = BlockingPerformer(self._backend, self._cache, self._leases, self._stop)
 
+    @property
+    def backend(self) -> MessagingBackend:
+        """The backend messages are consumed from."""
+        return self._backend
+
     def _drive(self, step: Step[Any]) -> Any:
         return run_sync(step, self._perform)
 
