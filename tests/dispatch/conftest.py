@@ -1,27 +1,64 @@
 """Fixtures of the dispatcher behaviour suite: every test runs under both drivers.
 
 - ``driver``: the threaded and the asyncio dispatcher (``indirect`` parametrization picks one).
-- ``backend``: the in-memory and the SQLite backend, both on a fake clock; a test adds
-  RabbitMQ with ``@pytest.mark.parametrize("backend", WITH_RABBITMQ, indirect=True)``. A
-  missing RabbitMQ fails under ``CI=true`` and is skipped loudly otherwise.
+- ``backend``: the in-memory and the SQLite backend, both on a fake clock; a test adds the
+  real brokers (RabbitMQ, and SQS on the moto server of ``tests/sqs``) with
+  ``@ON_EVERY_BACKEND`` (see ``test_behaviour.py``). A missing RabbitMQ or moto fails under
+  ``CI=true`` and is skipped loudly otherwise.
 - ``broker``: the backend with the helpers of :class:`drivers.Broker`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from drivers import DRIVER_NAMES, Broker, Driver, FakeClock, make_driver
+from drivers import (
+    DRIVER_NAMES,
+    EMBEDDED_BROKERS,
+    SQS_VISIBILITY_TIMEOUT,
+    Broker,
+    Driver,
+    FakeClock,
+    make_driver,
+)
 
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.sqlite import SQLiteBackend
 from service_check import require_service
 
-BACKEND_NAMES = ("memory", "sqlite")
+
+def _sqs_fixtures() -> Any:
+    """The fixtures of ``tests/sqs/conftest.py`` (its moto server), loaded under a name of
+    their own: a conftest cannot be imported by name from another folder."""
+    path = Path(__file__).resolve().parent.parent / "sqs" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("melange_tests_sqs_fixtures", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+try:
+    # The session's moto server (or ``MELANGE_SQS_ENDPOINT``), started on the first SQS test.
+    # When this suite runs with ``tests/sqs``, each folder starts a server of its own.
+    sqs_endpoint = _sqs_fixtures().sqs_endpoint
+except ImportError as missing:  # boto3 not installed: SQS tests fail (CI) or skip loudly
+    _missing = f"SERVICE MISSING: the SQS tests need the aws extra ({missing})"
+
+    @pytest.fixture(scope="session")
+    def sqs_endpoint() -> Any:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(_missing)
+        pytest.skip(_missing)
 
 
 @pytest.fixture
@@ -43,7 +80,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=BACKEND_NAMES)
+@pytest.fixture(params=EMBEDDED_BROKERS)
 def backend(
     request: pytest.FixtureRequest,
     clock: FakeClock,
@@ -63,6 +100,15 @@ def backend(
         made = RabbitMQBackend(
             host=host, port=port, connection_name=f"melange-dispatch-{uuid.uuid4().hex[:10]}"
         )
+    elif kind == "sqs":
+        endpoint = request.getfixturevalue("sqs_endpoint")
+        from melange.backends.sqs.backend import AWSBackend
+
+        # Short leases (renewed by the dispatchers' heartbeat) and one-second long polls, so
+        # that a stopping loop returns within a second.
+        made = AWSBackend(
+            **endpoint.options(), visibility_timeout=SQS_VISIBILITY_TIMEOUT, wait_time_seconds=1
+        )
     else:
         raise ValueError(f"unknown backend {kind!r}")
     yield made
@@ -76,7 +122,7 @@ def broker(
     backend: MessagingBackend, clock: FakeClock, closers: list[Callable[[], None]]
 ) -> Iterator[Broker]:
     kind = backend.capabilities.name
-    made = Broker(kind, backend, clock if kind in BACKEND_NAMES else None)
+    made = Broker(kind, backend, clock if kind in EMBEDDED_BROKERS else None)
     yield made
     for close in closers:
         close()

@@ -12,9 +12,10 @@ it adapts them), and given asynchronous ones (``asyncio-native``: :class:`Native
 and :class:`NativeAsyncCache` stand for asyncio-native clients, so leases and claims are
 renewed through the event loop).
 
-A :class:`Broker` wraps the backend a test runs on (in-memory, SQLite or RabbitMQ) with the
-few helpers the tests need: uniquely named queues with a dead-letter queue, publishing, taking
-what a queue holds, and stepping a fake clock through visibility timeouts and retry delays.
+A :class:`Broker` wraps the backend a test runs on (in-memory, SQLite, RabbitMQ or SQS) with
+the few helpers the tests need: uniquely named queues with a dead-letter queue, publishing,
+taking what a queue holds, and stepping a fake clock through visibility timeouts and retry
+delays (embedded brokers only: RabbitMQ and SQS run on real time).
 """
 
 from __future__ import annotations
@@ -37,9 +38,18 @@ from melange.deduplication.async_cache import AsyncDeduplicationCache
 from melange.deduplication.cache import ClaimState, DeduplicationCache
 from melange.models import Message, QueueWrapper, TopicWrapper
 from melange.testing import wait_until
-from melange.testing.conformance import Topology, assert_empty
+from melange.testing.conformance import Topology, assert_empty, receive
 
 DRIVER_NAMES = ("threaded", "asyncio", "asyncio-native")
+#: Brokers that run in the test's process, on a fake clock.
+EMBEDDED_BROKERS = ("memory", "sqlite")
+#: Brokers on a server, on real time: receives wait for deliveries.
+SERVER_BROKERS = ("rabbitmq", "sqs")
+#: Seconds an SQS message received by a test's backend stays hidden (the dispatchers'
+#: heartbeat renews it while a handler runs).
+SQS_VISIBILITY_TIMEOUT = 2
+#: Seconds an SQS queue's approximate counts may take to reach zero (exact on moto).
+SQS_COUNT_SETTLE_SECONDS = 5.0
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
@@ -403,6 +413,13 @@ class FakeClock:
         self.now += seconds
 
 
+_SQS_COUNTS = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+
+
 def json_message(payload: Any, group: str | None = None) -> Message:
     """``payload`` as the JSON serializer publishes it (fresh id)."""
     message = Message.create(json.dumps(payload), "json", 1)
@@ -425,14 +442,19 @@ class Broker:
         self.clock = clock
         self.topology = Topology(backend)
         #: ``wait_seconds`` for a receive that must see messages already published: a broker
-        #: that pushes messages (RabbitMQ) needs a moment to deliver them.
-        self.wait = 1.0 if kind == "rabbitmq" else 0.0
+        #: that pushes messages (RabbitMQ) needs a moment to deliver them, and SQS answers a
+        #: receive that does not wait from a sample of its servers only.
+        self.wait = 1.0 if kind in SERVER_BROKERS else 0.0
 
     def __repr__(self) -> str:
         return f"<{self.kind} broker>"
 
     def queue(self, fifo: bool = False, **options: Any) -> tuple[str, str]:
         """Declare a uniquely named queue with a dead-letter queue; returns both names."""
+        if self.kind == "sqs":
+            # The dispatcher dead-letters by its failure policy; the broker's own redrive
+            # (after max_receive_count receives, releases included) stays a distant backstop.
+            options.setdefault("max_receive_count", 10)
         queue = self.topology.queue(fifo=fifo, dlq=True, **options)
         return queue.name, self.topology.dead_letter_queue_of(queue).name
 
@@ -445,6 +467,22 @@ class Broker:
 
     def publish_raw(self, queue: str, messages: list[Message]) -> None:
         self.backend.publish_batch_to_queue(messages, self.backend.get_queue(queue))
+
+    def publish_for_id(self, queue: str, message: Message) -> str:
+        """Publish ``message`` alone and return the id consumers will see for it: its own,
+        except on SQS, which gives every message an id of its own (there the message is
+        received once to learn it, and released, which counts as a receive)."""
+        self.publish_raw(queue, [message])
+        if self.kind != "sqs":
+            return message.message_id
+        [delivered] = receive(self.backend, self.backend.get_queue(queue), 1)
+        self.backend.release(delivered)
+        return delivered.message_id
+
+    def receive_count(self, queue: str, count: int) -> list[Message]:
+        """Receive until ``count`` messages arrived (left unsettled): a broker that pushes
+        messages (RabbitMQ) may hand out a few at a time."""
+        return receive(self.backend, self.backend.get_queue(queue), count)
 
     def receive_now(self, queue: str, max_messages: int = 10) -> list[Message]:
         """What a receive returns right now (left unsettled)."""
@@ -479,11 +517,31 @@ class Broker:
         return int(depth(queue))
 
     def assert_empty(self, queue: str) -> None:
-        """Fail if ``queue`` still holds a message."""
+        """Fail if ``queue`` still holds a message (on SQS, one in flight or delayed too)."""
         if self.kind == "rabbitmq":
             assert_empty(self.backend, self.backend.get_queue(queue), wait=1.0)
+        elif self.kind == "sqs":
+            counts: dict[str, int] = {}
+
+            def settled() -> bool:
+                counts.update(self._sqs_counts(queue))
+                return not any(counts.values())
+
+            with contextlib.suppress(AssertionError):
+                wait_for(settled, SQS_COUNT_SETTLE_SECONDS)
+            assert not any(counts.values()), f"{queue} still holds messages: {counts}"
         else:
             assert self.depth(queue) == 0, f"{queue} still holds {self.depth(queue)} message(s)"
+
+    def _sqs_counts(self, queue: str) -> dict[str, int]:
+        """The messages an SQS queue holds: visible, in flight and delayed (approximate on
+        AWS, exact on moto)."""
+        handle = self.backend.get_queue(queue)
+        client = cast(Any, self.backend).sqs_client
+        answer = client.get_queue_attributes(
+            QueueUrl=str(handle.unwrapped_obj), AttributeNames=list(_SQS_COUNTS)
+        )
+        return {name: int(answer["Attributes"].get(name, 0)) for name in _SQS_COUNTS}
 
     def advance(self, seconds: float) -> None:
         """Move the broker's fake clock on (in-memory and SQLite brokers only)."""

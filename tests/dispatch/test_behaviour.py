@@ -2,9 +2,10 @@
 
 Every test runs with the threaded ``MessageDispatcher`` and the asyncio
 ``AsyncMessageDispatcher`` (the ``driver`` fixture) on the in-memory and the SQLite backend
-(the ``backend`` fixture, both on a fake clock, so nothing waits for a timeout to run out);
-tests whose behaviour is the broker's as much as the dispatcher's add RabbitMQ. A difference
-between the two dispatchers therefore fails a test here.
+(the ``backend`` fixture, both on a fake clock, so nothing waits for a timeout to run out),
+and, unless it steps that fake clock, on RabbitMQ and on SQS too (``ON_EVERY_BACKEND``;
+FIFO tests on the brokers with FIFO queues). A difference between the dispatchers, or
+between the brokers, therefore fails a test here.
 
 Acknowledgement, retries and dead letters with their headers, immediate retries, non-retryable
 exceptions, poison messages, deduplication and claims held elsewhere, FIFO groups, graceful
@@ -53,11 +54,15 @@ from melange.models import (
 from melange.testing.conformance import unique_name
 from service_check import require_service
 
-#: For tests whose behaviour is also the broker's: RabbitMQ too.
-WITH_RABBITMQ = pytest.mark.parametrize(
-    "backend",
-    ["memory", "sqlite", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)],
-    indirect=True,
+_RABBITMQ = pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)
+_SQS = pytest.param("sqs", marks=pytest.mark.sqs)
+#: Tests that need neither the fake clock nor a queue's exact depth: every backend.
+ON_EVERY_BACKEND = pytest.mark.parametrize(
+    "backend", ["memory", "sqlite", _RABBITMQ, _SQS], indirect=True
+)
+#: Tests on FIFO queues: every backend that has them (not RabbitMQ).
+ON_EVERY_FIFO_BACKEND = pytest.mark.parametrize(
+    "backend", ["memory", "sqlite", _SQS], indirect=True
 )
 ASYNCIO_ONLY = pytest.mark.parametrize("driver", ["asyncio", "asyncio-native"], indirect=True)
 #: Messages processed at once in the loop tests: one at a time, and a pool.
@@ -116,10 +121,17 @@ def numbers(messages: list[Message]) -> list[int]:
     return [payload_of(m)["n"] for m in messages]
 
 
+def attempt_after_release(broker: Broker) -> int:
+    """The attempt of a message received once, released, and received again: still the
+    first, except on SQS, whose only count is the receive count (see
+    ``MessagingBackend.release``)."""
+    return 2 if broker.kind == "sqs" else 1
+
+
 # -- acknowledgement and the counters -------------------------------------------------------
 
 
-@WITH_RABBITMQ
+@ON_EVERY_BACKEND
 def test_messages_every_consumer_handles_are_acknowledged(driver: Driver, broker: Broker) -> None:
     queue, _ = broker.queue()
     broker.publish(queue, [{"n": n} for n in range(3)])
@@ -135,6 +147,7 @@ def test_messages_every_consumer_handles_are_acknowledged(driver: Driver, broker
     assert (stats.received, stats.acknowledged, stats.retried, stats.dead_lettered) == (3, 3, 0, 0)
 
 
+@ON_EVERY_BACKEND
 def test_a_message_no_consumer_accepts_is_acknowledged_without_running_a_consumer(
     driver: Driver, broker: Broker
 ) -> None:
@@ -145,18 +158,22 @@ def test_a_message_no_consumer_accepts_is_acknowledged_without_running_a_consume
         backend=broker.backend,
         consumers=[Consumer(mine, accepts=lambda p: p.get("kind") == "mine", name="picky")],
     )
-    assert driver.consume_event(dispatcher, queue) == 1
+    assert driver.consume_event(dispatcher, queue, wait_seconds=broker.wait) == 1
     assert mine.calls == []
     broker.assert_empty(queue)
     broker.assert_empty(dlq)
     assert (dispatcher.stats.received, dispatcher.stats.acknowledged) == (1, 1)
 
 
+@ON_EVERY_BACKEND
 @CONCURRENCY
 def test_stats_add_up_over_successes_retries_dead_letters_poison_duplicates_and_skips(
     driver: Driver, broker: Broker, concurrency: int
 ) -> None:
     queue, dlq = broker.queue()
+    cache = InMemoryCache()
+    duplicate = broker.publish_for_id(queue, json_message({"n": 100}))
+    cache.mark_done(f"counting.{duplicate}")
     # n % 4 == 0 always fails (dead-lettered after 2 attempts), n % 4 == 1 fails once.
     broker.publish(queue, [{"n": n} for n in range(12)])
     broker.publish_raw(
@@ -166,10 +183,6 @@ def test_stats_add_up_over_successes_retries_dead_letters_poison_duplicates_and_
             Message(None, '{"n": 1}', serializer_id=99, manifest="json"),
         ],
     )
-    cache = InMemoryCache()
-    duplicate = json_message({"n": 100})
-    cache.mark_done(f"counting.{duplicate.message_id}")
-    broker.publish_raw(queue, [duplicate])
     broker.publish(queue, [{"unwanted": True}])
     handler = Recorder(fail=lambda p, call: p["n"] % 4 == 0 or (p["n"] % 4 == 1 and call == 1))
     dispatcher = driver.make(
@@ -179,7 +192,12 @@ def test_stats_add_up_over_successes_retries_dead_letters_poison_duplicates_and_
         failure_policy=FailurePolicy.no_delay(max_attempts=2),
     )
     loop = driver.run_loop(dispatcher, queue, concurrency)
-    wait_for(lambda: broker.depth(queue) == 0 and broker.depth(dlq) == 5, 20, "the queue to drain")
+    dead = broker.take(dlq, expected=5, timeout=30)
+    wait_for(
+        lambda: dispatcher.stats.acknowledged == 11 and dispatcher.stats.dead_lettered == 5,
+        30,
+        "every message to be settled",
+    )
     loop.stop()
     stats = dispatcher.stats
     settled = stats.acknowledged + stats.retried + stats.dead_lettered + stats.released
@@ -196,13 +214,15 @@ def test_stats_add_up_over_successes_retries_dead_letters_poison_duplicates_and_
     }
     counted = stats.as_dict()
     assert {name: counted.get(name) for name in expected} == expected
-    assert len(broker.take(dlq)) == 5
+    assert len(dead) == 5
+    broker.assert_empty(queue)
+    broker.assert_empty(dlq)
 
 
 # -- failures, retries and dead letters -----------------------------------------------------
 
 
-@WITH_RABBITMQ
+@ON_EVERY_BACKEND
 def test_a_failing_consumer_is_retried_per_policy_then_dead_lettered_with_failure_headers(
     driver: Driver, broker: Broker
 ) -> None:
@@ -218,7 +238,8 @@ def test_a_failing_consumer_is_retried_per_policy_then_dead_lettered_with_failur
     assert failing.attempts == [1, 2, 3]
     [dead] = broker.take(dlq, expected=1)
     assert dead.content == sent.content
-    assert dead.message_id == sent.message_id
+    if broker.kind != "sqs":  # on SQS, every message (the copy too) has an id of SQS's
+        assert dead.message_id == sent.message_id
     headers = dead.headers
     assert headers[FAILURE_REASON].startswith("gave up after 3 attempt(s): Boom"), headers
     assert "fails on call 3" in headers[FAILURE_REASON]
@@ -232,6 +253,7 @@ def test_a_failing_consumer_is_retried_per_policy_then_dead_lettered_with_failur
     assert (stats.acknowledged, stats.consumer_failures) == (0, 3)
 
 
+@ON_EVERY_BACKEND
 def test_immediate_retries_call_the_consumer_again_at_once_within_one_attempt(
     driver: Driver, broker: Broker
 ) -> None:
@@ -243,7 +265,7 @@ def test_immediate_retries_call_the_consumer_again_at_once_within_one_attempt(
         consumers=[Consumer(flaky, name="flaky")],
         failure_policy=FailurePolicy(immediate_retries=2, initial_delay=0, jitter=0),
     )
-    assert driver.consume_event(dispatcher, queue) == 1
+    assert driver.consume_event(dispatcher, queue, wait_seconds=broker.wait) == 1
     assert flaky.calls == [{"n": 1}] * 3
     assert flaky.attempts == [1, 1, 1]
     broker.assert_empty(queue)
@@ -251,7 +273,7 @@ def test_immediate_retries_call_the_consumer_again_at_once_within_one_attempt(
     assert (stats.acknowledged, stats.retried, stats.consumer_failures) == (1, 0, 0)
 
 
-@WITH_RABBITMQ
+@ON_EVERY_BACKEND
 def test_a_non_retryable_exception_dead_letters_at_once(driver: Driver, broker: Broker) -> None:
     queue, dlq = broker.queue()
     broker.publish(queue, [{"n": 1}])
@@ -278,7 +300,7 @@ def test_a_non_retryable_exception_dead_letters_at_once(driver: Driver, broker: 
     broker.assert_empty(queue)
 
 
-@WITH_RABBITMQ
+@ON_EVERY_BACKEND
 @CONCURRENCY
 def test_poison_is_dead_lettered_with_a_reason_never_reaches_a_consumer_nor_stops_the_loop(
     driver: Driver, broker: Broker, concurrency: int
@@ -325,15 +347,15 @@ def test_poison_is_dead_lettered_with_a_reason_never_reaches_a_consumer_nor_stop
 # -- deduplication --------------------------------------------------------------------------
 
 
-@WITH_RABBITMQ
+@ON_EVERY_BACKEND
 def test_a_redelivered_message_already_processed_is_skipped_and_acknowledged(
     driver: Driver, broker: Broker
 ) -> None:
     queue, _ = broker.queue()
     cache = InMemoryCache()
-    done, fresh = json_message({"n": 1}), json_message({"n": 2})
-    cache.mark_done(f"dedup.{done.message_id}")  # processed before it came back
-    broker.publish_raw(queue, [done, fresh])
+    done = broker.publish_for_id(queue, json_message({"n": 1}))
+    cache.mark_done(f"dedup.{done}")  # processed before it came back
+    broker.publish(queue, [{"n": 2}])
     handler = Recorder()
     dispatcher = driver.make(
         backend=broker.backend, cache=cache, consumers=[Consumer(handler, name="dedup")]
@@ -345,6 +367,7 @@ def test_a_redelivered_message_already_processed_is_skipped_and_acknowledged(
     broker.assert_empty(queue)
 
 
+@ON_EVERY_BACKEND
 def test_on_redelivery_only_the_consumer_that_failed_runs_again(
     driver: Driver, broker: Broker
 ) -> None:
@@ -357,8 +380,7 @@ def test_on_redelivery_only_the_consumer_that_failed_runs_again(
         consumers=[Consumer(ok, name="ok"), Consumer(flaky, name="flaky")],
         failure_policy=FailurePolicy.no_delay(max_attempts=3),
     )
-    driver.consume_event(dispatcher, queue)
-    driver.consume_event(dispatcher, queue)
+    consume_until(driver, dispatcher, broker, queue, lambda: dispatcher.stats.acknowledged == 1)
     assert ok.calls == [{"n": 1}]
     assert flaky.attempts == [1, 2]
     broker.assert_empty(queue)
@@ -366,6 +388,7 @@ def test_on_redelivery_only_the_consumer_that_failed_runs_again(
     assert (stats.retried, stats.acknowledged, stats.duplicates_skipped) == (1, 1, 1)
 
 
+# Embedded brokers only: steps the fake clock through the claim's lease.
 def test_a_message_claimed_elsewhere_is_released_for_the_lease_without_using_an_attempt(
     driver: Driver, broker: Broker
 ) -> None:
@@ -406,6 +429,7 @@ def test_a_message_claimed_elsewhere_is_released_for_the_lease_without_using_an_
 # -- FIFO groups and stopping ---------------------------------------------------------------
 
 
+@ON_EVERY_FIFO_BACKEND
 def test_fifo_groups_keep_their_order_with_concurrency_even_when_a_message_fails(
     driver: Driver, broker: Broker
 ) -> None:
@@ -440,6 +464,7 @@ def test_fifo_groups_keep_their_order_with_concurrency_even_when_a_message_fails
     broker.assert_empty(queue)
 
 
+@ON_EVERY_BACKEND
 def test_stop_during_a_batch_finishes_the_message_in_hand_and_releases_the_rest(
     driver: Driver, broker: Broker
 ) -> None:
@@ -453,16 +478,17 @@ def test_stop_during_a_batch_finishes_the_message_in_hand_and_releases_the_rest(
         dispatcher.stop()  # as a signal would, while the first message is in hand
 
     dispatcher = driver.make(backend=broker.backend, consumers=[Consumer(handle, name="stop")])
-    assert driver.consume_event(dispatcher, queue, max_messages=10) == 5
+    assert driver.consume_event(dispatcher, queue, max_messages=10, wait_seconds=broker.wait) == 5
     assert seen == [0]
     stats = dispatcher.stats
     assert (stats.received, stats.acknowledged, stats.released) == (5, 1, 4)
     # Given back at once (not left to the visibility timeout) and with the attempt they had.
-    again = broker.receive_now(queue)
+    again = broker.receive_count(queue, 4)
     assert sorted(numbers(again)) == [1, 2, 3, 4]
-    assert {m.attempt for m in again} == {1}
+    assert {m.attempt for m in again} == {attempt_after_release(broker)}
 
 
+@ON_EVERY_FIFO_BACKEND
 def test_stop_on_a_loop_finishes_the_message_in_hand_and_releases_those_behind_it(
     driver: Driver, broker: Broker
 ) -> None:
@@ -482,9 +508,9 @@ def test_stop_on_a_loop_finishes_the_message_in_hand_and_releases_those_behind_i
     assert seen == [0]
     stats = dispatcher.stats
     assert (stats.received, stats.acknowledged, stats.released) == (4, 1, 3)
-    again = broker.receive_now(queue)
+    again = broker.receive_count(queue, 3)
     assert numbers(again) == [1, 2, 3]
-    assert {m.attempt for m in again} == {1}
+    assert {m.attempt for m in again} == {attempt_after_release(broker)}
 
 
 # -- hostile consumers ----------------------------------------------------------------------
@@ -497,6 +523,7 @@ class UnprintableError(Exception):
         raise RuntimeError("this exception's __str__ raises")
 
 
+@ON_EVERY_BACKEND
 def test_an_exception_whose_str_raises_neither_aborts_the_batch_nor_loses_its_reason(
     driver: Driver, broker: Broker
 ) -> None:
@@ -514,12 +541,12 @@ def test_an_exception_whose_str_raises_neither_aborts_the_batch_nor_loses_its_re
         consumers=[Consumer(handle, name="hostile")],
         failure_policy=FailurePolicy.no_delay(max_attempts=2),
     )
-    assert driver.consume_event(dispatcher, queue, max_messages=10) == 3
+    assert driver.consume_event(dispatcher, queue, max_messages=10, wait_seconds=broker.wait) == 3
     assert sorted(handled) == [0, 2], "the rest of the batch was not handled"
     stats = dispatcher.stats
     assert (stats.acknowledged, stats.retried) == (2, 1)
-    assert driver.consume_event(dispatcher, queue, max_messages=10) == 1
-    [dead] = broker.take(dlq)
+    assert driver.consume_event(dispatcher, queue, max_messages=10, wait_seconds=broker.wait) == 1
+    [dead] = broker.take(dlq, expected=1)
     assert payload_of(dead) == {"n": 1}
     assert "UnprintableError" in dead.headers[FAILURE_REASON]
     assert dead.headers[FAILURE_EXCEPTION].endswith("UnprintableError")
@@ -528,6 +555,7 @@ def test_an_exception_whose_str_raises_neither_aborts_the_batch_nor_loses_its_re
     broker.assert_empty(queue)
 
 
+# Embedded brokers only: steps the fake clock past the lease of the message left unsettled.
 @CONCURRENCY
 @pytest.mark.parametrize("fatal", [SystemExit, KeyboardInterrupt])
 def test_a_consumer_raising_systemexit_or_keyboardinterrupt_stops_the_loop_unacknowledged(
@@ -755,6 +783,7 @@ def test_async_redis_caches_deduplicate_a_message_delivered_to_two_dispatchers(
 # -- asyncio: plain consumers off the event loop --------------------------------------------
 
 
+@ON_EVERY_BACKEND
 @ASYNCIO_ONLY
 def test_plain_consumers_run_off_the_event_loop_concurrently_and_it_keeps_ticking(
     driver: Driver, broker: Broker
