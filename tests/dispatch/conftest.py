@@ -22,6 +22,7 @@ import pytest
 from drivers import (
     DRIVER_NAMES,
     EMBEDDED_BROKERS,
+    NATIVE_CLIENTS,
     SQS_VISIBILITY_TIMEOUT,
     Broker,
     Driver,
@@ -106,9 +107,18 @@ def backend(
 
         # Short leases (renewed by the dispatchers' heartbeat) and one-second long polls, so
         # that a stopping loop returns within a second.
-        made = AWSBackend(
-            **endpoint.options(), visibility_timeout=SQS_VISIBILITY_TIMEOUT, wait_time_seconds=1
-        )
+        options = {
+            **endpoint.options(),
+            "visibility_timeout": SQS_VISIBILITY_TIMEOUT,
+            "wait_time_seconds": 1,
+        }
+        made = AWSBackend(**options)
+        try:
+            from melange.backends.sqs.async_backend import AsyncAWSBackend
+        except ImportError:  # no aws-async extra: asyncio-native adapts the blocking backend
+            pass
+        else:
+            NATIVE_CLIENTS[made] = lambda: AsyncAWSBackend(**options)
     else:
         raise ValueError(f"unknown backend {kind!r}")
     yield made

@@ -8,9 +8,10 @@ background thread (the asyncio driver in its own event loop there) and returns a
 :class:`LoopHandle` whose ``stop()`` stops the dispatcher and joins the thread.
 
 The asyncio dispatcher runs twice: given the test's blocking backend and cache (``asyncio``:
-it adapts them), and given asynchronous ones (``asyncio-native``: :class:`NativeAsyncBackend`
-and :class:`NativeAsyncCache` stand for asyncio-native clients, so leases and claims are
-renewed through the event loop).
+it adapts them), and given asynchronous ones (``asyncio-native``: the broker's own asyncio
+client where the fixture registered one in :data:`NATIVE_CLIENTS` (SQS:
+``AsyncAWSBackend``), else :class:`NativeAsyncBackend`; and :class:`NativeAsyncCache`, so
+leases and claims are renewed through the event loop).
 
 A :class:`Broker` wraps the backend a test runs on (in-memory, SQLite, RabbitMQ or SQS) with
 the few helpers the tests need: uniquely named queues with a dead-letter queue, publishing,
@@ -27,6 +28,7 @@ import json
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -50,6 +52,13 @@ SERVER_BROKERS = ("rabbitmq", "sqs")
 SQS_VISIBILITY_TIMEOUT = 2
 #: Seconds an SQS queue's approximate counts may take to reach zero (exact on moto).
 SQS_COUNT_SETTLE_SECONDS = 5.0
+
+
+#: For a test's blocking backend, how to make an asyncio-native client of the same broker:
+#: the ``asyncio-native`` driver gives the dispatcher such clients (see :class:`PerLoopBackend`)
+#: instead of the blocking backend behind :class:`NativeAsyncBackend`.
+NATIVE_CLIENTS: weakref.WeakKeyDictionary[MessagingBackend, Callable[[], AsyncMessagingBackend]]
+NATIVE_CLIENTS = weakref.WeakKeyDictionary()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
@@ -157,6 +166,10 @@ class Driver:
         """Receive one batch from ``queue`` and dispatch it; returns its size."""
         raise NotImplementedError
 
+    async def loop_ending(self, dispatcher: MessageDispatcher) -> None:
+        """Close what ``dispatcher`` opened on the running event loop, which is about to end
+        (a test that runs an asyncio dispatcher in an event loop of its own awaits it last)."""
+
     def _loop(
         self, dispatcher: MessageDispatcher, queue: str, concurrency: int, kwargs: dict[str, Any]
     ) -> Callable[[], None]:
@@ -219,27 +232,62 @@ class AsyncioDriver(Driver):
 
     def consume_event(self, dispatcher: MessageDispatcher, queue: str, **kwargs: Any) -> int:
         aio = cast(AsyncMessageDispatcher, dispatcher)
-        return asyncio.run(aio.consume_event(queue, **kwargs))
+
+        async def run() -> int:
+            try:
+                return await aio.consume_event(queue, **kwargs)
+            finally:
+                await self.loop_ending(dispatcher)
+
+        return asyncio.run(run())
 
     def _loop(
         self, dispatcher: MessageDispatcher, queue: str, concurrency: int, kwargs: dict[str, Any]
     ) -> Callable[[], None]:
         aio = cast(AsyncMessageDispatcher, dispatcher)
-        return lambda: asyncio.run(aio.consume_loop(queue, concurrency=concurrency, **kwargs))
+
+        async def run() -> None:
+            try:
+                await aio.consume_loop(queue, concurrency=concurrency, **kwargs)
+            finally:
+                await self.loop_ending(dispatcher)
+
+        return lambda: asyncio.run(run())
 
 
 class AsyncioNativeDriver(AsyncioDriver):
     """:class:`melange.aio.AsyncMessageDispatcher` given an asynchronous backend and cache:
-    the test's blocking ones behind :class:`NativeAsyncBackend` and :class:`NativeAsyncCache`."""
+    the broker's asyncio client (:data:`NATIVE_CLIENTS`, one per event loop) or else the
+    test's blocking backend behind :class:`NativeAsyncBackend`, and the cache behind
+    :class:`NativeAsyncCache`."""
 
     name = "asyncio-native"
 
     def _new(self, serializers: Any, **kwargs: Any) -> MessageDispatcher:
-        if kwargs.get("backend") is not None:
-            kwargs["backend"] = NativeAsyncBackend(kwargs["backend"])
+        backend = kwargs.get("backend")
+        if backend is not None:
+            native = NATIVE_CLIENTS.get(backend)
+            kwargs["backend"] = (
+                PerLoopBackend(native) if native is not None else NativeAsyncBackend(backend)
+            )
         if kwargs.get("cache") is not None:
             kwargs["cache"] = NativeAsyncCache(kwargs["cache"])
         return AsyncMessageDispatcher(serializers, **kwargs)
+
+    async def loop_ending(self, dispatcher: MessageDispatcher) -> None:
+        backend = dispatcher.backend
+        if isinstance(backend, PerLoopBackend):
+            await backend.aclose_loop()
+
+    def close(self) -> None:
+        backends = [d.backend for d in self._dispatchers]
+        super().close()
+        for backend in backends:
+            if isinstance(backend, PerLoopBackend) and backend.open_clients:
+                raise AssertionError(
+                    f"{backend.open_clients} asyncio client(s) left open: a test ran a "
+                    "dispatcher in an event loop of its own without awaiting loop_ending()"
+                )
 
 
 def make_driver(name: str) -> Driver:
@@ -361,6 +409,141 @@ class NativeAsyncBackend(AsyncMessagingBackend):
 
     def interrupt(self) -> None:
         self.blocking_backend.interrupt()
+
+
+class PerLoopBackend(AsyncMessagingBackend):
+    """A broker's asyncio-native client (e.g. ``AsyncAWSBackend``) for each event loop that
+    uses it: such a client serves the one loop it connected on, and the asyncio driver runs
+    every ``consume_event`` and ``consume_loop`` in an event loop of its own.
+
+    :meth:`aclose_loop` closes the running loop's client (the driver awaits it as each of its
+    event loops ends); a loop that ended gets no client again.
+    """
+
+    name = "native-per-loop"
+
+    def __init__(self, make: Callable[[], AsyncMessagingBackend]) -> None:
+        self._make = make
+        #: Never connected: answers the questions about configuration.
+        self._spec = make()
+        self.loop_wait_seconds = self._spec.loop_wait_seconds
+        self._lock = threading.Lock()
+        self._clients: dict[asyncio.AbstractEventLoop, AsyncMessagingBackend] = {}
+        #: The clients made so far, closed or not.
+        self.made: list[AsyncMessagingBackend] = []
+        self._ended: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self._spec!r}>"
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return self._spec.capabilities
+
+    @property
+    def native_type(self) -> type[AsyncMessagingBackend]:
+        """The class of the clients."""
+        return type(self._spec)
+
+    @property
+    def open_clients(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def _here(self) -> AsyncMessagingBackend:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if loop in self._ended:
+                raise RuntimeError(f"{self!r}: called on an event loop whose client was closed")
+            client = self._clients.get(loop)
+            if client is None:
+                client = self._clients[loop] = self._make()
+                self.made.append(client)
+            return client
+
+    async def aclose_loop(self) -> None:
+        """Close the running event loop's client, if it made one."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._ended.add(loop)
+            client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+
+    async def declare_topic(self, topic_name: str) -> TopicWrapper:
+        return await self._here().declare_topic(topic_name)
+
+    async def get_topic(self, topic_name: str) -> TopicWrapper:
+        return await self._here().get_topic(topic_name)
+
+    async def get_queue(self, queue_name: str) -> QueueWrapper:
+        return await self._here().get_queue(queue_name)
+
+    async def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        return await self._here().declare_queue(
+            queue_name, *topics_to_bind, dead_letter_queue_name=dead_letter_queue_name, **kwargs
+        )
+
+    async def delete_queue(self, queue: QueueWrapper) -> None:
+        await self._here().delete_queue(queue)
+
+    async def delete_topic(self, topic: TopicWrapper) -> None:
+        await self._here().delete_topic(topic)
+
+    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        await self._here().publish_to_queue(message, queue, **kwargs)
+
+    async def publish_batch_to_queue(
+        self, messages: Any, queue: QueueWrapper, **kwargs: Any
+    ) -> None:
+        await self._here().publish_batch_to_queue(messages, queue, **kwargs)
+
+    async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        await self._here().publish_to_topic(message, topic, **kwargs)
+
+    async def publish_batch_to_topic(
+        self, messages: Any, topic: TopicWrapper, **kwargs: Any
+    ) -> None:
+        await self._here().publish_batch_to_topic(messages, topic, **kwargs)
+
+    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        return await self._here().retrieve_messages(queue, **kwargs)
+
+    async def acknowledge(self, message: Message) -> None:
+        await self._here().acknowledge(message)
+
+    async def acknowledge_batch(self, messages: Any) -> None:
+        await self._here().acknowledge_batch(messages)
+
+    async def nack(self, message: Message, delay: float = 0.0) -> None:
+        await self._here().nack(message, delay)
+
+    async def release(self, message: Message, delay: float = 0.0) -> None:
+        await self._here().release(message, delay)
+
+    def holds(self, message: Message) -> bool:
+        return self._spec.holds(message)
+
+    async def dead_letter(self, message: Message, headers: Any) -> bool:
+        return await self._here().dead_letter(message, headers)
+
+    async def extend_visibility(self, message: Message, seconds: float) -> None:
+        await self._here().extend_visibility(message, seconds)
+
+    def visibility_timeout_for(self, message: Message) -> float | None:
+        return self._spec.visibility_timeout_for(message)
+
+    def interrupt(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+        for client in clients:
+            client.interrupt()
 
 
 class NativeAsyncCache(AsyncDeduplicationCache):

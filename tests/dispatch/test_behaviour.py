@@ -27,6 +27,7 @@ from drivers import (
     Driver,
     NativeAsyncBackend,
     NativeAsyncCache,
+    PerLoopBackend,
     json_message,
     payload_of,
     wait_for,
@@ -690,6 +691,26 @@ def test_an_async_backend_renews_a_slow_async_handlers_lease_on_the_event_loop(
     assert all(name.startswith("asyncio-native-loop") for name in backend.renewals)
 
 
+@pytest.mark.sqs
+@pytest.mark.parametrize("driver", ["asyncio-native"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqs"], indirect=True)
+def test_the_asyncio_native_driver_runs_on_the_brokers_asyncio_client_where_there_is_one(
+    driver: Driver, broker: Broker
+) -> None:
+    pytest.importorskip("aiobotocore")
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": n} for n in range(3)])
+    handler = Recorder()
+    dispatcher = driver.make(backend=broker.backend, consumers=[Consumer(handler, name="aio")])
+    consume_until(driver, dispatcher, broker, queue, lambda: dispatcher.stats.acknowledged == 3)
+    backend = dispatcher.backend
+    assert isinstance(backend, PerLoopBackend), backend
+    assert backend.native_type.__name__ == "AsyncAWSBackend"
+    assert backend.made, "no asyncio client was made"
+    assert backend.open_clients == 0, "a client outlived its event loop"
+    broker.assert_empty(queue)
+
+
 # -- what each dispatcher accepts -----------------------------------------------------------
 
 
@@ -815,7 +836,10 @@ def test_plain_consumers_run_off_the_event_loop_concurrently_and_it_keeps_tickin
         started = time.monotonic()
         aio = cast(AsyncMessageDispatcher, dispatcher)
         consume = aio.consume_loop(queue, concurrency=4, install_signal_handlers=False)
-        await asyncio.wait_for(consume, timeout=20)
+        try:
+            await asyncio.wait_for(consume, timeout=20)
+        finally:
+            await driver.loop_ending(dispatcher)
         ticking.cancel()
         return started
 
