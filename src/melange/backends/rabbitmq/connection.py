@@ -20,6 +20,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
+import select
 import threading
 import time
 import urllib.parse
@@ -111,8 +113,20 @@ class _Op(Generic[T]):
             self.done.release()
 
 
+class _FallBack(Exception):
+    """An operation run on the caller's thread met a broken connection: queue it instead."""
+
+
 class ConnectionThread:
     """Owns a ``BlockingConnection`` on a private thread and runs submitted operations.
+
+    Whoever drives the connection holds ``_io``: the private thread while it does I/O, or a
+    caller running its operation on its own thread. While the thread waits for the broker
+    with nothing to do it does not hold ``_io`` (it waits on the socket itself), so a
+    caller finding the connection up and free runs its operation at once, without handing
+    it over and waking the thread: that hand-off was most of the cost of a publish or an
+    acknowledgement. Operations queued before (and every operation while the connection is
+    down) still run in order on the thread.
 
     Args:
         parameters: pika connection parameters.
@@ -153,6 +167,16 @@ class ConnectionThread:
         self._after_io = after_io
         self._ops: collections.deque[_Op[Any]] = collections.deque()
         self._lock = threading.Lock()
+        # Held by whoever drives the connection (see the class documentation); _owner is
+        # that thread's id.
+        self._io = threading.Lock()
+        self._owner: int | None = None
+        # Set per connection: the socket to wait on without pika (None: wait in pika, and
+        # callers always hand their operations over).
+        self._socket: Any = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         # Posters waiting for the queue of operations to shrink (see post()).
         self._shrunk = threading.Condition(self._lock)
         self._posters_waiting = 0
@@ -204,8 +228,59 @@ class ConnectionThread:
         return self._connected.is_set()
 
     def on_io_thread(self) -> bool:
-        """Whether the caller runs on the I/O thread."""
-        return threading.current_thread() is self._thread
+        """Whether the caller drives the connection now (the I/O thread, or a caller running
+        its operation inline)."""
+        return self._owner == threading.get_ident() or threading.current_thread() is self._thread
+
+    @contextlib.contextmanager
+    def _driving(self) -> Any:
+        """Hold ``_io`` as the thread driving the connection."""
+        with self._io:
+            self._owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._owner = None
+
+    def _try_inline(self, fn: Callable[[Any], T], timeout: float) -> tuple[bool, T | None]:
+        """Run ``fn(session)`` on the caller's thread when the connection is up and the
+        thread waits idle; ``(False, None)`` when it must be handed over instead."""
+        if self._socket is None or not self._connected.is_set():
+            return False, None
+        if not self._io.acquire(timeout=min(timeout, 1.0)):
+            return False, None
+        self._owner = threading.get_ident()
+        try:
+            if self._socket is None or not self._connected.is_set() or self._closing.is_set():
+                return False, None
+            try:
+                # What was queued before this operation goes first, as on the thread.
+                self._run_ops()
+                result = fn(self._session)
+                # Writes what the operation left buffered (acknowledgements) and dispatches
+                # what its I/O read for other channels (deliveries), which the thread, waiting
+                # on the socket, would not see.
+                if _io_pending(self._connection):
+                    self.process(0)
+            except CONNECTION_ERRORS as exc:
+                raise _FallBack from exc
+            except BaseException as exc:
+                connection = self._connection
+                if connection is not None and connection.is_closed:
+                    raise _FallBack from exc
+                raise
+            finally:
+                if self._after_io is not None and self._session is not None:
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        self._after_io(self._session)
+            return True, result
+        except _FallBack:
+            # The thread notices the broken connection, reconnects and runs the operation.
+            self._wake_pipe()
+            return False, None
+        finally:
+            self._owner = None
+            self._io.release()
 
     # -- operations -------------------------------------------------------------------------
 
@@ -219,6 +294,9 @@ class ConnectionThread:
             return fn(self._session)
         if self._closing.is_set():
             raise BackendConnectionError(f"the RabbitMQ backend for {self.describe} is closed")
+        done_inline, result = self._try_inline(fn, timeout)
+        if done_inline:
+            return result  # type: ignore[return-value]
         op: _Op[T] = _Op(fn)
         self._enqueue(op)
         done = op.done
@@ -251,6 +329,13 @@ class ConnectionThread:
             return
         if self._closing.is_set():
             raise BackendConnectionError(f"the RabbitMQ backend for {self.describe} is closed")
+        try:
+            done_inline, _ = self._try_inline(fn, 0.05)
+        except Exception as exc:  # as when the thread runs it: logged
+            logger.error("a RabbitMQ operation failed: %s", exc, exc_info=exc)
+            return
+        if done_inline:
+            return
         with self._lock:
             # Backpressure: an acknowledgement still queued when the connection drops is
             # lost, and its message handled again. When the I/O thread falls behind (a busy
@@ -276,7 +361,17 @@ class ConnectionThread:
         if sleeping:
             self._wake()
 
+    def _wake_pipe(self) -> None:
+        with self._lock:
+            if self._wake_w < 0:
+                return  # the thread has ended
+            with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                os.write(self._wake_w, b"x")
+
     def _wake(self) -> None:
+        if self._socket is not None:
+            self._wake_pipe()
+            return
         connection = self._connection
         if connection is not None:
             try:
@@ -301,6 +396,7 @@ class ConnectionThread:
                     # Fail the constructor now: no endless retries on a wrong configuration.
                     self._first_attempt_done.set()
                     self._fail_pending(exc)
+                    self._close_pipe()
                     return
                 attempt += 1
                 pause = min(self._reconnect_max_delay, 0.2 * 2 ** min(attempt, 8))
@@ -315,6 +411,7 @@ class ConnectionThread:
             try:
                 self.generation += 1
                 self._session = self._on_connect(self._connection)
+                self._socket = _socket_of(self._connection)
                 self._connected.set()
                 self._first_attempt_done.set()
                 if attempt:
@@ -334,39 +431,96 @@ class ConnectionThread:
                 attempt += 1
                 logger.exception("unexpected error on the RabbitMQ I/O thread; reconnecting")
             finally:
-                self._connected.clear()
-                self._session = None
-                self._close_quietly()
-                self._on_disconnect()
+                with self._driving():
+                    self._connected.clear()
+                    self._socket = None
+                    self._session = None
+                    self._close_quietly()
+                    self._on_disconnect()
             if attempt and not self._closing.is_set():
                 self._closing.wait(min(self._reconnect_max_delay, 0.1 * 2 ** min(attempt, 8)))
         self._fail_pending(BackendConnectionError(f"RabbitMQ backend for {self.describe} closed"))
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        with self._lock:
+            read, write = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = -1
+        for fd in (read, write):
+            if fd >= 0:
+                os.close(fd)
 
     def _serve(self) -> None:
+        woke = "start"
+        last_io = 0.0
         while not self._closing.is_set():
-            self._run_ops()
-            if self._on_idle is not None:
-                self._on_idle(self._session)
-            with self._lock:
-                # Decided under the lock, so that _enqueue either sees the thread asleep
-                # (and wakes it) or the thread sees the new operation (and does not wait).
-                busy = bool(self._ops)
-                self._sleeping = not busy
-            try:
-                self.process(0 if busy else self._poll_interval)
-            finally:
-                self._sleeping = False
-            if self._after_io is not None:
-                self._after_io(self._session)
+            idle = False
+            with self._driving():
+                ran = self._run_ops()
+                if self._on_idle is not None:
+                    self._on_idle(self._session)
+                with self._lock:
+                    # Decided under the lock, so that _enqueue either sees the thread asleep
+                    # (and wakes it) or the thread sees the new operation (and does not wait).
+                    busy = bool(self._ops)
+                    self._sleeping = not busy
+                try:
+                    if busy or self._socket is None:
+                        self.process(0 if busy else self._poll_interval)
+                    else:
+                        now = time.monotonic()
+                        # A wake-up for data a caller running inline has read meanwhile
+                        # needs no round of I/O; pika's timers (heartbeats) get one at least
+                        # every poll_interval.
+                        if (
+                            ran
+                            or woke != "socket"
+                            or now - last_io >= self._poll_interval
+                            or _readable(self._socket)
+                            or _io_pending(self._connection)
+                        ):
+                            # Reads and writes what is ready, runs pika's due timers.
+                            self.process(0)
+                            last_io = now
+                        idle = not _output_pending(self._connection)
+                finally:
+                    if not idle:
+                        self._sleeping = False
+                if self._after_io is not None:
+                    self._after_io(self._session)
+            woke = "busy"
+            if idle:
+                try:
+                    woke = self._wait_idle()
+                finally:
+                    self._sleeping = False
         # Closing: what was queued before close() (acknowledgements posted without waiting,
         # above all) still goes out; the connection's close flushes it in order.
-        self._run_ops()
+        with self._driving():
+            self._run_ops()
 
-    def _run_ops(self) -> None:
+    def _wait_idle(self) -> str:
+        """Wait, without holding ``_io``, until the broker sends something (``"socket"``), an
+        operation is queued (``"wake"``) or ``poll_interval`` passed (``"timeout"``)."""
+        try:
+            ready, _, _ = select.select([self._socket, self._wake_r], [], [], self._poll_interval)
+        except (OSError, ValueError):  # closed meanwhile: the next round of I/O says why
+            return "error"
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                while os.read(self._wake_r, 512):
+                    pass
+            return "wake"
+        return "socket" if ready else "timeout"
+
+    def _run_ops(self) -> bool:
+        """Run the queued operations; whether there were any."""
+        ran = False
         while True:
             with self._lock:
                 if not self._ops:
-                    return
+                    return ran
+                ran = True
                 op = self._ops[0]
                 op.state = "running"
             try:
@@ -412,6 +566,45 @@ class ConnectionThread:
 
 def _noop() -> None:
     """Wakes the I/O thread; the work itself is in the operation queue."""
+
+
+def _socket_of(connection: Any) -> Any:
+    """The socket under a ``BlockingConnection`` (``None`` where pika hides it)."""
+    try:
+        sock = connection._impl._transport._sock
+        sock.fileno()
+    except Exception:
+        return None
+    return sock
+
+
+def _readable(sock: Any) -> bool:
+    """Whether ``sock`` has data to read now."""
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True  # let pika find out what is wrong
+    return bool(ready)
+
+
+def _io_pending(connection: Any) -> bool:
+    """Whether pika holds frames to write or events read but not yet dispatched."""
+    try:
+        return bool(
+            connection._impl._transport.get_write_buffer_size()
+            or connection._channels_pending_dispatch
+            or connection._ready_events
+        )
+    except Exception:
+        return True
+
+
+def _output_pending(connection: Any) -> bool:
+    """Whether pika holds frames it could not write yet."""
+    try:
+        return bool(connection._impl._transport.get_write_buffer_size())
+    except Exception:
+        return True  # cannot tell: keep doing I/O through pika
 
 
 def _explain(error: BaseException | None) -> str:
