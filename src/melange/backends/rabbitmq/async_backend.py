@@ -241,19 +241,36 @@ class _AsyncSession:
     ) -> list[str | None]:
         """Publish ``items`` pipelined; per item ``None`` or the reason it was refused."""
         channel = await self.publisher(confirms)
-        results = await asyncio.gather(
-            *(
-                channel.basic_publish(
-                    body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=properties,
-                    mandatory=mandatory,
-                )
-                for body, properties in items
-            ),
-            return_exceptions=True,
-        )
+        results: list[Any]
+        if len(items) == 1:
+            # One message: no task per publish, as gather would make.
+            [(body, properties)] = items
+            try:
+                results = [
+                    await channel.basic_publish(
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=properties,
+                        mandatory=mandatory,
+                    )
+                ]
+            except aiormq.exceptions.DeliveryError as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(
+                *(
+                    channel.basic_publish(
+                        body,
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        properties=properties,
+                        mandatory=mandatory,
+                    )
+                    for body, properties in items
+                ),
+                return_exceptions=True,
+            )
         outcome: list[str | None] = []
         for result in results:
             if isinstance(result, aiormq.exceptions.DeliveryError) and not isinstance(
@@ -365,7 +382,8 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffers: dict[str, deque[Message]] = {}
         self._last_retrieve: dict[str, float] = {}
-        self._signal: asyncio.Future[None] | None = None
+        # Futures of the retrieve_messages calls waiting for messages (see _notify).
+        self._waiters: set[asyncio.Future[None]] = set()
         self._interrupts = 0
         self._interrupt_lock = threading.Lock()
         self._known_queues: set[str] = set()
@@ -695,7 +713,17 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             consumer = current.consumers.get(name) if current is not None else None
             if consumer is None or not consumer.active:
                 return []  # lost meanwhile: the next call consumes again
-            await asyncio.wait([self._signal_future()], timeout=remaining)
+            # A future of its own and a timer: cheaper than asyncio.wait, and cancelling
+            # this call leaves the other waiters alone.
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(waiter)
+            timer = loop.call_later(remaining, _release_waiter, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiters.discard(waiter)
             buffer = self._buffers.setdefault(name, deque())
 
     async def _ensure_consuming(self, session: _AsyncSession, name: str) -> None:
@@ -764,16 +792,13 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             logger.debug("no longer consuming idle queue %s", name)
             await self._unsubscribe(session, name)
 
-    def _signal_future(self) -> asyncio.Future[None]:
-        if self._signal is None or self._signal.done():
-            self._signal = asyncio.get_running_loop().create_future()
-        return self._signal
-
     def _notify(self) -> None:
         """Wake every ``retrieve_messages`` waiting (on the loop)."""
-        signal = self._signal
-        if signal is not None and not signal.done():
-            signal.set_result(None)
+        waiters = self._waiters
+        if waiters:
+            self._waiters = set()
+            for waiter in waiters:
+                _release_waiter(waiter)
 
     def interrupt(self) -> None:
         """Wake a :meth:`retrieve_messages` waiting for messages (from any thread)."""
@@ -823,6 +848,10 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         A message received on a connection that has since been lost is not acknowledged
         (the broker delivers it again). Where a consumer's batch holds every tag it has
         outstanding up to its highest one, a single ``multiple`` acknowledgement settles all.
+
+        Returns once the acknowledgements are queued for the connection's writer, in order
+        with every later frame, without waiting for them to reach the socket: AMQP
+        acknowledgements get no answer, so that wait only cost a future and a wake-up each.
         """
         receipts = [_receipt(m) for m in messages]
         by_consumer: dict[int, tuple[_AsyncConsumer, list[int]]] = {}
@@ -836,10 +865,10 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             consumer.unacked.difference_update(tags)
             try:
                 if multiple:
-                    await consumer.channel.basic_ack(highest, multiple=True)
+                    await consumer.channel.basic_ack(highest, multiple=True, wait=False)
                 else:
                     for tag in tags:
-                        await consumer.channel.basic_ack(tag)
+                        await consumer.channel.basic_ack(tag, wait=False)
             except _CONNECTION_ERRORS:
                 logger.debug("acknowledgement lost with the connection; redelivered")
 
@@ -957,6 +986,11 @@ def _receipt(message: Message) -> AsyncRabbitMQReceipt:
     if not isinstance(receipt, AsyncRabbitMQReceipt):
         raise ValueError(f"{message!r} was not received from an AsyncRabbitMQBackend")
     return receipt
+
+
+def _release_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _ack(receipt: AsyncRabbitMQReceipt) -> None:
