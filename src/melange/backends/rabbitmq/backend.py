@@ -564,6 +564,7 @@ class RabbitMQBackend(MessagingBackend):
             raise error
         if not consuming:
             self._ensure_consuming(name, wait)
+        busy = False
         with self._cond:
             self._buffers.setdefault(name, deque())
             while True:
@@ -576,7 +577,17 @@ class RabbitMQBackend(MessagingBackend):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._interrupts != interrupts or self._link.closed:
                     return []
+                if not busy:
+                    # Read the deliveries on this thread when the connection is free, rather
+                    # than wait for the I/O thread to hand them over.
+                    self._cond.release()
+                    try:
+                        busy = not self._link.drive(remaining)
+                    finally:
+                        self._cond.acquire()
+                    continue  # what arrived meanwhile is in the buffer
                 self._cond.wait(remaining)
+                busy = False
 
     def _ensure_consuming(self, name: str, wait: float) -> None:
         with self._cond:
@@ -733,6 +744,7 @@ class RabbitMQBackend(MessagingBackend):
         with self._cond:
             self._interrupts += 1
             self._cond.notify_all()
+        self._link.interrupt_leader()
 
     def close_connection(self) -> None:
         """Close the connection; unsettled messages go back to their queues."""

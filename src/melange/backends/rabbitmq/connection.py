@@ -85,6 +85,10 @@ FATAL_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 #: thread before posting waits for it.
 MAX_QUEUED_POSTS = 16
 
+#: While callers drive the connection themselves, the I/O thread leaves the socket to them
+#: and looks at it this often (seconds), for what arrives while none of them does I/O.
+PASSIVE_POLL = 0.05
+
 
 class _Op(Generic[T]):
     """An operation waiting to run on the I/O thread.
@@ -180,6 +184,12 @@ class ConnectionThread:
         # Posters waiting for the queue of operations to shrink (see post()).
         self._shrunk = threading.Condition(self._lock)
         self._posters_waiting = 0
+        # A receiving thread doing I/O itself while it waits for deliveries (see drive()),
+        # and the callers waiting for the connection meanwhile. Written under _lock.
+        self._leading = False
+        self._contenders = 0
+        # When a caller last drove the connection (time.monotonic()).
+        self._last_driven = 0.0
         # True while the thread waits (or is about to wait) in pika with nothing queued:
         # only then does a new operation need to wake it. Written under _lock.
         self._sleeping = False
@@ -214,6 +224,7 @@ class ConnectionThread:
         """Close the connection and stop the thread. Queued operations fail."""
         self._closing.set()
         self._wake()
+        self.interrupt_leader()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -247,7 +258,17 @@ class ConnectionThread:
         thread waits idle; ``(False, None)`` when it must be handed over instead."""
         if self._socket is None or not self._connected.is_set():
             return False, None
-        if not self._io.acquire(timeout=min(timeout, 1.0)):
+        with self._lock:
+            self._contenders += 1
+            leading = self._leading
+        try:
+            if leading:
+                self.interrupt_leader()
+            acquired = self._io.acquire(timeout=min(timeout, 1.0))
+        finally:
+            with self._lock:
+                self._contenders -= 1
+        if not acquired:
             return False, None
         self._owner = threading.get_ident()
         try:
@@ -279,6 +300,7 @@ class ConnectionThread:
             self._wake_pipe()
             return False, None
         finally:
+            self._last_driven = time.monotonic()
             self._owner = None
             self._io.release()
 
@@ -355,11 +377,61 @@ class ConnectionThread:
             sleeping = self._sleeping
             # One wake-up is enough: the woken thread runs everything queued meanwhile.
             self._sleeping = False
+            leading = self._leading
+        if leading:
+            self.interrupt_leader()
         # Waking costs a write to the I/O loop's pipe and a poller round. A thread that is
         # not waiting (running operations, handing over deliveries, waiting for confirms)
         # looks at the queue under the lock before it waits again, so it needs no wake-up.
         if sleeping:
             self._wake()
+
+    def drive(self, time_limit: float) -> bool:
+        """Do the connection's I/O on the caller's thread for up to ``time_limit`` seconds,
+        returning once something was received (its deliveries handed over), when the
+        connection is up and free and nobody else waits for it; ``False`` otherwise.
+
+        A receiving thread waiting for deliveries calls this instead of waiting for the I/O
+        thread to hand them over, as a raw pika consumer reads its own socket. Callers that
+        need the connection meanwhile, :meth:`close` and :meth:`interrupt_leader` end the
+        wait early.
+        """
+        if self._socket is None or not self._connected.is_set() or self._closing.is_set():
+            return False
+        if not self._io.acquire(blocking=False):
+            return False
+        self._owner = threading.get_ident()
+        try:
+            with self._lock:
+                if self._ops or self._contenders or self._closing.is_set():
+                    return False
+                if self._socket is None or not self._connected.is_set():
+                    return False
+                self._leading = True
+            try:
+                self._connection.process_data_events(time_limit=time_limit)
+            except CONNECTION_ERRORS:
+                # The thread notices the broken connection and reconnects.
+                self._wake_pipe()
+                return False
+            finally:
+                with self._lock:
+                    self._leading = False
+                if self._after_io is not None and self._session is not None:
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        self._after_io(self._session)
+            return True
+        finally:
+            self._last_driven = time.monotonic()
+            self._owner = None
+            self._io.release()
+
+    def interrupt_leader(self) -> None:
+        """End a :meth:`drive` in progress (from any thread)."""
+        connection = self._connection
+        if connection is not None and self._leading:
+            with contextlib.suppress(Exception):  # closed meanwhile: it ends by itself
+                connection.add_callback_threadsafe(_noop)
 
     def _wake_pipe(self) -> None:
         with self._lock:
@@ -501,9 +573,21 @@ class ConnectionThread:
 
     def _wait_idle(self) -> str:
         """Wait, without holding ``_io``, until the broker sends something (``"socket"``), an
-        operation is queued (``"wake"``) or ``poll_interval`` passed (``"timeout"``)."""
+        operation is queued (``"wake"``) or ``poll_interval`` passed (``"timeout"``).
+
+        While callers drove the connection within the last ``poll_interval`` (publishing,
+        acknowledging, reading their deliveries), what the broker sends is mostly theirs:
+        waking for it would only contend with them for the connection. The thread then
+        looks at the socket every ``PASSIVE_POLL`` seconds instead (``"socket"``, checked).
+        """
+        passive = time.monotonic() - self._last_driven < self._poll_interval
         try:
-            ready, _, _ = select.select([self._socket, self._wake_r], [], [], self._poll_interval)
+            if passive:
+                ready, _, _ = select.select([self._wake_r], [], [], PASSIVE_POLL)
+            else:
+                ready, _, _ = select.select(
+                    [self._socket, self._wake_r], [], [], self._poll_interval
+                )
         except (OSError, ValueError):  # closed meanwhile: the next round of I/O says why
             return "error"
         if self._wake_r in ready:
@@ -511,7 +595,7 @@ class ConnectionThread:
                 while os.read(self._wake_r, 512):
                     pass
             return "wake"
-        return "socket" if ready else "timeout"
+        return "socket" if ready or passive else "timeout"
 
     def _run_ops(self) -> bool:
         """Run the queued operations; whether there were any."""
