@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -313,13 +314,20 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     ]
     if not suites:
         return
-    figure, axes = plt.subplots(1, len(suites), figsize=(4.2 * len(suites), 4.6), squeeze=False)
+    figure, axes = plt.subplots(1, len(suites), figsize=(4.6 * len(suites), 5.0), squeeze=False)
     for axis, summary in zip(axes[0], suites, strict=True):
         entry = summary["measurements"]["e2e"]["contenders"]
         labels, medians, lows, highs, colors = [], [], [], [], []
         for key in [k for k in summary["contenders"] if k in entry]:
             spread = entry[key]["throughput"]
-            labels.append(summary["contenders"][key]["label"].replace(" ", "\n", 1))
+            labels.append(
+                textwrap.fill(
+                    summary["contenders"][key]["label"],
+                    14,
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+            )
             medians.append(spread["median"])
             lows.append(spread["median"] - spread["min"])
             highs.append(spread["max"] - spread["median"])
@@ -330,7 +338,7 @@ def chart(doc: dict[str, Any], path: Path) -> None:
             else:
                 colors.append("#9aa5b1")
         axis.bar(range(len(labels)), medians, yerr=[lows, highs], color=colors, capsize=4)
-        axis.set_xticks(range(len(labels)), labels, fontsize=8)
+        axis.set_xticks(range(len(labels)), labels, fontsize=7)
         axis.set_ylim(0, max(m + h for m, h in zip(medians, highs, strict=True)) * 1.12)
         axis.set_title(f"{summary['title']}: end to end", fontsize=10)
         axis.set_ylabel("messages / second")
