@@ -98,8 +98,12 @@ def backend(
         host, port = require_service("rabbitmq")
         from melange.backends.rabbitmq import RabbitMQBackend
 
-        made = RabbitMQBackend(
-            host=host, port=port, connection_name=f"melange-dispatch-{uuid.uuid4().hex[:10]}"
+        name = f"melange-dispatch-{uuid.uuid4().hex[:10]}"
+        made = RabbitMQBackend(host=host, port=port, connection_name=name)
+        from melange.backends.rabbitmq import AsyncRabbitMQBackend
+
+        NATIVE_CLIENTS[made] = lambda: AsyncRabbitMQBackend(
+            host=host, port=port, connection_name=f"{name}-aio"
         )
     elif kind == "sqs":
         endpoint = request.getfixturevalue("sqs_endpoint")

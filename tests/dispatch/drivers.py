@@ -528,7 +528,13 @@ class PerLoopBackend(AsyncMessagingBackend):
         await self._here().release(message, delay)
 
     def holds(self, message: Message) -> bool:
-        return self._spec.holds(message)
+        # Whether the connection the message came on is still up is the running loop's
+        # client's to say (RabbitMQ); off a loop, the configuration's.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._spec.holds(message)
+        return self._here().holds(message)
 
     async def dead_letter(self, message: Message, headers: Any) -> bool:
         return await self._here().dead_letter(message, headers)

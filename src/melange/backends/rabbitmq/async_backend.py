@@ -968,6 +968,16 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         self.interrupt()
         session, self._session = self._session, None
         if session is not None and session.alive:
+            # Acknowledgements are queued without waiting for the socket: one round trip on
+            # each consumer's channel makes sure they reached the broker before the close,
+            # or their messages would be delivered again.
+            for consumer in list(session.consumers.values()):
+                try:
+                    await asyncio.wait_for(
+                        consumer.channel.basic_qos(prefetch_count=self._prefetch_count), 5.0
+                    )
+                except Exception:
+                    logger.debug("flushing acknowledgements before the close failed", exc_info=True)
             await _close_quietly(session.connection)
         self._buffers.clear()
 
