@@ -453,7 +453,17 @@ class ConnectionThread:
 
     def process(self, time_limit: float) -> None:
         """Let pika do I/O for up to ``time_limit`` seconds (I/O thread only)."""
-        self._connection.process_data_events(time_limit=time_limit)
+        connection = self._connection
+        try:
+            connection.process_data_events(time_limit=time_limit)
+        except ValueError:
+            # A caller doing its own I/O saw the broker close the connection first; pika
+            # then fails on its closed timers. That is a lost connection, not a bug.
+            if connection.is_closed:
+                raise pika.exceptions.ConnectionWrongStateError(
+                    "the connection was closed"
+                ) from None
+            raise
 
     # -- the thread -------------------------------------------------------------------------
 
