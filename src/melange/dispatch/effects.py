@@ -71,11 +71,13 @@ class ProbeCache:
 @dataclass(slots=True)
 class Watch:
     """Keep renewing the leases of ``messages`` (and of the claim ``key``, for ``lease``
-    seconds at a time) until unwatched. Result: ``None``."""
+    seconds at a time) until unwatched. ``since``: when the messages' leases began (the
+    receive request, on the engine's clock), if not now. Result: ``None``."""
 
     messages: Sequence[Message] = ()
     key: str | None = None
     lease: float = 0.0
+    since: float | None = None
 
 
 @dataclass(slots=True)

@@ -154,6 +154,7 @@ class Engine:
             yield from self.wait_for_cache()
         if self.stopping():
             return []  # a receive now would only take messages from other consumers
+        asked = self.clock()
         try:
             messages: list[Message] = yield Receive(queue, options)
         except Exception as exc:
@@ -173,8 +174,9 @@ class Engine:
         self._receive_failures = 0
         if messages and self.watch_messages:
             # In hand from now on: messages waiting for a worker, or for the previous message
-            # of their FIFO group, must not see their lease expire while they wait.
-            yield Watch(messages=messages)
+            # of their FIFO group, must not see their lease expire while they wait. Their
+            # leases began when the receive was asked: a slow answer brings renewals forward.
+            yield Watch(messages=messages, since=asked)
         return messages
 
     def wait_for_cache(self) -> Step[None]:

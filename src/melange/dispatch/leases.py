@@ -78,18 +78,26 @@ class Heartbeat:
         """Renew ``message``'s lease until :meth:`remove` is called."""
         self.add_batch((message,))
 
-    def add_batch(self, messages: Sequence[Message]) -> None:
-        """Renew the leases of a batch received together (one lookup of the lease for all)."""
+    def add_batch(self, messages: Sequence[Message], since: float | None = None) -> None:
+        """Renew the leases of a batch received together (one lookup of the lease for all).
+
+        ``since`` is when their leases began (``time.monotonic()``), if earlier than now: a
+        receive answered late has its first renewal brought forward. A message already
+        watched keeps its earlier renewal.
+        """
         if not messages:
             return
         lease = self._lease_for(messages[0])
         if lease is None or lease <= 0:
             return
-        due = time.monotonic() + lease * RENEWAL_FRACTION
+        due = (time.monotonic() if since is None else since) + lease * RENEWAL_FRACTION
         extend = self._extend
         with self._lock:
+            entries = self._entries
             for message in messages:
-                self._entries[id(message)] = (extend, message, lease, due)
+                known = entries.get(id(message))
+                at = due if known is None or known[1] is not message else min(due, known[3])
+                entries[id(message)] = (extend, message, lease, at)
             self._ensure_running()
 
     def add_claim(self, key: str, lease: float, renew: Callable[[str, float], Any]) -> None:

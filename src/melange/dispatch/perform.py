@@ -194,7 +194,7 @@ def watch(
     if leases is None:
         return
     if effect.messages:
-        leases.add_batch(effect.messages)
+        leases.add_batch(effect.messages, since=effect.since)
     if effect.key is not None:
         assert renew_claim is not None
         leases.add_claim(effect.key, effect.lease, renew_claim)

@@ -1,0 +1,57 @@
+"""The heartbeat renews leases every third of them, counted from when each lease began."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from melange.dispatch.leases import Heartbeat
+from melange.models import Message
+
+
+def _recorder() -> tuple[list[tuple[str, float]], threading.Event, Heartbeat]:
+    renewed: list[tuple[str, float]] = []
+    done = threading.Event()
+
+    def extend(message: Message, seconds: float) -> None:
+        renewed.append((message.message_id, time.monotonic()))
+        done.set()
+
+    return renewed, done, Heartbeat(extend, lambda message: 3.0)
+
+
+def test_a_receive_answered_late_has_its_first_renewal_at_once() -> None:
+    renewed, done, heartbeat = _recorder()
+    try:
+        # The lease began 2.5 s ago (a slow receive): renewing a third of it after now would
+        # come after the lease ran out.
+        added = time.monotonic()
+        heartbeat.add_batch([Message("late", "{}")], since=added - 2.5)
+        assert done.wait(2.0), "the lease was not renewed"
+        assert renewed[0][1] - added < 0.5
+    finally:
+        heartbeat.close()
+
+
+def test_watching_again_keeps_the_earlier_renewal() -> None:
+    renewed, done, heartbeat = _recorder()
+    try:
+        message = Message("again", "{}")
+        added = time.monotonic()
+        heartbeat.add_batch([message], since=added - 2.5)
+        heartbeat.add_batch([message])  # the dispatcher watches its batch once more
+        assert done.wait(2.0), "the lease was not renewed"
+        assert renewed[0][1] - added < 0.5
+    finally:
+        heartbeat.close()
+
+
+def test_a_lease_is_renewed_a_third_of_it_after_it_began() -> None:
+    renewed, done, heartbeat = _recorder()
+    try:
+        added = time.monotonic()
+        heartbeat.add_batch([Message("fresh", "{}")])
+        assert done.wait(3.0), "the lease was not renewed"
+        assert 0.9 <= renewed[0][1] - added < 2.5
+    finally:
+        heartbeat.close()
