@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from melange.simulation.world import Process
 
 
+#: Why a message run again by a consumer that succeeded is no fault: a retry runs every
+#: consumer, when there is no deduplication cache.
+SIBLING_FAILED = "a sibling consumer failed (no deduplication)"
+
+
 @dataclass(slots=True)
 class Run:
     """One call of one consumer on one message."""
@@ -111,12 +116,18 @@ class History:
                 continue
             for held, _ in other.inflight.values():
                 if held.message_id == message.message_id and held is not message:
+                    # A fault that touched the message before (a duplicate copy, a receive
+                    # answered after its lease) explains a second delivery.
+                    explained = any(
+                        reason != SIBLING_FAILED
+                        for reason in self.touched.get(self.index_of(message.message_id), ())
+                    )
                     self.touch(message, f"also in hand at {other.name} (lease expired)")
                     if (
                         self.scenario.heartbeat
                         and self.scenario.semantics == "lease"
                         and not other.disrupted
-                        and not self.touched_before(message, held)
+                        and not explained
                     ):
                         self.violations.append(
                             f"message {self.index_of(message.message_id)} was delivered again "
@@ -132,16 +143,11 @@ class History:
         """Whether every consumer handled message ``index`` successfully (at least once)."""
         return len(self._ok.get(index, ())) == self.scenario.consumers
 
-    def touched_before(self, message: Message, held: Message) -> bool:
-        """Whether a duplicate copy explains two copies in hand (a second delivery)."""
-        reasons = self.touched.get(self.index_of(message.message_id), [])
-        return "duplicate delivery" in reasons
-
     def failed_run(self, run: Run) -> None:
         scenario = self.scenario
         if scenario.consumers > 1 and not scenario.dedup:
             # A retry runs every consumer again, the ones that succeeded too.
-            self.touched[run.index].append("a sibling consumer failed (no deduplication)")
+            self.touched[run.index].append(SIBLING_FAILED)
 
     def nacked(self, message: Message, when: float, delay: float) -> None:
         pass

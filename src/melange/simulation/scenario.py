@@ -35,6 +35,8 @@ BEHAVIOURS = ("ok", "fail", "non_retryable", "hostile", "exit", "slow", "poison"
 #: - ``drop_reply``: the broker performs the process's next ``point`` call (``ack``,
 #:   ``nack``, ``receive``, ``dead_letter``, ``release``) but the reply is lost.
 #: - ``drop_request``: that call never reaches the broker (it fails).
+#: - ``broker_slow``: the broker's replies to the process come ``duration`` seconds late
+#:   for a while (10 s).
 #: - ``duplicate``: the broker delivers a message twice (a second copy is enqueued).
 #: - ``cache_down``: the deduplication cache is unreachable for ``duration`` seconds.
 #: - ``cache_slow``: the cache answers ``duration`` seconds late for a while (10 s).
@@ -47,6 +49,7 @@ FAULT_KINDS = (
     "stall",
     "drop_reply",
     "drop_request",
+    "broker_slow",
     "duplicate",
     "cache_down",
     "cache_slow",
@@ -190,7 +193,7 @@ def random_fault(rng: random.Random, processes: int) -> Fault:
         return Fault(kind, at, process, point=rng.choice(CRASH_POINTS))
     if kind in ("drop_reply", "drop_request"):
         return Fault(kind, at, process, point=rng.choice(CALL_POINTS))
-    if kind in ("stop_twice", "cut", "stall", "cache_down", "cache_slow"):
+    if kind in ("stop_twice", "cut", "stall", "cache_down", "cache_slow", "broker_slow"):
         return Fault(kind, at, process, duration=rng.choice((0.5, 3.0, 12.0, 40.0)))
     return Fault(kind, at, process)
 

@@ -35,7 +35,7 @@ def scenarios() -> Any:
             return Fault(kind, at, process, point=draw(st.sampled_from(CRASH_POINTS)))
         if kind in ("drop_reply", "drop_request"):
             return Fault(kind, at, process, point=draw(st.sampled_from(CALL_POINTS)))
-        if kind in ("stop_twice", "cut", "stall", "cache_down", "cache_slow"):
+        if kind in ("stop_twice", "cut", "stall", "cache_down", "cache_slow", "broker_slow"):
             return Fault(kind, at, process, duration=draw(durations))
         return Fault(kind, at, process)
 

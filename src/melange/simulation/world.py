@@ -193,6 +193,9 @@ class Process:
         self.stop_requested = False
         self.stalled_until = 0.0
         self.cut_until = 0.0
+        # Broker replies to this process come ``slow_by`` seconds late until ``slow_until``.
+        self.slow_until = 0.0
+        self.slow_by = 0.0
         self.epoch = 0
         self.tasks: dict[Task, None] = {}  # ordered: runs must not depend on addresses
         self.main: Task | None = None
@@ -611,6 +614,9 @@ class World:
             self.at(self.now + fault.duration, self._second_signal, proc)
         elif kind == "cut":
             self._cut(proc, fault.duration)
+        elif kind == "broker_slow":
+            proc.slow_until = self.now + 10.0
+            proc.slow_by = fault.duration
         elif kind == "stall":
             proc.disrupted = True
             proc.stalled_until = max(proc.stalled_until, self.now + fault.duration)
@@ -660,11 +666,21 @@ class World:
     def _latency(self) -> float:
         return self.rng.uniform(0.0005, 0.004)
 
+    def _broker_latency(self, proc: Process) -> float:
+        latency = self._latency()
+        if proc.slow_until > self.now:
+            latency += proc.slow_by
+        return latency
+
     def _reply(self, task: Task, value: Any = None, delay: float | None = None) -> None:
-        self.at(self.now + (self._latency() if delay is None else delay), task.advance, value)
+        if delay is None:
+            delay = self._broker_latency(task.proc)
+        self.at(self.now + delay, task.advance, value)
 
     def _fail(self, task: Task, error: BaseException, delay: float | None = None) -> None:
-        self.at(self.now + (self._latency() if delay is None else delay), task.advance, None, error)
+        if delay is None:
+            delay = self._broker_latency(task.proc)
+        self.at(self.now + delay, task.advance, None, error)
 
     # -- performing effects -----------------------------------------------------------------
 
@@ -709,7 +725,14 @@ class World:
             self.wake_pollers(self.now + lease + 0.001)  # when their leases could run out
         if messages and self._crash_point(proc, "after_receive"):
             return
-        self._reply(task, messages)
+        delay = self._broker_latency(proc)
+        if messages and self.scenario.semantics == "lease":
+            lease = self.backend.visibility_timeout_for(messages[0]) or 0.0
+            if delay >= lease:
+                # Answered after the leases ran out: another process may have the messages.
+                for message in messages:
+                    history.touch(message, "receive answered after the lease ran out")
+        self._reply(task, messages, delay)
 
     def _poll_again(self, task: Task, effect: Receive, deadline: float) -> None:
         if self._pollers.get(task, (None, None))[1] == deadline:
@@ -830,17 +853,24 @@ class World:
 
     def _watch(self, task: Task, effect: Watch) -> None:
         proc = task.proc
+        since = self.now if effect.since is None else effect.since
         for message in effect.messages:
             lease = self.backend.visibility_timeout_for(message)
             if lease:
-                self._renew_later(proc, id(message), ("message", message, lease))
+                key = id(message)
+                if key in proc.leases and proc.leases[key][1] is message:
+                    continue  # already renewed on its own schedule
+                self._renew_later(proc, key, ("message", message, lease), since)
         if effect.key is not None:
             self._renew_later(proc, ("claim", effect.key), ("claim", effect.key, effect.lease))
         task.advance(None)
 
-    def _renew_later(self, proc: Process, key: object, entry: tuple[str, Any, float]) -> None:
+    def _renew_later(
+        self, proc: Process, key: object, entry: tuple[str, Any, float], since: float | None = None
+    ) -> None:
         proc.leases[key] = entry
-        self.at(self.now + entry[2] * RENEWAL_FRACTION, self._renew, proc, key, entry)
+        due = (self.now if since is None else since) + entry[2] * RENEWAL_FRACTION
+        self.at(max(self.now, due), self._renew, proc, key, entry)
 
     def _renew(self, proc: Process, key: object, entry: tuple[str, Any, float]) -> None:
         if proc.gone or proc.leases.get(key) is not entry:
