@@ -122,7 +122,7 @@ def test_consumes_until_signalled_then_exits_cleanly_with_its_counts(
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait()
+            process.communicate()  # reaps it and closes its pipes (no leak into later tests)
 
     assert process.returncode == 0, stderr
     assert sorted(m["job"] for m in consumed(workdir)) == [0, 1, 2, 3, 4]  # type: ignore[index]
