@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck check docs bench bench-quick simulate services clean
+.PHONY: install demo test lint format typecheck check docs bench bench-quick bench-scale simulate services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench: $(STAMP) services  ## full benchmark run (writes docs/benchmarks/results.
 bench-quick: $(STAMP) services  ## benchmark smoke run, under two minutes
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks --quick
+
+bench-scale: $(STAMP)  ## the embedded backends at depths of 1k, 100k and 1M messages
+	$(BIN)/python -m benchmarks.scale
 
 simulate: $(STAMP)  ## deterministic simulation of the dispatch engine under faults (SEEDS=1000000)
 	$(BIN)/python -m melange.simulation --seeds $(or $(SEEDS),1000000)
