@@ -44,7 +44,7 @@ def redis_keys() -> Iterator[str]:
     finally:
         try:
             client = redis.Redis(host=host, port=port, socket_timeout=5)
-            keys = list(client.scan_iter(match=prefix + "*"))
+            keys = list(client.scan_iter(match=prefix + "*", count=10_000))
             if keys:
                 client.delete(*keys)
             client.close()
