@@ -61,8 +61,8 @@ from melange.backends.rabbitmq.topology import (
     Steps,
     Unbind,
     ack_plan,
+    check_backend_settings,
     check_queue_publish,
-    check_queue_type,
     check_topic_publish,
     dead_letter_routed,
     declare_steps,
@@ -80,7 +80,6 @@ from melange.backends.rabbitmq.wire import encode_body, from_delivery, propertie
 from melange.exceptions import (
     BackendConnectionError,
     BackendError,
-    ConfigurationError,
     MessageTooLargeError,
     QueueNotFoundError,
     TopicNotFoundError,
@@ -339,10 +338,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         connection_name: str | None = None,
         **parameters: Any,
     ) -> None:
-        if queue_type is not None:
-            check_queue_type(queue_type)
-        if prefetch_count < 1:
-            raise ConfigurationError(f"prefetch_count must be at least 1, got {prefetch_count}")
+        check_backend_settings(queue_type, prefetch_count)
         # The pika backend's parsing and checks, so both accept and refuse the same settings.
         params = connection_parameters(
             url,

@@ -95,8 +95,8 @@ from melange.backends.rabbitmq.topology import (
     DeclareExchange,
     DeclareQueue,
     Steps,
+    check_backend_settings,
     check_queue_publish,
-    check_queue_type,
     check_topic_publish,
     dead_letter_routed,
     declare_steps,
@@ -114,7 +114,6 @@ from melange.backends.rabbitmq.topology import (
 from melange.backends.rabbitmq.wire import encode_body, from_delivery, to_properties
 from melange.exceptions import (
     BackendError,
-    ConfigurationError,
     MessageTooLargeError,
     QueueNotFoundError,
     TopicNotFoundError,
@@ -196,10 +195,7 @@ class RabbitMQBackend(MessagingBackend):
         connection_name: str | None = None,
         **parameters: Any,
     ) -> None:
-        if queue_type is not None:
-            check_queue_type(queue_type)
-        if prefetch_count < 1:
-            raise ConfigurationError(f"prefetch_count must be at least 1, got {prefetch_count}")
+        check_backend_settings(queue_type, prefetch_count)
         self._params = connection_parameters(
             url,
             host=host,

@@ -105,6 +105,14 @@ def check_queue_type(queue_type: object) -> None:
         raise ConfigurationError(f"queue_type must be 'quorum' or 'classic', got {queue_type!r}")
 
 
+def check_backend_settings(queue_type: str | None, prefetch_count: int) -> None:
+    """The checks both RabbitMQ backends make of their consuming settings."""
+    if queue_type is not None:
+        check_queue_type(queue_type)
+    if prefetch_count < 1:
+        raise ConfigurationError(f"prefetch_count must be at least 1, got {prefetch_count}")
+
+
 def type_arguments(queue_type: str) -> dict[str, Any]:
     """The arguments that make a queue of ``queue_type``."""
     # Classic queues are declared without x-queue-type so that queues created by other tools
