@@ -39,6 +39,7 @@ from melange.deduplication.async_cache import BlockingCacheAdapter, as_async_cac
 from melange.dispatch.base import DispatcherBase
 from melange.dispatch.effects import Invoke, Sleep
 from melange.dispatch.engine import Engine, Step
+from melange.dispatch.groups import GroupOrder
 from melange.dispatch.leases import Heartbeat, LoopBridge
 from melange.dispatch.perform import AsyncPerformer
 from melange.models import Message, QueueWrapper
@@ -229,7 +230,7 @@ class AsyncMessageDispatcher(DispatcherBase):
         options: dict[str, Any],
     ) -> None:
         slots = asyncio.Semaphore(concurrency)
-        tails: dict[str, asyncio.Task[bool]] = {}
+        order: GroupOrder[asyncio.Task[bool]] = GroupOrder()
         running: set[asyncio.Task[bool]] = set()
         try:
             while not self._stop.is_set():
@@ -238,21 +239,20 @@ class AsyncMessageDispatcher(DispatcherBase):
                 slots.release()
                 options["max_messages"] = min(_BATCH_FOR_WORKERS, concurrency)
                 messages = await self._drive(self._engine.receive(queue, options))
-                in_batch: dict[str, asyncio.Task[bool]] = {}
+                order.new_batch()
                 for message in messages:
                     await slots.acquire()
                     group = message.group_id
                     # Wait for the group's previous message (see Engine.may_go_ahead).
-                    same_batch = group is not None and group in in_batch
-                    before = (in_batch.get(group) or tails.get(group)) if group else None
+                    before, same_batch = order.before(group)
                     task = asyncio.create_task(
                         self._work(message, queue.name, before, same_batch, slots)
                     )
                     running.add(task)
                     task.add_done_callback(running.discard)
                     if group is not None:
-                        in_batch[group] = tails[group] = task
-                        task.add_done_callback(_forget(tails, group))
+                        order.started(group, task)
+                        task.add_done_callback(_finished(order, group))
                 if after_consume is not None:
                     after_consume()
                 if not messages:
@@ -303,14 +303,10 @@ class AsyncMessageDispatcher(DispatcherBase):
             self._executor.shutdown(wait=False)
 
 
-def _forget(
-    tails: dict[str, asyncio.Task[bool]], group: str
+def _finished(
+    order: GroupOrder[asyncio.Task[bool]], group: str
 ) -> Callable[[asyncio.Task[bool]], None]:
-    def forget(task: asyncio.Task[bool]) -> None:
-        if tails.get(group) is task:
-            tails.pop(group, None)
-
-    return forget
+    return lambda task: order.finished(group, task)
 
 
 __all__ = ["AsyncMessageDispatcher", "run_async"]

@@ -30,6 +30,7 @@ from melange.consumers import Consumer
 from melange.deduplication.cache import DeduplicationCache
 from melange.dispatch.base import DispatcherBase
 from melange.dispatch.engine import Engine, Step
+from melange.dispatch.groups import GroupOrder
 from melange.dispatch.perform import BlockingPerformer
 from melange.dispatch.stats import DispatcherStats
 from melange.models import Message, QueueWrapper
@@ -200,7 +201,7 @@ class MessageDispatcher(DispatcherBase):
         options: dict[str, Any],
     ) -> None:
         slots = threading.Semaphore(workers)
-        tails: dict[str, Future[bool]] = {}
+        order: GroupOrder[Future[bool]] = GroupOrder()
         pool = _Workers(workers)
         drained = False
         try:
@@ -211,17 +212,16 @@ class MessageDispatcher(DispatcherBase):
                 slots.release()
                 options["max_messages"] = min(_BATCH_FOR_WORKERS, workers)
                 messages = self._drive(self._engine.receive(queue, options))
-                in_batch: dict[str, Future[bool]] = {}
+                order.new_batch()
                 for message in messages:
                     slots.acquire()
                     group = message.group_id
                     # Wait for the group's previous message (see Engine.may_go_ahead).
-                    same_batch = group is not None and group in in_batch
-                    before = (in_batch.get(group) or tails.get(group)) if group else None
+                    before, same_batch = order.before(group)
                     future = pool.submit(self._work, message, queue.name, before, same_batch, slots)
                     if group is not None:
-                        in_batch[group] = tails[group] = future
-                        future.add_done_callback(_forget_tail(tails, group))
+                        order.started(group, future)
+                        future.add_done_callback(_finished(order, group))
                 if after_consume is not None:
                     after_consume()
             drained = True
@@ -273,12 +273,8 @@ class MessageDispatcher(DispatcherBase):
                 signal.signal(sig, old)
 
 
-def _forget_tail(tails: dict[str, Future[bool]], group: str) -> Callable[[Future[bool]], None]:
-    def forget(future: Future[bool]) -> None:
-        if tails.get(group) is future:
-            tails.pop(group, None)
-
-    return forget
+def _finished(order: GroupOrder[Future[bool]], group: str) -> Callable[[Future[bool]], None]:
+    return lambda future: order.finished(group, future)
 
 
 class SimpleMessageDispatcher(MessageDispatcher):

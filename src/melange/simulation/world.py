@@ -55,6 +55,7 @@ from melange.dispatch.effects import (
     Watch,
 )
 from melange.dispatch.engine import Engine
+from melange.dispatch.groups import GroupOrder
 from melange.dispatch.leases import RENEWAL_FRACTION
 from melange.dispatch.policy import FailurePolicy
 from melange.dispatch.stats import DispatcherStats
@@ -120,7 +121,17 @@ class _Acquire:
 class Task:
     """A step of one process being driven: a generator of effects."""
 
-    __slots__ = ("context", "done", "error", "proc", "result", "step", "waiters", "world")
+    __slots__ = (
+        "context",
+        "done",
+        "error",
+        "on_done",
+        "proc",
+        "result",
+        "step",
+        "waiters",
+        "world",
+    )
 
     def __init__(self, world: World, proc: Process, step: Generator[Any, Any, Any]) -> None:
         self.world = world
@@ -130,6 +141,7 @@ class Task:
         self.result: Any = None
         self.error: BaseException | None = None
         self.waiters: list[Task] = []
+        self.on_done: list[Callable[[], None]] = []
         # Each task in a context of its own, as an asyncio task or a worker thread: what one
         # message sets (the message being processed) is not seen by another.
         self.context = contextvars.Context()
@@ -160,6 +172,8 @@ class Task:
         for waiter in self.waiters:
             self.world.at(self.world.now, waiter.advance, result)
         self.waiters.clear()
+        for callback in self.on_done:
+            callback()
         if self is self.proc.main:
             self.proc.exited(error)
 
@@ -299,21 +313,19 @@ class Process:
         engine, queue = self.engine, self.world.queue
         workers = self.world.scenario.workers
         options = self._options(min(BATCH_FOR_WORKERS, workers))
-        tails: dict[str, Task] = {}
+        order: GroupOrder[Task] = GroupOrder()
         while not self.stop_requested:
             yield _Acquire(wait_only=True)
             messages = yield from engine.receive(queue, options)
-            in_batch: dict[str, Task] = {}
+            order.new_batch()
             for message in messages:
                 yield _Acquire()
                 group = message.group_id
-                same_batch = group is not None and group in in_batch
-                before = (in_batch.get(group) or tails.get(group)) if group else None
+                before, same_batch = order.before(group)
                 task = yield _Spawn(self._work(message, before, same_batch))
                 if group is not None:
-                    in_batch[group] = tails[group] = task
-            for group in [g for g, t in tails.items() if t.done]:
-                del tails[group]
+                    order.started(group, task)
+                    task.on_done.append(lambda task=task, group=group: order.finished(group, task))
         # Drain: wait for the messages in hand.
         for task in list(self.tasks):
             if task is not self.main and not task.done:
