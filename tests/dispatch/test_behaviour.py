@@ -850,3 +850,56 @@ def test_plain_consumers_run_off_the_event_loop_concurrently_and_it_keeps_tickin
     during = [t for t in ticks if started <= t <= max(finished)]
     assert len(during) > 5, f"the event loop ticked {len(during)} times in {took:.2f}s"
     broker.assert_empty(queue)
+
+
+class SlowClaims(InMemoryCache):
+    """A cache whose claims are answered ``pause`` seconds late."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+
+    def claim(self, key: str, lease_seconds: float) -> Any:
+        time.sleep(self.pause)
+        return super().claim(key, lease_seconds)
+
+
+@ON_EVERY_BACKEND
+def test_a_claim_answered_too_late_for_its_lease_is_not_trusted(
+    driver: Driver, broker: Broker
+) -> None:
+    # Answered after a third of its 0.3 s lease, the claim may be another process's by the
+    # time its first renewal comes: the message is given back, its consumer not run.
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": 1}])
+    handler = Recorder()
+    dispatcher = driver.make(
+        backend=broker.backend,
+        cache=SlowClaims(0.2),
+        dedup_lease_seconds=0.3,
+        consumers=[Consumer(handler, name="late-claims")],
+    )
+    consume_until(driver, dispatcher, broker, queue, lambda: dispatcher.stats.released >= 1)
+    assert handler.calls == []
+    assert dispatcher.stats.acknowledged == 0
+
+
+@ON_EVERY_BACKEND
+def test_a_consumer_stopping_the_process_gives_its_deduplication_claim_up(
+    driver: Driver, broker: Broker
+) -> None:
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": 1}])
+    cache = InMemoryCache()
+
+    def stop(payload: Any) -> None:
+        raise SystemExit(3)
+
+    dispatcher = driver.make(
+        backend=broker.backend, cache=cache, consumers=[Consumer(stop, name="stopper")]
+    )
+    loop = driver.run_loop(dispatcher, queue)
+    assert loop.wait(20), "consume_loop did not stop"
+    assert isinstance(loop.error, SystemExit)
+    # The message is given back: its claim must not hold the next delivery for a lease.
+    assert len(cache) == 0
