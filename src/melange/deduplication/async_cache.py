@@ -39,7 +39,7 @@ class AsyncDeduplicationCache(ABC):
     """
 
     @abstractmethod
-    async def store(self, key: str, value: Any) -> None:
+    async def store(self, key: str, value: Any, expire: float | None = None) -> None:
         """See :meth:`DeduplicationCache.store`."""
 
     @abstractmethod
@@ -91,8 +91,11 @@ class BlockingCacheAdapter(AsyncDeduplicationCache):
             return await asyncio.to_thread(fn, *args)
         return fn(*args)
 
-    async def store(self, key: str, value: Any) -> None:
-        await self._call(self.cache.store, key, value)
+    async def store(self, key: str, value: Any, expire: float | None = None) -> None:
+        if expire is None:
+            await self._call(self.cache.store, key, value)
+        else:
+            await self._call(self.cache.store, key, value, expire)
 
     async def get(self, key: str) -> Any:
         return await self._call(self.cache.get, key)

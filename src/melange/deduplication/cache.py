@@ -19,6 +19,7 @@ a (non-atomic) lookup.
 from __future__ import annotations
 
 import enum
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -38,6 +39,19 @@ def check_lease(lease_seconds: float) -> None:
     """A claim's lease must be positive: a zero lease would end the claim at once."""
     if lease_seconds <= 0:
         raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+
+
+def check_expire(expire: float | None) -> None:
+    """A per-key ``expire`` must be a positive, finite number of seconds (or ``None``)."""
+    if expire is None:
+        return
+    if (
+        isinstance(expire, bool)
+        or not isinstance(expire, int | float)
+        or not math.isfinite(expire)
+        or expire <= 0
+    ):
+        raise ValueError(f"expire must be a positive number of seconds or None, got {expire!r}")
 
 
 class ClaimState(enum.Enum):
@@ -69,8 +83,12 @@ class DeduplicationCache(ABC):
     blocking: bool = True
 
     @abstractmethod
-    def store(self, key: str, value: Any) -> None:
-        """Remember ``key`` with ``value``."""
+    def store(self, key: str, value: Any, expire: float | None = None) -> None:
+        """Remember ``key`` with ``value``.
+
+        ``expire`` is how many seconds this key is remembered; ``None`` uses the cache's
+        own setting. Caches that forget nothing ignore it.
+        """
 
     @abstractmethod
     def get(self, key: str) -> Any:
@@ -117,7 +135,7 @@ class NullCache(DeduplicationCache):
 
     blocking = False
 
-    def store(self, key: str, value: Any) -> None:
+    def store(self, key: str, value: Any, expire: float | None = None) -> None:
         return None
 
     def get(self, key: str) -> Any:
@@ -152,10 +170,13 @@ class InMemoryCache(DeduplicationCache):
             return None
         return value
 
-    def store(self, key: str, value: Any) -> None:
+    def store(self, key: str, value: Any, expire: float | None = None) -> None:
+        """Remember ``key`` for ``expire`` seconds (default: the cache's ``expire``)."""
+        check_expire(expire)
+        seconds = expire if expire is not None else self._expire
         with self._lock:
             now = self._clock()
-            self._entries[key] = (value, now + self._expire if self._expire else None)
+            self._entries[key] = (value, now + seconds if seconds else None)
 
     def get(self, key: str) -> Any:
         with self._lock:

@@ -40,7 +40,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
     raise ImportError(f"RedisCache needs redis-py ({exc}): pip install 'melange[redis]'") from exc
 
 from melange.deduplication.async_cache import AsyncDeduplicationCache
-from melange.deduplication.cache import DONE, ClaimState, DeduplicationCache
+from melange.deduplication.cache import DONE, ClaimState, DeduplicationCache, check_expire
 from melange.deduplication.redis_claims import (
     CLAIM_SCRIPT,
     DEFAULT_EXPIRE,
@@ -52,6 +52,7 @@ from melange.deduplication.redis_claims import (
     cache_error,
     check_options,
     claim_state,
+    expire_ms,
     lease_ms,
     new_token,
     redact,
@@ -185,10 +186,14 @@ class RedisCache(_RedisCacheConfig["redis.Redis"], DeduplicationCache):
 
     # -- 7.2.0 interface --------------------------------------------------------------------
 
-    def store(self, key: str, value: Any) -> None:
-        """Set ``key`` to ``str(value)`` for ``expire`` seconds."""
+    def store(self, key: str, value: Any, expire: float | None = None) -> None:
+        """Set ``key`` to ``str(value)`` for ``expire`` seconds (default: the cache's)."""
+        check_expire(expire)
         try:
-            self._client.set(self._prefix + key, str(value), ex=self._expire)
+            if expire is None:
+                self._client.set(self._prefix + key, str(value), ex=self._expire)
+            else:
+                self._client.set(self._prefix + key, str(value), px=expire_ms(expire))
         except redis.RedisError as exc:
             raise self._error("store", key, exc) from exc
 
@@ -307,10 +312,14 @@ class AsyncRedisCache(_RedisCacheConfig["redis.asyncio.Redis"], AsyncDeduplicati
         """A cache on the Redis at ``url``; see :meth:`RedisCache.from_url`."""
         return cls(url=url, **kwargs)
 
-    async def store(self, key: str, value: Any) -> None:
-        """Set ``key`` to ``str(value)`` for ``expire`` seconds."""
+    async def store(self, key: str, value: Any, expire: float | None = None) -> None:
+        """Set ``key`` to ``str(value)`` for ``expire`` seconds (default: the cache's)."""
+        check_expire(expire)
         try:
-            await self._client.set(self._prefix + key, str(value), ex=self._expire)
+            if expire is None:
+                await self._client.set(self._prefix + key, str(value), ex=self._expire)
+            else:
+                await self._client.set(self._prefix + key, str(value), px=expire_ms(expire))
         except redis.RedisError as exc:
             raise self._error("store", key, exc) from exc
 

@@ -17,6 +17,7 @@ stored the key itself as the value, keep deduplicating after an upgrade.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -69,6 +70,11 @@ def lease_ms(lease_seconds: float) -> int:
     """A claim's lease in whole milliseconds (at least one); refuses a non-positive lease."""
     check_lease(lease_seconds)
     return max(1, int(lease_seconds * 1000))
+
+
+def expire_ms(expire: float) -> int:
+    """A per-key ``expire`` in whole milliseconds (at least one), for ``SET PX``."""
+    return max(1, math.ceil(expire * 1000))
 
 
 def claim_state(reply: Any, token: str) -> ClaimState:

@@ -48,6 +48,7 @@ from melange.deduplication.cache import (
     DONE,
     ClaimState,
     DeduplicationCache,
+    check_expire,
     check_lease,
 )
 from melange.exceptions import ConfigurationError, DeduplicationCacheError
@@ -190,9 +191,10 @@ class SQLDeduplicationCache(DeduplicationCache):
 
     # -- 7.2.0 interface --------------------------------------------------------------------
 
-    def store(self, key: str, value: Any) -> None:
-        """Remember ``key`` with ``str(value)`` for ``expire`` seconds."""
-        self._upsert_done(key, str(value))
+    def store(self, key: str, value: Any, expire: float | None = None) -> None:
+        """Remember ``key`` with ``str(value)`` for ``expire`` seconds (default: the cache's)."""
+        check_expire(expire)
+        self._upsert_done(key, str(value), expire)
 
     def get(self, key: str) -> str | None:
         """The value stored for ``key``, or ``None``; a live claim reads as a claim marker."""
@@ -255,11 +257,11 @@ class SQLDeduplicationCache(DeduplicationCache):
         with self._lock:
             self._tokens.pop(key, None)
 
-    def _upsert_done(self, key: str, value: str) -> None:
+    def _upsert_done(self, key: str, value: str, expire: float | None = None) -> None:
         with self._lock:
-            self._execute(
-                self._done_sql(), (key, value, self._expiry(self._clock())), "mark as done", key
-            )
+            now = self._clock()
+            expires_at = self._expiry(now) if expire is None else now + expire
+            self._execute(self._done_sql(), (key, value, expires_at), "mark as done", key)
             self._count_write()
 
     def _done_sql(self) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 from melange.exceptions import (
     ConfigurationError,
@@ -30,14 +30,40 @@ SerializerSource = Union[
 ]
 
 
-def sort(types: Iterable[type]) -> list[type]:
-    """Order ``types`` so that every class comes before its base classes (most specific first)."""
-    remaining = list(dict.fromkeys(types))
-    ordered: list[type] = []
+SortItem = TypeVar("SortItem")
+
+
+def _type_of(item: object) -> type:
+    # A bare class, or a pair whose first element is the class (7.2.0 sorted
+    # ``(type, serializer)`` pairs).
+    if isinstance(item, type):
+        return item
+    if isinstance(item, tuple) and item and isinstance(item[0], type):
+        return item[0]
+    raise TypeError(
+        f"sort() takes classes or (class, serializer) pairs, got {type(item).__name__}: {item!r}"
+    )
+
+
+def sort(items: Iterable[SortItem]) -> list[SortItem]:
+    """Order ``items`` so that every class comes before its base classes (most specific
+    first).
+
+    ``items`` are classes, or pairs whose first element is a class, such as the
+    ``(type, serializer)`` bindings 7.2.0 sorted; each item comes back as it was given.
+    Items of unrelated classes keep their order.
+    """
+    remaining = list(dict.fromkeys(items))
+    types = {id(item): _type_of(item) for item in remaining}
+    ordered: list[SortItem] = []
     while remaining:
         for candidate in remaining:
+            own = types[id(candidate)]
             if not any(
-                other is not candidate and issubclass(other, candidate) for other in remaining
+                other is not candidate
+                and types[id(other)] is not own
+                and issubclass(types[id(other)], own)
+                for other in remaining
             ):
                 ordered.append(candidate)
                 remaining.remove(candidate)
