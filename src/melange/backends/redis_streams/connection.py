@@ -1,0 +1,111 @@
+"""Connections of the Redis Streams backends: the client settings both share, and the
+interruptible wait of a blocking receive.
+
+A receive with nothing to deliver waits with ``XREAD BLOCK`` on the queue's stream and its
+bell (see :mod:`melange.backends.redis_streams.scripts`) from the last ids it saw, so that a
+publish or a message given back wakes it at once, and for no longer than until the next lease
+runs out. Such a wait holds a connection of its own; :meth:`Waits.interrupt` ends every wait
+of a backend with ``CLIENT UNBLOCK`` from another connection, so stopping a consumer does not
+wait for the block to time out.
+
+Connection errors are retried by redis-py (``retries`` times, with backoff): every script is
+safe to run again, a publish at worst adds a message twice (at-least-once), and a receive
+whose answer was lost leaves its messages leased to nobody, so they come back when their
+lease runs out.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from melange.exceptions import ConfigurationError
+
+#: The longest single ``XREAD BLOCK``, in seconds: longer waits are made of several, so a
+#: connection that died silently is noticed (the socket timeout is longer than this).
+MAX_BLOCK_SECONDS = 5.0
+#: Seconds a reply may take before the connection counts as lost.
+SOCKET_TIMEOUT = MAX_BLOCK_SECONDS + 5.0
+
+_SCHEMES = {
+    "redis+streams": "redis",
+    "rediss+streams": "rediss",
+    "redis": "redis",
+    "rediss": "rediss",
+    "unix": "unix",
+}
+
+
+def client_url(url: str) -> str:
+    """The redis-py URL for a backend URL (``redis+streams://`` becomes ``redis://``)."""
+    parts = urlsplit(url)
+    scheme = _SCHEMES.get(parts.scheme.lower())
+    if scheme is None:
+        raise ConfigurationError(
+            f"a Redis Streams URL starts with redis+streams://, rediss+streams://, redis://, "
+            f"rediss:// or unix://, got {parts.scheme!r}"
+        )
+    return urlunsplit(parts._replace(scheme=scheme))
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for reprs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def client_options(retries: int, *, asyncio: bool = False) -> dict[str, Any]:
+    """Keyword arguments of ``from_url`` for the blocking or the asyncio client."""
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    retry: Any
+    if asyncio:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        retry = AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+    else:
+        from redis.retry import Retry
+
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+    return {
+        "decode_responses": True,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": 5.0,
+        "socket_keepalive": True,
+        "retry": retry,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+def consumer_name() -> str:
+    """A consumer name unique to one backend instance (host, process, random part)."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+
+
+class Waits:
+    """The client ids of the connections blocked in a receive, to end those waits."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: Incremented by each interrupt: a wait that began before it returns at once.
+        self.interrupts = 0
+        self.blocked: set[int] = set()
+
+
+__all__ = [
+    "MAX_BLOCK_SECONDS",
+    "SOCKET_TIMEOUT",
+    "Waits",
+    "client_options",
+    "client_url",
+    "consumer_name",
+    "redacted",
+]
