@@ -9,6 +9,7 @@
 | `sqs://?region=eu-west-1` | `AWSBackend` (add `endpoint_url=...` for a compatible server) |
 | `sqs://localhost:9324` | `LocalSQSBackend` on that host and port (see `sns_host`, `sns_port`) |
 | `amqp://user:password@host:5672/vhost` | `RabbitMQBackend` (`amqps://` for TLS) |
+| `redis+streams://[:password@]host:6379/0` | `RedisStreamsBackend` (`rediss+streams://` for TLS) |
 
 As with other database URLs, the path of an ``sqlite`` URL is what follows the third slash:
 three slashes for a relative path, four for an absolute one.
@@ -50,6 +51,7 @@ URL_FORMS = (
     "sqs://?region=eu-west-1[&endpoint_url=http://host:port]",
     "sqs://host:port",
     "amqp://user:password@host:port/vhost",
+    "redis+streams://[:password@]host:port/db",
 )
 
 _ALIASES = {"region": "region_name", "endpoint": "endpoint_url"}
@@ -61,6 +63,7 @@ _NOT_FROM_QUERY = {
     "sqs": {"session", "config"},
     "localsqs": {"session", "config", "host", "port"},
     "amqp": {"url", "credentials", "host", "port", "virtual_host", "username", "password"},
+    "redis+streams": {"url", "client"},
 }
 
 
@@ -222,12 +225,27 @@ def _amqp(url: str) -> MessagingBackend:
     return RabbitMQBackend(client_url, **_options(url, ours, RabbitMQBackend, "amqp"))
 
 
+def _redis_streams(url: str) -> MessagingBackend:
+    from melange.backends.redis_streams import RedisStreamsBackend
+
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ConfigurationError(
+            f"redis+streams URL {_redact(url)!r} needs a host, e.g. redis+streams://localhost:6379/0"
+        )
+    options = _options(url, _query(parts.query), RedisStreamsBackend, "redis+streams")
+    # The query holds only the backend's options; the client reads host, port, db, password.
+    return RedisStreamsBackend(urlunsplit(parts._replace(query="")), **options)
+
+
 _RESOLVERS: dict[str, Callable[[str], MessagingBackend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "sqs": _sqs,
     "amqp": _amqp,
     "amqps": _amqp,
+    "redis+streams": _redis_streams,
+    "rediss+streams": _redis_streams,
 }
 
 
