@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from melange.backends.async_interfaces import AsyncMessagingBackend, as_async
 from melange.backends.backend_manager import BackendManager
+from melange.backends.duck_typed import as_backend
 from melange.backends.interfaces import MessagingBackend
 from melange.dispatch.aio import AsyncMessageDispatcher
 from melange.models import Message, QueueWrapper, TopicWrapper
@@ -31,8 +32,10 @@ from melange.publishers import (
     LookUp,
     PublishEffect,
     PublishStep,
+    QueuePublisher,
     Send,
     SendBatch,
+    TopicPublisher,
     _Publisher,
 )
 from melange.serializers.json import JsonSerializer
@@ -53,6 +56,8 @@ class _Builder(_Publisher):
 class _AsyncPublisher:
     #: The name the warning about a created topic gives the publisher.
     _publisher_name = "publisher"
+    #: The methods a backend that is not a MessagingBackend needs (as for the blocking twin).
+    _needs: tuple[str, ...] = QueuePublisher._needs
 
     def __init__(
         self,
@@ -64,7 +69,11 @@ class _AsyncPublisher:
                 f"{type(self).__name__} takes the serializer(s) first and the backend second"
             )
         self._builder = _Builder(serializer_registry)
-        self._given = backend if backend is not None else BackendManager().get_backend()
+        given = backend if backend is not None else BackendManager().get_backend()
+        if not isinstance(given, MessagingBackend | AsyncMessagingBackend):
+            # A 7.2.0-style duck-typed blocking backend (or a test double of one).
+            given = as_backend(given, self._needs, type(self).__name__)
+        self._given: MessagingBackend | AsyncMessagingBackend = given
         self._backend = as_async(self._given)
         # The synchronous publishers' destination rules, performed by awaiting.
         self._destinations = Destinations(self._publisher_name)
@@ -183,6 +192,7 @@ class AsyncTopicPublisher(_AsyncPublisher):
     """
 
     _publisher_name = "AsyncTopicPublisher"
+    _needs = TopicPublisher._needs
 
     def __init__(
         self,

@@ -170,6 +170,54 @@ class SingleDispatchConsumer(Consumer):
         return getattr(self, attr)(message)
 
 
+class DuckTypedConsumer(Consumer):
+    """A consumer that is not a :class:`Consumer` subclass, as 7.2.0 accepted (and as its
+    users' test doubles are): an object with ``process(message)`` and, optionally,
+    ``accepts(message)`` (every message when it has none), ``name`` and ``failure_policy``.
+
+    Build it with :func:`as_consumer`.
+    """
+
+    def __init__(self, target: Any) -> None:
+        name = getattr(target, "name", None)
+        if not isinstance(name, str) or not name:
+            cls = type(target)
+            name = f"{cls.__module__}.{cls.__qualname__}"
+        super().__init__(name=name, failure_policy=getattr(target, "failure_policy", None))
+        self.target = target
+
+    def process(self, message: Any, **kwargs: Any) -> Any:
+        return self.target.process(message, **kwargs)
+
+    def accepts(self, message: Any) -> bool:
+        accepts = getattr(self.target, "accepts", None)
+        return True if accepts is None else bool(accepts(message))
+
+    def __repr__(self) -> str:
+        return f"<DuckTypedConsumer {self.target!r}>"
+
+
+def as_consumer(candidate: Any) -> Consumer:
+    """``candidate`` as a :class:`Consumer`: itself when it is one, else a
+    :class:`DuckTypedConsumer` around it when it has a ``process`` method.
+
+    Raises ``TypeError`` naming what is wrong otherwise.
+    """
+    if isinstance(candidate, Consumer):
+        return candidate
+    if not callable(getattr(candidate, "process", None)):
+        raise TypeError(
+            "expected a melange Consumer, or an object with a process(message) method, got "
+            f"{type(candidate).__name__}: {candidate!r}"
+        )
+    accepts = getattr(candidate, "accepts", None)
+    if accepts is not None and not callable(accepts):
+        raise TypeError(
+            f"the consumer {type(candidate).__name__}'s accepts is not callable: {accepts!r}"
+        )
+    return DuckTypedConsumer(candidate)
+
+
 def _message_type(owner: type, attr: str, func: Callable[..., Any]) -> type:
     params = [p for p in inspect.signature(func).parameters.values() if p.name != "self"]
     where = f"{owner.__qualname__}.{attr}"
@@ -203,6 +251,8 @@ def is_coroutine_consumer(consumer_obj: Consumer, message: Any) -> bool:
     ):
         attr = consumer_obj._handler_for(message)
         handler = getattr(consumer_obj, attr) if attr is not None else None
+    elif isinstance(consumer_obj, DuckTypedConsumer):
+        handler = getattr(consumer_obj.target, "process", None)
     else:
         handler = consumer_obj.process
     if handler is None:
@@ -228,10 +278,18 @@ def has_coroutine_handlers(consumer_obj: Consumer) -> bool:
 
 def _wants_manifest(consumer_obj: Consumer) -> bool:
     """True for ``accepts(self, manifest)`` overrides written in the original docs' style."""
-    method = type(consumer_obj).accepts
+    method: Any = type(consumer_obj).accepts
+    if isinstance(consumer_obj, DuckTypedConsumer):
+        method = getattr(consumer_obj.target, "accepts", None)
+        if method is None:
+            return False
     if method in (Consumer.accepts, SingleDispatchConsumer.accepts):
         return False
-    params = [p for p in inspect.signature(method).parameters.values() if p.name != "self"]
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):  # a callable without a signature (a C function, a double)
+        return False
+    params = [p for p in signature.parameters.values() if p.name != "self"]
     return bool(params) and params[0].name == "manifest"
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from melange.backends.backend_manager import BackendManager
+from melange.backends.duck_typed import as_backend
 from melange.backends.interfaces import MessagingBackend
 from melange.context import current_message
 from melange.exceptions import DestinationNotFoundError, TopicNotFoundError
@@ -157,6 +158,10 @@ def run_steps(step: PublishStep[T], perform: Callable[[PublishEffect], Any]) -> 
 
 
 class _Publisher:
+    #: The backend methods this publisher calls: an object that is not a
+    #: :class:`MessagingBackend` serves as its backend when it has them (7.2.0 duck typing).
+    _needs: tuple[str, ...] = ("get_queue", "publish_to_queue")
+
     def __init__(
         self,
         serializer_registry: SerializerSource | None = None,
@@ -169,8 +174,8 @@ class _Publisher:
         self.serializer_registry = SerializerRegistry.coerce(
             serializer_registry if serializer_registry is not None else JsonSerializer()
         )
-        if backend is not None and not isinstance(backend, MessagingBackend):
-            raise TypeError(f"backend must be a MessagingBackend, got {type(backend).__name__}")
+        if backend is not None:
+            backend = as_backend(backend, self._needs, type(self).__name__)
         self._backend = backend or BackendManager().get_backend()
 
     @property
@@ -361,6 +366,7 @@ class TopicPublisher(_DestinationPublisher):
     """
 
     _publisher_name = "TopicPublisher"
+    _needs = ("declare_topic", "publish_to_topic")
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from melange.backends.async_interfaces import AsyncMessagingBackend, overrides_holds
 from melange.backends.backend_manager import BackendManager
+from melange.backends.duck_typed import as_backend
 from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
 from melange.deduplication.async_cache import AsyncDeduplicationCache
@@ -24,6 +25,9 @@ from melange.dispatch.stats import DispatcherStats
 from melange.serializers.registry import SerializerRegistry, SerializerSource
 
 logger = logging.getLogger("melange.dispatcher")
+
+#: What a dispatcher calls on a backend that is not a MessagingBackend (7.2.0 duck typing).
+_CONSUMING = ("get_queue", "retrieve_messages", "acknowledge")
 
 
 class DispatcherBase:
@@ -85,6 +89,9 @@ class DispatcherBase:
             raise ValueError(f"dedup_lease_seconds must be positive, got {dedup_lease_seconds}")
         self._check_kinds(backend, cache)
         given = backend if backend is not None else BackendManager().get_backend()
+        if not isinstance(given, MessagingBackend | AsyncMessagingBackend):
+            # A 7.2.0-style duck-typed backend (or a test double of one).
+            given = as_backend(given, _CONSUMING, type(self).__name__)
         #: What the user passed, blocking or not.
         self._given_backend: MessagingBackend | AsyncMessagingBackend = given
         self._given_cache = cache
@@ -133,7 +140,7 @@ class DispatcherBase:
                     "use: consume from it with melange.aio.AsyncMessageDispatcher"
                 )
             if not isinstance(backend, MessagingBackend | AsyncMessagingBackend):
-                raise TypeError(f"backend must be a MessagingBackend, got {type(backend).__name__}")
+                as_backend(backend, _CONSUMING, name)  # raises, naming what is missing
         if cache is not None:
             if isinstance(cache, AsyncDeduplicationCache) and not self._takes_async:
                 raise TypeError(

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from melange.consumers import Consumer, _wants_manifest
+from melange.consumers import Consumer, DuckTypedConsumer, _wants_manifest, as_consumer
 from melange.dispatch.policy import FailurePolicy
 from melange.exceptions import SerializationError
 from melange.models import (
@@ -141,16 +141,18 @@ class Route:
             self.add(item)
 
     def add(self, consumer: Consumer) -> None:
-        """Route messages to ``consumer`` too."""
-        if not isinstance(consumer, Consumer):
-            raise TypeError(
-                f"expected a melange Consumer, got {type(consumer).__name__}: {consumer!r}"
-            )
-        self._consumers.append((consumer, _wants_manifest(consumer)))
+        """Route messages to ``consumer`` too (any object with ``process``, see
+        :func:`~melange.consumers.as_consumer`)."""
+        adapted = as_consumer(consumer)
+        self._consumers.append((adapted, _wants_manifest(adapted)))
 
     def remove(self, consumer: Consumer) -> None:
-        """Stop routing to ``consumer``."""
-        self._consumers = [(c, m) for c, m in self._consumers if c is not consumer]
+        """Stop routing to ``consumer`` (as it was given to :meth:`add`)."""
+        self._consumers = [
+            (c, m)
+            for c, m in self._consumers
+            if c is not consumer and not (isinstance(c, DuckTypedConsumer) and c.target is consumer)
+        ]
 
     @property
     def consumers(self) -> list[Consumer]:

@@ -298,7 +298,7 @@ class SimpleMessageDispatcher(MessageDispatcher):
         backend: MessagingBackend | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(wrapped_consumer, Consumer):
+        if not callable(getattr(wrapped_consumer, "process", None)):
             raise TypeError(
                 "SimpleMessageDispatcher takes the consumer first, then the serializer(s): "
                 f"got {type(wrapped_consumer).__name__} as the consumer"
