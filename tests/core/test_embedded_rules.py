@@ -51,9 +51,9 @@ def test_a_standard_queue_dead_letters_into_a_fifo_queue_without_losing_the_mess
     ("options", "error"),
     [
         ({"visibilty_timeout": 3}, "unknown option(s) ['visibilty_timeout'] for {label} queue"),
-        ({"visibility_timeout": 0}, "visibility_timeout of queue 'q' must be positive"),
-        ({"delay_seconds": -1}, "delay_seconds of queue 'q' must be >= 0"),
-        ({"max_receive_count": 0}, "max_receive_count must be at least 1"),
+        ({"visibility_timeout": 0}, "visibility_timeout of queue 'q' must be a number above 0"),
+        ({"delay_seconds": -1}, "delay_seconds of queue 'q' must be a number at least 0"),
+        ({"max_receive_count": 0}, "max_receive_count must be a whole number at least 1"),
         ({"filter_events": "OrderPlaced"}, "filter_events must be a list of manifests"),
     ],
 )

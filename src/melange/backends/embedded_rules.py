@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from melange.backends.interfaces import DEFAULT_MAX_RECEIVE_COUNT
+from melange.backends.names import check_embedded_name
+from melange.backends.numbers import check_number
 from melange.exceptions import ConfigurationError
 from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message
 
@@ -49,17 +51,23 @@ def queue_options(
             f"unknown option(s) {sorted(unknown)} for {backend} queue {name!r}; "
             f"known: {sorted(QUEUE_OPTIONS | {'filter_events'})}"
         )
-    visibility = float(options.get("visibility_timeout", default_visibility))
-    if visibility <= 0:
-        raise ConfigurationError(
-            f"visibility_timeout of queue {name!r} must be positive, got {visibility!r}"
+    check_embedded_name("queue", name)
+    visibility = check_number(
+        f"visibility_timeout of queue {name!r}",
+        options.get("visibility_timeout", default_visibility),
+        positive=True,
+    )
+    delay = check_number(
+        f"delay_seconds of queue {name!r}", options.get("delay_seconds", 0.0), minimum=0
+    )
+    count = int(
+        check_number(
+            "max_receive_count",
+            options.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT),
+            minimum=1,
+            integer=True,
         )
-    delay = float(options.get("delay_seconds", 0.0))
-    if delay < 0:
-        raise ConfigurationError(f"delay_seconds of queue {name!r} must be >= 0, got {delay}")
-    count = int(options.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT))
-    if count < 1:
-        raise ConfigurationError(f"max_receive_count must be at least 1, got {count}")
+    )
     return QueueOptions(
         fifo=bool(options.get("fifo", name.endswith(".fifo"))),
         visibility_timeout=visibility,

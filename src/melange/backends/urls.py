@@ -31,6 +31,7 @@ is used.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,6 +39,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from melange.backends.interfaces import MessagingBackend
 from melange.exceptions import ConfigurationError
+from melange.redaction import redact_text, redact_url
 
 #: The environment variable :func:`backend_from_env` reads.
 ENV_VARIABLE = "MELANGE_BACKEND_URL"
@@ -88,7 +90,7 @@ def backend_from_env(
         try:
             return backend_from_url(url)
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{ENV_VARIABLE}={url!r}: {exc}") from exc
+            raise ConfigurationError(f"{ENV_VARIABLE}={_redact(url)!r}: {exc}") from exc
     return backend_from_url(default or default_backend_url())
 
 
@@ -101,7 +103,7 @@ def backend_from_url(url: str) -> MessagingBackend:
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
-            f"backend URL {url!r} has no scheme; expected one of: {', '.join(URL_FORMS)}"
+            f"backend URL {_redact(url)!r} has no scheme; expected one of: {', '.join(URL_FORMS)}"
         )
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
@@ -125,7 +127,7 @@ def _memory(url: str) -> MessagingBackend:
     parts = urlsplit(url)
     if parts.netloc or parts.path not in ("", "/"):
         raise ConfigurationError(
-            f"the in-memory backend takes no host or path, got {url!r}; use memory://"
+            f"the in-memory backend takes no host or path, got {_redact(url)!r}; use memory://"
         )
     options = _options(url, _query(parts.query), InMemoryMessagingBackend, "memory")
     return InMemoryMessagingBackend(**options)
@@ -141,7 +143,7 @@ def _sqlite(url: str) -> MessagingBackend:
         path = ":memory:"
     elif parts.netloc:
         raise ConfigurationError(
-            f"an sqlite URL has no host, got {parts.netloc!r} in {url!r}; use "
+            f"an sqlite URL has no host, got {_redact(url)!r}; use "
             "sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
     else:
@@ -149,7 +151,8 @@ def _sqlite(url: str) -> MessagingBackend:
         path = unquote(parts.path[1:])
     if not path or path.endswith("/"):
         raise ConfigurationError(
-            f"sqlite URL {url!r} names no database file; use sqlite:///relative/path.db, "
+            f"sqlite URL {_redact(url)!r} names no database file; use "
+            "sqlite:///relative/path.db, "
             "sqlite:////absolute/path.db or sqlite://:memory:"
         )
     options = _options(url, _query(parts.query), SQLiteBackend, "sqlite")
@@ -294,12 +297,14 @@ def _options(
                 f"unknown option {name!r} in backend URL {_redact(url)!r}; "
                 f"{cls.__name__} takes: {', '.join(known)}"
             )
+        shown = "***" if _secret_option(name) else repr(raw)
         try:
             options[name] = convert(raw)
         except ValueError as exc:
+            reason = redact_text(str(exc), url) if shown != "***" else "not a valid value"
             raise ConfigurationError(
-                f"option {name}={raw!r} in backend URL {_redact(url)!r}: {exc}"
-            ) from exc
+                f"option {name}={shown} in backend URL {_redact(url)!r}: {reason}"
+            ) from None
     return options
 
 
@@ -310,7 +315,7 @@ def _converter(param: inspect.Parameter) -> Callable[[str], Any]:
         annotation = param.annotation
         text = str(getattr(annotation, "__name__", annotation))
         names = {part.strip() for part in text.split("|")}
-        for name, convert in (("bool", _boolean), ("int", int), ("float", float)):
+        for name, convert in (("bool", _boolean), ("int", int), ("float", _finite)):
             if name in names:
                 return convert
         return str
@@ -319,8 +324,19 @@ def _converter(param: inspect.Parameter) -> Callable[[str], Any]:
     if isinstance(default, int):
         return int
     if isinstance(default, float):
-        return float
+        return _finite
     return str
+
+
+def _finite(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _secret_option(name: str) -> bool:
+    return "secret" in name or "password" in name or "token" in name
 
 
 def _boolean(raw: str) -> bool:
@@ -333,12 +349,8 @@ def _boolean(raw: str) -> bool:
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password or secret parameters, for error messages."""
+    return redact_url(url)
 
 
 __all__ = [

@@ -43,6 +43,8 @@ from melange.backends.memory.topology import (
     to_message,
     unpack_headers,
 )
+from melange.backends.names import check_embedded_name
+from melange.backends.numbers import check_number, check_optional_number
 from melange.exceptions import (
     ConfigurationError,
     MessageTooLargeError,
@@ -75,7 +77,10 @@ class InMemoryMessagingBackend(MessagingBackend):
     ) -> None:
         #: Default visibility timeout of new queues, in seconds (the dispatcher's heartbeat
         #: extends the lease of a message in hand by this much).
-        self.visibility_timeout = visibility_timeout
+        self.visibility_timeout = check_number(
+            "visibility_timeout", visibility_timeout, positive=True
+        )
+        check_optional_number("max_message_size", max_message_size, minimum=1, integer=True)
         self._max_message_size = max_message_size
         self._auto_create = auto_create
         self._clock = clock
@@ -112,6 +117,7 @@ class InMemoryMessagingBackend(MessagingBackend):
     # -- topology ---------------------------------------------------------------------------
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
+        check_embedded_name("topic", topic_name)
         with self._lock:
             self._topics.setdefault(topic_name, [])
         return TopicWrapper(topic_name, topic_name)

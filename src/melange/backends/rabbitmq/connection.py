@@ -24,7 +24,6 @@ import os
 import select
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -38,6 +37,7 @@ try:  # A pika internal: waiting for confirms without a wake-up per confirm (see
 except ImportError:  # pragma: no cover - other pika versions: the public, slower path
     _IoloopTimerContext = None
 
+from melange.backends.numbers import check_number
 from melange.backends.rabbitmq.topology import (
     NOT_FOUND,
     Bind,
@@ -56,6 +56,7 @@ from melange.exceptions import (
     PublishError,
     QueueNotFoundError,
 )
+from melange.redaction import redact_text, redact_url
 
 if TYPE_CHECKING:
     from melange.backends.rabbitmq.backend import RabbitMQBackend
@@ -710,12 +711,65 @@ def _explain(error: BaseException | None) -> str:
             f"access refused ({type(error).__name__}: {error}); check the username, password "
             "and that the user may access this virtual host"
         )
-    if isinstance(error, pika.exceptions.AMQPConnectionError) and error.args:
-        inner = error.args[0]
-        if isinstance(inner, BaseException):
-            return f"{type(inner).__name__}: {inner}"
-    text = str(error) or repr(error)
-    return f"{type(error).__name__}: {text}"
+    root = _root_cause(error)
+    text = str(root) or repr(root)
+    return f"{type(root).__name__}: {text}"
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The error under pika's wrappers: a failed connection workflow holds the error of
+    each attempt (the last one is reported), a failed connector the socket's own error."""
+    seen: set[int] = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        attempts = getattr(error, "exceptions", None)
+        if isinstance(attempts, list | tuple) and attempts:
+            inner: object = attempts[-1]
+        elif isinstance(getattr(error, "exception", None), BaseException):
+            inner = getattr(error, "exception", None)
+        elif error.args:
+            inner = error.args[0]
+        else:
+            inner = None
+        if not isinstance(inner, BaseException):
+            return error
+        error = inner
+    return error
+
+
+#: pika's loggers that report each failed connection attempt, several lines per attempt.
+_CONNECT_LOGGERS = (
+    "pika.adapters.utils.connection_workflow",
+    "pika.adapters.utils.io_services_utils",
+    "pika.adapters.blocking_connection",
+    "pika.adapters.utils.selector_ioloop_adapter",
+)
+_CONNECT_WORDS = ("connect", "address resolution", "getaddrinfo")
+
+
+class _ConnectAttemptFilter(logging.Filter):
+    """Drops pika's records of failed connection attempts: the backend reports each failure
+    itself, on one line naming the host, port and reason. They stay visible with pika's
+    logger set to ``DEBUG``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return True
+        try:
+            text = record.getMessage().lower()
+        except Exception:
+            return True
+        return not any(word in text for word in _CONNECT_WORDS)
+
+
+def _quiet_pika_connect_errors() -> None:
+    for name in _CONNECT_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _ConnectAttemptFilter) for f in target.filters):
+            target.addFilter(_ConnectAttemptFilter())
+
+
+_quiet_pika_connect_errors()
 
 
 # -- connection parameters -------------------------------------------------------------------
@@ -737,7 +791,10 @@ def connection_parameters(
     connection_name: str | None,
     extra: Mapping[str, Any],
 ) -> pika.ConnectionParameters:
-    if heartbeat <= 0:
+    check_number("connection_attempts", connection_attempts, minimum=1, integer=True)
+    check_number("retry_delay", retry_delay, minimum=0)
+    check_number("socket_timeout", socket_timeout, positive=True)
+    if check_number("heartbeat", heartbeat) <= 0:
         raise ConfigurationError(
             f"heartbeat must be positive (got {heartbeat}): without heartbeats a dead "
             "connection goes unnoticed"
@@ -770,7 +827,8 @@ def connection_parameters(
         try:
             params = pika.URLParameters(url)
         except Exception as exc:
-            raise ConfigurationError(f"invalid RabbitMQ URL {redact(url)!r}: {exc}") from exc
+            reason = redact_text(str(exc), url)
+            raise ConfigurationError(f"invalid RabbitMQ URL {redact(url)!r}: {reason}") from None
         try:
             for key, value in {**common, **extra}.items():
                 setattr(params, key, value)
@@ -794,11 +852,7 @@ def connection_parameters(
 
 def redact(url: str) -> str:
     """``url`` without its password, for error messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(url)
 
 
 # -- the session: per-connection state on the I/O thread ------------------------------------

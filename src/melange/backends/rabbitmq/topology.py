@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from melange.backends.interfaces import DEFAULT_MAX_RECEIVE_COUNT
+from melange.backends.names import check_amqp_name, check_amqp_queue_name, check_amqp_topic_name
+from melange.backends.numbers import check_number
 from melange.exceptions import (
     BatchPublishError,
     ConfigurationError,
@@ -109,8 +111,7 @@ def check_backend_settings(queue_type: str | None, prefetch_count: int) -> None:
     """The checks both RabbitMQ backends make of their consuming settings."""
     if queue_type is not None:
         check_queue_type(queue_type)
-    if prefetch_count < 1:
-        raise ConfigurationError(f"prefetch_count must be at least 1, got {prefetch_count}")
+    check_number("prefetch_count", prefetch_count, minimum=1, integer=True)
 
 
 def type_arguments(queue_type: str) -> dict[str, Any]:
@@ -173,7 +174,10 @@ def queue_options(
     default_type: str | None,
     dead_letter_queue: str | None,
 ) -> QueueOptions:
-    """Validate the options of ``declare_queue`` (raises ``ConfigurationError``)."""
+    """Validate the name and options of ``declare_queue`` (raises ``ConfigurationError``)."""
+    check_amqp_queue_name(queue_name)
+    if dead_letter_queue is not None:
+        check_amqp_queue_name(dead_letter_queue, "dead-letter queue")
     unknown = set(options) - QUEUE_OPTIONS
     if unknown:
         raise ConfigurationError(
@@ -188,9 +192,17 @@ def queue_options(
     requested = options.get("queue_type", default_type)
     if requested is not None:
         check_queue_type(requested)
-    max_receive = int(options.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT))
-    if max_receive < 1:
-        raise ConfigurationError(f"max_receive_count must be at least 1, got {max_receive}")
+    max_receive = int(
+        check_number(
+            "max_receive_count",
+            options.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT),
+            minimum=1,
+            integer=True,
+        )
+    )
+    if "visibility_timeout" in options:
+        # Ignored by RabbitMQ, but a value no other backend would take is still a mistake.
+        check_number("visibility_timeout", options["visibility_timeout"], positive=True)
     filter_events = options.get("filter_events")
     if isinstance(filter_events, str):
         raise ConfigurationError(
@@ -492,6 +504,7 @@ def binding_steps(binding: BindingDeclaration) -> Steps[None]:
 
 def declare_topic_steps(topic_name: str) -> Steps[None]:
     """Declare the durable ``headers`` exchange of a topic."""
+    check_amqp_topic_name(topic_name)
     refusal = yield DeclareExchange(topic_name, "headers")
     if refusal is not None:
         raise_declare_error(refusal, f"topic {topic_name!r}")
@@ -499,6 +512,8 @@ def declare_topic_steps(topic_name: str) -> Steps[None]:
 
 def exists_steps(operation: DeclareQueue | DeclareExchange) -> Steps[bool]:
     """Whether the queue or exchange of a passive declaration exists."""
+    # A name the broker cannot parse would leave the declaration unanswered.
+    check_amqp_name("queue" if isinstance(operation, DeclareQueue) else "topic", operation.name)
     refusal = yield operation
     if refusal is None:
         return True

@@ -22,6 +22,8 @@ from melange.backends.interfaces import (
     BackendCapabilities,
     MessagingBackend,
 )
+from melange.backends.names import check_embedded_name
+from melange.backends.numbers import check_number, check_optional_number
 from melange.backends.sqlite import inspect, topology
 from melange.backends.sqlite.connection import SYNCHRONOUS_MODES, Database
 from melange.backends.sqlite.inspect import QueueStats
@@ -106,15 +108,11 @@ class SQLiteBackend(MessagingBackend):
             raise ConfigurationError(
                 f"synchronous must be one of {list(SYNCHRONOUS_MODES)}, got {synchronous!r}"
             )
-        if visibility_timeout <= 0:
-            raise ConfigurationError(
-                f"visibility_timeout must be positive, got {visibility_timeout!r}"
-            )
-        if busy_timeout < 0 or poll_interval <= 0:
-            raise ConfigurationError(
-                f"busy_timeout must be >= 0 and poll_interval > 0, got {busy_timeout!r} and "
-                f"{poll_interval!r}"
-            )
+        check_number("visibility_timeout", visibility_timeout, positive=True)
+        check_number("busy_timeout", busy_timeout, minimum=0)
+        check_number("poll_interval", poll_interval, positive=True)
+        check_number("max_poll_interval", max_poll_interval, positive=True)
+        check_optional_number("max_message_size", max_message_size, minimum=1, integer=True)
         #: The database file as given.
         self.path = os.fspath(path)
         #: Default visibility timeout of new queues, in seconds (read by the heartbeat).
@@ -155,6 +153,7 @@ class SQLiteBackend(MessagingBackend):
     # -- topology (see melange.backends.sqlite.topology) ------------------------------------
 
     def declare_topic(self, topic_name: str) -> TopicWrapper:
+        check_embedded_name("topic", topic_name)
         return topology.declare_topic(self._db, topic_name, self._clock)
 
     def get_topic(self, topic_name: str) -> TopicWrapper:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.numbers import check_number, check_optional_number
 from melange.backends.sqs import wire
 from melange.backends.sqs.connection import (
     MAX_WAIT_SECONDS,
@@ -99,6 +100,9 @@ class SQSOperations:
         visibility_timeout: float | None,
         wait_time_seconds: int,
     ) -> None:
+        check_number("max_number_of_messages", max_number_of_messages, integer=True)
+        check_number("wait_time_seconds", wait_time_seconds, integer=True)
+        check_optional_number("visibility_timeout", visibility_timeout)
         if not 1 <= int(max_number_of_messages) <= wire.MAX_BATCH_ENTRIES:
             raise ConfigurationError(
                 f"max_number_of_messages must be between 1 and 10, got {max_number_of_messages}"

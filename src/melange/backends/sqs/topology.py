@@ -23,6 +23,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from melange.backends.names import check_sns_topic_name, check_sqs_queue_name
+from melange.backends.numbers import check_number
 from melange.backends.sqs import wire
 from melange.backends.sqs.connection import (
     QUEUE_EXISTS,
@@ -61,6 +63,15 @@ QUEUE_ATTRIBUTE_OPTIONS = {
     "kms_master_key_id": "KmsMasterKeyId",
     "kms_data_key_reuse_period_seconds": "KmsDataKeyReusePeriodSeconds",
     "sqs_managed_sse_enabled": "SqsManagedSseEnabled",
+}
+#: The ranges SQS allows for the numeric options (seconds, or bytes for the message size).
+NUMERIC_RANGES = {
+    "visibility_timeout": (0, 43_200),
+    "message_retention_period": (60, 1_209_600),
+    "delay_seconds": (0, 900),
+    "receive_wait_time_seconds": (0, 20),
+    "maximum_message_size": (1_024, 262_144),
+    "kms_data_key_reuse_period_seconds": (60, 86_400),
 }
 _OTHER_QUEUE_OPTIONS = {"attributes", "filter_events", "max_receive_count", "raw_delivery", "fifo"}
 
@@ -144,23 +155,33 @@ def check_queue_options(
 ) -> int:
     """Refuse a declaration SQS or SNS would not honour, before any request; returns the
     ``max_receive_count`` of the redrive policy."""
+    check_sqs_queue_name(queue_name)
+    if dead_letter_queue_name is not None:
+        check_sqs_queue_name(dead_letter_queue_name, "dead-letter queue")
     unknown = set(options) - set(QUEUE_ATTRIBUTE_OPTIONS) - _OTHER_QUEUE_OPTIONS
     if unknown:
         raise ConfigurationError(
             f"unknown option(s) {sorted(unknown)} for SQS queue {queue_name!r}; known: "
             f"{sorted(set(QUEUE_ATTRIBUTE_OPTIONS) | _OTHER_QUEUE_OPTIONS)}"
         )
+    for option, (low, high) in NUMERIC_RANGES.items():
+        if options.get(option) is not None:
+            check_number(option, options[option], minimum=low, maximum=high)
     fifo = is_fifo(queue_name)
     if "fifo" in options and bool(options["fifo"]) != fifo:
         raise ConfigurationError(
             f"SQS decides FIFO by name: a FIFO queue's name ends with '.fifo', and "
             f"{queue_name!r} {'does not' if not fifo else 'does'}"
         )
-    max_receive_count = int(options.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT))
-    if not 1 <= max_receive_count <= 1000:
-        raise ConfigurationError(
-            f"max_receive_count must be between 1 and 1000, got {max_receive_count}"
+    max_receive_count = int(
+        check_number(
+            "max_receive_count",
+            options.get("max_receive_count", DEFAULT_MAX_RECEIVE_COUNT),
+            minimum=1,
+            maximum=1000,
+            integer=True,
         )
+    )
     if "max_receive_count" in options and dead_letter_queue_name is None:
         raise ConfigurationError(
             f"max_receive_count applies only to a queue with a dead-letter queue; pass "
@@ -298,6 +319,7 @@ class Topology:
     def declare_topic(self, topic_name: str) -> Steps[TopicWrapper]:
         """Create the SNS topic if needed (a ``.fifo`` name makes a FIFO topic with
         content-based deduplication) and return it; its ARN is cached."""
+        check_sns_topic_name(topic_name)
         attributes: dict[str, str] = {}
         if is_fifo(topic_name):
             attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "true"}
