@@ -9,6 +9,7 @@
 | `sqs://?region=eu-west-1` | `AWSBackend` (add `endpoint_url=...` for a compatible server) |
 | `sqs://localhost:9324` | `LocalSQSBackend` on that host and port (see `sns_host`, `sns_port`) |
 | `amqp://user:password@host:5672/vhost` | `RabbitMQBackend` (`amqps://` for TLS) |
+| `nats://host:4222` | `NATSBackend` on NATS JetStream (`nats://h1:4222,h2:4222` for a cluster) |
 | `redis+streams://[:password@]host:6379/0` | `RedisStreamsBackend` (`rediss+streams://` for TLS) |
 
 As with other database URLs, the path of an ``sqlite`` URL is what follows the third slash:
@@ -54,6 +55,7 @@ URL_FORMS = (
     "sqs://host:port",
     "amqp://user:password@host:port/vhost",
     "redis+streams://[:password@]host:port/db",
+    "nats://host:4222",
 )
 
 _ALIASES = {"region": "region_name", "endpoint": "endpoint_url"}
@@ -66,6 +68,7 @@ _NOT_FROM_QUERY = {
     "localsqs": {"session", "config", "host", "port"},
     "amqp": {"url", "credentials", "host", "port", "virtual_host", "username", "password"},
     "redis+streams": {"url", "client"},
+    "nats": {"url"},
 }
 
 
@@ -241,6 +244,18 @@ def _redis_streams(url: str) -> MessagingBackend:
     return RedisStreamsBackend(urlunsplit(parts._replace(query="")), **options)
 
 
+def _nats(url: str) -> MessagingBackend:
+    from melange.backends.nats.backend import NATSBackend
+
+    parts = urlsplit(url)
+    if not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigurationError(
+            f"nats URL {_redact(url)!r} needs a host and no path, e.g. nats://localhost:4222"
+        )
+    options = _options(url, _query(parts.query), NATSBackend, "nats")
+    return NATSBackend(urlunsplit(parts._replace(query="")), **options)
+
+
 _RESOLVERS: dict[str, Callable[[str], MessagingBackend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
@@ -249,6 +264,7 @@ _RESOLVERS: dict[str, Callable[[str], MessagingBackend]] = {
     "amqps": _amqp,
     "redis+streams": _redis_streams,
     "rediss+streams": _redis_streams,
+    "nats": _nats,
 }
 
 
