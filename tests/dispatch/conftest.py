@@ -123,12 +123,36 @@ def backend(
             pass
         else:
             NATIVE_CLIENTS[made] = lambda: AsyncAWSBackend(**options)
+    elif kind == "redis-streams":
+        made = _redis_streams(request)
     else:
         raise ValueError(f"unknown backend {kind!r}")
     yield made
     for close in closers:
         close()
     made.close_connection()
+
+
+def _redis_streams(request: pytest.FixtureRequest) -> MessagingBackend:
+    """A Redis Streams backend on keys of the test's own prefix, deleted after the test; the
+    asyncio-native driver gets ``AsyncRedisStreamsBackend`` on the same keys."""
+    host, port = require_service("redis")
+    from melange.backends.redis_streams import AsyncRedisStreamsBackend, RedisStreamsBackend
+
+    url, prefix = f"redis://{host}:{port}/0", f"melange-dispatch-{uuid.uuid4().hex[:10]}:"
+    made = RedisStreamsBackend(url, prefix=prefix)
+    NATIVE_CLIENTS[made] = lambda: AsyncRedisStreamsBackend(url, prefix=prefix)
+
+    def delete_keys() -> None:
+        import redis
+
+        with redis.Redis.from_url(url) as client:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+
+    request.addfinalizer(delete_keys)
+    return made
 
 
 @pytest.fixture

@@ -57,13 +57,14 @@ from service_check import require_service
 
 _RABBITMQ = pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)
 _SQS = pytest.param("sqs", marks=pytest.mark.sqs)
+_REDIS_STREAMS = pytest.param("redis-streams", marks=pytest.mark.redis)
 #: Tests that need neither the fake clock nor a queue's exact depth: every backend.
 ON_EVERY_BACKEND = pytest.mark.parametrize(
-    "backend", ["memory", "sqlite", _RABBITMQ, _SQS], indirect=True
+    "backend", ["memory", "sqlite", _RABBITMQ, _SQS, _REDIS_STREAMS], indirect=True
 )
 #: Tests on FIFO queues: every backend that has them (not RabbitMQ).
 ON_EVERY_FIFO_BACKEND = pytest.mark.parametrize(
-    "backend", ["memory", "sqlite", _SQS], indirect=True
+    "backend", ["memory", "sqlite", _SQS, _REDIS_STREAMS], indirect=True
 )
 ASYNCIO_ONLY = pytest.mark.parametrize("driver", ["asyncio", "asyncio-native"], indirect=True)
 #: Messages processed at once in the loop tests: one at a time, and a pool.

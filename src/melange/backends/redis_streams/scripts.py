@@ -23,9 +23,10 @@ The keys of queue ``Q`` (prefix ``P``):
   receive with ``XCLAIM``, which counts the delivery in the pending list.
 - ``P a:Q``: failed attempts per entry (hash, from ``nack``); ``P w:Q``: entries given back
   with a delay (hash), for the statistics.
-- ``P h:Q``, ``P pg:Q`` and ``P p:<len>:Q:<group>``: on a FIFO queue, the head of each
-  message group (the one message of the group that may be delivered), the groups with
-  messages waiting behind their head, and those messages in order.
+- ``P o:<len>:Q:<group>``, ``P p:<len>:Q:<group>``, ``P x:<len>:Q:<group>`` and ``P pg:Q``:
+  on a FIFO queue, the messages of each group that are out (delivered, or given back and not
+  delivered again yet) and those waiting behind them, in order; those given back that wait
+  for an earlier one of the group; and the groups that have any.
 - ``P b:Q``: a one-entry stream that rings when a message becomes deliverable other than by
   a publish (a nack, a release, the next message of a FIFO group), to wake waiting receivers.
 """
@@ -43,6 +44,15 @@ local REASON = 'melange_failure_reason'
 local SOURCE = 'melange_failure_queue'
 local function k(kind, name) return P .. kind .. ':' .. name end
 local function parked_key(name, gid) return P .. 'p:' .. #name .. ':' .. name .. ':' .. gid end
+local function out_key(name, gid) return P .. 'o:' .. #name .. ':' .. name .. ':' .. gid end
+local function blocked_key(name, gid) return P .. 'x:' .. #name .. ':' .. name .. ':' .. gid end
+-- Stream ids in their order (as strings, '9-0' would come after '10-0').
+local function id_less(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  if am ~= bm then return tonumber(am) < tonumber(bm) end
+  return tonumber(as) < tonumber(bs)
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -75,19 +85,41 @@ local function ensure_queue(name, fifo, vt, mrc)
   end
   redis.pcall('XGROUP', 'CREATE', k('s', name), GROUP, '0', 'MKSTREAM')
 end
--- The next message of a FIFO group becomes deliverable once its head is settled.
+-- Messages of a FIFO group that came due while an earlier one of the group was out wait
+-- out of the leases; any change to the group makes them due again.
+local function unblock(name, gid)
+  local blocked = blocked_key(name, gid)
+  local ids = redis.call('SMEMBERS', blocked)
+  if #ids == 0 then return end
+  for _, other in ipairs(ids) do redis.call('ZADD', k('l', name), 0, other) end
+  redis.call('DEL', blocked)
+  ring(name)
+end
+-- A settled message leaves its FIFO group's messages out; when none is left, the messages
+-- waiting behind them (up to 100 at a time) become deliverable, in order.
 local function advance_group(name, id, gid)
   if not gid then return end
-  local heads = k('h', name)
-  if redis.call('HGET', heads, gid) ~= id then return end
-  local nxt = redis.call('LPOP', parked_key(name, gid))
-  if nxt then
-    redis.call('HSET', heads, gid, nxt)
-    redis.call('ZADD', k('l', name), 0, nxt)
-    ring(name)
-  else
-    redis.call('HDEL', heads, gid)
+  local out = out_key(name, gid)
+  redis.call('LREM', out, 1, id)
+  unblock(name, gid)
+  if redis.call('LLEN', out) > 0 then return end
+  local parked = parked_key(name, gid)
+  local moved = redis.call('LRANGE', parked, 0, 99)
+  if #moved == 0 then
     redis.call('SREM', k('pg', name), gid)
+    return
+  end
+  redis.call('LTRIM', parked, #moved, -1)
+  for _, next_id in ipairs(moved) do
+    redis.call('ZADD', k('l', name), 0, next_id)
+    redis.call('RPUSH', out, next_id)
+  end
+  ring(name)
+end
+-- Delete the lists of a queue's FIFO groups.
+local function drop_groups(name)
+  for _, gid in ipairs(redis.call('SMEMBERS', k('pg', name))) do
+    redis.call('DEL', parked_key(name, gid), out_key(name, gid), blocked_key(name, gid))
   end
 end
 local function settle(name, id, gid)
@@ -163,31 +195,51 @@ local function deliver(id, delivered, fields)
   redis.call('HDEL', waiting, id)
   out[#out + 1] = {id, delivered, redis.call('HGET', attempts, id) or '0', fields}
 end
+-- On a FIFO queue, the messages of a group that are out (delivered, or given back and not
+-- delivered again yet) are listed in order. A message may be delivered only when every one
+-- listed before it is delivered by this same receive. A new message waits in the group's
+-- parked list until the group has none out; one given back waits out of the leases until
+-- the group changes.
+local taken = {}
+local function clear_before(gid, id)
+  for _, other in ipairs(redis.call('LRANGE', out_key(name, gid), 0, -1)) do
+    if other == id then return true end
+    if not taken[other] then return false end
+  end
+  return true
+end
 -- Leases that ran out: receivers that died or stalled, nacks and releases now due.
 local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, count)
+table.sort(due, id_less)
 for _, id in ipairs(due) do
   local entry = pending(name, id)
-  local claimed = nil
-  if entry then claimed = redis.call('XCLAIM', s, GROUP, consumer, 0, id)[1] end
-  if not claimed then
+  local fields = entry and entry_fields(name, id)
+  if not fields then
     -- Settled or purged meanwhile: only the bookkeeping is left.
     redis.call('ZREM', leases, id)
     redis.call('HDEL', attempts, id)
     redis.call('HDEL', waiting, id)
   else
-    local before = tonumber(entry[4])
-    local gid = fifo and field(claimed[2], 'g') or nil
-    if has_dlq and before >= mrc then
-      dead_letter(name, claimed[2], {}, 'max receive count exceeded')
-      settle(name, id, gid)
-      dead = dead + 1
+    local gid = fifo and field(fields, 'g') or nil
+    if gid and not clear_before(gid, id) then
+      redis.call('ZREM', leases, id)
+      redis.call('SADD', blocked_key(name, gid), id)
     else
-      deliver(id, before + 1, claimed[2])
+      local before = tonumber(entry[4])
+      if has_dlq and before >= mrc then
+        dead_letter(name, fields, {}, 'max receive count exceeded')
+        settle(name, id, gid)
+        dead = dead + 1
+      else
+        -- JUSTID does not count a delivery: counted here.
+        redis.call('XCLAIM', s, GROUP, consumer, 0, id, 'RETRYCOUNT', before + 1, 'JUSTID')
+        taken[id] = true
+        deliver(id, before + 1, fields)
+      end
     end
   end
 end
--- New messages. On a FIFO queue a message whose group has a head waits behind it, out of
--- the leases (and with its delivery count reset), until the head is settled.
+-- New messages.
 local rounds = 0
 while #out < count and rounds < 10 do
   rounds = rounds + 1
@@ -198,11 +250,14 @@ while #out < count and rounds < 10 do
   for _, item in ipairs(entries) do
     local id, fields = item[1], item[2]
     local gid = fifo and field(fields, 'g') or nil
-    if gid and redis.call('HSETNX', k('h', name), gid, id) == 0 then
+    if gid then redis.call('SADD', k('pg', name), gid) end
+    if gid and (redis.call('LLEN', parked_key(name, gid)) > 0 or not clear_before(gid, nil)) then
+      -- Read, not delivered: its delivery count starts again when it is.
       redis.call('RPUSH', parked_key(name, gid), id)
-      redis.call('SADD', k('pg', name), gid)
       redis.call('XCLAIM', s, GROUP, consumer, 0, id, 'RETRYCOUNT', 0, 'JUSTID')
     else
+      if gid then redis.call('RPUSH', out_key(name, gid), id) end
+      taken[id] = true
       deliver(id, 1, fields)
     end
   end
@@ -339,6 +394,11 @@ if delay > 0 then
 else
   redis.call('HDEL', k('w', name), id)
 end
+if redis.call('HGET', k('c', name), 'fifo') == '1' then
+  local fields = entry_fields(name, id)
+  local gid = fields and field(fields, 'g')
+  if gid then unblock(name, gid) end
+end
 ring(name)
 return 1
 """
@@ -412,10 +472,8 @@ DELETE_QUEUE = (
     _COMMON
     + r"""
 local name = ARGV[2]
-for _, gid in ipairs(redis.call('SMEMBERS', k('pg', name))) do
-  redis.call('DEL', parked_key(name, gid))
-end
-for _, kind in ipairs({'c', 's', 'l', 'a', 'w', 'h', 'pg', 'b'}) do
+drop_groups(name)
+for _, kind in ipairs({'c', 's', 'l', 'a', 'w', 'pg', 'b'}) do
   redis.call('DEL', k(kind, name))
 end
 redis.call('SREM', P .. 'queues', name)
@@ -446,10 +504,8 @@ if redis.call('EXISTS', k('c', name)) == 0 then
   return redis.error_reply('MELANGE_NO_QUEUE ' .. name)
 end
 local count = redis.call('XLEN', k('s', name))
-for _, gid in ipairs(redis.call('SMEMBERS', k('pg', name))) do
-  redis.call('DEL', parked_key(name, gid))
-end
-for _, kind in ipairs({'s', 'l', 'a', 'w', 'h', 'pg'}) do
+drop_groups(name)
+for _, kind in ipairs({'s', 'l', 'a', 'w', 'pg'}) do
   redis.call('DEL', k(kind, name))
 end
 redis.call('XGROUP', 'CREATE', k('s', name), GROUP, '0', 'MKSTREAM')
