@@ -120,7 +120,7 @@ def service_up(host: str, port: int, timeout: float = 1.0) -> bool:
 #: each test gets its own file).
 DURABLE_BACKENDS = ["sqlite"]
 #: Durable backends that consumer processes share in the cross-process tests.
-SHARED_BACKENDS = ["sqlite", "rabbitmq", "sqs"]
+SHARED_BACKENDS = ["sqlite", "rabbitmq", "sqs", "redis-streams"]
 
 
 def _require(name: str) -> None:
@@ -158,6 +158,10 @@ def durable_spec(
         spec["endpoint"] = sqs_endpoint
         # SQS counts whole seconds.
         spec["visibility_timeout"] = max(1, round(visibility_timeout))
+    elif kind == "redis-streams":
+        _require("redis")
+        # Every key of the test under a prefix of its own (deleted by delete_work_queue).
+        spec.update(url="redis://127.0.0.1:6379/0", prefix=f"melange-fault-{suffix}:")
     else:
         raise ValueError(f"unknown durable backend {kind!r}")
     return spec
@@ -188,13 +192,19 @@ def open_backend(spec: dict[str, Any]) -> MessagingBackend:
             visibility_timeout=spec["visibility_timeout"],
             wait_time_seconds=1,
         )
+    if kind == "redis-streams":
+        from melange.backends.redis_streams import RedisStreamsBackend
+
+        return RedisStreamsBackend(
+            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
+        )
     raise ValueError(f"unknown durable backend {kind!r}")
 
 
 def declare_work_queue(backend: MessagingBackend, spec: dict[str, Any]) -> None:
     """Declare ``spec["queue"]`` with its dead-letter queue."""
     options: dict[str, Any] = {}
-    if spec["kind"] in ("sqlite", "sqs"):
+    if spec["kind"] in ("sqlite", "sqs", "redis-streams"):
         options["visibility_timeout"] = spec["visibility_timeout"]
     backend.declare_queue(spec["queue"], dead_letter_queue_name=spec["queue"] + "-dlq", **options)
 
@@ -202,6 +212,12 @@ def declare_work_queue(backend: MessagingBackend, spec: dict[str, Any]) -> None:
 def delete_work_queue(backend: MessagingBackend, spec: dict[str, Any]) -> None:
     """Delete the queues of ``spec`` on a shared broker (a SQLite file goes with tmp_path)."""
     if spec["kind"] == "sqlite":
+        return
+    if spec["kind"] == "redis-streams":
+        client = backend.client  # type: ignore[attr-defined]
+        keys = list(client.scan_iter(match=f"{spec['prefix']}*", count=1000))
+        if keys:
+            client.delete(*keys)
         return
     for name in (spec["queue"], spec["queue"] + "-dlq"):
         with contextlib.suppress(Exception):  # already gone
