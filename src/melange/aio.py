@@ -37,6 +37,7 @@ from melange.publishers import (
     SendBatch,
     TopicPublisher,
     _Publisher,
+    delay_options,
 )
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
@@ -58,6 +59,8 @@ class _AsyncPublisher:
     _publisher_name = "publisher"
     #: The methods a backend that is not a MessagingBackend needs (as for the blocking twin).
     _needs: tuple[str, ...] = QueuePublisher._needs
+    #: Whether this publisher sends to topics (for the capability its delays need).
+    _to_topics = False
 
     def __init__(
         self,
@@ -99,7 +102,7 @@ class _AsyncPublisher:
     async def _declare(self, name: str) -> Any:
         raise NotImplementedError
 
-    async def _send(self, message: Message, handle: Any) -> None:
+    async def _send(self, message: Message, handle: Any, options: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
     async def _send_batch(self, messages: list[Message], handle: Any) -> None:
@@ -107,7 +110,7 @@ class _AsyncPublisher:
 
     async def _perform(self, effect: PublishEffect) -> Any:
         if isinstance(effect, Send):
-            return await self._send(effect.message, effect.handle)
+            return await self._send(effect.message, effect.handle, effect.options)
         if isinstance(effect, LookUp):
             return await self._lookup(effect.name)
         if isinstance(effect, SendBatch):
@@ -139,16 +142,22 @@ class _AsyncPublisher:
         headers: Mapping[str, str] | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        delay_seconds: float | None = None,
     ) -> Message:
         """Serialize ``data`` and publish it; returns the envelope that was sent.
 
-        Takes the same arguments as the synchronous publisher's ``publish``.
+        Takes the same arguments as the synchronous publisher's ``publish``, ``delay_seconds``
+        included.
         """
+        options = delay_options(
+            self._backend.capabilities, delay_seconds, self._to_topics, type(self).__name__
+        )
         # Built here, in the caller's task, so the causation id is this task's message.
         message = self._builder._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )
-        return await self._run(self._destinations.publish(destination, message, self._create_topic))
+        step = self._destinations.publish(destination, message, self._create_topic, options)
+        return await self._run(step)
 
     async def publish_batch(
         self,
@@ -178,8 +187,10 @@ class AsyncQueuePublisher(_AsyncPublisher):
     async def _lookup(self, name: str) -> QueueWrapper:
         return await self._backend.get_queue(name)
 
-    async def _send(self, message: Message, handle: QueueWrapper) -> None:
-        await self._backend.publish_to_queue(message, handle)
+    async def _send(
+        self, message: Message, handle: QueueWrapper, options: Mapping[str, Any]
+    ) -> None:
+        await self._backend.publish_to_queue(message, handle, **options)
 
     async def _send_batch(self, messages: list[Message], handle: QueueWrapper) -> None:
         await self._backend.publish_batch_to_queue(messages, handle)
@@ -193,6 +204,7 @@ class AsyncTopicPublisher(_AsyncPublisher):
 
     _publisher_name = "AsyncTopicPublisher"
     _needs = TopicPublisher._needs
+    _to_topics = True
 
     def __init__(
         self,
@@ -214,8 +226,10 @@ class AsyncTopicPublisher(_AsyncPublisher):
     async def _declare(self, name: str) -> TopicWrapper:
         return await self._backend.declare_topic(name)
 
-    async def _send(self, message: Message, handle: TopicWrapper) -> None:
-        await self._backend.publish_to_topic(message, handle)
+    async def _send(
+        self, message: Message, handle: TopicWrapper, options: Mapping[str, Any]
+    ) -> None:
+        await self._backend.publish_to_topic(message, handle, **options)
 
     async def _send_batch(self, messages: list[Message], handle: TopicWrapper) -> None:
         await self._backend.publish_batch_to_topic(messages, handle)

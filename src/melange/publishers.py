@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from melange.backends.backend_manager import BackendManager
 from melange.backends.duck_typed import as_backend
-from melange.backends.interfaces import MessagingBackend
+from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.publish_options import DELAY_SECONDS, publish_delay
 from melange.context import current_message
-from melange.exceptions import DestinationNotFoundError, TopicNotFoundError
+from melange.exceptions import ConfigurationError, DestinationNotFoundError, TopicNotFoundError
 from melange.models import CAUSATION_ID, CORRELATION_ID, Message, QueueWrapper, TopicWrapper
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
@@ -54,10 +55,12 @@ class CreateTopic:
 
 @dataclass(slots=True)
 class Send:
-    """Send ``message`` to the destination behind ``handle``. Result: ``None``."""
+    """Send ``message`` to the destination behind ``handle``, with the backend keyword
+    arguments ``options`` (e.g. ``delay_seconds``). Result: ``None``."""
 
     message: Message
     handle: Any
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -118,15 +121,20 @@ class Destinations:
         return (yield CreateTopic(name))
 
     def publish(
-        self, name: str, message: Message, create_topic: bool = False
+        self,
+        name: str,
+        message: Message,
+        create_topic: bool = False,
+        options: Mapping[str, Any] | None = None,
     ) -> PublishStep[Message]:
-        """Send ``message`` to ``name``. A destination deleted since its handle was looked up
-        raises, and is looked up again next time."""
+        """Send ``message`` to ``name`` (with the backend keyword arguments ``options``). A
+        destination deleted since its handle was looked up raises, and is looked up again
+        next time."""
         handle = self._handles.get(name) if isinstance(name, str) else None
         if handle is None:
             handle = yield from self.handle(name, create_topic)
         try:
-            yield Send(message, handle)
+            yield Send(message, handle, options or {})
         except DestinationNotFoundError:
             self._handles.pop(name, None)  # deleted since it was looked up
             raise
@@ -139,6 +147,32 @@ class Destinations:
         if messages:
             yield SendBatch(messages, (yield from self.handle(name, create_topic)))
         return messages
+
+
+def delay_options(
+    capabilities: BackendCapabilities, delay_seconds: float | None, topic: bool, publisher: str
+) -> dict[str, Any]:
+    """The backend keyword arguments for a publish with ``delay_seconds``; refuses, before
+    anything is serialized or sent, a delay the backend's ``capabilities`` say it cannot
+    honour."""
+    if delay_seconds is None:
+        return {}
+    delay = publish_delay(
+        {DELAY_SECONDS: delay_seconds},
+        limit=capabilities.max_publish_delay,
+        backend=f"the {capabilities.name} backend",
+    )
+    if delay is None:  # 0: no delay, which every backend honours
+        return {}
+    able = capabilities.delayed_topic_publish if topic else capabilities.delayed_publish
+    if not able:
+        what = "a topic message" if topic else "a message"
+        raise ConfigurationError(
+            f"{publisher}: the {capabilities.name} backend cannot delay {what} "
+            f"(its capabilities say delayed_{'topic_' if topic else ''}publish=False); "
+            "publish without delay_seconds"
+        )
+    return {DELAY_SECONDS: delay}
 
 
 def run_steps(step: PublishStep[T], perform: Callable[[PublishEffect], Any]) -> T:
@@ -238,7 +272,7 @@ class _DestinationPublisher(_Publisher):
     def _declare(self, name: str) -> Any:
         raise NotImplementedError
 
-    def _send(self, message: Message, handle: Any) -> None:
+    def _send(self, message: Message, handle: Any, options: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
     def _send_batch(self, messages: list[Message], handle: Any) -> None:
@@ -246,15 +280,20 @@ class _DestinationPublisher(_Publisher):
 
     def _perform(self, effect: PublishEffect) -> Any:
         if isinstance(effect, Send):
-            return self._send(effect.message, effect.handle)
+            return self._send(effect.message, effect.handle, effect.options)
         if isinstance(effect, LookUp):
             return self._lookup(effect.name)
         if isinstance(effect, SendBatch):
             return self._send_batch(effect.messages, effect.handle)
         return self._declare(effect.name)
 
-    def _publish(self, name: str, message: Message) -> Message:
-        step = self._destinations.publish(name, message, self._create_topic)
+    #: Whether this publisher sends to topics (for the capability its delays need).
+    _to_topics = False
+
+    def _publish(
+        self, name: str, message: Message, options: Mapping[str, Any] | None = None
+    ) -> Message:
+        step = self._destinations.publish(name, message, self._create_topic, options)
         return run_steps(step, self._perform)
 
     def _publish_data(
@@ -266,11 +305,15 @@ class _DestinationPublisher(_Publisher):
         headers: Mapping[str, str] | None,
         correlation_id: str | None,
         causation_id: str | None,
+        delay_seconds: float | None = None,
     ) -> Message:
+        options = delay_options(
+            self._backend.capabilities, delay_seconds, self._to_topics, type(self).__name__
+        )
         message = self._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )
-        return self._publish(destination, message)
+        return self._publish(destination, message, options)
 
     def publish_batch(
         self,
@@ -313,6 +356,7 @@ class QueuePublisher(_DestinationPublisher):
         headers: Mapping[str, str] | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        delay_seconds: float | None = None,
     ) -> Message:
         """Serialize ``data`` and publish it to ``queue_name``; returns the envelope sent.
 
@@ -326,11 +370,16 @@ class QueuePublisher(_DestinationPublisher):
                 inside a consumer, the one of the message being processed).
             causation_id: Overrides the causation id (by default the id of the message being
                 processed).
+            delay_seconds: Hold the message back this many seconds before a consumer can
+                receive it, on backends whose capabilities say ``delayed_publish`` (not on
+                FIFO queues, as on SQS); see :doc:`/publishers`.
 
         Raises:
             QueueNotFoundError: The queue does not exist.
             PublishError: The broker refused the message.
             SerializationError: ``data`` could not be serialized.
+            ConfigurationError: A ``delay_seconds`` the backend cannot honour (before
+                anything is sent).
         """
         return self._publish_data(
             queue_name,
@@ -340,13 +389,14 @@ class QueuePublisher(_DestinationPublisher):
             headers,
             correlation_id,
             causation_id,
+            delay_seconds,
         )
 
     def _lookup(self, name: str) -> QueueWrapper:
         return self._backend.get_queue(name)
 
-    def _send(self, message: Message, handle: QueueWrapper) -> None:
-        self._backend.publish_to_queue(message, handle)
+    def _send(self, message: Message, handle: QueueWrapper, options: Mapping[str, Any]) -> None:
+        self._backend.publish_to_queue(message, handle, **options)
 
     def _send_batch(self, messages: list[Message], handle: QueueWrapper) -> None:
         self._backend.publish_batch_to_queue(messages, handle)
@@ -366,6 +416,7 @@ class TopicPublisher(_DestinationPublisher):
     """
 
     _publisher_name = "TopicPublisher"
+    _to_topics = True
     _needs = ("declare_topic", "publish_to_topic")
 
     def __init__(
@@ -388,11 +439,14 @@ class TopicPublisher(_DestinationPublisher):
         headers: Mapping[str, str] | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        delay_seconds: float | None = None,
     ) -> Message:
         """Serialize ``data`` and publish it to ``topic_name``; returns the envelope sent.
 
         Takes the same arguments as :meth:`QueuePublisher.publish`; raises
-        :class:`~melange.exceptions.TopicNotFoundError` if the topic does not exist.
+        :class:`~melange.exceptions.TopicNotFoundError` if the topic does not exist. A
+        ``delay_seconds`` holds back every copy, on backends whose capabilities say
+        ``delayed_topic_publish``.
         """
         return self._publish_data(
             topic_name,
@@ -402,6 +456,7 @@ class TopicPublisher(_DestinationPublisher):
             headers,
             correlation_id,
             causation_id,
+            delay_seconds,
         )
 
     @property
@@ -414,8 +469,8 @@ class TopicPublisher(_DestinationPublisher):
     def _declare(self, name: str) -> TopicWrapper:
         return self._backend.declare_topic(name)
 
-    def _send(self, message: Message, handle: TopicWrapper) -> None:
-        self._backend.publish_to_topic(message, handle)
+    def _send(self, message: Message, handle: TopicWrapper, options: Mapping[str, Any]) -> None:
+        self._backend.publish_to_topic(message, handle, **options)
 
     def _send_batch(self, messages: list[Message], handle: TopicWrapper) -> None:
         self._backend.publish_batch_to_topic(messages, handle)

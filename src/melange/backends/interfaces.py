@@ -61,6 +61,11 @@ class BackendCapabilities:
         filter_policies: Subscriptions can filter on the message manifest in the broker.
         max_message_size: Largest body in bytes, or ``None`` for no fixed limit.
         max_batch_size: Most messages one native batch publish call takes, or ``None``.
+        delayed_publish: ``publish_to_queue(..., delay_seconds=...)`` holds a message back
+            for that long (never on FIFO queues; see :mod:`melange.backends.publish_options`).
+            Without it, a publish with a delay is refused.
+        delayed_topic_publish: The same for ``publish_to_topic``: every copy is held back.
+        max_publish_delay: The longest such delay in seconds, or ``None`` for no limit.
     """
 
     name: str
@@ -75,6 +80,9 @@ class BackendCapabilities:
     filter_policies: bool = False
     max_message_size: int | None = None
     max_batch_size: int | None = None
+    delayed_publish: bool = False
+    delayed_topic_publish: bool = False
+    max_publish_delay: float | None = None
 
 
 class MessagingBackend(ABC):
@@ -145,7 +153,13 @@ class MessagingBackend(ABC):
 
     @abstractmethod
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        """Hand ``message`` to the broker for ``queue``; returns once the broker has it."""
+        """Hand ``message`` to the broker for ``queue``; returns once the broker has it.
+
+        Keyword arguments understood by Melange's backends (see
+        :mod:`melange.backends.publish_options`): ``message_group_id`` and
+        ``message_deduplication_id`` (the message's FIFO keys, as 7.2.0 passed them) and
+        ``delay_seconds`` (where :attr:`BackendCapabilities.delayed_publish` says so).
+        """
 
     @abstractmethod
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:

@@ -45,6 +45,11 @@ from melange.backends.memory.topology import (
 )
 from melange.backends.names import check_embedded_name
 from melange.backends.numbers import check_number, check_optional_number
+from melange.backends.publish_options import (
+    apply_fifo_keywords,
+    fifo_delay_refused,
+    publish_delay,
+)
 from melange.exceptions import (
     ConfigurationError,
     MessageTooLargeError,
@@ -112,6 +117,8 @@ class InMemoryMessagingBackend(MessagingBackend):
             filter_policies=True,
             max_message_size=self._max_message_size,
             max_batch_size=None,
+            delayed_publish=True,
+            delayed_topic_publish=True,
         )
 
     # -- topology ---------------------------------------------------------------------------
@@ -222,8 +229,10 @@ class InMemoryMessagingBackend(MessagingBackend):
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
         self._check_sizes(messages)
+        apply_fifo_keywords(messages, kwargs)
+        delay = publish_delay(kwargs, backend="the in-memory backend")
         target = self._queues.get(queue.name)
-        if target is not None and not target.fifo and target.delay_seconds <= 0:
+        if delay is None and target is not None and not target.fifo and target.delay_seconds <= 0:
             # The common case takes no lock, so publishers never queue up behind a receiver
             # (under the GIL a contended lock costs a thread switch per message).
             inbox, seq = target.inbox, self._seq
@@ -241,8 +250,10 @@ class InMemoryMessagingBackend(MessagingBackend):
                     if not self._auto_create:
                         raise QueueNotFoundError(queue.name)
                     target = self._create_queue(queue.name, {})
+                if delay is not None and target.fifo:
+                    raise fifo_delay_refused(queue.name)
                 for message in messages:
-                    self._enqueue(target, message)
+                    self._enqueue(target, message, delay=delay)
                 self._wake()
         self._notify([queue.name])
 
@@ -253,6 +264,8 @@ class InMemoryMessagingBackend(MessagingBackend):
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
         self._check_sizes(messages)
+        apply_fifo_keywords(messages, kwargs)
+        delay = publish_delay(kwargs, backend="the in-memory backend")
         reached: list[str] = []
         with self._lock:
             subscriptions = self._topics.get(topic.name)
@@ -260,13 +273,19 @@ class InMemoryMessagingBackend(MessagingBackend):
                 if not self._auto_create:
                     raise TopicNotFoundError(topic.name)
                 subscriptions = self._topics[topic.name] = []
+            if delay is not None:
+                # Refused before any copy is stored: all of them are delayed, or none sent.
+                for sub in subscriptions:
+                    subscribed = self._queues.get(sub.queue)
+                    if subscribed is not None and subscribed.fifo:
+                        raise fifo_delay_refused(sub.queue)
             for sub in subscriptions:
                 target = self._queues.get(sub.queue)
                 if target is None:
                     continue
                 for message in messages:
                     if sub.manifests is None or message.manifest in sub.manifests:
-                        self._enqueue(target, message)
+                        self._enqueue(target, message, delay=delay)
                         reached.append(sub.queue)
             self._wake()
         self._notify(list(dict.fromkeys(reached)))
@@ -281,8 +300,14 @@ class InMemoryMessagingBackend(MessagingBackend):
                 raise MessageTooLargeError(size, limit, "in-memory")
 
     def _enqueue(
-        self, queue: QueueState, message: Message, headers: dict[str, str] | None = None
+        self,
+        queue: QueueState,
+        message: Message,
+        headers: dict[str, str] | None = None,
+        delay: float | None = None,
     ) -> None:
+        """Store ``message`` in ``queue``, visible after ``delay`` seconds (default: the
+        queue's own delay)."""
         now = self._clock()
         if queue.fifo:
             if message.group_id is None:
@@ -297,8 +322,9 @@ class InMemoryMessagingBackend(MessagingBackend):
                 queue.dedup_seen[dedup] = now
         stored = store(message, next(self._seq), headers)
         join_group(queue, stored)
-        if queue.delay_seconds > 0:
-            stored.visible_at = now + queue.delay_seconds
+        hold = queue.delay_seconds if delay is None else delay
+        if hold > 0:
+            stored.visible_at = now + hold
             heapq.heappush(queue.pending, (stored.visible_at, stored.seq, stored))
         elif queue.fifo:
             queue.ready.append(stored)

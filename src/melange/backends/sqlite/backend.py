@@ -24,6 +24,11 @@ from melange.backends.interfaces import (
 )
 from melange.backends.names import check_embedded_name
 from melange.backends.numbers import check_number, check_optional_number
+from melange.backends.publish_options import (
+    apply_fifo_keywords,
+    fifo_delay_refused,
+    publish_delay,
+)
 from melange.backends.sqlite import inspect, topology
 from melange.backends.sqlite.connection import SYNCHRONOUS_MODES, Database
 from melange.backends.sqlite.inspect import QueueStats
@@ -145,6 +150,8 @@ class SQLiteBackend(MessagingBackend):
             filter_policies=True,
             max_message_size=self._max_message_size,
             max_batch_size=None,
+            delayed_publish=True,
+            delayed_topic_publish=True,
         )
 
     def __repr__(self) -> str:
@@ -231,6 +238,10 @@ class SQLiteBackend(MessagingBackend):
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
         self._check_sizes((message,))
+        apply_fifo_keywords((message,), kwargs)
+        if publish_delay(kwargs, backend="the SQLite backend") is not None:
+            self.publish_batch_to_queue([message], queue, **kwargs)
+            return
         row = (
             message.message_id,
             message.content,
@@ -262,9 +273,21 @@ class SQLiteBackend(MessagingBackend):
     ) -> None:
         """Publish every message in one transaction: all of them are stored, or none."""
         self._check_sizes(messages)
+        apply_fifo_keywords(messages, kwargs)
+        delay = publish_delay(kwargs, backend="the SQLite backend")
         if not messages:
             return
         now = self._clock()
+        if delay is not None:
+            with self._db.write() as conn:
+                target = queue_config(conn, queue.name)
+                if target.fifo:
+                    raise fifo_delay_refused(queue.name)
+                # The message's own delay replaces the queue's, as on SQS.
+                delayed = target._replace(delay_seconds=delay)
+                enqueue(conn, delayed, messages, now, self._deduplication)
+            self._db.doorbell.ring(queue.name)
+            return
         # Encoded before the transaction, so the write lock is held for SQLite's work only.
         rows = [
             (
@@ -303,8 +326,10 @@ class SQLiteBackend(MessagingBackend):
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
         """Copy every message to each subscribed queue whose filter accepts it, in one
-        transaction."""
+        transaction (a ``delay_seconds`` holds every copy back)."""
         self._check_sizes(messages)
+        apply_fifo_keywords(messages, kwargs)
+        delay = publish_delay(kwargs, backend="the SQLite backend")
         now = self._clock()
         reached: list[str] = []
         with self._db.write() as conn:
@@ -322,6 +347,10 @@ class SQLiteBackend(MessagingBackend):
                     target = queue_config(conn, queue_name)
                 except QueueNotFoundError:
                     continue
+                if delay is not None:
+                    if target.fifo:
+                        raise fifo_delay_refused(queue_name)  # rolls the whole publish back
+                    target = target._replace(delay_seconds=delay)
                 allowed = set(json.loads(manifests)) if manifests else None
                 selected = [m for m in messages if allowed is None or m.manifest in allowed]
                 enqueue(conn, target, selected, now, self._deduplication)
