@@ -120,7 +120,7 @@ def service_up(host: str, port: int, timeout: float = 1.0) -> bool:
 #: each test gets its own file).
 DURABLE_BACKENDS = ["sqlite"]
 #: Durable backends that consumer processes share in the cross-process tests.
-SHARED_BACKENDS = ["sqlite", "rabbitmq", "sqs", "redis-streams"]
+SHARED_BACKENDS = ["sqlite", "rabbitmq", "sqs", "redis-streams", "nats"]
 
 
 def _require(name: str) -> None:
@@ -162,6 +162,10 @@ def durable_spec(
         _require("redis")
         # Every key of the test under a prefix of its own (deleted by delete_work_queue).
         spec.update(url="redis://127.0.0.1:6379/0", prefix=f"melange-fault-{suffix}:")
+    elif kind == "nats":
+        _require("nats")
+        # Every stream of the test under a prefix of its own (deleted by delete_work_queue).
+        spec.update(url="nats://127.0.0.1:4222", prefix=f"mfault-{suffix}")
     else:
         raise ValueError(f"unknown durable backend {kind!r}")
     return spec
@@ -198,13 +202,19 @@ def open_backend(spec: dict[str, Any]) -> MessagingBackend:
         return RedisStreamsBackend(
             spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
         )
+    if kind == "nats":
+        from melange.backends.nats import NATSBackend
+
+        return NATSBackend(
+            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
+        )
     raise ValueError(f"unknown durable backend {kind!r}")
 
 
 def declare_work_queue(backend: MessagingBackend, spec: dict[str, Any]) -> None:
     """Declare ``spec["queue"]`` with its dead-letter queue."""
     options: dict[str, Any] = {}
-    if spec["kind"] in ("sqlite", "sqs", "redis-streams"):
+    if spec["kind"] in ("sqlite", "sqs", "redis-streams", "nats"):
         options["visibility_timeout"] = spec["visibility_timeout"]
     backend.declare_queue(spec["queue"], dead_letter_queue_name=spec["queue"] + "-dlq", **options)
 
