@@ -37,6 +37,7 @@ BACKENDS = [
     ("SQLite", "melange.backends.sqlite:SQLiteBackend"),
     ("SQS/SNS", "melange.backends.sqs.backend:AWSBackend"),
     ("RabbitMQ", "melange.backends.rabbitmq.backend:RabbitMQBackend"),
+    ("Redis Streams", "melange.backends.redis_streams.backend:RedisStreamsBackend"),
 ]
 
 _CAPABILITIES = re.compile(r"<!--\s*capabilities:\s*([\w.]+):(\w+)\s*-->")
