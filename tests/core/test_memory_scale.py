@@ -109,3 +109,33 @@ def test_dead_lettered_messages_keep_their_headers_and_gain_the_failure() -> Non
     assert dead.headers["trace"] == "t-1"
     assert dead.headers[FAILURE_REASON] == "boom"
     assert backend.queue_depth("jobs") == 0
+
+
+def test_ids_and_lone_publish_times_are_packed_yet_received_exactly_as_published() -> None:
+    backend = InMemoryMessagingBackend()
+    queue, _ = backend.declare_queue("jobs")
+    usual = Message.create('{"n": 1}', "json", 1)  # a fresh id and only published_at
+    ids = [
+        usual.message_id,
+        "00000000000000000000000000000abc",  # leading zeros survive
+        "ABCDEF0123456789ABCDEF0123456789",  # upper case is not Melange's: kept as given
+        "0x" + "1" * 30,  # parses as hex with a prefix: kept as given
+        "not-a-hex-id",
+    ]
+    times = [
+        usual.headers["published_at"],
+        "1700000000.000001",
+        "1700000000.5",  # another writer's format
+        "01700000000.000000",
+        "soon",
+    ]
+    sent = []
+    for message_id, published_at in zip(ids, times, strict=True):
+        message = Message(message_id, '{"n": 2}', manifest="json", serializer_id=1)
+        message.headers = {"published_at": published_at}
+        sent.append(message)
+        backend.publish_to_queue(message, queue)
+    assert isinstance(backend._queues["jobs"].inbox[0].headers, int)
+    received = backend.retrieve_messages(queue, max_messages=10)
+    assert [m.message_id for m in received] == ids
+    assert [m.headers for m in received] == [{"published_at": t} for t in times]

@@ -12,6 +12,7 @@ below change that state; the backend calls them with its lock held.
 from __future__ import annotations
 
 import heapq
+import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,14 +22,14 @@ from typing import Any
 from melange.backends.embedded_rules import check_type_kept, queue_options
 from melange.backends.interfaces import DEFAULT_MAX_RECEIVE_COUNT
 from melange.exceptions import QueueNotFoundError
-from melange.models import Message
+from melange.models import PUBLISHED_AT, Message
 
 
 class Stored:
     """A message as the broker holds it (never handed out: receivers get fresh copies).
 
-    Kept small, as a queue may hold millions: slots only, the headers as one flat tuple
-    (``(key, value, key, value, ...)``, see :func:`pack_headers`), and the FIFO group and
+    Kept small, as a queue may hold millions: slots only, the id and headers in their
+    compact forms (see :func:`pack_id` and :func:`pack_headers`), and the FIFO group and
     deduplication ids only on the messages that have them (:class:`GroupedStored`).
     """
 
@@ -37,7 +38,7 @@ class Stored:
         "content",
         "headers",
         "manifest",
-        "message_id",
+        "packed_id",
         "receive_count",
         "seq",
         "serializer_id",
@@ -51,7 +52,7 @@ class Stored:
     def __init__(
         self, message: Message, seq: int, headers: Mapping[str, str] | None = None
     ) -> None:
-        self.message_id = message.message_id
+        self.packed_id = pack_id(message.message_id)
         self.content = message.content
         self.serializer_id = message.serializer_id
         self.manifest = message.manifest
@@ -60,6 +61,11 @@ class Stored:
         self.receive_count = 0
         self.attempts = 0  # failed attempts (nacks), which ``attempt`` counts
         self.visible_at = 0.0
+
+    @property
+    def message_id(self) -> str:
+        """The message's id, as it was published."""
+        return unpack_id(self.packed_id)
 
 
 class GroupedStored(Stored):
@@ -82,18 +88,50 @@ def store(message: Message, seq: int, headers: Mapping[str, str] | None = None) 
     return GroupedStored(message, seq, headers)
 
 
-def pack_headers(headers: Mapping[str, str]) -> tuple[str, ...]:
-    """Headers as one flat, immutable tuple (a third of a dict's size for one header)."""
+#: Packed headers: a flat ``(key, value, ...)`` tuple, or, for the headers almost every
+#: message carries (only ``published_at``, as :meth:`Message.create` writes it), the publish
+#: time in microseconds as one int.
+PackedHeaders = tuple[str, ...] | int
+
+_PUBLISHED_AT = re.compile(r"[1-9][0-9]{0,11}\.[0-9]{6}")
+
+
+def pack_id(message_id: str) -> str | int:
+    """A message id in its smallest exact form: the 32 lowercase hex digits Melange's ids
+    are made of as one int (44 bytes instead of 81); any other id as it is."""
+    if len(message_id) == 32:
+        try:
+            number = int(message_id, 16)
+        except ValueError:
+            return message_id
+        if f"{number:032x}" == message_id:
+            return number
+    return message_id
+
+
+def unpack_id(packed: str | int) -> str:
+    """The id :func:`pack_id` packed."""
+    return packed if isinstance(packed, str) else f"{packed:032x}"
+
+
+def pack_headers(headers: Mapping[str, str]) -> PackedHeaders:
+    """Headers in a small immutable form (see :data:`PackedHeaders`); a third of a dict's
+    size for one header, and a sixth for the usual lone ``published_at``."""
     if not headers:
         return ()
     if len(headers) == 1:
-        for item in headers.items():
-            return item
+        for key, value in headers.items():
+            if key == PUBLISHED_AT and _PUBLISHED_AT.fullmatch(value):
+                return int(value.replace(".", "", 1))
+            return (key, value)
     return tuple(chain.from_iterable(headers.items()))
 
 
-def unpack_headers(packed: tuple[str, ...]) -> dict[str, str]:
+def unpack_headers(packed: PackedHeaders) -> dict[str, str]:
     """A fresh dict of the headers :func:`pack_headers` packed."""
+    if isinstance(packed, int):
+        seconds, micros = divmod(packed, 1_000_000)
+        return {PUBLISHED_AT: f"{seconds}.{micros:06d}"}
     if not packed:
         return {}
     if len(packed) == 2:
@@ -294,7 +332,7 @@ def group_member(queue: QueueState, group: str, position: int) -> int | None:
 def to_message(stored: Stored, receipt: Receipt | None) -> Message:
     """A fresh copy of a stored message; ``receipt`` is ``None`` for copies not to settle."""
     message = Message(
-        stored.message_id,
+        unpack_id(stored.packed_id),
         stored.content,
         receipt,
         stored.serializer_id,
@@ -323,9 +361,11 @@ __all__ = [
     "leave_group",
     "next_candidate",
     "pack_headers",
+    "pack_id",
     "release_lease",
     "require",
     "store",
     "to_message",
     "unpack_headers",
+    "unpack_id",
 ]
