@@ -14,7 +14,8 @@ MelangeError
 │   └── BatchPublishError       some messages of a batch were refused (see ``failures``)
 ├── BackendError                the broker failed or could not be reached
 │   └── BackendConnectionError
-└── DeduplicationCacheError     the deduplication store could not be reached
+├── DeduplicationCacheError     the deduplication store could not be reached
+└── InvalidDeduplicationKeyError  the store refuses a message's key (poison, not an outage)
 ```
 
 Catch ``MelangeError`` to handle every failure the library itself reports.
@@ -120,3 +121,11 @@ class BackendConnectionError(BackendError):
 
 class DeduplicationCacheError(MelangeError):
     """The deduplication cache could not be reached or answered wrongly."""
+
+
+class InvalidDeduplicationKeyError(MelangeError, ValueError):
+    """The deduplication cache cannot store this key (e.g. a NUL character on PostgreSQL).
+
+    It says nothing about the cache's health: the message whose id made the key is poison,
+    dead-lettered with this error as the reason, while the other messages go on.
+    """

@@ -51,13 +51,90 @@ from melange.deduplication.cache import (
     check_expire,
     check_lease,
 )
-from melange.exceptions import ConfigurationError, DeduplicationCacheError
+from melange.exceptions import (
+    ConfigurationError,
+    DeduplicationCacheError,
+    InvalidDeduplicationKeyError,
+)
 from melange.models import Message
 
 _CLAIMED = "claimed"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Expired rows are deleted now and then, after this many writes.
 _PURGE_EVERY = 1000
+
+
+# The keywords of a libpq connection string ("host=db dbname=orders"): a path holding "="
+# ("data/a=b.db") is an SQLite file, not a PostgreSQL connection string.
+_CONNINFO_KEYWORDS = frozenset(
+    {
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "passfile",
+        "channel_binding",
+        "connect_timeout",
+        "client_encoding",
+        "options",
+        "application_name",
+        "fallback_application_name",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "replication",
+        "gssencmode",
+        "sslmode",
+        "requiressl",
+        "sslcompression",
+        "sslcert",
+        "sslkey",
+        "sslpassword",
+        "sslrootcert",
+        "sslcrl",
+        "sslcrldir",
+        "sslsni",
+        "requirepeer",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "krbsrvname",
+        "gsslib",
+        "service",
+        "target_session_attrs",
+        "load_balance_hosts",
+    }
+)
+_CONNINFO_PAIR = re.compile(r"\s*([A-Za-z_]+)\s*=")
+# PostgreSQL refuses index entries over about 2,700 bytes; keys stay well below.
+_POSTGRES_KEY_BYTES = 2000
+
+
+def _is_conninfo(database: str) -> bool:
+    """Whether ``database`` is a libpq ``keyword=value`` connection string."""
+    if database.startswith("sqlite:"):
+        return False
+    first = _CONNINFO_PAIR.match(database)
+    return first is not None and first.group(1).lower() in _CONNINFO_KEYWORDS
+
+
+def _key_problem(key: object, dialect: str) -> str | None:
+    """Why the database of ``dialect`` cannot store ``key``, or ``None``."""
+    if not isinstance(key, str):
+        return f"a key is text, got {type(key).__name__}"
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text (a lone surrogate)"
+    if dialect == "postgresql":
+        if "\x00" in key:
+            return "PostgreSQL text cannot hold a NUL character"
+        if size > _POSTGRES_KEY_BYTES:
+            return f"it is {size} bytes long, over the {_POSTGRES_KEY_BYTES} kept for a key"
+    return None
 
 
 def deduplication_key(consumer: Consumer | str, message: Message | str) -> str:
@@ -104,9 +181,7 @@ class SQLDeduplicationCache(DeduplicationCache):
         self._expire = expire
         self._timeout = timeout
         self._clock = clock
-        if database.startswith(("postgresql://", "postgres://")) or (
-            "=" in database and not database.startswith("sqlite:")
-        ):
+        if database.startswith(("postgresql://", "postgres://")) or _is_conninfo(database):
             self.dialect = "postgresql"
             self._target = database
             self._param = "%s"
@@ -186,6 +261,16 @@ class SQLDeduplicationCache(DeduplicationCache):
                 "left for redelivery meanwhile (unless the dispatcher fails open)."
             ) from exc
 
+    def _check_key(self, key: str) -> None:
+        """Refuse a key the database cannot store: a fault of the message that made it (its
+        id), never a sign that the database is down."""
+        problem = _key_problem(key, self.dialect)
+        if problem is not None:
+            raise InvalidDeduplicationKeyError(
+                f"deduplication key {key[:60]!r} cannot be stored by the SQL deduplication "
+                f"cache ({self.dialect}): {problem}"
+            )
+
     def _expiry(self, now: float) -> float | None:
         return now + self._expire if self._expire is not None else None
 
@@ -198,6 +283,7 @@ class SQLDeduplicationCache(DeduplicationCache):
 
     def get(self, key: str) -> str | None:
         """The value stored for ``key``, or ``None``; a live claim reads as a claim marker."""
+        self._check_key(key)
         with self._lock:
             row = self._execute(
                 self._sql("SELECT state, claim_token, expires_at FROM {t} WHERE key = ?"),
@@ -219,6 +305,7 @@ class SQLDeduplicationCache(DeduplicationCache):
     def claim(self, key: str, lease_seconds: float) -> ClaimState:
         """Take ``key`` for ``lease_seconds``, or report it DONE or BUSY (one statement)."""
         check_lease(lease_seconds)
+        self._check_key(key)
         token = uuid.uuid4().hex
         # Insert a claim, or take over a row whose lease or memory has expired.
         upsert = self._sql(
@@ -258,6 +345,7 @@ class SQLDeduplicationCache(DeduplicationCache):
             self._tokens.pop(key, None)
 
     def _upsert_done(self, key: str, value: str, expire: float | None = None) -> None:
+        self._check_key(key)
         with self._lock:
             now = self._clock()
             expires_at = self._expiry(now) if expire is None else now + expire
@@ -329,6 +417,7 @@ class SQLDeduplicationCache(DeduplicationCache):
         mark becomes visible when the caller commits, together with the caller's own writes,
         and disappears with them on a rollback.
         """
+        self._check_key(key)
         params = (key, DONE, self._expiry(self._clock()))
         try:
             if self.dialect == "postgresql":

@@ -17,7 +17,7 @@ from typing import Any
 
 from melange.consumers import Consumer, DuckTypedConsumer, _wants_manifest, as_consumer
 from melange.dispatch.policy import FailurePolicy
-from melange.exceptions import SerializationError
+from melange.exceptions import InvalidDeduplicationKeyError, SerializationError
 from melange.models import (
     FAILURE_ATTEMPTS,
     FAILURE_CONSUMER,
@@ -83,8 +83,20 @@ class Poison:
     exception_type: str
 
 
+#: The header in which the backends' wire formats keep a serializer id that is not a number.
+SERIALIZER_ID_HEADER = "serializer_id"
+
+
 def decode(message: Message, registry: SerializerRegistry) -> Decoded | Poison:
     """Decode ``message`` strictly with the serializer its id names among ``registry``'s."""
+    raw_id = message.headers.get(SERIALIZER_ID_HEADER) if message.serializer_id is None else None
+    if raw_id is not None:
+        # The wire found a serializer id it could not read as a number (and kept it here).
+        return Poison(
+            f"serializer id {raw_id[:40]!r} is not a whole number; a Melange publisher "
+            "sends the number of a serializer",
+            "UnknownSerializerError",
+        )
     try:
         payload = registry.deserialize(message.content, message.serializer_id, message.manifest)
     except SerializationError as exc:
@@ -222,7 +234,9 @@ def settle(
     for result in failed:
         own = result.consumer.failure_policy or policy
         assert result.error is not None
-        if own.is_retryable(result.error):
+        if own.is_retryable(result.error) and not isinstance(
+            result.error, InvalidDeduplicationKeyError
+        ):
             any_retryable = True
             if not own.exhausted(attempt):
                 retry_delays.append(own.delay_for(attempt, rng))

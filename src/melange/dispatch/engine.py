@@ -61,6 +61,7 @@ from melange.dispatch.leases import RENEWAL_FRACTION
 from melange.dispatch.middleware import MiddlewareChain
 from melange.dispatch.policy import FailurePolicy
 from melange.dispatch.stats import DispatcherStats
+from melange.exceptions import InvalidDeduplicationKeyError
 from melange.models import Message, QueueWrapper
 from melange.serializers.registry import SerializerRegistry
 
@@ -414,6 +415,16 @@ class Engine:
         asked = self.clock()
         try:
             state = yield Claim(key, self.lease)
+        except InvalidDeduplicationKeyError as exc:
+            # The message's id made a key the cache cannot store: the message is at fault,
+            # not the cache. It fails for good (dead-lettered with this reason).
+            logger.error(
+                "message %s cannot be deduplicated: %s",
+                message.message_id,
+                describe_exception(exc),
+                extra=_log_extra(message, queue_name, consumer.name, "invalid_key"),
+            )
+            return ConsumerResult(consumer, Outcome.FAILED, exc), None
         except Exception as exc:
             logger.error(
                 "deduplication cache unreachable for message %s (%s): %s",

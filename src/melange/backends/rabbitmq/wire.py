@@ -110,11 +110,15 @@ def from_delivery(properties: Any, body: bytes, receipt: Any) -> Message:
     serializer = raw.get(SERIALIZER_HEADER)
     attempt = _int(raw.get(DELIVERIES_HEADER), 0) + 1
     group = raw.get(GROUP_HEADER)
+    serializer_id = _int(serializer, None)
+    if serializer_id is None and serializer is not None:
+        # Kept for the dispatcher to say what was wrong with it.
+        headers[SERIALIZER_HEADER] = _text(serializer)
     return Message(
         message_id=properties.message_id,
         content=decode_body(body),
         metadata=receipt,
-        serializer_id=_int(serializer, None),
+        serializer_id=serializer_id,
         manifest=_text(manifest) if manifest is not None else None,
         headers=headers,
         attempt=attempt,

@@ -72,6 +72,8 @@ MANIFEST_ATTRIBUTE = "manifest"
 SERIALIZER_ID_ATTRIBUTE = "serializer_id"
 #: Attribute holding, as a JSON object, the headers that did not fit as attributes of their own.
 OVERFLOW_ATTRIBUTE = "melange_headers"
+#: Header of a received message whose attributes could not be read, naming the error.
+WIRE_ERROR_HEADER = "melange_wire_error"
 
 _RESERVED = {MANIFEST_ATTRIBUTE, SERIALIZER_ID_ATTRIBUTE, OVERFLOW_ATTRIBUTE}
 # Headers that get their own attribute first when not all of them fit.
@@ -214,7 +216,7 @@ def headers_from_strings(values: Mapping[str, str]) -> dict[str, str]:
     if overflow:
         try:
             packed = json.loads(overflow)
-        except ValueError:
+        except (ValueError, RecursionError):
             packed = None
         if isinstance(packed, dict):
             headers.update({str(k): str(v) for k, v in packed.items()})
@@ -253,7 +255,9 @@ def decode(body: str, message_attributes: Mapping[str, Any] | None) -> Decoded:
     from_topic = False
     try:
         parsed: object = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # Not an SNS envelope (or nested past the parser's depth): the body is the content,
+        # for the dispatcher to decode, or to dead-letter as poison, on its own.
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("Message"), str):
         content = parsed["Message"]
@@ -263,9 +267,13 @@ def decode(body: str, message_attributes: Mapping[str, Any] | None) -> Decoded:
     # failure headers, raw delivery) complete them.
     values = {**sqs_values, **envelope_values}
     manifest = values.get(MANIFEST_ATTRIBUTE) or None
-    serializer_id = _parse_serializer_id(values.get(SERIALIZER_ID_ATTRIBUTE))
+    raw_serializer_id = values.get(SERIALIZER_ID_ATTRIBUTE)
+    serializer_id = _parse_serializer_id(raw_serializer_id)
     headers = headers_from_strings(sqs_values)
     headers.update(headers_from_strings(envelope_values))
+    if serializer_id is None and raw_serializer_id is not None:
+        # Kept for the dispatcher to say what was wrong with it.
+        headers[SERIALIZER_ID_ATTRIBUTE] = raw_serializer_id
     return Decoded(content, manifest, serializer_id, headers, from_topic)
 
 
@@ -365,7 +373,12 @@ def to_message(raw: Mapping[str, Any], url: str, queue_name: str) -> Message:
     body = raw.get("Body", "")
     attributes = raw.get("MessageAttributes", {}) or {}
     system = raw.get("Attributes", {}) or {}
-    decoded = decode(body, attributes)
+    try:
+        decoded = decode(body, attributes)
+    except Exception as exc:
+        # Whatever the sender put there, one message never fails the batch it came in: it
+        # goes to the dispatcher as it is, which dead-letters it as poison.
+        decoded = Decoded(body, None, None, {WIRE_ERROR_HEADER: f"{type(exc).__name__}"}, False)
     count = system.get("ApproximateReceiveCount")
     receipt = SQSReceipt(
         queue_url=url,
