@@ -230,7 +230,8 @@ class AsyncAWSBackend(SQSOperations, AsyncMessagingBackend):
 
     async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
         """Send one message (one ``SendMessage`` request); ``delay_seconds=`` holds it back
-        on standard queues."""
+        on standard queues (refused on FIFO queues), as on :class:`AWSBackend
+        <melange.backends.sqs.backend.AWSBackend>`."""
         await self._run(self._publish_to_queue(message, queue, kwargs))
 
     async def publish_batch_to_queue(
@@ -241,15 +242,16 @@ class AsyncAWSBackend(SQSOperations, AsyncMessagingBackend):
         await self._run(self._publish_batch_to_queue(messages, queue, kwargs))
 
     async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
-        """Publish one message to the SNS topic (one ``Publish`` request)."""
-        await self._run(self._publish_to_topic(message, topic))
+        """Publish one message to the SNS topic (one ``Publish`` request); SNS cannot delay
+        it (``delay_seconds=`` raises ``ConfigurationError``)."""
+        await self._run(self._publish_to_topic(message, topic, kwargs))
 
     async def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
         """Publish with SNS ``PublishBatch``, one request per ten messages (more when large);
         refused ones are reported together in a ``BatchPublishError``."""
-        await self._run(self._publish_batch_to_topic(messages, topic))
+        await self._run(self._publish_batch_to_topic(messages, topic, kwargs))
 
     # -- consuming --------------------------------------------------------------------------
 

@@ -29,6 +29,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
 from melange.backends.numbers import check_number, check_optional_number
+from melange.backends.publish_options import (
+    apply_fifo_keywords,
+    delay_refused,
+    fifo_delay_refused,
+    publish_delay,
+)
 from melange.backends.sqs import wire
 from melange.backends.sqs.connection import (
     MAX_WAIT_SECONDS,
@@ -44,7 +50,7 @@ from melange.backends.sqs.connection import (
     run_steps,
     text,
 )
-from melange.backends.sqs.topology import Topology
+from melange.backends.sqs.topology import QueueUrl, Topology
 from melange.backends.sqs.wire import (
     SQSReceipt,
     chunks,
@@ -76,6 +82,8 @@ _T = TypeVar("_T")
 
 #: The longest visibility timeout SQS accepts (12 hours).
 MAX_VISIBILITY_TIMEOUT = 43_200
+#: The longest delay SQS gives a message (15 minutes).
+MAX_DELAY_SECONDS = 900
 
 _SYSTEM_ATTRIBUTES = ("ApproximateReceiveCount", "MessageGroupId", "MessageDeduplicationId")
 
@@ -141,6 +149,10 @@ class SQSOperations:
             filter_policies=True,
             max_message_size=wire.MAX_MESSAGE_SIZE,
             max_batch_size=wire.MAX_BATCH_ENTRIES,
+            delayed_publish=True,
+            # SNS holds nothing back: a delay is the subscribed queues' own setting.
+            delayed_topic_publish=False,
+            max_publish_delay=MAX_DELAY_SECONDS,
         )
 
     def visibility_timeout_for(self, message: Message) -> float | None:
@@ -166,14 +178,36 @@ class SQSOperations:
 
     @staticmethod
     def _delay(entry: dict[str, Any], queue_name: str, kwargs: Mapping[str, Any]) -> None:
-        """``delay_seconds=`` holds messages back on standard queues (at most 15 minutes)."""
-        delay = kwargs.get("delay_seconds")
-        if delay and not is_fifo(queue_name):
-            entry["DelaySeconds"] = min(900, math.ceil(delay))
+        """``delay_seconds=`` holds messages back on standard queues, rounded up to whole
+        seconds (at most 15 minutes); refused on FIFO queues, which SQS gives no per-message
+        delay."""
+        delay = publish_delay(kwargs, limit=MAX_DELAY_SECONDS, backend="SQS")
+        if delay is None:
+            return
+        if is_fifo(queue_name):
+            raise fifo_delay_refused(queue_name)
+        entry["DelaySeconds"] = math.ceil(delay)
+
+    @staticmethod
+    def _no_topic_delay(topic: TopicWrapper, kwargs: Mapping[str, Any] | None) -> None:
+        if kwargs and publish_delay(kwargs, backend="SNS") is not None:
+            raise delay_refused(
+                "SNS",
+                f"a message to topic {topic.name!r}",
+                " (or declare the subscribed queues with delay_seconds)",
+            )
+
+    def _queue_attributes(self, url: str) -> Steps[dict[str, str]]:
+        with errors(f"reading the attributes of queue {url!r}"):
+            response = yield Call(
+                "sqs", "get_queue_attributes", {"QueueUrl": url, "AttributeNames": ["All"]}
+            )
+        return dict(response.get("Attributes", {}))
 
     def _publish_to_queue(
         self, message: Message, queue: QueueWrapper, kwargs: Mapping[str, Any]
     ) -> Steps[None]:
+        apply_fifo_keywords((message,), kwargs)
         entry = queue_entry(message, queue.name)
         self._delay(entry, queue.name, kwargs)
         url = yield from self._topology.url(queue)
@@ -186,6 +220,7 @@ class SQSOperations:
     def _publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, kwargs: Mapping[str, Any]
     ) -> Steps[None]:
+        apply_fifo_keywords(messages, kwargs)
         entries = [(i, m, queue_entry(m, queue.name)) for i, m in enumerate(messages)]
         if not entries:
             return
@@ -245,7 +280,11 @@ class SQSOperations:
         if failures:
             raise BatchPublishError(failures)
 
-    def _publish_to_topic(self, message: Message, topic: TopicWrapper) -> Steps[None]:
+    def _publish_to_topic(
+        self, message: Message, topic: TopicWrapper, kwargs: Mapping[str, Any] | None = None
+    ) -> Steps[None]:
+        self._no_topic_delay(topic, kwargs)
+        apply_fifo_keywords((message,), kwargs or {})
         entry = topic_entry(message, topic.name)
         arn = yield from self._topology.topic_arn(topic)
         with errors(f"publishing to topic {topic.name!r}", PublishError):
@@ -255,8 +294,13 @@ class SQSOperations:
                 raise self._topic_error(exc, topic) from exc
 
     def _publish_batch_to_topic(
-        self, messages: Sequence[Message], topic: TopicWrapper
+        self,
+        messages: Sequence[Message],
+        topic: TopicWrapper,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> Steps[None]:
+        self._no_topic_delay(topic, kwargs)
+        apply_fifo_keywords(messages, kwargs or {})
         entries = [(i, m, topic_entry(m, topic.name)) for i, m in enumerate(messages)]
         if not entries:
             return
@@ -500,9 +544,18 @@ class AWSBackend(SQSOperations, MessagingBackend):
         """The existing queue (its URL looked up once, then cached); never creates it.
 
         Raises :class:`~melange.exceptions.QueueNotFoundError` only when SQS says the queue
-        does not exist; other failures (permissions, network) raise ``BackendError``.
+        does not exist; other failures (permissions, network) raise ``BackendError``. The
+        handle's ``unwrapped_obj`` is the queue URL, whose ``.attributes`` reads the queue's
+        SQS attributes (one request, on first use), as the boto3 queue of 7.2.0 did.
         """
-        return self._run(self._topology.get_queue(queue_name))
+        return self._readable(self._run(self._topology.get_queue(queue_name)))
+
+    def _readable(self, queue: QueueWrapper) -> QueueWrapper:
+        """``queue`` with a URL whose ``.attributes`` this backend reads."""
+        url = queue.unwrapped_obj
+        if isinstance(url, QueueUrl):
+            url.bind_reader(lambda address: self._run(self._queue_attributes(address)))
+        return queue
 
     def declare_queue(
         self,
@@ -532,11 +585,12 @@ class AWSBackend(SQSOperations, MessagingBackend):
         their messages and get the given attributes. Subscribing adds one statement per topic
         to the queue's access policy and keeps every other statement.
         """
-        return self._run(
+        queue, dead_letter = self._run(
             self._topology.declare_queue(
                 queue_name, *topics_to_bind, dead_letter_queue_name=dead_letter_queue_name, **kwargs
             )
         )
+        return self._readable(queue), self._readable(dead_letter) if dead_letter else None
 
     def delete_queue(self, queue: QueueWrapper) -> None:
         """Delete the queue and its messages, and unsubscribe it from its topics (a missing
@@ -548,8 +602,10 @@ class AWSBackend(SQSOperations, MessagingBackend):
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
         """Send one message (one ``SendMessage`` request).
 
-        ``delay_seconds=`` holds it back on standard queues. Raises ``MessageTooLargeError``
-        over 256 KiB and ``ConfigurationError`` for a FIFO queue without a group id, both
+        ``delay_seconds=`` holds it back on standard queues (at most 900 seconds, rounded up
+        to whole seconds); ``message_group_id=`` and ``message_deduplication_id=`` set the
+        message's FIFO keys, as in 7.2.0. Raises ``MessageTooLargeError`` over 256 KiB and
+        ``ConfigurationError`` for a FIFO queue without a group id or with a delay, all
         before any request.
 
         On a FIFO queue, a message without ``deduplication_id`` is deduplicated by content,
@@ -568,15 +624,18 @@ class AWSBackend(SQSOperations, MessagingBackend):
         self._run(self._publish_batch_to_queue(messages, queue, kwargs))
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
-        """Publish one message to the SNS topic (one ``Publish`` request)."""
-        self._run(self._publish_to_topic(message, topic))
+        """Publish one message to the SNS topic (one ``Publish`` request).
+
+        SNS cannot delay a message: ``delay_seconds=`` raises ``ConfigurationError``.
+        """
+        self._run(self._publish_to_topic(message, topic, kwargs))
 
     def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
         """Publish with SNS ``PublishBatch``: one request per ten messages (more when large);
         refused messages are reported together in a ``BatchPublishError``."""
-        self._run(self._publish_batch_to_topic(messages, topic))
+        self._run(self._publish_batch_to_topic(messages, topic, kwargs))
 
     # -- consuming --------------------------------------------------------------------------
 

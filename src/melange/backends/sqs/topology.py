@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from melange.backends.names import check_sns_topic_name, check_sqs_queue_name
@@ -79,15 +79,42 @@ _OTHER_QUEUE_OPTIONS = {"attributes", "filter_events", "max_receive_count", "raw
 class QueueUrl(str):
     """A queue's URL: the ``unwrapped_obj`` of an SQS :class:`QueueWrapper`.
 
-    A plain string that also answers ``.url``, as the boto3 queue objects of 7.2.0 did.
+    A plain string that also answers ``.url`` and ``.attributes``, as the boto3 queue
+    objects of 7.2.0 did.
     """
 
-    __slots__ = ()
+    # No __slots__: a str subclass cannot have non-empty ones, and the attributes reader
+    # is kept on the instance.
+    _reader: Callable[[str], dict[str, str]] | None = None
+    _attributes: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
         """The queue URL."""
         return str(self)
+
+    def bind_reader(self, reader: Callable[[str], dict[str, str]]) -> QueueUrl:
+        """Read :attr:`attributes` with ``reader(url)`` (a blocking backend's request)."""
+        self._reader = reader
+        return self
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        """The queue's SQS attributes (``GetQueueAttributes`` of ``All``: ``FifoQueue``,
+        ``RedrivePolicy``...), read on first use and then kept, as boto3's ``Queue``
+        kept them; :meth:`reload` reads them again."""
+        if self._attributes is None:
+            self.reload()
+        return dict(self._attributes or {})
+
+    def reload(self) -> None:
+        """Read the queue's attributes again (one request)."""
+        if self._reader is None:
+            raise BackendError(
+                "this queue handle cannot read its attributes: only handles of the blocking "
+                "AWSBackend (get_queue, declare_queue) do"
+            )
+        self._attributes = self._reader(str(self))
 
 
 class TopicArn(str):
@@ -420,7 +447,11 @@ class Topology:
         attributes = queue_attributes(queue_name, kwargs)
         dead_letter: QueueWrapper | None = None
         if dead_letter_queue_name is not None:
-            dlq_attributes = {"FifoQueue": "true"} if fifo else {}
+            # Content-based deduplication as on the queue (7.2.0 made both so): a copy sent
+            # without a deduplication id is accepted, and ours carry one anyway.
+            dlq_attributes = (
+                {"FifoQueue": "true", "ContentBasedDeduplication": "true"} if fifo else {}
+            )
             dlq_url = yield from self._create_queue(dead_letter_queue_name, dlq_attributes)
             dlq_arn = yield from self._queue_arn(dlq_url, dead_letter_queue_name)
             attributes["RedrivePolicy"] = redrive_policy(dlq_arn, max_receive_count)
