@@ -226,7 +226,7 @@ def test_holds_is_false_once_the_connection_is_lost_and_the_next_call_reconnects
         assert backend.holds(message)
         session = backend._session
         assert session is not None
-        await session.connection.close()  # the connection is lost under the backend
+        await session.close()  # the connection is lost under the backend
         assert not backend.holds(message)
         assert not backend.connected
         await backend.acknowledge(message)  # a no-op: the broker delivers it again

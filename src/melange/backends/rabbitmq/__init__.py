@@ -1,7 +1,7 @@
 """The RabbitMQ backends (need the ``rabbitmq`` extra: ``pip install 'melange[rabbitmq]'``).
 
-:class:`RabbitMQBackend` (pika, blocking) and :class:`AsyncRabbitMQBackend` (aiormq, asyncio)
-share topology and wire format: either consumes what the other published.
+:class:`RabbitMQBackend` (pika, blocking) and :class:`AsyncRabbitMQBackend` (pika's asyncio
+adapter) share topology and wire format: either consumes what the other published.
 
 See :mod:`melange.backends.rabbitmq.backend` for how queues, topics, retries and dead letters
 map onto RabbitMQ, :mod:`melange.backends.rabbitmq.topology` for the declarations, and
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: the asyncio backend needs aiormq, the pika backend does not.
+    # Imported on first use: code that never uses asyncio does not load it.
     if name == "AsyncRabbitMQBackend":
         from melange.backends.rabbitmq.async_backend import AsyncRabbitMQBackend
 

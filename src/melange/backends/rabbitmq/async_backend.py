@@ -1,4 +1,4 @@
-"""The RabbitMQ backend on asyncio: :class:`AsyncRabbitMQBackend`, on aiormq.
+"""The RabbitMQ backend on asyncio: :class:`AsyncRabbitMQBackend`, on pika's asyncio adapter.
 
 It behaves as :class:`~melange.backends.rabbitmq.backend.RabbitMQBackend` does (same
 constructor arguments, capabilities, queues, retry queues, dead letters and message format,
@@ -16,6 +16,10 @@ instead of a thread: messages published by one are consumed by the other.
   arrive, and ``retrieve_messages`` hands them out, waiting up to ``wait_seconds`` for the
   first.
 
+The AMQP client is pika's ``AsyncioConnection``: the running loop watches the socket and
+pika calls back as frames arrive, so a delivery costs a method call rather than a task and
+queue entries (see :mod:`~melange.backends.rabbitmq.async_connection`).
+
 Use one instance from one event loop; only :meth:`~AsyncRabbitMQBackend.interrupt` may be
 called from other threads.
 """
@@ -24,42 +28,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import threading
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 try:
-    import aiormq
-    import aiormq.abc
-    import aiormq.exceptions
-    from pamqp import commands as spec
+    import pika
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        f"the asyncio RabbitMQ backend needs aiormq ({exc}): pip install 'melange[rabbitmq]'"
+        f"the asyncio RabbitMQ backend needs pika ({exc}): pip install 'melange[rabbitmq]'"
     ) from exc
 
 from melange.backends.async_interfaces import AsyncMessagingBackend
 from melange.backends.interfaces import BackendCapabilities
+from melange.backends.rabbitmq.async_connection import AUTH_ERRORS as _AUTH_ERRORS
+from melange.backends.rabbitmq.async_connection import CONNECTION_ERRORS as _CONNECTION_ERRORS
+from melange.backends.rabbitmq.async_connection import AsyncChannel, ChannelRefused, open_connection
+from melange.backends.rabbitmq.async_connection import AsyncSession as _AsyncSession
+from melange.backends.rabbitmq.async_connection import explain as _explain
+from melange.backends.rabbitmq.async_connection import refusal as _refusal
 from melange.backends.rabbitmq.connection import connection_parameters
 from melange.backends.rabbitmq.topology import (
     DEAD_LETTER_EXCHANGE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DELAY_LADDER_MS,
     NOT_FOUND,
-    Bind,
     DeclareExchange,
     DeclareQueue,
-    DeleteQueue,
-    Operation,
-    Refusal,
     Steps,
-    Unbind,
     ack_plan,
     check_backend_settings,
     check_queue_publish,
@@ -76,7 +76,7 @@ from melange.backends.rabbitmq.topology import (
     queue_options,
     retry_queue_steps,
 )
-from melange.backends.rabbitmq.wire import encode_body, from_delivery, properties_fields
+from melange.backends.rabbitmq.wire import encode_body, from_delivery, to_properties
 from melange.exceptions import (
     BackendConnectionError,
     BackendError,
@@ -90,38 +90,12 @@ logger = logging.getLogger("melange.backends.rabbitmq")
 
 T = TypeVar("T")
 
-#: Errors after which the connection is unusable: the next call reconnects.
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-)
-
 #: Errors of an attempt to connect.
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
-    aiormq.exceptions.AMQPError,
+    pika.exceptions.AMQPError,
     *_CONNECTION_ERRORS,
 )
-
-_REPLY_CODES = {
-    aiormq.exceptions.ChannelAccessRefused: 403,
-    aiormq.exceptions.ChannelNotFoundEntity: 404,
-    aiormq.exceptions.ChannelLockedResource: 405,
-    aiormq.exceptions.ChannelPreconditionFailed: 406,
-}
-
-
-def _refusal(exc: aiormq.exceptions.ChannelClosed) -> Refusal:
-    """The reply code and text of a channel the broker closed (aiormq keeps them as args)."""
-    code = _REPLY_CODES.get(type(exc))
-    if code is not None:
-        return Refusal(code, str(exc.args[0]) if exc.args else "", exc)
-    args = exc.args
-    raw_code = args[0] if args else None
-    text = str(args[1]) if len(args) > 1 else ""
-    return Refusal(raw_code if isinstance(raw_code, int) else 0, text, exc)
 
 
 @dataclass(eq=False)
@@ -129,7 +103,7 @@ class _AsyncConsumer:
     """A ``basic.consume`` subscription on its own channel, within one connection."""
 
     queue: str
-    channel: Any
+    channel: AsyncChannel
     generation: int
     tag: str = ""
     cancelled: bool = False
@@ -153,151 +127,15 @@ class AsyncRabbitMQReceipt:
     delivery_tag: int
 
 
-class _AsyncSession:
-    """One AMQP connection and its channels."""
-
-    def __init__(self, connection: Any, generation: int) -> None:
-        self.connection = connection
-        self.generation = generation
-        self.consumers: dict[str, _AsyncConsumer] = {}
-        self._topology: Any = None
-        self._publisher: Any = None
-        # One plan at a time on the declaration channel: a refusal closes the channel, and
-        # must not fail another plan's operation in flight on it.
-        self._topology_lock = asyncio.Lock()
-
-    @property
-    def alive(self) -> bool:
-        return not self.connection.is_closed
-
-    async def topology(self) -> Any:
-        """The channel for declarations; reopened after the broker closed it on an error."""
-        if self._topology is None or self._topology.is_closed:
-            self._topology = await self.connection.channel(publisher_confirms=False)
-        return self._topology
-
-    async def publisher(self, confirms: bool) -> Any:
-        """The publishing channel (in confirm mode when ``confirms``)."""
-        if self._publisher is None or self._publisher.is_closed:
-            self._publisher = await self.connection.channel(
-                publisher_confirms=confirms, on_return_raises=False
-            )
-        return self._publisher
-
-    async def perform(self, operation: Operation) -> Refusal | None:
-        """Perform a topology operation; ``None``, or the broker's refusal."""
-        channel = await self.topology()
-        try:
-            if isinstance(operation, DeclareQueue):
-                if operation.passive:
-                    await channel.queue_declare(operation.name, passive=True)
-                else:
-                    await channel.queue_declare(
-                        operation.name, durable=True, arguments=dict(operation.arguments)
-                    )
-            elif isinstance(operation, DeclareExchange):
-                if operation.passive:
-                    await channel.exchange_declare(operation.name, passive=True)
-                else:
-                    await channel.exchange_declare(
-                        operation.name, exchange_type=operation.type, durable=True
-                    )
-            elif isinstance(operation, Bind | Unbind):
-                arguments = dict(operation.arguments) if operation.arguments is not None else None
-                method = channel.queue_bind if isinstance(operation, Bind) else channel.queue_unbind
-                await method(
-                    operation.queue,
-                    operation.exchange,
-                    routing_key=operation.routing_key,
-                    arguments=arguments,
-                )
-            elif isinstance(operation, DeleteQueue):
-                await channel.queue_delete(operation.name)
-            else:
-                await channel.exchange_delete(operation.name)
-        except aiormq.exceptions.ChannelClosed as exc:
-            return _refusal(exc)
-        return None
-
-    async def run(self, steps: Steps[T]) -> T:
-        """Perform topology ``steps`` (see :mod:`~melange.backends.rabbitmq.topology`)."""
-        async with self._topology_lock:
-            try:
-                operation = next(steps)
-                while True:
-                    operation = steps.send(await self.perform(operation))
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
-
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        items: Sequence[tuple[bytes, spec.Basic.Properties]],
-        mandatory: bool,
-        confirms: bool,
-    ) -> list[str | None]:
-        """Publish ``items`` pipelined; per item ``None`` or the reason it was refused."""
-        channel = await self.publisher(confirms)
-        results: list[Any]
-        if len(items) == 1:
-            # One message: no task per publish, as gather would make.
-            [(body, properties)] = items
-            try:
-                results = [
-                    await channel.basic_publish(
-                        body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=properties,
-                        mandatory=mandatory,
-                    )
-                ]
-            except aiormq.exceptions.DeliveryError as exc:
-                results = [exc]
-        else:
-            results = await asyncio.gather(
-                *(
-                    channel.basic_publish(
-                        body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        properties=properties,
-                        mandatory=mandatory,
-                    )
-                    for body, properties in items
-                ),
-                return_exceptions=True,
-            )
-        outcome: list[str | None] = []
-        for result in results:
-            if isinstance(result, aiormq.exceptions.DeliveryError) and not isinstance(
-                result, aiormq.exceptions.PublishError
-            ):
-                outcome.append("nacked by the broker")
-            elif isinstance(result, BaseException):
-                raise result
-            elif isinstance(result, aiormq.abc.DeliveredMessage) and isinstance(
-                result.delivery, spec.Basic.Return
-            ):
-                outcome.append(f"{result.delivery.reply_code} {result.delivery.reply_text}")
-            else:
-                outcome.append(None)
-        return outcome
-
-
 def _properties(
     message: Message, deliveries: int = 0, extra_headers: Mapping[str, str] | None = None
-) -> spec.Basic.Properties:
-    """aiormq properties for ``message`` (the shared wire format)."""
-    fields = properties_fields(message, deliveries=deliveries, extra_headers=extra_headers)
-    fields["timestamp"] = datetime.datetime.fromtimestamp(fields["timestamp"], datetime.UTC)
-    return spec.Basic.Properties(**fields)
+) -> pika.BasicProperties:
+    """pika properties for ``message`` (the shared wire format)."""
+    return to_properties(message, deliveries=deliveries, extra_headers=extra_headers)
 
 
 class AsyncRabbitMQBackend(AsyncMessagingBackend):
-    """A messaging backend on RabbitMQ with asyncio-native I/O (via aiormq).
+    """A messaging backend on RabbitMQ with asyncio-native I/O (pika's asyncio adapter).
 
     Takes the arguments of :class:`~melange.backends.rabbitmq.backend.RabbitMQBackend`
     (``url`` or ``host``/``port``/``virtual_host``/``credentials``/``username``/``password``,
@@ -307,8 +145,8 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
     or the first call, which raise :class:`~melange.exceptions.BackendConnectionError` naming
     host, port and vhost (never the password) when the broker cannot be reached.
 
-    ``**parameters`` are ``pika.ConnectionParameters`` arguments as for the pika backend; of
-    those, ``ssl_options`` (its ``context``) and ``client_properties`` are used.
+    ``**parameters`` are ``pika.ConnectionParameters`` arguments, as for the pika backend
+    (``ssl_options``, ``client_properties``, ``blocked_connection_timeout``, ...).
     """
 
     name = "rabbitmq"
@@ -355,10 +193,8 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             connection_name=connection_name,
             extra=parameters,
         )
-        ssl_options = getattr(params, "ssl_options", None)
-        self._ssl_context = getattr(ssl_options, "context", None) if ssl_options else None
-        self._client_properties = dict(getattr(params, "client_properties", None) or {})
-        self.__url = _amqp_url(params, tls=ssl_options is not None)
+        # Private: the credentials are in it.
+        self.__parameters = params
         self.describe = f"{params.host}:{params.port}, vhost {params.virtual_host!r}"
         self._connection_attempts = max(1, connection_attempts)
         self._retry_delay = retry_delay
@@ -453,15 +289,14 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         last: BaseException | None = None
         while True:
             attempts += 1
-            connection = aiormq.Connection(
-                self.__url, context=self._ssl_context, client_properties=self._client_properties
-            )
             try:
-                await asyncio.wait_for(connection.connect(), self._socket_timeout * 2)
+                # pika gives up after its stack_timeout (twice socket_timeout); the margin
+                # lets its more precise reason win.
+                connection = await open_connection(
+                    self.__parameters, self._socket_timeout * 2 + 1.0
+                )
             except _CONNECT_ERRORS as exc:
                 last = exc
-                if not connection.is_closed:
-                    await _close_quietly(connection)
                 fatal = isinstance(exc, _AUTH_ERRORS)
                 if self._ever_connected and not fatal and time.monotonic() < deadline:
                     pause = min(self._reconnect_max_delay, 0.2 * 2 ** min(attempts, 8))
@@ -486,7 +321,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             logger.warning("reconnected to RabbitMQ at %s", self.describe)
         self._ever_connected = True
         self._session = session
-        connection.closing.add_done_callback(lambda _f: self._on_lost(session))
+        session.on_close(lambda _reason: self._on_lost(session))
         return session
 
     def _on_lost(self, session: _AsyncSession) -> None:
@@ -520,7 +355,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
                     f"RabbitMQ at {self.describe} did not complete the operation within "
                     f"{self._operation_timeout:.0f}s"
                 ) from None
-            except aiormq.exceptions.ChannelClosed as exc:
+            except ChannelRefused as exc:
                 refusal = _refusal(exc)
                 raise BackendError(
                     f"RabbitMQ at {self.describe} refused the operation: {refusal.code} "
@@ -528,7 +363,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
                 ) from None
             except _CONNECTION_ERRORS as exc:
                 if session.alive:
-                    await _close_quietly(session.connection)
+                    await session.close()
                 if self._closed or time.monotonic() >= deadline:
                     raise BackendConnectionError(
                         f"lost the connection to RabbitMQ at {self.describe}: {_explain(exc)}"
@@ -629,7 +464,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         async def op(session: _AsyncSession) -> list[str | None]:
             try:
                 return await session.publish("", queue.name, items, True, self._confirms)
-            except aiormq.exceptions.ChannelClosed as exc:
+            except ChannelRefused as exc:
                 refusal = _refusal(exc)
                 raise publish_refused(refusal.code, refusal.text, f"queue {queue.name!r}") from None
 
@@ -657,7 +492,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         async def op(session: _AsyncSession) -> list[str | None]:
             try:
                 return await session.publish(topic.name, "", items, mandatory, self._confirms)
-            except aiormq.exceptions.ChannelClosed as exc:
+            except ChannelRefused as exc:
                 refusal = _refusal(exc)
                 if refusal.code == NOT_FOUND:
                     raise TopicNotFoundError(topic.name) from None
@@ -727,18 +562,23 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         if consumer is not None and consumer.active:
             return
         await self._unsubscribe(session, name)
-        channel = await session.connection.channel(publisher_confirms=False)
+        channel = await AsyncChannel.open(session.connection)
         await channel.basic_qos(prefetch_count=self._prefetch_count)
         consumer = _AsyncConsumer(name, channel, session.generation)
         buffers = self._buffers
 
-        def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
-            tag = delivered.delivery_tag
-            if tag is None:
-                return
+        # Called by pika as the frames are read (deliveries may come with the ConsumeOk).
+        def on_message(_channel: Any, method: Any, properties: Any, body: bytes) -> None:
+            tag = method.delivery_tag
             consumer.unacked.add(tag)
             receipt = AsyncRabbitMQReceipt(name, consumer.generation, consumer, tag)
-            message = from_delivery(delivered.header.properties, delivered.body, receipt)
+            try:
+                message = from_delivery(properties, body, receipt)
+            except Exception:
+                # Raising here would make pika drop the connection, and the message would
+                # come back to fail again: it stays unsettled until the channel closes.
+                logger.exception("could not read a message delivered from %s", name)
+                return
             buffers.setdefault(name, deque()).append(message)
             self._notify()
 
@@ -746,13 +586,14 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             consumer.cancelled = True
             self._notify()
 
-        channel.on_consumer_cancel_callbacks.add(on_cancel)
+        channel.add_cancel_callback(on_cancel)
         try:
-            ok = await channel.basic_consume(name, _sync_callback(on_message))
-        except aiormq.exceptions.ChannelNotFoundEntity:
+            consumer.tag = await channel.basic_consume(name, on_message)
+        except ChannelRefused as exc:
+            if exc.reply_code != NOT_FOUND:
+                raise
             self._known_queues.discard(name)
             raise QueueNotFoundError(name) from None
-        consumer.tag = ok.consumer_tag or ""
         session.consumers[name] = consumer
 
     async def _unsubscribe(self, session: _AsyncSession, name: str) -> None:
@@ -828,7 +669,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             return await action(receipt)
         except _CONNECTION_ERRORS:
             return None  # its connection is gone: the broker delivers it again
-        except aiormq.exceptions.ChannelClosed as exc:
+        except ChannelRefused as exc:
             refusal = _refusal(exc)
             raise BackendError(
                 f"RabbitMQ at {self.describe} refused the operation: {refusal.code} {refusal.text}"
@@ -845,9 +686,9 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         (the broker delivers it again). Where a consumer's batch holds every tag it has
         outstanding up to its highest one, a single ``multiple`` acknowledgement settles all.
 
-        Returns once the acknowledgements are queued for the connection's writer, in order
-        with every later frame, without waiting for them to reach the socket: AMQP
-        acknowledgements get no answer, so that wait only cost a future and a wake-up each.
+        Returns once the acknowledgements are queued for the socket, in order with every
+        later frame (the loop writes them when it next runs): AMQP acknowledgements get no
+        answer, so waiting for them would only cost a round of the loop each.
         """
         receipts = [_receipt(m) for m in messages]
         by_consumer: dict[int, tuple[_AsyncConsumer, list[int]]] = {}
@@ -861,10 +702,10 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             consumer.unacked.difference_update(tags)
             try:
                 if multiple:
-                    await consumer.channel.basic_ack(highest, multiple=True, wait=False)
+                    consumer.channel.basic_ack(highest, multiple=True)
                 else:
                     for tag in tags:
-                        await consumer.channel.basic_ack(tag, wait=False)
+                        consumer.channel.basic_ack(tag)
             except _CONNECTION_ERRORS:
                 logger.debug("acknowledgement lost with the connection; redelivered")
 
@@ -941,7 +782,9 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
                 [refused] = await session.publish(
                     DEAD_LETTER_EXCHANGE, receipt.queue, [(body, properties)], True, self._confirms
                 )
-            except aiormq.exceptions.ChannelNotFoundEntity:
+            except ChannelRefused as exc:
+                if exc.reply_code != NOT_FOUND:
+                    raise
                 return False  # no dead-letter queue was ever declared
             if not dead_letter_routed(refused, message.message_id):
                 return False
@@ -974,17 +817,11 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
                     )
                 except Exception:
                     logger.debug("flushing acknowledgements before the close failed", exc_info=True)
-            await _close_quietly(session.connection)
+            await session.close()
         self._buffers.clear()
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-_AUTH_ERRORS: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AuthenticationError,
-    aiormq.exceptions.ProbableAuthenticationError,
-    aiormq.exceptions.ConnectionNotAllowed,
-)
 
 
 def _receipt(message: Message) -> AsyncRabbitMQReceipt:
@@ -1001,25 +838,16 @@ def _release_waiter(waiter: asyncio.Future[None]) -> None:
 
 async def _ack(receipt: AsyncRabbitMQReceipt) -> None:
     receipt.consumer.unacked.discard(receipt.delivery_tag)
-    await receipt.consumer.channel.basic_ack(receipt.delivery_tag)
+    receipt.consumer.channel.basic_ack(receipt.delivery_tag)
 
 
 async def _requeue(receipt: AsyncRabbitMQReceipt) -> None:
     # Back in its place in the queue; the broker's delivery count (the backstop) goes up.
     receipt.consumer.unacked.discard(receipt.delivery_tag)
-    await receipt.consumer.channel.basic_nack(receipt.delivery_tag, requeue=True)
+    receipt.consumer.channel.basic_nack(receipt.delivery_tag, requeue=True)
 
 
-def _sync_callback(
-    fn: Callable[[aiormq.abc.DeliveredMessage], None],
-) -> Callable[[aiormq.abc.DeliveredMessage], Awaitable[None]]:
-    async def callback(delivered: aiormq.abc.DeliveredMessage) -> None:
-        fn(delivered)
-
-    return callback
-
-
-def _encode(messages: Sequence[Message]) -> list[tuple[bytes, spec.Basic.Properties]]:
+def _encode(messages: Sequence[Message]) -> list[tuple[bytes, pika.BasicProperties]]:
     items = []
     for message in messages:
         body = encode_body(message.content)
@@ -1027,40 +855,6 @@ def _encode(messages: Sequence[Message]) -> list[tuple[bytes, spec.Basic.Propert
             raise MessageTooLargeError(len(body), DEFAULT_MAX_MESSAGE_SIZE, "RabbitMQ")
         items.append((body, _properties(message)))
     return items
-
-
-async def _close_quietly(connection: Any) -> None:
-    try:
-        await asyncio.wait_for(connection.close(), 5.0)
-    except Exception:
-        logger.debug("closing the connection failed", exc_info=True)
-
-
-def _amqp_url(params: Any, tls: bool) -> str:
-    """The URL aiormq connects to, from pika's parsed parameters (kept private: it holds
-    the password)."""
-    credentials = params.credentials
-    user = urllib.parse.quote(getattr(credentials, "username", "guest"), safe="")
-    password = urllib.parse.quote(getattr(credentials, "password", "guest"), safe="")
-    vhost = urllib.parse.quote(params.virtual_host, safe="")
-    scheme = "amqps" if tls else "amqp"
-    query = urllib.parse.urlencode({"heartbeat": params.heartbeat})
-    return f"{scheme}://{user}:{password}@{params.host}:{params.port}/{vhost}?{query}"
-
-
-def _explain(error: BaseException | None) -> str:
-    """A readable reason for a connection failure (never the URL: it holds the password)."""
-    if error is None:
-        return "no error recorded"
-    if isinstance(error, _AUTH_ERRORS):
-        return (
-            f"access refused ({type(error).__name__}); check the username, password and that "
-            "the user may access this virtual host"
-        )
-    if isinstance(error, asyncio.TimeoutError):
-        return "timed out"
-    text = str(error) or repr(error)
-    return f"{type(error).__name__}: {text}"
 
 
 __all__ = ["AsyncRabbitMQBackend", "AsyncRabbitMQReceipt"]
