@@ -11,6 +11,7 @@ with a lease, and settling them (acknowledge, nack, release, dead-letter, extend
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -35,6 +36,7 @@ from melange.backends.sqlite.inspect import QueueStats
 from melange.backends.sqlite.topology import queue_config
 from melange.backends.sqlite.wire import (
     COLUMNS,
+    CORRUPT_HEADERS_HEADER,
     INSERT_INTO_STANDARD_QUEUE,
     Deduplication,
     Receipt,
@@ -43,8 +45,10 @@ from melange.backends.sqlite.wire import (
     enqueue,
     fifo_candidates,
     move_to_dead_letter_queue,
+    row_problem,
     rows_by_id,
     to_message,
+    whole_count,
 )
 from melange.exceptions import (
     BackendError,
@@ -54,6 +58,8 @@ from melange.exceptions import (
     TopicNotFoundError,
 )
 from melange.models import FAILURE_REASON, Message, QueueWrapper, TopicWrapper
+
+logger = logging.getLogger("melange.backends.sqlite")
 
 # Deletes a message only while the delivery being settled still holds it.
 _DELETE_SETTLED = "DELETE FROM messages WHERE id = ? AND receipt = ?"
@@ -446,6 +452,31 @@ class SQLiteBackend(MessagingBackend):
             deliver: list[Row] = []
             dead_lettered = False
             for row in rows:
+                problem = row_problem(row)
+                if problem is not None:
+                    logger.error(
+                        "row %s of SQLite queue %r is not a readable message (%s): %s",
+                        row.id,
+                        queue.name,
+                        problem,
+                        "moved to its dead-letter queue"
+                        if queue.dead_letter_queue
+                        else f"delivered with what was stored in header {CORRUPT_HEADERS_HEADER}",
+                    )
+                    if queue.dead_letter_queue:
+                        move_to_dead_letter_queue(
+                            conn,
+                            queue,
+                            row,
+                            {},
+                            f"corrupt row: {problem}",
+                            now,
+                            self._deduplication,
+                            self.visibility_timeout,
+                        )
+                        dead_lettered = True
+                        continue
+                    row = row._replace(receive_count=whole_count(row.receive_count))
                 if queue.dead_letter_queue and row.receive_count >= queue.max_receive_count:
                     move_to_dead_letter_queue(
                         conn,

@@ -195,8 +195,15 @@ class Database:
         if not self.memory:
             if os.path.exists(self._target) and not os.access(self._target, os.W_OK):
                 raise sqlite3.OperationalError("readonly file")
-            # Persistent in the file; every later connection uses WAL too.
-            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            # Persistent in the file; every later connection uses WAL too. Asked first: a
+            # file already in WAL mode is opened without waiting for anyone's lock.
+            mode = conn.execute("PRAGMA journal_mode").fetchone()
+            if not mode or str(mode[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if self._schema_is_current(conn):
+                # Opening a database in use takes no write lock: readers (``melange queues``)
+                # do not wait behind a long write, and never hold a writer up.
+                return
         # BEGIN IMMEDIATE: processes opening a new file together create the schema once.
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -239,6 +246,17 @@ class Database:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _schema_is_current(conn: sqlite3.Connection) -> bool:
+        """Whether the file holds Melange's current schema (read without a write lock)."""
+        try:
+            found = conn.execute(
+                "SELECT value FROM melange_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return False  # no such table: a new file, or not Melange's (checked under the lock)
+        return found is not None and str(found[0]) == str(SCHEMA_VERSION)
 
     def after_fork(self) -> None:
         """In a forked child: drop the parent's connections and locks, which SQLite and

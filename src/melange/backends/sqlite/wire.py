@@ -94,18 +94,56 @@ def dump_headers(headers: Mapping[str, str]) -> str:
 _HEADERS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
+#: Header carrying, on a row whose stored headers were unreadable, what was stored.
+CORRUPT_HEADERS_HEADER = "melange_corrupt_headers"
+
+
+def row_problem(row: Row) -> str | None:
+    """What makes a row unreadable as a message (written by something else than Melange, or
+    damaged), or ``None``. Such a row is quarantined, never left to block its queue."""
+    try:
+        headers = json.loads(row.headers)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return f"its headers are not JSON ({type(exc).__name__})"
+    if not isinstance(headers, dict):
+        return f"its headers are a JSON {type(headers).__name__}, not an object"
+    for name, value in (("receive_count", row.receive_count), ("attempts", row.attempts)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"its {name} is {value!r}, not a whole number"
+    if not isinstance(row.message_id, str) or not isinstance(row.content, str | bytes):
+        return "its message id or content is not text"
+    return None
+
+
+def read_headers(row: Row) -> dict[str, str]:
+    """The row's headers; unreadable ones come back as one header holding what was stored."""
+    try:
+        headers = json.loads(row.headers)
+    except (TypeError, ValueError, RecursionError):
+        headers = None
+    if not isinstance(headers, dict):
+        return {CORRUPT_HEADERS_HEADER: str(row.headers)[:1000]}
+    return {str(name): str(value) for name, value in headers.items()}
+
+
+def whole_count(value: object) -> int:
+    """A stored count, or 0 where a damaged row holds something else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def to_message(row: Row, receipt: Receipt | None) -> Message:
     """The message a row holds; ``receipt`` is ``None`` for copies that cannot be settled."""
     # A received message is on its attempt after the failed ones; a peeked or dead-lettered
     # copy tells how many failed.
-    attempt = row.attempts + 1 if receipt is not None else row.attempts or None
+    attempts = whole_count(row.attempts)
+    attempt = attempts + 1 if receipt is not None else attempts or None
     return Message(
-        row.message_id,
+        str(row.message_id),
         row.content,
         receipt,
         row.serializer_id,
         row.manifest,
-        json.loads(row.headers),
+        read_headers(row),
         attempt,
         row.group_id,
         row.dedup_id,
@@ -225,7 +263,7 @@ def move_to_dead_letter_queue(
         dlq = queue_config(conn, queue.dead_letter_queue)
     copy, headers = dead_letter_copy(
         to_message(row, None),
-        {**json.loads(row.headers), **extra_headers},
+        {**read_headers(row), **extra_headers},
         source_queue=queue.name,
         reason=reason,
         into_fifo=dlq.fifo,
@@ -236,6 +274,7 @@ def move_to_dead_letter_queue(
 
 __all__ = [
     "COLUMNS",
+    "CORRUPT_HEADERS_HEADER",
     "INSERT",
     "INSERT_INTO_STANDARD_QUEUE",
     "Deduplication",
@@ -245,6 +284,9 @@ __all__ = [
     "enqueue",
     "fifo_candidates",
     "move_to_dead_letter_queue",
+    "read_headers",
+    "row_problem",
     "rows_by_id",
     "to_message",
+    "whole_count",
 ]
