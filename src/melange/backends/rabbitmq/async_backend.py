@@ -45,6 +45,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
 
 from melange.backends.async_interfaces import AsyncMessagingBackend
 from melange.backends.interfaces import BackendCapabilities
+from melange.backends.publish_options import publish_delay
 from melange.backends.rabbitmq.async_connection import AUTH_ERRORS as _AUTH_ERRORS
 from melange.backends.rabbitmq.async_connection import CONNECTION_ERRORS as _CONNECTION_ERRORS
 from melange.backends.rabbitmq.async_connection import AsyncChannel, ChannelRefused, open_connection
@@ -72,9 +73,12 @@ from melange.backends.rabbitmq.topology import (
     exists_steps,
     give_back,
     plan_queue,
+    publish_delay_ms,
     publish_refused,
     queue_options,
+    refuse_fifo,
     retry_queue_steps,
+    topic_delay_steps,
 )
 from melange.backends.rabbitmq.wire import encode_body, from_delivery, to_properties
 from melange.exceptions import (
@@ -221,6 +225,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         self._known_queues: set[str] = set()
         self._known_topics: set[str] = set()
         self._retry_steps: dict[str, set[int]] = {}
+        self._topic_delay_steps: dict[str, set[int]] = {}
         self._warned_visibility = False
 
     def __repr__(self) -> str:
@@ -241,6 +246,8 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             filter_policies=True,
             max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
             max_batch_size=None,
+            delayed_publish=True,
+            delayed_topic_publish=True,
         )
 
     @property
@@ -441,29 +448,49 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         self._retry_steps.pop(name, None)
 
     async def delete_topic(self, topic: TopicWrapper) -> None:
-        await self._steps(lambda: delete_topic_steps(topic.name))
+        """Delete the topic's exchange and the queues holding its delayed messages."""
+        extra = sorted(self._topic_delay_steps.pop(topic.name, ()))
+        await self._steps(lambda: delete_topic_steps(topic.name, extra))
         self._known_topics.discard(topic.name)
 
     # -- publishing -------------------------------------------------------------------------
 
     async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        await self._publish_queue([message], queue, batch=False)
+        """As :meth:`RabbitMQBackend.publish_to_queue
+        <melange.backends.rabbitmq.backend.RabbitMQBackend.publish_to_queue>`, with its
+        ``delay_seconds=`` and its refusal of FIFO keywords."""
+        await self._publish_queue([message], queue, batch=False, kwargs=kwargs)
 
     async def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
-        await self._publish_queue(messages, queue, batch=True)
+        await self._publish_queue(messages, queue, batch=True, kwargs=kwargs)
 
     async def _publish_queue(
-        self, messages: Sequence[Message], queue: QueueWrapper, batch: bool
+        self,
+        messages: Sequence[Message],
+        queue: QueueWrapper,
+        batch: bool,
+        kwargs: Mapping[str, Any],
     ) -> None:
+        refuse_fifo(queue.name, messages, kwargs)
+        delay = publish_delay(kwargs, backend="the RabbitMQ backend")
         if not messages:
             return
         items = _encode(messages)
+        delay_ms = publish_delay_ms(delay) if delay is not None else 0
+        if delay_ms:
+            # A retry queue routes whatever it holds: the queue itself must exist now.
+            await self.get_queue(queue.name)
+            if delay_ms not in DELAY_LADDER_MS:
+                self._retry_steps.setdefault(queue.name, set()).add(delay_ms)
 
         async def op(session: _AsyncSession) -> list[str | None]:
+            target = queue.name
+            if delay_ms:
+                target = await session.run(retry_queue_steps(queue.name, delay_ms))
             try:
-                return await session.publish("", queue.name, items, True, self._confirms)
+                return await session.publish("", target, items, True, self._confirms)
             except ChannelRefused as exc:
                 refusal = _refusal(exc)
                 raise publish_refused(refusal.code, refusal.text, f"queue {queue.name!r}") from None
@@ -474,23 +501,41 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             raise missing
 
     async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
-        await self._publish_topic([message], topic, batch=False)
+        """As :meth:`RabbitMQBackend.publish_to_topic
+        <melange.backends.rabbitmq.backend.RabbitMQBackend.publish_to_topic>`, with its
+        ``delay_seconds=``."""
+        await self._publish_topic([message], topic, batch=False, kwargs=kwargs)
 
     async def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
-        await self._publish_topic(messages, topic, batch=True)
+        await self._publish_topic(messages, topic, batch=True, kwargs=kwargs)
 
     async def _publish_topic(
-        self, messages: Sequence[Message], topic: TopicWrapper, batch: bool
+        self,
+        messages: Sequence[Message],
+        topic: TopicWrapper,
+        batch: bool,
+        kwargs: Mapping[str, Any],
     ) -> None:
+        refuse_fifo(topic.name, messages, kwargs)
+        delay = publish_delay(kwargs, backend="the RabbitMQ backend")
         if not messages:
             return
         items = _encode(messages)
         mandatory = self._require_subscribers
+        delay_ms = publish_delay_ms(delay) if delay is not None else 0
+        if delay_ms:
+            # The delay queue dead-letters into the exchange: it must exist now.
+            await self.get_topic(topic.name)
+            if delay_ms not in DELAY_LADDER_MS:
+                self._topic_delay_steps.setdefault(topic.name, set()).add(delay_ms)
 
         async def op(session: _AsyncSession) -> list[str | None]:
             try:
+                if delay_ms:
+                    holder = await session.run(topic_delay_steps(topic.name, delay_ms))
+                    return await session.publish("", holder, items, True, self._confirms)
                 return await session.publish(topic.name, "", items, mandatory, self._confirms)
             except ChannelRefused as exc:
                 refusal = _refusal(exc)

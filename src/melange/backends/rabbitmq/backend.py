@@ -76,6 +76,7 @@ import pika
 import pika.exceptions
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.publish_options import publish_delay
 from melange.backends.rabbitmq.connection import (
     ConnectionThread,
     RabbitMQReceipt,
@@ -107,9 +108,12 @@ from melange.backends.rabbitmq.topology import (
     exists_steps,
     give_back,
     plan_queue,
+    publish_delay_ms,
     publish_refused,
     queue_options,
+    refuse_fifo,
     retry_queue_steps,
+    topic_delay_steps,
 )
 from melange.backends.rabbitmq.wire import encode_body, from_delivery, to_properties
 from melange.exceptions import (
@@ -233,6 +237,8 @@ class RabbitMQBackend(MessagingBackend):
         self._known_topics: set[str] = set()
         # Retry delays used per queue beyond the ladder (whole hours), to delete with it.
         self._retry_steps: dict[str, set[int]] = {}
+        # The same for the delay queues of topics.
+        self._topic_delay_steps: dict[str, set[int]] = {}
         self._warned_visibility = False
         self.describe = (
             f"{self._params.host}:{self._params.port}, vhost {self._params.virtual_host!r}"
@@ -264,6 +270,8 @@ class RabbitMQBackend(MessagingBackend):
             filter_policies=True,
             max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
             max_batch_size=None,
+            delayed_publish=True,
+            delayed_topic_publish=True,
         )
 
     @property
@@ -455,28 +463,54 @@ class RabbitMQBackend(MessagingBackend):
         self._retry_steps.pop(name, None)
 
     def delete_topic(self, topic: TopicWrapper) -> None:
+        """Delete the topic's exchange and the queues holding its delayed messages."""
         name = topic.name
-        self._steps(delete_topic_steps(name))
+        self._steps(delete_topic_steps(name, sorted(self._topic_delay_steps.pop(name, ()))))
         self._known_topics.discard(name)
 
     # -- publishing -------------------------------------------------------------------------
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        self._publish_queue([message], queue, batch=False)
+        """Publish with a publisher confirm; the message is mandatory (a missing queue raises
+        ``QueueNotFoundError``).
+
+        ``delay_seconds=`` holds it back in the queue's retry queue for that delay, rounded
+        up to the next step of the retry ladder (see :func:`~melange.backends.rabbitmq.
+        topology.publish_delay_ms`). FIFO keywords and ``.fifo`` queues are refused.
+        """
+        self._publish_queue([message], queue, batch=False, kwargs=kwargs)
 
     def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
-        self._publish_queue(messages, queue, batch=True)
+        self._publish_queue(messages, queue, batch=True, kwargs=kwargs)
 
-    def _publish_queue(self, messages: Sequence[Message], queue: QueueWrapper, batch: bool) -> None:
+    def _publish_queue(
+        self,
+        messages: Sequence[Message],
+        queue: QueueWrapper,
+        batch: bool,
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        refuse_fifo(queue.name, messages, kwargs)
+        delay = publish_delay(kwargs, backend="the RabbitMQ backend")
         if not messages:
             return
         items = self._encode(messages)
+        delay_ms = publish_delay_ms(delay) if delay is not None else 0
+        if delay_ms:
+            # A retry queue routes whatever it holds: the queue itself must exist now.
+            self.get_queue(queue.name)
+            if delay_ms not in DELAY_LADDER_MS:
+                self._retry_steps.setdefault(queue.name, set()).add(delay_ms)
 
         def op(session: Session) -> list[str | None]:
+            target = queue.name
+            if delay_ms:
+                steps = retry_queue_steps(queue.name, delay_ms)
+                target = drive(steps, lambda op: perform(session, op))
             try:
-                return session.publish("", queue.name, items, True)
+                return session.publish("", target, items, True)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 raise publish_refused(
                     exc.reply_code, exc.reply_text, f"queue {queue.name!r}"
@@ -488,21 +522,45 @@ class RabbitMQBackend(MessagingBackend):
             raise missing
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
-        self._publish_topic([message], topic, batch=False)
+        """Publish to the topic's exchange, with a publisher confirm.
+
+        ``delay_seconds=`` holds the message in the topic's delay queue (rounded up as for
+        queues) before the exchange routes it; a subscriber check (``require_subscribers``)
+        cannot apply then: a message no queue accepts when it comes out is dropped.
+        """
+        self._publish_topic([message], topic, batch=False, kwargs=kwargs)
 
     def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
-        self._publish_topic(messages, topic, batch=True)
+        self._publish_topic(messages, topic, batch=True, kwargs=kwargs)
 
-    def _publish_topic(self, messages: Sequence[Message], topic: TopicWrapper, batch: bool) -> None:
+    def _publish_topic(
+        self,
+        messages: Sequence[Message],
+        topic: TopicWrapper,
+        batch: bool,
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        refuse_fifo(topic.name, messages, kwargs)
+        delay = publish_delay(kwargs, backend="the RabbitMQ backend")
         if not messages:
             return
         items = self._encode(messages)
         mandatory = self._require_subscribers
+        delay_ms = publish_delay_ms(delay) if delay is not None else 0
+        if delay_ms:
+            # The delay queue dead-letters into the exchange: it must exist now.
+            self.get_topic(topic.name)
+            if delay_ms not in DELAY_LADDER_MS:
+                self._topic_delay_steps.setdefault(topic.name, set()).add(delay_ms)
 
         def op(session: Session) -> list[str | None]:
             try:
+                if delay_ms:
+                    steps = topic_delay_steps(topic.name, delay_ms)
+                    holder = drive(steps, lambda op: perform(session, op))
+                    return session.publish("", holder, items, True)
                 return session.publish(topic.name, "", items, mandatory)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code == NOT_FOUND:

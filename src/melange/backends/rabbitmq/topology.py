@@ -88,6 +88,39 @@ def delay_bucket_ms(delay: float) -> int:
     return min(DELAY_LADDER_MS, key=lambda step: abs(math.log(step / ms)))
 
 
+def publish_delay_ms(delay: float) -> int:
+    """The hold, in milliseconds, of a message published with ``delay_seconds=delay``: the
+    first step of :data:`DELAY_LADDER_MS` that is not shorter (beyond the last, whole hours),
+    so that a message is never delivered before its delay, and waits in a retry queue shared
+    with the retries of the same delay."""
+    ms = max(1.0, delay * 1000.0)
+    for step in DELAY_LADDER_MS:
+        if step >= ms:
+            return step
+    return int(math.ceil(ms / 3_600_000) * 3_600_000)
+
+
+def topic_delay_queue_name(topic_name: str, delay_ms: int) -> str:
+    """Name of the queue that holds messages for ``topic_name`` for ``delay_ms``."""
+    return f"{topic_name}.melange-topic-delay-{delay_ms}ms"
+
+
+def topic_delay_arguments(topic_name: str, delay_ms: int) -> dict[str, Any]:
+    """The arguments of the queue that holds messages for the topic ``topic_name``.
+
+    When they expire, they are dead-lettered into the topic's exchange, which routes them by
+    their headers as if they had just been published. At-most-once dead-lettering: a message
+    no subscribed queue accepts by then is dropped, as an undelayed one would be (at-least-once
+    would keep it forever).
+    """
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": delay_ms,
+        "x-dead-letter-exchange": topic_name,
+        "x-dead-letter-routing-key": "",
+    }
+
+
 def retry_queue_name(queue_name: str, delay_ms: int) -> str:
     """Name of the retry queue that holds messages of ``queue_name`` for ``delay_ms``."""
     return f"{queue_name}.melange-retry-{delay_ms}ms"
@@ -184,10 +217,11 @@ def queue_options(
             f"unknown option(s) {sorted(unknown)} for RabbitMQ queue {queue_name!r}; "
             f"known: {sorted(QUEUE_OPTIONS)}"
         )
-    if options.get("fifo"):
+    if options.get("fifo") or queue_name.endswith(".fifo"):
         raise ConfigurationError(
-            f"queue {queue_name!r}: the RabbitMQ backend has no FIFO queues with per-group "
-            "ordering; use the SQS backend for FIFO semantics"
+            f"queue {queue_name!r}: the RabbitMQ backend has no FIFO queues (per-group order, "
+            "deduplication), so a .fifo name or fifo=True is refused rather than ignored; use "
+            "a backend whose capabilities say fifo=True (SQS, SQLite, in-memory)"
         )
     requested = options.get("queue_type", default_type)
     if requested is not None:
@@ -544,11 +578,46 @@ def delete_queue_steps(queue_name: str, extra_delays_ms: Sequence[int] = ()) -> 
             refusal.reraise()
 
 
-def delete_topic_steps(topic_name: str) -> Steps[None]:
-    """Delete the exchange of a topic."""
+def topic_delay_steps(topic_name: str, delay_ms: int) -> Steps[str]:
+    """Declare the queue holding messages for ``topic_name`` for ``delay_ms``; returns its
+    name."""
+    target = topic_delay_queue_name(topic_name, delay_ms)
+    refusal = yield DeclareQueue(target, topic_delay_arguments(topic_name, delay_ms))
+    if refusal is not None:
+        raise_declare_error(refusal, f"delay queue {target!r}")
+    return target
+
+
+def delete_topic_steps(topic_name: str, extra_delays_ms: Sequence[int] = ()) -> Steps[None]:
+    """Delete the exchange of a topic and the queues holding its delayed messages."""
     refusal = yield DeleteExchange(topic_name)
     if refusal is not None:
         refusal.reraise()
+    for step in sorted({*DELAY_LADDER_MS, *extra_delays_ms}):
+        refusal = yield DeleteQueue(topic_delay_queue_name(topic_name, step))
+        if refusal is not None:
+            refusal.reraise()
+
+
+def refuse_fifo(destination: str, messages: Sequence[Message], kwargs: Mapping[str, Any]) -> None:
+    """RabbitMQ has no FIFO queues here: a publish that asks for FIFO semantics (a ``.fifo``
+    queue, a group id, a deduplication id) is refused rather than delivered without them."""
+    asked = []
+    if kwargs.get("message_group_id") or any(m.group_id is not None for m in messages):
+        asked.append("message_group_id")
+    if kwargs.get("message_deduplication_id") or any(
+        m.deduplication_id is not None for m in messages
+    ):
+        asked.append("message_deduplication_id")
+    if destination.endswith(".fifo"):
+        asked.insert(0, "a .fifo name")
+    if asked:
+        raise ConfigurationError(
+            f"{destination!r}: the RabbitMQ backend has no FIFO queues (per-group order, "
+            f"deduplication), so it refuses {' and '.join(asked)} rather than ignore them; "
+            "publish without them, or use a backend whose capabilities say fifo=True "
+            "(SQS, SQLite, in-memory)"
+        )
 
 
 # -- settling and publishing -----------------------------------------------------------------
@@ -653,7 +722,10 @@ __all__ = [
     "QueueOptions",
     "delay_bucket_ms",
     "plan_queue",
+    "publish_delay_ms",
     "queue_options",
+    "refuse_fifo",
     "retry_arguments",
     "retry_queue_name",
+    "topic_delay_queue_name",
 ]
