@@ -18,9 +18,10 @@ import click
 
 from melange.backends.async_interfaces import AsyncMessagingBackend
 from melange.backends.interfaces import MessagingBackend
-from melange.backends.urls import backend_from_env, backend_from_url
+from melange.backends.urls import ENV_VARIABLE, backend_from_env, backend_from_url
 from melange.exceptions import MelangeError
 from melange.models import Message
+from melange.redaction import redact_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +38,28 @@ class CommandError(click.ClickException):
     """A failure reported as one line, with exit status 1."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        # The URLs given to this process may hold passwords; a library's message may quote one.
+        message = redact_text(self.format_message(), *_given_urls())
+        click.echo(f"error: {printable(message)}", err=True)
+
+
+def _given_urls() -> list[str]:
+    return [url for url in (os.environ.get(ENV_VARIABLE, ""), *_OPENED_URLS) if url]
+
+
+# The backend URLs this process was given on its command line.
+_OPENED_URLS: list[str] = []
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\n``...), so that what a
+    message holds can never move the cursor, recolour or retitle the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char == " " else char.encode("unicode_escape").decode()
+        for char in text
+    )
 
 
 def backend_url_option(func: F) -> F:
@@ -95,6 +117,8 @@ def _describe(exc: BaseException) -> str:
 def open_backend(url: str | None) -> MessagingBackend:
     """The backend ``url`` names, else the one ``MELANGE_BACKEND_URL`` names, else the
     embedded SQLite default. Errors come out as one line."""
+    if url:
+        _OPENED_URLS.append(url)
     with reported_errors():
         return backend_from_url(url) if url else backend_from_env()
 
@@ -189,7 +213,7 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.1f}"
-    text = str(value).replace("\n", " ")
+    text = printable(str(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -258,5 +282,5 @@ def body_preview(message: Message, width: int = 60) -> str:
     text = message.content
     with suppress(ValueError):
         text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
-    text = text.replace("\n", " ")
+    text = printable(text)
     return text if len(text) <= width else text[: width - 3] + "..."

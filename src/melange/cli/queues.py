@@ -14,6 +14,7 @@ from melange.cli._common import (
     backend_url_option,
     body_preview,
     open_backend,
+    printable,
     reported_errors,
     table,
 )
@@ -57,7 +58,7 @@ def list_queues(backend_url: str | None) -> None:
     else:
         click.echo(table(["queue", "messages"], rows))
     if topics is not None:
-        click.echo(f"\ntopics: {', '.join(topics) if topics else '(none)'}")
+        click.echo(f"\ntopics: {printable(', '.join(topics)) if topics else '(none)'}")
 
 
 @queues.command("stats")
@@ -167,7 +168,7 @@ def show(name: str, limit: int, body: bool, backend_url: str | None) -> None:
         {m.headers[FAILURE_CONSUMER] for m in messages if m.headers.get(FAILURE_CONSUMER)}
     )
     if consumers:
-        click.echo(f"failing consumer(s): {', '.join(consumers)}")
+        click.echo(f"failing consumer(s): {printable(', '.join(consumers))}")
 
 
 def _peek_distinct(

@@ -29,6 +29,7 @@ import click
 
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.interfaces import MessagingBackend
+from melange.backends.numbers import check_number
 from melange.cli._common import (
     CommandError,
     backend_url_option,
@@ -37,6 +38,7 @@ from melange.cli._common import (
     reported_errors,
     table,
 )
+from melange.exceptions import ConfigurationError
 
 #: The keys a queue table may have: the types allowed, and how to say so.
 _QUEUE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -105,6 +107,16 @@ def load_topology(path: Path) -> Topology:
             )
         for key in ("max_receive_count", "visibility_timeout"):
             if key in spec:
+                # TOML has nan and inf: a queue declared with them would never work.
+                try:
+                    check_number(
+                        f"{where}.{key}",
+                        spec[key],
+                        positive=True,
+                        integer=key == "max_receive_count",
+                    )
+                except ConfigurationError as exc:
+                    raise CommandError(str(exc)) from None
                 options[key] = spec[key]
         queues.append(
             QueueSpec(
