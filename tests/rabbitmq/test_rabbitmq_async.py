@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,9 +18,15 @@ from melange.backends.async_interfaces import as_async
 from melange.backends.rabbitmq import RabbitMQBackend
 from melange.backends.rabbitmq.async_backend import AsyncRabbitMQBackend
 from melange.backends.rabbitmq.topology import retry_queue_name
-from melange.exceptions import BackendConnectionError, ConfigurationError, QueueNotFoundError
+from melange.exceptions import (
+    BackendConnectionError,
+    BatchPublishError,
+    ConfigurationError,
+    PublishError,
+    QueueNotFoundError,
+)
 from melange.models import FAILURE_REASON, Message, QueueWrapper
-from melange.testing.conformance import Topology, make_message, receive
+from melange.testing.conformance import Topology, assert_empty, make_message, receive
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -338,3 +344,168 @@ def test_credentials_never_appear_in_errors_or_repr(
         assert f"{host}:{port}" in text
 
     run(backend, scenario)
+
+
+# -- what the transport (pika's asyncio connection) must get right ---------------------------
+
+
+def via_proxy(proxy: Any, connection_name: str, **kwargs: Any) -> AsyncRabbitMQBackend:
+    """A backend whose connections go through ``proxy``, to be cut like a failing network."""
+    return AsyncRabbitMQBackend(
+        host="127.0.0.1",
+        port=proxy.port,
+        connection_name=connection_name,
+        heartbeat=2,
+        reconnect_max_delay=0.5,
+        **kwargs,
+    )
+
+
+async def until_disconnected(backend: AsyncRabbitMQBackend, timeout: float = 20.0) -> None:
+    """Wait until the backend saw its connection fail (a relayed connection is reset once
+    traffic or a missed heartbeat reaches the relay)."""
+    deadline = time.monotonic() + timeout
+    while backend.connected:
+        assert time.monotonic() < deadline, "the cut connection was never noticed"
+        await asyncio.sleep(0.05)
+
+
+def test_a_connection_cut_mid_consume_loses_nothing(
+    rabbit: RabbitMQBackend, topology: Topology, proxy: Any, connection_name: str
+) -> None:
+    queue = topology.queue()
+    sent = [make_message(f'{{"n": {n}}}') for n in range(300)]
+    rabbit.publish_batch_to_queue(sent, queue)
+    prefetch = 20
+    backend = via_proxy(proxy, connection_name, prefetch_count=prefetch)
+
+    async def scenario() -> tuple[list[Message], list[Message]]:
+        delivered: list[Message] = []
+        in_hand: list[Message] = []
+        deadline = time.monotonic() + 60
+        while len(delivered) - len(in_hand) < 400 and time.monotonic() < deadline:
+            got = await backend.retrieve_messages(queue, max_messages=10, wait_seconds=1)
+            if not got and {m.message_id for m in delivered} >= {m.message_id for m in sent}:
+                break  # everything came, and nothing more is coming
+            if not in_hand and len(delivered) >= 100 and got:
+                # The network fails with these messages in hand, and stays down a second.
+                proxy.refusing.set()
+                assert proxy.cut() >= 2
+                threading.Timer(1.0, proxy.refusing.clear).start()
+                await until_disconnected(backend)
+                assert not any(backend.holds(m) for m in got)
+                await backend.acknowledge_batch(got)  # a no-op: they are delivered again
+                in_hand = got
+                continue
+            delivered.extend(got)
+            await backend.acknowledge_batch(got)
+        return delivered, in_hand
+
+    delivered, in_hand = run(backend, scenario)
+    assert in_hand, "the connection was never cut"
+    ids = [m.message_id for m in delivered]
+    assert set(ids) == {m.message_id for m in sent}, "messages were lost"
+    # Only what the broker had out unacknowledged at the cut comes back: at most a prefetch.
+    assert len(ids) - len(set(ids)) <= prefetch
+    assert {m.message_id for m in in_hand} <= set(ids)
+    assert all(m.attempt == 1 for m in delivered), "a lost connection is not a failed attempt"
+    assert_empty(rabbit, queue)
+
+
+def test_a_batch_publish_cut_while_waiting_for_confirms_lands_every_message(
+    rabbit: RabbitMQBackend, topology: Topology, proxy: Any, connection_name: str
+) -> None:
+    queue = topology.queue()
+    sent = [make_message(f'{{"n": {n}}}') for n in range(500)]
+    backend = via_proxy(proxy, connection_name)
+
+    async def scenario() -> None:
+        await backend.get_queue(queue.name)  # connected: the cut below hits the publish
+        publishing = asyncio.create_task(backend.publish_batch_to_queue(sent, queue))
+        await asyncio.sleep(0.01)
+        proxy.cut()
+        await publishing  # repeated on a new connection where the confirms did not all come
+
+    run(backend, scenario)
+    expected = {m.message_id for m in sent}
+    received: set[str] = set()
+    deadline = time.monotonic() + 30
+    while received != expected and time.monotonic() < deadline:
+        got = rabbit.retrieve_messages(queue, max_messages=100, wait_seconds=1)
+        received.update(m.message_id for m in got)  # duplicates: the repeated publish
+        rabbit.acknowledge_batch(got)
+    assert received == expected
+
+
+def test_messages_nobody_routes_are_reported_by_their_place_in_the_batch(
+    rabbit: RabbitMQBackend,
+    topology: Topology,
+    make_async: Callable[..., AsyncRabbitMQBackend],
+) -> None:
+    topic = topology.topic()
+    queue = topology.queue(topic, filter_events=["OrderPlaced"])
+    batch = [
+        make_message(f'"{n}"', manifest="OrderPlaced" if n % 2 == 0 else "OrderCancelled")
+        for n in range(6)
+    ]
+    backend = make_async(require_topic_subscribers=True)
+
+    async def scenario() -> tuple[BatchPublishError, PublishError]:
+        topic_wrapper = await backend.get_topic(topic)
+        with pytest.raises(BatchPublishError) as batch_refused:
+            await backend.publish_batch_to_topic(batch, topic_wrapper)
+        with pytest.raises(PublishError) as single_refused:
+            await backend.publish_to_topic(make_message('"x"', manifest="Other"), topic_wrapper)
+        # Routed messages after the returned ones are still confirmed as delivered.
+        await backend.publish_to_topic(
+            make_message('"last"', manifest="OrderPlaced"), topic_wrapper
+        )
+        return batch_refused.value, single_refused.value
+
+    refused_batch, refused_single = run(backend, scenario)
+    assert sorted(refused_batch.failures) == [1, 3, 5]
+    assert all("OrderCancelled" in reason for reason in refused_batch.failures.values())
+    assert "'Other'" in str(refused_single)
+    got = receive(rabbit, queue, 5, timeout=5)
+    rabbit.acknowledge_batch(got)
+    assert sorted(m.content for m in got) == ['"0"', '"2"', '"4"', '"last"']
+
+
+def test_a_consumer_the_broker_cancels_ends_the_wait_and_the_queue_is_reported_missing(
+    rabbit: RabbitMQBackend,
+    topology: Topology,
+    make_async: Callable[..., AsyncRabbitMQBackend],
+) -> None:
+    queue = topology.queue()
+    backend = make_async()
+
+    async def scenario() -> float:
+        await backend.retrieve_messages(queue)  # consuming
+        started = time.monotonic()
+        waiting = asyncio.create_task(backend.retrieve_messages(queue, wait_seconds=20))
+        await asyncio.to_thread(rabbit.delete_queue, queue)  # the broker cancels the consumer
+        assert await waiting == []
+        waited = time.monotonic() - started
+        with pytest.raises(QueueNotFoundError):
+            await backend.retrieve_messages(queue)
+        return waited
+
+    assert run(backend, scenario) < 10
+
+
+def test_acknowledgements_reach_the_broker_before_aclose_closes(
+    rabbit: RabbitMQBackend,
+    topology: Topology,
+    make_async: Callable[..., AsyncRabbitMQBackend],
+) -> None:
+    queue = topology.queue()
+    rabbit.publish_batch_to_queue([make_message(f'"{n}"') for n in range(100)], queue)
+    backend = make_async(prefetch_count=100)
+
+    async def scenario() -> int:
+        got = await receive_async(backend, queue, 100)
+        await backend.acknowledge_batch(got)
+        return len(got)  # run() closes the backend right away
+
+    assert run(backend, scenario) == 100
+    assert_empty(rabbit, queue)

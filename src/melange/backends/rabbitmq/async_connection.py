@@ -35,7 +35,7 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from melange.backends.rabbitmq.connection import FATAL_CONNECT_ERRORS
+from melange.backends.rabbitmq.connection import FATAL_CONNECT_ERRORS, _ConnectAttemptFilter
 from melange.backends.rabbitmq.connection import _explain as explain_pika_error
 from melange.backends.rabbitmq.topology import (
     Bind,
@@ -73,6 +73,22 @@ AUTH_ERRORS = FATAL_CONNECT_ERRORS
 #: Handlers of deliveries and cancellations, as pika calls them.
 OnMessage = Callable[[Any, Any, Any, bytes], None]
 OnCancel = Callable[[Any], None]
+
+
+#: pika's loggers that report each failed connection attempt and each lost connection of
+#: the asyncio adapter, on several lines at ERROR: the backend reports both itself, on one
+#: line naming host, port and reason. They stay visible with pika's logger set to ``DEBUG``.
+_PIKA_CONNECTION_LOGGERS = ("pika.adapters.base_connection", "pika.connection")
+
+
+def _quiet_pika_connection_errors() -> None:
+    for name in _PIKA_CONNECTION_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _ConnectAttemptFilter) for f in target.filters):
+            target.addFilter(_ConnectAttemptFilter())
+
+
+_quiet_pika_connection_errors()
 
 
 def refusal(exc: pika.exceptions.ChannelClosedByBroker) -> Refusal:
@@ -435,14 +451,16 @@ class AsyncSession:
         # must not fail another plan's operation in flight on it.
         self._topology_lock = asyncio.Lock()
         # Resolved with the reason once the connection has closed.
-        self._closed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._closed: asyncio.Future[BaseException] = self._loop.create_future()
         self._close_callbacks: list[Callable[[BaseException], None]] = []
         connection.add_on_close_callback(self._on_connection_closed)
 
     @property
     def alive(self) -> bool:
-        """Whether the connection is open (not closing, not closed)."""
-        return bool(self.connection.is_open)
+        """Whether the connection is open (not closing, not closed) and its loop still runs
+        (``asyncio.run`` closes its loop, and a connection cannot move to another one)."""
+        return bool(self.connection.is_open) and not self._loop.is_closed()
 
     def on_close(self, callback: Callable[[BaseException], None]) -> None:
         """Call ``callback(reason)`` once the connection has closed."""
