@@ -139,3 +139,36 @@ def test_ids_and_lone_publish_times_are_packed_yet_received_exactly_as_published
     received = backend.retrieve_messages(queue, max_messages=10)
     assert [m.message_id for m in received] == ids
     assert [m.headers for m in received] == [{"published_at": t} for t in times]
+
+
+def test_a_publish_wakes_only_the_receivers_of_the_queues_it_reached() -> None:
+    import threading
+    import time
+
+    backend = InMemoryMessagingBackend()
+    busy, _ = backend.declare_queue("busy")
+    events = backend.declare_topic("events")
+    idle, _ = backend.declare_queue("idle", events, filter_events=["Wanted"])
+    got: list[Message] = []
+    receiver = threading.Thread(
+        target=lambda: got.extend(backend.retrieve_messages(idle, wait_seconds=10))
+    )
+    receiver.start()
+    deadline = time.monotonic() + 5
+    while not backend._waiting.get("idle") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    condition = backend._arrived["idle"]
+    wakes = []
+    notify_all = condition.notify_all
+    condition.notify_all = lambda: (wakes.append(1), notify_all())[1]  # type: ignore[method-assign]
+    backend.publish_batch_to_queue([_message(i) for i in range(100)], busy)
+    for i in range(100):
+        backend.publish_to_queue(_message(i), busy)
+    other = _message(0)
+    other.manifest = "Unwanted"  # filtered out before it reaches the idle queue
+    backend.publish_to_topic(other, events)
+    assert not wakes and receiver.is_alive()
+    backend.publish_to_queue(_message(7), idle)
+    receiver.join(5)
+    assert len(wakes) == 1
+    assert [m.content for m in got] == ['{"n": 7}']

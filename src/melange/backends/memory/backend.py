@@ -90,7 +90,9 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._auto_create = auto_create
         self._clock = clock
         self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
+        # One condition per queue a receiver waits on (all on the one lock): a publish wakes
+        # only the receivers of the queues it reached.
+        self._arrived: dict[str, threading.Condition] = {}
         self._queues: dict[str, QueueState] = {}
         self._topics: dict[str, list[Subscription]] = {}
         self._seq = itertools.count(1)
@@ -100,7 +102,8 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._local = threading.local()
         # Bumped by interrupt(): blocked receivers return early when it changes.
         self._interrupts = 0
-        self._waiting = 0
+        # Queue name -> receivers waiting on it.
+        self._waiting: dict[str, int] = {}
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -240,9 +243,9 @@ class InMemoryMessagingBackend(MessagingBackend):
                 inbox.append(store(message, next(seq)))
             # A receiver counts itself as waiting before it looks at the inbox a last time,
             # so either it sees these messages or we see it waiting.
-            if self._waiting:
+            if self._waiting.get(queue.name):
                 with self._lock:
-                    self._arrived.notify_all()
+                    self._wake(queue.name)
         else:
             with self._lock:
                 target = self._queues.get(queue.name)
@@ -254,7 +257,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                     raise fifo_delay_refused(queue.name)
                 for message in messages:
                     self._enqueue(target, message, delay=delay)
-                self._wake()
+                self._wake(target.name)
         self._notify([queue.name])
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
@@ -287,7 +290,8 @@ class InMemoryMessagingBackend(MessagingBackend):
                     if sub.manifests is None or message.manifest in sub.manifests:
                         self._enqueue(target, message, delay=delay)
                         reached.append(sub.queue)
-            self._wake()
+            if reached:
+                self._wake(*reached)
         self._notify(list(dict.fromkeys(reached)))
 
     def _check_sizes(self, messages: Iterable[Message]) -> None:
@@ -345,17 +349,29 @@ class InMemoryMessagingBackend(MessagingBackend):
                 remaining = deadline - time.monotonic()
                 if received or remaining <= 0 or generation != self._interrupts:
                     return received
-                self._waiting += 1
+                name = target.name
+                arrived = self._arrived.get(name)
+                if arrived is None:
+                    arrived = self._arrived[name] = threading.Condition(self._lock)
+                self._waiting[name] = self._waiting.get(name, 0) + 1
                 try:
                     if not target.inbox:
-                        self._arrived.wait(min(remaining, self._next_wakeup(target)))
+                        arrived.wait(min(remaining, self._next_wakeup(target)))
                 finally:
-                    self._waiting -= 1
+                    if self._waiting[name] > 1:
+                        self._waiting[name] -= 1
+                    else:
+                        del self._waiting[name]
 
-    def _wake(self) -> None:
+    def _wake(self, *queue_names: str) -> None:
+        """Wake the receivers waiting on ``queue_names`` (on every queue when none given)."""
         # Called with the lock held; skipping notify when nobody waits keeps publish cheap.
-        if self._waiting:
-            self._arrived.notify_all()
+        waiting = self._waiting
+        if not waiting:
+            return
+        for name in queue_names or list(waiting):
+            if waiting.get(name):
+                self._arrived[name].notify_all()
 
     def _next_wakeup(self, queue: QueueState) -> float:
         times = [t for t, _ in queue.leases[:1]] + [t for t, _, _ in queue.pending[:1]]
@@ -393,6 +409,7 @@ class InMemoryMessagingBackend(MessagingBackend):
                     continue
             if stored.receive_count >= queue.max_receive_count and queue.dead_letter_queue:
                 self._move_to_dlq(queue, stored, "max receive count exceeded")
+                self._wake(queue.dead_letter_queue)
                 continue
             stored.receive_count += 1
             receipt = next(self._receipts)
@@ -442,17 +459,22 @@ class InMemoryMessagingBackend(MessagingBackend):
                 stored = release_lease(*lease)
                 if stored is not None:
                     leave_group(lease[0], stored)
-                self._wake()
+                if lease[0].fifo:
+                    self._wake(lease[0].name)  # its group may go on
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
         with self._lock:
+            freed: set[str] = set()  # FIFO queues whose groups may go on
             for message in messages:
                 lease = self._lease(message)
                 if lease is not None:
                     stored = release_lease(*lease)
                     if stored is not None:
                         leave_group(lease[0], stored)
-            self._wake()
+                    if lease[0].fifo:
+                        freed.add(lease[0].name)
+            if freed:
+                self._wake(*freed)
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Deliver ``message`` again after ``delay`` seconds (a failed attempt)."""
@@ -480,7 +502,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             release_lease(queue, receipt)
             stored.visible_at = self._clock() + max(0.0, delay)
             heapq.heappush(queue.pending, (stored.visible_at, stored.seq, stored))
-            self._wake()
+            self._wake(queue.name)
 
     def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
         with self._lock:
@@ -496,7 +518,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             assert stored is not None
             stored.headers = pack_headers({**unpack_headers(stored.headers), **headers})
             self._move_to_dlq(queue, stored, headers.get(FAILURE_REASON, "dead-lettered"))
-            self._wake()
+            self._wake(queue.name, *filter(None, [queue.dead_letter_queue]))
             return True
 
     def extend_visibility(self, message: Message, seconds: float) -> None:
@@ -522,7 +544,7 @@ class InMemoryMessagingBackend(MessagingBackend):
     def interrupt(self) -> None:
         with self._lock:
             self._interrupts += 1
-            self._arrived.notify_all()
+            self._wake()
 
     def close_connection(self) -> None:
         self.interrupt()
