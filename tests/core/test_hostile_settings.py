@@ -167,3 +167,23 @@ def test_redaction_keeps_what_helps_and_hides_what_does_not() -> None:
     assert redact_url("sqlite:///data/m.db") == "sqlite:///data/m.db"
     url = f"amqp://u:{SECRET}%21@h/"
     assert SECRET not in redact_text(f"bad {url} and {SECRET}! again", url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://:{SECRET}@127.0.0.1:notaport/0",
+        f"redis://:p@ss{SECRET}@127.0.0.1:notaport/0",
+        f"redis://user:{SECRET}@127.0.0.1:99999/0",
+        f"redis://127.0.0.1:6379/0?password={SECRET}&db=x",
+    ],
+)
+def test_a_redis_url_error_never_shows_the_password(url: str) -> None:
+    pytest.importorskip("redis")
+    from melange.deduplication.redis_cache import RedisCache
+
+    with pytest.raises(ConfigurationError) as caught:
+        RedisCache.from_url(url)
+    assert SECRET not in str(caught.value)
+    assert "ss" + SECRET not in repr(caught.value)
+    assert caught.value.__cause__ is None or SECRET not in str(caught.value.__cause__)

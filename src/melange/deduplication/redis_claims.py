@@ -23,6 +23,7 @@ from typing import Any
 
 from melange.deduplication.cache import CLAIM_PREFIX, ClaimState, check_lease
 from melange.exceptions import ConfigurationError, DeduplicationCacheError
+from melange.redaction import redact_url
 
 #: Seconds a processed key is remembered unless told otherwise (one week: longer than the
 #: default retention of the brokers Melange supports, so a late redelivery is still caught).
@@ -123,10 +124,7 @@ def text(raw: Any) -> str | None:
 
 def redact(url: str) -> str:
     """``url`` without its credentials, for errors, logs and ``repr``."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
+    return redact_url(url)
 
 
 __all__ = [
