@@ -35,9 +35,9 @@ def make_nats(nats_url: str, prefix: str) -> Iterator[Callable[..., NATSBackend]
     """Opens blocking backends on the test's prefix and closes them after the test."""
     opened: list[NATSBackend] = []
 
-    def make(**kwargs: object) -> NATSBackend:
+    def make(url: str | None = None, **kwargs: object) -> NATSBackend:
         kwargs.setdefault("prefix", prefix)
-        backend = NATSBackend(nats_url, **kwargs)  # type: ignore[arg-type]
+        backend = NATSBackend(url or nats_url, **kwargs)  # type: ignore[arg-type]
         opened.append(backend)
         return backend
 
@@ -50,8 +50,8 @@ def make_nats(nats_url: str, prefix: str) -> Iterator[Callable[..., NATSBackend]
 def make_async_nats(nats_url: str, prefix: str) -> Callable[..., AsyncNATSBackend]:
     """Makes asyncio backends on the test's prefix (the test closes them on its loop)."""
 
-    def make(**kwargs: object) -> AsyncNATSBackend:
+    def make(url: str | None = None, **kwargs: object) -> AsyncNATSBackend:
         kwargs.setdefault("prefix", prefix)
-        return AsyncNATSBackend(nats_url, **kwargs)  # type: ignore[arg-type]
+        return AsyncNATSBackend(url or nats_url, **kwargs)  # type: ignore[arg-type]
 
     return make

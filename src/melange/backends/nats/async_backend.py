@@ -622,7 +622,9 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         """Send a pull request for ``batch`` messages: answered at once (``wait`` None) or
         held by the server up to ``wait`` seconds for the first message."""
         stream = self.names.queue_stream(queue)
-        budget = self._operation_timeout if wait is None else wait + 1.0
+        # The server answers an immediate request within its expiry: no answer in a few
+        # seconds means it was lost with a connection (then _run asks again).
+        budget = _IMMEDIATE_PULL_EXPIRES + 5.0 if wait is None else wait + 1.0
 
         async def op(nc: Client) -> list[Msg]:
             loop = asyncio.get_running_loop()
