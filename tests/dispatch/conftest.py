@@ -125,6 +125,8 @@ def backend(
             NATIVE_CLIENTS[made] = lambda: AsyncAWSBackend(**options)
     elif kind == "redis-streams":
         made = _redis_streams(request)
+    elif kind == "nats":
+        made = _nats(request)
     else:
         raise ValueError(f"unknown backend {kind!r}")
     yield made
@@ -152,6 +154,24 @@ def _redis_streams(request: pytest.FixtureRequest) -> MessagingBackend:
                 client.delete(*keys)
 
     request.addfinalizer(delete_keys)
+    return made
+
+
+def _nats(request: pytest.FixtureRequest) -> MessagingBackend:
+    """A NATS JetStream backend on streams of the test's own prefix, deleted after the test;
+    short leases (renewed by the dispatchers' heartbeat), as on SQS. The asyncio-native
+    driver gets ``AsyncNATSBackend`` on the same streams."""
+    host, port = require_service("nats")
+    from melange.backends.nats import AsyncNATSBackend, NATSBackend
+
+    url, prefix = f"nats://{host}:{port}", f"mdispatch-{uuid.uuid4().hex[:10]}"
+    options: dict[str, Any] = {"prefix": prefix, "visibility_timeout": SQS_VISIBILITY_TIMEOUT}
+    made = NATSBackend(url, **options)
+    NATIVE_CLIENTS[made] = lambda: AsyncNATSBackend(url, **options)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "nats"))
+    from nats_support import delete_streams
+
+    request.addfinalizer(lambda: delete_streams(url, prefix))
     return made
 
 
