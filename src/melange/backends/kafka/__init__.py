@@ -1,0 +1,30 @@
+"""The Kafka backends (need the ``kafka`` extra: ``pip install 'melange[kafka]'``).
+
+:class:`KafkaBackend` (confluent-kafka, blocking) and :class:`AsyncKafkaBackend`
+(confluent-kafka's asyncio producer) share the same layout on the brokers: either consumes
+what the other published. URL: ``kafka://host:9092,host:9092`` (see
+:mod:`melange.backends.urls`).
+
+- :mod:`~melange.backends.kafka.backend`: the blocking backend, and how Melange's model maps
+  onto Kafka.
+- :mod:`~melange.backends.kafka.async_backend`: the asyncio backend.
+- :mod:`~melange.backends.kafka.topology`: topic names, the catalogue of queues and topics.
+- :mod:`~melange.backends.kafka.admin`: creating topics, the catalogue, group offsets.
+- :mod:`~melange.backends.kafka.reader`: a queue's consumer, and rebalances.
+- :mod:`~melange.backends.kafka.ledger`: records held between fetch and commit.
+- :mod:`~melange.backends.kafka.wire`: messages as records, and receipts.
+- :mod:`~melange.backends.kafka.connection`: brokers and client settings.
+- :mod:`~melange.backends.kafka.inspect`: :class:`QueueStats` and peeked copies.
+"""
+
+try:
+    import confluent_kafka  # noqa: F401 - checked here so every module of the package reports it
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the Kafka backend needs confluent-kafka ({exc}): pip install 'melange[kafka]'"
+    ) from exc
+
+from melange.backends.kafka.backend import KafkaBackend
+from melange.backends.kafka.inspect import QueueStats
+
+__all__ = ["KafkaBackend", "QueueStats"]

@@ -1,0 +1,533 @@
+""":class:`KafkaBackend`: queues and topics on Apache Kafka, with confluent-kafka (librdkafka).
+
+Mapping onto Kafka (see :mod:`melange.backends.kafka.topology` for the names):
+
+- **Topic**: a Kafka topic.
+- **Queue**: a Kafka topic of its own plus a consumer group that reads it and every topic the
+  queue is subscribed to. Each queue has its own group, so every queue subscribed to a topic
+  gets each of its messages, independently of the others; the consumers of one queue share
+  its partitions. A subscription starts at the end of the topic when it is declared.
+- **Settling** (at-least-once): a message is done when it is acknowledged or dead-lettered;
+  the offset committed per partition is the end of the contiguous prefix of done records
+  (see :mod:`melange.backends.kafka.ledger`). A consumer that dies, or loses a partition in a
+  rebalance, hands the partition over from that offset: what was not done is delivered again.
+- **Leases**: none. While its consumer lives, a message handed out is never delivered to
+  anyone else, however long its handler takes (``visibility_timeout`` is meaningless on
+  Kafka); the consumer must receive again within ``max_poll_interval`` seconds, or the group
+  takes its partitions away. A rebalance waits (``rebalance_drain_timeout``) for the messages
+  handed out from the partitions it moves.
+- **Retries**: ``nack(message, delay)`` keeps the record in the consumer and hands it out
+  again after the delay, as the next attempt; other records, and other groups of a FIFO
+  queue, go on meanwhile. Until it is done, the partition's committed offset stays before it.
+- **Dead letters**: a copy with the failure headers (``melange_failure_reason``,
+  ``melange_failure_queue``...) goes to the dead-letter queue's topic, then the original is
+  done.
+- **FIFO** (``message_group_id``): the group is the record key, so a group's messages share a
+  partition and keep their order; on a FIFO queue (name ending in ``.fifo``, or
+  ``fifo=True``) the consumer hands out one message of a group at a time.
+- **Deduplication**: ``deduplication_id`` travels in a header; dropping duplicates is the
+  dispatcher's deduplication cache's work (Kafka has no per-message deduplication).
+- **Publishing**: an idempotent producer (``enable.idempotence``, ``acks=all``); a batch is
+  produced record after record and flushed once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.kafka.admin import KafkaAdmin
+from melange.backends.kafka.connection import (
+    DEFAULT_URL,
+    ClientSettings,
+    bootstrap_servers,
+    check_settings,
+)
+from melange.backends.kafka.inspect import QueueStats, peek_queue, queue_stats
+from melange.backends.kafka.reader import QueueReader
+from melange.backends.kafka.topology import (
+    DEFAULT_CATALOGUE,
+    QueueSpec,
+    check_name,
+    declared_spec,
+)
+from melange.backends.kafka.wire import (
+    RecordHeaders,
+    dead_letter_headers,
+    encode_body,
+    encode_headers,
+    receipt_of,
+    record_key,
+)
+from melange.exceptions import (
+    BatchPublishError,
+    ConfigurationError,
+    MessageTooLargeError,
+    PublishError,
+    QueueNotFoundError,
+    TopicNotFoundError,
+)
+from melange.models import Message, QueueWrapper, TopicWrapper
+
+#: Kafka's default largest record (``message.max.bytes``), less room for the headers.
+DEFAULT_MAX_MESSAGE_SIZE = 1_000_000
+
+
+def capabilities(max_message_size: int | None) -> BackendCapabilities:
+    """What the Kafka backends (blocking and asyncio) support.
+
+    No visibility timeout: a message handed out stays with its consumer until it is settled
+    or the consumer leaves the group (dies, stops, or misses ``max_poll_interval``); then the
+    partition's next owner delivers again from the last committed offset. No broker-side
+    dead-lettering (Kafka does not count deliveries): the failure policy dead-letters. No
+    subscription filters. No delayed publish.
+    """
+    return BackendCapabilities(
+        name="kafka",
+        persistent=True,
+        fifo=True,
+        topics=True,
+        native_dead_letter=False,
+        delayed_delivery=True,
+        visibility_timeout=False,
+        extend_visibility=False,
+        receive_count=True,
+        filter_policies=False,
+        max_message_size=max_message_size,
+        max_batch_size=None,
+    )
+
+
+def fifo_keywords(messages: Sequence[Message], kwargs: Mapping[str, Any]) -> None:
+    """Apply ``message_group_id``/``message_deduplication_id``; refuse ``delay_seconds``."""
+    if kwargs.get("delay_seconds"):
+        raise ConfigurationError(
+            "the Kafka backend cannot delay a message on publish: publish without delay_seconds"
+        )
+    group = kwargs.get("message_group_id")
+    dedup = kwargs.get("message_deduplication_id")
+    for name, value in (("message_group_id", group), ("message_deduplication_id", dedup)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
+    if dedup is not None and len(messages) > 1:
+        raise ConfigurationError(
+            "message_deduplication_id names one message; set deduplication_id on each message"
+        )
+    for message in messages:
+        if group is not None:
+            message.group_id = group
+        if dedup is not None:
+            message.deduplication_id = dedup
+
+
+def check_sizes(messages: Sequence[Message], limit: int | None) -> None:
+    """Raise ``MessageTooLargeError`` for a body over ``limit`` bytes."""
+    if limit is None:
+        return
+    for message in messages:
+        size = len(message.content.encode("utf-8"))
+        if size > limit:
+            raise MessageTooLargeError(size, limit, "Kafka")
+
+
+class KafkaBackend(MessagingBackend):
+    """Queues and topics on Apache Kafka (or a broker speaking its protocol).
+
+    Publishing is thread-safe. Each queue received from gets one consumer of the queue's
+    group in this backend; receive from one thread per queue (settling may come from any).
+
+    Args:
+        url: The brokers: ``kafka://host:port,host:port``.
+        partitions: Partitions of each topic the backend creates (the most consumers of one
+            queue that can work at once).
+        replication_factor: Replicas of each topic it creates (``None``: the broker's
+            ``default.replication.factor``).
+        idempotence: ``enable.idempotence`` of the producer. Leave it on with Apache Kafka;
+            a broker without idempotent producers needs it off.
+        session_timeout: Seconds without a heartbeat before the group gives a consumer's
+            partitions to the others (a crashed consumer's messages come back after it).
+        max_poll_interval: Longest pause between two receives of a consumer before the
+            group takes its partitions away.
+        rebalance_drain_timeout: Longest wait, when the group moves partitions, for the
+            messages handed out from them to be settled.
+        join_timeout: Longest wait of a queue's first receive for the group to assign this
+            consumer its partitions.
+        publish_timeout: Longest wait for the brokers to confirm a publish.
+        catalogue_topic: The compacted topic that records the queues and topics.
+        group_prefix: Prefix of the queues' consumer group ids.
+        max_message_size: Largest body accepted, in bytes (``None``: the broker decides).
+        client_config: Further librdkafka settings for every client (``security.protocol``,
+            ``sasl.*``...); they are never shown in a ``repr`` or an error.
+    """
+
+    loop_wait_seconds = 1.0
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        partitions: int = 3,
+        replication_factor: int | None = None,
+        idempotence: bool = True,
+        session_timeout: float = 45.0,
+        max_poll_interval: float = 300.0,
+        rebalance_drain_timeout: float = 10.0,
+        join_timeout: float = 60.0,
+        publish_timeout: float = 30.0,
+        catalogue_topic: str = DEFAULT_CATALOGUE,
+        group_prefix: str = "melange.",
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        client_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        check_settings(
+            partitions,
+            replication_factor or 1,
+            session_timeout,
+            max_poll_interval,
+            publish_timeout,
+            rebalance_drain_timeout,
+        )
+        self.servers = bootstrap_servers(url)
+        self.settings = ClientSettings(
+            self.servers, idempotence, session_timeout, max_poll_interval, dict(client_config or {})
+        )
+        self.admin = KafkaAdmin(
+            self.settings, catalogue_topic, group_prefix, partitions, replication_factor
+        )
+        self._drain_timeout = rebalance_drain_timeout
+        self._join_timeout = join_timeout
+        self._publish_timeout = publish_timeout
+        self._max_message_size = max_message_size
+        self._producer = Producer(self.settings.producer())
+        self._readers: dict[str, QueueReader] = {}
+        self._lock = threading.Lock()
+        self._interrupts = 0
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return capabilities(self._max_message_size)
+
+    def __repr__(self) -> str:
+        return f"KafkaBackend({self.servers!r})"
+
+    # -- topology ---------------------------------------------------------------------------
+
+    def declare_topic(self, topic_name: str) -> TopicWrapper:
+        check_name("topic", topic_name)
+        if topic_name in self.admin.refresh().queues:
+            raise ConfigurationError(f"{topic_name!r} is a queue on this Kafka; pick another name")
+        self.admin.create_topics([topic_name])
+        if topic_name not in self.admin.catalogue.topics:
+            self.admin.put_topic(topic_name)
+        return TopicWrapper(topic_name, topic_name)
+
+    def get_topic(self, topic_name: str) -> TopicWrapper:
+        check_name("topic", topic_name)
+        if not self.admin.has_topic(topic_name):
+            raise TopicNotFoundError(topic_name)
+        return TopicWrapper(topic_name, topic_name)
+
+    def get_queue(self, queue_name: str) -> QueueWrapper:
+        check_name("queue", queue_name)
+        if self.admin.queue(queue_name) is None:
+            raise QueueNotFoundError(queue_name)
+        return QueueWrapper(queue_name, queue_name)
+
+    def declare_queue(
+        self,
+        queue_name: str,
+        *topics_to_bind: TopicWrapper,
+        dead_letter_queue_name: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[QueueWrapper, QueueWrapper | None]:
+        """Create or update the queue, its dead-letter queue and its subscriptions.
+
+        Options: ``fifo`` (default: the name ends in ``.fifo``). ``max_receive_count`` and
+        ``visibility_timeout`` are accepted and unused (Kafka counts no deliveries and has no
+        leases); ``filter_events`` is refused (no subscription filters). Subscriptions add
+        up; each starts at the end of its topic.
+        """
+        check_name("queue", queue_name)
+        if dead_letter_queue_name is not None:
+            check_name("queue", dead_letter_queue_name)
+        catalogue = self.admin.refresh()
+        if queue_name in catalogue.topics:
+            raise ConfigurationError(f"{queue_name!r} is a topic on this Kafka; pick another name")
+        for topic in topics_to_bind:
+            if topic.name not in catalogue.topics:
+                raise TopicNotFoundError(topic.name)
+        existing = catalogue.queues.get(queue_name)
+        spec = declared_spec(
+            queue_name,
+            existing,
+            [t.name for t in topics_to_bind],
+            dead_letter_queue_name,
+            kwargs,
+        )
+        dlq: QueueWrapper | None = None
+        if spec.dead_letter_queue is not None:
+            dlq, _ = self.declare_queue(spec.dead_letter_queue)
+        self.admin.create_topics([queue_name])
+        added = [t for t in spec.topics if existing is None or t not in existing.topics]
+        self.admin.start_at_end(queue_name, added)
+        if spec != existing:
+            self.admin.put_queue(spec)
+        with self._lock:
+            reader = self._readers.get(queue_name)
+        if reader is not None and reader.spec.sources != spec.sources:
+            with reader.poll_lock:
+                reader.subscribe(spec)
+        return QueueWrapper(queue_name, queue_name), dlq
+
+    def delete_queue(self, queue: QueueWrapper) -> None:
+        """Delete the queue's topic, its group and its record (not its dead-letter queue)."""
+        with self._lock:
+            reader = self._readers.pop(queue.name, None)
+        if reader is not None:
+            reader.close()
+        self.admin.delete_topics([queue.name])
+        self.admin.delete_group(queue.name)
+        self.admin.drop_queue(queue.name)
+
+    def delete_topic(self, topic: TopicWrapper) -> None:
+        """Delete the topic, and the subscriptions of the queues to it."""
+        catalogue = self.admin.refresh()
+        for spec in list(catalogue.queues.values()):
+            if topic.name in spec.topics:
+                kept = [t for t in spec.topics if t != topic.name]
+                self.admin.put_queue(QueueSpec(spec.name, kept, spec.dead_letter_queue, spec.fifo))
+        self.admin.delete_topics([topic.name])
+        self.admin.drop_topic(topic.name)
+
+    # -- inspection (the CLI and tests) -----------------------------------------------------
+
+    def queue_names(self) -> list[str]:
+        """Names of every queue, sorted."""
+        return sorted(self.admin.refresh().queues)
+
+    def topic_names(self) -> list[str]:
+        """Names of every topic, sorted."""
+        return sorted(self.admin.refresh().topics)
+
+    def queue_stats(self, queue_name: str) -> QueueStats:
+        """How many messages the queue's group has not committed yet (Kafka cannot tell
+        which of them a consumer holds: ``in_flight`` and ``delayed`` are ``None``)."""
+        return queue_stats(self.admin, self._spec(queue_name))
+
+    def queue_depth(self, queue_name: str) -> int:
+        """Messages the queue's group has not committed yet."""
+        return self.queue_stats(queue_name).total
+
+    def peek(self, queue_name: str, limit: int = 10) -> list[Message]:
+        """Up to ``limit`` messages the queue's group has not committed, oldest first, without
+        receiving them (their ``metadata`` is ``None``)."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        return peek_queue(self.admin, self._spec(queue_name), limit)
+
+    def purge(self, queue_name: str) -> int:
+        """Skip every message of the queue: its group's offsets move to the end of what it
+        reads (the records stay for the other queues of a topic). Kafka refuses this while
+        consumers of the queue run. Returns how many messages were skipped."""
+        spec = self._spec(queue_name)
+        with self._lock:
+            reader = self._readers.pop(queue_name, None)
+        if reader is not None:
+            reader.close()
+        stats = queue_stats(self.admin, spec)
+        ends = {
+            key: high
+            for key, (_, high) in self.admin.watermarks(
+                self.admin.partitions_of(spec.sources)
+            ).items()
+        }
+        self.admin.move_group(queue_name, ends)
+        return stats.total
+
+    def _spec(self, queue_name: str) -> QueueSpec:
+        spec = self.admin.queue(queue_name)
+        if spec is None:
+            raise QueueNotFoundError(queue_name)
+        return spec
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        self.publish_batch_to_queue([message], queue, **kwargs)
+
+    def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
+    ) -> None:
+        """Produce every message, then wait once for the brokers to confirm them all."""
+        self._spec(queue.name)
+        self._publish(queue.name, messages, kwargs)
+
+    def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        self.publish_batch_to_topic([message], topic, **kwargs)
+
+    def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
+    ) -> None:
+        """Produce every message to the topic (read by each subscribed queue's group)."""
+        self.get_topic(topic.name)
+        self._publish(topic.name, messages, kwargs)
+
+    def _publish(self, topic: str, messages: Sequence[Message], kwargs: Mapping[str, Any]) -> None:
+        if not messages:
+            return
+        fifo_keywords(messages, kwargs)
+        check_sizes(messages, self._max_message_size)
+        self.produce(topic, [(m, encode_headers(m)) for m in messages])
+
+    def produce(self, topic: str, records: Sequence[tuple[Message, RecordHeaders]]) -> None:
+        """Produce the records and wait once until the brokers confirmed all of them.
+
+        Raises ``PublishError`` (one record) or ``BatchPublishError`` naming the refused ones.
+        """
+        failures: dict[int, str] = {}
+        done = threading.Event()
+        left = [len(records)]
+        lock = threading.Lock()
+
+        def confirmation(index: int) -> Callable[[KafkaError | None, Any], None]:
+            def delivered(error: KafkaError | None, _: Any) -> None:
+                with lock:
+                    if error is not None:
+                        failures[index] = str(error)
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done.set()
+
+            return delivered
+
+        for index, (message, headers) in enumerate(records):
+            while True:
+                try:
+                    self._producer.produce(
+                        topic,
+                        value=encode_body(message),
+                        key=record_key(message),
+                        headers=headers,
+                        on_delivery=confirmation(index),
+                    )
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)  # the local queue is full: let it drain
+        self._producer.flush(self._publish_timeout)
+        if not done.wait(0):
+            raise PublishError(
+                f"Kafka did not confirm {left[0]} message(s) to {topic} within "
+                f"{self._publish_timeout:g}s"
+            )
+        if failures:
+            if len(records) == 1:
+                raise PublishError(f"Kafka refused the message to {topic}: {failures[0]}")
+            raise BatchPublishError(failures)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def _reader(self, queue_name: str) -> QueueReader:
+        with self._lock:
+            reader = self._readers.get(queue_name)
+        if reader is not None:
+            return reader
+        spec = self._spec(queue_name)
+        with self._lock:
+            reader = self._readers.get(queue_name)
+            if reader is None:
+                reader = QueueReader(
+                    self.settings,
+                    spec,
+                    self.admin.group(queue_name),
+                    self._drain_timeout,
+                    self._join_timeout,
+                )
+                self._readers[queue_name] = reader
+        return reader
+
+    def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """Receive up to ``max_messages`` (default 10), waiting up to ``wait_seconds``.
+
+        The first receive of a queue joins its consumer group, and waits (up to
+        ``join_timeout``) for its partitions; :meth:`interrupt` ends a wait (``[]``).
+        """
+        max_messages = int(kwargs.get("max_messages") or 10)
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, got {max_messages}")
+        wait = float(kwargs.get("wait_seconds") or 0.0)
+        reader = self._reader(queue.name)
+        interrupts = self._interrupts
+        return reader.receive(max_messages, wait, lambda: self._interrupts != interrupts)
+
+    def _held_by(self, message: Message) -> tuple[QueueReader, Any] | None:
+        receipt = receipt_of(message)
+        with self._lock:
+            reader = self._readers.get(receipt.queue)
+        return (reader, receipt) if reader is not None else None
+
+    def acknowledge(self, message: Message) -> None:
+        """Settle the message. A message whose partition moved since is not held any more:
+        nothing to do (its new owner delivers it again)."""
+        held = self._held_by(message)
+        if held is not None:
+            held[0].settle(held[1])
+
+    def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            self.acknowledge(message)
+
+    def nack(self, message: Message, delay: float = 0.0) -> None:
+        """Hand the message out again after ``delay`` seconds, as its next attempt."""
+        held = self._held_by(message)
+        if held is not None:
+            held[0].give_back(message, held[1], delay, failed=True)
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        """As :meth:`nack`, but not a failed attempt: ``attempt`` stays as it was."""
+        held = self._held_by(message)
+        if held is not None:
+            held[0].give_back(message, held[1], delay, failed=False)
+
+    def holds(self, message: Message) -> bool:
+        held = self._held_by(message)
+        return held is not None and held[0].holds(held[1])
+
+    def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
+        """Copy the message with ``headers`` to the queue's dead-letter queue, then settle it.
+        ``False`` when the queue has none."""
+        held = self._held_by(message)
+        receipt = receipt_of(message)
+        spec = self.admin.queue(receipt.queue)
+        if spec is None or spec.dead_letter_queue is None:
+            return False
+        copy = dead_letter_headers(message, receipt.queue, headers)
+        self.produce(spec.dead_letter_queue, [(message, copy)])
+        if held is not None:
+            held[0].settle(held[1])
+        return True
+
+    def visibility_timeout_for(self, message: Message) -> float | None:
+        """``None``: no lease to renew (a consumer keeps what it was handed)."""
+        return None
+
+    def interrupt(self) -> None:
+        """End every :meth:`retrieve_messages` wait of this backend; they return ``[]``."""
+        self._interrupts += 1
+
+    def close_connection(self) -> None:
+        """Commit what is settled, leave the groups, flush the producer (idempotent)."""
+        self.interrupt()
+        with self._lock:
+            readers = list(self._readers.values())
+            self._readers.clear()
+        for reader in readers:
+            reader.close()
+        self._producer.flush(self._publish_timeout)
+        self.admin.close()
+
+
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "KafkaBackend", "capabilities"]
