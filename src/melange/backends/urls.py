@@ -11,6 +11,7 @@
 | `amqp://user:password@host:5672/vhost` | `RabbitMQBackend` (`amqps://` for TLS) |
 | `nats://host:4222` | `NATSBackend` on NATS JetStream (`nats://h1:4222,h2:4222` for a cluster) |
 | `redis+streams://[:password@]host:6379/0` | `RedisStreamsBackend` (`rediss+streams://` for TLS) |
+| `kafka://host:9092,host:9092` | `KafkaBackend` on those brokers |
 
 As with other database URLs, the path of an ``sqlite`` URL is what follows the third slash:
 three slashes for a relative path, four for an absolute one.
@@ -56,6 +57,7 @@ URL_FORMS = (
     "amqp://user:password@host:port/vhost",
     "redis+streams://[:password@]host:port/db",
     "nats://host:4222",
+    "kafka://host:port,host:port",
 )
 
 _ALIASES = {"region": "region_name", "endpoint": "endpoint_url"}
@@ -69,6 +71,7 @@ _NOT_FROM_QUERY = {
     "amqp": {"url", "credentials", "host", "port", "virtual_host", "username", "password"},
     "redis+streams": {"url", "client"},
     "nats": {"url"},
+    "kafka": {"url", "client_config"},
 }
 
 
@@ -256,6 +259,19 @@ def _nats(url: str) -> MessagingBackend:
     return NATSBackend(urlunsplit(parts._replace(query="")), **options)
 
 
+def _kafka(url: str) -> MessagingBackend:
+    from melange.backends.kafka import KafkaBackend
+
+    parts = urlsplit(url)
+    if not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigurationError(
+            f"kafka URL {_redact(url)!r} needs brokers and no path, e.g. "
+            "kafka://host:9092,host:9092"
+        )
+    options = _options(url, _query(parts.query), KafkaBackend, "kafka")
+    return KafkaBackend(urlunsplit(parts._replace(query="")), **options)
+
+
 _RESOLVERS: dict[str, Callable[[str], MessagingBackend]] = {
     "memory": _memory,
     "sqlite": _sqlite,
@@ -265,6 +281,7 @@ _RESOLVERS: dict[str, Callable[[str], MessagingBackend]] = {
     "redis+streams": _redis_streams,
     "rediss+streams": _redis_streams,
     "nats": _nats,
+    "kafka": _kafka,
 }
 
 
