@@ -38,6 +38,7 @@ BACKENDS = [
     ("SQS/SNS", "melange.backends.sqs.backend:AWSBackend"),
     ("RabbitMQ", "melange.backends.rabbitmq.backend:RabbitMQBackend"),
     ("Redis Streams", "melange.backends.redis_streams.backend:RedisStreamsBackend"),
+    ("NATS JetStream", "melange.backends.nats.backend:NATSBackend"),
 ]
 
 _CAPABILITIES = re.compile(r"<!--\s*capabilities:\s*([\w.]+):(\w+)\s*-->")

@@ -28,7 +28,7 @@ from service_check import require_service
 
 ROOT = DOCS.parent
 PAGES = pages()
-LOCAL_SERVICES = {"rabbitmq", "redis", "postgres"}
+LOCAL_SERVICES = {"rabbitmq", "redis", "postgres", "nats"}
 
 
 def run_page(page: Page, workdir: Path | None = None) -> None:

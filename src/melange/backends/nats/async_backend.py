@@ -144,6 +144,25 @@ class _Pull:
     messages: list[Msg] = field(default_factory=list)
 
 
+def nats_capabilities(storage: str, max_payload: int) -> BackendCapabilities:
+    """What the NATS backend can do, with ``storage`` and the server's ``max_payload``."""
+    return BackendCapabilities(
+        name="nats",
+        persistent=storage == "file",
+        fifo=True,
+        topics=True,
+        native_dead_letter=True,
+        delayed_delivery=True,
+        visibility_timeout=True,
+        extend_visibility=True,
+        receive_count=True,
+        filter_policies=True,
+        # Room for the headers.
+        max_message_size=max_payload - 4096,
+        max_batch_size=None,
+    )
+
+
 class AsyncNATSBackend(AsyncMessagingBackend):
     """A messaging backend on NATS JetStream with asyncio-native I/O (via nats-py).
 
@@ -167,6 +186,8 @@ class AsyncNATSBackend(AsyncMessagingBackend):
 
     name = "nats"
     loop_wait_seconds = 1.0
+    #: The server's largest message, learnt when connecting.
+    _max_payload: int = DEFAULT_MAX_PAYLOAD
 
     def __init__(
         self,
@@ -216,7 +237,6 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._closed = False
-        self._max_payload = DEFAULT_MAX_PAYLOAD
         self._inbox = ""
         # The pull request under way for each queue stream, and each by its serial number.
         self._pulls: dict[str, _Pull] = {}
@@ -237,20 +257,7 @@ class AsyncNATSBackend(AsyncMessagingBackend):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(
-            name="nats",
-            persistent=self._storage == "file",
-            fifo=True,
-            topics=True,
-            native_dead_letter=True,
-            delayed_delivery=True,
-            visibility_timeout=True,
-            extend_visibility=True,
-            receive_count=True,
-            filter_policies=True,
-            max_message_size=self._max_payload - 4096,
-            max_batch_size=None,
-        )
+        return nats_capabilities(self._storage, self._max_payload)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -1009,4 +1016,4 @@ def _receipt(message: Message) -> NATSReceipt:
     return receipt
 
 
-__all__ = ["AsyncNATSBackend", "NATSReceipt", "QueueStats"]
+__all__ = ["AsyncNATSBackend", "NATSReceipt", "QueueStats", "nats_capabilities"]

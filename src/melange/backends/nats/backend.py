@@ -22,7 +22,12 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
-from melange.backends.nats.async_backend import AsyncNATSBackend, QueueStats
+from melange.backends.nats.async_backend import (
+    DEFAULT_MAX_PAYLOAD,
+    AsyncNATSBackend,
+    QueueStats,
+    nats_capabilities,
+)
 from melange.backends.nats.topology import (
     DEFAULT_DUPLICATE_WINDOW,
     DEFAULT_MAX_ACK_PENDING,
@@ -79,6 +84,7 @@ class NATSBackend(MessagingBackend):
             **options,
         )
         self.visibility_timeout = self.backend.visibility_timeout
+        self._storage = storage
         self._closed = False
         self._close_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -97,7 +103,10 @@ class NATSBackend(MessagingBackend):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return self.backend.capabilities
+        inner: AsyncNATSBackend | None = self.__dict__.get("backend")
+        if inner is None:  # described without being built (the documentation's table)
+            return nats_capabilities(self._storage, DEFAULT_MAX_PAYLOAD)
+        return inner.capabilities
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the backend's loop and wait for its result."""
