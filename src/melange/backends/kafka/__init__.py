@@ -1,7 +1,7 @@
 """The Kafka backends (need the ``kafka`` extra: ``pip install 'melange[kafka]'``).
 
 :class:`KafkaBackend` (confluent-kafka, blocking) and :class:`AsyncKafkaBackend`
-(confluent-kafka's asyncio producer) share the same layout on the brokers: either consumes
+(the same clients under the asyncio contract) share the same layout on the brokers: either consumes
 what the other published. URL: ``kafka://host:9092,host:9092`` (see
 :mod:`melange.backends.urls`).
 
@@ -24,7 +24,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
         f"the Kafka backend needs confluent-kafka ({exc}): pip install 'melange[kafka]'"
     ) from exc
 
+from melange.backends.kafka.async_backend import AsyncKafkaBackend
 from melange.backends.kafka.backend import KafkaBackend
 from melange.backends.kafka.inspect import QueueStats
 
-__all__ = ["KafkaBackend", "QueueStats"]
+__all__ = ["AsyncKafkaBackend", "KafkaBackend", "QueueStats"]
