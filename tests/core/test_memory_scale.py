@@ -4,6 +4,11 @@ compactly without changing what receivers get."""
 
 from __future__ import annotations
 
+import platform
+import sys
+
+import pytest
+
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.memory.topology import GroupedStored, Stored
 from melange.models import FAILURE_REASON, Message
@@ -172,3 +177,30 @@ def test_a_publish_wakes_only_the_receivers_of_the_queues_it_reached() -> None:
     receiver.join(5)
     assert len(wakes) == 1
     assert [m.content for m in got] == ['{"n": 7}']
+
+
+def test_a_drained_large_backlog_gives_its_memory_back_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import melange.backends.memory.backend as memory_backend
+    from melange.backends.memory.heap import return_freed_memory
+
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert return_freed_memory()  # glibc's malloc_trim is found and called
+    returned: list[bool] = []
+    monkeypatch.setattr(memory_backend, "LARGE_BACKLOG", 500)
+    monkeypatch.setattr(memory_backend, "return_freed_memory", lambda: returned.append(True))
+    backend = InMemoryMessagingBackend()
+    small, _ = backend.declare_queue("small")
+    large, _ = backend.declare_queue("large")
+    backend.publish_batch_to_queue([_message(i) for i in range(499)], small)
+    backend.publish_batch_to_queue([_message(i) for i in range(600)], large)
+    for queue in (small, large):
+        while received := backend.retrieve_messages(queue, max_messages=50):
+            assert not returned or queue is large
+            backend.acknowledge_batch(received)
+    assert returned == [True]  # the large queue, once, when it was empty
+    backend.publish_to_queue(_message(1), large)
+    [message] = backend.retrieve_messages(large)
+    backend.acknowledge(message)
+    assert returned == [True]  # a short queue afterwards does not ask again

@@ -23,6 +23,7 @@ from melange.backends.embedded_rules import (
     dead_letter_copy,
 )
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.memory.heap import LARGE_BACKLOG, return_freed_memory
 from melange.backends.memory.topology import (
     QueueState,
     Receipt,
@@ -31,11 +32,13 @@ from melange.backends.memory.topology import (
     compact_leases,
     create_queue,
     drain,
+    emptied_after_backlog,
     expire_leases,
     group_member,
     join_group,
     leave_group,
     next_candidate,
+    note_depth,
     pack_headers,
     release_lease,
     require,
@@ -382,6 +385,7 @@ class InMemoryMessagingBackend(MessagingBackend):
     def _receive(self, queue: QueueState, max_messages: int) -> list[Message]:
         now = self._clock()
         expire_leases(queue, now)
+        note_depth(queue)
         out: list[Message] = []
         blocked: list[Stored] = []
         # Redelivered messages of busy groups go back to ``pending`` under their own key: in
@@ -453,28 +457,26 @@ class InMemoryMessagingBackend(MessagingBackend):
         return queue, receipt.receipt
 
     def acknowledge(self, message: Message) -> None:
-        with self._lock:
-            lease = self._lease(message)
-            if lease is not None:
-                stored = release_lease(*lease)
-                if stored is not None:
-                    leave_group(lease[0], stored)
-                if lease[0].fifo:
-                    self._wake(lease[0].name)  # its group may go on
+        self.acknowledge_batch([message])
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        emptied = False  # a large backlog was drained
         with self._lock:
             freed: set[str] = set()  # FIFO queues whose groups may go on
             for message in messages:
                 lease = self._lease(message)
                 if lease is not None:
+                    queue = lease[0]
                     stored = release_lease(*lease)
                     if stored is not None:
-                        leave_group(lease[0], stored)
-                    if lease[0].fifo:
-                        freed.add(lease[0].name)
+                        leave_group(queue, stored)
+                    if queue.fifo:
+                        freed.add(queue.name)
+                    emptied = emptied_after_backlog(queue, LARGE_BACKLOG) or emptied
             if freed:
                 self._wake(*freed)
+        if emptied:
+            return_freed_memory()
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Deliver ``message`` again after ``delay`` seconds (a failed attempt)."""

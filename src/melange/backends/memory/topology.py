@@ -166,6 +166,9 @@ class QueueState:
     # the settled ones not yet at the head.
     group_order: dict[str, deque[int]] = field(default_factory=dict)
     removed: set[int] = field(default_factory=set)
+    # The most messages it held since it was last empty (seen at receives): a large backlog
+    # drained gives its memory back (see melange.backends.memory.heap).
+    high_water: int = 0
 
 
 @dataclass
@@ -329,6 +332,24 @@ def group_member(queue: QueueState, group: str, position: int) -> int | None:
     return None
 
 
+def note_depth(queue: QueueState) -> None:
+    """Record how many messages ``queue`` holds now in its ``high_water``."""
+    depth = len(queue.inbox) + len(queue.ready) + len(queue.pending) + len(queue.inflight)
+    if depth > queue.high_water:
+        queue.high_water = depth
+
+
+def emptied_after_backlog(queue: QueueState, backlog: int) -> bool:
+    """Whether ``queue`` held at least ``backlog`` messages and is empty now (once: its
+    ``high_water`` starts over)."""
+    if queue.high_water < backlog or queue.inbox or queue.ready or queue.pending:
+        return False
+    if queue.inflight:
+        return False
+    queue.high_water = 0
+    return True
+
+
 def to_message(stored: Stored, receipt: Receipt | None) -> Message:
     """A fresh copy of a stored message; ``receipt`` is ``None`` for copies not to settle."""
     message = Message(
@@ -355,11 +376,13 @@ __all__ = [
     "compact_leases",
     "create_queue",
     "drain",
+    "emptied_after_backlog",
     "expire_leases",
     "group_member",
     "join_group",
     "leave_group",
     "next_candidate",
+    "note_depth",
     "pack_headers",
     "pack_id",
     "release_lease",
