@@ -42,13 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 try:
+    import nats
     import nats.errors
     import nats.js.errors
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import api
-
-    import nats
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         f"the NATS backend needs nats-py ({exc}): pip install 'melange[nats]'"
@@ -247,6 +246,8 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         # wait), handed out by the next receive while their lease lasts.
         self._leftovers: dict[str, deque[Message]] = {}
         self._settings: dict[str, QueueSettings] = {}
+        # Queues whose max_deliver advisories this backend listens to.
+        self._watched: set[str] = set()
         self._known_topics: set[str] = set()
         self._waiters: set[asyncio.Future[None]] = set()
         self._interrupts = 0
@@ -295,6 +296,7 @@ class AsyncNATSBackend(AsyncMessagingBackend):
             await nc.subscribe(f"{self._inbox}.*", cb=self._on_pulled)
             self._js = nc.jetstream(timeout=min(10.0, self._operation_timeout))
             self._nc = nc
+            self._watched.clear()
             return nc
 
     async def _on_disconnected(self) -> None:
@@ -605,6 +607,8 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         settings = await self._queue_settings(name)
         if settings.fifo:
             max_messages = 1  # one message of a FIFO queue out at a time (max_ack_pending)
+        if settings.dead_letter_queue is not None and name not in self._watched:
+            await self._watch_max_deliveries(name)
         out = self._fresh_leftovers(name, max_messages)
         if out:
             return out
@@ -712,6 +716,54 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         for message in await self._accept(settings, [msg]):
             self._leftovers.setdefault(queue, deque()).append(message)
         self._notify()
+
+    async def _watch_max_deliveries(self, queue: str) -> None:
+        """Listen to the server's advisory for a message of ``queue`` that reached
+        ``max_deliver`` while nobody moved it (its receiver died holding the last delivery):
+        the server sends it when a later pull finds the message, and one listener of the
+        queue group (in any process) moves the message to the dead-letter queue."""
+        stream = self.names.queue_stream(queue)
+
+        async def op(nc: Client) -> None:
+            await nc.subscribe(
+                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{CONSUMER}",
+                queue=f"{self.names.prefix}-dead-letters",
+                cb=self._on_max_deliveries,
+            )
+
+        await self._run(op)
+        self._watched.add(queue)
+
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            stream, sequence = str(advisory["stream"]), int(advisory["stream_seq"])
+            queue = self.names.queue_of_stream(stream)
+            if queue is None:
+                return
+            settings = await self._queue_settings(queue)
+            if settings.dead_letter_queue is None:
+                return
+            nc = await self._client()
+            try:
+                answer = await self._api(nc, f"STREAM.MSG.GET.{stream}", {"seq": sequence})
+            except nats.js.errors.NotFoundError:
+                return  # settled meanwhile
+            message = _stored_message(api.RawStreamMsg.from_response(answer["message"]))
+            deliveries = int(advisory.get("deliveries") or settings.max_receive_count + 1)
+            dlq = settings.dead_letter_queue
+            headers = backstop_headers(queue, deliveries)
+            await self._publish(self.names.queue_subject(dlq), [message], dlq, None, False, headers)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self._api(nc, f"STREAM.MSG.DELETE.{stream}", {"seq": sequence})
+            logger.warning(
+                "message %s of %s reached its delivery limit unsettled: moved to %s",
+                message.message_id,
+                queue,
+                dlq,
+            )
+        except Exception as exc:  # a callback of the client: report, never raise
+            logger.error("could not dead-letter a message past max_deliver: %s", explain(exc))
 
     def _fresh_leftovers(self, queue: str, limit: int) -> list[Message]:
         buffer = self._leftovers.get(queue)

@@ -1,0 +1,149 @@
+"""What the NATS backend does beyond the shared conformance suite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import nats
+import pytest
+
+from melange.backends.nats import NATSBackend
+from melange.models import FAILURE_QUEUE, FAILURE_REASON
+from melange.testing.conformance import Topology, assert_empty, make_message, receive
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+def backend(make_nats: Callable[..., NATSBackend]) -> NATSBackend:
+    return make_nats()
+
+
+@pytest.fixture
+def topology(backend: NATSBackend) -> Topology:
+    return Topology(backend)
+
+
+def test_a_deduplication_id_drops_a_second_publish(
+    backend: NATSBackend, topology: Topology
+) -> None:
+    queue = topology.queue()
+    for _ in range(2):
+        message = make_message('"once"')
+        message.deduplication_id = "order-1"
+        backend.publish_to_queue(message, queue)
+    [got] = receive(backend, queue, 1)
+    assert got.deduplication_id == "order-1"
+    backend.acknowledge(got)
+    assert_empty(backend, queue)
+
+
+def test_a_queue_gets_only_what_its_topics_publish_after_it_subscribed(
+    backend: NATSBackend, topology: Topology
+) -> None:
+    first, second = topology.topic(), topology.topic()
+    backend.publish_to_topic(make_message('"before"'), backend.get_topic(first))
+    queue = topology.queue(first, second)
+    backend.publish_to_topic(make_message('"one"'), backend.get_topic(first))
+    backend.publish_to_topic(make_message('"two"'), backend.get_topic(second))
+    got = receive(backend, queue, 2)
+    assert sorted(m.content for m in got) == ['"one"', '"two"']
+    backend.acknowledge_batch(got)
+    assert_empty(backend, queue)
+
+
+def test_filter_events_with_several_manifests(backend: NATSBackend, topology: Topology) -> None:
+    topic = topology.topic()
+    queue = topology.queue(topic, filter_events=["Created", "Paid"])
+    handle = backend.get_topic(topic)
+    for manifest in ("Created", "Cancelled", "Paid", "Shipped"):
+        backend.publish_to_topic(make_message(f'"{manifest}"', manifest=manifest), handle)
+    got = receive(backend, queue, 2)
+    assert sorted(m.manifest or "" for m in got) == ["Created", "Paid"]
+    backend.acknowledge_batch(got)
+    assert_empty(backend, queue, wait=1.5)
+
+
+def test_a_lease_renewed_beyond_its_length_is_kept_up_until_settled(
+    backend: NATSBackend, topology: Topology
+) -> None:
+    queue = topology.queue(visibility_timeout=1)
+    backend.publish_to_queue(make_message('"long"'), queue)
+    [held] = receive(backend, queue, 1)
+    backend.extend_visibility(held, 3.5)
+    time.sleep(3.0)
+    assert backend.holds(held)
+    assert backend.retrieve_messages(queue, wait_seconds=0) == []
+    backend.acknowledge(held)
+    assert_empty(backend, queue, wait=1.5)
+
+
+def test_holds_turns_false_once_the_lease_ran_out(backend: NATSBackend, topology: Topology) -> None:
+    queue = topology.queue(visibility_timeout=1)
+    backend.publish_to_queue(make_message('"slow"'), queue)
+    [held] = receive(backend, queue, 1)
+    assert backend.holds(held)
+    time.sleep(1.2)
+    assert not backend.holds(held)
+    [again] = receive(backend, queue, 1)
+    assert again.attempt == 2
+    backend.acknowledge(again)
+
+
+def test_the_last_delivery_held_by_a_receiver_that_died_still_reaches_the_dead_letter_queue(
+    backend: NATSBackend, topology: Topology, nats_url: str
+) -> None:
+    queue = topology.queue(dlq=True, max_receive_count=1, visibility_timeout=1)
+    dlq = topology.dead_letter_queue_of(queue)
+    backend.publish_to_queue(make_message('"poison"'), queue)
+    [first] = receive(backend, queue, 1)
+    backend.release(first)
+    stream = backend.backend.names.queue_stream(queue.name)
+
+    async def take_last_delivery_and_vanish() -> int:
+        # A receiver that takes the delivery past max_receive_count and dies with it.
+        nc = await nats.connect(nats_url)
+        try:
+            sub = await nc.jetstream().pull_subscribe_bind("melange", stream)
+            [msg] = await sub.fetch(1, timeout=5)
+            return int(msg.metadata.num_delivered)
+        finally:
+            await nc.close()
+
+    assert asyncio.run(take_last_delivery_and_vanish()) == 2
+    time.sleep(1.2)  # its lease runs out; the next pull makes the server give up on it
+    assert backend.retrieve_messages(queue, wait_seconds=1) == []
+    [dead] = receive(backend, dlq, 1)
+    assert dead.content == '"poison"'
+    assert dead.headers[FAILURE_QUEUE] == queue.name
+    assert "max receive count exceeded" in dead.headers[FAILURE_REASON]
+    backend.acknowledge(dead)
+    assert backend.queue_depth(queue.name) == 0
+
+
+def test_fifo_order_holds_across_receivers_of_two_processes_worth_of_backends(
+    make_nats: Callable[..., NATSBackend],
+) -> None:
+    one, two = make_nats(), make_nats()
+    topology = Topology(one)
+    queue = topology.queue(fifo=True)
+    for i in range(10):
+        message = make_message(json.dumps(i), group="a" if i % 2 else "b")
+        message.deduplication_id = f"d{i}"
+        one.publish_to_queue(message, queue)
+    seen: list[int] = []
+    deadline = time.monotonic() + 30
+    turn = 0
+    while len(seen) < 10 and time.monotonic() < deadline:
+        receiver = (one, two)[turn % 2]
+        turn += 1
+        batch = receiver.retrieve_messages(receiver.get_queue(queue.name), wait_seconds=1)
+        # The other receiver gets nothing while this one holds the head.
+        other = (one, two)[turn % 2]
+        assert other.retrieve_messages(other.get_queue(queue.name), wait_seconds=0) == []
+        seen += [int(m.content) for m in batch]
+        receiver.acknowledge_batch(batch)
+    assert seen == list(range(10))
