@@ -20,8 +20,11 @@ demo: $(STAMP)  ## run the demo: services publishing and consuming on the embedd
 services:  ## start the local brokers the tests use, if they are not running
 	bash scripts/services.sh
 
+# Most tests wait on brokers and timers more than they compute: a few more workers than cores.
+TEST_WORKERS ?= 3
+
 test: $(STAMP) services  ## run the whole test suite against the real services
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)  ## ruff lint and format check, mypy strict
 	$(BIN)/ruff check src tests benchmarks docs/hooks
