@@ -49,7 +49,7 @@ bench-quick: $(STAMP) services  ## benchmark smoke run, under two minutes
 	$(BIN)/python -m benchmarks --quick
 
 bench-scale: $(STAMP)  ## the embedded backends at depths of 1k, 100k and 1M messages
-	$(BIN)/python -m benchmarks.scale
+	$(BIN)/python -m benchmarks.scale --out docs/benchmarks
 
 simulate: $(STAMP)  ## deterministic simulation of the dispatch engine under faults (SEEDS=1000000)
 	$(BIN)/python -m melange.simulation --seeds $(or $(SEEDS),1000000)

@@ -1,5 +1,5 @@
-"""``python -m benchmarks.scale [--quick] [--backends memory sqlite] [--out FILE]``: how the
-embedded backends behave as queues grow.
+"""``python -m benchmarks.scale [--quick] [--rounds N] [--backends ...] [--out DIR]``: how
+the embedded backends behave as queues grow.
 
 Per backend (each measurement in a fresh worker process, so that memory figures are its own):
 
@@ -22,6 +22,8 @@ import argparse
 import gc
 import json
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 SLICE = 5_000
+#: Bytes of JSON per message (see _messages).
+PAYLOAD_BYTES = 82
 PUBLISH_N = 5_000
 RECEIVERS = (0, 10, 50)
 
@@ -53,7 +57,7 @@ def _backend(kind: str, directory: str) -> Any:
 def _messages(start: int, count: int) -> list[Any]:
     from melange.models import Message
 
-    # 84 bytes of JSON, with the published-at header a publisher adds.
+    # 82 bytes of JSON, with the published-at header a publisher adds.
     return [
         Message.create(f'{{"id": {i:012d}, "body": "{"x" * 50}"}}', "json", 1)
         for i in range(start, start + count)
@@ -113,7 +117,19 @@ def measure_depth(kind: str, depth: int, directory: str) -> dict[str, Any]:
     counted = _count(kind, backend, queue.name)
     count_ms = (time.perf_counter() - started) * 1000
     assert counted == depth, (counted, depth)
-    first = _consume(backend, queue, min(SLICE, depth))
+    if depth >= SLICE:
+        first = _consume(backend, queue, SLICE)
+    else:
+        # A shallow queue is consumed, refilled and consumed again until a slice's worth was
+        # timed: a single pass of 1,000 messages lasts a few milliseconds, too short to time.
+        seconds, consumed = 0.0, 0
+        while True:
+            seconds += depth / _consume(backend, queue, depth)
+            consumed += depth
+            if consumed >= SLICE:
+                break
+            _fill(backend, queue, depth)
+        first = consumed / seconds
     last = first
     if depth > SLICE:
         _skip_to_last(kind, backend, queue, SLICE)
@@ -183,26 +199,132 @@ def _run(kind: str, *options: str) -> dict[str, Any]:
     return result
 
 
-def run(backends: list[str], depths: list[int]) -> dict[str, Any]:
-    """Every measurement of every backend, each in a worker process of its own."""
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def run(backends: list[str], depths: list[int], rounds: int = 3) -> dict[str, Any]:
+    """Every measurement of every backend, each in a worker process of its own.
+
+    Rounds interleave the settings (1k, 100k, 1M, 1k, 100k, 1M, ...; 0, 10, 50 receivers,
+    0, 10, 50, ...), and every ratio is the median of the ratios within a round, so that a
+    burst of other load on the machine moves both sides of a ratio.
+    """
     results: dict[str, Any] = {}
     for kind in backends:
-        rows = [_run(kind, "--depth", str(depth)) for depth in depths]
-        base = rows[0]
-        for row in rows:
-            row["first_ratio"] = row["first_rate"] / base["first_rate"]
-            row["last_ratio"] = row["last_rate"] / base["first_rate"]
-            row["drained_vs_empty"] = row["rss_drained_mb"] / row["rss_empty_mb"]
-        publish = [_run(kind, "--idle", str(idle)) for idle in RECEIVERS]
-        for row in publish:
-            row["ratio"] = row["publish_rate"] / publish[0]["publish_rate"]
+        by_depth: dict[int, list[dict[str, Any]]] = {depth: [] for depth in depths}
+        by_idle: dict[int, list[dict[str, Any]]] = {idle: [] for idle in RECEIVERS}
+        for _ in range(rounds):
+            for depth in depths:
+                by_depth[depth].append(_run(kind, "--depth", str(depth)))
+            for idle in RECEIVERS:
+                by_idle[idle].append(_run(kind, "--idle", str(idle)))
+        base = by_depth[depths[0]]
+        rows = []
+        for depth in depths:
+            runs = by_depth[depth]
+            rows.append(
+                {
+                    "backend": kind,
+                    "depth": depth,
+                    "first_rate": _median([r["first_rate"] for r in runs]),
+                    "last_rate": _median([r["last_rate"] for r in runs]),
+                    "first_ratio": _median(
+                        [r["first_rate"] / b["first_rate"] for r, b in zip(runs, base, strict=True)]
+                    ),
+                    "last_ratio": _median(
+                        [r["last_rate"] / b["first_rate"] for r, b in zip(runs, base, strict=True)]
+                    ),
+                    "rss_per_message": _median([r["rss_per_message"] for r in runs]),
+                    "drained_vs_empty": _median(
+                        [r["rss_drained_mb"] / r["rss_empty_mb"] for r in runs]
+                    ),
+                    "count_ms": _median([r["count_ms"] for r in runs]),
+                    "rounds": runs,
+                }
+            )
+        quiet = by_idle[RECEIVERS[0]]
+        publish = [
+            {
+                "backend": kind,
+                "idle_receivers": idle,
+                "publish_rate": _median([r["publish_rate"] for r in by_idle[idle]]),
+                "ratio": _median(
+                    [
+                        r["publish_rate"] / q["publish_rate"]
+                        for r, q in zip(by_idle[idle], quiet, strict=True)
+                    ]
+                ),
+            }
+            for idle in RECEIVERS
+        ]
         results[kind] = {"depths": rows, "publish": publish}
     return results
 
 
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Each target of the scale benchmark: what, the measured figure, whether it is met."""
+    out: list[tuple[str, str, bool]] = []
+    for kind, result in results.items():
+        rows = result["depths"]
+        worst = min(min(r["first_ratio"], r["last_ratio"]) for r in rows)
+        out.append(
+            (
+                f"{kind}: consume rate at every depth >= 0.8x the 1k rate",
+                f"{worst:.2f}x",
+                worst >= 0.8,
+            )
+        )
+        deepest = rows[-1]
+        overhead = deepest["rss_per_message"] - PAYLOAD_BYTES
+        out.append(
+            (
+                f"{kind}: memory per queued message beyond its {PAYLOAD_BYTES}-byte payload "
+                f"< 300 B (at {deepest['depth']:,})",
+                f"{overhead:.0f} B",
+                overhead < 300,
+            )
+            if kind == "memory"
+            else (
+                f"{kind}: process memory per queued message (informative: messages are on disk)",
+                f"{deepest['rss_per_message']:.0f} B",
+                True,
+            )
+        )
+        drained = max(r["drained_vs_empty"] for r in rows)
+        out.append(
+            (
+                f"{kind}: RSS after draining <= 1.2x the empty process",
+                f"{drained:.2f}x",
+                drained <= 1.2,
+            )
+        )
+        at_most = result["publish"][-1]
+        out.append(
+            (
+                f"{kind}: publish rate with {at_most['idle_receivers']} idle receivers on other "
+                "queues >= 0.8x with none",
+                f"{at_most['ratio']:.2f}x",
+                at_most["ratio"] >= 0.8,
+            )
+        )
+        out.append(
+            (
+                f"{kind}: counting a queue of {deepest['depth']:,} messages < 10 ms",
+                f"{deepest['count_ms']:.2f} ms",
+                deepest["count_ms"] < 10,
+            )
+        )
+    return out
+
+
 def table(results: dict[str, Any]) -> str:
-    """The results as a Markdown table."""
-    lines = [
+    """The results as Markdown: targets with verdicts, then every figure."""
+    lines = ["| target | measured | verdict |", "|---|---:|---|"]
+    for what, figure, met in targets(results):
+        lines.append(f"| {what} | {figure} | {'met' if met else '**missed**'} |")
+    lines += [
+        "",
         "| backend | depth | first 5k (x 1k) | last 5k (x 1k) | RSS B/msg | drained / empty "
         "| count ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -229,12 +351,36 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def page(results: dict[str, Any], rounds: int, seconds: float) -> str:
+    """The results page (``docs/benchmarks/scale.md``)."""
+    return "\n".join(
+        [
+            "# Scale results",
+            "",
+            "Written by `python -m benchmarks.scale --out docs/benchmarks`; do not edit by hand. "
+            "Every measurement runs in a fresh worker process; rounds interleave the settings "
+            "and each ratio is the median of the ratios within a round (figures: medians over "
+            f"rounds). Rounds: {rounds}; run time {seconds:.0f} s; machine: {os.cpu_count()} "
+            f"cores, Python {platform.python_version()}, load average before the run "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
+            "",
+            f"Messages are {PAYLOAD_BYTES} bytes of JSON with the header a publisher adds; "
+            "consumers receive 10 at a time and acknowledge them together.",
+            "",
+            table(results),
+            "",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the measurements and print the table (and write JSON with ``--out``)."""
+    """Run the measurements, print the table, and with ``--out DIR`` write ``scale.md`` and
+    ``scale.json`` there."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__)
     parser.add_argument("--backends", nargs="+", default=["memory", "sqlite"])
-    parser.add_argument("--quick", action="store_true", help="depths 1k, 10k and 100k")
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--quick", action="store_true", help="depths 1k, 10k and 100k, one round")
+    parser.add_argument("--rounds", type=int, help="rounds (default 3, 1 with --quick)")
+    parser.add_argument("--out", type=Path, help="write scale.md and scale.json in this folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--depth", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--idle", type=int, help=argparse.SUPPRESS)
@@ -243,10 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args)
         return 0
     depths = [1_000, 10_000, 100_000] if args.quick else [1_000, 100_000, 1_000_000]
-    results = run(args.backends, depths)
+    rounds = args.rounds or (1 if args.quick else 3)
+    started = time.perf_counter()
+    results = run(args.backends, depths, rounds)
     print(table(results))
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+        (args.out / "scale.md").write_text(page(results, rounds, time.perf_counter() - started))
     return 0
 
 

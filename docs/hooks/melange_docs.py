@@ -11,7 +11,8 @@ facts cannot drift from the code:
 - ``<!-- signature: package.module:ClassName -->`` becomes the class's constructor signature
   with its defaults, as a code block.
 - ``<!-- benchmark-results -->`` becomes the contents of ``docs/benchmarks/results.md`` and
-  the chart ``docs/benchmarks/chart.png``, when the benchmark harness has written them.
+  the chart ``docs/benchmarks/chart.png``, when the benchmark harness has written them, then
+  ``docs/benchmarks/scale.md`` (the scale probe's results) when it exists.
 
 A marker that cannot be filled fails the build with the reason; nothing is left out quietly.
 """
@@ -215,6 +216,11 @@ def benchmark_results(docs_dir: Path) -> str:
         # The results file is a page of its own; its top heading would clash with ours.
         text = re.sub(r"\A\s*#\s[^\n]*\n", "", text)
         parts.append(text)
+    scale = docs_dir / "benchmarks" / "scale.md"
+    if scale.exists():
+        # Written by ``make bench-scale`` (python -m benchmarks.scale --out docs/benchmarks).
+        text = re.sub(r"\A\s*#\s[^\n]*\n", "", scale.read_text(encoding="utf-8"))
+        parts.append("### The embedded backends as queues grow\n\n" + text)
     if not parts:
         parts.append(
             '!!! note "No results recorded in this build"\n'

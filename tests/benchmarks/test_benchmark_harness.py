@@ -146,3 +146,42 @@ def test_a_cost_target_is_met_at_or_below_its_threshold() -> None:
     assert verdict["met"] is True
     assert verdict["every_round"] is False
     assert verdict["unit"] == " requests/msg"
+
+
+def test_scale_probe_measures_a_shallow_queue_over_a_whole_slice(tmp_path: Path) -> None:
+    from benchmarks import scale
+
+    row = scale.measure_depth("memory", 1_000, str(tmp_path))
+    assert row["depth"] == 1_000 and row["first_rate"] > 0
+    assert row["lease_entries_after_drain"] <= 32
+    receivers = scale.measure_receivers("memory", 2, str(tmp_path))
+    assert receivers["idle_receivers"] == 2 and receivers["publish_rate"] > 0
+
+
+def test_scale_targets_judge_the_worst_ratio_and_the_payload_free_overhead() -> None:
+    from benchmarks import scale
+
+    def depth_row(depth: int, first: float, last: float, rss: float) -> dict[str, float]:
+        return {
+            "depth": depth,
+            "first_ratio": first,
+            "last_ratio": last,
+            "rss_per_message": rss,
+            "drained_vs_empty": 1.1,
+            "count_ms": 0.1,
+        }
+
+    results = {
+        "memory": {
+            "depths": [depth_row(1_000, 1.0, 1.0, 700), depth_row(1_000_000, 0.9, 0.79, 382)],
+            "publish": [{"idle_receivers": 0, "ratio": 1.0}, {"idle_receivers": 50, "ratio": 0.8}],
+        }
+    }
+    verdicts = {what.split(" (")[0]: (figure, met) for what, figure, met in scale.targets(results)}
+    assert verdicts["memory: consume rate at every depth >= 0.8x the 1k rate"] == ("0.79x", False)
+    overhead = (
+        f"memory: memory per queued message beyond its {scale.PAYLOAD_BYTES}-byte payload < 300 B"
+    )
+    assert verdicts[overhead] == (f"{382 - scale.PAYLOAD_BYTES} B", False)
+    published = "memory: publish rate with 50 idle receivers on other queues >= 0.8x with none"
+    assert verdicts[published] == ("0.80x", True)
