@@ -381,6 +381,45 @@ def sqlite_suite(sizes: Sizes, directory: str) -> Suite:
     )
 
 
+def nats_suite(sizes: Sizes) -> Suite:
+    """Melange's NATS JetStream backend and raw nats-py on the local NATS server."""
+    module = "benchmarks.contenders.nats"
+    specs = [
+        ContenderSpec("melange", f"{module}:MelangeNATS", "Melange", {}, melange=True),
+        ContenderSpec("nats", f"{module}:RawNATS", "raw nats-py", {}),
+    ]
+    everyone = [spec.key for spec in specs]
+    specs = _with_asyncio_worker(specs, "bench-nats-async", label="asyncio, nats-py")
+    specs = _with_linearity_worker(specs, "bench-nats-4n")
+    n = sizes.rabbit_n
+    return Suite(
+        "nats",
+        "NATS JetStream",
+        specs,
+        [
+            Measurement(
+                "publish",
+                "publish, one by one (msg/s)",
+                _ops([*everyone, ASYNCIO_KEY], "publish", n=n),
+            ),
+            Measurement(
+                "consume", "consume (msg/s)", _ops([*everyone, ASYNCIO_KEY], "consume", n=n)
+            ),
+            Measurement("e2e", "end to end (msg/s)", _ops([*everyone, ASYNCIO_KEY], "e2e", n=n)),
+            _linearity(n),
+        ],
+        [
+            "Both: each publish waits for JetStream's acknowledgement from a work-queue stream "
+            "on file storage; one durable pull consumer read 10 messages at a time; each "
+            "message acknowledged after its handler ran. Raw nats-py runs on one event loop "
+            "(its end to end publishes from a task beside the consumer); Melange's threaded "
+            "dispatcher hands each call to the event loop of its nats-py client.",
+            "Melange (asyncio, nats-py): AsyncMessageDispatcher with an async handler on "
+            "AsyncNATSBackend, published with AsyncQueuePublisher on the same loop.",
+        ],
+    )
+
+
 TARGETS = [
     *[
         Target(
@@ -451,6 +490,7 @@ TARGETS = [
         text="in-memory end to end >= 20x FastStream's TestRabbitBroker",
     ),
     Target("sqlite", "e2e", 5_000, text="SQLite end to end >= 5,000 msg/s"),
+    Target("nats", "e2e", 0.9, "nats", text="NATS JetStream end to end >= 0.9x raw nats-py"),
     Target("sqlite", "e2e", 3.0, "persistqueue", text="SQLite end to end >= 3x persist-queue"),
     *[
         Target(

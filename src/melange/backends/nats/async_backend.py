@@ -95,6 +95,8 @@ T = TypeVar("T")
 
 #: Largest message a NATS server takes by default (its ``max_payload``).
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+#: Seconds a waiting receive goes on collecting after a message came, while more keep coming.
+_LINGER = 0.005
 #: Seconds the server keeps an immediate pull request open when it cannot answer it at once.
 _IMMEDIATE_PULL_EXPIRES = 0.2
 #: JetStream's error code for "stream name already in use" (with another configuration).
@@ -135,12 +137,21 @@ class NATSReceipt:
 
 @dataclass(eq=False)
 class _Pull:
-    """One pull request waiting for its messages (collected by the inbox subscription)."""
+    """One pull request waiting for its messages (collected by the inbox subscription).
+
+    ``first`` is done once a message (or the end) came, ``done`` once the request is over.
+    """
 
     queue: str
     batch: int
     done: asyncio.Future[None]
+    first: asyncio.Future[None]
     messages: list[Msg] = field(default_factory=list)
+
+    def end(self) -> None:
+        for future in (self.first, self.done):
+            if not future.done():
+                future.set_result(None)
 
 
 def nats_capabilities(storage: str, max_payload: int) -> BackendCapabilities:
@@ -618,10 +629,8 @@ class AsyncNATSBackend(AsyncMessagingBackend):
             if not pulled and wait > 0:
                 remaining = deadline - time.monotonic()
                 if remaining > 0.05 and self._interrupts == interrupts and not self._closed:
-                    # Wait for one message, then take what else is there without waiting.
-                    pulled = await self._pull(name, 1, remaining, interrupts)
-                    if pulled and max_messages > 1:
-                        pulled += await self._pull(name, max_messages - 1, None)
+                    # Wait for the first message, and for more while they keep coming.
+                    pulled = await self._pull(name, max_messages, remaining, interrupts)
             out = await self._accept(settings, pulled)
             if out or not pulled:
                 return out + self._fresh_leftovers(name, max_messages - len(out))
@@ -647,7 +656,7 @@ class AsyncNATSBackend(AsyncMessagingBackend):
             async with lock:
                 self._pull_serial += 1
                 serial = str(self._pull_serial)
-                pull = _Pull(queue, batch, loop.create_future())
+                pull = _Pull(queue, batch, loop.create_future(), loop.create_future())
                 self._pulls[stream] = pull
                 self._pull_serials[serial] = pull
                 request: dict[str, Any] = {"batch": batch}
@@ -674,17 +683,20 @@ class AsyncNATSBackend(AsyncMessagingBackend):
                         self._waiters.add(waiter)
                         if interrupts is None or interrupts == self._interrupts:
                             await asyncio.wait(
-                                (pull.done, waiter),
+                                (pull.first, waiter),
                                 timeout=budget,
                                 return_when=asyncio.FIRST_COMPLETED,
                             )
+                        if pull.messages and not waiter.done():
+                            # The rest of the batch, while messages keep coming; what the
+                            # request brings after that is a leftover for the next receive.
+                            await _linger(pull, _LINGER)
                 except TimeoutError:
                     raise nats.errors.TimeoutError from None
                 finally:
                     if waiter is not None:
                         self._waiters.discard(waiter)
-                    if not pull.done.done():
-                        pull.done.set_result(None)
+                    pull.end()
                     self._pull_serials.pop(serial, None)
                     if self._pulls.get(stream) is pull:
                         del self._pulls[stream]
@@ -698,13 +710,15 @@ class AsyncNATSBackend(AsyncMessagingBackend):
             # A status on the request's own inbox: 404 no messages, 408 request expired, 409
             # consumer gone or too many waiting requests. The request is over.
             ended = self._pull_serials.get(msg.subject.rsplit(".", 1)[-1])
-            if ended is not None and not ended.done.done():
-                ended.done.set_result(None)
+            if ended is not None:
+                ended.end()
             return
         stream = msg.metadata.stream
         pull = self._pulls.get(stream)
         if pull is not None and not pull.done.done():
             pull.messages.append(msg)
+            if not pull.first.done():
+                pull.first.set_result(None)
             if len(pull.messages) >= pull.batch:
                 pull.done.set_result(None)
             return
@@ -985,8 +999,14 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         Unsettled messages come back when their leases end."""
         self._closed = True
         self.interrupt()
-        nc, self._nc = self._nc, None
+        # Messages that came after their receive returned go back at once, not after their
+        # lease (the delivery counts, as a release does).
+        leftovers = [m for buffer in self._leftovers.values() for m in buffer]
         self._leftovers.clear()
+        if self._nc is not None and not self._nc.is_closed:
+            for message in leftovers:
+                await self._settle(_receipt(message), b"-NAK")
+        nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
             try:
                 await asyncio.wait_for(nc.flush(), 5.0)
@@ -1028,6 +1048,16 @@ async def _publish_one(
     if error:
         return f"{error.get('code')} {error.get('description')}"
     return None
+
+
+async def _linger(pull: _Pull, pause: float) -> None:
+    """Wait while messages keep coming for ``pull``: until it is full or over, or ``pause``
+    seconds pass without a message."""
+    seen = -1
+    while not pull.done.done() and len(pull.messages) != seen:
+        seen = len(pull.messages)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pull.done), pause)
 
 
 async def _collect(pull: _Pull, budget: float) -> None:

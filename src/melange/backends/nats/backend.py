@@ -87,6 +87,9 @@ class NATSBackend(MessagingBackend):
         self._storage = storage
         self._closed = False
         self._close_lock = threading.Lock()
+        self._acks: list[Message] = []
+        self._acks_lock = threading.Lock()
+        self._acks_scheduled = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="melange-nats-loop", daemon=True)
         self._thread.start()
@@ -126,13 +129,27 @@ class NATSBackend(MessagingBackend):
             raise
 
     def _send(self, messages: Sequence[Message]) -> None:
-        """Queue acknowledgements on the loop without waiting for them (see the module docs)."""
+        """Queue acknowledgements for the loop without waiting for them (see the module docs).
+
+        Acknowledgements queued while the loop has not taken the earlier ones yet go with
+        them: one wake-up of the loop for all.
+        """
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
-        backend = self.backend
-        self._loop.call_soon_threadsafe(
-            lambda: self._loop.create_task(backend.acknowledge_batch(messages))
-        )
+        with self._acks_lock:
+            self._acks.extend(messages)
+            if self._acks_scheduled:
+                return
+            self._acks_scheduled = True
+        self._loop.call_soon_threadsafe(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        """On the loop: send the queued acknowledgements, in the order they were queued."""
+        with self._acks_lock:
+            messages, self._acks = self._acks, []
+            self._acks_scheduled = False
+        if messages:
+            self._loop.create_task(self.backend.acknowledge_batch(messages))
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine of your own on the backend's loop, e.g. with
