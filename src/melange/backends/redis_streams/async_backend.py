@@ -33,12 +33,13 @@ from melange.backends.redis_streams.backend import (
     receipt_of,
 )
 from melange.backends.redis_streams.connection import (
-    MAX_BLOCK_SECONDS,
+    WaitPoint,
     Waits,
     client_options,
     client_url,
     consumer_name,
     redacted,
+    xread_arguments,
 )
 from melange.backends.redis_streams.inspect import QueueStats, peeked, stats_from
 from melange.backends.redis_streams.topology import (
@@ -91,6 +92,7 @@ class AsyncRedisStreamsBackend(AsyncMessagingBackend):
         self._r: Any = self.client
         self._consumer = consumer_name()
         self._waits = Waits()
+        self._wait_points: dict[str, WaitPoint] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unblocking: set[asyncio.Future[None]] = set()
         self._scripts = {
@@ -229,46 +231,38 @@ class AsyncRedisStreamsBackend(AsyncMessagingBackend):
         deadline = time.monotonic() + float(kwargs.get("wait_seconds") or 0.0)
         with self._waits.lock:
             interrupts = self._waits.interrupts
+        # As the blocking backend: wait first, from where the previous receive left off.
+        point = self._wait_points.get(queue.name)
         while True:
-            out, next_due, last, bell, _, lease_ms = await self._run(
-                "RECEIVE", queue.name, self._consumer, max_messages
-            )
-            if out:
-                return received(queue.name, int(lease_ms) / 1000, out)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            block = min(remaining, MAX_BLOCK_SECONDS)
-            if int(next_due) >= 0:
-                block = min(block, int(next_due) / 1000)
-            if not await self._wait(queue.name, str(last), str(bell), block, interrupts):
+            if point is not None:
+                block = point.block_seconds(deadline - time.monotonic())
+                if block > 0 and not await self._wait(queue.name, point, block, interrupts):
+                    return []
+            answer = await self._run("RECEIVE", queue.name, self._consumer, max_messages)
+            point = WaitPoint.of(answer)
+            # A full batch may have left messages behind: the next receive asks first.
+            if len(answer[0]) < max_messages:
+                self._wait_points[queue.name] = point
+            else:
+                self._wait_points.pop(queue.name, None)
+            if answer[0]:
+                return received(queue.name, int(answer[5]) / 1000, answer[0])
+            if deadline <= time.monotonic():
                 return []
 
-    async def _wait(
-        self, queue: str, last: str, bell: str, seconds: float, interrupts: int
-    ) -> bool:
+    async def _wait(self, queue: str, point: WaitPoint, seconds: float, interrupts: int) -> bool:
         pool: Any = self._r.connection_pool
         connection = await pool.get_connection()
         client_id: int | None = None
         try:
-            await connection.send_command("CLIENT", "ID")
+            wait = xread_arguments(self.keys.stream(queue), self.keys.bell(queue), point, seconds)
+            await connection.send_packed_command(connection.pack_commands([("CLIENT", "ID"), wait]))
             client_id = int(await connection.read_response())
             with self._waits.lock:
-                if self._waits.interrupts != interrupts:
-                    return False
                 self._waits.blocked.add(client_id)
-            await connection.send_command(
-                "XREAD",
-                "BLOCK",
-                max(1, round(seconds * 1000)),
-                "COUNT",
-                1,
-                "STREAMS",
-                self.keys.stream(queue),
-                self.keys.bell(queue),
-                last,
-                bell,
-            )
+                interrupted = self._waits.interrupts != interrupts
+            if interrupted:
+                await self._r.client_unblock(client_id)
             await connection.read_response()
         except (RedisError, OSError):
             await connection.disconnect()

@@ -4,9 +4,12 @@ interruptible wait of a blocking receive.
 A receive with nothing to deliver waits with ``XREAD BLOCK`` on the queue's stream and its
 bell (see :mod:`melange.backends.redis_streams.scripts`) from the last ids it saw, so that a
 publish or a message given back wakes it at once, and for no longer than until the next lease
-runs out. Such a wait holds a connection of its own; :meth:`Waits.interrupt` ends every wait
-of a backend with ``CLIENT UNBLOCK`` from another connection, so stopping a consumer does not
-wait for the block to time out.
+runs out. A receive that asks to wait starts with such a wait from where the previous receive
+on the queue left off (:class:`WaitPoint`), so a consumer keeping up with its publishers
+spends one round trip waiting rather than two. A wait holds a connection of its own and
+learns that connection's client id in the same round trip; an interrupt ends every wait of a
+backend with ``CLIENT UNBLOCK`` from another connection, so stopping a consumer does not wait
+for the block to time out.
 
 Connection errors are retried by redis-py (``retries`` times, with backoff): every script is
 safe to run again, a publish at worst adds a message twice (at-least-once), and a receive
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from melange.exceptions import ConfigurationError
@@ -90,6 +95,35 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
 
 
+class WaitPoint(NamedTuple):
+    """Where a receive on a queue waits from: the last ids of its stream and bell that the
+    previous receive saw, and when (``time.monotonic()``) its next lease runs out."""
+
+    last: str
+    bell: str
+    due_at: float | None
+
+    @classmethod
+    def of(cls, answer: Sequence[Any]) -> WaitPoint:
+        """The wait point of a receive script's answer (see ``scripts.RECEIVE``)."""
+        next_due = int(answer[1])
+        due_at = time.monotonic() + next_due / 1000 if next_due >= 0 else None
+        return cls(str(answer[2]), str(answer[3]), due_at)
+
+    def block_seconds(self, remaining: float) -> float:
+        """How long a wait from here may block, with ``remaining`` seconds left to wait."""
+        block = min(remaining, MAX_BLOCK_SECONDS)
+        if self.due_at is not None:
+            block = min(block, self.due_at - time.monotonic())
+        return max(block, 0.0)
+
+
+def xread_arguments(stream: str, bell: str, point: WaitPoint, seconds: float) -> list[Any]:
+    """The ``XREAD BLOCK`` that waits for either key to move past ``point``."""
+    block = max(1, round(seconds * 1000))
+    return ["XREAD", "BLOCK", block, "COUNT", 1, "STREAMS", stream, bell, point.last, point.bell]
+
+
 class Waits:
     """The client ids of the connections blocked in a receive, to end those waits."""
 
@@ -103,9 +137,11 @@ class Waits:
 __all__ = [
     "MAX_BLOCK_SECONDS",
     "SOCKET_TIMEOUT",
+    "WaitPoint",
     "Waits",
     "client_options",
     "client_url",
     "consumer_name",
     "redacted",
+    "xread_arguments",
 ]

@@ -177,7 +177,7 @@ end
 #: lease runs out (-1: none), the stream's last id, the bell's last id, dead-lettered, the
 #: lease in ms}``, each
 #: delivery ``{entry id, deliveries so far, failed attempts, fields}``; the ids tell a receive
-#: with nothing to deliver where to wait from.
+#: with nothing to deliver (now or at its next call) where to wait from.
 RECEIVE = (
     _COMMON
     + r"""
@@ -263,17 +263,16 @@ while #out < count and rounds < 10 do
   end
   if #entries < want then break end
 end
+-- Where a receive that finds nothing (now, or next time) waits from, and for how long.
 local next_due, last, bell = -1, '0-0', '0-0'
-if #out == 0 then
-  local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
-  if first[2] then next_due = math.max(tonumber(first[2]) - now, 0) end
-  local info = redis.call('XINFO', 'STREAM', s)
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1] end
-  end
-  local rung = redis.call('XREVRANGE', k('b', name), '+', '-', 'COUNT', 1)[1]
-  if rung then bell = rung[1] end
+local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+if first[2] then next_due = math.max(tonumber(first[2]) - now, 0) end
+local info = redis.call('XINFO', 'STREAM', s)
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
 end
+local rung = redis.call('XREVRANGE', k('b', name), '+', '-', 'COUNT', 1)[1]
+if rung then bell = rung[1] end
 return {out, next_due, last, bell, dead, vt}
 """
 )
