@@ -11,7 +11,7 @@ from pathlib import Path
 from benchmarks import legacy_env, report, services, suites
 from benchmarks.runner import ROOT, SuiteResult, run_suite
 
-SUITE_NAMES = ["rabbitmq", "sqs", "memory", "sqlite", "nats"]
+SUITE_NAMES = ["rabbitmq", "sqs", "memory", "sqlite", "redis-streams", "nats"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                 suite = suites.rabbit_suite(sizes)
             elif name == "memory":
                 suite = suites.memory_suite(sizes)
+            elif name == "redis-streams":
+                suite = suites.redis_streams_suite(sizes)
             elif name == "nats":
                 suite = suites.nats_suite(sizes)
             else:

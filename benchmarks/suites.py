@@ -420,6 +420,45 @@ def nats_suite(sizes: Sizes) -> Suite:
     )
 
 
+def redis_streams_suite(sizes: Sizes) -> Suite:
+    """Melange's Redis Streams backend and raw redis-py on the local Redis."""
+    module = "benchmarks.contenders.redis_streams"
+    specs = [
+        ContenderSpec("melange", f"{module}:MelangeRedisStreams", "Melange", {}, melange=True),
+        ContenderSpec("redis", f"{module}:RawRedisStreams", "raw redis-py", {}),
+    ]
+    everyone = [spec.key for spec in specs]
+    specs = _with_asyncio_worker(specs, "bench-redis-async", label="asyncio, redis.asyncio")
+    specs = _with_linearity_worker(specs, "bench-redis-4n")
+    n = sizes.rabbit_n
+    return Suite(
+        "redis-streams",
+        "Redis Streams",
+        specs,
+        [
+            Measurement(
+                "publish",
+                "publish, one by one (msg/s)",
+                _ops([*everyone, ASYNCIO_KEY], "publish", n=n),
+            ),
+            Measurement(
+                "consume", "consume (msg/s)", _ops([*everyone, ASYNCIO_KEY], "consume", n=n)
+            ),
+            Measurement("e2e", "end to end (msg/s)", _ops([*everyone, ASYNCIO_KEY], "e2e", n=n)),
+            _linearity(n),
+        ],
+        [
+            "Both: one XADD round trip per publish; reads through a consumer group, 10 "
+            "messages at a time, blocking when the stream is empty; each message acknowledged "
+            "and its entry deleted (XACK and XDEL) after its handler ran. Melange also writes "
+            "a lease per delivery and checks that each settlement's delivery still holds its "
+            "message (one Lua script per operation).",
+            "Melange (asyncio, redis.asyncio): AsyncMessageDispatcher with an async handler on "
+            "AsyncRedisStreamsBackend, published with AsyncQueuePublisher on the same loop.",
+        ],
+    )
+
+
 TARGETS = [
     *[
         Target(
@@ -490,6 +529,9 @@ TARGETS = [
         text="in-memory end to end >= 20x FastStream's TestRabbitBroker",
     ),
     Target("sqlite", "e2e", 5_000, text="SQLite end to end >= 5,000 msg/s"),
+    Target(
+        "redis-streams", "e2e", 0.9, "redis", text="Redis Streams end to end >= 0.9x raw redis-py"
+    ),
     Target("nats", "e2e", 0.9, "nats", text="NATS JetStream end to end >= 0.9x raw nats-py"),
     Target("sqlite", "e2e", 3.0, "persistqueue", text="SQLite end to end >= 3x persist-queue"),
     *[
@@ -505,6 +547,7 @@ TARGETS = [
             ("sqs", "SQS"),
             ("memory", "in-memory"),
             ("sqlite", "SQLite"),
+            ("redis-streams", "Redis Streams"),
         ]
     ],
 ]
