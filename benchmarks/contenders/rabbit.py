@@ -285,8 +285,8 @@ class MelangeRabbit(MelangeContender):
         self.params["queue"] = _queue_name(self.params, "bench.rabbit.melange")
         versions = super().setup()
         _purge(self.queue_name)
-        if self.native:
-            return {**versions, "aiormq": version("aiormq")}
+        # Both backends run on pika: the blocking one on BlockingConnection, the asyncio one
+        # on pika's asyncio adapter (AsyncioConnection).
         return {**versions, "pika": version("pika")}
 
     def purge(self) -> None:
