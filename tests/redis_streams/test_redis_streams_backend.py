@@ -126,14 +126,15 @@ def test_a_waiting_receive_wakes_when_a_delayed_nack_is_due_and_on_interrupt(
     started = time.monotonic()
     [again] = backend.retrieve_messages(queue, wait_seconds=10)
     took = time.monotonic() - started
-    assert 0.8 <= took <= 2.5, took
+    # Woken by the delay's end (not by polling); the bound leaves room for a loaded machine.
+    assert 0.8 <= took <= 4.0, took
     assert again.attempt == 2
     backend.acknowledge(again)
     # A receive waiting on an empty queue ends at once on interrupt.
     threading.Timer(0.5, backend.interrupt).start()
     started = time.monotonic()
     assert backend.retrieve_messages(queue, wait_seconds=10) == []
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.0
 
 
 def test_queue_options_are_checked_and_a_queue_keeps_its_type(
