@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import platform
+import queue
+import time
+import uuid
 from importlib.metadata import version
 from typing import Any
 
 from benchmarks.contenders.melange_common import MelangeContender
-from benchmarks.workload import Contender, Tally, make_payload
+from benchmarks.workload import Contender, Payload, Tally, make_payload
 
 
 class MelangeMemory(MelangeContender):
@@ -62,3 +67,34 @@ class FastStreamTestBroker(Contender):
         result = self.loop.run_until_complete(run())
         tally.check("e2e")
         return result
+
+
+class PythonFloor(Contender):
+    """The least an in-process broker can do in CPython: no library at all.
+
+    A publisher thread puts ``(uuid4 hex, {"published_at": ...}, json.dumps(payload))`` on a
+    ``queue.Queue``; the consumer takes each one off, ``json.loads`` it and calls the handler.
+    No envelope, routing, leases, acknowledgements or failure handling: what it reaches on a
+    machine bounds what any Python messaging library can reach there, so Melange's ratio to
+    it is the cost of everything Melange does per message.
+    """
+
+    label = "bare Python (queue.Queue + json)"
+
+    def setup(self) -> dict[str, str]:
+        self.queue: queue.Queue[tuple[str, dict[str, str], str]] = queue.Queue()
+        return {"python": platform.python_version()}
+
+    def publish_one(self, payload: Payload) -> None:
+        self.queue.put(
+            (uuid.uuid4().hex, {"published_at": f"{time.time():.6f}"}, json.dumps(payload))
+        )
+
+    def consume(self, n: int, handle: Tally) -> None:
+        get = self.queue.get
+        while not handle.complete:
+            _, _, body = get()
+            handle(json.loads(body))
+
+    def purge(self) -> None:
+        self.queue = queue.Queue()
