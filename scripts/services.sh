@@ -18,4 +18,6 @@ start redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 
   --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 start postgres 5432 sh -c 'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'
 start rabbitmq 5672 rabbitmq-server -detached
+start nats 4222 sh -c 'mkdir -p /var/lib/nats-server && setsid nats-server -a 127.0.0.1 -p 4222 \
+  -js -sd /var/lib/nats-server -l /var/log/nats-server.log </dev/null >/dev/null 2>&1 &'
 exit 0
