@@ -90,6 +90,8 @@ class NATSBackend(MessagingBackend):
         self._acks: list[Message] = []
         self._acks_lock = threading.Lock()
         self._acks_scheduled = False
+        # Acknowledgements being sent (touched on the loop only).
+        self._ack_tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="melange-nats-loop", daemon=True)
         self._thread.start()
@@ -149,7 +151,19 @@ class NATSBackend(MessagingBackend):
             messages, self._acks = self._acks, []
             self._acks_scheduled = False
         if messages:
-            self._loop.create_task(self.backend.acknowledge_batch(messages))
+            task = self._loop.create_task(self.backend.acknowledge_batch(messages))
+            self._ack_tasks.add(task)
+            task.add_done_callback(self._ack_tasks.discard)
+
+    async def _close(self) -> None:
+        """Send every acknowledgement queued so far, then close the asynchronous backend."""
+        with self._acks_lock:
+            messages, self._acks = self._acks, []
+        if self._ack_tasks:
+            await asyncio.gather(*self._ack_tasks, return_exceptions=True)
+        if messages:
+            await self.backend.acknowledge_batch(messages)
+        await self.backend.aclose()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine of your own on the backend's loop, e.g. with
@@ -275,7 +289,7 @@ class NATSBackend(MessagingBackend):
                 return
             try:
                 if threading.current_thread() is not self._thread:
-                    self._call(self.backend.aclose())
+                    self._call(self._close())
             finally:
                 self._closed = True
                 self._loop.call_soon_threadsafe(self._loop.stop)
