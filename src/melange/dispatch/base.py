@@ -193,6 +193,22 @@ class DispatcherBase:
         """Whether :meth:`stop` was called (or a signal received) since the loop started."""
         return self._stop.is_set()
 
+    @property
+    def last_turn(self) -> float:
+        """``time.monotonic()`` when the consume loop last turned: asked for a batch or
+        settled a message (what a liveness probe watches)."""
+        return self._engine.last_turn
+
+    @property
+    def receive_failing(self) -> bool:
+        """Whether the last receive from the broker failed."""
+        return self._engine.receive_failing
+
+    @property
+    def cache_unreachable(self) -> bool:
+        """Whether the deduplication cache is unreachable and consuming waits for it."""
+        return self._engine.cache_down
+
     def close(self) -> None:
         """Stop the lease renewal thread (the backend stays open)."""
         if self._leases is not None:

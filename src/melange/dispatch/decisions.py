@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from melange.consumers import Consumer, DuckTypedConsumer, _wants_manifest, as_consumer
@@ -48,6 +48,9 @@ class Verdict:
     reason: str = ""
     exception_type: str = ""
     consumer: str = ""
+    #: The first consumer failure behind a retry or a dead letter, for the log line that
+    #: records the decision (with its traceback).
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
     def failure_headers(self, message: Message, queue_name: str) -> dict[str, str]:
         """Headers a dead-lettered copy of ``message`` carries."""
@@ -241,9 +244,9 @@ def settle(
             if not own.exhausted(attempt):
                 retry_delays.append(own.delay_for(attempt, rng))
     if retry_delays:
-        return Verdict(Action.RETRY, max(retry_delays), reason, exc_type, names)
+        return Verdict(Action.RETRY, max(retry_delays), reason, exc_type, names, first_error)
     why = f"gave up after {attempt} attempt(s)" if any_retryable else "non-retryable exception"
-    return Verdict(Action.DEAD_LETTER, 0.0, f"{why}: {reason}", exc_type, names)
+    return Verdict(Action.DEAD_LETTER, 0.0, f"{why}: {reason}", exc_type, names, first_error)
 
 
 __all__ = [

@@ -142,6 +142,14 @@ class Engine:
         #: receiving then waits for it (see :meth:`receive`).
         self.cache_down = False
         self._receive_failures = 0
+        #: When (by ``clock``) the consume loop last turned: asked for a batch or settled a
+        #: message. A liveness probe compares it with the time now.
+        self.last_turn = clock()
+
+    @property
+    def receive_failing(self) -> bool:
+        """Whether the last receive failed (the broker could not be reached)."""
+        return self._receive_failures > 0
 
     # -- the consume loop -------------------------------------------------------------------
 
@@ -155,7 +163,7 @@ class Engine:
             yield from self.wait_for_cache()
         if self.stopping():
             return []  # a receive now would only take messages from other consumers
-        asked = self.clock()
+        asked = self.last_turn = self.clock()
         try:
             messages: list[Message] = yield Receive(queue, options)
         except Exception as exc:
@@ -244,9 +252,13 @@ class Engine:
             # One round trip for the whole batch where the backend supports it.
             try:
                 yield Ack(acks)
-            except Exception:
+            except Exception as exc:
                 self.stats.add("unsettled", len(acks))
+                if self.middleware:
+                    for message in acks:
+                        self.middleware.settle_failed(message, queue_name, exc)
                 raise
+            self.last_turn = self.clock()
             self.stats.add("acknowledged", len(acks))
             if self.middleware:
                 for message in acks:
@@ -479,7 +491,10 @@ class Engine:
             yield Unwatch(key=key)
         if error is not None:
             self.stats.add("consumer_failures")
-            logger.error(
+            # The retry or dead-letter decision that follows is logged once, with this
+            # traceback; only a failure that decides nothing (always_ack) is an error here.
+            logger.log(
+                logging.ERROR if self.always_ack else logging.DEBUG,
                 "consumer %s failed on message %s (attempt %s): %s",
                 consumer.name,
                 message.message_id,
@@ -511,9 +526,12 @@ class Engine:
         """Settle ``message`` as ``verdict`` says; returns whether it is settled for good."""
         try:
             settled = yield from self._apply(verdict, message, queue_name)
-        except Exception:
+        except Exception as exc:
             self.stats.add("unsettled")  # the broker delivers it again
+            if self.middleware:
+                self.middleware.settle_failed(message, queue_name, exc)
             raise
+        self.last_turn = self.clock()
         if self.middleware:
             self.middleware.message_settled(message, queue_name, verdict)
         return settled
@@ -545,6 +563,7 @@ class Engine:
                 message.message_id,
                 verdict.delay,
                 verdict.reason,
+                exc_info=verdict.error,
                 extra=_log_extra(message, queue_name, verdict.consumer, "retry"),
             )
             yield Nack(message, verdict.delay)
@@ -557,6 +576,7 @@ class Engine:
                 "message %s dead-lettered: %s",
                 message.message_id,
                 verdict.reason,
+                exc_info=verdict.error,
                 extra=_log_extra(message, queue_name, verdict.consumer, "dead_lettered"),
             )
             return True
@@ -570,6 +590,7 @@ class Engine:
             verdict.reason,
             queue_name,
             delay,
+            exc_info=verdict.error,
             extra=_log_extra(message, queue_name, verdict.consumer, "no_dead_letter_queue"),
         )
         yield Nack(message, delay)

@@ -54,6 +54,10 @@ class Middleware:
         """``message`` was settled as ``verdict`` says (acknowledged, retried, released,
         dead-lettered, or abandoned to the broker)."""
 
+    def settle_failed(self, message: Message, queue: str, error: BaseException) -> None:
+        """Settling ``message`` failed with ``error`` (a broker error): the broker delivers
+        it again, and no :meth:`message_settled` follows for this delivery."""
+
 
 class MiddlewareChain:
     """Calls every middleware's hook in order, and contains their failures."""
@@ -95,6 +99,11 @@ class MiddlewareChain:
         for item in self._items:
             with _contained(item, "message_settled"):
                 item.message_settled(message, queue, verdict)
+
+    def settle_failed(self, message: Message, queue: str, error: BaseException) -> None:
+        for item in self._items:
+            with _contained(item, "settle_failed"):
+                item.settle_failed(message, queue, error)
 
 
 @contextlib.contextmanager
