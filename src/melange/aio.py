@@ -18,7 +18,7 @@ they never block the event loop::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from melange.backends.async_interfaces import AsyncMessagingBackend, as_async
@@ -27,6 +27,7 @@ from melange.backends.duck_typed import as_backend
 from melange.backends.interfaces import MessagingBackend
 from melange.dispatch.aio import AsyncMessageDispatcher
 from melange.models import Message, QueueWrapper, TopicWrapper
+from melange.publish_middleware import DestinationKind, PublishMiddleware
 from melange.publishers import (
     Destinations,
     LookUp,
@@ -66,6 +67,8 @@ class _AsyncPublisher:
         self,
         serializer_registry: SerializerSource | None = None,
         backend: MessagingBackend | AsyncMessagingBackend | None = None,
+        *,
+        middleware: Sequence[PublishMiddleware] = (),
     ) -> None:
         if isinstance(serializer_registry, MessagingBackend | AsyncMessagingBackend):
             raise TypeError(
@@ -79,7 +82,8 @@ class _AsyncPublisher:
         self._given: MessagingBackend | AsyncMessagingBackend = given
         self._backend = as_async(self._given)
         # The synchronous publishers' destination rules, performed by awaiting.
-        self._destinations = Destinations(self._publisher_name)
+        kind: DestinationKind = "topic" if self._to_topics else "queue"
+        self._destinations = Destinations(self._publisher_name, middleware, kind)
 
     @property
     def serializer_registry(self) -> SerializerRegistry:
@@ -212,8 +216,9 @@ class AsyncTopicPublisher(_AsyncPublisher):
         backend: MessagingBackend | AsyncMessagingBackend | None = None,
         *,
         declare_topics: bool = True,
+        middleware: Sequence[PublishMiddleware] = (),
     ) -> None:
-        super().__init__(serializer_registry, backend)
+        super().__init__(serializer_registry, backend, middleware=middleware)
         self.declare_topics = declare_topics
 
     @property

@@ -16,7 +16,7 @@ calls or by awaiting.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from melange.backends.publish_options import DELAY_SECONDS, publish_delay
 from melange.context import current_message
 from melange.exceptions import ConfigurationError, DestinationNotFoundError, TopicNotFoundError
 from melange.models import CAUSATION_ID, CORRELATION_ID, Message, QueueWrapper, TopicWrapper
+from melange.publish_middleware import DestinationKind, PublishMiddleware, PublishMiddlewareChain
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
 
@@ -87,12 +88,21 @@ class Destinations:
 
     Args:
         publisher: The publisher's name, for the warning about a topic it created.
+        middleware: Run around every send (see :mod:`melange.publish_middleware`).
+        kind: What the destinations are, for the middleware.
     """
 
-    __slots__ = ("_handles", "publisher")
+    __slots__ = ("_handles", "kind", "middleware", "publisher")
 
-    def __init__(self, publisher: str) -> None:
+    def __init__(
+        self,
+        publisher: str,
+        middleware: Sequence[PublishMiddleware] = (),
+        kind: DestinationKind = "queue",
+    ) -> None:
         self.publisher = publisher
+        self.middleware = PublishMiddlewareChain(middleware)
+        self.kind: DestinationKind = kind
         # Handles are looked up once per destination (the backend caches URLs/ARNs too).
         self._handles: dict[str, Any] = {}
 
@@ -130,6 +140,18 @@ class Destinations:
         """Send ``message`` to ``name`` (with the backend keyword arguments ``options``). A
         destination deleted since its handle was looked up raises, and is looked up again
         next time."""
+        if self.middleware:
+            with self.middleware.publishing((message,), name, self.kind):
+                return (yield from self._publish(name, message, create_topic, options))
+        return (yield from self._publish(name, message, create_topic, options))
+
+    def _publish(
+        self,
+        name: str,
+        message: Message,
+        create_topic: bool,
+        options: Mapping[str, Any] | None,
+    ) -> PublishStep[Message]:
         handle = self._handles.get(name) if isinstance(name, str) else None
         if handle is None:
             handle = yield from self.handle(name, create_topic)
@@ -145,7 +167,12 @@ class Destinations:
     ) -> PublishStep[list[Message]]:
         """Send ``messages`` (if any) to ``name`` in as few calls as the backend allows."""
         if messages:
-            yield SendBatch(messages, (yield from self.handle(name, create_topic)))
+            handle = yield from self.handle(name, create_topic)
+            if self.middleware:
+                with self.middleware.publishing(messages, name, self.kind):
+                    yield SendBatch(messages, handle)
+            else:
+                yield SendBatch(messages, handle)
         return messages
 
 
@@ -257,9 +284,12 @@ class _DestinationPublisher(_Publisher):
         self,
         serializer_registry: SerializerSource | None = None,
         backend: MessagingBackend | None = None,
+        *,
+        middleware: Sequence[PublishMiddleware] = (),
     ) -> None:
         super().__init__(serializer_registry, backend)
-        self._destinations = Destinations(self._publisher_name)
+        kind: DestinationKind = "topic" if self._to_topics else "queue"
+        self._destinations = Destinations(self._publisher_name, middleware, kind)
 
     @property
     def _create_topic(self) -> bool:
@@ -344,6 +374,8 @@ class QueuePublisher(_DestinationPublisher):
             Defaults to JSON.
         backend: The backend; defaults to the one set on
             :class:`~melange.backends.backend_manager.BackendManager`.
+        middleware: :class:`~melange.publish_middleware.PublishMiddleware` run around
+            every send, in order (tracing, for one).
     """
 
     def publish(
@@ -413,6 +445,7 @@ class TopicPublisher(_DestinationPublisher):
             before anyone subscribed is normal in pub/sub. ``False`` raises
             :class:`~melange.exceptions.TopicNotFoundError` instead, which catches a
             misspelled topic name.
+        middleware: As for :class:`QueuePublisher`.
     """
 
     _publisher_name = "TopicPublisher"
@@ -425,8 +458,9 @@ class TopicPublisher(_DestinationPublisher):
         backend: MessagingBackend | None = None,
         *,
         declare_topics: bool = True,
+        middleware: Sequence[PublishMiddleware] = (),
     ) -> None:
-        super().__init__(serializer_registry, backend)
+        super().__init__(serializer_registry, backend, middleware=middleware)
         self.declare_topics = declare_topics
 
     def publish(

@@ -1,0 +1,81 @@
+"""Publish middleware: code that runs around every message a publisher sends.
+
+The publish-side twin of :mod:`melange.dispatch.middleware`. A middleware's
+:meth:`PublishMiddleware.publishing` context is entered before a message is sent (it may
+still add headers to the message, as tracing does with its trace context) and left once the
+broker took it, or with the exception that refused it. The blocking and the ``async``
+publishers run the same chain: it is part of the destination rules they share
+(:class:`~melange.publishers.Destinations`). Contexts nest in the order given (the first
+is outermost). A middleware that fails to enter is logged and skipped, so that
+instrumentation never stops a message from being sent. ::
+
+    class Audit(PublishMiddleware):
+        @contextmanager
+        def publishing(self, message, destination, kind):
+            message.headers["sent_by"] = "billing"
+            yield
+
+    QueuePublisher(JsonSerializer(), backend, middleware=[Audit()])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from typing import Literal
+
+from melange.models import Message
+
+logger = logging.getLogger("melange.publishers")
+
+#: What a message is published to.
+DestinationKind = Literal["queue", "topic"]
+
+
+class PublishMiddleware:
+    """Base class of publish middlewares: override :meth:`publishing`."""
+
+    def publishing(
+        self, message: Message, destination: str, kind: DestinationKind
+    ) -> AbstractContextManager[None]:
+        """A context around sending ``message`` to the queue or topic ``destination``:
+        entered before the send (headers added to ``message`` then travel with it), left
+        after it, with the exception if the send failed."""
+        return contextlib.nullcontext()
+
+
+class PublishMiddlewareChain:
+    """Enters every middleware's :meth:`~PublishMiddleware.publishing` context, in order."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Sequence[PublishMiddleware] = ()) -> None:
+        for item in items:
+            if not isinstance(item, PublishMiddleware):
+                raise TypeError(
+                    "publish middleware must subclass melange.publish_middleware."
+                    f"PublishMiddleware, got {item!r}"
+                )
+        self._items = tuple(items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    @contextlib.contextmanager
+    def publishing(
+        self, messages: Sequence[Message], destination: str, kind: DestinationKind
+    ) -> Iterator[None]:
+        """One context around sending ``messages`` (one, or a batch) to ``destination``."""
+        with ExitStack() as stack:
+            for message in messages:
+                for item in self._items:
+                    try:
+                        stack.enter_context(item.publishing(message, destination, kind))
+                    except Exception:
+                        logger.exception("publish middleware %r failed; ignored", item)
+            yield
+
+
+__all__ = ["DestinationKind", "PublishMiddleware", "PublishMiddlewareChain"]
