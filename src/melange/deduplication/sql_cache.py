@@ -431,6 +431,35 @@ class SQLDeduplicationCache(DeduplicationCache):
                 f"Is the connection open and on the database holding table {self._table}?"
             ) from exc
 
+    def record_done_in(self, connection: Any, key: str) -> bool:
+        """Record ``key`` as processed inside the caller's open transaction on ``connection``,
+        unless it already is; ``True`` when this transaction recorded it (run the handler),
+        ``False`` when a committed record says it was processed (skip it).
+
+        The inbox's first statement: the row it writes (or the one already there) is locked
+        until the caller's transaction ends, so a second delivery of the same message
+        processed at the same time waits on PostgreSQL (on SQLite, the write lock) and then
+        sees the first one's outcome: skipped if it committed, run if it rolled back. A claim
+        row (``"claimed"``, the dispatcher's own claim) or an expired record is taken over.
+        """
+        self._check_key(key)
+        now = self._clock()
+        sql = self._done_sql() + self._sql(
+            " WHERE {t}.state = ? OR ({t}.expires_at IS NOT NULL AND {t}.expires_at <= ?)"
+        )
+        params = (key, DONE, self._expiry(now), _CLAIMED, now)
+        try:
+            if self.dialect == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    return int(cursor.rowcount) == 1
+            return int(connection.execute(sql, params).rowcount) == 1
+        except Exception as exc:
+            raise DeduplicationCacheError(
+                f"could not record {key!r} as processed in the given transaction: {exc}. "
+                f"Is the connection open and on the database holding table {self._table}?"
+            ) from exc
+
     # -- housekeeping -----------------------------------------------------------------------
 
     def _count_write(self) -> None:
