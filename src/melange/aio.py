@@ -160,7 +160,7 @@ class _AsyncPublisher:
         message = self._builder._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )
-        step = self._destinations.publish(destination, message, self._create_topic, options)
+        step = self._destinations.publish(destination, message, self._create_topic, options, data)
         return await self._run(step)
 
     async def publish_batch(
@@ -175,11 +175,12 @@ class _AsyncPublisher:
 
         Raises :class:`~melange.exceptions.BatchPublishError` naming the refused messages.
         """
+        payloads = list(items)
         messages = [
             self._builder._build(item, message_group_id, None, headers, None, None)
-            for item in items
+            for item in payloads
         ]
-        step = self._destinations.publish_batch(destination, messages, self._create_topic)
+        step = self._destinations.publish_batch(destination, messages, self._create_topic, payloads)
         return await self._run(step)
 
 

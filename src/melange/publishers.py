@@ -11,11 +11,16 @@ dropped when its destination turns out deleted, a missing topic created with a w
 decided once, by :class:`Destinations`, for these publishers and their ``async`` twins in
 :mod:`melange.aio`: its steps yield what to do and each publisher performs it, with blocking
 calls or by awaiting.
+
+Every message a publisher sends is also told to the *publish listeners* registered with
+:func:`add_publish_listener` (a test harness records what a service published this way,
+whatever publisher sent it), as a :class:`Publication`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,6 +39,71 @@ from melange.serializers.registry import SerializerRegistry, SerializerSource
 logger = logging.getLogger("melange.publishers")
 
 T = TypeVar("T")
+
+
+# -- publish listeners: told of every message sent, by every publisher of the process --
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A message a publisher handed to its backend, as publish listeners are told of it.
+
+    Attributes:
+        destination: The queue or topic name.
+        kind: ``"queue"`` or ``"topic"`` (a topic publish is told even when no queue is
+            subscribed to the topic).
+        message: The envelope sent (id, manifest, headers, content).
+        payload: The object that was serialized into it.
+        delay_seconds: The publish delay asked for, if any.
+    """
+
+    destination: str
+    kind: DestinationKind
+    message: Message
+    payload: Any
+    delay_seconds: float | None = None
+
+
+#: What a publish listener is: called with each :class:`Publication`, in the publishing
+#: thread (or task), after the backend took the message.
+PublishListener = Callable[[Publication], None]
+
+_listeners: tuple[PublishListener, ...] = ()
+_listeners_lock = threading.Lock()
+
+
+def add_publish_listener(listener: PublishListener) -> None:
+    """Tell ``listener`` of every message any publisher of this process sends from now on.
+
+    A listener must be quick and must not raise: an exception it raises is logged and
+    ignored, so that observing never fails a publish.
+    """
+    global _listeners
+    with _listeners_lock:
+        _listeners = (*_listeners, listener)
+
+
+def remove_publish_listener(listener: PublishListener) -> None:
+    """Stop telling ``listener`` of published messages (nothing if it was not added)."""
+    global _listeners
+    with _listeners_lock:
+        _listeners = tuple(item for item in _listeners if item != listener)
+
+
+def _announce(
+    destination: str,
+    kind: DestinationKind,
+    messages: Sequence[Message],
+    payloads: Sequence[Any],
+    options: Mapping[str, Any] | None,
+) -> None:
+    delay = (options or {}).get(DELAY_SECONDS)
+    for listener in _listeners:
+        for message, payload in zip(messages, payloads, strict=False):
+            try:
+                listener(Publication(destination, kind, message, payload, delay))
+            except Exception:
+                logger.exception("publish listener %r failed; ignored", listener)
 
 
 # -- destination rules: decided here, performed by the blocking and the asyncio publishers --
@@ -136,14 +206,16 @@ class Destinations:
         message: Message,
         create_topic: bool = False,
         options: Mapping[str, Any] | None = None,
+        payload: Any = None,
     ) -> PublishStep[Message]:
         """Send ``message`` to ``name`` (with the backend keyword arguments ``options``). A
         destination deleted since its handle was looked up raises, and is looked up again
-        next time."""
+        next time. ``payload`` is the object ``message`` was serialized from, for the publish
+        listeners."""
         if self.middleware:
             with self.middleware.publishing((message,), name, self.kind):
-                return (yield from self._publish(name, message, create_topic, options))
-        return (yield from self._publish(name, message, create_topic, options))
+                return (yield from self._publish(name, message, create_topic, options, payload))
+        return (yield from self._publish(name, message, create_topic, options, payload))
 
     def _publish(
         self,
@@ -151,6 +223,7 @@ class Destinations:
         message: Message,
         create_topic: bool,
         options: Mapping[str, Any] | None,
+        payload: Any,
     ) -> PublishStep[Message]:
         handle = self._handles.get(name) if isinstance(name, str) else None
         if handle is None:
@@ -160,12 +233,19 @@ class Destinations:
         except DestinationNotFoundError:
             self._handles.pop(name, None)  # deleted since it was looked up
             raise
+        if _listeners:
+            _announce(name, self.kind, (message,), (payload,), options)
         return message
 
     def publish_batch(
-        self, name: str, messages: list[Message], create_topic: bool = False
+        self,
+        name: str,
+        messages: list[Message],
+        create_topic: bool = False,
+        payloads: Sequence[Any] = (),
     ) -> PublishStep[list[Message]]:
-        """Send ``messages`` (if any) to ``name`` in as few calls as the backend allows."""
+        """Send ``messages`` (if any) to ``name`` in as few calls as the backend allows;
+        ``payloads`` are the objects they were serialized from, for the publish listeners."""
         if messages:
             handle = yield from self.handle(name, create_topic)
             if self.middleware:
@@ -173,6 +253,8 @@ class Destinations:
                     yield SendBatch(messages, handle)
             else:
                 yield SendBatch(messages, handle)
+            if _listeners:
+                _announce(name, self.kind, messages, payloads, None)
         return messages
 
 
@@ -321,9 +403,13 @@ class _DestinationPublisher(_Publisher):
     _to_topics = False
 
     def _publish(
-        self, name: str, message: Message, options: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        message: Message,
+        options: Mapping[str, Any] | None = None,
+        payload: Any = None,
     ) -> Message:
-        step = self._destinations.publish(name, message, self._create_topic, options)
+        step = self._destinations.publish(name, message, self._create_topic, options, payload)
         return run_steps(step, self._perform)
 
     def _publish_data(
@@ -343,7 +429,7 @@ class _DestinationPublisher(_Publisher):
         message = self._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )
-        return self._publish(destination, message, options)
+        return self._publish(destination, message, options, data)
 
     def publish_batch(
         self,
@@ -357,10 +443,11 @@ class _DestinationPublisher(_Publisher):
 
         Raises :class:`~melange.exceptions.BatchPublishError` naming the refused messages.
         """
+        payloads = list(items)
         messages = [
-            self._build(item, message_group_id, None, headers, None, None) for item in items
+            self._build(item, message_group_id, None, headers, None, None) for item in payloads
         ]
-        step = self._destinations.publish_batch(destination, messages, self._create_topic)
+        step = self._destinations.publish_batch(destination, messages, self._create_topic, payloads)
         return run_steps(step, self._perform)
 
 
@@ -510,4 +597,11 @@ class TopicPublisher(_DestinationPublisher):
         self._backend.publish_batch_to_topic(messages, handle)
 
 
-__all__ = ["QueuePublisher", "TopicPublisher"]
+__all__ = [
+    "Publication",
+    "PublishListener",
+    "QueuePublisher",
+    "TopicPublisher",
+    "add_publish_listener",
+    "remove_publish_listener",
+]
