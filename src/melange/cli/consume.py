@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from contextlib import ExitStack
 from typing import Any
 
 import click
 
 from melange.backends.interfaces import MessagingBackend
 from melange.cli._common import (
+    TRACEBACK_ENV,
     CommandError,
     accepts_argument,
     backend_url_option,
@@ -18,11 +22,14 @@ from melange.cli._common import (
     open_backend,
     reported_errors,
 )
+from melange.cli.observe import json_logging, observe
 from melange.consumers import Consumer, has_coroutine_handlers
 from melange.dispatch.aio import AsyncMessageDispatcher
 from melange.dispatch.base import DispatcherBase
 from melange.dispatch.threaded import MessageDispatcher
 from melange.serializers.json import JsonSerializer
+
+_log = logging.getLogger("melange.cli")
 
 
 def build_dispatcher(
@@ -102,6 +109,36 @@ def _call_factory(factory: Any, spec: str, backend: MessagingBackend) -> Any:
     show_default=True,
     help="Log messages shown on standard error (tracebacks with MELANGE_TRACEBACK=1).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one readable line per record; json: one JSON object per line.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus metrics on this port at /metrics (needs melange[prometheus]).",
+)
+@click.option(
+    "--health-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve the liveness (/livez) and readiness (/readyz) probes on this port.",
+)
+@click.option(
+    "--liveness-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds without a turn of the consume loop after which /livez fails.",
+)
+@click.option(
+    "--tracing/--no-tracing",
+    default=False,
+    help="OpenTelemetry spans of every handled message (needs melange[otel]; spans go to "
+    "the global tracer provider, e.g. under opentelemetry-instrument).",
+)
 def consume(
     target: str,
     queue: str,
@@ -109,6 +146,11 @@ def consume(
     workers: int,
     serializer_spec: str | None,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    health_port: int | None,
+    liveness_timeout: float,
+    tracing: bool,
 ) -> None:
     """Consume QUEUE with the dispatcher or consumer MODULE:ATTRIBUTE names.
 
@@ -121,13 +163,29 @@ def consume(
     Runs until Ctrl-C or SIGTERM, finishing the messages in hand first; a second signal
     stops at once.
     """
-    configure_logging(log_level)
+    if log_format == "json":
+        json_logging(log_level, tracebacks=bool(os.environ.get(TRACEBACK_ENV)))
+    else:
+        configure_logging(log_level)
     found = import_attribute(target)
     dispatcher, backend = build_dispatcher(found, target, backend_url, serializer_spec)
     where = describe_backend(dispatcher.backend)
-    click.echo(f"consuming {queue} on {where} with {workers} worker(s); Ctrl-C to stop", err=True)
+    if log_format == "json":
+        _log.info("consuming %s on %s", queue, where, extra={"queue": queue, "workers": workers})
+    else:
+        click.echo(
+            f"consuming {queue} on {where} with {workers} worker(s); Ctrl-C to stop", err=True
+        )
     try:
-        with reported_errors():
+        with ExitStack() as servers, reported_errors():
+            observe(
+                dispatcher,
+                servers,
+                metrics_port=metrics_port,
+                health_port=health_port,
+                liveness_timeout=liveness_timeout,
+                tracing=tracing,
+            )
             if isinstance(dispatcher, AsyncMessageDispatcher):
                 asyncio.run(dispatcher.consume_loop(queue, concurrency=workers))
             elif isinstance(dispatcher, MessageDispatcher):
@@ -139,6 +197,9 @@ def consume(
         if backend is not None:
             backend.close_connection()
     stats = dispatcher.stats.as_dict()
+    if log_format == "json":
+        _log.info("stopped consuming %s: %s", queue, stats, extra={"queue": queue})
+        return
     click.echo(
         "stopped: "
         + ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in stats.items()),

@@ -193,6 +193,10 @@ class DispatcherBase:
         """Whether :meth:`stop` was called (or a signal received) since the loop started."""
         return self._stop.is_set()
 
+    def add_middleware(self, *middleware: Middleware) -> None:
+        """Run ``middleware`` too, after the ones given so far (before consuming starts)."""
+        self._engine.middleware = self._engine.middleware.extended(middleware)
+
     @property
     def last_turn(self) -> float:
         """``time.monotonic()`` when the consume loop last turned: asked for a batch or

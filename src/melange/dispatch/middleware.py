@@ -75,6 +75,10 @@ class MiddlewareChain:
     def __bool__(self) -> bool:
         return bool(self._items)
 
+    def extended(self, items: Sequence[Middleware]) -> MiddlewareChain:
+        """This chain followed by ``items``."""
+        return MiddlewareChain((*self._items, *items))
+
     def message_received(self, message: Message, queue: str) -> None:
         for item in self._items:
             with _contained(item, "message_received"):

@@ -1,0 +1,280 @@
+"""OpenTelemetry tracing of publishes and handled messages (``pip install melange[otel]``).
+
+:class:`Tracing` is both a dispatcher :class:`~melange.dispatch.middleware.Middleware` and a
+:class:`~melange.publish_middleware.PublishMiddleware`:
+
+- every publish is a ``PRODUCER`` span ``send <destination>``, and the W3C trace context
+  (``traceparent``, ``tracestate``) goes into the message's headers, which every backend
+  carries;
+- every handled message is a ``CONSUMER`` span ``process <queue>`` whose parent is the
+  context found in its headers, so the trace goes on across processes and services. It is
+  the current span while the consumers run: what they publish joins the same trace.
+
+Attributes follow OpenTelemetry's messaging semantic conventions (``messaging.system``,
+``messaging.destination.name``, ``messaging.operation.type``/``name``,
+``messaging.message.id``, ``messaging.message.conversation_id`` for the correlation id).
+A consumer's failure is recorded as an exception event; a retry (``melange.retry``), a
+release (``melange.release``) and a dead letter (``melange.dead_letter``) are events on the
+span, and a failed message's span has an error status. ::
+
+    tracing = Tracing.for_backend(backend)
+    publisher = QueuePublisher(JsonSerializer(), backend, middleware=[tracing])
+    dispatcher = MessageDispatcher(JsonSerializer(), backend=backend, middleware=[tracing])
+
+Spans go to the global tracer provider unless one is given; with only ``opentelemetry-api``
+installed and no SDK configured, they cost next to nothing and go nowhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+
+from melange.backends.async_interfaces import AsyncMessagingBackend
+from melange.backends.interfaces import MessagingBackend
+from melange.consumers import Consumer
+from melange.dispatch.decisions import Action, Outcome, Verdict
+from melange.dispatch.middleware import Middleware
+from melange.models import CORRELATION_ID, Message
+from melange.publish_middleware import DestinationKind, PublishMiddleware
+
+#: ``messaging.system`` for each backend (by its capabilities' name); the conventions'
+#: well-known values where there is one, the backend's name otherwise.
+SYSTEMS = {
+    "sqs": "aws_sqs",
+    "rabbitmq": "rabbitmq",
+    "kafka": "kafka",
+    "nats": "nats",
+    "redis-streams": "redis",
+    "memory": "melange_memory",
+    "sqlite": "melange_sqlite",
+}
+
+#: The instrumentation scope of the spans.
+SCOPE = "melange"
+
+# Attribute names, from OpenTelemetry's messaging semantic conventions.
+SYSTEM = "messaging.system"
+DESTINATION = "messaging.destination.name"
+OPERATION_TYPE = "messaging.operation.type"
+OPERATION_NAME = "messaging.operation.name"
+MESSAGE_ID = "messaging.message.id"
+CONVERSATION_ID = "messaging.message.conversation_id"
+BODY_SIZE = "messaging.message.body.size"
+# Melange's own.
+DESTINATION_KIND = "melange.destination.kind"
+ATTEMPT = "melange.attempt"
+OUTCOME = "melange.outcome"
+CONSUMER = "melange.consumer"
+
+
+def messaging_system(backend: MessagingBackend | AsyncMessagingBackend) -> str:
+    """The ``messaging.system`` value for ``backend``."""
+    name = backend.capabilities.name
+    return SYSTEMS.get(name, name)
+
+
+class Tracing(Middleware, PublishMiddleware):
+    """Spans for publishes and handled messages, and the trace context in the headers.
+
+    Args:
+        system: The ``messaging.system`` attribute (see :func:`messaging_system`).
+        tracer_provider: Where spans go; the global provider by default.
+        propagator: How the context is written into and read from headers; the global one
+            by default (W3C trace context and baggage unless configured otherwise).
+        max_open_spans: Spans of messages still being handled, at most; past that the
+            oldest is ended (a message given back when its consumer stopped the process is
+            never settled).
+    """
+
+    def __init__(
+        self,
+        system: str = "melange",
+        *,
+        tracer_provider: TracerProvider | None = None,
+        propagator: TextMapPropagator | None = None,
+        max_open_spans: int = 10_000,
+    ) -> None:
+        self.system = system
+        self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        self._propagator = propagator
+        self._max_open = max_open_spans
+        # id(message) -> (message, span): the message is held so that its id is not reused.
+        self._open: dict[int, tuple[Message, Span]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_backend(
+        cls, backend: MessagingBackend | AsyncMessagingBackend, **kwargs: Any
+    ) -> Tracing:
+        """A :class:`Tracing` whose ``messaging.system`` is ``backend``'s."""
+        return cls(messaging_system(backend), **kwargs)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def publishing(
+        self, message: Message, destination: str, kind: DestinationKind
+    ) -> Iterator[None]:
+        attributes: dict[str, Any] = {
+            SYSTEM: self.system,
+            DESTINATION: destination,
+            DESTINATION_KIND: kind,
+            OPERATION_TYPE: "send",
+            OPERATION_NAME: "send",
+            MESSAGE_ID: message.message_id,
+            BODY_SIZE: len(message.content),
+        }
+        correlation = message.headers.get(CORRELATION_ID)
+        if correlation is not None:
+            attributes[CONVERSATION_ID] = correlation
+        span = self._tracer.start_span(
+            f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
+        )
+        self._inject(message, span)
+        try:
+            yield
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            span.end()
+
+    def _inject(self, message: Message, span: Span) -> None:
+        carrier: dict[str, str] = {}
+        ctx = trace.set_span_in_context(span)
+        if self._propagator is not None:
+            self._propagator.inject(carrier, context=ctx)
+        else:
+            propagate.inject(carrier, context=ctx)
+        message.headers.update(carrier)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def message_received(self, message: Message, queue: str) -> None:
+        headers = message.headers
+        if self._propagator is not None:
+            parent = self._propagator.extract(headers)
+        else:
+            parent = propagate.extract(headers)
+        attributes: dict[str, Any] = {
+            SYSTEM: self.system,
+            DESTINATION: queue,
+            OPERATION_TYPE: "process",
+            OPERATION_NAME: "process",
+            MESSAGE_ID: message.message_id,
+            BODY_SIZE: len(message.content),
+        }
+        correlation = headers.get(CORRELATION_ID)
+        if correlation is not None:
+            attributes[CONVERSATION_ID] = correlation
+        if message.attempt is not None:
+            attributes[ATTEMPT] = message.attempt
+        span = self._tracer.start_span(
+            f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        )
+        evicted: Span | None = None
+        with self._lock:
+            self._open[id(message)] = (message, span)
+            if len(self._open) > self._max_open:
+                oldest = next(iter(self._open))
+                evicted = self._open.pop(oldest)[1]
+        if evicted is not None:
+            evicted.set_attribute(OUTCOME, "unknown")
+            evicted.end()
+
+    def _span(self, message: Message) -> Span | None:
+        entry = self._open.get(id(message))
+        if entry is None or entry[0] is not message:
+            return None
+        return entry[1]
+
+    def _close(self, message: Message) -> Span | None:
+        with self._lock:
+            entry = self._open.get(id(message))
+            if entry is None or entry[0] is not message:
+                return None
+            del self._open[id(message)]
+        return entry[1]
+
+    @contextlib.contextmanager
+    def consumer_call(self, message: Message, consumer: Consumer) -> Iterator[None]:
+        span = self._span(message)
+        if span is None:
+            yield
+            return
+        # The message's span is the current one while the consumer runs: its publishes and
+        # the spans of the libraries it calls join the trace.
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
+    def consumer_finished(
+        self, message: Message, consumer: Consumer, outcome: Outcome, error: BaseException | None
+    ) -> None:
+        span = self._span(message)
+        if span is None:
+            return
+        if error is not None:
+            span.record_exception(error, attributes={CONSUMER: consumer.name})
+        elif outcome is not Outcome.SUCCEEDED:
+            span.add_event(f"melange.{outcome.value}", {CONSUMER: consumer.name})
+
+    def message_settled(self, message: Message, queue: str, verdict: Verdict) -> None:
+        span = self._close(message)
+        if span is None:
+            return
+        action = verdict.action
+        span.set_attribute(OUTCOME, action.value)
+        if action is Action.RETRY:
+            span.add_event(
+                "melange.retry",
+                {
+                    "melange.retry.delay": verdict.delay,
+                    ATTEMPT: message.attempt or 1,
+                    "melange.reason": verdict.reason,
+                    CONSUMER: verdict.consumer,
+                },
+            )
+            span.set_status(Status(StatusCode.ERROR, verdict.exception_type or "retry"))
+        elif action is Action.DEAD_LETTER:
+            span.add_event(
+                "melange.dead_letter",
+                {
+                    "melange.reason": verdict.reason,
+                    "melange.exception": verdict.exception_type,
+                    ATTEMPT: message.attempt or 1,
+                    CONSUMER: verdict.consumer,
+                },
+            )
+            span.set_status(Status(StatusCode.ERROR, verdict.exception_type or "dead-lettered"))
+        elif action is Action.RELEASE:
+            span.add_event(
+                "melange.release",
+                {"melange.release.delay": verdict.delay, "melange.reason": verdict.reason},
+            )
+        elif action is Action.ABANDON:
+            span.add_event("melange.abandon", {"melange.reason": verdict.reason})
+        span.end()
+
+    def settle_failed(self, message: Message, queue: str, error: BaseException) -> None:
+        span = self._close(message)
+        if span is None:
+            return
+        span.set_attribute(OUTCOME, "unsettled")
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        span.end()
+
+
+__all__ = ["SYSTEMS", "Tracing", "messaging_system"]
