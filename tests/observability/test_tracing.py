@@ -5,8 +5,12 @@ span."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +27,7 @@ from melange.exceptions import QueueNotFoundError
 from melange.observability.tracing import Tracing, messaging_system
 from melange.publishers import QueuePublisher
 from melange.serializers.json import JsonSerializer
+from service_check import require_service
 
 NO_WAIT_RETRIES = FailurePolicy(max_attempts=2, initial_delay=0.0, jitter=0.0)
 
@@ -213,3 +218,40 @@ def test_the_asyncio_publisher_and_dispatcher_trace_the_same_way(
     (process,) = spans.named("process ")
     assert process.parent.span_id == send.context.span_id
     assert inside[0].span_id == process.context.span_id
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "sqs"], indirect=True)
+def test_the_trace_goes_on_in_another_process(
+    broker: Broker, spans: Spans, request: pytest.FixtureRequest
+) -> None:
+    queue = broker.queue()
+    if broker.kind == "rabbitmq":
+        host, port = require_service("rabbitmq")
+        options: dict[str, Any] = {"host": host, "port": port}
+    else:
+        options = {**request.getfixturevalue("sqs_endpoint").options(), "wait_time_seconds": 1}
+    spec = {"kind": broker.kind, "options": options, "queue": queue}
+    published = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("publish_traced.py")), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    producer = json.loads(published.stdout)
+    handled: list[Any] = []
+    dispatcher = MessageDispatcher(
+        JsonSerializer(),
+        backend=broker.backend,
+        consumers=[Consumer(on_message=handled.append)],
+        middleware=[Tracing.for_backend(broker.backend, tracer_provider=spans.provider)],
+    )
+    try:
+        consume_until(dispatcher, queue, lambda: bool(handled))
+    finally:
+        dispatcher.close()
+    assert handled == [{"from": "another process"}]
+    (process,) = spans.named("process ")
+    assert process.context.trace_id == producer["trace_id"]
+    assert process.parent.span_id == producer["span_id"]
+    assert process.parent.is_remote
