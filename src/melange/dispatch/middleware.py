@@ -6,6 +6,10 @@ here; both dispatchers (threaded and asyncio) run the same chain, because it is 
 one dispatch engine they share. Middlewares run in the order given, and their
 :meth:`Middleware.consumer_call` contexts nest in that order (the first is outermost).
 
+Middleware added with :func:`add_process_middleware` runs in every dispatcher of the process,
+after each one's own (a test harness watches the services under test this way, whatever
+dispatcher they build).
+
 A middleware must not raise: an exception it raises is logged and ignored, so that
 instrumentation can never lose a message. ::
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 
@@ -59,6 +64,27 @@ class Middleware:
         it again, and no :meth:`message_settled` follows for this delivery."""
 
 
+_process_wide: tuple[Middleware, ...] = ()
+_process_wide_lock = threading.Lock()
+
+
+def add_process_middleware(item: Middleware) -> None:
+    """Run ``item`` in every dispatcher of the process from now on, after its own
+    middleware, until :func:`remove_process_middleware`."""
+    if not isinstance(item, Middleware):
+        raise TypeError(f"middleware must subclass melange.dispatch.Middleware, got {item!r}")
+    global _process_wide
+    with _process_wide_lock:
+        _process_wide = (*_process_wide, item)
+
+
+def remove_process_middleware(item: Middleware) -> None:
+    """Stop running ``item`` in every dispatcher (nothing if it was not added)."""
+    global _process_wide
+    with _process_wide_lock:
+        _process_wide = tuple(other for other in _process_wide if other is not item)
+
+
 class MiddlewareChain:
     """Calls every middleware's hook in order, and contains their failures."""
 
@@ -73,21 +99,25 @@ class MiddlewareChain:
         self._items = tuple(items)
 
     def __bool__(self) -> bool:
-        return bool(self._items)
+        return bool(self._items) or bool(_process_wide)
+
+    def _all(self) -> tuple[Middleware, ...]:
+        """This chain's middleware, then the process-wide ones."""
+        return (*self._items, *_process_wide) if _process_wide else self._items
 
     def extended(self, items: Sequence[Middleware]) -> MiddlewareChain:
         """This chain followed by ``items``."""
         return MiddlewareChain((*self._items, *items))
 
     def message_received(self, message: Message, queue: str) -> None:
-        for item in self._items:
+        for item in self._all():
             with _contained(item, "message_received"):
                 item.message_received(message, queue)
 
     @contextlib.contextmanager
     def consumer_call(self, message: Message, consumer: Consumer) -> Iterator[None]:
         with ExitStack() as stack:
-            for item in self._items:
+            for item in self._all():
                 with _contained(item, "consumer_call"):
                     stack.enter_context(item.consumer_call(message, consumer))
             yield
@@ -95,17 +125,17 @@ class MiddlewareChain:
     def consumer_finished(
         self, message: Message, consumer: Consumer, outcome: Outcome, error: BaseException | None
     ) -> None:
-        for item in self._items:
+        for item in self._all():
             with _contained(item, "consumer_finished"):
                 item.consumer_finished(message, consumer, outcome, error)
 
     def message_settled(self, message: Message, queue: str, verdict: Verdict) -> None:
-        for item in self._items:
+        for item in self._all():
             with _contained(item, "message_settled"):
                 item.message_settled(message, queue, verdict)
 
     def settle_failed(self, message: Message, queue: str, error: BaseException) -> None:
-        for item in self._items:
+        for item in self._all():
             with _contained(item, "settle_failed"):
                 item.settle_failed(message, queue, error)
 
@@ -118,4 +148,9 @@ def _contained(item: Middleware, hook: str) -> Iterator[None]:
         logger.exception("middleware %r failed in %s; ignored", item, hook)
 
 
-__all__ = ["Middleware", "MiddlewareChain"]
+__all__ = [
+    "Middleware",
+    "MiddlewareChain",
+    "add_process_middleware",
+    "remove_process_middleware",
+]
