@@ -336,7 +336,9 @@ class _Publisher:
         causation_id: str | None,
     ) -> Message:
         serializer = self.serializer_registry.find_serializer_for(data)
-        merged: dict[str, str] = {}
+        # What the serializer adds (a typed message's schema version) comes first: the
+        # caller's headers and the causation headers may override it.
+        merged: dict[str, str] = dict(serializer.message_headers(data))
         cause = current_message()
         if cause is not None:
             # Published from inside a consumer: link the new message to the one being handled.

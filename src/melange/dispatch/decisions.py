@@ -91,7 +91,12 @@ SERIALIZER_ID_HEADER = "serializer_id"
 
 
 def decode(message: Message, registry: SerializerRegistry) -> Decoded | Poison:
-    """Decode ``message`` strictly with the serializer its id names among ``registry``'s."""
+    """Decode ``message`` strictly with the serializer its id names among ``registry``'s.
+
+    The serializer sees the message's headers too (a typed serializer reads the schema
+    version there); whatever it raises as a ``SerializationError``, including a payload that
+    fails validation, makes the message poison.
+    """
     raw_id = message.headers.get(SERIALIZER_ID_HEADER) if message.serializer_id is None else None
     if raw_id is not None:
         # The wire found a serializer id it could not read as a number (and kept it here).
@@ -101,7 +106,9 @@ def decode(message: Message, registry: SerializerRegistry) -> Decoded | Poison:
             "UnknownSerializerError",
         )
     try:
-        payload = registry.deserialize(message.content, message.serializer_id, message.manifest)
+        payload = registry.deserialize(
+            message.content, message.serializer_id, message.manifest, message.headers
+        )
     except SerializationError as exc:
         return Poison(str(exc), type(exc).__name__)
     return Decoded(payload)

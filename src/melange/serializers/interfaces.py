@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
@@ -18,7 +19,14 @@ class Serializer(ABC, Generic[T]):
     ``bound_types`` lists the types this serializer is chosen for when it is one of several
     given to a publisher as a list (the most specific bound type of the published object
     wins). A :class:`~melange.serializers.registry.SerializerRegistry` configured with
-    explicit bindings ignores it.
+    explicit bindings ignores it; a serializer whose bindings depend on how it was built
+    (the typed serializers bind the message classes they were given) overrides
+    :meth:`bindings` instead.
+
+    Two optional hooks carry facts beside the body: :meth:`message_headers` adds headers to
+    each published message (the typed serializers write the schema version there), and
+    :meth:`deserialize_message` receives the headers of a received message; by default it
+    calls :meth:`deserialize`, so a serializer written for 7.2.0 keeps working unchanged.
     """
 
     bound_types: ClassVar[tuple[type, ...]] = ()
@@ -26,6 +34,10 @@ class Serializer(ABC, Generic[T]):
     @abstractmethod
     def identifier(self) -> int:
         """A number unique among the serializers in use; travels as ``serializer_id``."""
+
+    def bindings(self) -> tuple[type, ...]:
+        """The types this serializer is chosen for in a list (default: ``bound_types``)."""
+        return self.bound_types
 
     def manifest(self, data: T) -> str | None:
         """A short string telling the consumer the shape of the serialized data.
@@ -43,9 +55,24 @@ class Serializer(ABC, Generic[T]):
         cannot be decoded: the dispatcher dead-letters such a message with the reason.
         """
 
+    def deserialize_message(self, data: str, manifest: str | None, headers: Mapping[str, str]) -> T:
+        """Decode a received message, knowing its headers (default: :meth:`deserialize`).
+
+        The dispatcher calls this one; override it to read facts the publisher put in the
+        headers through :meth:`message_headers`.
+        """
+        return self.deserialize(data, manifest)
+
     @abstractmethod
     def serialize(self, data: T) -> str:
         """Turn ``data`` into a string to publish."""
+
+    def message_headers(self, data: T) -> dict[str, str]:
+        """Headers to send with the message that carries ``data`` (default: none).
+
+        The publisher adds them before its own and the caller's, which win on a clash.
+        """
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.identifier()})"

@@ -110,7 +110,7 @@ class SerializerRegistry:
         if serializer_settings is not None:
             self._load_settings(serializer_settings)
         for serializer in serializers:
-            self.register(serializer, *serializer.bound_types)
+            self.register(serializer, *serializer.bindings())
         if default is not None:
             self._add(default)
             self._default = default
@@ -232,11 +232,26 @@ class SerializerRegistry:
         """Serialize ``data`` with the serializer chosen for its type."""
         return self.find_serializer_for(data).serialize(data)
 
-    def deserialize(self, data: str, serializer_id: int | None, manifest: str | None = None) -> Any:
-        """Decode ``data`` with the serializer named by ``serializer_id`` and nothing else."""
+    def deserialize(
+        self,
+        data: str,
+        serializer_id: int | None,
+        manifest: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Decode ``data`` with the serializer named by ``serializer_id`` and nothing else.
+
+        ``headers`` are the received message's (the dispatcher passes them): given, the
+        serializer's :meth:`~melange.serializers.interfaces.Serializer.deserialize_message`
+        decodes, so that it can read what its publisher wrote there (a schema version).
+        Any failure comes out as a :class:`~melange.exceptions.SerializationError`, which
+        makes the dispatcher dead-letter the message.
+        """
         serializer = self.find_serializer_by_id(serializer_id)
         try:
-            return serializer.deserialize(data, manifest)
+            if headers is None:
+                return serializer.deserialize(data, manifest)
+            return serializer.deserialize_message(data, manifest, headers)
         except SerializationError:
             raise
         except Exception as exc:
