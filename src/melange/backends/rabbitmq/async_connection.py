@@ -1,4 +1,5 @@
-"""pika's asyncio connection as awaitables, for :class:`AsyncRabbitMQBackend`.
+"""pika's asyncio connection as awaitables, for
+:class:`~melange.backends.rabbitmq.async_backend.AsyncRabbitMQBackend`.
 
 The asyncio RabbitMQ backend runs on pika's own asyncio adapter
 (``pika.adapters.asyncio_connection.AsyncioConnection``): the socket is watched by the
@@ -508,19 +509,6 @@ class AsyncSession:
         if self._publisher is None or self._publisher.is_closed:
             self._publisher = await Publisher.open(self.connection, confirms)
         return self._publisher
-
-    async def consume(
-        self, queue: str, prefetch_count: int, on_message: OnMessage, on_cancel: OnCancel
-    ) -> tuple[AsyncChannel, str]:
-        """Consume ``queue`` on a channel of its own; returns the channel and consumer tag.
-
-        Raises ``ChannelRefused`` (code 404) when the queue does not exist.
-        """
-        channel = await AsyncChannel.open(self.connection)
-        await channel.basic_qos(prefetch_count=prefetch_count)
-        channel.add_cancel_callback(on_cancel)
-        tag = await channel.basic_consume(queue, on_message)
-        return channel, tag
 
     # -- topology ---------------------------------------------------------------------------
 
