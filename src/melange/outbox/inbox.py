@@ -173,12 +173,12 @@ class Inbox:
         fresh = connection is None
         if fresh:
             connection = self._connect()
-        bound = bind(connection)
         # A SQLAlchemy Session is closed after each message (its engine pools connections).
         reusable = not hasattr(connection, "get_bind")
         try:
             with _begin(connection) as raw:
-                yield connection, bound, raw
+                # Bound once the transaction is open (a Session begins on first use).
+                yield connection, bind(connection), raw
         except BaseException:
             # The connection may be broken (the database went away): start afresh next time.
             self._local.connection = None
