@@ -1,0 +1,183 @@
+"""Prometheus metrics of a dispatcher, scraped over HTTP while messages flow."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from melange.backends.memory import InMemoryMessagingBackend
+from melange.consumers import Consumer
+from melange.dispatch.policy import FailurePolicy
+from melange.dispatch.threaded import MessageDispatcher
+from melange.models import PUBLISHED_AT, Message
+from melange.observability.http import ProbeServer
+from melange.observability.metrics import PrometheusMetrics, serve_metrics
+from melange.publishers import QueuePublisher
+from melange.serializers.json import JsonSerializer
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the endpoint, by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        assert answer.status == 200
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        text = answer.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_the_metrics_endpoint_counts_messages_as_they_flow() -> None:
+    registry = CollectorRegistry()
+    backend = InMemoryMessagingBackend()
+    backend.declare_queue("orders", dead_letter_queue_name="orders-dlq")
+
+    def handle(payload: dict[str, int]) -> None:
+        time.sleep(0.002)
+        if payload["n"] % 10 == 0:
+            raise ValueError("refused")
+
+    dispatcher = MessageDispatcher(
+        JsonSerializer(),
+        backend=backend,
+        consumers=[Consumer(on_message=handle, name="billing")],
+        middleware=[PrometheusMetrics(registry)],
+        failure_policy=FailurePolicy(max_attempts=2, initial_delay=0.0, jitter=0.0),
+    )
+    publisher = QueuePublisher(JsonSerializer(), backend)
+    total = 200
+    loop = threading.Thread(
+        target=dispatcher.consume_loop,
+        args=("orders",),
+        kwargs={"install_signal_handlers": False, "workers": 2},
+    )
+    with ProbeServer(0, host="127.0.0.1") as server:
+        serve_metrics(server, registry)
+        loop.start()
+        try:
+            seen: list[float] = []
+            for n in range(1, total + 1):
+                publisher.publish("orders", {"n": n})
+                if n % 50 == 0:
+                    # Scraped while messages are still being published and handled.
+                    seen.append(
+                        value(
+                            scrape(server.port), "melange_messages_received_total", queue="orders"
+                        )
+                    )
+                    time.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while (
+                value(scrape(server.port), "melange_messages_dead_lettered_total", queue="orders")
+                < 20
+            ):
+                assert time.monotonic() < deadline, "the messages were not all settled"
+                time.sleep(0.05)
+            final = scrape(server.port)
+        finally:
+            dispatcher.stop()
+            loop.join(10)
+            dispatcher.close()
+    failures = total // 10
+    # Counted while flowing: scrapes taken mid-way saw some of the messages, not all.
+    assert seen == sorted(seen)
+    assert any(0 < count < total + failures for count in seen)
+    ok = total - failures
+    assert value(final, "melange_messages_received_total", queue="orders") == total + failures
+    assert (
+        value(
+            final,
+            "melange_messages_processed_total",
+            queue="orders",
+            consumer="billing",
+            outcome="succeeded",
+        )
+        == ok
+    )
+    assert (
+        value(final, "melange_messages_failed_total", queue="orders", consumer="billing")
+        == 2 * failures
+    )
+    assert value(final, "melange_messages_retried_total", queue="orders") == failures
+    assert value(final, "melange_messages_dead_lettered_total", queue="orders") == failures
+    assert value(final, "melange_messages_settled_total", queue="orders", outcome="ack") == ok
+    assert value(final, "melange_messages_in_flight", queue="orders") == 0
+    assert (
+        value(final, "melange_handler_duration_seconds_count", queue="orders", consumer="billing")
+        == total + failures
+    )
+    # Every handler call slept 2 ms: none is in the 1 ms bucket.
+    assert (
+        value(
+            final,
+            "melange_handler_duration_seconds_bucket",
+            queue="orders",
+            consumer="billing",
+            le="0.001",
+        )
+        == 0
+    )
+    assert (
+        value(final, "melange_end_to_end_latency_seconds_count", queue="orders", outcome="ack")
+        == ok
+    )
+    # Bounded labels: the queue, the consumer, an outcome (and the histograms' buckets).
+    assert {name for _, labels in final for name, _ in labels} == {
+        "queue", "consumer", "outcome", "le",
+    }  # fmt: skip
+    assert {v for _, labels in final for n, v in labels if n == "outcome"} <= {
+        "succeeded", "failed", "ack", "retry", "dead_letter",
+    }  # fmt: skip
+
+
+def test_end_to_end_latency_runs_from_the_publish_time_header() -> None:
+    registry = CollectorRegistry()
+    backend = InMemoryMessagingBackend()
+    queue, _ = backend.declare_queue("late")
+    message = Message.create('{"n": 1}', "json", JsonSerializer().identifier())
+    message.headers[PUBLISHED_AT] = f"{time.time() - 42:.6f}"  # published 42 s ago
+    backend.publish_to_queue(message, queue)
+    dispatcher = MessageDispatcher(
+        JsonSerializer(), backend=backend, consumers=[Consumer(on_message=lambda p: None)],
+        middleware=[PrometheusMetrics(registry)],
+    )  # fmt: skip
+    dispatcher.consume_event("late")
+    count = registry.get_sample_value(
+        "melange_end_to_end_latency_seconds_bucket",
+        {"queue": "late", "outcome": "ack", "le": "30.0"},
+    )
+    assert count == 0
+    assert (
+        registry.get_sample_value(
+            "melange_end_to_end_latency_seconds_bucket",
+            {"queue": "late", "outcome": "ack", "le": "60.0"},
+        )
+        == 1
+    )
+
+
+def test_two_dispatchers_share_a_registry() -> None:
+    registry = CollectorRegistry()
+    PrometheusMetrics(registry)
+    PrometheusMetrics(registry)  # the families are made once per registry
+
+
+def test_an_unknown_path_is_not_found() -> None:
+    with ProbeServer(0, host="127.0.0.1") as server:
+        serve_metrics(server, CollectorRegistry())
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/nothing", timeout=5)
+        assert raised.value.code == 404
+        raised.value.close()
