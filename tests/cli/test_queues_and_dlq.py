@@ -1,5 +1,5 @@
-"""``melange queues`` and ``melange dlq`` on the embedded backend (and a broker that cannot
-be inspected)."""
+"""``melange queues`` and ``melange dlq`` on the embedded backend (RabbitMQ: see
+test_queues_on_rabbitmq.py; SQS: tests/sqs/test_cli_inspection.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from melange.backends.sqlite import SQLiteBackend
 from melange.cli import cli
 from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message
 from melange.serializers.json import JsonSerializer
-from service_check import require_service
 
 
 class CardDeclined(Exception):
@@ -248,18 +247,3 @@ def test_redrive_into_the_dead_letter_queue_itself_is_refused(db: Path) -> None:
     )
     assert code == 1
     assert "itself" in out
-
-
-@pytest.mark.rabbitmq
-@pytest.mark.parametrize(
-    "command",
-    [("queues", "list"), ("queues", "stats"), ("dlq", "show", "q"), ("queues", "purge", "q", "-y")],
-    ids=" ".join,
-)
-def test_backend_that_cannot_be_inspected_says_so(command: tuple[str, ...]) -> None:
-    host, port = require_service("rabbitmq")
-    url = f"amqp://guest:guest@{host}:{port}/"
-
-    result = run_melange(*command, "--backend-url", url)
-
-    assert_one_line_error(result, "the rabbitmq backend cannot", "rabbitmqctl")

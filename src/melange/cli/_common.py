@@ -217,64 +217,7 @@ def _cell(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-# -- inspecting queues ---------------------------------------------------------------------
-
-
-class Inspector:
-    """Read-only views on a backend's queues, where the backend offers them.
-
-    The broker contract has no listing or peeking; the embedded and in-memory backends add
-    ``queue_names``, ``queue_depth``/``queue_stats``, ``peek`` and ``purge``. Other backends
-    get a clear "cannot" instead of a guess.
-    """
-
-    def __init__(self, backend: MessagingBackend) -> None:
-        self.backend = backend
-
-    def _need(self, method: str, what: str) -> Callable[..., Any]:
-        found = getattr(self.backend, method, None)
-        if not callable(found):
-            raise CommandError(
-                f"the {self.backend.capabilities.name} backend cannot {what}; use the broker's "
-                "own tools (e.g. the AWS console or rabbitmqctl) for this"
-            )
-        return found  # type: ignore[no-any-return]
-
-    def queue_names(self) -> list[str]:
-        """Every queue's name."""
-        return list(self._need("queue_names", "list its queues")())
-
-    def topic_names(self) -> list[str] | None:
-        """Every topic's name, or ``None`` where the backend cannot list them."""
-        method = getattr(self.backend, "topic_names", None)
-        return list(method()) if callable(method) else None
-
-    def stats(self, queue: str) -> dict[str, int | None]:
-        """``ready``, ``in_flight``, ``delayed`` and ``total`` messages of the queue
-        (``None`` for a count the backend does not break down)."""
-        detailed = getattr(self.backend, "queue_stats", None)
-        if callable(detailed):
-            stats = detailed(queue)
-            return {
-                "ready": stats.ready,
-                "in_flight": stats.in_flight,
-                "delayed": stats.delayed,
-                "total": stats.total,
-            }
-        total = int(self._need("queue_depth", "count the messages of a queue")(queue))
-        return {"ready": None, "in_flight": None, "delayed": None, "total": total}
-
-    def peek(self, queue: str, limit: int) -> list[Message]:
-        """Up to ``limit`` messages of the queue, oldest first, without receiving them."""
-        method = self._need("peek", "show messages without receiving them")
-        if "limit" in inspect.signature(method).parameters:
-            return list(method(queue, limit=limit))
-        return list(method(queue))[:limit]
-
-    def purge(self, queue: str) -> int | None:
-        """Delete every message of the queue; returns how many where the backend says."""
-        deleted = self._need("purge", "purge a queue")(queue)
-        return int(deleted) if isinstance(deleted, int) else None
+# -- message bodies ------------------------------------------------------------------------
 
 
 def body_preview(message: Message, width: int = 60) -> str:

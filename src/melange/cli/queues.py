@@ -10,7 +10,6 @@ import click
 from melange.backends.interfaces import MessagingBackend
 from melange.cli._common import (
     CommandError,
-    Inspector,
     backend_url_option,
     body_preview,
     open_backend,
@@ -18,6 +17,7 @@ from melange.cli._common import (
     reported_errors,
     table,
 )
+from melange.cli.inspector import Inspector, json_text
 from melange.models import (
     FAILURE_ATTEMPTS,
     FAILURE_CONSUMER,
@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 #: Prefix of the headers the failure policy adds to a dead-lettered message.
 FAILURE_PREFIX = "melange_failure_"
 
+#: ``--json`` on a command: print one JSON document instead of a table.
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document instead of a table."
+)
+
 
 @click.group()
 def queues() -> None:
@@ -41,8 +46,9 @@ def queues() -> None:
 
 
 @queues.command("list")
+@json_option
 @backend_url_option
-def list_queues(backend_url: str | None) -> None:
+def list_queues(as_json: bool, backend_url: str | None) -> None:
     """List every queue and topic with how many messages each queue holds."""
     backend = open_backend(backend_url)
     try:
@@ -53,6 +59,10 @@ def list_queues(backend_url: str | None) -> None:
             topics = inspector.topic_names()
     finally:
         backend.close_connection()
+    if as_json:
+        listed = [{"name": name, "messages": total} for name, total in rows]
+        click.echo(json_text({"queues": listed, "topics": topics}))
+        return
     if not rows:
         click.echo("no queues (create some with `melange init FILE`)")
     else:
@@ -63,8 +73,9 @@ def list_queues(backend_url: str | None) -> None:
 
 @queues.command("stats")
 @click.argument("names", nargs=-1, metavar="[QUEUE]...")
+@json_option
 @backend_url_option
-def stats(names: tuple[str, ...], backend_url: str | None) -> None:
+def stats(names: tuple[str, ...], as_json: bool, backend_url: str | None) -> None:
     """Show ready, in-flight and delayed messages of the queues (default: all)."""
     backend = open_backend(backend_url)
     try:
@@ -72,13 +83,18 @@ def stats(names: tuple[str, ...], backend_url: str | None) -> None:
             inspector = Inspector(backend)
             selected = list(names) or inspector.queue_names()
             rows = []
+            listed = []
             for name in selected:
                 counts = inspector.stats(name)
+                listed.append({"name": name, **counts})
                 rows.append(
                     (name, counts["ready"], counts["in_flight"], counts["delayed"], counts["total"])
                 )
     finally:
         backend.close_connection()
+    if as_json:
+        click.echo(json_text({"queues": listed}))
+        return
     if not rows:
         click.echo("no queues")
         return
@@ -88,8 +104,9 @@ def stats(names: tuple[str, ...], backend_url: str | None) -> None:
 @queues.command("purge")
 @click.argument("name", metavar="QUEUE")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
 @backend_url_option
-def purge(name: str, yes: bool, backend_url: str | None) -> None:
+def purge(name: str, yes: bool, as_json: bool, backend_url: str | None) -> None:
     """Delete every message of QUEUE (in flight or not)."""
     backend = open_backend(backend_url)
     try:
@@ -101,7 +118,11 @@ def purge(name: str, yes: bool, backend_url: str | None) -> None:
             deleted = inspector.purge(name)
     finally:
         backend.close_connection()
-    click.echo(f"purged {name}: {deleted if deleted is not None else total} message(s) deleted")
+    count = deleted if deleted is not None else total
+    if as_json:
+        click.echo(json_text({"queue": name, "deleted": count}))
+        return
+    click.echo(f"purged {printable(name)}: {count} message(s) deleted")
 
 
 @click.group()
@@ -113,12 +134,15 @@ def dlq() -> None:
 @click.argument("name", metavar="DEAD_LETTER_QUEUE")
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--body/--no-body", default=False, help="Show each message's body too.")
+@json_option
 @backend_url_option
-def show(name: str, limit: int, body: bool, backend_url: str | None) -> None:
+def show(name: str, limit: int, body: bool, as_json: bool, backend_url: str | None) -> None:
     """Show the messages of DEAD_LETTER_QUEUE and why each failed, oldest first.
 
     Copies with the same message id (left by a consumer stopped between dead-lettering a
-    message and acknowledging it) are shown once, with how many copies there are.
+    message and acknowledging it) are shown once, with how many copies there are. Where the
+    broker tells, the queues that dead-letter into DEAD_LETTER_QUEUE are named too. With
+    ``--json``, every message comes with its headers and body.
     """
     backend = open_backend(backend_url)
     try:
@@ -126,10 +150,32 @@ def show(name: str, limit: int, body: bool, backend_url: str | None) -> None:
             inspector = Inspector(backend)
             total = inspector.stats(name)["total"]
             messages, copies = _peek_distinct(inspector, name, limit)
+            sources = inspector.dead_letter_sources(name)
     finally:
         backend.close_connection()
+    if as_json:
+        listed = [
+            {
+                "message_id": m.message_id,
+                "manifest": m.manifest,
+                "from_queue": m.headers.get(FAILURE_QUEUE),
+                "attempts": m.headers.get(FAILURE_ATTEMPTS),
+                "exception": m.headers.get(FAILURE_EXCEPTION) or None,
+                "reason": m.headers.get(FAILURE_REASON),
+                "consumer": m.headers.get(FAILURE_CONSUMER),
+                "copies": copies[m.message_id],
+                "headers": dict(m.headers),
+                "body": m.content,
+            }
+            for m in messages
+        ]
+        document = {"queue": name, "total": total, "sources": sources, "messages": listed}
+        click.echo(json_text(document))
+        return
+    if sources:
+        click.echo(f"dead letters of: {printable(', '.join(sources))}")
     if not messages:
-        click.echo(f"{name} is empty")
+        click.echo(f"{printable(name)} is empty")
         return
     collapsed = any(copies[m.message_id] > 1 for m in messages)
     rows = []
@@ -205,12 +251,15 @@ def redrive_messages(
     to: str | None,
     limit: int | None,
     progress: ProgressBar[int] | None = None,
+    fallback: str | None = None,
 ) -> tuple[int, int, int]:
     """Move messages from ``dead_letter_queue`` back to their source queue.
 
     Each message is published to its source queue before it is acknowledged on the
     dead-letter queue, so a crash in between duplicates it rather than losing it. Messages
-    whose source is unknown (and no ``to`` was given) stay where they are. A message is moved
+    whose source is unknown (no ``to``, no failure header: for example dead-lettered by the
+    broker itself) go to ``fallback``, the queue's only dead-letter source where the broker
+    tells, or else stay where they are. A message is moved
     once: further copies with the id of a message already moved (left by a consumer stopped
     between dead-lettering and acknowledging) are deleted without being published again.
 
@@ -241,7 +290,7 @@ def redrive_messages(
                     if progress is not None:
                         progress.update(1)
                     continue
-                target = to or message.headers.get(FAILURE_QUEUE)
+                target = to or message.headers.get(FAILURE_QUEUE) or fallback
                 if not target or target == dead_letter_queue:
                     unsourced += 1
                     continue
@@ -268,34 +317,54 @@ def redrive_messages(
     help="Move the messages to this queue [default: the queue each one failed in].",
 )
 @click.option("--limit", "-n", type=click.IntRange(min=1), help="Move at most this many.")
+@json_option
 @backend_url_option
-def redrive(name: str, to: str | None, limit: int | None, backend_url: str | None) -> None:
-    """Move the messages of DEAD_LETTER_QUEUE back to the queue they failed in."""
+def redrive(
+    name: str, to: str | None, limit: int | None, as_json: bool, backend_url: str | None
+) -> None:
+    """Move the messages of DEAD_LETTER_QUEUE back to the queue they failed in.
+
+    A message that does not say where it failed (dead-lettered by the broker itself) goes
+    back to the one queue that dead-letters into DEAD_LETTER_QUEUE, where the broker tells
+    (SQS's redrive policies, RabbitMQ's management API), or else needs ``--to``.
+    """
     if to == name:
         raise CommandError(f"--to names the dead-letter queue {name} itself")
     backend = open_backend(backend_url)
     try:
         with reported_errors():
+            inspector = Inspector(backend)
             total: int | None
             try:
-                total = Inspector(backend).stats(name)["total"]
+                total = inspector.stats(name)["total"]
             except CommandError:
                 total = None  # the backend cannot count: no progress bar
+            sources = inspector.dead_letter_sources(name) if to is None else None
+            fallback = sources[0] if sources and len(sources) == 1 else None
             if limit is not None and total is not None:
                 total = min(total, limit)
-            if total:
+            if total and not as_json:
                 with click.progressbar(length=total, label=f"redriving {name}") as bar:
-                    moved, left, duplicates = redrive_messages(backend, name, to, limit, bar)
+                    moved, left, duplicates = redrive_messages(
+                        backend, name, to, limit, bar, fallback
+                    )
             else:
-                moved, left, duplicates = redrive_messages(backend, name, to, limit)
+                moved, left, duplicates = redrive_messages(
+                    backend, name, to, limit, fallback=fallback
+                )
     finally:
         backend.close_connection()
-    click.echo(f"moved {moved} message(s) out of {name}")
-    if duplicates:
+    if as_json:
         click.echo(
-            f"deleted {duplicates} duplicate copy(ies) of message(s) already moved "
-            "(same message id)"
+            json_text({"queue": name, "moved": moved, "left": left, "duplicates": duplicates})
         )
+    else:
+        click.echo(f"moved {moved} message(s) out of {printable(name)}")
+        if duplicates:
+            click.echo(
+                f"deleted {duplicates} duplicate copy(ies) of message(s) already moved "
+                "(same message id)"
+            )
     if left:
         raise CommandError(
             f"{left} message(s) do not say which queue they failed in and were left in {name}; "

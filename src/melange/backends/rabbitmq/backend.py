@@ -88,6 +88,7 @@ from melange.backends.rabbitmq.connection import (
     perform,
     requeue,
 )
+from melange.backends.rabbitmq.inspect import RabbitMQInspection
 from melange.backends.rabbitmq.topology import (
     DEAD_LETTER_EXCHANGE,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -129,7 +130,7 @@ logger = logging.getLogger("melange.backends.rabbitmq")
 T = TypeVar("T")
 
 
-class RabbitMQBackend(MessagingBackend):
+class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
     """A messaging backend on RabbitMQ (AMQP 0-9-1, via pika).
 
     Give either ``url`` (``amqp://user:password@host:5672/vhost``, URL-encoded; ``%2F`` is the

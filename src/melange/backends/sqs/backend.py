@@ -50,6 +50,7 @@ from melange.backends.sqs.connection import (
     run_steps,
     text,
 )
+from melange.backends.sqs.inspect import SQSInspection
 from melange.backends.sqs.topology import QueueUrl, Topology
 from melange.backends.sqs.wire import (
     SQSReceipt,
@@ -457,7 +458,7 @@ class SQSOperations:
         return True
 
 
-class AWSBackend(SQSOperations, MessagingBackend):
+class AWSBackend(SQSOperations, SQSInspection, MessagingBackend):
     """Amazon SQS queues and SNS topics.
 
     Region and credentials are found the way boto3 finds them (environment, shared config,
