@@ -551,21 +551,31 @@ class Harness:
 
     # -- driving dispatchers ----------------------------------------------------------------
 
-    def run(self, dispatcher: MessageDispatcher, *queues: str, timeout: float = 10.0) -> int:
-        """Consume ``queues`` with ``dispatcher`` until they are idle; returns how many
-        messages were received.
+    def run(
+        self,
+        dispatchers: MessageDispatcher | Mapping[str, MessageDispatcher],
+        *queues: str,
+        timeout: float = 10.0,
+    ) -> int:
+        """Consume until the queues are idle; returns how many messages were received.
+
+        Either one dispatcher and its queue(s), ``run(dispatcher, "payments")``, or several
+        services at once, each queue with its dispatcher: ``run({"orders": orders_dispatcher,
+        "payments": payments_dispatcher})`` (a flow going back and forth between them).
 
         Idle means: every message there was is settled for good, and none given back
         (retried, released) or published with a delay is still to come. On the in-memory
         backend on the harness's clock, the clock is moved forward over those delays instead
-        of waiting for them; elsewhere they take their time, up to ``timeout`` seconds in all.
+        of waiting for them; elsewhere they take their time, up to ``timeout`` seconds in all
+        (then ``AssertionError``).
         """
-        rounds = _Rounds(self, queues, timeout)
+        pairs = _services(dispatchers, queues)
+        rounds = _Rounds(self, [queue for queue, _ in pairs], timeout)
         received = 0
         while True:
             count = sum(
                 dispatcher.consume_event(queue, max_messages=10, wait_seconds=rounds.wait)
-                for queue in queues
+                for queue, dispatcher in pairs
             )
             received += count
             pause = rounds.after(count)
@@ -575,15 +585,19 @@ class Harness:
                 time.sleep(pause)
 
     async def run_async(
-        self, dispatcher: AsyncMessageDispatcher, *queues: str, timeout: float = 10.0
+        self,
+        dispatchers: AsyncMessageDispatcher | Mapping[str, AsyncMessageDispatcher],
+        *queues: str,
+        timeout: float = 10.0,
     ) -> int:
-        """``async`` twin of :meth:`run`, for an
-        :class:`~melange.dispatch.aio.AsyncMessageDispatcher`."""
-        rounds = _Rounds(self, queues, timeout)
+        """``async`` twin of :meth:`run`, for
+        :class:`~melange.dispatch.aio.AsyncMessageDispatcher` (same arguments)."""
+        pairs = _services(dispatchers, queues)
+        rounds = _Rounds(self, [queue for queue, _ in pairs], timeout)
         received = 0
         while True:
             count = 0
-            for queue in queues:
+            for queue, dispatcher in pairs:
                 count += await dispatcher.consume_event(
                     queue, max_messages=10, wait_seconds=rounds.wait
                 )
@@ -658,6 +672,18 @@ class Harness:
         thread.start()
         self._background.append((dispatcher, thread))
         return thread
+
+
+D = TypeVar("D", bound=DispatcherBase)
+
+
+def _services(dispatchers: D | Mapping[str, D], queues: Sequence[str]) -> list[tuple[str, D]]:
+    """``(queue, dispatcher)`` pairs from :meth:`Harness.run`'s arguments."""
+    if isinstance(dispatchers, Mapping):
+        if queues:
+            raise TypeError("give the queues as the keys of the mapping, not after it")
+        return list(dispatchers.items())
+    return [(queue, dispatchers) for queue in queues]
 
 
 class _Rounds:
