@@ -9,34 +9,18 @@ Each test's queues have names of their own and are deleted afterwards.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from obs_support import Broker, Spans
+from obs_support import Broker, Spans, load
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from service_check import require_service
-
-_TESTS = Path(__file__).resolve().parent.parent
-
-
-def load(name: str, relative: str) -> ModuleType:
-    """A module of another test folder, by path (every conftest is named "conftest")."""
-    spec = importlib.util.spec_from_file_location(name, _TESTS / relative)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 # The session's moto server (tests/sqs starts one for its own tests too).
 sqs_endpoint = load("melange_tests_sqs_fixtures_obs", "sqs/conftest.py").sqs_endpoint

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -12,6 +16,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from melange.backends.interfaces import MessagingBackend
 from melange.models import QueueWrapper
+
+_TESTS = Path(__file__).resolve().parent.parent
+
+
+def load(name: str, relative: str) -> ModuleType:
+    """A module of another test folder, by path (every conftest is named "conftest")."""
+    spec = importlib.util.spec_from_file_location(name, _TESTS / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass
