@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from melange.backends.nats import NATSBackend
 from melange.backends.nats.topology import Names, QueueSettings, queue_options, token, untoken
 from melange.backends.nats.wire import decode_message, encode_headers
 from melange.backends.urls import backend_from_url
-from melange.exceptions import ConfigurationError
+from melange.exceptions import BackendConnectionError, ConfigurationError
 from melange.models import Message
 
 
@@ -92,3 +95,19 @@ def test_the_core_does_not_import_nats() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_unreachable_server_fails_soon_without_showing_the_password() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = NATSBackend(f"nats://user:secret@127.0.0.1:{port}", connect_timeout=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendConnectionError) as caught:
+            backend.get_queue("orders")
+    finally:
+        backend.close_connection()
+    assert time.monotonic() - started < 10
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert "secret" not in str(caught.value)

@@ -231,6 +231,7 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         self._topic_max_age = float(topic_max_age)
         self._storage = storage
         self._operation_timeout = float(operation_timeout)
+        self._connect_timeout = float(connect_timeout)
         self._connect_options = connect_options(
             self._address,
             name=connection_name,
@@ -295,8 +296,14 @@ class AsyncNATSBackend(AsyncMessagingBackend):
             nc = self._nc
             if nc is not None and not nc.is_closed:
                 return nc
+            # nats-py would try a first connection for ever when reconnecting is unbounded.
+            budget = self._connect_timeout * 2 + 1.0
             try:
-                nc = await nats.connect(**self._connect_options)
+                nc = await asyncio.wait_for(nats.connect(**self._connect_options), budget)
+            except TimeoutError:
+                raise BackendConnectionError(
+                    f"could not connect to NATS at {self.describe} within {budget:.0f}s"
+                ) from None
             except Exception as exc:
                 raise BackendConnectionError(
                     f"could not connect to NATS at {self.describe}: {explain(exc)}"
