@@ -16,12 +16,17 @@ instrumentation never stops a message from being sent. ::
             yield
 
     QueuePublisher(JsonSerializer(), backend, middleware=[Audit()])
+
+A middleware given to :func:`install_publish_middleware` runs for every publisher of the
+process, before the publisher's own ones (``melange consume --tracing`` installs its tracing
+this way, so that what consumers publish carries the trace on).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from typing import Literal
@@ -46,8 +51,31 @@ class PublishMiddleware:
         return contextlib.nullcontext()
 
 
+_installed: tuple[PublishMiddleware, ...] = ()
+_installed_lock = threading.Lock()
+
+
+def install_publish_middleware(middleware: PublishMiddleware) -> None:
+    """Run ``middleware`` around the sends of every publisher of this process, from now on
+    (publishers made before included)."""
+    global _installed
+    if not isinstance(middleware, PublishMiddleware):
+        raise TypeError(f"publish middleware must subclass PublishMiddleware, got {middleware!r}")
+    with _installed_lock:
+        if middleware not in _installed:
+            _installed = (*_installed, middleware)
+
+
+def uninstall_publish_middleware(middleware: PublishMiddleware) -> None:
+    """Stop running ``middleware`` for every publisher (nothing if it was not installed)."""
+    global _installed
+    with _installed_lock:
+        _installed = tuple(item for item in _installed if item is not middleware)
+
+
 class PublishMiddlewareChain:
-    """Enters every middleware's :meth:`~PublishMiddleware.publishing` context, in order."""
+    """Enters the :meth:`~PublishMiddleware.publishing` context of every installed
+    middleware, then of the publisher's own, in order."""
 
     __slots__ = ("_items",)
 
@@ -61,7 +89,7 @@ class PublishMiddlewareChain:
         self._items = tuple(items)
 
     def __bool__(self) -> bool:
-        return bool(self._items)
+        return bool(self._items or _installed)
 
     @contextlib.contextmanager
     def publishing(
@@ -69,8 +97,9 @@ class PublishMiddlewareChain:
     ) -> Iterator[None]:
         """One context around sending ``messages`` (one, or a batch) to ``destination``."""
         with ExitStack() as stack:
+            items = (*_installed, *self._items) if _installed else self._items
             for message in messages:
-                for item in self._items:
+                for item in items:
                     try:
                         stack.enter_context(item.publishing(message, destination, kind))
                     except Exception:
@@ -78,4 +107,10 @@ class PublishMiddlewareChain:
             yield
 
 
-__all__ = ["DestinationKind", "PublishMiddleware", "PublishMiddlewareChain"]
+__all__ = [
+    "DestinationKind",
+    "PublishMiddleware",
+    "PublishMiddlewareChain",
+    "install_publish_middleware",
+    "uninstall_publish_middleware",
+]

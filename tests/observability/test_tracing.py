@@ -25,6 +25,7 @@ from melange.dispatch.policy import FailurePolicy
 from melange.dispatch.threaded import MessageDispatcher
 from melange.exceptions import QueueNotFoundError
 from melange.observability.tracing import Tracing, messaging_system
+from melange.publish_middleware import install_publish_middleware, uninstall_publish_middleware
 from melange.publishers import QueuePublisher
 from melange.serializers.json import JsonSerializer
 from service_check import require_service
@@ -255,3 +256,18 @@ def test_the_trace_goes_on_in_another_process(
     assert process.context.trace_id == producer["trace_id"]
     assert process.parent.span_id == producer["span_id"]
     assert process.parent.is_remote
+
+
+def test_an_installed_tracing_covers_every_publisher(spans: Spans) -> None:
+    backend = InMemoryMessagingBackend()
+    backend.declare_queue("anywhere")
+    made_before = QueuePublisher(JsonSerializer(), backend)
+    tracing = Tracing("melange_memory", tracer_provider=spans.provider)
+    install_publish_middleware(tracing)
+    try:
+        sent = made_before.publish("anywhere", 1)
+        assert "traceparent" in sent.headers
+    finally:
+        uninstall_publish_middleware(tracing)
+    assert "traceparent" not in made_before.publish("anywhere", 2).headers
+    assert len(spans.named("send anywhere")) == 1

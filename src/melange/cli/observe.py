@@ -12,6 +12,7 @@ from melange.dispatch.middleware import Middleware
 from melange.observability.health import Health
 from melange.observability.http import ProbeServer
 from melange.observability.logs import JsonFormatter
+from melange.publish_middleware import install_publish_middleware
 from melange.redaction import redact_text
 
 
@@ -53,7 +54,10 @@ def observe(
         _require("opentelemetry", "otel", "--tracing")
         from melange.observability.tracing import Tracing
 
-        added.append(Tracing.for_backend(dispatcher.backend))
+        tracer = Tracing.for_backend(dispatcher.backend)
+        added.append(tracer)
+        # What the consumers publish carries the trace on, whatever publisher they use.
+        install_publish_middleware(tracer)
     if added:
         dispatcher.add_middleware(*added)
     opened: dict[int, ProbeServer] = {}
