@@ -145,3 +145,26 @@ def test_no_melange_disables_the_plugin(pytester: pytest.Pytester) -> None:
 
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'melange_harness' not found*"])
+
+
+def test_a_queue_that_existed_before_the_test_is_kept(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    database = tmp_path / "shared.db"
+    backend = SQLiteBackend(str(database))
+    backend.declare_queue("plugin-billing")
+    backend.close_connection()
+    pytester.makepyfile(test_service=SERVICE_TESTS)
+
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--melange-backend=sqlite:///{database}", "-k", "payment"
+    )
+
+    result.assert_outcomes(passed=1)
+    backend = SQLiteBackend(str(database))
+    try:
+        backend.get_queue("plugin-billing")  # not the test's: still there
+        with pytest.raises(QueueNotFoundError):
+            backend.get_queue("plugin-billing-dlq")
+    finally:
+        backend.close_connection()

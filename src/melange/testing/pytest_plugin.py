@@ -7,11 +7,14 @@ melange[testing]`` brings pytest), it gives every test suite these fixtures:
   ``melange_clock``; with ``--melange-backend=URL`` (or the ``melange_backend`` ini option),
   the backend that URL names (``sqlite:///...``, ``amqp://...``, ...; see
   :mod:`melange.backends.urls`), so the same tests run against a real broker. The queues
-  and topics the test declared on it are deleted afterwards, and it is closed.
+  and topics the test created on it are deleted afterwards (not those that existed
+  before), and it is closed.
 - ``melange_harness``: a started :class:`~melange.testing.harness.Harness` on that backend,
   closed after the test (stopping the dispatchers it runs in the background).
 - ``melange_clock``: the :class:`~melange.testing.clock.FakeClock` the in-memory backend
   counts delays on.
+- ``melange_serializers``: what the harness publishes test inputs with and decodes with;
+  JSON unless a suite overrides this fixture (e.g. to return its own serializer).
 - ``melange_backend_url``: the URL given, or ``None`` for the in-memory default.
 
 ``pytest -p no:melange`` disables the plugin. Its fixtures are all named ``melange_*``, so
@@ -28,6 +31,7 @@ import pytest
 
 if TYPE_CHECKING:
     from melange.backends.interfaces import MessagingBackend
+    from melange.serializers.registry import SerializerSource
     from melange.testing.clock import FakeClock
     from melange.testing.harness import Harness
 
@@ -65,6 +69,12 @@ def melange_clock() -> FakeClock:
 
 
 @pytest.fixture
+def melange_serializers() -> SerializerSource | None:
+    """The serializers of the harness (``None``: JSON); override it to give yours."""
+    return None
+
+
+@pytest.fixture
 def melange_backend(
     melange_backend_url: str | None, melange_clock: FakeClock
 ) -> Iterator[MessagingBackend]:
@@ -93,12 +103,14 @@ def melange_harness(
     melange_backend: MessagingBackend,
     melange_backend_url: str | None,
     melange_clock: FakeClock,
+    melange_serializers: SerializerSource | None,
 ) -> Iterator[Harness]:
-    """A started :class:`~melange.testing.harness.Harness` on ``melange_backend``."""
+    """A started :class:`~melange.testing.harness.Harness` on ``melange_backend``, with
+    ``melange_serializers``."""
     from melange.testing.harness import Harness
 
     clock = melange_clock if melange_backend_url is None else None
-    harness = Harness(melange_backend, clock=clock).start()
+    harness = Harness(melange_backend, clock=clock, serializers=melange_serializers).start()
     try:
         yield harness
     finally:
@@ -114,25 +126,36 @@ class _Declared:
 
 
 def _track_declarations(backend: MessagingBackend) -> _Declared:
-    """Record the names ``backend`` is asked to declare (on this instance only)."""
+    """Record the names the test makes ``backend`` create (on this instance only): a queue
+    or topic that existed before the test is not the test's to delete."""
+    from melange.exceptions import DestinationNotFoundError
+
     declared = _Declared()
     declare_queue: Callable[..., Any] = backend.declare_queue
     declare_topic: Callable[..., Any] = backend.declare_topic
 
+    def new(look_up: Callable[[str], Any], name: str) -> bool:
+        try:
+            look_up(name)
+        except DestinationNotFoundError:
+            return True
+        return False
+
     def queue(queue_name: str, *topics: Any, **kwargs: Any) -> Any:
+        names = [queue_name, kwargs.get("dead_letter_queue_name")]
+        created = [n for n in names if n and n not in declared.queues and new(get_queue, n)]
         result = declare_queue(queue_name, *topics, **kwargs)
-        dead_letters = kwargs.get("dead_letter_queue_name")
-        for name in (queue_name, dead_letters):
-            if name and name not in declared.queues:
-                declared.queues.append(name)
+        declared.queues.extend(created)
         return result
 
     def topic(topic_name: str) -> Any:
+        created = topic_name not in declared.topics and new(get_topic, topic_name)
         result = declare_topic(topic_name)
-        if topic_name not in declared.topics:
+        if created:
             declared.topics.append(topic_name)
         return result
 
+    get_queue, get_topic = backend.get_queue, backend.get_topic
     # Instance attributes shadow the methods: the backend's class is left alone.
     backend.declare_queue = queue  # type: ignore[method-assign]
     backend.declare_topic = topic  # type: ignore[method-assign]
@@ -152,4 +175,10 @@ def _delete_declared(backend: MessagingBackend, declared: _Declared) -> None:
             backend.delete_topic(backend.get_topic(name))
 
 
-__all__ = ["melange_backend", "melange_backend_url", "melange_clock", "melange_harness"]
+__all__ = [
+    "melange_backend",
+    "melange_backend_url",
+    "melange_clock",
+    "melange_harness",
+    "melange_serializers",
+]
