@@ -15,6 +15,7 @@ import click
 
 from melange import __version__
 from melange.cli._common import TRACEBACK_ENV, CommandError
+from melange.cli.asyncapi import asyncapi
 from melange.cli.consume import consume
 from melange.cli.demo import demo
 from melange.cli.publish import publish
@@ -50,6 +51,7 @@ cli.add_command(queues)
 cli.add_command(dlq)
 cli.add_command(init)
 cli.add_command(demo)
+cli.add_command(asyncapi)
 
 
 def main() -> None:
