@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
+import sys
 from contextlib import ExitStack
 from typing import Any
 
@@ -23,11 +25,14 @@ from melange.cli._common import (
     reported_errors,
 )
 from melange.cli.observe import json_logging, observe
+from melange.cli.serve import run_service
+from melange.cli.supervise import Supervisor, command_line, stop_without_supervisor
 from melange.consumers import Consumer, has_coroutine_handlers
 from melange.dispatch.aio import AsyncMessageDispatcher
 from melange.dispatch.base import DispatcherBase
 from melange.dispatch.threaded import MessageDispatcher
 from melange.serializers.json import JsonSerializer
+from melange.service import Service
 
 _log = logging.getLogger("melange.cli")
 
@@ -87,14 +92,33 @@ def _call_factory(factory: Any, spec: str, backend: MessagingBackend) -> Any:
 
 @click.command()
 @click.argument("target", metavar="MODULE:ATTRIBUTE")
-@click.option("--queue", "-q", required=True, help="The queue to consume.")
+@click.option(
+    "--queue",
+    "-q",
+    "queues",
+    multiple=True,
+    help="The queue to consume (needed for a dispatcher or consumer; for a Service: only "
+    "this one of its queues; repeatable).",
+)
 @backend_url_option
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
+    help="Messages processed at once, per queue (threads, or tasks for an asyncio "
+    "dispatcher) [default: 1, or each Service queue's own].",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Messages processed at once (threads, or tasks for an asyncio dispatcher).",
+    help="Worker processes, supervised: one that dies is started again; SIGTERM drains all.",
+)
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Restart the workers when a .py file under the current directory changes "
+    "(development; needs melange[reload]).",
 )
 @click.option(
     "--serializer",
@@ -141,9 +165,11 @@ def _call_factory(factory: Any, spec: str, backend: MessagingBackend) -> Any:
 )
 def consume(
     target: str,
-    queue: str,
+    queues: tuple[str, ...],
     backend_url: str | None,
-    workers: int,
+    workers: int | None,
+    processes: int,
+    reload: bool,
     serializer_spec: str | None,
     log_level: str,
     log_format: str,
@@ -160,6 +186,10 @@ def consume(
 
         melange consume melange.examples.saga.stock:create_dispatcher --queue saga-stock-service
 
+    or a melange.service.Service, which consumes several queues in one process:
+
+        melange consume billing.app:service --processes 2
+
     Runs until Ctrl-C or SIGTERM, finishing the messages in hand first; a second signal
     stops at once.
     """
@@ -168,6 +198,24 @@ def consume(
     else:
         configure_logging(log_level)
     found = import_attribute(target)
+    if processes > 1 or reload:
+        sys.exit(supervised(click.get_current_context(), processes, reload))
+    stop_without_supervisor()
+    observing = {
+        "metrics_port": metrics_port,
+        "health_port": health_port,
+        "liveness_timeout": liveness_timeout,
+        "tracing": tracing,
+    }
+    if isinstance(found, Service):
+        _consume_service(found, target, backend_url, queues, workers, observing, log_format)
+        return
+    if len(queues) != 1:
+        raise CommandError(
+            f"{target} is not a Service: name the one queue to consume with --queue QUEUE"
+        )
+    queue = queues[0]
+    workers = workers or 1
     dispatcher, backend = build_dispatcher(found, target, backend_url, serializer_spec)
     where = describe_backend(dispatcher.backend)
     if log_format == "json":
@@ -205,3 +253,47 @@ def consume(
         + ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in stats.items()),
         err=True,
     )
+
+
+def supervised(ctx: click.Context, processes: int, reload: bool) -> int:
+    """Run ``processes`` workers of this command (see :mod:`melange.cli.supervise`)."""
+    if reload and importlib.util.find_spec("watchfiles") is None:
+        raise CommandError("--reload needs watchfiles: pip install 'melange[reload]'")
+    ports = {
+        "--metrics-port": ctx.params.get("metrics_port") or 0,
+        "--health-port": ctx.params.get("health_port") or 0,
+    }
+    arguments = command_line(ctx, {"processes", "reload", "metrics_port", "health_port"})
+    return Supervisor(arguments, processes, ports=ports, reload=reload).run()
+
+
+def _consume_service(
+    service: Service,
+    target: str,
+    backend_url: str | None,
+    queues: tuple[str, ...],
+    workers: int | None,
+    observing: dict[str, Any],
+    log_format: str,
+) -> None:
+    def announce(text: str) -> None:
+        if log_format == "json":
+            _log.info(text)
+        else:
+            click.echo(f"{text}; Ctrl-C to stop", err=True)
+
+    stats = run_service(
+        service,
+        target,
+        backend_url=backend_url,
+        queues=queues,
+        workers=workers,
+        observe_options=observing,
+        announce=announce,
+    )
+    for queue, counts in stats.items():
+        summary = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in counts.items())
+        if log_format == "json":
+            _log.info("stopped consuming %s: %s", queue, counts, extra={"queue": queue})
+        else:
+            click.echo(f"stopped {queue}: {summary}", err=True)
