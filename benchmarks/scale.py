@@ -134,6 +134,8 @@ def measure_depth(kind: str, depth: int, directory: str) -> dict[str, Any]:
     if depth > SLICE:
         _skip_to_last(kind, backend, queue, SLICE)
         last = _consume(backend, queue, SLICE)
+    # One more receive finds the queue empty, as a consumer's next poll would.
+    assert not backend.retrieve_messages(queue, max_messages=10)
     gc.collect()
     drained = _rss()
     result = {

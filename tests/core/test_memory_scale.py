@@ -183,7 +183,7 @@ def test_a_drained_large_backlog_gives_its_memory_back_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import melange.backends.memory.backend as memory_backend
-    from melange.backends.memory.heap import return_freed_memory
+    from melange.backends.heap import return_freed_memory
 
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert return_freed_memory()  # glibc's malloc_trim is found and called

@@ -801,3 +801,33 @@ def test_a_version_2_database_is_migrated_with_its_queue_depths(db: Path, clock:
             "SELECT value FROM melange_meta WHERE key = 'schema_version'"
         ).fetchall()
     assert version == "3"
+
+
+def test_a_queue_running_dry_after_deliveries_gives_freed_memory_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import melange.backends.sqlite.backend as sqlite_backend
+    from melange.backends import heap
+
+    calls: list[str] = []
+    monkeypatch.setattr(sqlite_backend, "return_freed_memory_when_idle", lambda: calls.append("x"))
+    backend = SQLiteBackend(str(tmp_path / "dry.db"))
+    queue, _ = backend.declare_queue("jobs")
+    assert not backend.retrieve_messages(queue)  # never delivered: nothing to give back
+    messages = [Message.create(f'{{"n": {i}}}', "json", 1) for i in range(3)]
+    backend.publish_batch_to_queue(messages, queue)
+    backend.acknowledge_batch(backend.retrieve_messages(queue, max_messages=10))
+    assert not calls
+    assert not backend.retrieve_messages(queue)
+    assert not backend.retrieve_messages(queue)
+    assert calls == ["x"]  # once, when it ran dry
+    backend.close_connection()
+    # The process-wide call is spaced out, whoever calls it.
+    monkeypatch.setattr(heap, "_last_idle_return", None)
+    assert heap.return_freed_memory_when_idle(now=1000.0) == heap.return_freed_memory()
+    assert not heap.return_freed_memory_when_idle(now=1000.0 + heap.IDLE_RETURN_INTERVAL - 1)
+    assert heap.return_freed_memory_when_idle(now=1000.0 + heap.IDLE_RETURN_INTERVAL) in (
+        True,
+        False,
+    )
+    assert heap._last_idle_return == 1000.0 + heap.IDLE_RETURN_INTERVAL

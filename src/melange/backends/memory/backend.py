@@ -22,8 +22,8 @@ from melange.backends.embedded_rules import (
     check_filter_events,
     dead_letter_copy,
 )
+from melange.backends.heap import LARGE_BACKLOG, return_freed_memory
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
-from melange.backends.memory.heap import LARGE_BACKLOG, return_freed_memory
 from melange.backends.memory.topology import (
     QueueState,
     Receipt,

@@ -167,7 +167,7 @@ class QueueState:
     group_order: dict[str, deque[int]] = field(default_factory=dict)
     removed: set[int] = field(default_factory=set)
     # The most messages it held since it was last empty (seen at receives): a large backlog
-    # drained gives its memory back (see melange.backends.memory.heap).
+    # drained gives its memory back (see melange.backends.heap).
     high_water: int = 0
 
 

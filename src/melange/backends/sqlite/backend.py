@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from melange.backends.heap import return_freed_memory_when_idle
 from melange.backends.interfaces import (
     BackendCapabilities,
     MessagingBackend,
@@ -133,6 +134,8 @@ class SQLiteBackend(MessagingBackend):
         self._max_poll_interval = max(float(max_poll_interval), self._poll_interval)
         # Queue -> seconds the next idle wait of its receivers lasts at most (the backoff).
         self._idle_waits: dict[str, float] = {}
+        # Queues this backend delivered from since each was last found empty.
+        self._delivering: set[str] = set()
         self._max_message_size = max_message_size
         self._clock = clock
         self._interrupts = 0
@@ -399,7 +402,12 @@ class SQLiteBackend(MessagingBackend):
             received, due = self._receive(name, max_messages)
             if received:
                 self._idle_waits.pop(name, None)
+                self._delivering.add(name)
                 return received
+            if name in self._delivering:
+                # The queue just ran dry: a drained backlog's memory can go back.
+                self._delivering.discard(name)
+                return_freed_memory_when_idle()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return received
