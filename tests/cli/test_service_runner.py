@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,3 +320,37 @@ def test_reload_restarts_the_workers_when_the_source_changes(app_dir: Path, tmp_
     assert code == 0, err
     assert "source changed: restarting every worker" in err
     assert len(log.pids()) >= 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def probe(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def test_the_probes_of_a_service_watch_every_queue(app_dir: Path, tmp_path: Path) -> None:
+    db = tmp_path / "broker.db"
+    backend = SQLiteBackend(db)
+    factory = MessagingBackendFactory(backend)
+    for queue in ("orders", "payments"):
+        factory.init_queue(queue)
+    backend.close_connection()
+    port = free_port()
+
+    process = start(app_dir, ["orders", "payments"], sqlite_url(db), "--health-port", str(port))
+    wait_while_running(process, lambda: probe(port, "/readyz") == 200, "ready")
+    live = probe(port, "/livez")
+    code, err = stop(process)
+
+    assert live == 200
+    assert code == 0, err
