@@ -173,6 +173,14 @@ class DataclassSerializer(TypedSerializer):
             raise _Invalid(path, f"{cls.__qualname__} refused the values: {exc}") from exc
 
     def _convert(self, value: Any, hint: Any, path: str) -> Any:
+        # The common fields first, by identity: JSON gives exactly these types back.
+        kind = type(value)
+        if hint is str or hint is int or hint is bool:
+            if kind is hint:
+                return value
+            raise _Invalid(path, f"expected {hint.__name__}, got {_type_name(value)}")
+        if hint is float and (kind is float or kind is int):
+            return float(value)
         if hint is Any or hint is object:
             return value
         if hint is None or hint is type(None):

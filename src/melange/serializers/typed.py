@@ -77,6 +77,7 @@ class TypedSerializer(Serializer[Any]):
         self.newer_versions: NewerVersions = newer_versions
         self._types: dict[str, type[Any]] = {}
         self._versions: dict[str, int] = {}
+        self._published: dict[type[Any], tuple[str, str]] = {}
         self.upcasters = Upcasters()
         for cls in message_types:
             self.register(cls)
@@ -133,17 +134,14 @@ class TypedSerializer(Serializer[Any]):
         return (*self._types.values(), *self.bound_types)
 
     def manifest(self, data: Any) -> str:
-        return manifest_of(type(data))
+        return self._outgoing(type(data))[0]
 
     def message_headers(self, data: Any) -> dict[str, str]:
-        return {SCHEMA_VERSION_HEADER: str(schema_version_of(type(data)))}
+        return {SCHEMA_VERSION_HEADER: self._outgoing(type(data))[1]}
 
     def serialize(self, data: Any) -> str:
         cls = type(data)
-        if not self.handles(cls):
-            raise SerializationError(
-                f"{type(self).__name__} cannot serialize {cls.__qualname__}: it is not {self.kind}"
-            )
+        self._outgoing(cls)
         try:
             return self.encode(data)
         except SerializationError:
@@ -163,7 +161,7 @@ class TypedSerializer(Serializer[Any]):
         self, data: str, manifest: str | None, headers: Mapping[str, str]
     ) -> Any:
         cls = self._class_for(manifest)
-        name = manifest_of(cls)
+        name = manifest or ""
         current = self._versions[name]
         version = read_version(headers)
         if version == current:
@@ -209,6 +207,19 @@ class TypedSerializer(Serializer[Any]):
         """
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _outgoing(self, cls: type[Any]) -> tuple[str, str]:
+        # The manifest and version text of a class, read (and checked) once: publishing
+        # asks for them on every message.
+        facts = self._published.get(cls)
+        if facts is None:
+            if not self.handles(cls):
+                raise SerializationError(
+                    f"{type(self).__name__} cannot serialize {cls.__qualname__}: "
+                    f"it is not {self.kind}"
+                )
+            facts = self._published[cls] = (manifest_of(cls), str(schema_version_of(cls)))
+        return facts
 
     def _class_for(self, manifest: str | None) -> type[Any]:
         cls = self._types.get(manifest or "")
