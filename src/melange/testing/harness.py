@@ -135,6 +135,8 @@ class Harness:
         self._payloads: dict[str, Any] = {}
         # (queue, message id) -> when a message given back (retried, released) is due again.
         self._returning: dict[tuple[str, str], float] = {}
+        # Message id -> the consumptions of it whose queue is told when it is settled.
+        self._queueless: dict[str, list[int]] = {}
         # When delayed publishes become visible.
         self._delayed: list[float] = []
         self._open = False
@@ -195,6 +197,7 @@ class Harness:
             self._inputs.clear()
             self._consumed.clear()
             self._settled.clear()
+            self._queueless.clear()
 
     # -- what was recorded ------------------------------------------------------------------
 
@@ -254,17 +257,21 @@ class Harness:
     def _consumer_finished(
         self, message: Message, consumer: Consumer, outcome: Outcome, error: BaseException | None
     ) -> None:
-        queue = getattr(message.metadata, "queue", None) or ""
+        queue = getattr(message.metadata, "queue", None)
         record = ConsumedMessage(
             message,
             self._payload_of(message),
             self.clock(),
-            queue=str(queue),
+            queue=queue if isinstance(queue, str) else "",
             consumer=consumer.name,
             outcome=outcome.value,
             error=error,
         )
-        self._record(self._consumed, record)
+        with self._lock:
+            if not record.queue:
+                self._queueless.setdefault(message.message_id, []).append(len(self._consumed))
+            self._consumed.append(record)
+            self._lock.notify_all()
 
     def _message_settled(self, message: Message, queue: str, verdict: Verdict) -> None:
         now = self.clock()
@@ -286,12 +293,10 @@ class Harness:
                 self._returning[key] = now + verdict.delay
             else:
                 self._returning.pop(key, None)
-        # Consumers only record their queue when the backend's receipt names it: fill it in.
+        # A consumption knows its queue only when the backend's receipt names it: fill it in.
         with self._lock:
-            self._consumed[:] = [
-                _with_queue(item, queue) if item.message is message and not item.queue else item
-                for item in self._consumed
-            ]
+            for index in self._queueless.pop(message.message_id, ()):
+                self._consumed[index] = _with_queue(self._consumed[index], queue)
         self._record(self._settled, record)
 
     # -- test inputs ------------------------------------------------------------------------
