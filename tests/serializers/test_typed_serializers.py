@@ -390,3 +390,11 @@ class TestUpcasting:
         customer = serializer.message_types[0]
         with pytest.raises(ConfigurationError, match="already registered"):
             serializer.add_upcaster(customer, 1, lambda payload: payload)
+
+
+def test_the_outbox_writes_the_schema_version_like_a_publisher() -> None:
+    from melange.outbox.writer import Outbox
+
+    built = Outbox(DataclassSerializer(DataclassPayment)).build(DataclassPayment(1, 2))
+    assert (built.manifest, built.serializer_id) == ("billing.PaymentRequested", 3)
+    assert built.headers[SCHEMA_VERSION_HEADER] == "3"

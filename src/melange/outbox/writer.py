@@ -142,7 +142,9 @@ class Outbox:
         if problem := _header_problem(headers):
             raise ConfigurationError(problem)
         serializer = self.serializer_registry.find_serializer_for(data)
-        merged: dict[str, str] = {}
+        # As the publishers do: the serializer's headers (a typed message's schema version)
+        # first, then the causation and the caller's.
+        merged: dict[str, str] = dict(serializer.message_headers(data))
         cause = current_message()
         if cause is not None:
             merged[CAUSATION_ID] = cause.message_id
