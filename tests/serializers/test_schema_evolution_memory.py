@@ -17,3 +17,47 @@ def test_schema_evolution_in_memory(
     scenario: Callable[[MessagingBackend, str], None], kind: str
 ) -> None:
     scenario(InMemoryMessagingBackend(), kind)
+
+
+def test_the_asyncio_publisher_and_dispatcher_upcast_and_dead_letter_too() -> None:
+    import asyncio
+
+    from melange.aio import AsyncMessageDispatcher, AsyncQueuePublisher
+    from melange.backends.factory import MessagingBackendFactory
+    from melange.consumers import Consumer
+    from melange.models import FAILURE_REASON
+    from schema_evolution_support import Deployment
+
+    backend = InMemoryMessagingBackend()
+    MessagingBackendFactory(backend).init_queue("evolve", dead_letter_queue_name="evolve-dlq")
+    old, new = Deployment("msgspec", 1), Deployment("msgspec", 2)
+    handled: list[object] = []
+
+    async def run() -> None:
+        publisher = AsyncQueuePublisher(old.serializer, backend)
+        await publisher.publish("evolve", old.order(order_id=1, amount_cents=100))
+        await AsyncQueuePublisher(new.serializer, backend).publish(
+            "evolve", new.order(order_id=2, amount_cents=200, currency="USD")
+        )
+        dispatcher = AsyncMessageDispatcher(
+            new.serializer, backend=backend, consumers=[Consumer(on_message=handled.append)]
+        )
+        while await dispatcher.consume_event("evolve"):
+            pass
+        old_dispatcher = AsyncMessageDispatcher(
+            old.serializer, backend=backend, consumers=[Consumer(on_message=handled.append)]
+        )
+        await AsyncQueuePublisher(new.serializer, backend).publish(
+            "evolve", new.order(order_id=3, amount_cents=300, currency="USD")
+        )
+        while await old_dispatcher.consume_event("evolve"):
+            pass
+
+    asyncio.run(run())
+    assert handled == [
+        new.order(order_id=1, amount_cents=100, currency="EUR"),
+        new.order(order_id=2, amount_cents=200, currency="USD"),
+    ]
+    dead = backend.retrieve_messages(backend.get_queue("evolve-dlq"))
+    assert len(dead) == 1
+    assert "version 2 is newer than version 1" in dead[0].headers[FAILURE_REASON]
