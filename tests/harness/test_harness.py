@@ -357,3 +357,12 @@ def test_the_fake_clock_only_moves_forward() -> None:
     assert clock.advanced == 5
     with pytest.raises(ValueError, match="forward"):
         clock.advance(-1)
+
+
+def test_fields_named_like_an_option_are_matched_with_where() -> None:
+    with Harness(InMemoryMessagingBackend(auto_create=True)) as harness:
+        QueuePublisher(JsonSerializer(), harness.backend).publish("mail", {"to": "bob", "n": 1})
+
+        harness.published(where={"to": "bob"}, n=1, to="mail")
+        with pytest.raises(AssertionError, match="to was 'bob', not 'ann'"):
+            harness.published(where={"to": "ann"})

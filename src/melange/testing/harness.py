@@ -356,6 +356,7 @@ class Harness:
         to: str | None = None,
         times: int | None = None,
         headers: Mapping[str, str] | None = None,
+        where: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> PublishedMessage:
         """Assert that a service published a ``kind`` message (a class, a manifest, or
@@ -363,9 +364,10 @@ class Harness:
         carrying ``headers``; ``times`` asks for exactly that many such publishes.
 
         Returns the first match; raises ``AssertionError`` listing every publish and why it
-        does not match.
+        does not match. A field named like one of these options (``to``, ``times``, ...)
+        goes in ``where``, a mapping of field values.
         """
-        query = Query(kind, fields, headers or {}, to)
+        query = Query(kind, {**(where or {}), **fields}, headers or {}, to)
         return self._assert(query, "a publish", self._published, "published", times)[0]
 
     def not_published(
@@ -375,11 +377,12 @@ class Harness:
         *,
         to: str | None = None,
         headers: Mapping[str, str] | None = None,
+        where: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> None:
         """Assert that no service published such a message (arguments as for
         :meth:`published`)."""
-        query = Query(kind, fields, headers or {}, to)
+        query = Query(kind, {**(where or {}), **fields}, headers or {}, to)
         self._assert(query, "a publish", self._published, "published", 0)
 
     def consumed(
@@ -391,6 +394,7 @@ class Harness:
         consumer: str | None = None,
         times: int | None = None,
         failed: bool | None = None,
+        where: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> ConsumedMessage:
         """Assert that a consumer was given a ``kind`` message with these ``fields`` (from
@@ -403,7 +407,7 @@ class Harness:
         if failed is not None:
             wanted = "failed" if failed else "succeeded"
             extra.append((wanted, _attribute_is("outcome", wanted)))
-        query = Query(kind, fields, {}, queue, extra)
+        query = Query(kind, {**(where or {}), **fields}, {}, queue, extra)
         return self._assert(query, "a consumption", self._consumed, "consumed", times)[0]
 
     def retried(
@@ -414,12 +418,13 @@ class Harness:
         queue: str | None = None,
         times: int | None = None,
         reason: str | None = None,
+        where: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> SettledMessage:
         """Assert that a ``kind`` message with these ``fields`` was given back to be
         delivered again after a failure (``times``: exactly that many times; ``reason``: a
         text the failure's description contains, e.g. the exception's name)."""
-        return self._settlement("retry", kind, queue, times, reason, fields)
+        return self._settlement("retry", kind, queue, times, reason, {**(where or {}), **fields})
 
     def dead_lettered(
         self,
@@ -429,11 +434,13 @@ class Harness:
         queue: str | None = None,
         reason: str | None = None,
         times: int | None = None,
+        where: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> SettledMessage:
         """Assert that a ``kind`` message with these ``fields`` was dead-lettered from
         ``queue``; ``reason`` is a text the reason contains (it names the exception, and says
         ``gave up after N attempt(s)`` or ``non-retryable exception``)."""
+        fields = {**(where or {}), **fields}
         return self._settlement("dead_letter", kind, queue, times, reason, fields)
 
     def acknowledged(
@@ -443,11 +450,12 @@ class Harness:
         *,
         queue: str | None = None,
         times: int | None = None,
+        where: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> SettledMessage:
         """Assert that a ``kind`` message with these ``fields`` was acknowledged (handled for
         good, or accepted by no consumer)."""
-        return self._settlement("ack", kind, queue, times, None, fields)
+        return self._settlement("ack", kind, queue, times, None, {**(where or {}), **fields})
 
     def _settlement(
         self,
