@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
 
+from melange.aio import AsyncMessageDispatcher, AsyncQueuePublisher
+from melange.backends.factory import MessagingBackendFactory
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
-from schema_evolution_support import KINDS, SCENARIOS
+from melange.consumers import Consumer
+from melange.models import FAILURE_REASON
+from schema_evolution_support import KINDS, SCENARIOS, Deployment
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -20,14 +25,6 @@ def test_schema_evolution_in_memory(
 
 
 def test_the_asyncio_publisher_and_dispatcher_upcast_and_dead_letter_too() -> None:
-    import asyncio
-
-    from melange.aio import AsyncMessageDispatcher, AsyncQueuePublisher
-    from melange.backends.factory import MessagingBackendFactory
-    from melange.consumers import Consumer
-    from melange.models import FAILURE_REASON
-    from schema_evolution_support import Deployment
-
     backend = InMemoryMessagingBackend()
     MessagingBackendFactory(backend).init_queue("evolve", dead_letter_queue_name="evolve-dlq")
     old, new = Deployment("msgspec", 1), Deployment("msgspec", 2)
