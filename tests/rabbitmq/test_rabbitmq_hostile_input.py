@@ -75,10 +75,29 @@ def test_a_visibility_timeout_that_is_not_finite_and_positive_is_refused(
         MessagingBackendFactory(backend).init_queue("never-made", visibility_timeout=value)
 
 
-@pytest.mark.parametrize("option", ["heartbeat", "socket_timeout", "retry_delay", "prefetch_count"])
+@pytest.mark.parametrize(
+    "option",
+    [
+        "heartbeat",
+        "socket_timeout",
+        "retry_delay",
+        "prefetch_count",
+        "operation_timeout",
+        "consumer_idle_timeout",
+    ],
+)
 def test_connection_numbers_must_be_finite(option: str) -> None:
     with pytest.raises(ConfigurationError, match=option):
         RabbitMQBackend(host="127.0.0.1", **{option: math.nan})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0, -1])
+@pytest.mark.parametrize("option", ["operation_timeout", "consumer_idle_timeout", "prefetch_count"])
+def test_the_asyncio_backend_refuses_the_same_numbers(option: str, value: float) -> None:
+    from melange.backends.rabbitmq import AsyncRabbitMQBackend
+
+    with pytest.raises(ConfigurationError, match=option):
+        AsyncRabbitMQBackend(host="127.0.0.1", **{option: value})  # type: ignore[arg-type]
 
 
 def _free_port() -> int:

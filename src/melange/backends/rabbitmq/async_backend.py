@@ -180,7 +180,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         connection_name: str | None = None,
         **parameters: Any,
     ) -> None:
-        check_backend_settings(queue_type, prefetch_count)
+        check_backend_settings(queue_type, prefetch_count, operation_timeout, consumer_idle_timeout)
         # The pika backend's parsing and checks, so both accept and refuse the same settings.
         params = connection_parameters(
             url,

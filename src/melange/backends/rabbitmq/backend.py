@@ -200,7 +200,7 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
         connection_name: str | None = None,
         **parameters: Any,
     ) -> None:
-        check_backend_settings(queue_type, prefetch_count)
+        check_backend_settings(queue_type, prefetch_count, operation_timeout, consumer_idle_timeout)
         self._params = connection_parameters(
             url,
             host=host,

@@ -140,11 +140,18 @@ def check_queue_type(queue_type: object) -> None:
         raise ConfigurationError(f"queue_type must be 'quorum' or 'classic', got {queue_type!r}")
 
 
-def check_backend_settings(queue_type: str | None, prefetch_count: int) -> None:
-    """The checks both RabbitMQ backends make of their consuming settings."""
+def check_backend_settings(
+    queue_type: str | None,
+    prefetch_count: int,
+    operation_timeout: float = 30.0,
+    consumer_idle_timeout: float = 60.0,
+) -> None:
+    """The checks both RabbitMQ backends make of their settings (finite, in range)."""
     if queue_type is not None:
         check_queue_type(queue_type)
     check_number("prefetch_count", prefetch_count, minimum=1, integer=True)
+    check_number("operation_timeout", operation_timeout, positive=True)
+    check_number("consumer_idle_timeout", consumer_idle_timeout, positive=True)
 
 
 def type_arguments(queue_type: str) -> dict[str, Any]:
