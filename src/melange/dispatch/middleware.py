@@ -99,7 +99,7 @@ class MiddlewareChain:
         self._items = tuple(items)
 
     def __bool__(self) -> bool:
-        return bool(self._items) or bool(_process_wide)
+        return bool(self._items or _process_wide)
 
     def _all(self) -> tuple[Middleware, ...]:
         """This chain's middleware, then the process-wide ones."""
