@@ -366,3 +366,10 @@ def test_fields_named_like_an_option_are_matched_with_where() -> None:
         harness.published(where={"to": "bob"}, n=1, to="mail")
         with pytest.raises(AssertionError, match="to was 'bob', not 'ann'"):
             harness.published(where={"to": "ann"})
+
+
+def test_an_asyncio_dispatcher_is_driven_with_run_async() -> None:
+    with Harness() as harness:
+        dispatcher = AsyncMessageDispatcher(JsonSerializer(), backend=harness.backend)
+        with pytest.raises(TypeError, match="run_async"):
+            harness.run(dispatcher, "jobs")  # type: ignore[arg-type]

@@ -583,6 +583,8 @@ class Harness:
         (then ``AssertionError``).
         """
         pairs = _services(dispatchers, queues)
+        if any(isinstance(dispatcher, AsyncMessageDispatcher) for _, dispatcher in pairs):
+            raise TypeError("drive an AsyncMessageDispatcher with: await harness.run_async()")
         rounds = _Rounds(self, [queue for queue, _ in pairs], timeout)
         received = 0
         while True:
