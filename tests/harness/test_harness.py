@@ -288,14 +288,12 @@ def test_async_waits_and_inputs_under_an_asyncio_service(harness: Harness) -> No
         dispatcher = AsyncMessageDispatcher(
             SERIALIZER, backend=harness.backend, consumers=[billing(harness.backend)]
         )
-        loop = asyncio.create_task(
-            dispatcher.consume_loop("billing", install_signal_handlers=False)
-        )
-        await harness.publish_to_topic_async("orders", OrderPlaced(12, "ida"))
-        await harness.wait_until_published_async(PaymentRequested, order_id=12, timeout=5)
-        await harness.wait_until_consumed_async(OrderPlaced, order_id=12, timeout=5)
-        dispatcher.stop()
-        await loop
+        async with harness.running_async(dispatcher, "billing"):
+            await harness.publish_to_topic_async("orders", OrderPlaced(12, "ida"))
+            await harness.wait_until_published_async(PaymentRequested, order_id=12, timeout=5)
+            await harness.wait_until_consumed_async(OrderPlaced, order_id=12, timeout=5)
+            with pytest.raises(AssertionError, match=r"after waiting 0\.05s"):
+                await harness.wait_until_retried_async(OrderPlaced, timeout=0.05)
         await AsyncTopicPublisher(SERIALIZER, harness.backend).publish("x", PaymentRequested(0, 0))
 
     asyncio.run(scenario())

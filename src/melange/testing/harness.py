@@ -27,8 +27,8 @@ import asyncio
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -556,6 +556,12 @@ class Harness:
         """``async`` twin of :meth:`wait_until_consumed`."""
         return await self.wait_until_async(lambda: self.consumed(kind, **criteria), timeout)
 
+    async def wait_until_retried_async(
+        self, kind: type | str | None = None, /, *, timeout: float = 5.0, **criteria: Any
+    ) -> SettledMessage:
+        """``async`` twin of :meth:`wait_until_retried`."""
+        return await self.wait_until_async(lambda: self.retried(kind, **criteria), timeout)
+
     async def wait_until_dead_lettered_async(
         self, kind: type | str | None = None, /, *, timeout: float = 5.0, **criteria: Any
     ) -> SettledMessage:
@@ -665,6 +671,20 @@ class Harness:
             dispatcher.stop()
             thread.join(10.0)
             self._background = [(d, t) for d, t in self._background if t is not thread]
+
+    @asynccontextmanager
+    async def running_async(
+        self, dispatcher: AsyncMessageDispatcher, queue: str, **loop_options: Any
+    ) -> AsyncIterator[AsyncMessageDispatcher]:
+        """Run ``dispatcher.consume_loop(queue)`` as a task for the ``async with`` block;
+        stopped (and awaited) when the block ends."""
+        loop_options.setdefault("install_signal_handlers", False)
+        task = asyncio.create_task(dispatcher.consume_loop(queue, **loop_options))
+        try:
+            yield dispatcher
+        finally:
+            dispatcher.stop()
+            await task
 
     def start_consuming(
         self, dispatcher: MessageDispatcher, queue: str, **loop_options: Any
