@@ -169,3 +169,44 @@ def test_the_blocking_and_asyncio_backends_share_queues(
     got = receive(blocking, queue, 3)
     assert sorted(json.loads(m.content)["n"] for m in got) == [0, 1, 2]
     blocking.acknowledge_batch(got)
+
+
+def test_publish_keywords_called_directly_are_honoured_or_refused(
+    make_streams: Callable[..., RedisStreamsBackend], redis_url: str, prefix: str
+) -> None:
+    backend = make_streams()
+    queue, _ = backend.declare_queue("orders.fifo")
+    events = backend.declare_topic("events")
+    subscribed, _ = backend.declare_queue("audit", events)
+    backend.publish_to_queue(
+        make_message('"a"'), queue, message_group_id="g", message_deduplication_id="d-1"
+    )
+    backend.publish_to_queue(
+        make_message('"b"'), queue, message_group_id="g", message_deduplication_id="d-1"
+    )
+    [got] = receive(backend, queue, 1)
+    assert (got.group_id, got.deduplication_id) == ("g", "d-1")  # and the repeat was dropped
+    assert backend.queue_depth("orders.fifo") == 1
+    for publish in (
+        lambda: backend.publish_to_queue(make_message('"c"'), queue, delay_seconds=5),
+        lambda: backend.publish_to_topic(make_message('"c"'), events, delay_seconds=5),
+    ):
+        with pytest.raises(ConfigurationError, match="delay_seconds"):
+            publish()
+    assert backend.queue_depth("audit") == 0
+    backend.publish_to_topic(make_message('"d"'), events, delay_seconds=0)  # 0: no delay
+    assert backend.queue_depth("audit") == 1
+    del subscribed
+
+    async def on_asyncio() -> None:
+        native = AsyncRedisStreamsBackend(redis_url, prefix=prefix)
+        try:
+            handle = await native.get_queue("orders.fifo")
+            with pytest.raises(ConfigurationError, match="delay_seconds"):
+                await native.publish_to_queue(make_message('"e"'), handle, delay_seconds=1)
+            await native.publish_to_queue(make_message('"f"'), handle, message_group_id="h")
+        finally:
+            await native.aclose()
+
+    asyncio.run(on_asyncio())
+    assert backend.queue_depth("orders.fifo") == 2

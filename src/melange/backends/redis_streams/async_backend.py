@@ -44,6 +44,7 @@ from melange.backends.redis_streams.connection import (
 from melange.backends.redis_streams.inspect import QueueStats, peeked, stats_from
 from melange.backends.redis_streams.topology import (
     Keys,
+    apply_publish_keywords,
     check_kept_type,
     declare_arguments,
     translate,
@@ -195,12 +196,13 @@ class AsyncRedisStreamsBackend(AsyncMessagingBackend):
     # -- publishing -------------------------------------------------------------------------
 
     async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        await self.publish_batch_to_queue([message], queue)
+        await self.publish_batch_to_queue([message], queue, **kwargs)
 
     async def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
         """Publish every message in one script: all of them are added, or none."""
+        apply_publish_keywords(messages, kwargs)
         if messages:
             check_sizes(messages, self._max_message_size)
             await self._run(
@@ -208,12 +210,13 @@ class AsyncRedisStreamsBackend(AsyncMessagingBackend):
             )
 
     async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
-        await self.publish_batch_to_topic([message], topic)
+        await self.publish_batch_to_topic([message], topic, **kwargs)
 
     async def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
         """Add every message to each subscribed queue whose filter accepts it, in one script."""
+        apply_publish_keywords(messages, kwargs)
         if messages:
             check_sizes(messages, self._max_message_size)
             await self._run(

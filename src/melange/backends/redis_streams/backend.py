@@ -61,6 +61,7 @@ from melange.backends.redis_streams.connection import (
 from melange.backends.redis_streams.inspect import QueueStats, peeked, stats_from
 from melange.backends.redis_streams.topology import (
     Keys,
+    apply_publish_keywords,
     check_kept_type,
     declare_arguments,
     translate,
@@ -319,23 +320,25 @@ class RedisStreamsBackend(MessagingBackend):
     # -- publishing -------------------------------------------------------------------------
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        self.publish_batch_to_queue([message], queue)
+        self.publish_batch_to_queue([message], queue, **kwargs)
 
     def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
         """Publish every message in one script: all of them are added, or none."""
+        apply_publish_keywords(messages, kwargs)
         if messages:
             check_sizes(messages, self._max_message_size)
             self._run("PUBLISH", self._window_ms, "q", queue.name, *publish_arguments(messages))
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
-        self.publish_batch_to_topic([message], topic)
+        self.publish_batch_to_topic([message], topic, **kwargs)
 
     def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
         """Add every message to each subscribed queue whose filter accepts it, in one script."""
+        apply_publish_keywords(messages, kwargs)
         if messages:
             check_sizes(messages, self._max_message_size)
             self._run("PUBLISH", self._window_ms, "t", topic.name, *publish_arguments(messages))

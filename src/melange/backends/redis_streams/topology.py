@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from melange.backends.embedded_rules import check_filter_events, queue_options
+from melange.backends.publish_options import apply_fifo_keywords, delay_refused, publish_delay
 from melange.exceptions import (
     ConfigurationError,
     PublishError,
     QueueNotFoundError,
     TopicNotFoundError,
 )
-from melange.models import TopicWrapper
+from melange.models import Message, TopicWrapper
 
 #: The options ``declare_queue`` takes besides ``filter_events``.
 QUEUE_OPTIONS = frozenset({"fifo", "visibility_timeout", "max_receive_count", "delay_seconds"})
@@ -154,9 +155,19 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def apply_publish_keywords(messages: Sequence[Message], kwargs: Mapping[str, Any]) -> None:
+    """Give ``messages`` the FIFO keywords of a publish (``message_group_id``,
+    ``message_deduplication_id``); refuse ``delay_seconds``, which this backend cannot honour
+    (a stream entry is delivered as soon as it is added)."""
+    apply_fifo_keywords(messages, kwargs)
+    if publish_delay(kwargs, backend="the Redis Streams backend") is not None:
+        raise delay_refused("the Redis Streams backend", "a message")
+
+
 __all__ = [
     "QUEUE_OPTIONS",
     "Keys",
+    "apply_publish_keywords",
     "check_kept_type",
     "declare_arguments",
     "translate",
