@@ -7,6 +7,7 @@ import textwrap
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -398,3 +399,29 @@ def test_the_outbox_writes_the_schema_version_like_a_publisher() -> None:
     built = Outbox(DataclassSerializer(DataclassPayment)).build(DataclassPayment(1, 2))
     assert (built.manifest, built.serializer_id) == ("billing.PaymentRequested", 3)
     assert built.headers[SCHEMA_VERSION_HEADER] == "3"
+
+
+def test_two_serializers_of_one_kind_with_different_classes_are_refused_together() -> None:
+    @dataclass
+    class Other:
+        value: int
+
+    with pytest.raises(ConfigurationError, match="give one serializer every message class"):
+        SerializerRegistry.coerce(
+            [DataclassSerializer(DataclassPayment), DataclassSerializer(Other)]
+        )
+    both = SerializerRegistry.coerce(
+        [DataclassSerializer(DataclassPayment), DataclassSerializer(Other, identifier=103)]
+    )
+    assert both.identifiers == [3, 103]
+
+
+def test_a_long_payload_value_is_shortened_in_the_reason() -> None:
+    @dataclass
+    class Dated:
+        day: date
+
+    with pytest.raises(MessageValidationError) as caught:
+        DataclassSerializer(Dated).deserialize('{"day": "' + "x" * 500 + '"}', Dated.__qualname__)
+    assert "x" * 40 not in str(caught.value)
+    assert "..." in str(caught.value)

@@ -60,6 +60,12 @@ _LISTS = (list, Sequence, typing.Sequence, set, frozenset, typing.AbstractSet)
 _MAPS = (dict, Mapping, typing.Mapping)
 
 
+def _shown(value: Any) -> str:
+    # A payload value quoted in a reason (which lands in logs and dead-letter headers): short.
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
@@ -198,7 +204,7 @@ class DataclassSerializer(TypedSerializer):
             raise _Invalid(path, f"{_type_name(value)} matches none of {hint}")
         if origin is Literal:
             if not any(value == a and type(value) is type(a) for a in args):
-                raise _Invalid(path, f"expected one of {list(args)}, got {value!r}")
+                raise _Invalid(path, f"expected one of {list(args)}, got {_shown(value)}")
             return value
         plain = _PLAIN.get(hint)
         if plain is not None:
@@ -209,7 +215,7 @@ class DataclassSerializer(TypedSerializer):
             try:
                 return hint(value)
             except ValueError:
-                raise _Invalid(path, f"{value!r} is not a {hint.__name__}") from None
+                raise _Invalid(path, f"{_shown(value)} is not a {hint.__name__}") from None
         parse = _TEXT_TYPES.get(hint)
         if parse is not None:
             if not isinstance(value, str) and not (
@@ -219,7 +225,7 @@ class DataclassSerializer(TypedSerializer):
             try:
                 return parse(str(value))
             except (ValueError, decimal.InvalidOperation):
-                raise _Invalid(path, f"{value!r} is not a {hint.__name__}") from None
+                raise _Invalid(path, f"{_shown(value)} is not a {hint.__name__}") from None
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             return self._build(hint, value, path)
         container = origin if origin is not None else hint

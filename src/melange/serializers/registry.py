@@ -169,6 +169,14 @@ class SerializerRegistry:
         existing = self._by_id.get(ident)
         if existing is not None and existing is not serializer:
             if type(existing) is type(serializer):
+                # Two typed serializers of one kind would share an id while decoding
+                # different classes: only one could be asked, so say so now.
+                known = getattr(existing, "message_types", None)
+                if known is not None and known != getattr(serializer, "message_types", None):
+                    raise ConfigurationError(
+                        f"{existing!r} and {serializer!r} share the identifier {ident}: give "
+                        "one serializer every message class (or each its own identifier=)"
+                    )
                 return
             raise ConfigurationError(
                 f"serializers {existing!r} and {serializer!r} share the identifier {ident}"
