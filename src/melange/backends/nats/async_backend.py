@@ -617,9 +617,24 @@ class AsyncNATSBackend(AsyncMessagingBackend):
 
     async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
         """Receive up to ``max_messages`` (default 10) messages of ``queue``, waiting up to
-        ``wait_seconds`` (default 0) for the first; :meth:`interrupt` ends the wait early."""
+        ``wait_seconds`` (default 0) for the first; :meth:`interrupt` ends the wait early.
+
+        While the server cannot be reached, it raises
+        :class:`~melange.exceptions.BackendConnectionError` a few seconds after the caller's
+        own wait, so that a consume loop reports the outage and stays responsive to a stop.
+        """
         max_messages = max(1, int(kwargs.get("max_messages") or 10))
         wait = float(kwargs.get("wait_seconds") or 0.0)
+        budget = min(self._operation_timeout, max(wait, 1.0) + 5.0)
+        try:
+            return await asyncio.wait_for(self._retrieve(queue, max_messages, wait), budget)
+        except TimeoutError:
+            raise BackendConnectionError(
+                f"NATS at {self.describe} did not answer a receive from {queue.name!r} within "
+                f"{budget:.0f}s"
+            ) from None
+
+    async def _retrieve(self, queue: QueueWrapper, max_messages: int, wait: float) -> list[Message]:
         interrupts = self._interrupts
         name = queue.name
         settings = await self._queue_settings(name)
