@@ -5,15 +5,12 @@ dispatcher. The shared server is never touched: only the relay's connections bre
 from __future__ import annotations
 
 import asyncio
-import gc
-import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
+from nats_support import TcpRelay
 
 from melange import Consumer, MessageDispatcher, QueuePublisher
 from melange.aio import AsyncMessageDispatcher
@@ -22,49 +19,23 @@ from melange.serializers.json import JsonSerializer
 from melange.testing import wait_until
 from melange.testing.conformance import Topology
 
-pytestmark = [
-    pytest.mark.nats,
-    # On a reconnect, nats-py drops the socket of the broken connection without closing it;
-    # the collector then warns about that socket (it holds nothing of this backend's).
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
-
-
-def _tcp_proxy_class() -> Any:
-    """The relay of the RabbitMQ tests (loaded by path: every conftest is "conftest")."""
-    path = Path(__file__).resolve().parent.parent / "rabbitmq" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("melange_tests_rabbitmq_fixtures", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TcpProxy
+pytestmark = pytest.mark.nats
 
 
 @pytest.fixture
-def proxy(nats_url: str) -> Iterator[Any]:
-    relay = _tcp_proxy_class()(("127.0.0.1", int(nats_url.rsplit(":", 1)[1])))
+def proxy(nats_url: str) -> Iterator[TcpRelay]:
+    relay = TcpRelay(("127.0.0.1", int(nats_url.rsplit(":", 1)[1])))
     yield relay
     relay.close()
 
 
-@pytest.fixture(autouse=True)
-def collect_dropped_sockets() -> Iterator[None]:
-    """Torn down last: the sockets nats-py dropped warn now, under this module's filter."""
-    yield
-    gc.collect()
-
-
-def cut_for_two_seconds(proxy: Any) -> threading.Timer:
+def cut_for_two_seconds(proxy: TcpRelay) -> threading.Timer:
     """Reset every relayed connection and refuse new ones for two seconds."""
-    proxy.refusing.set()
-    assert proxy.cut() >= 2
-    outage = threading.Timer(2.0, proxy.refusing.clear)
-    outage.start()
-    return outage
+    return proxy.outage(2.0)
 
 
 def test_a_connection_cut_loses_nothing_for_the_blocking_backend(
-    make_nats: Callable[..., NATSBackend], proxy: Any, caplog: pytest.LogCaptureFixture
+    make_nats: Callable[..., NATSBackend], proxy: TcpRelay, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="melange")
     relayed = f"nats://127.0.0.1:{proxy.port}"
@@ -108,7 +79,7 @@ def test_a_connection_cut_loses_nothing_for_the_blocking_backend(
 def test_a_connection_cut_loses_nothing_for_the_asyncio_backend(
     make_async_nats: Callable[..., AsyncNATSBackend],
     make_nats: Callable[..., NATSBackend],
-    proxy: Any,
+    proxy: TcpRelay,
 ) -> None:
     setup = make_nats()
     topology = Topology(setup)
