@@ -3,9 +3,39 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+#: The console script installed next to the interpreter running the tests.
+MELANGE = Path(sys.executable).with_name("melange")
+
+
+def melange_command(*args: str) -> list[str]:
+    """The argv that runs ``melange ARGS``."""
+    if MELANGE.exists():
+        return [str(MELANGE), *args]
+    return [sys.executable, "-m", "melange.cli", *args]
+
+
+def run_melange(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``melange ARGS`` to completion, without the caller's default backend URL."""
+    environment = {k: v for k, v in os.environ.items() if k != "MELANGE_BACKEND_URL"}
+    environment.update(env or {})
+    return subprocess.run(
+        melange_command(*args),
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @dataclass

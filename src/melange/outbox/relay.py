@@ -27,7 +27,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,12 +180,12 @@ class Relay:
                         for r in run
                         if r.id in refused and r.message.group_id is not None
                     )
-                    self._log_refusal(kind, destination, refused.values())
+                    self._log_refusal(kind, destination, len(refused), exc.failures.values())
                 except Exception as exc:
                     reason = f"{type(exc).__name__}: {exc}"
                     failed.update((r.id, reason) for r in run)
                     blocked.update(r.message.group_id for r in run if r.message.group_id)
-                    self._log_refusal(kind, destination, [reason])
+                    self._log_refusal(kind, destination, len(run), [reason])
                 else:
                     sent.extend(r.id for r in run)
         return sent, failed
@@ -224,14 +224,14 @@ class Relay:
         return handle
 
     @staticmethod
-    def _log_refusal(kind: str, destination: str, reasons: Any) -> None:
-        reasons = list(reasons)
+    def _log_refusal(kind: str, destination: str, count: int, reasons: Iterable[str]) -> None:
+        first = next(iter(reasons), "")
         logger.error(
             "outbox relay: %d message(s) for %s %r not sent, retried later: %s",
-            len(reasons),
+            count,
             kind,
             destination,
-            reasons[0] if reasons else "",
+            first,
         )
 
     # -- running --------------------------------------------------------------------------------
