@@ -127,6 +127,8 @@ def backend(
         made = _redis_streams(request)
     elif kind == "nats":
         made = _nats(request)
+    elif kind == "kafka":
+        made = _kafka(request)
     else:
         raise ValueError(f"unknown backend {kind!r}")
     yield made
@@ -172,6 +174,33 @@ def _nats(request: pytest.FixtureRequest) -> MessagingBackend:
     from nats_support import delete_streams
 
     request.addfinalizer(lambda: delete_streams(url, prefix))
+    return made
+
+
+@pytest.fixture(scope="session")
+def kafka_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tansu broker (Kafka protocol) on a free port for the session's Kafka tests."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kafka"))
+    from tansu_broker import start_tansu
+
+    with start_tansu(tmp_path_factory.mktemp("tansu") / "tansu.log") as url:
+        yield url
+
+
+def _kafka(request: pytest.FixtureRequest) -> MessagingBackend:
+    """A Kafka backend on the session's tansu broker, with one-second group sessions (tansu
+    completes a join after half the session timeout, and each loop joins its queue's group)
+    and one partition per topic (the tests expect a batch in the order it was published);
+    the asyncio-native driver gets ``AsyncKafkaBackend`` clients. Several partitions, and
+    consumers sharing them, are the Kafka tests' business (``tests/kafka``)."""
+    url = request.getfixturevalue("kafka_url")
+    from tansu_broker import TEST_OPTIONS
+
+    from melange.backends.kafka import AsyncKafkaBackend, KafkaBackend
+
+    options: dict[str, Any] = {**TEST_OPTIONS, "session_timeout": 1.0, "partitions": 1}
+    made = KafkaBackend(url, **options)
+    NATIVE_CLIENTS[made] = lambda: AsyncKafkaBackend(url, **options)
     return made
 
 

@@ -13,7 +13,7 @@ client where the fixture registered one in :data:`NATIVE_CLIENTS` (SQS:
 ``AsyncAWSBackend``), else :class:`NativeAsyncBackend`; and :class:`NativeAsyncCache`, so
 leases and claims are renewed through the event loop).
 
-A :class:`Broker` wraps the backend a test runs on (in-memory, SQLite, RabbitMQ or SQS) with
+A :class:`Broker` wraps the backend a test runs on (in-memory, SQLite, or a broker) with
 the few helpers the tests need: uniquely named queues with a dead-letter queue, publishing,
 taking what a queue holds, and stepping a fake clock through visibility timeouts and retry
 delays (embedded brokers only: RabbitMQ and SQS run on real time).
@@ -46,7 +46,7 @@ DRIVER_NAMES = ("threaded", "asyncio", "asyncio-native")
 #: Brokers that run in the test's process, on a fake clock.
 EMBEDDED_BROKERS = ("memory", "sqlite")
 #: Brokers on a server, on real time: receives wait for deliveries.
-SERVER_BROKERS = ("rabbitmq", "sqs", "redis-streams", "nats")
+SERVER_BROKERS = ("rabbitmq", "sqs", "redis-streams", "nats", "kafka")
 #: Seconds an SQS message received by a test's backend stays hidden (the dispatchers'
 #: heartbeat renews it while a handler runs).
 SQS_VISIBILITY_TIMEOUT = 2
@@ -707,7 +707,7 @@ class Broker:
 
     def assert_empty(self, queue: str) -> None:
         """Fail if ``queue`` still holds a message (on SQS, one in flight or delayed too)."""
-        if self.kind in ("rabbitmq", "redis-streams", "nats"):
+        if self.kind in ("rabbitmq", "redis-streams", "nats", "kafka"):
             assert_empty(self.backend, self.backend.get_queue(queue), wait=1.0)
         elif self.kind == "sqs":
             counts: dict[str, int] = {}

@@ -24,12 +24,15 @@ from service_check import require_service
 
 _RABBITMQ = pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)
 _SQS = pytest.param("sqs", marks=pytest.mark.sqs)
+_KAFKA = pytest.param("kafka", marks=pytest.mark.kafka)
 ON_EVERY_BACKEND = pytest.mark.parametrize(
-    "backend", ["memory", "sqlite", _RABBITMQ, _SQS], indirect=True
+    "backend", ["memory", "sqlite", _RABBITMQ, _SQS, _KAFKA], indirect=True
 )
 #: Backends whose messages keep the id their publisher gave them (SQS assigns its own).
-PUBLISHER_IDS = pytest.mark.parametrize("backend", ["memory", "sqlite", _RABBITMQ], indirect=True)
-ON_THE_BROKERS = pytest.mark.parametrize("backend", [_RABBITMQ, _SQS], indirect=True)
+PUBLISHER_IDS = pytest.mark.parametrize(
+    "backend", ["memory", "sqlite", _RABBITMQ, _KAFKA], indirect=True
+)
+ON_THE_BROKERS = pytest.mark.parametrize("backend", [_RABBITMQ, _SQS, _KAFKA], indirect=True)
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEEP = "[" * 2000
@@ -85,6 +88,17 @@ def _send_raw(broker: Broker, queue: str, body: str, raw_id: str) -> None:
             MessageBody=body,
             MessageAttributes={"serializer_id": {"DataType": kind, "StringValue": raw_id}},
         )
+        return
+    if broker.kind == "kafka":
+        from melange.backends.kafka import wire
+
+        record = Message(None, body, manifest="json")
+        headers: wire.RecordHeaders = [
+            (wire.MESSAGE_ID_HEADER, uuid.uuid4().hex),
+            (wire.SERIALIZER_HEADER, raw_id),
+            (wire.MANIFEST_HEADER, "json"),
+        ]
+        backend.produce(queue, [(record, headers)])
         return
     import pika
 

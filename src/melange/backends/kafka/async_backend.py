@@ -106,7 +106,7 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
         self.backend.acknowledge_batch(messages)
 
     async def nack(self, message: Message, delay: float = 0.0) -> None:
-        self.backend.nack(message, delay)
+        await self._run(self.backend.nack, message, delay)
 
     async def release(self, message: Message, delay: float = 0.0) -> None:
         self.backend.release(message, delay)

@@ -16,9 +16,13 @@ Mapping onto Kafka (see :mod:`melange.backends.kafka.topology` for the names):
   Kafka); the consumer must receive again within ``max_poll_interval`` seconds, or the group
   takes its partitions away. A rebalance waits (``rebalance_drain_timeout``) for the messages
   handed out from the partitions it moves.
-- **Retries**: ``nack(message, delay)`` keeps the record in the consumer and hands it out
-  again after the delay, as the next attempt; other records, and other groups of a FIFO
-  queue, go on meanwhile. Until it is done, the partition's committed offset stays before it.
+- **Retries**: ``nack(message, delay)`` publishes the message again to the queue's own topic
+  as a retry record, carrying its failed attempts and when it is due, and settles the
+  original; a consumer holds a retry record until it is due while the records behind it go
+  on. So the attempt count survives a restart or a rebalance. On a FIFO queue the message
+  stays in the consumer instead, ahead of the rest of its group (whose order a copy at the
+  end of the topic would break); other groups go on. ``release`` (a message given back
+  unprocessed) keeps it in the consumer too.
 - **Dead letters**: a copy with the failure headers (``melange_failure_reason``,
   ``melange_failure_queue``...) goes to the dead-letter queue's topic, then the original is
   done.
@@ -34,6 +38,7 @@ Mapping onto Kafka (see :mod:`melange.backends.kafka.topology` for the names):
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -62,6 +67,7 @@ from melange.backends.kafka.wire import (
     encode_headers,
     receipt_of,
     record_key,
+    retry_headers,
 )
 from melange.exceptions import (
     BatchPublishError,
@@ -73,6 +79,8 @@ from melange.exceptions import (
 )
 from melange.models import Message, QueueWrapper, TopicWrapper
 
+#: librdkafka's "no partition chosen": the partitioner picks (by key).
+_ANY_PARTITION = -1
 #: Kafka's default largest record (``message.max.bytes``), less room for the headers.
 DEFAULT_MAX_MESSAGE_SIZE = 1_000_000
 
@@ -383,8 +391,14 @@ class KafkaBackend(MessagingBackend):
         check_sizes(messages, self._max_message_size)
         self.produce(topic, [(m, encode_headers(m)) for m in messages])
 
-    def produce(self, topic: str, records: Sequence[tuple[Message, RecordHeaders]]) -> None:
-        """Produce the records and wait once until the brokers confirmed all of them.
+    def produce(
+        self,
+        topic: str,
+        records: Sequence[tuple[Message, RecordHeaders]],
+        partition: int | None = None,
+    ) -> None:
+        """Produce the records (to ``partition``, or where their keys take them) and wait once
+        until the brokers confirmed all of them.
 
         Raises ``PublishError`` (one record) or ``BatchPublishError`` naming the refused ones.
         """
@@ -413,6 +427,7 @@ class KafkaBackend(MessagingBackend):
                         key=record_key(message),
                         headers=headers,
                         on_delivery=confirmation(index),
+                        partition=_ANY_PARTITION if partition is None else partition,
                     )
                     break
                 except BufferError:
@@ -481,10 +496,28 @@ class KafkaBackend(MessagingBackend):
             self.acknowledge(message)
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
-        """Hand the message out again after ``delay`` seconds, as its next attempt."""
+        """Hand the message out again after ``delay`` seconds, as its next attempt.
+
+        On a standard queue the message goes back to the queue's own topic as a retry record
+        (with its failed attempts and when it is due), then the original is done: the count
+        survives the consumer, and nothing waits for it. On a FIFO queue it stays in the
+        consumer, ahead of the rest of its group.
+        """
         held = self._held_by(message)
-        if held is not None:
-            held[0].give_back(message, held[1], delay, failed=True)
+        if held is None:
+            return
+        reader, receipt = held
+        if reader.spec.fifo:
+            reader.give_back(message, receipt, delay, failed=True)
+            return
+        if not reader.holds(receipt):
+            return  # its partition moved: the new owner delivers it again
+        retry = retry_headers(receipt.failed + 1, time.time() + max(0.0, delay))
+        # To the original's partition where that is the queue's own topic: the partition's
+        # owner, which committed up to the original, takes the retry up from there.
+        partition = receipt.partition if receipt.topic == receipt.queue else None
+        self.produce(receipt.queue, [(message, encode_headers(message, retry))], partition)
+        reader.settle(receipt)
 
     def release(self, message: Message, delay: float = 0.0) -> None:
         """As :meth:`nack`, but not a failed attempt: ``attempt`` stays as it was."""

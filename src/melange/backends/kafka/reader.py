@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from melange.backends.kafka.connection import ClientSettings, logger
 from melange.backends.kafka.ledger import Ledger, TopicPartitionKey
 from melange.backends.kafka.topology import QueueSpec
-from melange.backends.kafka.wire import Receipt, decode_message
+from melange.backends.kafka.wire import Receipt, decode_message, retry_state
 from melange.models import Message
 
 #: Longest single wait inside librdkafka, so that an interrupt is seen this soon.
@@ -35,6 +35,9 @@ CHUNK_SECONDS = 0.25
 #: How long a receive that asked not to wait still waits for records the broker holds and
 #: this consumer has not fetched yet (just after joining the group).
 CATCH_UP_SECONDS = 2.0
+
+#: Longest wait, once a receive has records, for those of other partitions the broker holds.
+GATHER_SECONDS = 0.1
 
 _IGNORED = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART}
 
@@ -70,6 +73,8 @@ class QueueReader:
         self._join_timeout = join_timeout
         self._joined = threading.Event()
         self._closed = False
+        # Offsets settlements moved on, to commit from the thread that holds the consumer.
+        self._pending: dict[TopicPartitionKey, int] = {}
         self.poll_lock = threading.Lock()
         self.consumer = Consumer(settings.consumer(group))
         self.subscribe(spec)
@@ -108,12 +113,21 @@ class QueueReader:
                     break
                 self.ledger.lock.wait(remaining)
             commits = self.ledger.revoked(keys)
+            self._forget_pending(keys)
         self._commit(commits, asynchronous=False)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The group already gave them to another consumer: committing would be refused.
+        keys = _keys(partitions)
         with self.ledger.lock:
-            self.ledger.revoked(_keys(partitions))
+            self.ledger.revoked(keys)
+            self._forget_pending(keys)
+
+    def _forget_pending(self, keys: Iterable[TopicPartitionKey]) -> None:
+        # A commit left over for a partition taken away could move its next owner's offset
+        # back (brokers check the generation, not who owns the partition).
+        for key in keys:
+            self._pending.pop(key, None)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -130,6 +144,7 @@ class QueueReader:
         deadline = started + max(0.0, wait_seconds)
         with self.poll_lock:
             while not self._closed:
+                self._commit_pending()
                 now = time.monotonic()
                 with self.ledger.lock:
                     out = self.ledger.take(max_messages, now)
@@ -158,7 +173,13 @@ class QueueReader:
         first = self.consumer.poll(max(timeout, 0.0))
         if first is None:
             return
-        records = [first, *self.consumer.consume(count - 1, 0)] if count > 1 else [first]
+        records = [first]
+        if count > 1:
+            records += self.consumer.consume(count - 1, 0)
+            # Another partition's records may come in the next fetch response: when the
+            # broker holds some, wait a moment for them rather than cut the batch short.
+            if len(records) < count and self._lagging():
+                records += self.consumer.consume(count - len(records), GATHER_SECONDS)
         with self.ledger.lock:
             for record in records:
                 error = record.error()
@@ -172,9 +193,15 @@ class QueueReader:
                 assignment = self.ledger.assignment_of((topic, partition))
                 if assignment is None:
                     continue
-                receipt = Receipt(self.spec.name, topic, partition, offset, assignment, 0)
-                message = decode_message(record.value(), record.headers(), receipt)
-                self.ledger.add((topic, partition), offset, message, 0.0)
+                headers = record.headers()
+                failed, not_before = retry_state(headers)
+                receipt = Receipt(self.spec.name, topic, partition, offset, assignment, failed)
+                message = decode_message(record.value(), headers, receipt)
+                # A retry record waits in the ledger until it is due (not in the partition:
+                # the records behind it go on).
+                wait = not_before - time.time()
+                due = time.monotonic() + wait if wait > 0 else 0.0
+                self.ledger.add((topic, partition), offset, message, due)
 
     def _lagging(self) -> bool:
         """Whether the broker holds records of this consumer's partitions not fetched yet."""
@@ -199,11 +226,29 @@ class QueueReader:
     # -- settling ---------------------------------------------------------------------------
 
     def settle(self, receipt: Receipt) -> None:
-        """The message is done: commit the offset up to which everything is."""
+        """The message is done: commit the offset up to which everything is.
+
+        The commit is made by whichever thread holds the consumer: this one when no receive
+        is polling, else the receiving thread as soon as its poll returns (librdkafka's
+        commit can hang while another thread polls the same consumer).
+        """
         with self.ledger.lock:
             moved = self.ledger.settle(receipt)
-        if moved is not None:
-            self._commit(dict([moved]), asynchronous=True)
+            if moved is None:
+                return
+            self._pending[moved[0]] = moved[1]
+        if self.poll_lock.acquire(blocking=False):
+            try:
+                if not self._closed:
+                    self._commit_pending()
+            finally:
+                self.poll_lock.release()
+
+    def _commit_pending(self) -> None:
+        """Commit (asynchronously) what settlements moved on; the caller holds the poll lock."""
+        with self.ledger.lock:
+            pending, self._pending = self._pending, {}
+        self._commit(pending, asynchronous=True)
 
     def give_back(self, message: Message, receipt: Receipt, delay: float, failed: bool) -> None:
         """Hand the message out again after ``delay`` seconds (its offset stays uncommitted)."""
@@ -246,4 +291,4 @@ class QueueReader:
                 self.consumer.close()
 
 
-__all__ = ["CATCH_UP_SECONDS", "CHUNK_SECONDS", "QueueReader"]
+__all__ = ["CATCH_UP_SECONDS", "CHUNK_SECONDS", "GATHER_SECONDS", "QueueReader"]

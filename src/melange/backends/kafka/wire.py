@@ -4,6 +4,8 @@ A record's value is the body (UTF-8), its key the message's FIFO group (``messag
 a group's messages share a partition, so Kafka keeps their order), and its headers the
 envelope: every Melange header under its own name, plus ``melange-id`` (message id),
 ``melange-serializer``, ``melange-manifest``, ``melange-group`` and ``melange-dedup`` where set.
+A retry record (a failed message published again to its queue's topic) also carries
+``melange-failed`` (its failed attempts) and ``melange-not-before`` (when it is due).
 A dead-lettered copy carries the failure headers of the other backends
 (``melange_failure_reason``, ``melange_failure_queue``...).
 
@@ -19,14 +21,29 @@ from typing import Any, NamedTuple
 
 from melange.models import FAILURE_QUEUE, Message
 
+#: Where a serializer id that is not a number is kept (the dispatcher reports it from there).
+SERIALIZER_ID_HEADER = "serializer_id"
+
 #: Envelope headers; every other header is the message's own.
 MESSAGE_ID_HEADER = "melange-id"
 SERIALIZER_HEADER = "melange-serializer"
 MANIFEST_HEADER = "melange-manifest"
 GROUP_HEADER = "melange-group"
 DEDUPLICATION_HEADER = "melange-dedup"
+#: On a retry record (see :func:`retry_headers`): the failed attempts before it, and the
+#: time (Unix milliseconds) before which it is not handed out.
+FAILED_HEADER = "melange-failed"
+NOT_BEFORE_HEADER = "melange-not-before"
 _ENVELOPE = frozenset(
-    {MESSAGE_ID_HEADER, SERIALIZER_HEADER, MANIFEST_HEADER, GROUP_HEADER, DEDUPLICATION_HEADER}
+    {
+        MESSAGE_ID_HEADER,
+        SERIALIZER_HEADER,
+        MANIFEST_HEADER,
+        GROUP_HEADER,
+        DEDUPLICATION_HEADER,
+        FAILED_HEADER,
+        NOT_BEFORE_HEADER,
+    }
 )
 
 #: A record's headers as confluent-kafka takes them.
@@ -73,6 +90,31 @@ def encode_headers(message: Message, extra: Mapping[str, str] | None = None) -> 
     return headers
 
 
+def retry_headers(failed: int, not_before: float) -> dict[str, str]:
+    """The headers of a retry record: ``failed`` attempts so far, due at ``not_before``
+    (Unix time)."""
+    return {FAILED_HEADER: str(failed), NOT_BEFORE_HEADER: str(round(not_before * 1000))}
+
+
+def retry_state(
+    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
+) -> tuple[int, float]:
+    """The failed attempts a record carries and when it is due (Unix time; 0: at once)."""
+    failed, due = 0, 0.0
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    for name, raw in pairs:
+        if name not in (FAILED_HEADER, NOT_BEFORE_HEADER):
+            continue
+        text = raw.decode("ascii", errors="replace") if isinstance(raw, bytes) else raw or ""
+        if not text.isdigit():
+            continue  # not written by Melange: ignored rather than trusted
+        if name == FAILED_HEADER:
+            failed = int(text)
+        else:
+            due = int(text) / 1000
+    return failed, due
+
+
 def record_key(message: Message) -> bytes | None:
     """The record key: the FIFO group, so a group's messages share a partition."""
     return message.group_id.encode() if message.group_id is not None else None
@@ -97,6 +139,9 @@ def decode_message(
         text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw or ""
         (envelope if name in _ENVELOPE else kept)[name] = text
     serializer = envelope.get(SERIALIZER_HEADER)
+    if serializer is not None and not serializer.isdigit():
+        # Kept for the dispatcher to say what is wrong with it (another producer's record).
+        kept[SERIALIZER_ID_HEADER] = serializer
     return Message(
         message_id=envelope.get(MESSAGE_ID_HEADER),
         content=(value or b"").decode("utf-8", errors="replace"),
@@ -128,9 +173,11 @@ def receipt_of(message: Message) -> Receipt:
 
 __all__ = [
     "DEDUPLICATION_HEADER",
+    "FAILED_HEADER",
     "GROUP_HEADER",
     "MANIFEST_HEADER",
     "MESSAGE_ID_HEADER",
+    "NOT_BEFORE_HEADER",
     "SERIALIZER_HEADER",
     "Receipt",
     "RecordHeaders",
@@ -140,4 +187,6 @@ __all__ = [
     "encode_headers",
     "receipt_of",
     "record_key",
+    "retry_headers",
+    "retry_state",
 ]
