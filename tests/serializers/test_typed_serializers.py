@@ -24,6 +24,7 @@ from melange.serializers import (
     JsonSerializer,
     MessageValidationError,
     NewerSchemaVersionError,
+    PickleSerializer,
     SchemaVersionError,
     SerializerRegistry,
     manifest_of,
@@ -425,3 +426,18 @@ def test_a_long_payload_value_is_shortened_in_the_reason() -> None:
         DataclassSerializer(Dated).deserialize('{"day": "' + "x" * 500 + '"}', Dated.__qualname__)
     assert "x" * 40 not in str(caught.value)
     assert "..." in str(caught.value)
+
+
+def test_a_class_bound_to_no_serializer_goes_to_the_typed_serializer_of_its_kind() -> None:
+    @dataclass
+    class Unlisted:
+        value: int
+
+    registry = SerializerRegistry.coerce(
+        [JsonSerializer(), PickleSerializer(), DataclassSerializer(), MsgspecSerializer()]
+    )
+    assert registry.find_serializer_for(Unlisted(1)).identifier() == 3
+    assert registry.find_serializer_for(MsgspecPayment(1, 2)).identifier() == 5
+    # Anything else still goes to the binding to object (pickle) before the default (JSON).
+    assert registry.find_serializer_for(object()).identifier() == 2
+    assert registry.find_serializer_for({"a": 1}).identifier() == 1

@@ -23,6 +23,7 @@ from melange.exceptions import (
     UnknownSerializerError,
 )
 from melange.serializers.interfaces import Serializer
+from melange.serializers.typed import TypedSerializer
 
 #: What publishers and dispatchers accept where they need serializers.
 SerializerSource = Union[
@@ -90,7 +91,9 @@ class SerializerRegistry:
     """The serializers a publisher or dispatcher may use, and which one to pick.
 
     Publishing picks the serializer bound to the exact type of the object, else the one bound
-    to its most specific bound base class, else the default, else raises
+    to its most specific bound base class, else a typed serializer of its kind (a
+    :class:`~melange.serializers.dataclass.DataclassSerializer` for a dataclass, say), else
+    the one bound to ``object``, else the default, else raises
     :class:`~melange.exceptions.NoSerializerFoundError`. Consuming picks strictly by the
     message's serializer id; an id not registered raises
     :class:`~melange.exceptions.UnknownSerializerError`.
@@ -214,13 +217,23 @@ class SerializerRegistry:
         found = self._lookup_cache.get(cls)
         if found is not None:
             return found
-        for base in cls.__mro__:
+        for base in cls.__mro__[:-1]:  # every class but object, most specific first
             bound = self._bindings.get(base)
             if bound is not None:
                 found = bound
                 break
         else:
-            found = self._default
+            # A message class no one was bound to: a typed serializer of its kind takes it
+            # (a dataclass has no base class to bind) before a binding to object (pickle's),
+            # else the default.
+            found = next(
+                (
+                    s
+                    for s in self._by_id.values()
+                    if isinstance(s, TypedSerializer) and s.handles(cls)
+                ),
+                self._bindings.get(object, self._default),
+            )
         if found is None:
             raise NoSerializerFoundError(
                 f"no serializer is bound to {cls.__qualname__} or its base classes and no "
