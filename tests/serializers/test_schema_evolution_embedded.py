@@ -1,9 +1,11 @@
-"""Schema evolution between two versions of a service on the in-memory backend."""
+"""Schema evolution between two versions of a service on the embedded backends (in-memory and
+SQLite), and through the asyncio publisher and dispatcher."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,7 @@ from melange.aio import AsyncMessageDispatcher, AsyncQueuePublisher
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
+from melange.backends.sqlite import SQLiteBackend
 from melange.consumers import Consumer
 from melange.models import FAILURE_REASON
 from schema_evolution_support import KINDS, SCENARIOS, Deployment
@@ -22,6 +25,17 @@ def test_schema_evolution_in_memory(
     scenario: Callable[[MessagingBackend, str], None], kind: str
 ) -> None:
     scenario(InMemoryMessagingBackend(), kind)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_schema_evolution_on_sqlite(
+    scenario: Callable[[MessagingBackend, str], None], tmp_path: Path
+) -> None:
+    backend = SQLiteBackend(tmp_path / "evolution.db")
+    try:
+        scenario(backend, "pydantic")
+    finally:
+        backend.close_connection()
 
 
 def test_the_asyncio_publisher_and_dispatcher_upcast_and_dead_letter_too() -> None:
