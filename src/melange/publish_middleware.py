@@ -27,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Literal
 
 from melange.models import Message
@@ -91,20 +92,57 @@ class PublishMiddlewareChain:
     def __bool__(self) -> bool:
         return bool(self._items or _installed)
 
-    @contextlib.contextmanager
     def publishing(
         self, messages: Sequence[Message], destination: str, kind: DestinationKind
-    ) -> Iterator[None]:
+    ) -> AbstractContextManager[None]:
         """One context around sending ``messages`` (one, or a batch) to ``destination``."""
-        with ExitStack() as stack:
-            items = (*_installed, *self._items) if _installed else self._items
-            for message in messages:
-                for item in items:
-                    try:
-                        stack.enter_context(item.publishing(message, destination, kind))
-                    except Exception:
-                        logger.exception("publish middleware %r failed; ignored", item)
-            yield
+        items = (*_installed, *self._items) if _installed else self._items
+        return _Sending(items, messages, destination, kind)
+
+
+class _Sending:
+    """The middlewares' contexts around one send, nested in order (a class rather than an
+    ``ExitStack``: it runs for every message). A context that fails to enter or to exit is
+    logged and left out; the send's own exception always goes on."""
+
+    __slots__ = ("_destination", "_entered", "_items", "_kind", "_messages")
+
+    def __init__(
+        self,
+        items: tuple[PublishMiddleware, ...],
+        messages: Sequence[Message],
+        destination: str,
+        kind: DestinationKind,
+    ) -> None:
+        self._items = items
+        self._messages = messages
+        self._destination = destination
+        self._kind = kind
+        self._entered: list[tuple[PublishMiddleware, AbstractContextManager[None]]] = []
+
+    def __enter__(self) -> None:
+        for message in self._messages:
+            for item in self._items:
+                try:
+                    context = item.publishing(message, self._destination, self._kind)
+                    context.__enter__()
+                except Exception:
+                    logger.exception("publish middleware %r failed; ignored", item)
+                    continue
+                self._entered.append((item, context))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for item, context in reversed(self._entered):
+            try:
+                context.__exit__(exc_type, exc, traceback)
+            except Exception:
+                logger.exception("publish middleware %r failed; ignored", item)
+        self._entered.clear()
 
 
 __all__ = [

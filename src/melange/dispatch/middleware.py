@@ -28,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
 
 from melange.consumers import Consumer
 from melange.dispatch.decisions import Outcome, Verdict
@@ -109,43 +110,82 @@ class MiddlewareChain:
         """This chain followed by ``items``."""
         return MiddlewareChain((*self._items, *items))
 
+    # The hooks run several times per message: plain loops and try blocks, no context
+    # managers built per call.
+
     def message_received(self, message: Message, queue: str) -> None:
         for item in self._all():
-            with _contained(item, "message_received"):
+            try:
                 item.message_received(message, queue)
+            except Exception:
+                _failed(item, "message_received")
 
-    @contextlib.contextmanager
-    def consumer_call(self, message: Message, consumer: Consumer) -> Iterator[None]:
-        with ExitStack() as stack:
-            for item in self._all():
-                with _contained(item, "consumer_call"):
-                    stack.enter_context(item.consumer_call(message, consumer))
-            yield
+    def consumer_call(self, message: Message, consumer: Consumer) -> AbstractContextManager[None]:
+        return _ConsumerCall(self._all(), message, consumer)
 
     def consumer_finished(
         self, message: Message, consumer: Consumer, outcome: Outcome, error: BaseException | None
     ) -> None:
         for item in self._all():
-            with _contained(item, "consumer_finished"):
+            try:
                 item.consumer_finished(message, consumer, outcome, error)
+            except Exception:
+                _failed(item, "consumer_finished")
 
     def message_settled(self, message: Message, queue: str, verdict: Verdict) -> None:
         for item in self._all():
-            with _contained(item, "message_settled"):
+            try:
                 item.message_settled(message, queue, verdict)
+            except Exception:
+                _failed(item, "message_settled")
 
     def settle_failed(self, message: Message, queue: str, error: BaseException) -> None:
         for item in self._all():
-            with _contained(item, "settle_failed"):
+            try:
                 item.settle_failed(message, queue, error)
+            except Exception:
+                _failed(item, "settle_failed")
 
 
-@contextlib.contextmanager
-def _contained(item: Middleware, hook: str) -> Iterator[None]:
-    try:
-        yield
-    except Exception:
-        logger.exception("middleware %r failed in %s; ignored", item, hook)
+class _ConsumerCall:
+    """The middlewares' contexts around one consumer call, nested in order. A middleware
+    whose context fails to enter or to exit is logged and left out; the consumer's own
+    exception always goes on."""
+
+    __slots__ = ("_consumer", "_entered", "_items", "_message")
+
+    def __init__(self, items: tuple[Middleware, ...], message: Message, consumer: Consumer) -> None:
+        self._items = items
+        self._message = message
+        self._consumer = consumer
+        self._entered: list[tuple[Middleware, AbstractContextManager[None]]] = []
+
+    def __enter__(self) -> None:
+        for item in self._items:
+            try:
+                context = item.consumer_call(self._message, self._consumer)
+                context.__enter__()
+            except Exception:
+                _failed(item, "consumer_call")
+                continue
+            self._entered.append((item, context))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for item, context in reversed(self._entered):
+            try:
+                context.__exit__(exc_type, exc, traceback)
+            except Exception:
+                _failed(item, "consumer_call")
+        self._entered.clear()
+
+
+def _failed(item: Middleware, hook: str) -> None:
+    logger.exception("middleware %r failed in %s; ignored", item, hook)
 
 
 __all__ = [

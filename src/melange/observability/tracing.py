@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from contextvars import Token
+from types import TracebackType
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
@@ -67,7 +70,6 @@ OPERATION_TYPE = "messaging.operation.type"
 OPERATION_NAME = "messaging.operation.name"
 MESSAGE_ID = "messaging.message.id"
 CONVERSATION_ID = "messaging.message.conversation_id"
-BODY_SIZE = "messaging.message.body.size"
 # Melange's own.
 DESTINATION_KIND = "melange.destination.kind"
 ATTEMPT = "melange.attempt"
@@ -119,18 +121,15 @@ class Tracing(Middleware, PublishMiddleware):
 
     # -- publishing -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def publishing(
         self, message: Message, destination: str, kind: DestinationKind
-    ) -> Iterator[None]:
+    ) -> AbstractContextManager[None]:
         attributes: dict[str, Any] = {
             SYSTEM: self.system,
             DESTINATION: destination,
-            DESTINATION_KIND: kind,
             OPERATION_TYPE: "send",
             OPERATION_NAME: "send",
             MESSAGE_ID: message.message_id,
-            BODY_SIZE: len(message.content),
         }
         correlation = message.headers.get(CORRELATION_ID)
         if correlation is not None:
@@ -138,15 +137,10 @@ class Tracing(Middleware, PublishMiddleware):
         span = self._tracer.start_span(
             f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
         )
+        if kind == "topic":
+            span.set_attribute(DESTINATION_KIND, kind)
         self._inject(message, span)
-        try:
-            yield
-        except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
-        finally:
-            span.end()
+        return _Sending(span)
 
     def _inject(self, message: Message, span: Span) -> None:
         carrier: dict[str, str] = {}
@@ -171,7 +165,6 @@ class Tracing(Middleware, PublishMiddleware):
             OPERATION_TYPE: "process",
             OPERATION_NAME: "process",
             MESSAGE_ID: message.message_id,
-            BODY_SIZE: len(message.content),
         }
         correlation = headers.get(CORRELATION_ID)
         if correlation is not None:
@@ -205,19 +198,11 @@ class Tracing(Middleware, PublishMiddleware):
             del self._open[id(message)]
         return entry[1]
 
-    @contextlib.contextmanager
-    def consumer_call(self, message: Message, consumer: Consumer) -> Iterator[None]:
+    def consumer_call(self, message: Message, consumer: Consumer) -> AbstractContextManager[None]:
         span = self._span(message)
         if span is None:
-            yield
-            return
-        # The message's span is the current one while the consumer runs: its publishes and
-        # the spans of the libraries it calls join the trace.
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
+            return contextlib.nullcontext()
+        return _Current(span)
 
     def consumer_finished(
         self, message: Message, consumer: Consumer, outcome: Outcome, error: BaseException | None
@@ -275,6 +260,54 @@ class Tracing(Middleware, PublishMiddleware):
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.end()
+
+
+class _Sending:
+    """Ends a producer span when the send is done, recording its failure."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span = self._span
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        span.end()
+
+
+class _Current:
+    """Makes a message's span the current one while a consumer runs: what it publishes, and
+    the spans of the libraries it calls, join the trace."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+        self._token: Token[Context] | None = None
+
+    def __enter__(self) -> None:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)
+            self._token = None
 
 
 __all__ = ["SYSTEMS", "Tracing", "messaging_system"]
