@@ -367,3 +367,16 @@ def test_dump_writes_yaml_that_reads_back_as_the_document() -> None:
     document = build_document(typed_description())
     assert yaml.safe_load(dump(document, "yaml")) == document
     assert json.loads(dump(document, "json")) == document
+
+
+def test_a_list_is_merged_into_one_description() -> None:
+    service = _ServiceShape(
+        "crm", DataclassSerializer(CustomerMoved), [_QueueSettings("crm-moves", [])]
+    )
+    sends = ServiceDescription("ignored").sends("crm-events", InvoiceIssued)
+    document = build_document(describe([service, sends]))
+    assert_valid_asyncapi(document)
+    assert document["info"]["title"] == "crm"
+    assert set(document["operations"]) == {"receiveCrmMoves", "sendCrmEvents"}
+    with pytest.raises(ConfigurationError, match="empty list"):
+        describe([])

@@ -9,7 +9,9 @@
   ``receive`` operation of the message types of its typed serializers. A service does not
   say what it publishes, so chain ``sends(...)`` on :func:`describe_service`'s result for
   that;
-- a function without arguments returning one of these.
+- a function without arguments returning one of these;
+- a list or tuple of these, merged into one description (the first one's title): e.g. a
+  ``Service`` and a ``ServiceDescription`` of what it publishes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ def describe(app: Any, _depth: int = 0) -> ServiceDescription:
     method = getattr(app, "describe", None)
     if callable(method) and not isinstance(app, type):
         return describe(method(), _depth + 1)
+    if isinstance(app, list | tuple):
+        parts = [describe(item, _depth + 1) for item in app]
+        if not parts:
+            raise ConfigurationError("cannot describe an empty list")
+        first = parts[0]
+        merged = ServiceDescription(first.title, first.version, first.description)
+        for part in parts:
+            merged.merge(part)
+        return merged
     if _looks_like_service(app):
         return describe_service(app)
     if callable(app) and _takes_no_argument(app):

@@ -130,6 +130,31 @@ class ServiceDescription:
         self._operation("send", destination, messages, summary)
         return self
 
+    def merge(self, other: ServiceDescription) -> ServiceDescription:
+        """Add what ``other`` declares (its title and version are not taken)."""
+        for serializer in other.serializers:
+            if serializer not in self.serializers:
+                self.serializers.append(serializer)
+        for topic in other.topics.values():
+            self.topic(topic.name, *topic.messages, description=topic.description)
+        for queue in other.queues.values():
+            self.queue(
+                queue.name,
+                topics=queue.topics,
+                filter_events=queue.filter_events,
+                dead_letter_queue=queue.dead_letter_queue,
+                description=queue.description,
+            )
+            _extend(self.queues[queue.name].messages, queue.messages)
+        for operation in other.operations:
+            self._operation(
+                operation.action,
+                operation.destination,
+                tuple(operation.messages),
+                operation.summary,
+            )
+        return self
+
     def kind_of(self, destination: str) -> DestinationKind:
         """Whether ``destination`` is a declared topic or queue."""
         if destination in self.queues:
