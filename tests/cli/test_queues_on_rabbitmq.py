@@ -1,13 +1,20 @@
-"""``melange queues`` and ``melange dlq`` on the shared RabbitMQ broker, whose management
-plugin may be off: counts by passive declaration, peeks by ``basic.get``, and a clear
-message for what needs the plugin."""
+"""``melange queues`` and ``melange dlq`` on RabbitMQ: on the shared broker, whose management
+plugin may be off (counts by passive declaration, peeks by ``basic.get``, a clear message for
+what needs the plugin), and on a throwaway broker started here with the plugin on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from cli_support import assert_one_line_error, run_melange
@@ -15,7 +22,7 @@ from cli_support import assert_one_line_error, run_melange
 from melange import Consumer, FailurePolicy, MessageDispatcher, QueuePublisher
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.rabbitmq import RabbitMQBackend
-from melange.backends.rabbitmq.inspect import management_for
+from melange.backends.rabbitmq.inspect import MANAGEMENT_URL_ENV, ManagementAPI, management_for
 from melange.serializers.json import JsonSerializer
 from service_check import require_service
 
@@ -35,14 +42,93 @@ class Broker:
     queue: str
     dlq: str
     management: bool
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``melange ARGS --backend-url URL`` on this broker."""
+        return run_melange(*args, "--backend-url", self.url, env=self.env)
 
 
-@pytest.fixture
-def broker() -> Iterator[Broker]:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def managed_rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A throwaway RabbitMQ node with its management plugin, on free loopback ports, in a
+    directory of its own (its own Erlang cookie too): (AMQP URL, management URL)."""
+    server = shutil.which("rabbitmq-server", path="/usr/lib/rabbitmq/bin")
+    if server is None:
+        _unavailable("SERVICE MISSING: rabbitmq-server is not installed")
+    home = tmp_path_factory.mktemp("rabbitmq")
+    amqp, management, distribution = _free_port(), _free_port(), _free_port()
+    (home / "enabled_plugins").write_text("[rabbitmq_management].\n")
+    (home / "rabbitmq.conf").write_text(
+        f"listeners.tcp.default = 127.0.0.1:{amqp}\n"
+        f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management}\n"
+    )
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "RABBITMQ_NODENAME": f"melange-test-{uuid.uuid4().hex[:8]}@localhost",
+        "RABBITMQ_DIST_PORT": str(distribution),
+        "RABBITMQ_CONFIG_FILE": str(home / "rabbitmq"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(home / "advanced.config"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(home / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(home / "log"),
+        "RABBITMQ_PID_FILE": str(home / "pid"),
+        "RABBITMQ_FEATURE_FLAGS_FILE": str(home / "feature_flags"),
+        "RABBITMQ_PLUGINS_EXPAND_DIR": str(home / "plugins"),
+    }
+    process = subprocess.Popen(
+        [server],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{management}"
+    try:
+        deadline = time.monotonic() + 120
+        while not management_for_url(api).available():
+            if process.poll() is not None or time.monotonic() > deadline:
+                _unavailable(f"SERVICE MISSING: a throwaway RabbitMQ did not start (see {home})")
+            time.sleep(0.5)
+        yield f"amqp://guest:guest@127.0.0.1:{amqp}/", api
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def management_for_url(api: str) -> ManagementAPI:
+    return ManagementAPI(api, "guest", "guest", "/", timeout=2.0)
+
+
+@pytest.fixture(params=["shared broker", "broker with the management plugin"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     """``payments`` with two payments dead-lettered into its DLQ, one message ready and one
     waiting in a retry queue; every queue deleted at the end."""
-    host, port = require_service("rabbitmq")
-    url = f"amqp://guest:guest@{host}:{port}/"
+    env: dict[str, str] = {}
+    if request.param == "shared broker":
+        host, port = require_service("rabbitmq")
+        url = f"amqp://guest:guest@{host}:{port}/"
+    else:
+        url, api = request.getfixturevalue("managed_rabbitmq")
+        env[MANAGEMENT_URL_ENV] = api
     suffix = uuid.uuid4().hex[:10]
     queue, dlq = f"payments-{suffix}", f"payments-{suffix}-dlq"
     backend = RabbitMQBackend(url)
@@ -73,10 +159,10 @@ def broker() -> Iterator[Broker]:
             received.extend(backend.retrieve_messages(wrapper, wait_seconds=1, max_messages=2))
         backend.nack(received[0], 30.0)  # type: ignore[arg-type]
         backend.nack(received[1], 0.0)  # type: ignore[arg-type]
-        management = management_for(backend._params).available()
+        management = management_for(backend._params).available() or bool(env)
     finally:
         backend.close_connection()
-    yield Broker(url, queue, dlq, management)
+    yield Broker(url, queue, dlq, management, env)
     cleaner = RabbitMQBackend(url)
     try:
         for name in (queue, dlq):
@@ -86,7 +172,7 @@ def broker() -> Iterator[Broker]:
 
 
 def test_stats_count_ready_and_delayed_messages(broker: Broker) -> None:
-    result = run_melange("queues", "stats", broker.queue, "--json", "--backend-url", broker.url)
+    result = broker.run("queues", "stats", broker.queue, "--json")
 
     assert result.returncode == 0, result.stderr
     (stats,) = json.loads(result.stdout)["queues"]
@@ -99,8 +185,8 @@ def test_stats_count_ready_and_delayed_messages(broker: Broker) -> None:
 
 
 def test_dlq_show_names_the_failures_with_control_characters_escaped(broker: Broker) -> None:
-    table = run_melange("dlq", "show", broker.dlq, "--body", "--backend-url", broker.url)
-    as_json = run_melange("dlq", "show", broker.dlq, "--json", "--backend-url", broker.url)
+    table = broker.run("dlq", "show", broker.dlq, "--body")
+    as_json = broker.run("dlq", "show", broker.dlq, "--json")
 
     assert table.returncode == 0, table.stderr
     assert "\x1b" not in table.stdout and "\x07" not in table.stdout
@@ -127,15 +213,15 @@ def test_dlq_show_names_the_failures_with_control_characters_escaped(broker: Bro
 
 def test_peeking_leaves_the_dead_letters_in_place(broker: Broker) -> None:
     for _ in range(2):
-        assert run_melange("dlq", "show", broker.dlq, "--backend-url", broker.url).returncode == 0
+        assert broker.run("dlq", "show", broker.dlq).returncode == 0
 
-    result = run_melange("queues", "stats", broker.dlq, "--json", "--backend-url", broker.url)
+    result = broker.run("queues", "stats", broker.dlq, "--json")
 
     assert json.loads(result.stdout)["queues"][0]["ready"] == 2
 
 
 def test_redrive_moves_the_dead_letters_back(broker: Broker) -> None:
-    result = run_melange("dlq", "redrive", broker.dlq, "--json", "--backend-url", broker.url)
+    result = broker.run("dlq", "redrive", broker.dlq, "--json")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
@@ -144,40 +230,36 @@ def test_redrive_moves_the_dead_letters_back(broker: Broker) -> None:
         "left": 0,
         "duplicates": 0,
     }
-    stats = run_melange(
-        "queues", "stats", broker.queue, broker.dlq, "--json", "--backend-url", broker.url
-    )
+    stats = broker.run("queues", "stats", broker.queue, broker.dlq, "--json")
     counts = {q["name"]: q for q in json.loads(stats.stdout)["queues"]}
     assert counts[broker.queue]["ready"] == 3
     assert counts[broker.dlq]["total"] == 0
 
 
 def test_purge_deletes_ready_and_waiting_messages(broker: Broker) -> None:
-    result = run_melange(
-        "queues", "purge", broker.queue, "-y", "--json", "--backend-url", broker.url
-    )
+    result = broker.run("queues", "purge", broker.queue, "-y", "--json")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"queue": broker.queue, "deleted": 2}
-    stats = run_melange("queues", "stats", broker.queue, "--json", "--backend-url", broker.url)
+    stats = broker.run("queues", "stats", broker.queue, "--json")
     assert json.loads(stats.stdout)["queues"][0]["total"] == 0
 
 
 def test_a_missing_queue_is_named(broker: Broker) -> None:
-    result = run_melange("queues", "stats", broker.queue + "-nope", "--backend-url", broker.url)
+    result = broker.run("queues", "stats", broker.queue + "-nope")
 
     assert_one_line_error(result, broker.queue + "-nope")
 
 
 def test_listing_without_the_management_plugin_says_what_it_needs(broker: Broker) -> None:
     if broker.management:
-        result = run_melange("queues", "list", "--json", "--backend-url", broker.url)
+        result = broker.run("queues", "list", "--json")
         assert result.returncode == 0, result.stderr
         names = [q["name"] for q in json.loads(result.stdout)["queues"]]
         assert broker.queue in names and broker.dlq in names
         assert not any(".melange-retry-" in name for name in names)
         return
-    result = run_melange("queues", "list", "--backend-url", broker.url)
+    result = broker.run("queues", "list")
 
     assert_one_line_error(
         result, "management plugin", "rabbitmq-plugins enable rabbitmq_management"

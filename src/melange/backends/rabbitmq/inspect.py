@@ -6,14 +6,13 @@ messages without settling them (``basic.get``, then the channel closes and they 
 it cannot list queues, exchanges or bindings. Those need RabbitMQ's management HTTP API
 (``rabbitmq-plugins enable rabbitmq_management``), used when it answers:
 
-- **With the management API**: every queue and topic is listed; a queue's counts are
-  ``messages_ready``, ``messages_unacknowledged`` (in flight) and, as delayed, the messages
-  waiting in its retry queues; a dead-letter queue's sources are the routing keys of its
-  bindings to ``melange.dlx``.
-- **Without it**: a named queue's ready messages and the messages waiting in its retry queues
-  are counted by passive declarations (in flight is not known); listing queues, topics and
-  dead-letter sources raises :class:`~melange.backends.inspection.InspectionUnavailable`
-  naming the plugin.
+- **Always**: a queue's ready messages and the messages waiting in its retry queues (delayed)
+  are counted by passive declarations, exact at once.
+- **With the management API**: every queue and topic is listed; in flight is the queue's
+  ``messages_unacknowledged``, as of the API's last statistics sample (every 5 s by default);
+  a dead-letter queue's sources are the routing keys of its bindings to ``melange.dlx``.
+- **Without it**: in flight is not known; listing queues, topics and dead-letter sources
+  raises :class:`~melange.backends.inspection.InspectionUnavailable` naming the plugin.
 
 The API is looked for at ``http://<AMQP host>:15672`` (``https://...:15671`` for ``amqps``)
 with the AMQP credentials, or at the URL in ``MELANGE_RABBITMQ_MANAGEMENT_URL``. Credentials
@@ -241,40 +240,30 @@ class RabbitMQInspection:
     def queue_stats(self, queue_name: str) -> QueueStats:
         """Ready, in-flight and delayed (waiting in a retry queue) messages of the queue.
 
-        Without the management API, in flight is not known (``None``).
+        Ready and delayed messages are counted by passive declarations, exact at once. In
+        flight comes from the management API, whose figures are sampled (every 5 s by
+        default); without the API it is not known (``None``).
         """
         api = self.management_api()
+        in_flight: int | None = None
         if api is not None:
-            by_name = {q["name"]: q for q in api.queues()}
-            found = by_name.get(queue_name)
-            if found is None:
-                raise QueueNotFoundError(queue_name)
-            delayed = sum(
-                int(q.get("messages") or 0)
-                for name, q in by_name.items()
-                if retry_queue_of(name) == queue_name
-            )
-            return QueueStats(
-                queue_name,
-                int(found.get("messages_ready") or 0),
-                int(found.get("messages_unacknowledged") or 0),
-                delayed,
-            )
+            listed = {q["name"]: q for q in api.queues()}
+            retries = [name for name in listed if retry_queue_of(name) == queue_name]
+            in_flight = int(listed.get(queue_name, {}).get("messages_unacknowledged") or 0)
+        else:
+            retries = [retry_queue_name(queue_name, step) for step in DELAY_LADDER_MS]
 
         def count(session: Any) -> tuple[int | None, int]:
             ready = declared_count(session.topology(), queue_name)
             if ready is None:
                 return None, 0
-            waiting = 0
-            for step in DELAY_LADDER_MS:
-                held = declared_count(session.topology(), retry_queue_name(queue_name, step))
-                waiting += held or 0
+            waiting = sum(declared_count(session.topology(), name) or 0 for name in retries)
             return ready, waiting
 
         ready, delayed = self._call(count)
         if ready is None:
             raise QueueNotFoundError(queue_name)
-        return QueueStats(queue_name, ready, None, delayed)
+        return QueueStats(queue_name, ready, in_flight, delayed)
 
     def queue_depth(self, queue_name: str) -> int:
         """Messages of the queue that can be counted (see :meth:`queue_stats`)."""
