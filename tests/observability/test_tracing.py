@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from obs_support import Broker, Spans
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
 from melange.aio import AsyncMessageDispatcher, AsyncQueuePublisher
 from melange.backends.memory import InMemoryMessagingBackend
@@ -271,3 +271,18 @@ def test_an_installed_tracing_covers_every_publisher(spans: Spans) -> None:
         uninstall_publish_middleware(tracing)
     assert "traceparent" not in made_before.publish("anywhere", 2).headers
     assert len(spans.named("send anywhere")) == 1
+
+
+def test_without_an_sdk_tracing_does_nothing() -> None:
+    backend = InMemoryMessagingBackend()
+    backend.declare_queue("quiet")
+    tracing = Tracing("melange_memory", tracer_provider=NoOpTracerProvider())
+    sent = QueuePublisher(JsonSerializer(), backend, middleware=[tracing]).publish("quiet", 1)
+    assert "traceparent" not in sent.headers
+    handled: list[Any] = []
+    dispatcher = MessageDispatcher(
+        JsonSerializer(), backend=backend, consumers=[Consumer(on_message=handled.append)],
+        middleware=[tracing],
+    )  # fmt: skip
+    dispatcher.consume_event("quiet")
+    assert handled == [1]

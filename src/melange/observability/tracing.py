@@ -38,7 +38,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import (
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    TracerProvider,
+)
 
 from melange.backends.async_interfaces import AsyncMessagingBackend
 from melange.backends.interfaces import MessagingBackend
@@ -106,6 +114,7 @@ class Tracing(Middleware, PublishMiddleware):
     ) -> None:
         self.system = system
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        self._provider = tracer_provider
         self._propagator = propagator
         self._max_open = max_open_spans
         # id(message) -> (message, span): the message is held so that its id is not reused.
@@ -121,9 +130,17 @@ class Tracing(Middleware, PublishMiddleware):
 
     # -- publishing -------------------------------------------------------------------------
 
+    def _active(self) -> bool:
+        """Whether spans go anywhere: not while no SDK is set up (the API's no-op tracer),
+        so that installing ``melange[otel]`` without exporting costs next to nothing."""
+        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
+        return not isinstance(provider, NoOpTracerProvider | ProxyTracerProvider)
+
     def publishing(
         self, message: Message, destination: str, kind: DestinationKind
     ) -> AbstractContextManager[None]:
+        if not self._active():
+            return contextlib.nullcontext()
         attributes: dict[str, Any] = {
             SYSTEM: self.system,
             DESTINATION: destination,
@@ -154,6 +171,8 @@ class Tracing(Middleware, PublishMiddleware):
     # -- consuming --------------------------------------------------------------------------
 
     def message_received(self, message: Message, queue: str) -> None:
+        if not self._active():
+            return
         headers = message.headers
         if self._propagator is not None:
             parent = self._propagator.extract(headers)
