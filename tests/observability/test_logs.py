@@ -6,10 +6,17 @@ import json
 import logging
 import sys
 
+import pytest
 from obs_support import Spans
 
+from melange.backends.memory import InMemoryMessagingBackend
+from melange.consumers import Consumer
+from melange.dispatch.policy import FailurePolicy
+from melange.dispatch.threaded import MessageDispatcher
 from melange.observability.logs import JsonFormatter
+from melange.publishers import QueuePublisher
 from melange.redaction import redact_text
+from melange.serializers.json import JsonSerializer
 
 
 def record(message: str, **extra: object) -> logging.LogRecord:
@@ -57,3 +64,46 @@ def test_secrets_are_hidden() -> None:
     line = formatter.format(failed)
     assert "s3cret" not in line
     assert "ConnectionError" in json.loads(line)["exception"]
+
+
+def _failing_dispatcher(always_ack: bool) -> MessageDispatcher:
+    backend = InMemoryMessagingBackend()
+    backend.declare_queue("jobs", dead_letter_queue_name="jobs-dlq")
+    QueuePublisher(JsonSerializer(), backend).publish("jobs", {"job": 1})
+
+    def refuse(payload: object) -> None:
+        raise ValueError("no capacity")
+
+    return MessageDispatcher(
+        JsonSerializer(),
+        backend=backend,
+        consumers=[Consumer(on_message=refuse, name="worker")],
+        always_ack=always_ack,
+        failure_policy=FailurePolicy(max_attempts=2, initial_delay=0.0, jitter=0.0),
+    )
+
+
+def test_a_failed_attempt_is_one_log_line_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="melange")
+    dispatcher = _failing_dispatcher(always_ack=False)
+    dispatcher.consume_event("jobs")
+    dispatcher.consume_event("jobs")
+    lines = [r for r in caplog.records if r.name == "melange.dispatcher"]
+    assert [(r.levelname, r.outcome, r.attempt) for r in lines] == [  # type: ignore[attr-defined]
+        ("WARNING", "retry", 1),
+        ("ERROR", "dead_lettered", 2),
+    ]
+    for line in lines:
+        assert line.exc_info is not None and isinstance(line.exc_info[1], ValueError)
+
+
+def test_a_failure_that_decides_nothing_is_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="melange")
+    _failing_dispatcher(always_ack=True).consume_event("jobs")
+    (line,) = [r for r in caplog.records if r.name == "melange.dispatcher"]
+    assert line.levelname == "ERROR"
+    assert "consumer worker failed" in line.getMessage()
