@@ -69,6 +69,7 @@ from melange.backends.kafka.wire import (
     record_key,
     retry_headers,
 )
+from melange.backends.publish_options import apply_fifo_keywords, delay_refused, publish_delay
 from melange.exceptions import (
     BatchPublishError,
     ConfigurationError,
@@ -79,6 +80,8 @@ from melange.exceptions import (
 )
 from melange.models import Message, QueueWrapper, TopicWrapper
 
+#: How errors name this backend.
+BACKEND_NAME = "the Kafka backend"
 #: librdkafka's "no partition chosen": the partitioner picks (by key).
 _ANY_PARTITION = -1
 #: Kafka's default largest record (``message.max.bytes``), less room for the headers.
@@ -110,26 +113,15 @@ def capabilities(max_message_size: int | None) -> BackendCapabilities:
     )
 
 
-def fifo_keywords(messages: Sequence[Message], kwargs: Mapping[str, Any]) -> None:
-    """Apply ``message_group_id``/``message_deduplication_id``; refuse ``delay_seconds``."""
-    if kwargs.get("delay_seconds"):
-        raise ConfigurationError(
-            "the Kafka backend cannot delay a message on publish: publish without delay_seconds"
-        )
-    group = kwargs.get("message_group_id")
-    dedup = kwargs.get("message_deduplication_id")
-    for name, value in (("message_group_id", group), ("message_deduplication_id", dedup)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ConfigurationError(f"{name} must be a non-empty string, got {value!r}")
-    if dedup is not None and len(messages) > 1:
-        raise ConfigurationError(
-            "message_deduplication_id names one message; set deduplication_id on each message"
-        )
-    for message in messages:
-        if group is not None:
-            message.group_id = group
-        if dedup is not None:
-            message.deduplication_id = dedup
+def publish_keywords(
+    messages: Sequence[Message], kwargs: Mapping[str, Any], *, topic: bool
+) -> None:
+    """Apply ``message_group_id``/``message_deduplication_id`` (as every backend does) and
+    refuse ``delay_seconds`` as the publishers refuse it on this backend: an invalid delay
+    for what it is, a positive one because Kafka cannot hold a record back; 0 is no delay."""
+    if publish_delay(kwargs, backend=BACKEND_NAME) is not None:
+        raise delay_refused(BACKEND_NAME, "a topic message" if topic else "a message")
+    apply_fifo_keywords(messages, kwargs)
 
 
 def check_sizes(messages: Sequence[Message], limit: int | None) -> None:
@@ -372,7 +364,7 @@ class KafkaBackend(MessagingBackend):
     ) -> None:
         """Produce every message, then wait once for the brokers to confirm them all."""
         self._spec(queue.name)
-        self._publish(queue.name, messages, kwargs)
+        self._publish(queue.name, messages, kwargs, topic=False)
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
         self.publish_batch_to_topic([message], topic, **kwargs)
@@ -382,14 +374,16 @@ class KafkaBackend(MessagingBackend):
     ) -> None:
         """Produce every message to the topic (read by each subscribed queue's group)."""
         self.get_topic(topic.name)
-        self._publish(topic.name, messages, kwargs)
+        self._publish(topic.name, messages, kwargs, topic=True)
 
-    def _publish(self, topic: str, messages: Sequence[Message], kwargs: Mapping[str, Any]) -> None:
+    def _publish(
+        self, target: str, messages: Sequence[Message], kwargs: Mapping[str, Any], *, topic: bool
+    ) -> None:
+        publish_keywords(messages, kwargs, topic=topic)
         if not messages:
             return
-        fifo_keywords(messages, kwargs)
         check_sizes(messages, self._max_message_size)
-        self.produce(topic, [(m, encode_headers(m)) for m in messages])
+        self.produce(target, [(m, encode_headers(m)) for m in messages])
 
     def produce(
         self,
