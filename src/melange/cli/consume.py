@@ -1,4 +1,5 @@
-"""``melange consume``: run a dispatcher on a queue until SIGINT/SIGTERM."""
+"""``melange consume``: run a dispatcher on a queue, or a service on its queues (in one
+process or several supervised ones), until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
