@@ -8,6 +8,8 @@ deployments of a service: version 2 added ``currency`` (its upcaster fills in ``
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ import pydantic
 from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
 from melange.message_dispatcher import MessageDispatcher
-from melange.models import FAILURE_REASON, Message, QueueWrapper
+from melange.models import FAILURE_REASON, Message
 from melange.publishers import TopicPublisher
 from melange.serializers import SCHEMA_VERSION_HEADER, DataclassSerializer, message_type
 from melange.serializers.evolution import NewerVersions
@@ -97,81 +99,83 @@ class Deployment:
         return self.message_class(**fields)
 
 
-def consume(
-    backend: MessagingBackend,
-    deployment: Deployment,
-    queue: QueueWrapper,
-    dead_letters: QueueWrapper,
-    timeout: float = 15.0,
-) -> tuple[list[Any], list[Message]]:
-    """Run ``deployment``'s dispatcher until a message was handled or dead-lettered."""
-    handled: list[Any] = []
-    dispatcher = MessageDispatcher(
-        deployment.serializer, backend=backend, consumers=[Consumer(on_message=handled.append)]
-    )
-    dead: list[Message] = []
-    deadline = time.monotonic() + timeout
-    while not handled and not dead and time.monotonic() < deadline:
-        dispatcher.consume_event(queue.name)
-        if not handled:
-            dead = receive(backend, dead_letters, 1, timeout=0.5)
-    return handled, dead
+class Route:
+    """A topic and a queue subscribed to it (with a dead-letter queue), deleted afterwards."""
+
+    def __init__(self, backend: MessagingBackend) -> None:
+        self.backend = backend
+        self.topology = Topology(backend)
+        self.topic = self.topology.topic()
+        self.queue = self.topology.queue(self.topic, dlq=True)
+        self.dead_letters = self.topology.dead_letter_queue_of(self.queue)
+
+    def publish(self, deployment: Deployment, **fields: Any) -> Message:
+        """Publish an order of ``deployment``'s version to the topic."""
+        publisher = TopicPublisher(deployment.serializer, self.backend)
+        return publisher.publish(self.topic, deployment.order(**fields))
+
+    def consume(
+        self, deployment: Deployment, timeout: float = 15.0
+    ) -> tuple[list[Any], list[Message]]:
+        """Run ``deployment``'s dispatcher until a message was handled or dead-lettered."""
+        handled: list[Any] = []
+        dispatcher = MessageDispatcher(
+            deployment.serializer,
+            backend=self.backend,
+            consumers=[Consumer(on_message=handled.append)],
+        )
+        dead: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while not handled and not dead and time.monotonic() < deadline:
+            dispatcher.consume_event(self.queue.name)
+            if not handled:
+                dead = receive(self.backend, self.dead_letters, 1, timeout=0.5)
+        return handled, dead
+
+
+@contextmanager
+def route(backend: MessagingBackend) -> Iterator[Route]:
+    """A :class:`Route` for one scenario, cleaned up after it."""
+    made = Route(backend)
+    try:
+        yield made
+    finally:
+        made.topology.cleanup()
 
 
 def old_publisher_new_consumer(backend: MessagingBackend, kind: str) -> None:
     """A version 1 message reaches a version 2 consumer upcast, through a topic."""
-    topology = Topology(backend)
-    try:
-        topic = topology.topic()
-        queue = topology.queue(topic, dlq=True)
-        old, new = Deployment(kind, 1), Deployment(kind, 2)
-        sent = TopicPublisher(old.serializer, backend).publish(
-            topic, old.order(order_id=7, amount_cents=1250)
-        )
+    old, new = Deployment(kind, 1), Deployment(kind, 2)
+    with route(backend) as orders:
+        sent = orders.publish(old, order_id=7, amount_cents=1250)
         assert sent.headers[SCHEMA_VERSION_HEADER] == "1"
-        handled, dead = consume(backend, new, queue, topology.dead_letter_queue_of(queue))
+        handled, dead = orders.consume(new)
         assert not dead, f"dead-lettered: {[m.headers.get(FAILURE_REASON) for m in dead]}"
         assert handled == [new.order(order_id=7, amount_cents=1250, currency="EUR")]
-        assert_empty(backend, topology.dead_letter_queue_of(queue), wait=0.5)
-    finally:
-        topology.cleanup()
+        assert_empty(backend, orders.dead_letters, wait=0.5)
 
 
 def new_publisher_old_consumer(backend: MessagingBackend, kind: str) -> None:
     """A version 2 message is dead-lettered by a version 1 consumer, with the reason."""
-    topology = Topology(backend)
-    try:
-        topic = topology.topic()
-        queue = topology.queue(topic, dlq=True)
-        old, new = Deployment(kind, 1), Deployment(kind, 2)
-        TopicPublisher(new.serializer, backend).publish(
-            topic, new.order(order_id=8, amount_cents=990, currency="USD")
-        )
-        handled, dead = consume(backend, old, queue, topology.dead_letter_queue_of(queue))
+    old, new = Deployment(kind, 1), Deployment(kind, 2)
+    with route(backend) as orders:
+        orders.publish(new, order_id=8, amount_cents=990, currency="USD")
+        handled, dead = orders.consume(old)
         assert handled == []
         assert len(dead) == 1
         reason = dead[0].headers[FAILURE_REASON]
         assert f"{MANIFEST} version 2 is newer than version 1" in reason
         assert dead[0].headers[SCHEMA_VERSION_HEADER] == "2"
-    finally:
-        topology.cleanup()
 
 
 def new_publisher_old_consumer_decoding_newer(backend: MessagingBackend, kind: str) -> None:
     """With ``newer_versions="decode"`` the old consumer reads what it knows of version 2."""
-    topology = Topology(backend)
-    try:
-        topic = topology.topic()
-        queue = topology.queue(topic, dlq=True)
-        old, new = Deployment(kind, 1, newer_versions="decode"), Deployment(kind, 2)
-        TopicPublisher(new.serializer, backend).publish(
-            topic, new.order(order_id=9, amount_cents=500, currency="USD")
-        )
-        handled, dead = consume(backend, old, queue, topology.dead_letter_queue_of(queue))
+    old, new = Deployment(kind, 1, newer_versions="decode"), Deployment(kind, 2)
+    with route(backend) as orders:
+        orders.publish(new, order_id=9, amount_cents=500, currency="USD")
+        handled, dead = orders.consume(old)
         assert not dead
         assert handled == [old.order(order_id=9, amount_cents=500)]
-    finally:
-        topology.cleanup()
 
 
 SCENARIOS = (
