@@ -85,7 +85,9 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         endpoint = request.getfixturevalue("sqs_endpoint")
         made = Broker(
             "sqs",
-            f"sqs://testing:testing@?region={endpoint.region}&endpoint_url={endpoint.sqs_url}",
+            f"sqs://testing:testing@?region={endpoint.region}&endpoint_url={endpoint.sqs_url}"
+            # A crashed consumer's messages come back after 3 s.
+            "&visibility_timeout=3&wait_time_seconds=1",
         )
     try:
         yield made
@@ -271,7 +273,8 @@ def test_consume_write_publish_under_repeated_consumer_crashes_has_each_effect_o
             runs += 1
             done = subprocess.run(
                 _worker("consume", database, broker, queue=inbound, out=outbound, seed=runs,
-                        crash_after_commit=0.15, crash_before_commit=0.1, idle=4),
+                        crash_after_commit=0.15, crash_before_commit=0.1,
+                        idle=4 if broker.kind == "rabbitmq" else 7),
                 capture_output=True, text=True, timeout=300, check=False,
             )  # fmt: skip
             if done.returncode == 0:
