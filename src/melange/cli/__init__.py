@@ -20,6 +20,7 @@ from melange.cli.consume import consume
 from melange.cli.demo import demo
 from melange.cli.publish import publish
 from melange.cli.queues import dlq, queues
+from melange.cli.relay import relay
 from melange.cli.topology import init
 
 
@@ -52,6 +53,7 @@ cli.add_command(dlq)
 cli.add_command(init)
 cli.add_command(demo)
 cli.add_command(asyncapi)
+cli.add_command(relay)
 
 
 def main() -> None:
