@@ -52,11 +52,18 @@ def _answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def start_tansu(log: Path, port: int | None = None) -> Iterator[str]:
-    """Run a tansu broker until the block ends; yields its ``kafka://`` URL."""
+def start_tansu(
+    log: Path, port: int | None = None, advertised_port: int | None = None
+) -> Iterator[str]:
+    """Run a tansu broker until the block ends; yields its ``kafka://`` URL.
+
+    ``advertised_port``: the port the broker tells clients to connect to (a TCP relay in
+    front of it, which must be listening already); by default its own.
+    """
     binary = tansu_binary()
     port = port or free_port()
     address = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     with log.open("ab") as out:
         process = subprocess.Popen(
             [
@@ -65,7 +72,7 @@ def start_tansu(log: Path, port: int | None = None) -> Iterator[str]:
                 "--listener-url",
                 address,
                 "--advertised-listener-url",
-                address,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],

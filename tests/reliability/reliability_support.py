@@ -130,12 +130,17 @@ def _require(name: str) -> None:
 
 
 def durable_spec(
-    kind: str, tmp_path: Path, visibility_timeout: float, sqs_endpoint: str | None = None
+    kind: str,
+    tmp_path: Path,
+    visibility_timeout: float,
+    sqs_endpoint: str | None = None,
+    kafka: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A JSON-able description of a fresh queue home on backend ``kind``.
 
     ``spec["queue"]`` names a queue unique to the caller; its dead-letter queue is
-    ``spec["queue"] + "-dlq"`` once declared with :func:`declare_work_queue`.
+    ``spec["queue"] + "-dlq"`` once declared with :func:`declare_work_queue`. A Kafka spec
+    takes ``kafka``: ``url`` (the test's broker) and the ``KafkaBackend`` options.
     """
     suffix = uuid.uuid4().hex[:10]
     spec: dict[str, Any] = {
@@ -166,6 +171,11 @@ def durable_spec(
         _require("nats")
         # Every stream of the test under a prefix of its own (deleted by delete_work_queue).
         spec.update(url="nats://127.0.0.1:4222", prefix=f"mfault-{suffix}")
+    elif kind == "kafka":
+        if kafka is None:
+            raise ValueError("a Kafka spec needs the URL of the test's broker")
+        # No visibility timeout on Kafka: a consumer keeps what it fetched until it leaves.
+        spec.update(url=kafka["url"], options={k: v for k, v in kafka.items() if k != "url"})
     else:
         raise ValueError(f"unknown durable backend {kind!r}")
     return spec
@@ -208,6 +218,10 @@ def open_backend(spec: dict[str, Any]) -> MessagingBackend:
         return NATSBackend(
             spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
         )
+    if kind == "kafka":
+        from melange.backends.kafka import KafkaBackend
+
+        return KafkaBackend(spec["url"], **spec["options"])
     raise ValueError(f"unknown durable backend {kind!r}")
 
 
