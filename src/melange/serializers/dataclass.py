@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Union
 
 from melange.exceptions import ConfigurationError
+from melange.serializers.evolution import NewerVersions
 from melange.serializers.message_types import manifest_of
 from melange.serializers.typed import DEFAULT_REF_PREFIX, MessageValidationError, TypedSerializer
 
@@ -108,9 +109,14 @@ class DataclassSerializer(TypedSerializer):
     default_identifier: ClassVar[int] = 3
     kind: ClassVar[str] = "a dataclass"
 
-    def __init__(self, *message_types: type[Any], **options: Any) -> None:
+    def __init__(
+        self,
+        *message_types: type[Any],
+        identifier: int | None = None,
+        newer_versions: NewerVersions = "dead_letter",
+    ) -> None:
         self._plans: dict[type[Any], _Plan] = {}
-        super().__init__(*message_types, **options)
+        super().__init__(*message_types, identifier=identifier, newer_versions=newer_versions)
 
     def register(self, cls: type[Any]) -> None:
         super().register(cls)

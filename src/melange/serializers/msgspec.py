@@ -17,6 +17,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("MsgspecSerializer needs msgspec: pip install 'melange[msgspec]'") from exc
 
+from melange.serializers.evolution import NewerVersions
 from melange.serializers.message_types import manifest_of
 from melange.serializers.typed import DEFAULT_REF_PREFIX, MessageValidationError, TypedSerializer
 
@@ -33,10 +34,15 @@ class MsgspecSerializer(TypedSerializer):
     kind: ClassVar[str] = "a msgspec Struct"
     bound_types: ClassVar[tuple[type, ...]] = (msgspec.Struct,)
 
-    def __init__(self, *message_types: type[Any], **options: Any) -> None:
+    def __init__(
+        self,
+        *message_types: type[Any],
+        identifier: int | None = None,
+        newer_versions: NewerVersions = "dead_letter",
+    ) -> None:
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
-        super().__init__(*message_types, **options)
+        super().__init__(*message_types, identifier=identifier, newer_versions=newer_versions)
 
     @classmethod
     def handles(cls, message_type: type[Any]) -> bool:
