@@ -40,6 +40,7 @@ BACKENDS = [
     ("RabbitMQ", "melange.backends.rabbitmq.backend:RabbitMQBackend"),
     ("Redis Streams", "melange.backends.redis_streams.backend:RedisStreamsBackend"),
     ("NATS JetStream", "melange.backends.nats.backend:NATSBackend"),
+    ("Kafka", "melange.backends.kafka.backend:KafkaBackend"),
 ]
 
 _CAPABILITIES = re.compile(r"<!--\s*capabilities:\s*([\w.]+):(\w+)\s*-->")
