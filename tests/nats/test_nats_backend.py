@@ -147,3 +147,35 @@ def test_fifo_order_holds_across_receivers_of_two_processes_worth_of_backends(
         seen += [int(m.content) for m in batch]
         receiver.acknowledge_batch(batch)
     assert seen == list(range(10))
+
+
+def test_publish_keywords_called_directly_are_honoured_or_refused(
+    backend: NATSBackend, topology: Topology
+) -> None:
+    from melange.exceptions import ConfigurationError
+
+    queue = topology.queue(fifo=True)
+    topic_name = topology.topic()
+    topic = backend.get_topic(topic_name)
+    backend.publish_to_queue(
+        make_message('"a"'), queue, message_group_id="g", message_deduplication_id="d-1"
+    )
+    backend.publish_to_queue(
+        make_message('"b"'), queue, message_group_id="g", message_deduplication_id="d-1"
+    )
+    [got] = receive(backend, queue, 1)
+    assert (got.group_id, got.deduplication_id) == ("g", "d-1")
+    backend.acknowledge(got)
+    assert_empty(backend, queue)  # the repeated deduplication id was dropped
+    for publish in (
+        lambda: backend.publish_to_queue(
+            make_message('"c"'), queue, message_group_id="g", delay_seconds=5
+        ),
+        lambda: backend.publish_to_topic(make_message('"c"'), topic, delay_seconds=5),
+        lambda: backend.publish_batch_to_queue(
+            [make_message('"c"')], queue, message_group_id="g", delay_seconds=1
+        ),
+    ):
+        with pytest.raises(ConfigurationError, match="delay_seconds"):
+            publish()
+    assert_empty(backend, queue)

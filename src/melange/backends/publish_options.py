@@ -92,9 +92,21 @@ def delay_refused(backend: str, what: str, hint: str = "") -> ConfigurationError
     return ConfigurationError(f"{backend} cannot delay {what}: publish without delay_seconds{hint}")
 
 
+def apply_undelayed_publish_keywords(
+    messages: Sequence[Message], kwargs: Mapping[str, Any], *, backend: str
+) -> None:
+    """The publish keywords for a backend that cannot hold a message back: the FIFO ones
+    applied (:func:`apply_fifo_keywords`), ``delay_seconds`` other than 0 refused naming
+    ``backend`` (``"the NATS backend"``)."""
+    apply_fifo_keywords(messages, kwargs)
+    if publish_delay(kwargs, backend=backend) is not None:
+        raise delay_refused(backend, "a message")
+
+
 __all__ = [
     "DELAY_SECONDS",
     "apply_fifo_keywords",
+    "apply_undelayed_publish_keywords",
     "delay_refused",
     "fifo_delay_refused",
     "publish_delay",

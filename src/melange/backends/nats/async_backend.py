@@ -77,6 +77,7 @@ from melange.backends.nats.wire import (
     encode_headers,
     manifest_of,
 )
+from melange.backends.publish_options import apply_undelayed_publish_keywords
 from melange.exceptions import (
     BackendConnectionError,
     BackendError,
@@ -114,6 +115,9 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 
 #: Errors of sending an acknowledgement: the message comes back when its lease ends.
 _SEND_ERRORS: tuple[type[BaseException], ...] = (*_RETRYABLE, BackendConnectionError)
+
+
+_BACKEND = "the NATS backend"
 
 
 @dataclass(eq=False)
@@ -557,20 +561,24 @@ class AsyncNATSBackend(AsyncMessagingBackend):
     # -- publishing -------------------------------------------------------------------------
 
     async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        apply_undelayed_publish_keywords([message], kwargs, backend=_BACKEND)
         await self._publish(self.names.queue_subject(queue.name), [message], queue.name, None)
 
     async def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
+        apply_undelayed_publish_keywords(messages, kwargs, backend=_BACKEND)
         subject = self.names.queue_subject(queue.name)
         await self._publish(subject, messages, queue.name, None, batch=True)
 
     async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        apply_undelayed_publish_keywords([message], kwargs, backend=_BACKEND)
         await self._publish(None, [message], None, topic.name)
 
     async def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
+        apply_undelayed_publish_keywords(messages, kwargs, backend=_BACKEND)
         await self._publish(None, messages, None, topic.name, batch=True)
 
     async def _publish(

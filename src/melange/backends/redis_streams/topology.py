@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from melange.backends.embedded_rules import check_filter_events, queue_options
-from melange.backends.publish_options import apply_fifo_keywords, delay_refused, publish_delay
+from melange.backends.publish_options import apply_undelayed_publish_keywords
 from melange.exceptions import (
     ConfigurationError,
     PublishError,
@@ -159,9 +159,7 @@ def apply_publish_keywords(messages: Sequence[Message], kwargs: Mapping[str, Any
     """Give ``messages`` the FIFO keywords of a publish (``message_group_id``,
     ``message_deduplication_id``); refuse ``delay_seconds``, which this backend cannot honour
     (a stream entry is delivered as soon as it is added)."""
-    apply_fifo_keywords(messages, kwargs)
-    if publish_delay(kwargs, backend="the Redis Streams backend") is not None:
-        raise delay_refused("the Redis Streams backend", "a message")
+    apply_undelayed_publish_keywords(messages, kwargs, backend="the Redis Streams backend")
 
 
 __all__ = [
