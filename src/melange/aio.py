@@ -18,8 +18,9 @@ they never block the event loop::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from melange.backends.async_interfaces import AsyncMessagingBackend, as_async
 from melange.backends.backend_manager import BackendManager
@@ -42,6 +43,10 @@ from melange.publishers import (
 )
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
+
+if TYPE_CHECKING:
+    from melange.claimcheck import ClaimCheck
+    from melange.claimcheck.wire import Removal
 
 T = TypeVar("T")
 
@@ -69,6 +74,7 @@ class _AsyncPublisher:
         backend: MessagingBackend | AsyncMessagingBackend | None = None,
         *,
         middleware: Sequence[PublishMiddleware] = (),
+        claim_check: ClaimCheck | None = None,
     ) -> None:
         if isinstance(serializer_registry, MessagingBackend | AsyncMessagingBackend):
             raise TypeError(
@@ -84,6 +90,16 @@ class _AsyncPublisher:
         # The synchronous publishers' destination rules, performed by awaiting.
         kind: DestinationKind = "topic" if self._to_topics else "queue"
         self._destinations = Destinations(self._publisher_name, middleware, kind)
+        self.claim_check = claim_check
+
+    async def _checked(self, message: Message) -> Message:
+        """As the blocking publishers' ``_checked``; the payload store is written from a
+        worker thread."""
+        claim_check = self.claim_check
+        if claim_check is None or not claim_check.wants(message, self._backend.capabilities):
+            return message
+        remove: Removal = "expire" if self._to_topics else "ack"
+        return await asyncio.to_thread(claim_check.check_in, message, remove)
 
     @property
     def serializer_registry(self) -> SerializerRegistry:
@@ -160,6 +176,7 @@ class _AsyncPublisher:
         message = self._builder._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )
+        message = await self._checked(message)
         step = self._destinations.publish(destination, message, self._create_topic, options, data)
         return await self._run(step)
 
@@ -177,7 +194,9 @@ class _AsyncPublisher:
         """
         payloads = list(items)
         messages = [
-            self._builder._build(item, message_group_id, None, headers, None, None)
+            await self._checked(
+                self._builder._build(item, message_group_id, None, headers, None, None)
+            )
             for item in payloads
         ]
         step = self._destinations.publish_batch(destination, messages, self._create_topic, payloads)
@@ -218,8 +237,11 @@ class AsyncTopicPublisher(_AsyncPublisher):
         *,
         declare_topics: bool = True,
         middleware: Sequence[PublishMiddleware] = (),
+        claim_check: ClaimCheck | None = None,
     ) -> None:
-        super().__init__(serializer_registry, backend, middleware=middleware)
+        super().__init__(
+            serializer_registry, backend, middleware=middleware, claim_check=claim_check
+        )
         self.declare_topics = declare_topics
 
     @property

@@ -25,6 +25,15 @@ FAILURE_ATTEMPTS = "melange_failure_attempts"
 FAILURE_CONSUMER = "melange_failure_consumer"
 FAILURE_QUEUE = "melange_failure_queue"
 
+#: The header of a message whose payload is held in a payload store (see
+#: :mod:`melange.claimcheck`): it carries the reference, and the message's own body and
+#: serializer id (:data:`CLAIM_CHECK_SERIALIZER_ID`) are placeholders no serializer decodes.
+CLAIM_CHECK = "melange_claim_check"
+#: The serializer id a claim-checked message is sent with: reserved, so that a consumer
+#: unaware of claim checks (any version) dead-letters it as an unknown serializer rather than
+#: decoding the placeholder body as the payload.
+CLAIM_CHECK_SERIALIZER_ID = 990_001
+
 
 class _IdSource:
     # A generator seeded from the OS: ids need uniqueness, not secrecy, and unlike

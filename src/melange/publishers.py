@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from melange.backends.backend_manager import BackendManager
 from melange.backends.duck_typed import as_backend
@@ -35,6 +35,9 @@ from melange.models import CAUSATION_ID, CORRELATION_ID, Message, QueueWrapper, 
 from melange.publish_middleware import DestinationKind, PublishMiddleware, PublishMiddlewareChain
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
+
+if TYPE_CHECKING:
+    from melange.claimcheck import ClaimCheck
 
 logger = logging.getLogger("melange.publishers")
 
@@ -370,10 +373,20 @@ class _DestinationPublisher(_Publisher):
         backend: MessagingBackend | None = None,
         *,
         middleware: Sequence[PublishMiddleware] = (),
+        claim_check: ClaimCheck | None = None,
     ) -> None:
         super().__init__(serializer_registry, backend)
         kind: DestinationKind = "topic" if self._to_topics else "queue"
         self._destinations = Destinations(self._publisher_name, middleware, kind)
+        self.claim_check = claim_check
+
+    def _checked(self, message: Message) -> Message:
+        """``message``, or the reference to its body stored by the claim check when it is
+        too large for the backend (see :mod:`melange.claimcheck`)."""
+        claim_check = self.claim_check
+        if claim_check is None or not claim_check.wants(message, self._backend.capabilities):
+            return message
+        return claim_check.check_in(message, "expire" if self._to_topics else "ack")
 
     @property
     def _create_topic(self) -> bool:
@@ -431,7 +444,7 @@ class _DestinationPublisher(_Publisher):
         message = self._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )
-        return self._publish(destination, message, options, data)
+        return self._publish(destination, self._checked(message), options, data)
 
     def publish_batch(
         self,
@@ -447,7 +460,8 @@ class _DestinationPublisher(_Publisher):
         """
         payloads = list(items)
         messages = [
-            self._build(item, message_group_id, None, headers, None, None) for item in payloads
+            self._checked(self._build(item, message_group_id, None, headers, None, None))
+            for item in payloads
         ]
         step = self._destinations.publish_batch(destination, messages, self._create_topic, payloads)
         return run_steps(step, self._perform)
@@ -465,6 +479,9 @@ class QueuePublisher(_DestinationPublisher):
             :class:`~melange.backends.backend_manager.BackendManager`.
         middleware: :class:`~melange.publish_middleware.PublishMiddleware` run around
             every send, in order (tracing, for one).
+        claim_check: A :class:`~melange.claimcheck.ClaimCheck`: a message too large for the
+            backend is stored in its payload store and sent as a reference (the
+            dispatchers need the same claim check); see :doc:`/claim-check`.
     """
 
     def publish(
@@ -535,6 +552,9 @@ class TopicPublisher(_DestinationPublisher):
             :class:`~melange.exceptions.TopicNotFoundError` instead, which catches a
             misspelled topic name.
         middleware: As for :class:`QueuePublisher`.
+        claim_check: As for :class:`QueuePublisher`. A topic message's payload is shared by
+            every subscribed queue's copy, so it is removed by the claim check's lifetime,
+            not when one copy is acknowledged.
     """
 
     _publisher_name = "TopicPublisher"
@@ -548,8 +568,11 @@ class TopicPublisher(_DestinationPublisher):
         *,
         declare_topics: bool = True,
         middleware: Sequence[PublishMiddleware] = (),
+        claim_check: ClaimCheck | None = None,
     ) -> None:
-        super().__init__(serializer_registry, backend, middleware=middleware)
+        super().__init__(
+            serializer_registry, backend, middleware=middleware, claim_check=claim_check
+        )
         self.declare_topics = declare_topics
 
     def publish(

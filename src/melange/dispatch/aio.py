@@ -109,7 +109,12 @@ class AsyncMessageDispatcher(DispatcherBase):
         elif cache is not None:
             renew_claim = self._bridge.renewal(cache.renew)
         performer = AsyncPerformer(
-            self._async_backend, cache, self._leases, renew_claim, self._bridge.attach
+            self._async_backend,
+            cache,
+            self._leases,
+            renew_claim,
+            self._bridge.attach,
+            self._claim_check.fetch if self._claim_check is not None else None,
         )
         self._inline = performer.inline
         self._awaited: dict[type, Callable[[Any], Awaitable[Any]]] = {

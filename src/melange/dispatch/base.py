@@ -7,7 +7,7 @@ import random
 import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from melange.backends.async_interfaces import AsyncMessagingBackend, overrides_holds
 from melange.backends.backend_manager import BackendManager
@@ -23,6 +23,9 @@ from melange.dispatch.middleware import Middleware, MiddlewareChain
 from melange.dispatch.policy import DEFAULT_POLICY, FailurePolicy
 from melange.dispatch.stats import DispatcherStats
 from melange.serializers.registry import SerializerRegistry, SerializerSource
+
+if TYPE_CHECKING:
+    from melange.claimcheck import ClaimCheck
 
 logger = logging.getLogger("melange.dispatcher")
 
@@ -57,6 +60,11 @@ class DispatcherBase:
             that can extend a lease (default on there).
         middleware: :class:`~melange.dispatch.middleware.Middleware` run around every
             message, in order.
+        claim_check: A :class:`~melange.claimcheck.ClaimCheck` on the publishers' payload
+            store: the payload of a message carrying its reference is fetched before
+            decoding (retried, then dead-lettered, when it cannot be), and removed once the
+            message is acknowledged where its reference allows. Without it such a message
+            is dead-lettered as undecodable, with a reason saying so.
     """
 
     #: Whether this driver takes asynchronous backends and caches (the asyncio one does).
@@ -79,6 +87,7 @@ class DispatcherBase:
         dedup_fail_open: bool = False,
         visibility_heartbeat: bool = True,
         middleware: Sequence[Middleware] = (),
+        claim_check: ClaimCheck | None = None,
     ) -> None:
         if serializer_registry is None:
             raise TypeError(
@@ -112,6 +121,9 @@ class DispatcherBase:
             self._leases = self._heartbeat()
         #: Counters of what this dispatcher did.
         self.stats = DispatcherStats()
+        self._claim_check = claim_check
+        if claim_check is not None:
+            middleware = (*middleware, claim_check.middleware)
         self._engine = Engine(
             SerializerRegistry.coerce(serializer_registry),
             self._route,
@@ -128,6 +140,7 @@ class DispatcherBase:
             notify=self._notify,
             stopping=self._stop.is_set,
             rng=random.Random(),
+            claim_check=claim_check is not None,
         )
         self._setup_driver()
 

@@ -19,6 +19,7 @@ from melange.consumers import Consumer, DuckTypedConsumer, _wants_manifest, as_c
 from melange.dispatch.policy import FailurePolicy
 from melange.exceptions import InvalidDeduplicationKeyError, SerializationError
 from melange.models import (
+    CLAIM_CHECK,
     FAILURE_ATTEMPTS,
     FAILURE_CONSUMER,
     FAILURE_EXCEPTION,
@@ -97,6 +98,15 @@ def decode(message: Message, registry: SerializerRegistry) -> Decoded | Poison:
     version there); whatever it raises as a ``SerializationError``, including a payload that
     fails validation, makes the message poison.
     """
+    if CLAIM_CHECK in message.headers:
+        # Its body is a placeholder: the payload is in a payload store this dispatcher was
+        # not given (a dispatcher given one fetches it before decoding).
+        return Poison(
+            "its payload is held in a payload store (claim check header "
+            f"{CLAIM_CHECK!r}) and this dispatcher has no claim check: give it "
+            "claim_check=ClaimCheck(<the publishers' store>), then redrive the message",
+            "ClaimCheckError",
+        )
     raw_id = message.headers.get(SERIALIZER_ID_HEADER) if message.serializer_id is None else None
     if raw_id is not None:
         # The wire found a serializer id it could not read as a number (and kept it here).
@@ -122,6 +132,23 @@ def poison_verdict(poison: Poison) -> Verdict:
         exception_type=poison.exception_type,
         consumer="",
     )
+
+
+def payload_unavailable_verdict(
+    error: BaseException,
+    attempt: int | None,
+    policy: FailurePolicy,
+    rng: random.Random | None = None,
+) -> Verdict:
+    """A claim-checked payload could not be fetched or checked: retried as a failed attempt
+    (the store may be down, or slower to show a payload than the broker a message) until the
+    policy is exhausted, then dead-lettered with the reason."""
+    reason = f"claim-checked payload unavailable: {describe_exception(error)}"
+    exc_type = f"{type(error).__module__}.{type(error).__qualname__}"
+    if not policy.exhausted(attempt):
+        return Verdict(Action.RETRY, policy.delay_for(attempt, rng), reason, exc_type, "", error)
+    why = f"gave up after {attempt} attempt(s)"
+    return Verdict(Action.DEAD_LETTER, 0.0, f"{why}: {reason}", exc_type, "", error)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -269,6 +296,7 @@ __all__ = [
     "Verdict",
     "decode",
     "describe_exception",
+    "payload_unavailable_verdict",
     "poison_verdict",
     "settle",
 ]

@@ -47,6 +47,14 @@ class Invoke:
 
 
 @dataclass(slots=True)
+class Fetch:
+    """Fetch the payload ``message``'s claim check refers to. Result: a copy of ``message``
+    with the payload as its body (see :mod:`melange.claimcheck`)."""
+
+    message: Message
+
+
+@dataclass(slots=True)
 class Claim:
     """Take the deduplication claim on ``key`` for ``lease`` seconds.
     Result: a :class:`~melange.deduplication.cache.ClaimState`."""
@@ -133,6 +141,7 @@ Effect = (
     Receive
     | Holds
     | Invoke
+    | Fetch
     | Claim
     | FinishClaim
     | ProbeCache
@@ -150,6 +159,7 @@ __all__ = [
     "Claim",
     "DeadLetter",
     "Effect",
+    "Fetch",
     "FinishClaim",
     "Holds",
     "Invoke",

@@ -38,6 +38,7 @@ from melange.dispatch.decisions import (
     Verdict,
     decode,
     describe_exception,
+    payload_unavailable_verdict,
     poison_verdict,
     settle,
 )
@@ -46,6 +47,7 @@ from melange.dispatch.effects import (
     Claim,
     DeadLetter,
     Effect,
+    Fetch,
     FinishClaim,
     Holds,
     Invoke,
@@ -62,7 +64,7 @@ from melange.dispatch.middleware import MiddlewareChain
 from melange.dispatch.policy import FailurePolicy
 from melange.dispatch.stats import DispatcherStats
 from melange.exceptions import InvalidDeduplicationKeyError
-from melange.models import Message, QueueWrapper
+from melange.models import CLAIM_CHECK, Message, QueueWrapper
 from melange.serializers.registry import SerializerRegistry
 
 logger = logging.getLogger("melange.dispatcher")
@@ -102,6 +104,8 @@ class Engine:
         stopping: Whether the dispatcher was asked to stop.
         rng: Random source of the retry jitter.
         clock: Monotonic clock, in seconds (to time deduplication claims).
+        claim_check: Fetch the payload of a message carrying a claim check reference
+            (:class:`~melange.dispatch.effects.Fetch`) before decoding it.
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class Engine:
         stopping: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        claim_check: bool = False,
     ) -> None:
         self.registry = registry
         self.route = route
@@ -138,6 +143,7 @@ class Engine:
         self.stopping = stopping
         self.rng = rng or random.Random()
         self.clock = clock
+        self.claim_check = claim_check
         #: Set while the deduplication cache is unreachable and the dispatcher fails closed:
         #: receiving then waits for it (see :meth:`receive`).
         self.cache_down = False
@@ -314,7 +320,25 @@ class Engine:
             return ABANDON
         if self.middleware:
             self.middleware.message_received(message, queue_name)
-        decoded = decode(message, self.registry)
+        if self.claim_check and CLAIM_CHECK in message.headers:
+            # The payload is in a payload store: decode the copy that carries it. The message
+            # itself is settled as received (a dead-lettered copy keeps the reference).
+            try:
+                resolved = yield Fetch(message)
+            except Exception as exc:
+                self.notify(exc)
+                verdict = payload_unavailable_verdict(exc, message.attempt, self.policy, self.rng)
+                logger.warning(
+                    "message %s on %s: %s",
+                    message.message_id,
+                    queue_name,
+                    verdict.reason,
+                    extra=_log_extra(message, queue_name, "", "payload_unavailable"),
+                )
+                return verdict
+            decoded = decode(resolved, self.registry)
+        else:
+            decoded = decode(message, self.registry)
         if not isinstance(decoded, Decoded):
             self.stats.add("poison")
             logger.error(

@@ -13,6 +13,7 @@ shared (:func:`watch`, :func:`unwatch`).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from melange.dispatch.effects import (
     Ack,
     Claim,
     DeadLetter,
+    Fetch,
     FinishClaim,
     Holds,
     Invoke,
@@ -38,6 +40,7 @@ from melange.dispatch.effects import (
     Watch,
 )
 from melange.dispatch.leases import Heartbeat
+from melange.models import Message
 
 #: Effects that never block: lease bookkeeping and a look at the backend's state.
 LOCAL: tuple[type, ...] = (Holds, Watch, Unwatch)
@@ -58,6 +61,7 @@ class BlockingPerformer:
         cache: DeduplicationCache | None,
         leases: Heartbeat | None,
         stop: threading.Event,
+        fetch: Callable[[Message], Message] | None = None,
     ) -> None:
         self._backend = backend
         self._cache = cache
@@ -79,6 +83,8 @@ class BlockingPerformer:
             DeadLetter: lambda e: backend.dead_letter(e.message, e.headers),
             Sleep: lambda e: stop.wait(e.seconds),
         }
+        if fetch is not None:
+            self.table[Fetch] = lambda e: fetch(e.message)
 
     def __call__(self, effect: Any) -> Any:
         return self.table[type(effect)](effect)
@@ -128,6 +134,7 @@ class AsyncPerformer:
             thread; see :class:`~melange.dispatch.leases.LoopBridge`).
         on_watch: Called on the loop before leases are registered (the dispatcher attaches
             its loop bridge there).
+        fetch: Fetches a claim-checked payload (blocking: run on a worker thread).
     """
 
     def __init__(
@@ -137,6 +144,7 @@ class AsyncPerformer:
         leases: Heartbeat | None,
         renew_claim: Callable[[str, float], Any] | None,
         on_watch: Callable[[], None],
+        fetch: Callable[[Message], Message] | None = None,
     ) -> None:
         self._backend = backend
         self._cache = cache
@@ -158,6 +166,9 @@ class AsyncPerformer:
             FinishClaim: self._finish_claim,
             ProbeCache: self._probe,
         }
+        if fetch is not None:
+            # A payload store is reached with blocking calls (boto3, a file, a database).
+            self.awaited[Fetch] = lambda e: asyncio.to_thread(fetch, e.message)
 
     async def _ack(self, effect: Ack) -> None:
         messages = effect.messages

@@ -103,7 +103,10 @@ class MessageDispatcher(DispatcherBase):
     __doc__ = DispatcherBase.__doc__
 
     def _setup_driver(self) -> None:
-        self._perform = BlockingPerformer(self._backend, self._cache, self._leases, self._stop)
+        fetch = self._claim_check.fetch if self._claim_check is not None else None
+        self._perform = BlockingPerformer(
+            self._backend, self._cache, self._leases, self._stop, fetch
+        )
 
     @property
     def backend(self) -> MessagingBackend:
