@@ -7,6 +7,7 @@ import decimal
 import enum
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -141,3 +142,29 @@ def test_the_json_schema_describes_what_the_serializer_writes() -> None:
     jsonschema.Draft7Validator(document).validate(instance)
     instance["colour"] = "green"
     assert list(jsonschema.Draft7Validator(document).iter_errors(instance))
+
+
+def test_an_annotation_it_cannot_check_is_refused_at_registration() -> None:
+    @dataclass
+    class WithCallback:
+        callback: Callable[[int], int]
+
+    with pytest.raises(ConfigurationError, match="does not support the annotation"):
+        DataclassSerializer(WithCallback)
+
+
+@dataclass
+class Node:
+    name: str
+    children: list[Node] = field(default_factory=list)
+
+
+def test_a_class_may_refer_to_itself() -> None:
+    serializer = DataclassSerializer(Node)
+    tree = Node("a", [Node("b"), Node("c", [Node("d")])])
+    assert serializer.deserialize(serializer.serialize(tree), Node.__qualname__) == tree
+    with pytest.raises(MessageValidationError, match=r"children\[1\]\.children\[0\]\.name"):
+        serializer.deserialize(
+            '{"name": "a", "children": [{"name": "b"}, {"name": "c", "children": [{"name": 1}]}]}',
+            Node.__qualname__,
+        )

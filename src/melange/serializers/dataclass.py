@@ -38,12 +38,6 @@ class _Invalid(Exception):
         super().__init__(f"{path or 'payload'}: {problem}")
 
 
-_PLAIN: dict[Any, tuple[type, ...]] = {
-    str: (str,),
-    int: (int,),
-    float: (int, float),
-    bool: (bool,),
-}
 _TEXT_TYPES: dict[Any, Callable[[str], Any]] = {
     datetime.datetime: datetime.datetime.fromisoformat,
     datetime.date: datetime.date.fromisoformat,
@@ -57,6 +51,7 @@ _FORMATS = {
     datetime.time: "time",
     uuid.UUID: "uuid",
 }
+_JSON_NATIVE = frozenset({str, int, float, bool, type(None)})
 _LISTS = (list, Sequence, typing.Sequence, set, frozenset, typing.AbstractSet)
 _MAPS = (dict, Mapping, typing.Mapping)
 
@@ -80,23 +75,141 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
         ) from exc
 
 
+#: Checks and converts one JSON value for an annotation; the second argument is the value's
+#: path, for the error.
+Converter = Callable[[Any, str], Any]
+
+
 class _Plan:
-    """How to check one dataclass: its fields, their annotations, which are required."""
+    """How to check one dataclass: its fields, their converters, which are required."""
 
     __slots__ = ("cls", "fields", "required")
 
-    def __init__(self, cls: type[Any]) -> None:
+    def __init__(self, cls: type[Any], compile_hint: Callable[[Any], Converter]) -> None:
         hints = _hints(cls)
         self.cls = cls
-        self.fields: list[tuple[str, Any]] = []
+        self.fields: list[tuple[str, Any, Converter]] = []
         self.required: set[str] = set()
         for item in dataclasses.fields(cls):
             if not item.init:
                 continue
-            self.fields.append((item.name, hints.get(item.name, Any)))
+            hint = hints.get(item.name, Any)
+            self.fields.append((item.name, hint, compile_hint(hint)))
             no_default = item.default is dataclasses.MISSING
             if no_default and item.default_factory is dataclasses.MISSING:
                 self.required.add(item.name)
+
+
+def _keep(value: Any, path: str) -> Any:
+    return value
+
+
+def _null(value: Any, path: str) -> Any:
+    if value is not None:
+        raise _Invalid(path, f"expected null, got {_type_name(value)}")
+    return None
+
+
+def _exactly(kind: type) -> Converter:
+    # JSON gives exactly these types back (bool is not accepted as an int).
+    def convert(value: Any, path: str) -> Any:
+        if type(value) is kind:
+            return value
+        raise _Invalid(path, f"expected {kind.__name__}, got {_type_name(value)}")
+
+    return convert
+
+
+def _number(value: Any, path: str) -> Any:
+    kind = type(value)
+    if kind is float or kind is int:
+        return float(value)
+    raise _Invalid(path, f"expected float, got {_type_name(value)}")
+
+
+def _any_of(hint: Any, options: list[Converter]) -> Converter:
+    def convert(value: Any, path: str) -> Any:
+        for option in options:
+            try:
+                return option(value, path)
+            except _Invalid:
+                continue
+        raise _Invalid(path, f"{_type_name(value)} matches none of {hint}")
+
+    return convert
+
+
+def _one_of(allowed: tuple[Any, ...]) -> Converter:
+    def convert(value: Any, path: str) -> Any:
+        if not any(value == a and type(value) is type(a) for a in allowed):
+            raise _Invalid(path, f"expected one of {list(allowed)}, got {_shown(value)}")
+        return value
+
+    return convert
+
+
+def _member_of(enumeration: type[enum.Enum]) -> Converter:
+    def convert(value: Any, path: str) -> Any:
+        try:
+            return enumeration(value)
+        except ValueError:
+            raise _Invalid(path, f"{_shown(value)} is not a {enumeration.__name__}") from None
+
+    return convert
+
+
+def _parsed(kind: type, parse: Callable[[str], Any]) -> Converter:
+    numbers_too = kind is decimal.Decimal
+
+    def convert(value: Any, path: str) -> Any:
+        if not isinstance(value, str) and not (numbers_too and isinstance(value, int | float)):
+            raise _Invalid(path, f"expected {kind.__name__} text, got {_type_name(value)}")
+        try:
+            return parse(str(value))
+        except (ValueError, decimal.InvalidOperation):
+            raise _Invalid(path, f"{_shown(value)} is not a {kind.__name__}") from None
+
+    return convert
+
+
+def _mapping(item: Converter) -> Converter:
+    def convert(value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise _Invalid(path, f"expected an object, got {_type_name(value)}")
+        return {k: item(v, f"{path}.{k}") for k, v in value.items()}
+
+    return convert
+
+
+def _fixed_tuple(items: list[Converter]) -> Converter:
+    def convert(value: Any, path: str) -> Any:
+        if not isinstance(value, list):
+            raise _Invalid(path, f"expected an array, got {_type_name(value)}")
+        if len(value) != len(items):
+            raise _Invalid(path, f"expected {len(items)} items, got {len(value)}")
+        return tuple(
+            check(v, f"{path}[{i}]") for i, (v, check) in enumerate(zip(value, items, strict=True))
+        )
+
+    return convert
+
+
+def _sequence(item: Converter, build: Callable[[list[Any]], Any]) -> Converter:
+    def convert(value: Any, path: str) -> Any:
+        if not isinstance(value, list):
+            raise _Invalid(path, f"expected an array, got {_type_name(value)}")
+        return build([item(v, f"{path}[{i}]") for i, v in enumerate(value)])
+
+    return convert
+
+
+def _instance_of(kind: type) -> Converter:
+    def convert(value: Any, path: str) -> Any:
+        if not isinstance(value, kind):
+            raise _Invalid(path, f"expected {kind.__name__}, got {_type_name(value)}")
+        return value
+
+    return convert
 
 
 class DataclassSerializer(TypedSerializer):
@@ -129,7 +242,7 @@ class DataclassSerializer(TypedSerializer):
     def _plan(self, cls: type[Any]) -> _Plan:
         plan = self._plans.get(cls)
         if plan is None:
-            plan = self._plans[cls] = _Plan(cls)
+            plan = self._plans[cls] = _Plan(cls, self._compile)
         return plan
 
     # -- writing ---------------------------------------------------------------------------
@@ -138,13 +251,22 @@ class DataclassSerializer(TypedSerializer):
         return json.dumps(self._to_json(data), separators=(",", ":"), ensure_ascii=False)
 
     def _to_json(self, value: Any) -> Any:
-        if value is None or isinstance(value, str | int | float | bool):
-            return value.value if isinstance(value, enum.Enum) else value
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            plan = self._plan(type(value))
-            return {name: self._to_json(getattr(value, name)) for name, _ in plan.fields}
+        # Exact types first, by one set lookup: they are nearly every value of a message.
+        kind = type(value)
+        if kind in _JSON_NATIVE:
+            return value
+        if kind is list or kind is tuple:
+            return [self._to_json(item) for item in value]
+        if kind is dict:
+            return {str(k): self._to_json(v) for k, v in value.items()}
+        plan = self._plans.get(kind)
+        if plan is not None or dataclasses.is_dataclass(kind):
+            plan = plan or self._plan(kind)
+            return {name: self._to_json(getattr(value, name)) for name, _, _ in plan.fields}
         if isinstance(value, enum.Enum):
             return self._to_json(value.value)
+        if isinstance(value, str | int | float):  # subclasses of the JSON types
+            return value
         if isinstance(value, Mapping):
             return {str(k): self._to_json(v) for k, v in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
@@ -158,7 +280,7 @@ class DataclassSerializer(TypedSerializer):
     # -- reading ---------------------------------------------------------------------------
 
     def decode_text(self, cls: type[Any], text: str) -> Any:
-        return self.decode_payload(cls, self._parse_object(manifest_of(cls), text))
+        return self.decode_payload(cls, self._parse_object(cls, text))
 
     def decode_payload(self, cls: type[Any], payload: dict[str, Any]) -> Any:
         try:
@@ -170,13 +292,15 @@ class DataclassSerializer(TypedSerializer):
         if not isinstance(value, dict):
             raise _Invalid(path, f"expected an object, got {_type_name(value)}")
         plan = self._plan(cls)
-        missing = sorted(plan.required - value.keys())
+        missing = plan.required.difference(value)
         if missing:
             where = f"{path}." if path else ""
-            raise _Invalid(path, f"missing field(s) {', '.join(where + m for m in missing)}")
+            raise _Invalid(
+                path, f"missing field(s) {', '.join(where + m for m in sorted(missing))}"
+            )
         kwargs = {
-            name: self._convert(value[name], hint, f"{path}.{name}" if path else name)
-            for name, hint in plan.fields
+            name: convert(value[name], f"{path}.{name}" if path else name)
+            for name, _, convert in plan.fields
             if name in value
         }
         try:
@@ -184,87 +308,52 @@ class DataclassSerializer(TypedSerializer):
         except Exception as exc:  # __post_init__ checks of the class's own
             raise _Invalid(path, f"{cls.__qualname__} refused the values: {exc}") from exc
 
-    def _convert(self, value: Any, hint: Any, path: str) -> Any:
-        # The common fields first, by identity: JSON gives exactly these types back.
-        kind = type(value)
-        if hint is str or hint is int or hint is bool:
-            if kind is hint:
-                return value
-            raise _Invalid(path, f"expected {hint.__name__}, got {_type_name(value)}")
-        if hint is float and (kind is float or kind is int):
-            return float(value)
+    def _compile(self, hint: Any) -> Converter:
+        """The converter of ``hint``, built once per annotation (a message is checked by
+        calling one closure per field rather than by inspecting the annotation again)."""
         if hint is Any or hint is object:
-            return value
+            return _keep
         if hint is None or hint is type(None):
-            if value is not None:
-                raise _Invalid(path, f"expected null, got {_type_name(value)}")
-            return None
+            return _null
+        if hint is str or hint is int or hint is bool:
+            return _exactly(hint)
+        if hint is float:
+            return _number
         origin = typing.get_origin(hint)
         args = typing.get_args(hint)
         if origin is Union or origin is types.UnionType:
-            for option in args:
-                try:
-                    return self._convert(value, option, path)
-                except _Invalid:
-                    continue
-            raise _Invalid(path, f"{_type_name(value)} matches none of {hint}")
+            return _any_of(hint, [self._compile(option) for option in args])
         if origin is Literal:
-            if not any(value == a and type(value) is type(a) for a in args):
-                raise _Invalid(path, f"expected one of {list(args)}, got {_shown(value)}")
-            return value
-        plain = _PLAIN.get(hint)
-        if plain is not None:
-            if not isinstance(value, plain) or (hint is not bool and isinstance(value, bool)):
-                raise _Invalid(path, f"expected {hint.__name__}, got {_type_name(value)}")
-            return float(typing.cast(float, value)) if hint is float else value
+            return _one_of(args)
         if isinstance(hint, type) and issubclass(hint, enum.Enum):
-            try:
-                return hint(value)
-            except ValueError:
-                raise _Invalid(path, f"{_shown(value)} is not a {hint.__name__}") from None
+            return _member_of(hint)
         parse = _TEXT_TYPES.get(hint)
         if parse is not None:
-            if not isinstance(value, str) and not (
-                hint is decimal.Decimal and isinstance(value, int | float)
-            ):
-                raise _Invalid(path, f"expected {hint.__name__} text, got {_type_name(value)}")
-            try:
-                return parse(str(value))
-            except (ValueError, decimal.InvalidOperation):
-                raise _Invalid(path, f"{_shown(value)} is not a {hint.__name__}") from None
+            return _parsed(hint, parse)
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            return self._build(hint, value, path)
+            nested = hint  # its plan is made on first use, so a class may refer to itself
+
+            def build(value: Any, path: str) -> Any:
+                return self._build(nested, value, path)
+
+            return build
         container = origin if origin is not None else hint
         if container in _MAPS:
-            if not isinstance(value, dict):
-                raise _Invalid(path, f"expected an object, got {_type_name(value)}")
-            item = args[1] if len(args) == 2 else Any
-            return {k: self._convert(v, item, f"{path}.{k}") for k, v in value.items()}
-        if container is tuple:
-            if not isinstance(value, list):
-                raise _Invalid(path, f"expected an array, got {_type_name(value)}")
-            if (len(args) == 2 and args[1] is Ellipsis) or not args:
-                item = args[0] if args else Any
-                return tuple(self._convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
-            if len(value) != len(args):
-                raise _Invalid(path, f"expected {len(args)} items, got {len(value)}")
-            return tuple(
-                self._convert(v, a, f"{path}[{i}]")
-                for i, (v, a) in enumerate(zip(value, args, strict=True))
-            )
-        if container in _LISTS:
-            if not isinstance(value, list):
-                raise _Invalid(path, f"expected an array, got {_type_name(value)}")
-            item = args[0] if args else Any
-            items = [self._convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+            return _mapping(self._compile(args[1] if len(args) == 2 else Any))
+        if container is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            return _fixed_tuple([self._compile(a) for a in args])
+        if container is tuple or container in _LISTS:
+            item = self._compile(args[0] if args else Any)
+            if container is tuple:
+                return _sequence(item, tuple)
             if container is frozenset:
-                return frozenset(items)
-            return set(items) if container in (set, typing.AbstractSet) else items
+                return _sequence(item, frozenset)
+            if container in (set, typing.AbstractSet):
+                return _sequence(item, set)
+            return _sequence(item, list)
         if isinstance(hint, type):
-            if not isinstance(value, hint):
-                raise _Invalid(path, f"expected {hint.__name__}, got {_type_name(value)}")
-            return value
-        raise _Invalid(path, f"annotation {hint!r} is not supported")
+            return _instance_of(hint)
+        raise ConfigurationError(f"DataclassSerializer does not support the annotation {hint!r}")
 
     # -- JSON Schema -----------------------------------------------------------------------
 
@@ -282,9 +371,9 @@ class DataclassSerializer(TypedSerializer):
             "title": cls.__name__,
             "type": "object",
             "properties": {
-                name: self._schema_of(hint, ref_prefix, defs) for name, hint in plan.fields
+                name: self._schema_of(hint, ref_prefix, defs) for name, hint, _ in plan.fields
             },
-            "required": [name for name, _ in plan.fields if name in plan.required],
+            "required": [name for name, _, _ in plan.fields if name in plan.required],
         }
         doc = cls.__doc__ or ""
         # The dataclass decorator writes the signature as the docstring of a class without one.

@@ -231,12 +231,15 @@ class TypedSerializer(Serializer[Any]):
         return cls
 
     @staticmethod
-    def _parse_object(name: str, text: str) -> dict[str, Any]:
+    def _parse_object(label: str | type[Any], text: str) -> dict[str, Any]:
+        # ``label`` is the manifest, or the class (named only if the body is refused).
         try:
             payload = json.loads(text)
         except ValueError as exc:
+            name = label if isinstance(label, str) else manifest_of(label)
             raise MessageValidationError(f"{name}: body is not valid JSON: {exc}") from exc
         if not isinstance(payload, dict):
+            name = label if isinstance(label, str) else manifest_of(label)
             raise MessageValidationError(
                 f"{name}: body is a JSON {type(payload).__name__}, not an object"
             )
