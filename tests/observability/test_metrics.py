@@ -5,19 +5,22 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
+from obs_support import Broker
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from melange.backends.memory import InMemoryMessagingBackend
+from melange.backends.sqlite import SQLiteBackend
 from melange.consumers import Consumer
 from melange.dispatch.policy import FailurePolicy
 from melange.dispatch.threaded import MessageDispatcher
 from melange.models import PUBLISHED_AT, Message
 from melange.observability.http import ProbeServer
-from melange.observability.metrics import PrometheusMetrics, serve_metrics
+from melange.observability.metrics import PrometheusMetrics, QueueDepth, serve_metrics
 from melange.publishers import QueuePublisher
 from melange.serializers.json import JsonSerializer
 
@@ -181,3 +184,71 @@ def test_an_unknown_path_is_not_found() -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/nothing", timeout=5)
         assert raised.value.code == 404
         raised.value.close()
+
+
+def test_queue_depths_are_read_from_the_broker_at_each_scrape(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    backend = SQLiteBackend(tmp_path / "depth.sqlite3")
+    try:
+        backend.declare_queue("work", dead_letter_queue_name="work-dlq")
+        QueueDepth(backend, ["work"], ["work-dlq"], registry)
+        publisher = QueuePublisher(JsonSerializer(), backend)
+        for n in range(3):
+            publisher.publish("work", n)
+        publisher.publish("work-dlq", "lost")
+
+        def depth(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, labels)
+
+        assert depth("melange_queue_messages", queue="work", state="ready") == 3
+        assert depth("melange_queue_messages", queue="work", state="total") == 3
+        assert depth("melange_dead_letter_queue_messages", queue="work-dlq") == 1
+        publisher.publish("work", 3)  # read again at the next scrape
+        assert depth("melange_queue_messages", queue="work", state="total") == 4
+    finally:
+        backend.close_connection()
+
+
+def test_a_backend_that_counts_only_totals_exports_totals() -> None:
+    registry = CollectorRegistry()
+    backend = InMemoryMessagingBackend()
+    backend.declare_queue("work")
+    QueueDepth(backend, ["work", "missing"], None, registry)
+    QueuePublisher(JsonSerializer(), backend).publish("work", 1)
+    assert (
+        registry.get_sample_value("melange_queue_messages", {"queue": "work", "state": "total"})
+        == 1
+    )
+    assert (
+        registry.get_sample_value("melange_queue_messages", {"queue": "work", "state": "ready"})
+        is None
+    )
+    # A queue that cannot be read is left out of the scrape, not an error.
+    assert (
+        registry.get_sample_value("melange_queue_messages", {"queue": "missing", "state": "total"})
+        is None
+    )
+
+
+@pytest.mark.parametrize("broker", ["sqs", "rabbitmq"], indirect=True)
+def test_queue_depths_on_the_brokers(broker: Broker) -> None:
+    registry = CollectorRegistry()
+    queue = broker.queue(dead_letter=True)
+    if broker.kind == "sqs":
+        # SQS tells which queues dead-letter into a queue: the dead-letter queue is found.
+        depth = QueueDepth(broker.backend, [queue], None, registry)
+        assert depth.dead_letter_queues == (f"{queue}-dlq",)
+    else:
+        # RabbitMQ tells only through its management plugin: name the dead-letter queue.
+        QueueDepth(broker.backend, [queue], [f"{queue}-dlq"], registry)
+    QueuePublisher(JsonSerializer(), broker.backend).publish(queue, 1)
+    deadline = time.monotonic() + 30
+    while (
+        registry.get_sample_value("melange_queue_messages", {"queue": queue, "state": "total"}) != 1
+    ):
+        assert time.monotonic() < deadline  # counts the broker samples may lag a little
+        time.sleep(0.5)
+    assert (
+        registry.get_sample_value("melange_dead_letter_queue_messages", {"queue": f"{queue}-dlq"})
+        == 0
+    )

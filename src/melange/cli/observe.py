@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from contextlib import ExitStack
 
+from melange.backends.interfaces import MessagingBackend
 from melange.cli._common import CommandError, _given_urls
 from melange.dispatch.base import DispatcherBase
 from melange.dispatch.middleware import Middleware
@@ -41,9 +43,12 @@ def observe(
     health_port: int | None,
     liveness_timeout: float,
     tracing: bool,
+    queues: Sequence[str] = (),
 ) -> None:
     """Add the metrics and tracing middleware to ``dispatcher`` and start the HTTP servers
-    (one when both ports are the same), closed when ``servers`` is."""
+    (one when both ports are the same), closed when ``servers`` is. With metrics, the depth
+    of ``queues`` and of their dead-letter queues is exported too, where the backend can
+    tell."""
     added: list[Middleware] = []
     if metrics_port is not None:
         _require("prometheus_client", "prometheus", "--metrics-port")
@@ -71,8 +76,14 @@ def observe(
         return opened[port]
 
     if metrics_port is not None:
-        from melange.observability.metrics import serve_metrics
+        from prometheus_client import REGISTRY
 
+        from melange.observability.metrics import QueueDepth, serve_metrics
+
+        if queues and isinstance(dispatcher.backend, MessagingBackend):
+            servers.callback(
+                REGISTRY.unregister, QueueDepth(dispatcher.backend, queues, None, REGISTRY)
+            )
         serve_metrics(server(metrics_port))
     if health_port is not None:
         Health(dispatcher, liveness_timeout=liveness_timeout).serve(server(health_port))

@@ -18,6 +18,10 @@ a message id.
 ``melange_end_to_end_latency_seconds``         from the publish (the ``published_at`` header) to
                                                the settlement (``queue``, ``outcome``)
 ``melange_messages_in_flight``                 messages received and not settled yet (``queue``)
+``melange_queue_messages``                     messages in the queue, read from the broker at
+                                               each scrape (``queue``, ``state``; see
+                                               :class:`QueueDepth`)
+``melange_dead_letter_queue_messages``         messages in the dead-letter queue (``queue``)
 =============================================  =====================================================
 
 ::
@@ -29,9 +33,10 @@ a message id.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -44,12 +49,17 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from melange.backends.inspection import Inspectable, KnowsDeadLetterSources
+from melange.backends.interfaces import MessagingBackend
 from melange.consumers import Consumer
 from melange.dispatch.decisions import Action, Outcome, Verdict
 from melange.dispatch.middleware import Middleware
 from melange.models import PUBLISHED_AT, Message
 from melange.observability.http import ProbeServer
+
+logger = logging.getLogger("melange.observability")
 
 #: Buckets of the handler duration, in seconds.
 HANDLER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -235,4 +245,115 @@ def serve_metrics(server: ProbeServer, registry: CollectorRegistry | None = None
     server.add("/metrics", lambda: (200, CONTENT_TYPE_LATEST, generate_latest(chosen)))
 
 
-__all__ = ["HANDLER_BUCKETS", "LATENCY_BUCKETS", "PrometheusMetrics", "serve_metrics"]
+class QueueDepth:
+    """Queue depths read from the broker at each scrape, where the backend can tell.
+
+    A Prometheus collector: ``melange_queue_messages{queue, state}`` (``ready``,
+    ``in_flight``, ``delayed`` where the backend breaks them down, and ``total``) for the
+    ``queues``, and ``melange_dead_letter_queue_messages{queue}`` for the
+    ``dead_letter_queues``. It reads them through the inspection contract
+    (:class:`~melange.backends.inspection.Inspectable`, or a backend's ``queue_depth``); a
+    backend that offers neither, or a read that fails, leaves the series out of that scrape.
+
+    Args:
+        backend: The backend (a blocking one: scrapes run on the HTTP server's thread).
+        queues: The queues whose depth is exported.
+        dead_letter_queues: The dead-letter queues whose depth is exported; ``None`` finds
+            those of ``queues`` at the first scrape, where the backend can tell (see
+            :func:`dead_letter_queues_of`).
+        registry: Where to register it; ``None`` registers nowhere (register it yourself).
+    """
+
+    def __init__(
+        self,
+        backend: MessagingBackend,
+        queues: Sequence[str] = (),
+        dead_letter_queues: Sequence[str] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if not isinstance(backend, MessagingBackend):
+            raise TypeError(f"QueueDepth reads a blocking backend, got {type(backend).__name__}")
+        self.backend = backend
+        self.queues = tuple(queues)
+        self._dead_letter_queues = (
+            tuple(dead_letter_queues) if dead_letter_queues is not None else None
+        )
+        if registry is not None:
+            registry.register(self)
+
+    @property
+    def dead_letter_queues(self) -> tuple[str, ...]:
+        """The dead-letter queues whose depth is exported."""
+        if self._dead_letter_queues is None:
+            found: list[str] = []
+            for queue in self.queues:
+                found += dead_letter_queues_of(self.backend, queue)
+            self._dead_letter_queues = tuple(dict.fromkeys(found))
+        return self._dead_letter_queues
+
+    def _counts(self, queue: str) -> dict[str, int | None] | None:
+        backend = self.backend
+        try:
+            if isinstance(backend, Inspectable):
+                stats = backend.queue_stats(queue)
+                return {
+                    "ready": stats.ready,
+                    "in_flight": stats.in_flight,
+                    "delayed": stats.delayed,
+                    "total": stats.total,
+                }
+            depth = getattr(backend, "queue_depth", None)
+            if callable(depth):
+                return {"total": int(depth(queue))}
+        except Exception:
+            logger.debug("reading the depth of %s failed", queue, exc_info=True)
+        return None
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges, read now (called by prometheus-client at each scrape)."""
+        depth = GaugeMetricFamily(
+            "melange_queue_messages", "Messages in the queue, by state.", labels=["queue", "state"]
+        )
+        for queue in self.queues:
+            for state, count in (self._counts(queue) or {}).items():
+                if count is not None:
+                    depth.add_metric([queue, state], count)
+        yield depth
+        dead = GaugeMetricFamily(
+            "melange_dead_letter_queue_messages",
+            "Messages in the dead-letter queue.",
+            labels=["queue"],
+        )
+        for queue in self.dead_letter_queues:
+            total = (self._counts(queue) or {}).get("total")
+            if total is not None:
+                dead.add_metric([queue], total)
+        yield dead
+
+    def describe(self) -> Iterator[Metric]:
+        """Nothing: the series are read at each scrape, never at registration."""
+        return iter(())
+
+
+def dead_letter_queues_of(backend: MessagingBackend, queue: str, limit: int = 200) -> list[str]:
+    """The dead-letter queues ``queue`` sends its dead letters to, where the backend can tell
+    (it lists its queues and knows their dead-letter sources); at most ``limit`` queues are
+    looked at. Empty when it cannot tell."""
+    if not isinstance(backend, Inspectable) or not isinstance(backend, KnowsDeadLetterSources):
+        return []
+    try:
+        names = backend.queue_names()[:limit]
+        return [name for name in names if queue in backend.dead_letter_sources(name)]
+    except Exception:
+        logger.debug("finding the dead-letter queue of %s failed", queue, exc_info=True)
+        return []
+
+
+__all__ = [
+    "HANDLER_BUCKETS",
+    "LATENCY_BUCKETS",
+    "PrometheusMetrics",
+    "QueueDepth",
+    "dead_letter_queues_of",
+    "serve_metrics",
+]
