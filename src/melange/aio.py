@@ -46,7 +46,6 @@ from melange.serializers.registry import SerializerRegistry, SerializerSource
 
 if TYPE_CHECKING:
     from melange.claimcheck import ClaimCheck
-    from melange.claimcheck.wire import Removal
 
 T = TypeVar("T")
 
@@ -98,8 +97,7 @@ class _AsyncPublisher:
         claim_check = self.claim_check
         if claim_check is None or not claim_check.wants(message, self._backend.capabilities):
             return message
-        remove: Removal = "expire" if self._to_topics else "ack"
-        return await asyncio.to_thread(claim_check.check_in, message, remove)
+        return await asyncio.to_thread(claim_check.check_in, message, self._to_topics)
 
     @property
     def serializer_registry(self) -> SerializerRegistry:

@@ -386,7 +386,7 @@ class _DestinationPublisher(_Publisher):
         claim_check = self.claim_check
         if claim_check is None or not claim_check.wants(message, self._backend.capabilities):
             return message
-        return claim_check.check_in(message, "expire" if self._to_topics else "ack")
+        return claim_check.check_in(message, self._to_topics)
 
     @property
     def _create_topic(self) -> bool:

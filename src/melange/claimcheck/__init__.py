@@ -14,6 +14,7 @@ from melange.claimcheck.s3 import S3PayloadStore
 from melange.claimcheck.sql import SQLPayloadStore
 from melange.claimcheck.store import (
     ClaimCheckError,
+    InvalidReferenceError,
     PayloadMissingError,
     PayloadStore,
     PayloadStoreError,
@@ -26,6 +27,7 @@ __all__ = [
     "ClaimCheck",
     "ClaimCheckError",
     "DirectoryPayloadStore",
+    "InvalidReferenceError",
     "PayloadMissingError",
     "PayloadStore",
     "PayloadStoreError",

@@ -51,6 +51,10 @@ class ClaimCheck:
         lifetime: Seconds a stored payload is kept at most, for :meth:`purge_expired`; keep
             it longer than the longest a message can wait in a queue (its retention) or in a
             dead-letter queue before being redriven.
+        remove_on_ack: Remove a queue message's payload once the message is acknowledged.
+            ``False`` leaves every payload to its lifetime: for a broker that may deliver an
+            acknowledged message again (an SQS standard queue's rare duplicates), whose late
+            copy would otherwise find its payload gone.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class ClaimCheck:
         *,
         threshold: int | None = None,
         lifetime: float = DEFAULT_LIFETIME,
+        remove_on_ack: bool = True,
     ) -> None:
         if threshold is not None and (isinstance(threshold, bool) or threshold < 0):
             raise ValueError(f"threshold must be a number of bytes, got {threshold!r}")
@@ -67,6 +72,7 @@ class ClaimCheck:
         self.store = store
         self.threshold = threshold
         self.lifetime = lifetime
+        self.remove_on_ack = remove_on_ack
         self._removal = _Removal(self)
 
     def __repr__(self) -> str:
@@ -94,11 +100,12 @@ class ClaimCheck:
             return False
         return len(message.content.encode("utf-8")) + size > limit
 
-    def check_in(self, message: Message, remove: Removal) -> Message:
+    def check_in(self, message: Message, fanned_out: bool = False) -> Message:
         """Store ``message``'s body and return the message that carries its reference
-        (same id, manifest, headers and FIFO keys). ``remove``: ``"ack"`` for a message
-        with one copy (a queue publish), ``"expire"`` for one fanned out (a topic publish).
+        (same id, manifest, headers and FIFO keys). ``fanned_out``: the message goes to a
+        topic, one copy per subscribed queue, so its payload is left to its lifetime.
         Blocking; raises :class:`~melange.claimcheck.store.PayloadStoreError`."""
+        remove: Removal = "ack" if self.remove_on_ack and not fanned_out else "expire"
         data = message.content.encode("utf-8")
         key = new_key()
         self.store.put(key, data)

@@ -17,7 +17,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 
-from melange.exceptions import MelangeError
+from melange.exceptions import MelangeError, SerializationError
 
 
 class ClaimCheckError(MelangeError):
@@ -32,6 +32,12 @@ class PayloadMissingError(ClaimCheckError):
 class PayloadUnreadableError(ClaimCheckError):
     """The store's payload does not match the reference (its size or SHA-256 digest), or the
     reference itself cannot be read."""
+
+
+class InvalidReferenceError(PayloadUnreadableError, SerializationError):
+    """A message's claim check header is not a reference this version can read (malformed,
+    another format version, or a key no store would make). The message is undecodable: it
+    is dead-lettered at once, as any poison message."""
 
 
 class PayloadStoreError(ClaimCheckError):
@@ -52,7 +58,7 @@ def check_key(key: object) -> str:
     (not starting with a dot or dash); else :class:`PayloadUnreadableError`."""
     if not isinstance(key, str) or not _KEY.match(key) or ".." in key:
         shown = key[:40] if isinstance(key, str) else type(key).__name__
-        raise PayloadUnreadableError(f"claim check key {shown!r} is not a valid payload key")
+        raise InvalidReferenceError(f"claim check key {shown!r} is not a valid payload key")
     return key
 
 
@@ -87,6 +93,7 @@ class PayloadStore(ABC):
 
 __all__ = [
     "ClaimCheckError",
+    "InvalidReferenceError",
     "PayloadMissingError",
     "PayloadStore",
     "PayloadStoreError",

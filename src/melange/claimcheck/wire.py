@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from melange.claimcheck.store import PayloadUnreadableError, check_key
+from melange.claimcheck.store import InvalidReferenceError, PayloadUnreadableError, check_key
 
 #: The version of the reference format this code writes and reads.
 VERSION = 1
@@ -70,17 +70,17 @@ class Reference:
 
     @classmethod
     def decode(cls, text: str) -> Reference:
-        """The reference in a header value; :class:`PayloadUnreadableError` if it is not one
+        """The reference in a header value; :class:`InvalidReferenceError` if it is not one
         this version can read."""
         try:
             fields = json.loads(text)
         except (TypeError, ValueError):
-            raise PayloadUnreadableError(
+            raise InvalidReferenceError(
                 f"claim check header {str(text)[:40]!r} is not a JSON reference"
             ) from None
         if not isinstance(fields, dict) or fields.get("v") != VERSION:
             version = fields.get("v") if isinstance(fields, dict) else None
-            raise PayloadUnreadableError(
+            raise InvalidReferenceError(
                 f"claim check reference version {str(version)[:10]!r} is not {VERSION}, "
                 "the one this Melange reads"
             )
@@ -93,7 +93,7 @@ class Reference:
             or not (serializer is None or isinstance(serializer, int))
             or remove not in ("ack", "expire")
         ):
-            raise PayloadUnreadableError(
+            raise InvalidReferenceError(
                 "claim check reference lacks a valid size, sha256, serializer or remove field"
             )
         return cls(check_key(key), size, digest, serializer, remove)

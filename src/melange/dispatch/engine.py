@@ -34,6 +34,7 @@ from melange.dispatch.decisions import (
     ConsumerResult,
     Decoded,
     Outcome,
+    Poison,
     Route,
     Verdict,
     decode,
@@ -63,7 +64,7 @@ from melange.dispatch.leases import RENEWAL_FRACTION
 from melange.dispatch.middleware import MiddlewareChain
 from melange.dispatch.policy import FailurePolicy
 from melange.dispatch.stats import DispatcherStats
-from melange.exceptions import InvalidDeduplicationKeyError
+from melange.exceptions import InvalidDeduplicationKeyError, SerializationError
 from melange.models import CLAIM_CHECK, Message, QueueWrapper
 from melange.serializers.registry import SerializerRegistry
 
@@ -325,6 +326,9 @@ class Engine:
             # itself is settled as received (a dead-lettered copy keeps the reference).
             try:
                 resolved = yield Fetch(message)
+            except SerializationError as exc:
+                # The reference itself cannot be read: no retry makes it readable.
+                decoded: Decoded | Poison = Poison(str(exc), type(exc).__name__)
             except Exception as exc:
                 self.notify(exc)
                 verdict = payload_unavailable_verdict(exc, message.attempt, self.policy, self.rng)
@@ -336,7 +340,8 @@ class Engine:
                     extra=_log_extra(message, queue_name, "", "payload_unavailable"),
                 )
                 return verdict
-            decoded = decode(resolved, self.registry)
+            else:
+                decoded = decode(resolved, self.registry)
         else:
             decoded = decode(message, self.registry)
         if not isinstance(decoded, Decoded):
