@@ -4,7 +4,9 @@ The same order (eight fields, two of them nested lines) is published and consume
 in-memory backend with each serializer: JSON on a dict, and the typed serializers on a
 dataclass, a pydantic model and a msgspec Struct. The backend does no I/O, so the differences
 are the serializers' (plus the validation the typed ones do on consume). Contenders run in
-interleaved rounds; the figures are medians over the rounds, in microseconds per message:
+interleaved rounds; the figures are medians over the rounds, in microseconds per message of
+the process's CPU time (``--clock wall`` for elapsed time, which other load on the machine
+inflates):
 
 - ``publish``: ``QueuePublisher.publish`` (serialize, build the envelope, enqueue);
 - ``consume``: ``MessageDispatcher.consume_event`` draining the queue into a no-op consumer
@@ -112,6 +114,9 @@ def _dataclass(i: int) -> OrderD:
     return OrderD(**fields)
 
 
+#: The clock the rounds are timed with (see ``--clock``).
+CLOCK: Callable[[], float] = time.process_time
+
 #: Contender name -> (serializer, a function making message number i).
 CONTENDERS: dict[str, tuple[Serializer[Any], Callable[[int], Any]]] = {
     "json (dict)": (JsonSerializer(), _fields),
@@ -129,29 +134,29 @@ def run_round(
     backend = InMemoryMessagingBackend()
     MessagingBackendFactory(backend).init_queue("bench", dead_letter_queue_name="bench-dlq")
     publisher = QueuePublisher(serializer, backend)
-    started = time.perf_counter()
+    started = CLOCK()
     for payload in payloads:
         publisher.publish("bench", payload)
-    published = time.perf_counter() - started
+    published = CLOCK() - started
 
     received: list[Any] = []
     dispatcher = MessageDispatcher(
         serializer, backend=backend, consumers=[Consumer(on_message=received.append)]
     )
-    started = time.perf_counter()
+    started = CLOCK()
     while len(received) < count:
         if not dispatcher.consume_event("bench"):
             raise RuntimeError(f"the queue ran dry after {len(received)} of {count} messages")
-    consumed = time.perf_counter() - started
+    consumed = CLOCK() - started
     dispatcher.close()
     if received[-1] != payloads[-1]:
         raise RuntimeError(f"{serializer!r} did not give back what was published")
 
     manifest = serializer.manifest(payloads[0])
-    started = time.perf_counter()
+    started = CLOCK()
     for payload in payloads:
         serializer.deserialize(serializer.serialize(payload), manifest)
-    codec = time.perf_counter() - started
+    codec = CLOCK() - started
     return {
         "publish": published / count * 1e6,
         "consume": consumed / count * 1e6,
@@ -193,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serializers", description=__doc__)
     parser.add_argument("--messages", type=int, default=5000, help="messages per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument(
+        "--clock", choices=["cpu", "wall"], default="cpu", help="CPU time or elapsed time"
+    )
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.messages < 1 or args.rounds < 1:
         parser.error("--messages and --rounds must be at least 1")
     print(table(measure(args.messages, args.rounds)))
