@@ -133,6 +133,31 @@ class Waits:
         self.interrupts = 0
         self.blocked: set[int] = set()
 
+    def count(self) -> int:
+        """The interrupts so far: a wait started with this count ends at the next one."""
+        with self.lock:
+            return self.interrupts
+
+    def started(self, client_id: int, interrupts: int) -> bool:
+        """Note the connection ``client_id`` blocked; ``True`` when an interrupt came since
+        ``interrupts`` was counted (the caller then unblocks it)."""
+        with self.lock:
+            self.blocked.add(client_id)
+            return self.interrupts != interrupts
+
+    def ended(self, client_id: int | None, interrupts: int) -> bool:
+        """Note the wait of ``client_id`` over; ``True`` when an interrupt ended it."""
+        with self.lock:
+            if client_id is not None:
+                self.blocked.discard(client_id)
+            return self.interrupts != interrupts
+
+    def interrupt(self) -> list[int]:
+        """Count an interrupt; returns the client ids of the waits to unblock."""
+        with self.lock:
+            self.interrupts += 1
+            return list(self.blocked)
+
 
 __all__ = [
     "MAX_BLOCK_SECONDS",

@@ -353,6 +353,26 @@ return added
 """
 )
 
+#: ARGV: prefix, queue, ``1`` when every message has a FIFO group (else ``0``), then each
+#: message as in ``PUBLISH``. The short form of ``PUBLISH`` for messages bound for one queue
+#: with no deduplication id: checks the queue exists and, when it is FIFO, that every message
+#: has a group, then adds them all. Returns how many entries were added.
+PUBLISH_QUEUE = r"""
+local P, name = ARGV[1], ARGV[2]
+local fifo = redis.call('HGET', P .. 'c:' .. name, 'fifo')
+if not fifo then return redis.error_reply('MELANGE_NO_QUEUE ' .. name) end
+if fifo == '1' and ARGV[3] ~= '1' then return redis.error_reply('MELANGE_NO_GROUP ' .. name) end
+local s = P .. 's:' .. name
+local i, added = 4, 0
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', s, '*', unpack(ARGV, i + 1, i + n))
+  added = added + 1
+  i = i + n + 1
+end
+return added
+"""
+
 #: ARGV: prefix, queue, then pairs of entry id and deliveries. Settles each delivery that
 #: still holds its message (a late acknowledgement is a no-op); returns how many.
 ACKNOWLEDGE = (
@@ -543,6 +563,7 @@ __all__ = [
     "GIVE_BACK",
     "GROUP",
     "PUBLISH",
+    "PUBLISH_QUEUE",
     "PURGE",
     "RECEIVE",
     "STATS",
