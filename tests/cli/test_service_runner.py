@@ -262,14 +262,15 @@ def test_a_killed_worker_is_started_again_and_nothing_is_lost(
     wait_while_running(supervisor, lambda: len(log.pids()) == 2, "both workers consume")
     victim = next(iter(log.pids()))
     os.kill(victim, signal.SIGKILL)
-    # Started again: a third pid handles messages, and every message is handled.
-    wait_while_running(supervisor, lambda: len(log.pids()) == 3, "the worker started again")
+    # Every message is handled: those the killed worker held went back to the queue.
     wait_while_running(supervisor, lambda: len(log.done()) == 60, "all handled", timeout=90)
     code, err = stop(supervisor)
 
     assert code == 0, err
     assert log.done() == {(queue, str(n)) for n in range(60)}
-    assert "killed by SIGKILL; starting it again" in err
+    assert f"(pid {victim}) stopped with killed by SIGKILL; starting it again" in err
+    started = [line for line in err.splitlines() if "started (pid" in line]
+    assert len(started) == 3, err  # two, and the one started again
     assert all(gone(pid) for pid in log.pids())
 
 
@@ -354,3 +355,63 @@ def test_the_probes_of_a_service_watch_every_queue(app_dir: Path, tmp_path: Path
 
     assert live == 200
     assert code == 0, err
+
+
+def test_each_worker_process_serves_its_probes_on_its_own_port(
+    app_dir: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "broker.db"
+    backend = SQLiteBackend(db)
+    MessagingBackendFactory(backend).init_queue("orders")
+    backend.close_connection()
+    port = free_port()
+    while probe(port + 1, "/livez") != 0:  # the next port must be free too
+        port = free_port()
+
+    supervisor = start(
+        app_dir, ["orders"], sqlite_url(db), "--processes", "2", "--health-port", str(port)
+    )
+    wait_while_running(
+        supervisor,
+        lambda: probe(port, "/readyz") == 200 and probe(port + 1, "/readyz") == 200,
+        "both workers ready",
+    )
+    code, err = stop(supervisor)
+
+    assert code == 0, err
+
+
+def test_workers_whose_supervisor_was_killed_stop_by_themselves(
+    app_dir: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "broker.db"
+    backend = SQLiteBackend(db)
+    MessagingBackendFactory(backend).init_queue("orders")
+    publisher = QueuePublisher(JsonSerializer(), backend)
+    for n in range(2):
+        publisher.publish("orders", {"n": n})
+    backend.close_connection()
+    log = Log(app_dir / "log.txt")
+
+    supervisor = start(app_dir, ["orders"], sqlite_url(db), "--processes", "2")
+    wait_while_running(supervisor, lambda: len(log.done()) == 2, "messages handled")
+    workers = [
+        int(line.split("pid ")[1].rstrip(")")) for line in _started_lines(supervisor, count=2)
+    ]
+    supervisor.kill()
+    # The workers hold the supervisor's output pipes: they close when the last one ends.
+    supervisor.communicate(timeout=30)
+
+    wait_for(lambda: all(gone(pid) for pid in workers), timeout=30)
+
+
+def _started_lines(process: subprocess.Popen[str], count: int) -> list[str]:
+    """The first ``count`` "worker N started (pid P)" lines of the supervisor."""
+    assert process.stderr is not None
+    found: list[str] = []
+    while len(found) < count:
+        line = process.stderr.readline()
+        assert line, "the supervisor ended before starting its workers"
+        if "started (pid" in line:
+            found.append(line.strip())
+    return found

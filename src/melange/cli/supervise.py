@@ -149,8 +149,11 @@ class Supervisor:
                 watcher.join(timeout=5)
             for sig, old in previous.items():
                 signal.signal(sig, old)
+        # A worker that was still starting when asked to stop dies of the SIGTERM itself,
+        # before taking any message: that is a clean stop too.
+        clean = (0, -signal.SIGTERM)
         failed = [
-            w for w in self.workers if w.process is not None and w.process.returncode not in (0,)
+            w for w in self.workers if w.process is not None and w.process.returncode not in clean
         ]
         for worker in failed:
             code = worker.process.returncode if worker.process is not None else 0
