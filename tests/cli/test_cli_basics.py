@@ -74,8 +74,8 @@ def test_console_script_and_module_entry_point_report_the_version() -> None:
 
 
 def test_unknown_backend_url_scheme_is_a_one_line_error() -> None:
-    result = run_melange("queues", "list", "--backend-url", "kafka://localhost")
-    assert_one_line_error(result, "unknown backend URL scheme 'kafka'", "sqlite:///")
+    result = run_melange("queues", "list", "--backend-url", "pulsar://localhost")
+    assert_one_line_error(result, "unknown backend URL scheme 'pulsar'", "sqlite:///")
 
 
 def test_bad_environment_url_names_the_variable() -> None:

@@ -184,8 +184,8 @@ def test_env_variable_names_the_backend(opened: list[MessagingBackend]) -> None:
 
 
 def test_a_bad_env_url_names_the_variable() -> None:
-    with pytest.raises(ConfigurationError, match="MELANGE_BACKEND_URL='kafka://x'"):
-        backend_from_env({"MELANGE_BACKEND_URL": "kafka://x"})
+    with pytest.raises(ConfigurationError, match="MELANGE_BACKEND_URL='pulsar://x'"):
+        backend_from_env({"MELANGE_BACKEND_URL": "pulsar://x"})
 
 
 def test_backend_manager_falls_back_to_the_env_url_once(
@@ -230,7 +230,7 @@ def test_backend_manager_without_backend_or_env_says_how_to_set_one(
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("kafka://localhost:9092", r"unknown backend URL scheme 'kafka'.*sqlite:///relative"),
+        ("pulsar://localhost:6650", r"unknown backend URL scheme 'pulsar'.*sqlite:///relative"),
         ("melange.db", r"has no scheme.*sqlite:///relative/path\.db"),
         ("sqlite:///", "names no database file"),
         ("sqlite:///data/", "names no database file"),
