@@ -84,11 +84,15 @@ class Recorder:
 
     def __init__(self) -> None:
         self.payloads: list[Any] = []
+        #: When (``time.perf_counter``) the first payload arrived.
+        self.first_at: float | None = None
         self._lock = threading.Lock()
 
     def __call__(self, payload: Any) -> None:
         with self._lock:
             self.payloads.append(payload)
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
 
     def consumer(self) -> Consumer:
         return Consumer(on_message=self)

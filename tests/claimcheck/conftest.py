@@ -38,6 +38,8 @@ _sqs = _load(
 )
 #: The moto endpoint of the SQS tests: it serves S3 too.
 sqs_endpoint = _sqs.sqs_endpoint
+#: AsyncAWSBackend, or a loud skip (a failure under CI) without the aws-async extra.
+async_aws_class = _sqs.async_aws_class
 
 
 @pytest.fixture
