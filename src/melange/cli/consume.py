@@ -179,7 +179,7 @@ def consume(
     liveness_timeout: float,
     tracing: bool,
 ) -> None:
-    """Consume QUEUE with the dispatcher or consumer MODULE:ATTRIBUTE names.
+    """Consume with the dispatcher, consumer or service MODULE:ATTRIBUTE names.
 
     The attribute is a MessageDispatcher or AsyncMessageDispatcher (run on an event loop), a
     Consumer (async handlers get an asyncio dispatcher), or a function returning one (given

@@ -107,7 +107,7 @@ def stats(names: tuple[str, ...], as_json: bool, backend_url: str | None) -> Non
 @json_option
 @backend_url_option
 def purge(name: str, yes: bool, as_json: bool, backend_url: str | None) -> None:
-    """Delete every message of QUEUE (in flight or not)."""
+    """Delete the messages of QUEUE (those in flight too, where the broker can)."""
     backend = open_backend(backend_url)
     try:
         with reported_errors():
