@@ -4,6 +4,7 @@ supervised (a killed worker started again, nothing lost; SIGTERM drains every wo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -181,6 +182,47 @@ def test_a_service_consumes_each_of_its_queues_until_stopped() -> None:
     assert service.queues[0].workers == 3
     assert result["orders"]["acknowledged"] == 5  # type: ignore[index]
     assert result["payments"]["acknowledged"] == 5  # type: ignore[index]
+
+
+def test_async_handlers_get_an_asyncio_dispatcher_and_queues_can_be_chosen() -> None:
+    backend = InMemoryMessagingBackend()
+    factory = MessagingBackendFactory(backend)
+    for queue in ("emails", "orders", "audit"):
+        factory.init_queue(queue)
+    seen: list[tuple[str, int]] = []
+    service = Service("mixed", backend=backend)
+
+    async def send_email(email: dict[str, int]) -> None:
+        await asyncio.sleep(0)
+        seen.append(("emails", email["n"]))
+
+    service.consume("emails", Consumer(send_email), workers=2)
+    service.consume("orders", Consumer(lambda order: seen.append(("orders", order["n"]))))
+    service.consume("audit", Consumer(lambda entry: seen.append(("audit", entry["n"]))))
+    publisher = QueuePublisher(JsonSerializer(), backend)
+    for queue in ("emails", "orders", "audit"):
+        publisher.publish(queue, {"n": 1})
+    kinds: dict[str, str] = {}
+
+    def started(dispatchers: dict[str, object]) -> None:
+        kinds.update({queue: type(d).__name__ for queue, d in dispatchers.items()})
+
+    runner = threading.Thread(
+        target=service.run,
+        kwargs={
+            "queues": ["emails", "orders"],
+            "install_signal_handlers": False,
+            "on_start": started,
+        },
+    )
+    runner.start()
+    wait_for(lambda: len(seen) == 2, timeout=20)
+    service.stop()
+    runner.join(timeout=20)
+
+    assert sorted(seen) == [("emails", 1), ("orders", 1)]
+    assert kinds == {"emails": "AsyncMessageDispatcher", "orders": "MessageDispatcher"}
+    assert backend.queue_depth("audit") == 1  # not chosen: left alone
 
 
 def test_a_service_without_queues_or_with_a_missing_queue_says_so() -> None:
