@@ -21,27 +21,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from melange.backends.async_interfaces import AsyncMessagingBackend
-from melange.backends.interfaces import BackendCapabilities
-from melange.backends.redis_streams import scripts
-from melange.backends.redis_streams.backend import DEFAULT_URL
-from melange.backends.redis_streams.connection import client_options, client_url, redacted
+from melange.backends.redis_streams.connection import client_options
 from melange.backends.redis_streams.inspect import QueueStats
-from melange.backends.redis_streams.operations import (
-    Command,
-    Operations,
-    Script,
-    Steps,
-    Wait,
-    capabilities,
-    check_options,
-    failure,
-)
+from melange.backends.redis_streams.operations import Steps, Wait
+from melange.backends.redis_streams.shared import Progress, StreamsBackendBase
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 _T = TypeVar("_T")
 
 
-class AsyncRedisStreamsBackend(AsyncMessagingBackend):
+class AsyncRedisStreamsBackend(StreamsBackendBase[aioredis.Redis], AsyncMessagingBackend):
     """Queues and topics on Redis Streams through ``redis.asyncio``.
 
     Takes the arguments of :class:`~melange.backends.redis_streams.backend.
@@ -49,76 +38,34 @@ class AsyncRedisStreamsBackend(AsyncMessagingBackend):
     """
 
     name: ClassVar[str] = "redis-streams"
-    loop_wait_seconds = 1.0
+    #: The event loop the backend serves (the one of its first operation).
+    _loop: asyncio.AbstractEventLoop | None = None
+    #: The ``CLIENT UNBLOCK`` tasks of interrupts, kept until done (made at the first).
+    _unblocking: set[asyncio.Future[None]] | None = None
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        prefix: str = "melange:",
-        visibility_timeout: float = 30.0,
-        deduplication_window: float = 300.0,
-        max_message_size: int | None = None,
-        retries: int = 10,
-        client: aioredis.Redis | None = None,
-    ) -> None:
-        check_options(visibility_timeout, deduplication_window, retries)
-        self.url = redacted(url)
-        #: Default visibility timeout of new queues, in seconds.
-        self.visibility_timeout = float(visibility_timeout)
-        self._ops = Operations(
-            prefix, self.visibility_timeout, deduplication_window, max_message_size
-        )
-        #: The key names under the prefix.
-        self.keys = self._ops.keys
-        self._prefix = prefix
-        self._owns_client = client is None
-        self.client: aioredis.Redis = (
-            client
-            if client is not None
-            else aioredis.Redis.from_url(client_url(url), **client_options(retries, asyncio=True))
-        )
-        # Untyped view of the client: redis-py's stubs type replies as bytes or str.
-        self._r: Any = self.client
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._unblocking: set[asyncio.Future[None]] = set()
-        self._scripts = {
-            name: self._r.register_script(getattr(scripts, name))
-            for name in scripts.__all__
-            if name != "GROUP"
-        }
-
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        return capabilities(self._ops.max_message_size)
-
-    def __repr__(self) -> str:
-        return f"AsyncRedisStreamsBackend({self.url!r}, prefix={self._prefix!r})"
+    def _connect(self, url: str, retries: int) -> aioredis.Redis:
+        return aioredis.Redis.from_url(url, **client_options(retries, asyncio=True))
 
     async def _run(self, steps: Steps[_T]) -> _T:
         """Perform the steps of an operation (see
         :mod:`~melange.backends.redis_streams.operations`) and return its result."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+        progress = Progress(steps)
         try:
-            step = next(steps)
-            while True:
+            while (step := progress.step) is not None:
                 try:
-                    if isinstance(step, Script):
-                        reply = await self._scripts[step.name](args=(self._prefix, *step.args))
-                    elif isinstance(step, Command):
-                        reply = await self._r.execute_command(*step.args)
-                    else:
+                    if isinstance(step, Wait):
                         reply = await self._wait(step)
+                    else:
+                        reply = await self._call(step)
                 except RedisError as exc:
-                    step = steps.throw(failure(step, exc))
+                    progress.fail(exc)
                 else:
-                    step = steps.send(reply)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result
+                    progress.reply(reply)
         finally:
-            steps.close()
+            progress.close()
+        return progress.result
 
     async def _wait(self, wait: Wait) -> tuple[bool, Any]:
         """As the blocking backend's: block on a connection of its own, then run
@@ -127,10 +74,8 @@ class AsyncRedisStreamsBackend(AsyncMessagingBackend):
         connection = await pool.get_connection()
         client_id: int | None = None
         answer: Any = None
-        then = wait.then
-        evalsha = ("EVALSHA", self._scripts[then.name].sha, 0, self._prefix, *then.args)
         try:
-            packed = connection.pack_commands([("CLIENT", "ID"), wait.command, evalsha])
+            packed = connection.pack_commands(self._wait_commands(wait))
             await connection.send_packed_command(packed)
             client_id = int(await connection.read_response())
             if self._ops.waits.started(client_id, wait.interrupts):
@@ -238,9 +183,6 @@ class AsyncRedisStreamsBackend(AsyncMessagingBackend):
     async def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
         return await self._run(self._ops.dead_letter(message, headers))
 
-    def visibility_timeout_for(self, message: Message) -> float | None:
-        return self._ops.visibility_timeout_for(message)
-
     async def extend_visibility(self, message: Message, seconds: float) -> None:
         await self._run(self._ops.extend_visibility(message, seconds))
 
@@ -256,6 +198,8 @@ class AsyncRedisStreamsBackend(AsyncMessagingBackend):
 
     def _unblock(self, blocked: list[int]) -> None:
         task = asyncio.ensure_future(self._unblock_all(blocked))
+        if self._unblocking is None:
+            self._unblocking = set()
         self._unblocking.add(task)
         task.add_done_callback(self._unblocking.discard)
 

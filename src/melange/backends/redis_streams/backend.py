@@ -44,29 +44,17 @@ from typing import Any, TypeVar
 import redis
 from redis.exceptions import RedisError, ResponseError
 
-from melange.backends.interfaces import BackendCapabilities, MessagingBackend
-from melange.backends.redis_streams import scripts
-from melange.backends.redis_streams.connection import client_options, client_url, redacted
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.redis_streams.connection import client_options
 from melange.backends.redis_streams.inspect import QueueStats
-from melange.backends.redis_streams.operations import (
-    Command,
-    Operations,
-    Script,
-    Steps,
-    Wait,
-    capabilities,
-    check_options,
-    failure,
-)
+from melange.backends.redis_streams.operations import Steps, Wait, capabilities
+from melange.backends.redis_streams.shared import DEFAULT_URL, Progress, StreamsBackendBase
 from melange.models import Message, QueueWrapper, TopicWrapper
-
-#: The URL of a Redis on this machine, database 0.
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 _T = TypeVar("_T")
 
 
-class RedisStreamsBackend(MessagingBackend):
+class RedisStreamsBackend(StreamsBackendBase[redis.Redis], MessagingBackend):
     """Queues and topics on Redis Streams (Redis 6.2 or later), through redis-py.
 
     Every method is thread-safe: each call takes a connection of the client's pool.
@@ -88,72 +76,24 @@ class RedisStreamsBackend(MessagingBackend):
             responses); the backend then does not close it.
     """
 
-    loop_wait_seconds = 1.0
-
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        prefix: str = "melange:",
-        visibility_timeout: float = 30.0,
-        deduplication_window: float = 300.0,
-        max_message_size: int | None = None,
-        retries: int = 10,
-        client: redis.Redis | None = None,
-    ) -> None:
-        check_options(visibility_timeout, deduplication_window, retries)
-        self.url = redacted(url)
-        #: Default visibility timeout of new queues, in seconds.
-        self.visibility_timeout = float(visibility_timeout)
-        self._ops = Operations(
-            prefix, self.visibility_timeout, deduplication_window, max_message_size
-        )
-        #: The key names under the prefix.
-        self.keys = self._ops.keys
-        self._prefix = prefix
-        self._owns_client = client is None
-        self.client: redis.Redis = (
-            client
-            if client is not None
-            else redis.Redis.from_url(client_url(url), **client_options(retries))
-        )
-        # Untyped view of the client: redis-py's stubs type replies as bytes or str.
-        self._r: Any = self.client
-        self._scripts = {
-            name: self._r.register_script(getattr(scripts, name))
-            for name in scripts.__all__
-            if name != "GROUP"
-        }
-
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        return capabilities(self._ops.max_message_size)
-
-    def __repr__(self) -> str:
-        return f"RedisStreamsBackend({self.url!r}, prefix={self._prefix!r})"
+    def _connect(self, url: str, retries: int) -> redis.Redis:
+        return redis.Redis.from_url(url, **client_options(retries))
 
     def _run(self, steps: Steps[_T]) -> _T:
         """Perform the steps of an operation (see
         :mod:`~melange.backends.redis_streams.operations`) and return its result."""
+        progress = Progress(steps)
         try:
-            step = next(steps)
-            while True:
+            while (step := progress.step) is not None:
                 try:
-                    if isinstance(step, Script):
-                        reply = self._scripts[step.name](args=(self._prefix, *step.args))
-                    elif isinstance(step, Command):
-                        reply = self._r.execute_command(*step.args)
-                    else:
-                        reply = self._wait(step)
+                    reply = self._wait(step) if isinstance(step, Wait) else self._call(step)
                 except RedisError as exc:
-                    step = steps.throw(failure(step, exc))
+                    progress.fail(exc)
                 else:
-                    step = steps.send(reply)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result
+                    progress.reply(reply)
         finally:
-            steps.close()
+            progress.close()
+        return progress.result
 
     def _wait(self, wait: Wait) -> tuple[bool, Any]:
         """Block on a connection of its own, then run ``wait.then`` behind the block in the
@@ -162,11 +102,8 @@ class RedisStreamsBackend(MessagingBackend):
         connection = pool.get_connection()
         client_id: int | None = None
         answer: Any = None
-        then = wait.then
-        evalsha = ("EVALSHA", self._scripts[then.name].sha, 0, self._prefix, *then.args)
         try:
-            packed = connection.pack_commands([("CLIENT", "ID"), wait.command, evalsha])
-            connection.send_packed_command(packed)
+            connection.send_packed_command(connection.pack_commands(self._wait_commands(wait)))
             client_id = int(connection.read_response())
             if self._ops.waits.started(client_id, wait.interrupts):
                 self._r.client_unblock(client_id)
@@ -302,9 +239,6 @@ class RedisStreamsBackend(MessagingBackend):
 
     def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
         return self._run(self._ops.dead_letter(message, headers))
-
-    def visibility_timeout_for(self, message: Message) -> float | None:
-        return self._ops.visibility_timeout_for(message)
 
     def extend_visibility(self, message: Message, seconds: float) -> None:
         self._run(self._ops.extend_visibility(message, seconds))
