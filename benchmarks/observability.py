@@ -86,8 +86,9 @@ def run_once(
     variant: str,
     count: int,
     providers: dict[str, TracerProvider],
-) -> float:
-    """Seconds to publish ``count`` messages and consume them all."""
+) -> tuple[float, float]:
+    """Seconds to publish ``count`` messages and consume them all: wall clock, and CPU time
+    of the process (every thread: the broker client's I/O threads too)."""
     backend = make_backend()
     name = f"bench-obs-{uuid.uuid4().hex[:8]}"
     queue, _ = backend.declare_queue(name)
@@ -107,11 +108,12 @@ def run_once(
     )
     try:
         started = time.perf_counter()
+        cpu = time.process_time()
         for n in range(count):
             publisher.publish(name, {"n": n, "item": "sku-1234", "quantity": 3})
         while handled < count:
             dispatcher.consume_event(name, max_messages=10, wait_seconds=1)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
     finally:
         dispatcher.close()
         backend.delete_queue(queue)
@@ -124,12 +126,16 @@ def measure(
     providers = _providers()
     run_once(make_backend, "on", max(100, count // 10), providers)  # warm up
     times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    cpu: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     for _ in range(rounds):
         for variant in VARIANTS:
-            times[variant].append(run_once(make_backend, variant, count, providers))
+            wall, used = run_once(make_backend, variant, count, providers)
+            times[variant].append(wall)
+            cpu[variant].append(used)
     for provider in providers.values():
         provider.shutdown()
     median = {variant: statistics.median(values) for variant, values in times.items()}
+    median_cpu = {variant: statistics.median(values) for variant, values in cpu.items()}
     result = {
         "backend": label,
         "messages": count,
@@ -137,6 +143,12 @@ def measure(
         "msg_per_s": {v: round(count / median[v]) for v in VARIANTS},
         "overhead_pct": {
             v: round(100 * (median[v] / median["off"] - 1), 1) for v in VARIANTS if v != "off"
+        },
+        "cpu_us_per_msg": {v: round(1e6 * median_cpu[v] / count, 1) for v in VARIANTS},
+        "cpu_overhead_pct": {
+            v: round(100 * (median_cpu[v] / median_cpu["off"] - 1), 1)
+            for v in VARIANTS
+            if v != "off"
         },
     }
     print(json.dumps(result), flush=True)
