@@ -239,16 +239,21 @@ for _, id in ipairs(due) do
     end
   end
 end
--- New messages.
-local rounds = 0
+-- New messages. A read that comes back short has read to the end of the stream: the id of
+-- the last entry it read is then the stream's last.
+local rounds, last_read, read_all = 0, nil, false
 while #out < count and rounds < 10 do
   rounds = rounds + 1
   local want = count - #out
   local got = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', want, 'STREAMS', s, '>')
-  if not got then break end
+  if not got then
+    read_all = true
+    break
+  end
   local entries = got[1][2]
   for _, item in ipairs(entries) do
     local id, fields = item[1], item[2]
+    last_read = id
     local gid = fifo and field(fields, 'g') or nil
     if gid then redis.call('SADD', k('pg', name), gid) end
     if gid and (redis.call('LLEN', parked_key(name, gid)) > 0 or not clear_before(gid, nil)) then
@@ -261,15 +266,24 @@ while #out < count and rounds < 10 do
       deliver(id, 1, fields)
     end
   end
-  if #entries < want then break end
+  if #entries < want then
+    read_all = true
+    break
+  end
 end
 -- Where a receive that finds nothing (now, or next time) waits from, and for how long.
 local next_due, last, bell = -1, '0-0', '0-0'
 local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
 if first[2] then next_due = math.max(tonumber(first[2]) - now, 0) end
-local info = redis.call('XINFO', 'STREAM', s)
-for i = 1, #info, 2 do
-  if info[i] == 'last-generated-id' then last = info[i + 1] end
+if read_all and last_read then
+  -- Entries past the group's position are only ever deleted with the whole stream (purge),
+  -- so the last one read is the last one added.
+  last = last_read
+else
+  local info = redis.call('XINFO', 'STREAM', s)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
 end
 local rung = redis.call('XREVRANGE', k('b', name), '+', '-', 'COUNT', 1)[1]
 if rung then bell = rung[1] end
