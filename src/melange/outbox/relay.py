@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ from melange.exceptions import (
     TopicNotFoundError,
 )
 from melange.outbox.schema import DEFAULT_TABLE, TOPIC, OutboxRow
-from melange.outbox.store import RelayStore, open_store
+from melange.outbox.store import Claim, RelayStore, open_store
 
 logger = logging.getLogger("melange.outbox")
 
@@ -105,15 +106,18 @@ class Relay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.stats = RelayStats()
-        self._store: RelayStore = open_store(
-            database,
-            table,
-            lease_seconds=lease_seconds,
-            retry_delay=retry_delay,
-            keep_sent=keep_sent,
-            listen=listen,
-            clock=clock,
-        )
+        options: dict[str, Any] = {
+            "lease_seconds": lease_seconds,
+            "retry_delay": retry_delay,
+            "keep_sent": keep_sent,
+            "listen": listen,
+            "clock": clock,
+        }
+        # Two stores (connections): while one records a sent batch, the other takes and sends
+        # the next one (see drain()).
+        self._store: RelayStore = open_store(database, table, **options)
+        self._other: RelayStore = open_store(database, table, **options)
+        self._finisher: ThreadPoolExecutor | None = None
         self._handles: dict[tuple[str, str], Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -147,14 +151,59 @@ class Relay:
         return len(sent)
 
     def drain(self) -> int:
-        """Send everything committed now (rounds until one finds nothing); returns how many."""
+        """Send everything committed now (rounds until one finds nothing); returns how many.
+
+        Rounds overlap: a batch's rows are recorded as sent (on one connection, by a helper
+        thread) while the next batch is taken (on the other), which is sent once the first is
+        recorded. The next batch cannot include rows of the batch being recorded: they are
+        still locked (PostgreSQL) or leased (SQLite), and rows of their message groups are
+        held back until they are done.
+        """
+        if not self._set_up:
+            self._store.setup()
+            self._set_up = True
         total = 0
-        while not self._stop.is_set():
-            count = self.relay_once()
-            total += count
-            if count == 0:
-                return total
+        stores = (self._store, self._other)
+        turn = 0
+        pending: Future[None] | None = None
+        try:
+            while not self._stop.is_set():
+                store = stores[turn % 2]
+                claim = store.claim(self.batch_size)
+                if not claim.rows:
+                    if pending is None:
+                        break
+                    # Rows held back behind the batch being recorded are free once it is.
+                    previous, pending = pending, None
+                    _settle(previous)
+                    continue
+                try:
+                    if pending is not None:
+                        # The previous batch is recorded before this one goes out: a relay
+                        # that dies has at most one batch sent but not recorded.
+                        previous, pending = pending, None
+                        _settle(previous)
+                    sent, failed = self._send(claim.rows)
+                except BaseException:
+                    store.abandon(claim)
+                    raise
+                pending = self._finish_in_background(store, claim, sent, failed)
+                self.stats.batches += 1
+                self.stats.sent += len(sent)
+                self.stats.refused += len(failed)
+                total += len(sent)
+                turn += 1
+        finally:
+            if pending is not None:
+                _settle(pending)
         return total
+
+    def _finish_in_background(
+        self, store: RelayStore, claim: Claim, sent: list[int], failed: dict[int, str]
+    ) -> Future[None]:
+        if self._finisher is None:
+            self._finisher = ThreadPoolExecutor(1, thread_name_prefix="melange-outbox-finish")
+        return self._finisher.submit(store.finish, claim, sent, failed)
 
     def _send(self, rows: Sequence[OutboxRow]) -> tuple[list[int], dict[int, str]]:
         """Send ``rows``, one batch per destination; the ids sent and the refused ones."""
@@ -251,7 +300,14 @@ class Relay:
                     logger.exception("outbox relay: round failed; trying again shortly")
                     self._stop.wait(self.poll_interval)
         finally:
-            self._store.close()
+            self._close_stores()
+
+    def _close_stores(self) -> None:
+        self._store.close()
+        self._other.close()
+        finisher, self._finisher = self._finisher, None
+        if finisher is not None:
+            finisher.shutdown(wait=True)
 
     def _wait(self) -> None:
         deadline = time.monotonic() + self.poll_interval
@@ -299,7 +355,7 @@ class Relay:
     def close(self) -> None:
         """Stop (if running) and close the database connections."""
         self.stop()
-        self._store.close()
+        self._close_stores()
 
     def __enter__(self) -> Relay:
         return self
@@ -309,6 +365,11 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay {self._store.dialect} table={getattr(self._store, 'table', '?')!r}>"
+
+
+def _settle(recording: Future[None]) -> None:
+    """Wait for a batch to be recorded; its failure is raised here."""
+    recording.result()
 
 
 def _runs(rows: Sequence[OutboxRow]) -> list[list[OutboxRow]]:
