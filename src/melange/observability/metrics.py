@@ -33,23 +33,21 @@ a message id.
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from melange.backends.inspection import Inspectable, KnowsDeadLetterSources
 from melange.backends.interfaces import MessagingBackend
@@ -69,80 +67,154 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
-class _Instruments:
-    """The metric families of one registry (a family can be registered only once)."""
+# The families: (name, help, label names); the counters' exposed names end in ``_total``.
+_COUNTERS = {
+    "received": ("melange_messages_received", "Messages received.", ("queue",)),
+    "processed": (
+        "melange_messages_processed",
+        "Consumer outcomes of handled messages.",
+        ("queue", "consumer", "outcome"),
+    ),
+    "failed": ("melange_messages_failed", "Consumer failures.", ("queue", "consumer")),
+    "retried": ("melange_messages_retried", "Messages given back for a retry.", ("queue",)),
+    "dead_lettered": ("melange_messages_dead_lettered", "Messages dead-lettered.", ("queue",)),
+    "settled": (
+        "melange_messages_settled",
+        "Settlements, by how the message was settled.",
+        ("queue", "outcome"),
+    ),
+}
+_HISTOGRAMS = {
+    "handler": (
+        "melange_handler_duration_seconds",
+        "Duration of one call of a consumer.",
+        ("queue", "consumer"),
+        HANDLER_BUCKETS,
+    ),
+    "latency": (
+        "melange_end_to_end_latency_seconds",
+        "From the publish to the settlement of a message.",
+        ("queue", "outcome"),
+        LATENCY_BUCKETS,
+    ),
+}
+_IN_FLIGHT = ("melange_messages_in_flight", "Messages received and not settled yet.", ("queue",))
+
+#: A series: its family's short name and its label values.
+_Key = tuple[str, tuple[str, ...]]
+
+
+class _Counts:
+    """What one thread counted. Only that thread writes it, so the hot path takes no lock
+    (prometheus-client's own metrics take one per update); a scrape reads copies."""
+
+    __slots__ = ("counters", "gauges", "histograms")
+
+    def __init__(self) -> None:
+        self.counters: dict[_Key, float] = {}
+        self.gauges: dict[_Key, float] = {}
+        # Per series: the count in each bucket (not cumulative), then the +Inf one, then the sum.
+        self.histograms: dict[_Key, list[float]] = {}
+
+
+class _Collector:
+    """The metric families of one registry, summed over the threads' counts at each scrape."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.received = Counter(
-            "melange_messages_received", "Messages received.", ["queue"], registry=registry
-        )
-        self.processed = Counter(
-            "melange_messages_processed",
-            "Consumer outcomes of handled messages.",
-            ["queue", "consumer", "outcome"],
-            registry=registry,
-        )
-        self.failed = Counter(
-            "melange_messages_failed",
-            "Consumer failures.",
-            ["queue", "consumer"],
-            registry=registry,
-        )
-        self.retried = Counter(
-            "melange_messages_retried", "Messages given back for a retry.", ["queue"],
-            registry=registry,
-        )  # fmt: skip
-        self.dead_lettered = Counter(
-            "melange_messages_dead_lettered", "Messages dead-lettered.", ["queue"],
-            registry=registry,
-        )  # fmt: skip
-        self.settled = Counter(
-            "melange_messages_settled",
-            "Settlements, by how the message was settled.",
-            ["queue", "outcome"],
-            registry=registry,
-        )
-        self.handler = Histogram(
-            "melange_handler_duration_seconds",
-            "Duration of one call of a consumer.",
-            ["queue", "consumer"],
-            buckets=HANDLER_BUCKETS,
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "melange_end_to_end_latency_seconds",
-            "From the publish to the settlement of a message.",
-            ["queue", "outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.in_flight = Gauge(
-            "melange_messages_in_flight",
-            "Messages received and not settled yet.",
-            ["queue"],
-            registry=registry,
-        )
+        self._local = threading.local()
+        self._all: list[_Counts] = []
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def counts(self) -> _Counts:
+        """The calling thread's counts."""
+        try:
+            found: _Counts = self._local.counts
+        except AttributeError:
+            found = self._local.counts = _Counts()
+            with self._lock:
+                self._all.append(found)
+        return found
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, summed over every thread (called by prometheus-client)."""
+        with self._lock:
+            every = list(self._all)
+        counters: dict[_Key, float] = {}
+        gauges: dict[_Key, float] = {}
+        histograms: dict[_Key, list[float]] = {}
+        for counts in every:
+            # dict.copy() is atomic under the GIL: the owner may go on counting meanwhile.
+            for key, value in counts.counters.copy().items():
+                counters[key] = counters.get(key, 0.0) + value
+            for key, value in counts.gauges.copy().items():
+                gauges[key] = gauges.get(key, 0.0) + value
+            for key, series in counts.histograms.copy().items():
+                copied = list(series)
+                total = histograms.get(key)
+                histograms[key] = (
+                    copied if total is None else [a + b for a, b in zip(total, copied, strict=True)]
+                )
+        for short, (name, help_text, labels) in _COUNTERS.items():
+            family = CounterMetricFamily(name, help_text, labels=labels)
+            for (kind, values), value in sorted(counters.items()):
+                if kind == short:
+                    family.add_metric(list(values), value)
+            yield family
+        name, help_text, labels = _IN_FLIGHT
+        gauge = GaugeMetricFamily(name, help_text, labels=labels)
+        for (_, values), value in sorted(gauges.items()):
+            gauge.add_metric(list(values), value)
+        yield gauge
+        for short, (name, help_text, labels, bounds) in _HISTOGRAMS.items():
+            histogram = HistogramMetricFamily(name, help_text, labels=labels)
+            for (kind, values), merged in sorted(histograms.items()):
+                if kind != short:
+                    continue
+                buckets, running = [], 0.0
+                for bound, count in zip((*map(float, bounds), math.inf), merged, strict=False):
+                    running += count
+                    buckets.append((_bound(bound), running))
+                histogram.add_metric(list(values), buckets, merged[-1])
+            yield histogram
 
 
-_families: dict[int, tuple[CollectorRegistry, _Instruments]] = {}
-_families_lock = threading.Lock()
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(bound)
 
 
-def _instruments(registry: CollectorRegistry) -> _Instruments:
-    with _families_lock:
-        found = _families.get(id(registry))
+_collectors: dict[int, tuple[CollectorRegistry, _Collector]] = {}
+_collectors_lock = threading.Lock()
+
+
+def _collector(registry: CollectorRegistry) -> _Collector:
+    with _collectors_lock:
+        found = _collectors.get(id(registry))
         if found is None or found[0] is not registry:
-            found = _families[id(registry)] = (registry, _Instruments(registry))
+            found = _collectors[id(registry)] = (registry, _Collector(registry))
         return found[1]
+
+
+def _observe(counts: _Counts, key: _Key, bounds: tuple[float, ...], value: float) -> None:
+    series = counts.histograms.get(key)
+    if series is None:
+        series = counts.histograms[key] = [0.0] * (len(bounds) + 2)
+    series[bisect.bisect_left(bounds, value)] += 1  # the first bucket whose bound >= value
+    series[-1] += value
+
+
+def _add(counter: dict[_Key, float], key: _Key, amount: float = 1.0) -> None:
+    counter[key] = counter.get(key, 0.0) + amount
 
 
 class _Timer:
     """Observes the duration of one consumer call (a class: cheaper than a generator)."""
 
-    __slots__ = ("_histogram", "_started")
+    __slots__ = ("_collector", "_key", "_started")
 
-    def __init__(self, histogram: Any) -> None:
-        self._histogram = histogram
+    def __init__(self, collector: _Collector, key: _Key) -> None:
+        self._collector = collector
+        self._key = key
         self._started = 0.0
 
     def __enter__(self) -> None:
@@ -154,14 +226,16 @@ class _Timer:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._histogram.observe(time.perf_counter() - self._started)
+        elapsed = time.perf_counter() - self._started
+        _observe(self._collector.counts(), self._key, HANDLER_BUCKETS, elapsed)
 
 
 class PrometheusMetrics(Middleware):
     """Counts and times what a dispatcher does, in Prometheus metrics (see the module doc).
 
     Several dispatchers of one process may share a registry: the metric families are made
-    once per registry.
+    once per registry. Each thread counts on its own, without a lock, and a scrape adds the
+    threads' counts up.
 
     Args:
         registry: Where the metrics are registered; prometheus-client's global registry by
@@ -176,57 +250,53 @@ class PrometheusMetrics(Middleware):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry if registry is not None else REGISTRY
-        self._m = _instruments(self.registry)
+        self._collector = _collector(self.registry)
         self._clock = clock
-        # Labelled children, looked up once: labels() takes a lock and builds a tuple.
-        self._children: dict[tuple[Any, ...], Any] = {}
         # id(message) -> queue, for the hooks that are not given the queue.
         self._queues: dict[int, str] = {}
 
-    def _child(self, family: Any, *labels: str) -> Any:
-        key = (id(family), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = family.labels(*labels)
-        return child
-
     def message_received(self, message: Message, queue: str) -> None:
         self._queues[id(message)] = queue
-        self._child(self._m.received, queue).inc()
-        self._child(self._m.in_flight, queue).inc()
+        counts = self._collector.counts()
+        _add(counts.counters, ("received", (queue,)))
+        _add(counts.gauges, ("in_flight", (queue,)))
 
     def consumer_call(self, message: Message, consumer: Consumer) -> _Timer:
         queue = self._queues.get(id(message), "")
-        return _Timer(self._child(self._m.handler, queue, consumer.name))
+        return _Timer(self._collector, ("handler", (queue, consumer.name)))
 
     def consumer_finished(
         self, message: Message, consumer: Consumer, outcome: Outcome, error: BaseException | None
     ) -> None:
         queue = self._queues.get(id(message), "")
-        self._child(self._m.processed, queue, consumer.name, outcome.value).inc()
+        counters = self._collector.counts().counters
+        _add(counters, ("processed", (queue, consumer.name, outcome.value)))
         if outcome is Outcome.FAILED:
-            self._child(self._m.failed, queue, consumer.name).inc()
+            _add(counters, ("failed", (queue, consumer.name)))
 
     def message_settled(self, message: Message, queue: str, verdict: Verdict) -> None:
         received = self._queues.pop(id(message), None) is not None
         action = verdict.action
-        self._child(self._m.settled, queue, action.value).inc()
+        counts = self._collector.counts()
+        counters = counts.counters
+        _add(counters, ("settled", (queue, action.value)))
         if action is Action.RETRY:
-            self._child(self._m.retried, queue).inc()
+            _add(counters, ("retried", (queue,)))
         elif action is Action.DEAD_LETTER:
-            self._child(self._m.dead_lettered, queue).inc()
+            _add(counters, ("dead_lettered", (queue,)))
         if not received:
             return  # abandoned before it was handled: it was never counted in flight
-        self._child(self._m.in_flight, queue).dec()
+        _add(counts.gauges, ("in_flight", (queue,)), -1.0)
         published = _published_at(message)
         if published is not None:
             latency = max(0.0, self._clock() - published)
-            self._child(self._m.latency, queue, action.value).observe(latency)
+            _observe(counts, ("latency", (queue, action.value)), LATENCY_BUCKETS, latency)
 
     def settle_failed(self, message: Message, queue: str, error: BaseException) -> None:
-        self._child(self._m.settled, queue, "unsettled").inc()
+        counts = self._collector.counts()
+        _add(counts.counters, ("settled", (queue, "unsettled")))
         if self._queues.pop(id(message), None) is not None:
-            self._child(self._m.in_flight, queue).dec()
+            _add(counts.gauges, ("in_flight", (queue,)), -1.0)
 
 
 def _published_at(message: Message) -> float | None:
