@@ -83,6 +83,8 @@ def test_consume_serves_metrics_and_probes_and_logs_json(tmp_path: Path) -> None
             assert time.monotonic() < deadline, metrics
             time.sleep(0.1)
         assert sample(metrics, 'melange_messages_received_total{queue="numbers"}') == 15
+        # The queue's depth, read from the broker at the scrape: every message settled.
+        assert 'melange_queue_messages{queue="numbers",state="total"} 0.0' in metrics
         assert (
             sample(
                 metrics,

@@ -234,6 +234,7 @@ def consume(
                 health_port=health_port,
                 liveness_timeout=liveness_timeout,
                 tracing=tracing,
+                queues=[queue],
             )
             if isinstance(dispatcher, AsyncMessageDispatcher):
                 asyncio.run(dispatcher.consume_loop(queue, concurrency=workers))
