@@ -457,3 +457,28 @@ def _started_lines(process: subprocess.Popen[str], count: int) -> list[str]:
         if "started (pid" in line:
             found.append(line.strip())
     return found
+
+
+def test_the_metrics_of_a_service_give_the_depth_of_each_queue(
+    app_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("prometheus_client", reason="--metrics-port needs the prometheus extra")
+    db = tmp_path / "broker.db"
+    backend = SQLiteBackend(db)
+    factory = MessagingBackendFactory(backend)
+    for queue in ("orders", "payments"):
+        factory.init_queue(queue)
+    factory.init_queue("other")
+    backend.close_connection()
+    port = free_port()
+
+    process = start(app_dir, ["orders", "payments"], sqlite_url(db), "--metrics-port", str(port))
+    wait_while_running(process, lambda: probe(port, "/metrics") == 200, "metrics served")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    code, err = stop(process)
+
+    assert code == 0, err
+    assert 'melange_queue_messages{queue="orders",state="ready"} 0.0' in text
+    assert 'melange_queue_messages{queue="payments",state="ready"} 0.0' in text
+    assert 'queue="other"' not in text

@@ -98,6 +98,17 @@ def run_service(
             group = DispatcherGroup(list(dispatchers.values()))
             # The probes and the middleware only use what DispatcherGroup offers.
             observe(cast(DispatcherBase, group), servers, **observe_options)
+            first = next(iter(dispatchers.values())).backend
+            if observe_options.get("metrics_port") is not None and isinstance(
+                first, MessagingBackend
+            ):
+                # The depth of every queue of the service (one backend reads them all).
+                from prometheus_client import REGISTRY
+
+                from melange.observability.metrics import QueueDepth
+
+                depth = QueueDepth(first, list(dispatchers), None, REGISTRY)
+                servers.callback(REGISTRY.unregister, depth)
             where = describe_backend(next(iter(dispatchers.values())).backend)
             announce(f"consuming {', '.join(dispatchers)} on {where}")
 
