@@ -13,13 +13,15 @@ headers) and sends the reference instead (see :mod:`melange.claimcheck.wire`). A
 fetches the body before decoding, as an effect of its engine (on a worker thread under the
 asyncio dispatcher); a payload it cannot fetch or check is retried as a failed attempt, then
 dead-lettered with the reason. The payload of a queue message is removed once the message is
-acknowledged; the payload of a topic message (one copy per subscribed queue, none of which
-knows of the others) and of a dead-lettered message (kept for redriving) is removed by the
-lifetime, with :meth:`ClaimCheck.purge_expired` or the store's own expiry.
+acknowledged (off the event loop under the asyncio dispatcher); the payload of a topic
+message (one copy per subscribed queue, none of which knows of the others) and of a
+dead-lettered message (kept for redriving) is removed by the lifetime, with
+:meth:`ClaimCheck.purge_expired` or the store's own expiry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -196,7 +198,15 @@ class _Removal(Middleware):
         return f"<claim check removal of {self._claim_check!r}>"
 
     def message_settled(self, message: Message, queue: str, verdict: Verdict) -> None:
-        self._claim_check.settled(message, verdict)
+        if verdict.action is not Action.ACK or CLAIM_CHECK not in message.headers:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._claim_check.settled(message, verdict)  # a dispatcher's thread: at once
+        else:
+            # The asyncio dispatcher's loop: the store is reached with blocking calls.
+            loop.run_in_executor(None, self._claim_check.settled, message, verdict)
 
 
 def is_claim_checked(message: Message | Any) -> bool:
