@@ -44,9 +44,10 @@ class Broker:
     def name(self, what: str) -> str:
         return f"{self.prefix}-{what}-{uuid.uuid4().hex[:10]}"
 
-    def queue(self, *topics: str) -> tuple[str, str]:
+    def queue(self, *topics: str, fifo: bool = False) -> tuple[str, str]:
         """A new queue (bound to ``topics``) with a dead-letter queue: their names."""
-        name, dlq = self.name("q"), self.name("dlq")
+        suffix = ".fifo" if fifo else ""
+        name, dlq = self.name("q") + suffix, self.name("dlq") + suffix
         handles = [self.backend.declare_topic(topic) for topic in topics]
         queue, dead = self.backend.declare_queue(name, *handles, dead_letter_queue_name=dlq)
         self.made_queues.append(queue)

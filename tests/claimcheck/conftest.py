@@ -98,13 +98,19 @@ def make_store(
 
 @pytest.fixture
 def make_broker(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Broker]]:
-    """Builds a :class:`Broker` on ``memory``, ``rabbitmq`` or ``sqs`` (cleaned up after)."""
+    """Builds a :class:`Broker` on ``memory``, ``sqlite`` (a file), ``rabbitmq`` or ``sqs``
+    (cleaned up after)."""
     made: list[Broker] = []
 
     def make(kind: str) -> Broker:
         if kind == "memory":
             # A size limit as on SQS, so that the default threshold applies.
             broker = Broker(InMemoryMessagingBackend(max_message_size=256 * 1024))
+        elif kind == "sqlite":
+            from melange.backends.sqlite import SQLiteBackend
+
+            path = request.getfixturevalue("tmp_path") / "broker.db"
+            broker = Broker(SQLiteBackend(path, max_message_size=256 * 1024))
         elif kind == "rabbitmq":
             from melange.backends.rabbitmq import RabbitMQBackend
 

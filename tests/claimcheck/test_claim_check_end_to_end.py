@@ -24,11 +24,17 @@ from melange.serializers.json import JsonSerializer
 MB = 1024 * 1024
 #: The threshold each broker is given: SQS and the in-memory broker (made with a 256 KiB
 #: limit) derive it from their size limit; RabbitMQ takes 128 MiB, so it is set.
-THRESHOLD: dict[str, int | None] = {"sqs": None, "memory": None, "rabbitmq": 256 * 1024}
+THRESHOLD: dict[str, int | None] = {
+    "sqs": None,
+    "memory": None,
+    "sqlite": None,
+    "rabbitmq": 256 * 1024,
+}
 PAIRS = [
     ("sqs", "s3"),
     ("memory", "directory"),
     ("memory", "sqlite"),
+    ("sqlite", "directory"),
     ("rabbitmq", "postgresql"),
     ("rabbitmq", "directory"),
 ]
@@ -285,3 +291,33 @@ def test_a_5_mb_message_through_the_asyncio_sqs_backend(
         f"\n5 MB via AsyncAWSBackend+S3: publish {published:.3f}s, "
         f"payload removed {total:.3f}s after the publish began"
     )
+
+
+@pytest.mark.parametrize(("broker_kind", "store_kind"), [("sqs", "s3"), ("sqlite", "sqlite")])
+def test_fifo_order_holds_across_stored_and_inline_messages(
+    broker_kind: str,
+    make_broker: Callable[[str], Broker],
+    make_store: Callable[[str], PayloadStore],
+    store_kind: str,
+) -> None:
+    broker, store = make_broker(broker_kind), make_store(store_kind)
+    cc = ClaimCheck(store)
+    queue, _ = broker.queue(fifo=True)
+    publisher = QueuePublisher(JsonSerializer(), broker.backend, claim_check=cc)
+    items = [large_payload(300 * 1024, "0") if n % 2 == 0 else {"tag": str(n)} for n in range(6)]
+    sent = [
+        publisher.publish(queue, item, message_group_id="g", message_deduplication_id=f"d{n}")
+        for n, item in enumerate(items)
+    ]
+    assert [CLAIM_CHECK in m.headers for m in sent] == [True, False] * 3
+    assert all(m.group_id == "g" for m in sent)
+    recorder = Recorder()
+    assert consume(
+        "threaded",
+        broker.backend,
+        queue,
+        recorder.consumer(),
+        lambda: len(recorder.payloads) == len(items),
+        claim_check=cc,
+    )
+    assert recorder.payloads == items
