@@ -19,10 +19,12 @@ from melange.claimcheck import (
     DirectoryPayloadStore,
     InvalidReferenceError,
     PayloadMissingError,
+    PayloadStoreError,
     PayloadUnreadableError,
 )
 from melange.claimcheck.wire import PLACEHOLDER, Reference
 from melange.dispatch.decisions import Poison, decode
+from melange.dispatch.policy import FailurePolicy
 from melange.exceptions import SerializationError
 from melange.models import CLAIM_CHECK, CLAIM_CHECK_SERIALIZER_ID, FAILURE_REASON, Message
 from melange.publishers import QueuePublisher, TopicPublisher
@@ -212,3 +214,52 @@ def test_fetch_leaves_the_received_message_as_it_was(store: DirectoryPayloadStor
     store.delete(_key(sent))
     with pytest.raises(PayloadMissingError):
         cc.fetch(sent)
+
+
+def test_a_store_outage_is_retried_and_the_message_delivered_once_the_store_is_back(
+    broker: Broker, tmp_path: Path
+) -> None:
+    directory = tmp_path / "shared"
+    store = DirectoryPayloadStore(directory)
+    cc = ClaimCheck(store)
+    queue, _ = broker.queue()
+    payload = large_payload(300 * KB)
+    QueuePublisher(JsonSerializer(), broker.backend, claim_check=cc).publish(queue, payload)
+    parked = tmp_path / "parked"
+    directory.rename(parked)  # the volume is gone: reads fail with an OS error
+    directory.write_text("not a directory")
+    recorder, settlements = Recorder(), Settlements()
+
+    def store_back_after_first_retry() -> bool:
+        if settlements.actions() == ["retry"] and directory.is_file():
+            directory.unlink()
+            parked.rename(directory)
+        return bool(recorder.payloads)
+
+    assert consume(
+        "threaded",
+        broker.backend,
+        queue,
+        recorder.consumer(),
+        store_back_after_first_retry,
+        claim_check=cc,
+        middleware=[settlements],
+        # Attempts to spare: the store comes back while the message waits for its retry.
+        policy=FailurePolicy(max_attempts=5, initial_delay=0.5, jitter=0.0),
+    )
+    assert settlements.actions()[0] == "retry"
+    assert "PayloadStoreError" in settlements.verdicts[0].reason
+    assert recorder.payloads == [payload]
+
+
+def test_a_publish_whose_payload_cannot_be_stored_sends_nothing(
+    broker: Broker, tmp_path: Path
+) -> None:
+    store = DirectoryPayloadStore(tmp_path / "payloads")
+    (tmp_path / "payloads").rmdir()
+    (tmp_path / "payloads").write_text("not a directory")
+    queue, _ = broker.queue()
+    publisher = QueuePublisher(JsonSerializer(), broker.backend, claim_check=ClaimCheck(store))
+    with pytest.raises(PayloadStoreError):
+        publisher.publish(queue, large_payload(300 * KB))
+    assert broker.backend.retrieve_messages(broker.backend.get_queue(queue)) == []
