@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -55,6 +56,9 @@ MANAGEMENT_URL_ENV = "MELANGE_RABBITMQ_MANAGEMENT_URL"
 INTERNAL_QUEUE_MARKERS = (".melange-retry-", ".melange-delay-", ".melange-topic-delay-")
 
 _PLUGIN_HINT = "rabbitmq-plugins enable rabbitmq_management"
+
+#: Seconds the management API's queue listing is reused (its figures are sampled anyway).
+LISTING_SECONDS = 2.0
 
 
 def is_internal_queue(name: str) -> bool:
@@ -199,6 +203,9 @@ class RabbitMQInspection:
     _call: Callable[..., Any]
     _management: ManagementAPI | None = None
     _management_checked: bool = False
+    # The API's queue listing and when it was read: listing N queues with their counts
+    # reads it once, not N times.
+    _listing: tuple[float, dict[str, dict[str, Any]]] | None = None
 
     def management_api(self) -> ManagementAPI | None:
         """The management API when it answers (checked once), else ``None``."""
@@ -220,10 +227,17 @@ class RabbitMQInspection:
             )
         return api
 
+    def _listed_queues(self, api: ManagementAPI) -> dict[str, dict[str, Any]]:
+        """The API's queues by name, read at most once every ``LISTING_SECONDS``."""
+        now = time.monotonic()
+        if self._listing is None or now - self._listing[0] > LISTING_SECONDS:
+            self._listing = (now, {q["name"]: q for q in api.queues()})
+        return self._listing[1]
+
     def queue_names(self) -> list[str]:
         """Every queue's name, sorted, retry queues left out (needs the management API)."""
         api = self._need_api("listing the queues")
-        return sorted(q["name"] for q in api.queues() if not is_internal_queue(q["name"]))
+        return sorted(name for name in self._listed_queues(api) if not is_internal_queue(name))
 
     def topic_names(self) -> list[str]:
         """Every topic's name, sorted (needs the management API)."""
@@ -247,7 +261,7 @@ class RabbitMQInspection:
         api = self.management_api()
         in_flight: int | None = None
         if api is not None:
-            listed = {q["name"]: q for q in api.queues()}
+            listed = self._listed_queues(api)
             retries = [name for name in listed if retry_queue_of(name) == queue_name]
             in_flight = int(listed.get(queue_name, {}).get("messages_unacknowledged") or 0)
         else:
