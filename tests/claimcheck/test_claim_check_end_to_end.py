@@ -321,3 +321,23 @@ def test_fifo_order_holds_across_stored_and_inline_messages(
         claim_check=cc,
     )
     assert recorder.payloads == items
+
+
+def test_on_sqs_a_message_at_the_default_threshold_is_sent_inline_and_one_byte_more_stored(
+    make_broker: Callable[[str], Broker], make_store: Callable[[str], PayloadStore]
+) -> None:
+    broker, store = make_broker("sqs"), make_store("s3")
+    cc = ClaimCheck(store)
+    queue, _ = broker.queue()
+    publisher = QueuePublisher(JsonSerializer(), broker.backend, claim_check=cc)
+    probe = publisher._build({"blob": ""}, None, None, {"tenant": "t"}, None, None)
+    overhead = len(probe.content.encode()) + sum(len(k) + len(v) for k, v in probe.headers.items())
+    limit = cc.limit_for(broker.backend.capabilities)
+    assert limit is not None
+    at_limit = {"blob": "x" * (limit - overhead)}
+    inline = publisher.publish(queue, at_limit, headers={"tenant": "t"})  # SQS takes it
+    assert CLAIM_CHECK not in inline.headers
+    stored = publisher.publish(
+        queue, {"blob": "x" * (limit - overhead + 1)}, headers={"tenant": "t"}
+    )
+    assert CLAIM_CHECK in stored.headers
