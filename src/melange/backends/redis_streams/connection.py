@@ -5,9 +5,10 @@ A receive with nothing to deliver waits with ``XREAD BLOCK`` on the queue's stre
 bell (see :mod:`melange.backends.redis_streams.scripts`) from the last ids it saw, so that a
 publish or a message given back wakes it at once, and for no longer than until the next lease
 runs out. A receive that asks to wait starts with such a wait from where the previous receive
-on the queue left off (:class:`WaitPoint`), so a consumer keeping up with its publishers
-spends one round trip waiting rather than two. A wait holds a connection of its own and
-learns that connection's client id in the same round trip; an interrupt ends every wait of a
+on the queue left off (:class:`WaitPoint`), with the receive script sent behind the
+``XREAD BLOCK`` on the same connection, so a consumer keeping up with its publishers spends
+one round trip on a receive. A wait holds a connection of its own and learns that
+connection's client id in the same round trip; an interrupt ends every wait of a
 backend with ``CLIENT UNBLOCK`` from another connection, so stopping a consumer does not wait
 for the block to time out.
 
