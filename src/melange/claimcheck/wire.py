@@ -14,8 +14,8 @@ serialized body, UTF-8), ``serializer`` is the id of the serializer that made it
 ``remove`` says when the payload may go: ``"ack"`` (a queue publish: one copy, removed once
 it is acknowledged) or ``"expire"`` (a topic publish: as many copies as subscribed queues,
 removed by the claim check's lifetime). A consumer without a claim check never decodes the
-placeholder: this version dead-letters it naming the header, and any other reads the
-reserved serializer id as unknown and dead-letters it too.
+placeholder: this version dead-letters it naming the header, and a reader that does not know
+the header finds a serializer id no serializer has, and refuses to decode it.
 """
 
 from __future__ import annotations
