@@ -207,7 +207,8 @@ def test_each_message_ends_as_simulated_on_rabbitmq(seed: int, driver: str) -> N
     host, port = require_service("rabbitmq")
     from melange.backends.rabbitmq import RabbitMQBackend
 
-    scenario = playable(seed)
+    # RabbitMQ refuses FIFO queues (see its capabilities): the same scenario on a standard one.
+    scenario = replace(playable(seed), fifo=False)
     expected = simulated_fates(scenario)
     backend = RabbitMQBackend(host=host, port=port)
     try:
