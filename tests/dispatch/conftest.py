@@ -194,13 +194,13 @@ def _kafka(request: pytest.FixtureRequest) -> MessagingBackend:
     the asyncio-native driver gets ``AsyncKafkaBackend`` clients. Several partitions, and
     consumers sharing them, are the Kafka tests' business (``tests/kafka``)."""
     url = request.getfixturevalue("kafka_url")
-    from tansu_broker import TEST_OPTIONS
+    from tansu_broker import ASYNC_TEST_OPTIONS, TEST_OPTIONS
 
     from melange.backends.kafka import AsyncKafkaBackend, KafkaBackend
 
-    options: dict[str, Any] = {**TEST_OPTIONS, "session_timeout": 1.0, "partitions": 1}
-    made = KafkaBackend(url, **options)
-    NATIVE_CLIENTS[made] = lambda: AsyncKafkaBackend(url, **options)
+    quick: dict[str, Any] = {"session_timeout": 1.0, "partitions": 1}
+    made = KafkaBackend(url, **{**TEST_OPTIONS, **quick})
+    NATIVE_CLIENTS[made] = lambda: AsyncKafkaBackend(url, **{**ASYNC_TEST_OPTIONS, **quick})
     return made
 
 

@@ -703,13 +703,20 @@ def test_an_async_backend_renews_a_slow_async_handlers_lease_on_the_event_loop(
     assert all(name.startswith("asyncio-native-loop") for name in backend.renewals)
 
 
-@pytest.mark.sqs
+#: The asyncio client of each broker that has one, and the package it needs.
+NATIVE_CLIENT_OF = {
+    "sqs": ("AsyncAWSBackend", "aiobotocore"),
+    "kafka": ("AsyncKafkaBackend", "aiokafka"),
+}
+
+
 @pytest.mark.parametrize("driver", ["asyncio-native"], indirect=True)
-@pytest.mark.parametrize("backend", ["sqs"], indirect=True)
+@pytest.mark.parametrize("backend", [_SQS, _KAFKA], indirect=True)
 def test_the_asyncio_native_driver_runs_on_the_brokers_asyncio_client_where_there_is_one(
     driver: Driver, broker: Broker
 ) -> None:
-    pytest.importorskip("aiobotocore")
+    client, package = NATIVE_CLIENT_OF[broker.kind]
+    pytest.importorskip(package)
     queue, _ = broker.queue()
     broker.publish(queue, [{"n": n} for n in range(3)])
     handler = Recorder()
@@ -717,7 +724,7 @@ def test_the_asyncio_native_driver_runs_on_the_brokers_asyncio_client_where_ther
     consume_until(driver, dispatcher, broker, queue, lambda: dispatcher.stats.acknowledged == 3)
     backend = dispatcher.backend
     assert isinstance(backend, PerLoopBackend), backend
-    assert backend.native_type.__name__ == "AsyncAWSBackend"
+    assert backend.native_type.__name__ == client
     assert backend.made, "no asyncio client was made"
     assert backend.open_clients == 0, "a client outlived its event loop"
     broker.assert_empty(queue)

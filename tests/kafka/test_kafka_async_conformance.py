@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from tansu_broker import TEST_OPTIONS
+from tansu_broker import ASYNC_TEST_OPTIONS
 
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.kafka import AsyncKafkaBackend
@@ -30,7 +30,7 @@ class TestAsyncKafkaConformance(BackendConformance):
         self, kafka_url: str, async_kafka: list[MessagingBackend]
     ) -> Callable[[], MessagingBackend]:
         def make() -> MessagingBackend:
-            backend = as_blocking(AsyncKafkaBackend(kafka_url, **TEST_OPTIONS))  # type: ignore[arg-type]
+            backend = as_blocking(AsyncKafkaBackend(kafka_url, **ASYNC_TEST_OPTIONS))  # type: ignore[arg-type]
             async_kafka.append(backend)
             return backend
 

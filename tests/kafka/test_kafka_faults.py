@@ -11,6 +11,7 @@ partition away before the commit reached the broker: at most the messages in fli
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import signal
 import sys
@@ -23,7 +24,6 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reliability"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "nats"))
 
 from reliability_support import (
     Journal,
@@ -287,14 +287,26 @@ def test_a_consumer_joining_then_leaving_the_group_mid_stream_loses_nothing(
 # -- the broker connection cut ----------------------------------------------------------------
 
 
+def _tcp_proxy_class() -> Any:
+    """``TcpProxy`` of ``tests/rabbitmq/conftest.py`` (a conftest is not importable by name):
+    a relay whose ``cut()`` resets every connection and which, while ``refusing`` is set,
+    drops new ones at once without giving its port up (a port given up can be taken by a
+    client's own connection attempt to it, from the same ephemeral range)."""
+    path = Path(__file__).resolve().parent.parent / "rabbitmq" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("melange_tests_rabbitmq_fixtures_kafka", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.TcpProxy
+
+
 @pytest.fixture
 def relayed_kafka(tmp_path: Path) -> Iterator[tuple[str, Any]]:
     """A tansu broker of the test's own, reached only through a TCP relay the test can cut:
     the broker advertises the relay's port, so every connection goes through it."""
-    from nats_support import TcpRelay
-
     port = free_port()
-    relay = TcpRelay(("127.0.0.1", port))
+    relay = _tcp_proxy_class()(("127.0.0.1", port))
     try:
         with start_tansu(tmp_path / "tansu.log", port=port, advertised_port=relay.port):
             yield f"kafka://127.0.0.1:{relay.port}", relay
@@ -343,8 +355,10 @@ def test_the_broker_connection_cut_mid_stream_loses_nothing(
             if start == 100:
                 cuts.append(f"reset of {relay.cut()} sockets")
             elif start == 200:
-                relay.outage(3.0).join()
-                cuts.append("3 s outage")
+                relay.refusing.set()  # an outage: every connection reset, new ones dropped
+                cuts.append(f"3 s outage ({relay.cut()} sockets reset)")
+                time.sleep(3.0)
+                relay.refusing.clear()
             time.sleep(0.02)
         wait_for(lambda: set(handled) == set(range(count)), 90, "every message to be handled")
     finally:

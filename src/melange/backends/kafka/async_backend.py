@@ -1,39 +1,80 @@
-""":class:`AsyncKafkaBackend`: the Kafka backend under the asyncio contract.
+""":class:`AsyncKafkaBackend`: the Kafka backend for asyncio code, on aiokafka.
 
-confluent-kafka's asyncio producer (``confluent_kafka.aio.AIOProducer``, 2.16) cannot carry
-record headers, which hold Melange's envelope, and its consumer runs the blocking client on
-a thread pool. So this backend drives the librdkafka clients of a :class:`KafkaBackend`
-itself: calls that wait on the brokers (receiving, publishing, declaring) run on worker
-threads, settlements (which only update the consumer's ledger and queue an asynchronous
-commit) run on the event loop. librdkafka does its network I/O on its own threads in
-either case. The layout on the brokers is the same: each backend consumes what the other
-published.
+Publishing, receiving and settling are native: an ``AIOKafkaProducer`` (``acks=all``,
+idempotent unless told otherwise) whose batches are sent together and awaited once, and an
+``AIOKafkaConsumer`` per queue (:mod:`melange.backends.kafka.async_reader`), with the same
+ledger, record layout and commits as the blocking backend: each consumes what the other
+published. Declaring and deleting queues and topics, which is rare, goes through the blocking
+backend's administration (librdkafka) on a worker thread.
+
+Not confluent-kafka's own asyncio clients: its producer (``confluent_kafka.aio``, 2.16)
+cannot carry record headers, which hold Melange's envelope.
+
+The clients belong to the event loop they were first used on; use the backend from that
+loop only, and ``await backend.aclose()`` there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
+
+try:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        f"the asyncio Kafka backend needs aiokafka ({exc}): pip install 'melange[kafka]'"
+    ) from exc
 
 from melange.backends.async_interfaces import AsyncMessagingBackend
 from melange.backends.interfaces import BackendCapabilities
-from melange.backends.kafka.backend import KafkaBackend
+from melange.backends.kafka.async_reader import AsyncQueueReader
+from melange.backends.kafka.backend import KafkaBackend, check_sizes, publish_keywords
+from melange.backends.kafka.wire import (
+    RecordHeaders,
+    dead_letter_headers,
+    encode_body,
+    encode_headers,
+    receipt_of,
+    record_key,
+    retry_headers,
+)
+from melange.exceptions import BatchPublishError, PublishError
 from melange.models import Message, QueueWrapper, TopicWrapper
-
-_T = TypeVar("_T")
 
 
 class AsyncKafkaBackend(AsyncMessagingBackend):
-    """Queues and topics on Apache Kafka, for asyncio code.
+    """Queues and topics on Apache Kafka, for asyncio code (aiokafka).
 
-    Takes the arguments of :class:`~melange.backends.kafka.backend.KafkaBackend`.
+    Takes the arguments of :class:`~melange.backends.kafka.backend.KafkaBackend`, and:
+
+    Args:
+        aiokafka_config: Further arguments of the aiokafka clients (``security_protocol``,
+            ``sasl_mechanism``, ``ssl_context``...); ``client_config`` holds librdkafka's,
+            for the administration. Neither is shown in a ``repr`` or an error.
     """
 
     name = "kafka"
+    loop_wait_seconds = 1.0
 
-    def __init__(self, url: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        aiokafka_config: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        #: Declarations and inspection, on worker threads; its own clients carry no messages.
         self.backend = KafkaBackend(url, **options) if url is not None else KafkaBackend(**options)
+        self._client = dict(aiokafka_config or {})
+        self._options = options
+        self._producer: AIOKafkaProducer | None = None
+        self._readers: dict[str, AsyncQueueReader] = {}
+        self._interrupts = 0
+        self._lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         return f"AsyncKafkaBackend({self.backend.servers!r})"
@@ -44,6 +85,13 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _guard(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    # -- topology (the blocking administration, on a thread) ---------------------------------
 
     async def declare_topic(self, topic_name: str) -> TopicWrapper:
         result: TopicWrapper = await self._run(self.backend.declare_topic, topic_name)
@@ -71,52 +119,188 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
             dead_letter_queue_name=dead_letter_queue_name,
             **kwargs,
         )
+        reader = self._readers.get(queue_name)
+        if reader is not None:
+            spec = await self._run(self.backend._spec, queue_name)
+            if spec.sources != reader.spec.sources:
+                reader.subscribe(spec)
         return result
 
     async def delete_queue(self, queue: QueueWrapper) -> None:
+        reader = self._readers.pop(queue.name, None)
+        if reader is not None:
+            await reader.close()
         await self._run(self.backend.delete_queue, queue)
 
     async def delete_topic(self, topic: TopicWrapper) -> None:
         await self._run(self.backend.delete_topic, topic)
 
-    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        await self._run(self.backend.publish_to_queue, message, queue, **kwargs)
+    # -- publishing -------------------------------------------------------------------------
 
-    async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
-        await self._run(self.backend.publish_to_topic, message, topic, **kwargs)
+    async def _started_producer(self) -> AIOKafkaProducer:
+        async with self._guard():
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.backend.servers.split(","),
+                    acks="all",
+                    enable_idempotence=self.backend.settings.idempotence,
+                    linger_ms=2,
+                    **self._client,
+                )
+                await producer.start()
+                self._producer = producer
+            return self._producer
+
+    async def produce(
+        self,
+        topic: str,
+        records: Sequence[tuple[Message, RecordHeaders]],
+        partition: int | None = None,
+    ) -> None:
+        """Send every record, then wait once for the brokers to confirm them all.
+
+        Raises ``PublishError`` (one record) or ``BatchPublishError`` naming the refused ones.
+        """
+        producer = await self._started_producer()
+        timeout = float(self._options.get("publish_timeout", 30.0))
+        futures: list[asyncio.Future[Any]] = []
+        for message, headers in records:
+            futures.append(
+                await producer.send(
+                    topic,
+                    value=encode_body(message),
+                    key=record_key(message),
+                    partition=partition,
+                    headers=[(name, _bytes(value)) for name, value in headers],
+                )
+            )
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), timeout
+            )
+        except TimeoutError:
+            raise PublishError(
+                f"Kafka did not confirm {len(records)} message(s) to {topic} within {timeout:g}s"
+            ) from None
+        failures = {i: str(r) for i, r in enumerate(results) if isinstance(r, BaseException)}
+        if failures:
+            if len(records) == 1:
+                raise PublishError(f"Kafka refused the message to {topic}: {failures[0]}")
+            raise BatchPublishError(failures)
+
+    async def _publish(
+        self, target: str, messages: Sequence[Message], kwargs: Mapping[str, Any], *, topic: bool
+    ) -> None:
+        publish_keywords(messages, kwargs, topic=topic)
+        if not messages:
+            return
+        check_sizes(messages, self.backend.capabilities.max_message_size)
+        await self.produce(target, [(m, encode_headers(m)) for m in messages])
+
+    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        await self.publish_batch_to_queue([message], queue, **kwargs)
 
     async def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
-        await self._run(self.backend.publish_batch_to_queue, messages, queue, **kwargs)
+        await self.get_queue(queue.name)
+        await self._publish(queue.name, messages, kwargs, topic=False)
+
+    async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        await self.publish_batch_to_topic([message], topic, **kwargs)
 
     async def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
-        await self._run(self.backend.publish_batch_to_topic, messages, topic, **kwargs)
+        await self.get_topic(topic.name)
+        await self._publish(topic.name, messages, kwargs, topic=True)
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def _reader(self, queue_name: str) -> AsyncQueueReader:
+        reader = self._readers.get(queue_name)
+        if reader is not None:
+            return reader
+        async with self._guard():
+            reader = self._readers.get(queue_name)
+            if reader is None:
+                spec = await self._run(self.backend._spec, queue_name)
+                reader = AsyncQueueReader(
+                    self.backend.settings,
+                    self._client,
+                    spec,
+                    self.backend.admin.group(queue_name),
+                    float(self._options.get("rebalance_drain_timeout", 10.0)),
+                    float(self._options.get("join_timeout", 60.0)),
+                )
+                await reader.start()
+                self._readers[queue_name] = reader
+        return reader
 
     async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
-        result: list[Message] = await self._run(self.backend.retrieve_messages, queue, **kwargs)
-        return result
+        """Receive up to ``max_messages`` (default 10), waiting up to ``wait_seconds``; the
+        first receive of a queue joins its consumer group."""
+        max_messages = int(kwargs.get("max_messages") or 10)
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, got {max_messages}")
+        wait = float(kwargs.get("wait_seconds") or 0.0)
+        reader = await self._reader(queue.name)
+        interrupts = self._interrupts
+        return await reader.receive(max_messages, wait, lambda: self._interrupts != interrupts)
+
+    def _held_by(self, message: Message) -> tuple[AsyncQueueReader, Any] | None:
+        receipt = receipt_of(message)
+        reader = self._readers.get(receipt.queue)
+        return (reader, receipt) if reader is not None else None
 
     async def acknowledge(self, message: Message) -> None:
-        self.backend.acknowledge(message)
+        held = self._held_by(message)
+        if held is not None:
+            held[0].settle(held[1])
 
     async def acknowledge_batch(self, messages: Sequence[Message]) -> None:
-        self.backend.acknowledge_batch(messages)
+        for message in messages:
+            await self.acknowledge(message)
 
     async def nack(self, message: Message, delay: float = 0.0) -> None:
-        await self._run(self.backend.nack, message, delay)
+        """As :meth:`KafkaBackend.nack`: a retry record on a standard queue, the record kept
+        by the consumer on a FIFO queue."""
+        held = self._held_by(message)
+        if held is None:
+            return
+        reader, receipt = held
+        if reader.spec.fifo:
+            reader.give_back(message, receipt, delay, failed=True)
+            return
+        if not reader.holds(receipt):
+            return
+        retry = retry_headers(receipt.failed + 1, time.time() + max(0.0, delay))
+        partition = receipt.partition if receipt.topic == receipt.queue else None
+        await self.produce(receipt.queue, [(message, encode_headers(message, retry))], partition)
+        reader.settle(receipt)
 
     async def release(self, message: Message, delay: float = 0.0) -> None:
-        self.backend.release(message, delay)
+        held = self._held_by(message)
+        if held is not None:
+            held[0].give_back(message, held[1], delay, failed=False)
 
     def holds(self, message: Message) -> bool:
-        return self.backend.holds(message)
+        held = self._held_by(message)
+        return held is not None and held[0].holds(held[1])
 
     async def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
-        result: bool = await self._run(self.backend.dead_letter, message, headers)
-        return result
+        receipt = receipt_of(message)
+        spec = await self._run(self.backend.admin.queue, receipt.queue)
+        if spec is None or spec.dead_letter_queue is None:
+            return False
+        await self.produce(
+            spec.dead_letter_queue,
+            [(message, dead_letter_headers(message, receipt.queue, headers))],
+        )
+        held = self._held_by(message)
+        if held is not None:
+            held[0].settle(held[1])
+        return True
 
     async def extend_visibility(self, message: Message, seconds: float) -> None:
         """Nothing to do: Kafka has no leases."""
@@ -125,10 +309,25 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
         return None
 
     def interrupt(self) -> None:
-        self.backend.interrupt()
+        self._interrupts += 1
 
     async def aclose(self) -> None:
+        """Commit what is settled, leave the groups, flush and close the clients."""
+        self.interrupt()
+        readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            await reader.close()
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            try:
+                await producer.stop()
+            except KafkaError as exc:
+                raise PublishError(f"closing the Kafka producer failed: {exc}") from exc
         await self._run(self.backend.close_connection)
+
+
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
 
 
 __all__ = ["AsyncKafkaBackend"]

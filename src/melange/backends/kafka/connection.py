@@ -19,6 +19,8 @@ from melange.exceptions import ConfigurationError
 logger = logging.getLogger("melange.backends.kafka")
 
 DEFAULT_URL = "kafka://127.0.0.1:9092"
+#: The partition assignor of every consumer, blocking (librdkafka) or asyncio (aiokafka).
+ASSIGNOR = "roundrobin"
 DEFAULT_PORT = 9092
 
 
@@ -108,8 +110,10 @@ class ClientSettings:
                 "session.timeout.ms": session_ms,
                 "heartbeat.interval.ms": max(100, min(3000, session_ms // 3)),
                 "max.poll.interval.ms": max(session_ms, round(self.max_poll_interval * 1000)),
-                # Only moving partitions are taken away on a rebalance.
-                "partition.assignment.strategy": "cooperative-sticky",
+                # The assignor aiokafka has too, so that blocking and asyncio consumers can
+                # share a queue's group (a group takes one protocol; aiokafka has no
+                # cooperative one). Eager: a rebalance takes every partition away.
+                "partition.assignment.strategy": ASSIGNOR,
                 "isolation.level": "read_committed",
                 # A subscribed topic created after the consumer started is seen this soon.
                 "topic.metadata.refresh.interval.ms": 30000,
@@ -155,6 +159,7 @@ def check_settings(
 
 
 __all__ = [
+    "ASSIGNOR",
     "DEFAULT_URL",
     "ClientSettings",
     "bootstrap_servers",

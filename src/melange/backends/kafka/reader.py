@@ -8,7 +8,8 @@ at close).
 On a rebalance, a partition about to be taken away is held until the messages handed out
 from it are settled (at most ``drain_timeout`` seconds), then its offset is committed: the
 next owner starts right after what this one finished, and delivers again only what was still
-in flight. With the cooperative assignor only the partitions that move are taken away.
+in flight. The assignor is eager (``roundrobin``, which aiokafka has too): a rebalance takes
+every partition away and hands them out again.
 
 librdkafka serves the rebalance callbacks inside ``consume``, so they run on the thread that
 receives; settlements may come from any thread (they take the ledger's lock, and librdkafka's
