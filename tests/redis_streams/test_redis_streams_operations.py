@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 import redis
+from redis.exceptions import NoScriptError
 
-from melange.backends.redis_streams import RedisStreamsBackend
+from melange.backends.redis_streams import RedisStreamsBackend, scripts
 from melange.backends.redis_streams.operations import (
+    Command,
     Operations,
     Script,
     Steps,
@@ -23,7 +25,8 @@ from melange.backends.redis_streams.operations import (
     failure,
     publish_script,
 )
-from melange.exceptions import BackendError, QueueNotFoundError
+from melange.backends.redis_streams.shared import Progress
+from melange.exceptions import BackendError, ConfigurationError, QueueNotFoundError
 from melange.models import Message, QueueWrapper
 
 
@@ -105,12 +108,12 @@ def test_publishes_without_deduplication_take_the_short_script() -> None:
     plain = Message("a", "body", None, None, None, {}, None, None, None)
     grouped = Message("b", "body", None, None, None, {}, None, "g", None)
     deduplicated = Message("c", "body", None, None, None, {}, None, "g", "d")
-    fields = ("2", "i", "a", "b", "body")
     assert publish_script("q", "q1", "300000", [plain]) == Script(
-        "PUBLISH_QUEUE", ("q1", "0", "4", *fields[1:])
+        "PUBLISH_QUEUE", ("q1", "i", "a", "b", "body")
     )
-    assert publish_script("q", "q1", "300000", [grouped]).args[:2] == ("q1", "1")
-    assert publish_script("q", "q1", "300000", [grouped, plain]).args[:2] == ("q1", "0")
+    assert publish_script("q", "q1", "300000", [grouped, plain]) == Script(
+        "PUBLISH_QUEUE", ("q1", "i", "b", "b", "body", "g", "g", "i", "a", "b", "body")
+    )
     assert publish_script("q", "q1", "300000", [grouped, deduplicated]).name == "PUBLISH"
     assert publish_script("t", "t1", "300000", [plain]).name == "PUBLISH"
 
@@ -199,3 +202,44 @@ def _publish(backend: RedisStreamsBackend, queue: QueueWrapper, body: str) -> No
 def test_a_missing_queue_refuses_the_short_publish(streams: RedisStreamsBackend) -> None:
     with pytest.raises(QueueNotFoundError):
         streams.publish_to_queue(Message.create("x", None, None), QueueWrapper("nope", "nope"))
+
+
+def test_a_fifo_batch_with_one_message_without_group_adds_none(
+    streams: RedisStreamsBackend,
+) -> None:
+    queue, _ = streams.declare_queue("orders.fifo")
+    grouped = [Message.create(f"g{n}", None, None) for n in range(2)]
+    for message in grouped:
+        message.group_id = "customer-1"
+    loose = Message.create("loose", None, None)
+    with pytest.raises(ConfigurationError, match="message_group_id"):
+        streams.publish_batch_to_queue([grouped[0], loose, grouped[1]], queue)
+    assert streams.queue_stats("orders.fifo").total == 0
+    streams.publish_batch_to_queue(grouped, queue)
+    received = streams.retrieve_messages(queue, max_messages=10)
+    assert [(m.content, m.group_id) for m in received] == [
+        ("g0", "customer-1"),
+        ("g1", "customer-1"),
+    ]
+
+
+def _step(progress: Progress[Any]) -> Any:
+    return progress.step
+
+
+def test_a_script_the_server_lost_is_loaded_and_run_again(ops: Operations) -> None:
+    progress = Progress(ops.purge("q"))
+    assert _step(progress) == Script("PURGE", ("q",))
+    progress.fail(NoScriptError("NOSCRIPT No matching script"))
+    assert _step(progress) == Command(("SCRIPT LOAD", scripts.SOURCES["PURGE"]))
+    progress.reply(scripts.SHA1["PURGE"])
+    assert _step(progress) == Script("PURGE", ("q",))
+    progress.reply(3)
+    assert _step(progress) is None
+    assert progress.result == 3
+    # Lost again right after loading it: the error, not a loop.
+    progress = Progress(ops.purge("q"))
+    progress.fail(NoScriptError("NOSCRIPT No matching script"))
+    progress.reply(scripts.SHA1["PURGE"])
+    with pytest.raises(NoScriptError):
+        progress.fail(NoScriptError("NOSCRIPT No matching script"))

@@ -174,8 +174,7 @@ def publish_script(kind: str, name: str, window_ms: str, messages: Sequence[Mess
     """
     arguments = publish_arguments(messages)
     if kind == "q" and all(m.deduplication_id is None for m in messages):
-        grouped = "1" if all(m.group_id is not None for m in messages) else "0"
-        return Script("PUBLISH_QUEUE", (name, grouped, *arguments))
+        return Script("PUBLISH_QUEUE", (name, *arguments))
     return Script("PUBLISH", (window_ms, kind, name, *arguments))
 
 

@@ -33,6 +33,8 @@ The keys of queue ``Q`` (prefix ``P``):
 
 from __future__ import annotations
 
+import hashlib
+
 #: The consumer group every queue's stream is read through.
 GROUP = "melange"
 
@@ -291,8 +293,9 @@ return {out, next_due, last, bell, dead, vt}
 """
 )
 
-#: ARGV: prefix, deduplication window in ms, ``q`` or ``t``, queue or topic name, then each
-#: message as its number of field strings followed by the fields. Checks everything first
+#: ARGV: prefix, deduplication window in ms, ``q`` or ``t``, queue or topic name, then the
+#: fields of each message one after the other, each message's first its ``i`` field (see
+#: :func:`~melange.backends.redis_streams.wire.publish_arguments`). Checks everything first
 #: (the destination exists, every message bound for a FIFO queue has a group) and then adds
 #: each message to the queue, or to every subscribed queue whose filter accepts its manifest:
 #: all of it or nothing. A message whose deduplication id the queue saw within the window is
@@ -302,13 +305,14 @@ PUBLISH = (
     + r"""
 local window, kind, target = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local messages = {}
-local i = 5
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local fields = {}
-  for j = 1, n do fields[j] = ARGV[i + j] end
-  messages[#messages + 1] = fields
-  i = i + n + 1
+local fields = nil
+for i = 5, #ARGV, 2 do
+  if ARGV[i] == 'i' then
+    fields = {}
+    messages[#messages + 1] = fields
+  end
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
 end
 local targets = {}
 if kind == 'q' then
@@ -367,24 +371,32 @@ return added
 """
 )
 
-#: ARGV: prefix, queue, ``1`` when every message has a FIFO group (else ``0``), then each
-#: message as in ``PUBLISH``. The short form of ``PUBLISH`` for messages bound for one queue
-#: with no deduplication id: checks the queue exists and, when it is FIFO, that every message
-#: has a group, then adds them all. Returns how many entries were added.
+#: ARGV: prefix, queue, then the messages' fields as in ``PUBLISH``. The short form of
+#: ``PUBLISH`` for messages bound for one queue with no deduplication id: checks the queue
+#: exists and, when it is FIFO, that every message has a group, then adds them all. Returns
+#: how many entries were added.
 PUBLISH_QUEUE = r"""
 local P, name = ARGV[1], ARGV[2]
 local fifo = redis.call('HGET', P .. 'c:' .. name, 'fifo')
 if not fifo then return redis.error_reply('MELANGE_NO_QUEUE ' .. name) end
-if fifo == '1' and ARGV[3] ~= '1' then return redis.error_reply('MELANGE_NO_GROUP ' .. name) end
-local s = P .. 's:' .. name
-local i, added = 4, 0
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call('XADD', s, '*', unpack(ARGV, i + 1, i + n))
-  added = added + 1
-  i = i + n + 1
+local starts, grouped = {}, 0
+for i = 3, #ARGV, 2 do
+  if ARGV[i] == 'i' then
+    starts[#starts + 1] = i
+  elseif ARGV[i] == 'g' then
+    grouped = grouped + 1
+  end
 end
-return added
+-- A message has one group field at most: as many as messages means each has one.
+if fifo == '1' and grouped < #starts then
+  return redis.error_reply('MELANGE_NO_GROUP ' .. name)
+end
+local s = P .. 's:' .. name
+starts[#starts + 1] = #ARGV + 1
+for j = 1, #starts - 1 do
+  redis.call('XADD', s, '*', unpack(ARGV, starts[j], starts[j + 1] - 1))
+end
+return #starts - 1
 """
 
 #: ARGV: prefix, queue, then pairs of entry id and deliveries. Settles each delivery that
@@ -567,6 +579,17 @@ return {total - hidden, in_flight, delayed}
 """
 )
 
+#: The source of each script by name.
+SOURCES: dict[str, str] = {
+    name: source
+    for name, source in globals().items()
+    if name.isupper() and not name.startswith("_") and name != "GROUP" and isinstance(source, str)
+}
+#: The SHA1 digest each script runs by (``EVALSHA``).
+SHA1: dict[str, str] = {
+    name: hashlib.sha1(source.encode("utf-8")).hexdigest() for name, source in SOURCES.items()
+}
+
 __all__ = [
     "ACKNOWLEDGE",
     "DEAD_LETTER",
@@ -580,5 +603,7 @@ __all__ = [
     "PUBLISH_QUEUE",
     "PURGE",
     "RECEIVE",
+    "SHA1",
+    "SOURCES",
     "STATS",
 ]

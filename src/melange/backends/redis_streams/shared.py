@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from melange.backends.interfaces import BackendCapabilities
 from melange.backends.redis_streams import scripts
@@ -37,12 +37,19 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 class Progress(Generic[_T]):
     """One operation being run: the step to perform next (``None`` once it is over) and its
-    result. A runner performs :attr:`step` and hands back the reply or the error."""
+    result. A runner performs :attr:`step` and hands back the reply or the error.
+
+    Scripts run by their digest (``EVALSHA``); one the server does not hold yet (a restarted
+    or flushed Redis) is loaded and run again here, unseen by the operation.
+    """
 
     def __init__(self, steps: Steps[_T]) -> None:
         self._steps = steps
         self.step: Step | None = None
         self.result: _T
+        # The script being loaded, and whether the current one was loaded already.
+        self._loading: Script | None = None
+        self._loaded = False
         self._advance(lambda: next(steps))
 
     def _advance(self, move: Callable[[], Step]) -> None:
@@ -57,12 +64,23 @@ class Progress(Generic[_T]):
 
     def reply(self, value: Any) -> None:
         """The step succeeded with ``value``."""
+        if self._loading is not None:
+            self.step, self._loading = self._loading, None
+            return
+        self._loaded = False
         self._advance(lambda: self._steps.send(value))
 
     def fail(self, exc: RedisError) -> None:
         """The step failed: the operation gets the error :func:`failure` makes of it."""
-        assert self.step is not None
-        error = failure(self.step, exc)
+        step = self._loading or self.step
+        assert step is not None
+        self._loading = None
+        if isinstance(exc, NoScriptError) and isinstance(step, Script) and not self._loaded:
+            self._loading, self._loaded = step, True
+            self.step = Command(("SCRIPT LOAD", scripts.SOURCES[step.name]))
+            return
+        self._loaded = False
+        error = failure(step, exc)
         self._advance(lambda: self._steps.throw(error))
 
     def close(self) -> None:
@@ -89,10 +107,8 @@ class StreamsBackendBase(Generic[_C]):
     ) -> None:
         check_options(visibility_timeout, deduplication_window, retries)
         self.url = redacted(url)
-        #: Default visibility timeout of new queues, in seconds.
-        self.visibility_timeout = float(visibility_timeout)
         self._ops = Operations(
-            prefix, self.visibility_timeout, deduplication_window, max_message_size
+            prefix, float(visibility_timeout), deduplication_window, max_message_size
         )
         #: The key names under the prefix.
         self.keys = self._ops.keys
@@ -102,15 +118,19 @@ class StreamsBackendBase(Generic[_C]):
         self.client: _C = client if client is not None else self._connect(client_url(url), retries)
         # Untyped view of the client: redis-py's stubs type replies as bytes or str.
         self._r: Any = cast(Any, self.client)
-        self._scripts = {
-            name: self._r.register_script(getattr(scripts, name))
-            for name in scripts.__all__
-            if name != "GROUP"
-        }
 
     def _connect(self, url: str, retries: int) -> _C:
         """A client for ``url`` (a redis-py URL) retrying connection errors ``retries`` times."""
         raise NotImplementedError
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Default visibility timeout of new queues, in seconds."""
+        return self._ops.visibility_timeout
+
+    @visibility_timeout.setter
+    def visibility_timeout(self, seconds: float) -> None:
+        self._ops.visibility_timeout = float(seconds)
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -125,13 +145,14 @@ class StreamsBackendBase(Generic[_C]):
     def _call(self, step: Script | Command) -> Any:
         """Send a script or command with the client: its reply (awaitable on asyncio)."""
         if isinstance(step, Script):
-            return self._scripts[step.name](args=(self._prefix, *step.args))
+            sha = scripts.SHA1[step.name]
+            return self._r.execute_command("EVALSHA", sha, 0, self._prefix, *step.args)
         return self._r.execute_command(*step.args)
 
     def _wait_commands(self, wait: Wait) -> list[Any]:
         """What a wait sends in one go: the connection's id, the block, then the script."""
         then = wait.then
-        evalsha = ("EVALSHA", self._scripts[then.name].sha, 0, self._prefix, *then.args)
+        evalsha = ("EVALSHA", scripts.SHA1[then.name], 0, self._prefix, *then.args)
         return [("CLIENT", "ID"), wait.command, evalsha]
 
 

@@ -61,12 +61,13 @@ def to_fields(message: Message) -> list[str]:
 
 
 def publish_arguments(messages: Sequence[Message]) -> list[str]:
-    """The messages as the publish script reads them: each its field count, then its fields."""
+    """The messages as the publish scripts read them: their fields one after the other (each
+    message's start with its ``i`` field, which only a field name at that place can be)."""
+    if len(messages) == 1:
+        return to_fields(messages[0])
     arguments: list[str] = []
     for message in messages:
-        fields = to_fields(message)
-        arguments.append(str(len(fields)))
-        arguments.extend(fields)
+        arguments += to_fields(message)
     return arguments
 
 
