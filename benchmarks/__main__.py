@@ -11,7 +11,7 @@ from pathlib import Path
 from benchmarks import legacy_env, report, services, suites
 from benchmarks.runner import ROOT, SuiteResult, run_suite
 
-SUITE_NAMES = ["rabbitmq", "sqs", "memory", "sqlite", "redis-streams", "nats"]
+SUITE_NAMES = ["rabbitmq", "sqs", "memory", "sqlite", "redis-streams", "nats", "kafka"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                 suite = suites.redis_streams_suite(sizes)
             elif name == "nats":
                 suite = suites.nats_suite(sizes)
+            elif name == "kafka":
+                suite = suites.kafka_suite(sizes)
             else:
                 suite = suites.sqlite_suite(sizes, str(work / "sqlite"))
             _select(suite, args.measure)

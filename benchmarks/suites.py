@@ -387,6 +387,48 @@ def sqlite_suite(sizes: Sizes, directory: str) -> Suite:
     )
 
 
+def kafka_suite(sizes: Sizes) -> Suite:
+    """Melange's Kafka backend and raw confluent-kafka, each on a tansu broker of its own."""
+    module = "benchmarks.contenders.kafka"
+    specs = [
+        ContenderSpec("melange", f"{module}:MelangeKafka", "Melange", {}, melange=True),
+        ContenderSpec("confluent", f"{module}:RawKafka", "raw confluent-kafka", {}),
+    ]
+    everyone = [spec.key for spec in specs]
+    specs = _with_asyncio_worker(specs, "bench-kafka-async", label="asyncio, aiokafka")
+    specs = _with_linearity_worker(specs, "bench-kafka-4n")
+    n = sizes.rabbit_n
+    return Suite(
+        "kafka",
+        "Kafka (tansu)",
+        specs,
+        [
+            Measurement(
+                "publish",
+                "publish, one by one (msg/s)",
+                _ops([*everyone, ASYNCIO_KEY], "publish", n=n),
+            ),
+            Measurement(
+                "consume", "consume (msg/s)", _ops([*everyone, ASYNCIO_KEY], "consume", n=n)
+            ),
+            Measurement("e2e", "end to end (msg/s)", _ops([*everyone, ASYNCIO_KEY], "e2e", n=n)),
+            _linearity(n),
+        ],
+        [
+            "Both: an idempotent producer (acks=all) that waits for each message to be written "
+            "(a flush per publish); a consumer group read 10 records at a time; each message's "
+            "offset committed (asynchronously) after its handler ran. Melange commits the end "
+            "of the contiguous prefix of settled records and adds its envelope headers.",
+            "Each contender's process runs a tansu broker of its own (in-memory storage): "
+            "there is no Apache Kafka on the benchmark machines. Each sends a few messages "
+            "end to end before the measurements, so that its consumer has joined its group.",
+            "Melange (asyncio, aiokafka): AsyncMessageDispatcher with an async handler on "
+            "AsyncKafkaBackend, published with AsyncQueuePublisher on the same loop; its "
+            "producer is not idempotent on tansu, which cannot start aiokafka's.",
+        ],
+    )
+
+
 TARGETS = [
     *[
         Target(
@@ -464,6 +506,7 @@ TARGETS = [
         text="in-memory end to end >= 20x FastStream's TestRabbitBroker",
     ),
     Target("sqlite", "e2e", 5_000, text="SQLite end to end >= 5,000 msg/s"),
+    Target("kafka", "e2e", 0.9, "confluent", text="Kafka end to end >= 0.9x raw confluent-kafka"),
     Target("sqlite", "e2e", 3.0, "persistqueue", text="SQLite end to end >= 3x persist-queue"),
     *[
         Target(
@@ -478,6 +521,7 @@ TARGETS = [
             ("sqs", "SQS"),
             ("memory", "in-memory"),
             ("sqlite", "SQLite"),
+            ("kafka", "Kafka"),
         ]
     ],
 ]
