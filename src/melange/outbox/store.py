@@ -190,16 +190,18 @@ class PostgresRelayStore(_Base):
         conn = self._connection()
         now = self._clock()
         try:
-            rows = conn.execute(
-                self._sql(
-                    f"SELECT {_COLUMNS} FROM {self.table} o "
-                    "WHERE o.sent_at IS NULL AND o.available_at <= ? AND (o.group_id IS NULL "
-                    f"OR NOT EXISTS (SELECT 1 FROM {self.table} p WHERE p.group_id = o.group_id"
-                    " AND p.id < o.id AND p.sent_at IS NULL AND p.available_at > ?)) "
-                    "ORDER BY o.id LIMIT ? FOR UPDATE OF o SKIP LOCKED"
-                ),
-                (now, now, limit),
-            ).fetchall()
+            # Pipeline mode: the BEGIN and the SELECT travel in one round trip.
+            with conn.pipeline():
+                rows = conn.execute(
+                    self._sql(
+                        f"SELECT {_COLUMNS} FROM {self.table} o "
+                        "WHERE o.sent_at IS NULL AND o.available_at <= ? AND (o.group_id IS NULL "
+                        f"OR NOT EXISTS (SELECT 1 FROM {self.table} p WHERE p.group_id = "
+                        "o.group_id AND p.id < o.id AND p.sent_at IS NULL AND p.available_at > ?)) "
+                        "ORDER BY o.id LIMIT ? FOR UPDATE OF o SKIP LOCKED"
+                    ),
+                    (now, now, limit),
+                ).fetchall()
             claim = Claim([message_from_row(row) for row in rows])
             groups = sorted({r.message.group_id for r in claim.rows if r.message.group_id})
             if groups:
@@ -224,23 +226,28 @@ class PostgresRelayStore(_Base):
     def finish(self, claim: Claim, sent: Sequence[int], failed: Mapping[int, str]) -> None:
         conn = self._connection()
         try:
-            if sent:
-                # One array parameter: the same statement text for every batch size.
-                if self._keep_sent is None:
-                    conn.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (list(sent),))
-                else:
-                    conn.execute(
-                        f"UPDATE {self.table} SET sent_at = %s WHERE id = ANY(%s)",
-                        (self._clock(), list(sent)),
-                    )
-            if failed:
-                retry_at = self._clock() + self._retry_delay
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        self._sql(self._failed_sql()),
-                        [(reason[:1000], retry_at, row_id) for row_id, reason in failed.items()],
-                    )
-            conn.commit()  # also releases the locks on the rows neither sent nor failed
+            # Pipeline mode: the statements and the COMMIT travel in one round trip.
+            with conn.pipeline():
+                if sent:
+                    # One array parameter: the same statement text for every batch size.
+                    if self._keep_sent is None:
+                        conn.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (list(sent),))
+                    else:
+                        conn.execute(
+                            f"UPDATE {self.table} SET sent_at = %s WHERE id = ANY(%s)",
+                            (self._clock(), list(sent)),
+                        )
+                if failed:
+                    retry_at = self._clock() + self._retry_delay
+                    with conn.cursor() as cursor:
+                        cursor.executemany(
+                            self._sql(self._failed_sql()),
+                            [
+                                (reason[:1000], retry_at, row_id)
+                                for row_id, reason in failed.items()
+                            ],
+                        )
+                conn.commit()  # also releases the locks on the rows neither sent nor failed
         except Exception:
             self._drop()
             raise
