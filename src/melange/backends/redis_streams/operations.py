@@ -332,6 +332,10 @@ class Operations:
 
     def acknowledge(self, messages: Sequence[Message]) -> Steps[None]:
         """Settle ``messages``, one script per queue; a late acknowledgement is a no-op."""
+        if len(messages) == 1:
+            receipt = receipt_of(messages[0])
+            yield Script("ACKNOWLEDGE", (receipt.queue, receipt.entry_id, str(receipt.delivered)))
+            return
         for queue, arguments in by_queue(messages).items():
             yield Script("ACKNOWLEDGE", (queue, *arguments))
 

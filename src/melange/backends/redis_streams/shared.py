@@ -7,7 +7,6 @@ how a wait blocks a connection of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 from redis.exceptions import NoScriptError, RedisError
@@ -50,17 +49,14 @@ class Progress(Generic[_T]):
         # The script being loaded, and whether the current one was loaded already.
         self._loading: Script | None = None
         self._loaded = False
-        self._advance(lambda: next(steps))
+        self._advance(None)
 
-    def _advance(self, move: Callable[[], Step]) -> None:
+    def _advance(self, value: Any) -> None:
         try:
-            self.step = move()
+            self.step = self._steps.send(value)
         except StopIteration as stop:
             self.step = None
             self.result = stop.value
-        except BaseException:
-            self._steps.close()
-            raise
 
     def reply(self, value: Any) -> None:
         """The step succeeded with ``value``."""
@@ -68,7 +64,7 @@ class Progress(Generic[_T]):
             self.step, self._loading = self._loading, None
             return
         self._loaded = False
-        self._advance(lambda: self._steps.send(value))
+        self._advance(value)
 
     def fail(self, exc: RedisError) -> None:
         """The step failed: the operation gets the error :func:`failure` makes of it."""
@@ -80,11 +76,14 @@ class Progress(Generic[_T]):
             self.step = Command(("SCRIPT LOAD", scripts.SOURCES[step.name]))
             return
         self._loaded = False
-        error = failure(step, exc)
-        self._advance(lambda: self._steps.throw(error))
+        try:
+            self.step = self._steps.throw(failure(step, exc))
+        except StopIteration as stop:
+            self.step = None
+            self.result = stop.value
 
     def close(self) -> None:
-        """End the operation early (the runner was cancelled or failed)."""
+        """End the operation (early, when the runner was cancelled or failed)."""
         self._steps.close()
 
 
