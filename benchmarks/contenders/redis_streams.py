@@ -1,8 +1,9 @@
 """Redis Streams contenders: Melange's backend and raw redis-py doing the same work.
 
-Both publish one message per ``XADD`` round trip (Melange's through its publish script, which
-also checks the queue exists and the deduplication id), read through a consumer group in
-batches of 10 (``XREADGROUP``, blocking when the stream is empty), and settle each message
+Both publish one message per ``XADD`` round trip (Melange's through its short publish script,
+which also checks the queue exists and, on a FIFO queue, the message's group), read through a
+consumer group in batches of 10 (``XREADGROUP``, blocking when the stream is empty: Melange
+sends its receive script behind the block, in the same round trip), and settle each message
 after its handler ran by acknowledging and deleting its entry (``XACK`` and ``XDEL``), so the
 stream never grows. Melange adds its leases (a sorted set written with each delivery) and the
 delivery-count check of every settlement; raw redis-py has neither, so a consumer that dies
