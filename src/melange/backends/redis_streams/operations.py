@@ -5,8 +5,9 @@ An operation is a generator (:data:`Steps`): it yields what Redis must do — a 
 (:class:`Wait`) — receives the reply, and returns the operation's result. It decides which
 script runs with which arguments, how replies are read, which errors become which, and when
 a receive waits; the blocking and the asyncio backends only perform what it yields, each
-with its own client (:func:`run_blocking`-style loops in their ``_run``). A failed command is
-thrown back into the operation as the error :func:`failure` makes of it.
+with its own client (their ``_run``, with :class:`~melange.backends.redis_streams.shared.
+Progress`). A failed command is thrown back into the operation as the error :func:`failure`
+makes of it.
 """
 
 from __future__ import annotations
