@@ -248,7 +248,9 @@ def test_two_relay_processes_at_once_send_everything_exactly_once(
             outputs.append((relay.returncode, out, err))
     assert [code for code, _, _ in outputs] == [0, 0], outputs
     counts = [int(out.split("sending ")[1].split()[0]) for _, out, _ in outputs]
-    assert sum(counts) == total and all(counts), counts  # both relays worked, none twice
+    # None sent twice. (Which relay sends what is up to timing: on a loaded machine one of them
+    # may start after the other has sent everything.)
+    assert sum(counts) == total, counts
     assert sorted(b["n"] for b in bodies) == list(range(total))
     assert database.rows() == 0
 
