@@ -256,10 +256,12 @@ def test_a_consumer_joining_then_leaving_the_group_mid_stream_loses_nothing(
     second = None
     try:
         wait_for(lambda: completed(journal) >= 40, 60, "the first consumer to progress")
-        second = spawn_worker(config)  # joins: one partition moves to it
+        joined = time.monotonic()
+        second = spawn_worker(config)  # joins: the group hands it one of the two partitions
         wait_for(
-            lambda: ends_by_process(journal)[second.pid] >= 20, 60, "the second one to take part"
+            lambda: ends_by_process(journal)[second.pid] >= 20, 120, "the second one to take part"
         )
+        joined = time.monotonic() - joined
         at_leave = completed(journal)
         second.send_signal(signal.SIGTERM)  # leaves: its partition moves back
         assert second.wait(30) == 0
@@ -274,7 +276,8 @@ def test_a_consumer_joining_then_leaving_the_group_mid_stream_loses_nothing(
     repeated = {n for n, c in final.ends.items() if c > 1}
     shares = ends_by_process(journal)
     print(
-        f"\n[kafka] join then leave mid-stream ({at_leave} of {count} done at the leave; "
+        f"\n[kafka] join then leave mid-stream (the joining process handled 20 messages "
+        f"{joined:.1f}s after it started; {at_leave} of {count} done at the leave; "
         f"per process {dict(shares)}): {len(repeated)} processed twice, 0 lost"
     )
     assert set(final.ends) == set(range(count))

@@ -144,7 +144,9 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
                     bootstrap_servers=self.backend.servers.split(","),
                     acks="all",
                     enable_idempotence=self.backend.settings.idempotence,
-                    linger_ms=2,
+                    # No lingering: a publish waits for its record, and records sent while one
+                    # is in flight are batched anyway.
+                    linger_ms=0,
                     **self._client,
                 )
                 await producer.start()
@@ -203,7 +205,8 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
     async def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
-        await self.get_queue(queue.name)
+        if queue.name not in self.backend.admin.catalogue.queues:  # known: no thread hop
+            await self.get_queue(queue.name)
         await self._publish(queue.name, messages, kwargs, topic=False)
 
     async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
@@ -212,7 +215,8 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
     async def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
-        await self.get_topic(topic.name)
+        if topic.name not in self.backend.admin.catalogue.topics:
+            await self.get_topic(topic.name)
         await self._publish(topic.name, messages, kwargs, topic=True)
 
     # -- consuming --------------------------------------------------------------------------

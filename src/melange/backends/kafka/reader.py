@@ -37,9 +37,6 @@ CHUNK_SECONDS = 0.25
 #: this consumer has not fetched yet (just after joining the group).
 CATCH_UP_SECONDS = 2.0
 
-#: Longest wait, once a receive has records, for those of other partitions the broker holds.
-GATHER_SECONDS = 0.1
-
 _IGNORED = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART}
 
 
@@ -174,13 +171,7 @@ class QueueReader:
         first = self.consumer.poll(max(timeout, 0.0))
         if first is None:
             return
-        records = [first]
-        if count > 1:
-            records += self.consumer.consume(count - 1, 0)
-            # Another partition's records may come in the next fetch response: when the
-            # broker holds some, wait a moment for them rather than cut the batch short.
-            if len(records) < count and self._lagging():
-                records += self.consumer.consume(count - len(records), GATHER_SECONDS)
+        records = [first, *self.consumer.consume(count - 1, 0)] if count > 1 else [first]
         with self.ledger.lock:
             for record in records:
                 error = record.error()
@@ -292,4 +283,4 @@ class QueueReader:
                 self.consumer.close()
 
 
-__all__ = ["CATCH_UP_SECONDS", "CHUNK_SECONDS", "GATHER_SECONDS", "QueueReader"]
+__all__ = ["CATCH_UP_SECONDS", "CHUNK_SECONDS", "QueueReader"]
