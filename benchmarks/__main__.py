@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                 suite = suites.rabbit_suite(sizes)
             elif name == "memory":
                 suite = suites.memory_suite(sizes)
-            elif name == "redis-streams":
-                suite = suites.redis_streams_suite(sizes)
             elif name == "nats":
                 suite = suites.nats_suite(sizes)
+            elif name == "redis-streams":
+                suite = suites.redis_streams_suite(sizes)
             elif name == "kafka":
                 suite = suites.kafka_suite(sizes)
             else:
