@@ -112,6 +112,8 @@ class StreamsBackendBase(Generic[_C]):
         #: The key names under the prefix.
         self.keys = self._ops.keys
         self._prefix = prefix
+        # Kept as given too, so the capabilities are read without a connection (docs tables).
+        self._max_message_size = max_message_size
         self._owns_client = client is None
         #: The redis-py client (blocking or asyncio).
         self.client: _C = client if client is not None else self._connect(client_url(url), retries)
@@ -133,7 +135,7 @@ class StreamsBackendBase(Generic[_C]):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return capabilities(self._ops.max_message_size)
+        return capabilities(self._max_message_size)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, prefix={self._prefix!r})"
