@@ -322,4 +322,9 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
     # Roles in docstrings became links to the objects they name.
     reference = (site / "reference" / "backends" / "index.html").read_text(encoding="utf-8")
     assert ":class:`" not in reference
+    # Diagrams render offline: the page loads the site's own Mermaid, so the theme fetches none.
+    architecture = (site / "architecture" / "index.html").read_text(encoding="utf-8")
+    assert 'class="mermaid"' in architecture
+    assert 'src="../javascripts/mermaid/mermaid.min.js"' in architecture
+    assert (site / "javascripts" / "mermaid" / "mermaid.min.js").stat().st_size > 1_000_000
     assert 'href="../exceptions/#melange.exceptions.QueueNotFoundError"' in reference
