@@ -338,27 +338,50 @@ class _Publisher:
         correlation_id: str | None,
         causation_id: str | None,
     ) -> Message:
-        serializer = self.serializer_registry.find_serializer_for(data)
-        # What the serializer adds (a typed message's schema version) comes first: the
-        # caller's headers and the causation headers may override it.
-        merged: dict[str, str] = dict(serializer.message_headers(data))
-        cause = current_message()
-        if cause is not None:
-            # Published from inside a consumer: link the new message to the one being handled.
-            merged[CAUSATION_ID] = cause.message_id
-            merged[CORRELATION_ID] = cause.headers.get(CORRELATION_ID, cause.message_id)
-        if headers:
-            merged.update(headers)
-        if correlation_id is not None:
-            merged[CORRELATION_ID] = correlation_id
-        if causation_id is not None:
-            merged[CAUSATION_ID] = causation_id
-        message = Message.create(
-            serializer.serialize(data), serializer.manifest(data), serializer.identifier(), merged
+        return build_message(
+            self.serializer_registry,
+            data,
+            message_group_id,
+            message_deduplication_id,
+            headers,
+            correlation_id,
+            causation_id,
         )
-        message.group_id = message_group_id
-        message.deduplication_id = message_deduplication_id
-        return message
+
+
+def build_message(
+    registry: SerializerRegistry,
+    data: Any,
+    message_group_id: str | None = None,
+    message_deduplication_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+) -> Message:
+    """The envelope every publisher (and the outbox) sends for ``data``: serialized by the
+    serializer ``registry`` picks for it, with its manifest and serializer id, and headers in
+    this order: the serializer's own (a typed message's schema version), the causation links
+    to the message being handled (when published from inside a consumer), the caller's, then
+    ``correlation_id``/``causation_id``."""
+    serializer = registry.find_serializer_for(data)
+    merged: dict[str, str] = dict(serializer.message_headers(data))
+    cause = current_message()
+    if cause is not None:
+        # Published from inside a consumer: link the new message to the one being handled.
+        merged[CAUSATION_ID] = cause.message_id
+        merged[CORRELATION_ID] = cause.headers.get(CORRELATION_ID, cause.message_id)
+    if headers:
+        merged.update(headers)
+    if correlation_id is not None:
+        merged[CORRELATION_ID] = correlation_id
+    if causation_id is not None:
+        merged[CAUSATION_ID] = causation_id
+    message = Message.create(
+        serializer.serialize(data), serializer.manifest(data), serializer.identifier(), merged
+    )
+    message.group_id = message_group_id
+    message.deduplication_id = message_deduplication_id
+    return message
 
 
 class _DestinationPublisher(_Publisher):
@@ -628,5 +651,6 @@ __all__ = [
     "QueuePublisher",
     "TopicPublisher",
     "add_publish_listener",
+    "build_message",
     "remove_publish_listener",
 ]

@@ -23,9 +23,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from melange.context import current_message
 from melange.exceptions import ConfigurationError
-from melange.models import CAUSATION_ID, CORRELATION_ID, Message
+from melange.models import Message
 from melange.outbox.connections import BoundConnection, bind
 from melange.outbox.schema import (
     DEFAULT_TABLE,
@@ -36,6 +35,7 @@ from melange.outbox.schema import (
     insert_statement,
     row_values,
 )
+from melange.publishers import build_message
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
 
@@ -141,26 +141,15 @@ class Outbox:
         """The envelope a publisher would send for ``data`` (the same header rules)."""
         if problem := _header_problem(headers):
             raise ConfigurationError(problem)
-        serializer = self.serializer_registry.find_serializer_for(data)
-        # As the publishers do: the serializer's headers (a typed message's schema version)
-        # first, then the causation and the caller's.
-        merged: dict[str, str] = dict(serializer.message_headers(data))
-        cause = current_message()
-        if cause is not None:
-            merged[CAUSATION_ID] = cause.message_id
-            merged[CORRELATION_ID] = cause.headers.get(CORRELATION_ID, cause.message_id)
-        if headers:
-            merged.update(headers)
-        if correlation_id is not None:
-            merged[CORRELATION_ID] = correlation_id
-        if causation_id is not None:
-            merged[CAUSATION_ID] = causation_id
-        message = Message.create(
-            serializer.serialize(data), serializer.manifest(data), serializer.identifier(), merged
+        return build_message(
+            self.serializer_registry,
+            data,
+            message_group_id,
+            message_deduplication_id,
+            headers,
+            correlation_id,
+            causation_id,
         )
-        message.group_id = message_group_id
-        message.deduplication_id = message_deduplication_id
-        return message
 
     def write(
         self,
