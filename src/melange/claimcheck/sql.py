@@ -13,7 +13,6 @@ one connection in autocommit mode, calls serialized on it, reopened after a fail
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from melange.claimcheck.store import (
 )
 from melange.deduplication.sql_cache import _IDENTIFIER, _is_conninfo
 from melange.exceptions import ConfigurationError
+from melange.sql_connections import connect_autocommit
 
 
 class SQLPayloadStore(PayloadStore):
@@ -95,26 +95,7 @@ class SQLPayloadStore(PayloadStore):
         return text.replace("{t}", self._table).replace("?", self._param)
 
     def _connect(self) -> Any:
-        if self.dialect == "postgresql":
-            try:
-                import psycopg
-            except ImportError as exc:  # pragma: no cover - depends on the installation
-                raise ConfigurationError(
-                    "SQLPayloadStore on PostgreSQL needs psycopg 3: pip install melange[postgres]"
-                ) from exc
-            return psycopg.connect(
-                self._target,
-                autocommit=True,
-                connect_timeout=max(1, int(self._timeout)),
-                options=f"-c statement_timeout={int(self._timeout * 1000)}",
-            )
-        conn = sqlite3.connect(
-            self._target, timeout=self._timeout, isolation_level=None, check_same_thread=False
-        )
-        if self._target != ":memory:":
-            # WAL lets readers and one writer from several processes work at once.
-            conn.execute("PRAGMA journal_mode=WAL")
-        return conn
+        return connect_autocommit(self.dialect, self._target, self._timeout, "SQLPayloadStore")
 
     def _execute(self, sql: str, params: tuple[Any, ...], action: str) -> Any:
         """Run one statement in autocommit mode; return the cursor. Caller holds the lock."""

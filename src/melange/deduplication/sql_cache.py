@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sqlite3
 import threading
 import time
 import uuid
@@ -57,6 +56,7 @@ from melange.exceptions import (
     InvalidDeduplicationKeyError,
 )
 from melange.models import Message
+from melange.sql_connections import connect_autocommit
 
 _CLAIMED = "claimed"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -218,28 +218,9 @@ class SQLDeduplicationCache(DeduplicationCache):
         return text.replace("{t}", self._table).replace("?", self._param)
 
     def _connect(self) -> Any:
-        if self.dialect == "postgresql":
-            try:
-                import psycopg
-            except ImportError as exc:  # pragma: no cover - depends on the installation
-                raise ConfigurationError(
-                    "SQLDeduplicationCache on PostgreSQL needs psycopg 3: "
-                    "pip install melange[postgres]"
-                ) from exc
-            return psycopg.connect(
-                self._target,
-                autocommit=True,
-                connect_timeout=max(1, int(self._timeout)),
-                # A claim waiting on a handler's open transaction must not hang forever.
-                options=f"-c statement_timeout={int(self._timeout * 1000)}",
-            )
-        conn = sqlite3.connect(
-            self._target, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        return connect_autocommit(
+            self.dialect, self._target, self._timeout, "SQLDeduplicationCache"
         )
-        if self._target != ":memory:":
-            # WAL lets readers and one writer from several processes work at once.
-            conn.execute("PRAGMA journal_mode=WAL")
-        return conn
 
     def _execute(self, sql: str, params: tuple[Any, ...], action: str, key: str = "") -> Any:
         """Run one statement in autocommit mode; return the cursor. Caller holds the lock."""
