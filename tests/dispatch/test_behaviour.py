@@ -929,3 +929,43 @@ def test_a_consumer_stopping_the_process_gives_its_deduplication_claim_up(
     assert isinstance(loop.error, SystemExit)
     # The message is given back: its claim must not hold the next delivery for a lease.
     assert len(cache) == 0
+
+
+@ON_EVERY_BACKEND
+def test_a_claim_checked_payload_is_fetched_and_a_missing_one_retried_then_dead_lettered(
+    driver: Driver, broker: Broker, tmp_path: Any
+) -> None:
+    from melange.claimcheck import ClaimCheck, DirectoryPayloadStore
+    from melange.models import CLAIM_CHECK
+
+    store = DirectoryPayloadStore(tmp_path / "payloads")
+    check = ClaimCheck(store, threshold=256)
+    queue, dlq = broker.queue()
+    lost = check.check_in(json_message({"n": 1, "blob": "x" * 1000}))
+    for path in (tmp_path / "payloads").rglob("*"):
+        if path.is_file():
+            path.unlink()  # its payload is gone before anyone reads it
+    kept = check.check_in(json_message({"n": 2, "blob": "y" * 1000}))
+    broker.publish_raw(queue, [lost, kept, json_message({"n": 3})])
+    got = Recorder()
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(got, name="large")],
+        claim_check=check,
+        failure_policy=FailurePolicy.no_delay(max_attempts=2),
+    )
+    loop = driver.run_loop(dispatcher, queue, 1)
+    wait_for(
+        lambda: dispatcher.stats.dead_lettered == 1 and dispatcher.stats.acknowledged == 2,
+        20,
+        "the payload-less message dead-lettered and the others processed",
+    )
+    loop.stop()
+    assert sorted(p["n"] for p in got.calls) == [2, 3]
+    assert [p["blob"] for p in got.calls if p["n"] == 2] == ["y" * 1000]  # fetched whole
+    [dead] = broker.take(dlq, expected=1)
+    # The dead letter is the one whose payload went missing, still carrying its reference.
+    assert dead.headers[CLAIM_CHECK] == lost.headers[CLAIM_CHECK]
+    assert int(dead.headers[FAILURE_ATTEMPTS]) == 2  # retried, then given up
+    assert "payload" in dead.headers[FAILURE_REASON]
+    broker.assert_empty(queue)
