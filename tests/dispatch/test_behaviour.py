@@ -969,3 +969,32 @@ def test_a_claim_checked_payload_is_fetched_and_a_missing_one_retried_then_dead_
     assert int(dead.headers[FAILURE_ATTEMPTS]) == 2  # retried, then given up
     assert "payload" in dead.headers[FAILURE_REASON]
     broker.assert_empty(queue)
+
+
+@ON_EVERY_BACKEND
+def test_each_failed_attempt_logs_one_line_its_decision(
+    driver: Driver, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": 1}])
+
+    def refuse(payload: dict[str, int]) -> None:
+        raise RuntimeError("warehouse closed")
+
+    dispatcher = driver.make(
+        backend=broker.backend,
+        consumers=[Consumer(refuse, name="stock")],
+        failure_policy=FailurePolicy.no_delay(max_attempts=2),
+    )
+    with caplog.at_level("INFO", logger="melange.dispatcher"):
+        loop = driver.run_loop(dispatcher, queue, 1)
+        wait_for(lambda: dispatcher.stats.dead_lettered == 1, 20, "the message dead-lettered")
+        loop.stop()
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "melange.dispatcher" and "warehouse closed" in r.getMessage()
+    ]
+    assert len(lines) == 2, lines  # one per attempt: the retry, then the dead letter
+    assert "will be retried" in lines[0]
+    assert "dead-lettered" in lines[1]
