@@ -6,13 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint format typecheck check docs bench bench-quick bench-scale simulate services clean
 
+# The dev, docs and bench tools are PEP 735 dependency groups of pyproject.toml, not extras:
+# installing them takes pip 25.1 or later (`pip install --group`).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[all,dev,docs]'
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet -e '.[all]' --group dev --group docs
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with the library, every backend and the dev tools
+install: $(STAMP)  ## create .venv with the library, every backend, the dev and docs tools
 
 demo: $(STAMP)  ## run the demo: services publishing and consuming on the embedded backend
 	$(BIN)/melange demo
@@ -24,7 +26,7 @@ services:  ## start the local brokers the tests use, if they are not running
 TEST_WORKERS ?= 3
 
 test: $(STAMP) services  ## run the whole test suite against the real services
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 lint: $(STAMP)  ## ruff lint and format check, mypy strict
 	$(BIN)/ruff check src tests benchmarks docs/hooks
@@ -41,11 +43,11 @@ docs: $(STAMP)  ## build the documentation site into site/
 	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP) services  ## full benchmark run (writes docs/benchmarks/results.md, .json, chart.png)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m pip install --quiet --group bench
 	$(BIN)/python -m benchmarks
 
 bench-quick: $(STAMP) services  ## benchmark smoke run, under two minutes
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m pip install --quiet --group bench
 	$(BIN)/python -m benchmarks --quick
 
 bench-scale: $(STAMP)  ## the embedded backends at depths of 1k, 100k and 1M messages
