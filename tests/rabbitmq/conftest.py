@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shutil
-import socket
-import struct
 import subprocess
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +15,7 @@ import pytest
 
 from melange.backends.rabbitmq import RabbitMQBackend
 from melange.testing.conformance import Topology
+from tcp_relay import TcpRelay
 
 
 def _root_conftest() -> ModuleType:
@@ -128,75 +126,12 @@ def topology(rabbit: RabbitMQBackend) -> Iterator[Topology]:
     topo.cleanup()
 
 
-class TcpProxy:
-    """A TCP relay between the backend and the broker that a test can cut, like a network blip.
-
-    ``cut()`` resets every relayed connection; while ``refusing`` is set, new connections are
-    accepted and dropped at once, as when the broker is unreachable.
-    """
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.refusing = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name="test-proxy").start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self.refusing.is_set():
-                client.close()
-                continue
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            with self._lock:
-                self._sockets.update((client, server))
-            for source, target in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            with self._lock:
-                self._sockets.difference_update((source, target))
-
-    def cut(self) -> int:
-        """Reset every relayed connection; returns how many sockets were cut."""
-        with self._lock:
-            sockets = list(self._sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()  # with linger 0: a reset, as a failing network gives
-        return len(sockets)
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-        self.cut()
+#: The relay under the name the RabbitMQ tests first gave it.
+TcpProxy = TcpRelay
 
 
 @pytest.fixture
-def proxy(rabbit_address: tuple[str, int]) -> Iterator[TcpProxy]:
-    relay = TcpProxy(rabbit_address)
+def proxy(rabbit_address: tuple[str, int]) -> Iterator[TcpRelay]:
+    relay = TcpRelay(rabbit_address)
     yield relay
     relay.close()

@@ -699,6 +699,83 @@ def test_receiving_from_a_consumed_queue_does_not_wait_for_the_io_thread(
     rabbit.acknowledge(second)
 
 
+def test_a_receive_meeting_the_io_thread_mid_round_reads_the_next_delivery_itself(
+    rabbit: RabbitMQBackend,
+    make_rabbit: Callable[..., RabbitMQBackend],
+    topology: Topology,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import melange.backends.rabbitmq.connection as module
+
+    # While callers drive the connection the I/O thread looks at the socket only this often:
+    # a receive left waiting for it to hand a delivery over would wait that long.
+    monkeypatch.setattr(module, "PASSIVE_POLL", 5.0)
+    # The receive waits this long at most for the round below to end (it lasts 0.3 s).
+    monkeypatch.setattr(module, "ROUND_WAIT", 2.0, raising=False)
+    queue = topology.queue()
+    consumer = make_rabbit()
+    consumer.retrieve_messages(queue, wait_seconds=0)  # starts consuming
+    in_round = threading.Event()
+
+    def hold_the_connection(_session: Any) -> None:
+        in_round.set()
+        time.sleep(0.3)
+
+    # Queued, so that the I/O thread itself runs it (a call would run on this thread).
+    consumer._link._enqueue(module._Op(hold_the_connection, waited=False))
+    assert in_round.wait(5)
+    got: list[Message] = []
+    receiver = threading.Thread(
+        target=lambda: got.extend(consumer.retrieve_messages(queue, wait_seconds=10))
+    )
+    receiver.start()
+    time.sleep(0.6)  # the round is over, and nothing had arrived in it
+    rabbit.publish_to_queue(make_message('"late"'), queue)
+    published = time.monotonic()
+    receiver.join(10)
+    waited = time.monotonic() - published
+    assert [m.content for m in got] == ['"late"']
+    assert waited < 2.5, f"the delivery waited {waited:.1f}s for the I/O thread"
+    consumer.acknowledge_batch(got)
+
+
+def test_interrupt_ends_a_receive_while_the_io_thread_is_busy_for_long(
+    make_rabbit: Callable[..., RabbitMQBackend], topology: Topology
+) -> None:
+    import melange.backends.rabbitmq.connection as module
+
+    queue = topology.queue()
+    consumer = make_rabbit()
+    consumer.retrieve_messages(queue, wait_seconds=0)  # starts consuming
+    in_round = threading.Event()
+    consumer._link._enqueue(
+        module._Op(lambda _session: (in_round.set(), time.sleep(3)), waited=False)
+    )
+    assert in_round.wait(5)
+    result: list[list[Message]] = []
+    receiver = threading.Thread(
+        target=lambda: result.append(consumer.retrieve_messages(queue, wait_seconds=30))
+    )
+    receiver.start()
+    time.sleep(0.3)  # waiting, while the I/O thread holds the connection
+    interrupted = time.monotonic()
+    consumer.interrupt()
+    receiver.join(5)
+    assert result == [[]]
+    assert time.monotonic() - interrupted < 1.5
+
+
+def test_a_batch_larger_than_the_socket_buffer_arrives_whole_and_in_order(
+    rabbit: RabbitMQBackend, topology: Topology
+) -> None:
+    # Its frames are written together: the socket takes part of them at once, the I/O loop
+    # the rest as the broker reads.
+    queue = topology.queue()
+    bodies = [f'"{index:04d}{"x" * 60_000}"' for index in range(200)]
+    rabbit.publish_batch_to_queue([make_message(body) for body in bodies], queue)
+    assert drain(rabbit, queue, len(bodies)) == bodies
+
+
 def test_confirms_are_awaited_through_public_pika_calls_when_its_internals_are_missing(
     rabbit: RabbitMQBackend, topology: Topology, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,25 +44,29 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installe
     ) from exc
 
 from melange.backends.async_interfaces import AsyncMessagingBackend
-from melange.backends.interfaces import BackendCapabilities
-from melange.backends.publish_options import publish_delay
 from melange.backends.rabbitmq.async_connection import AUTH_ERRORS as _AUTH_ERRORS
 from melange.backends.rabbitmq.async_connection import CONNECTION_ERRORS as _CONNECTION_ERRORS
 from melange.backends.rabbitmq.async_connection import AsyncChannel, ChannelRefused, open_connection
 from melange.backends.rabbitmq.async_connection import AsyncSession as _AsyncSession
 from melange.backends.rabbitmq.async_connection import explain as _explain
 from melange.backends.rabbitmq.async_connection import refusal as _refusal
-from melange.backends.rabbitmq.connection import connection_parameters
+from melange.backends.rabbitmq.common import (
+    RabbitMQBackendBase,
+    dead_letter_copy,
+    dead_lettered,
+    give_back_copy,
+    give_back_refused,
+    publish_items,
+    receive_options,
+    topic_publish_refused,
+)
 from melange.backends.rabbitmq.topology import (
     DEAD_LETTER_EXCHANGE,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DELAY_LADDER_MS,
     NOT_FOUND,
     DeclareExchange,
     DeclareQueue,
     Steps,
     ack_plan,
-    check_backend_settings,
     check_queue_publish,
     check_topic_publish,
     dead_letter_routed,
@@ -72,19 +76,14 @@ from melange.backends.rabbitmq.topology import (
     delete_topic_steps,
     exists_steps,
     give_back,
-    plan_queue,
-    publish_delay_ms,
     publish_refused,
-    queue_options,
-    refuse_fifo,
     retry_queue_steps,
     topic_delay_steps,
 )
-from melange.backends.rabbitmq.wire import encode_body, from_delivery, to_properties
+from melange.backends.rabbitmq.wire import from_delivery
 from melange.exceptions import (
     BackendConnectionError,
     BackendError,
-    MessageTooLargeError,
     QueueNotFoundError,
     TopicNotFoundError,
 )
@@ -131,14 +130,7 @@ class AsyncRabbitMQReceipt:
     delivery_tag: int
 
 
-def _properties(
-    message: Message, deliveries: int = 0, extra_headers: Mapping[str, str] | None = None
-) -> pika.BasicProperties:
-    """pika properties for ``message`` (the shared wire format)."""
-    return to_properties(message, deliveries=deliveries, extra_headers=extra_headers)
-
-
-class AsyncRabbitMQBackend(AsyncMessagingBackend):
+class AsyncRabbitMQBackend(RabbitMQBackendBase, AsyncMessagingBackend):
     """A messaging backend on RabbitMQ with asyncio-native I/O (pika's asyncio adapter).
 
     Takes the arguments of :class:`~melange.backends.rabbitmq.backend.RabbitMQBackend`
@@ -150,110 +142,25 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
     host, port and vhost (never the password) when the broker cannot be reached.
 
     ``**parameters`` are ``pika.ConnectionParameters`` arguments, as for the pika backend
-    (``ssl_options``, ``client_properties``, ``blocked_connection_timeout``, ...).
+    (``ssl_options``, ``client_properties``, ``blocked_connection_timeout``, ...). Its
+    read-only ``queue_type`` is the pika backend's.
     """
 
     name = "rabbitmq"
-    loop_wait_seconds = 1.0
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        host: str | None = None,
-        port: int | None = None,
-        virtual_host: str | None = None,
-        credentials: Any = None,
-        username: str | None = None,
-        password: str | None = None,
-        heartbeat: int = 30,
-        connection_attempts: int = 3,
-        retry_delay: float = 1.0,
-        socket_timeout: float = 5.0,
-        queue_type: str | None = None,
-        prefetch_count: int = 100,
-        publisher_confirms: bool = True,
-        require_topic_subscribers: bool = False,
-        operation_timeout: float = 30.0,
-        consumer_idle_timeout: float = 60.0,
-        reconnect_max_delay: float = 10.0,
-        connection_name: str | None = None,
-        **parameters: Any,
-    ) -> None:
-        check_backend_settings(queue_type, prefetch_count, operation_timeout, consumer_idle_timeout)
-        # The pika backend's parsing and checks, so both accept and refuse the same settings.
-        params = connection_parameters(
-            url,
-            host=host,
-            port=port,
-            virtual_host=virtual_host,
-            credentials=credentials,
-            username=username,
-            password=password,
-            heartbeat=heartbeat,
-            connection_attempts=connection_attempts,
-            retry_delay=retry_delay,
-            socket_timeout=socket_timeout,
-            connection_name=connection_name,
-            extra=parameters,
-        )
-        # Private: the credentials are in it.
-        self.__parameters = params
-        self.describe = f"{params.host}:{params.port}, vhost {params.virtual_host!r}"
-        self._connection_attempts = max(1, connection_attempts)
-        self._retry_delay = retry_delay
-        self._socket_timeout = socket_timeout
-        self._queue_type = queue_type
-        self._prefetch_count = prefetch_count
-        self._confirms = publisher_confirms
-        self._require_subscribers = require_topic_subscribers
-        self._operation_timeout = operation_timeout
-        self._idle_timeout = consumer_idle_timeout
-        self._reconnect_max_delay = reconnect_max_delay
+    def _setup(self) -> None:
         self._session: _AsyncSession | None = None
         self._generation = 0
         self._ever_connected = False
         self._closed = False
         self._connect_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._buffers: dict[str, deque[Message]] = {}
-        self._last_retrieve: dict[str, float] = {}
         # Futures of the retrieve_messages calls waiting for messages (see _notify).
         self._waiters: set[asyncio.Future[None]] = set()
-        self._interrupts = 0
         self._interrupt_lock = threading.Lock()
-        self._known_queues: set[str] = set()
-        self._known_topics: set[str] = set()
-        self._retry_steps: dict[str, set[int]] = {}
-        self._topic_delay_steps: dict[str, set[int]] = {}
-        self._warned_visibility = False
 
     def __repr__(self) -> str:
         return f"AsyncRabbitMQBackend({self.describe})"
-
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(
-            name="rabbitmq",
-            persistent=True,
-            fifo=False,
-            topics=True,
-            native_dead_letter=self._queue_type != "classic",
-            delayed_delivery=True,
-            visibility_timeout=False,
-            extend_visibility=False,
-            receive_count=True,
-            filter_policies=True,
-            max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
-            max_batch_size=None,
-            delayed_publish=True,
-            delayed_topic_publish=True,
-        )
-
-    @property
-    def queue_type(self) -> str | None:
-        """The queue type asked for: ``"quorum"``, ``"classic"`` or ``None``."""
-        return self._queue_type
 
     @property
     def connected(self) -> bool:
@@ -299,9 +206,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             try:
                 # pika gives up after its stack_timeout (twice socket_timeout); the margin
                 # lets its more precise reason win.
-                connection = await open_connection(
-                    self.__parameters, self._socket_timeout * 2 + 1.0
-                )
+                connection = await open_connection(self._params, self._socket_timeout * 2 + 1.0)
             except _CONNECT_ERRORS as exc:
                 last = exc
                 fatal = isinstance(exc, _AUTH_ERRORS)
@@ -338,11 +243,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             if not self._closed:
                 logger.warning("connection to RabbitMQ at %s lost; reconnecting", self.describe)
         for queue, consumer in session.consumers.items():
-            buffer = self._buffers.get(queue)
-            if buffer:
-                kept = [m for m in buffer if m.metadata.consumer is not consumer]
-                buffer.clear()
-                buffer.extend(kept)
+            self._drop_buffered_of(queue, consumer)
         self._notify()
 
     async def _run(self, fn: Callable[[_AsyncSession], Awaitable[T]]) -> T:
@@ -420,18 +321,8 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         <melange.backends.rabbitmq.backend.RabbitMQBackend.declare_queue>`.
         """
         dlq = dead_letter_queue_name
-        options = queue_options(queue_name, kwargs, self._queue_type, dlq)
-        if options.ignored_visibility_timeout and not self._warned_visibility:
-            self._warned_visibility = True
-            logger.info(
-                "visibility_timeout is ignored by the RabbitMQ backend: a message stays with "
-                "its consumer until settled, or until the consumer disconnects"
-            )
-        plan = plan_queue(queue_name, options, dlq, [t.name for t in topics_to_bind])
-        types = await self._steps(lambda: declare_steps(plan))
-        self._known_queues.update(types)
-        dlq_wrapper = QueueWrapper(dlq, dlq) if dlq is not None else None
-        return QueueWrapper(queue_name, queue_name), dlq_wrapper
+        plan = self._queue_plan(queue_name, topics_to_bind, dlq, kwargs)
+        return self._declared(queue_name, dlq, await self._steps(lambda: declare_steps(plan)))
 
     async def delete_queue(self, queue: QueueWrapper) -> None:
         """Delete the queue, its messages and its retry queues (not its dead-letter queue)."""
@@ -473,17 +364,14 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         batch: bool,
         kwargs: Mapping[str, Any],
     ) -> None:
-        refuse_fifo(queue.name, messages, kwargs)
-        delay = publish_delay(kwargs, backend="the RabbitMQ backend")
-        if not messages:
+        prepared = publish_items(queue.name, messages, kwargs)
+        if prepared is None:
             return
-        items = _encode(messages)
-        delay_ms = publish_delay_ms(delay) if delay is not None else 0
+        items, delay_ms = prepared
         if delay_ms:
             # A retry queue routes whatever it holds: the queue itself must exist now.
             await self.get_queue(queue.name)
-            if delay_ms not in DELAY_LADDER_MS:
-                self._retry_steps.setdefault(queue.name, set()).add(delay_ms)
+            self._note_retry_delay(queue.name, delay_ms)
 
         async def op(session: _AsyncSession) -> list[str | None]:
             target = queue.name
@@ -518,18 +406,15 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         batch: bool,
         kwargs: Mapping[str, Any],
     ) -> None:
-        refuse_fifo(topic.name, messages, kwargs)
-        delay = publish_delay(kwargs, backend="the RabbitMQ backend")
-        if not messages:
+        prepared = publish_items(topic.name, messages, kwargs)
+        if prepared is None:
             return
-        items = _encode(messages)
+        items, delay_ms = prepared
         mandatory = self._require_subscribers
-        delay_ms = publish_delay_ms(delay) if delay is not None else 0
         if delay_ms:
             # The delay queue dead-letters into the exchange: it must exist now.
             await self.get_topic(topic.name)
-            if delay_ms not in DELAY_LADDER_MS:
-                self._topic_delay_steps.setdefault(topic.name, set()).add(delay_ms)
+            self._note_topic_delay(topic.name, delay_ms)
 
         async def op(session: _AsyncSession) -> list[str | None]:
             try:
@@ -539,9 +424,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
                 return await session.publish(topic.name, "", items, mandatory, self._confirms)
             except ChannelRefused as exc:
                 refusal = _refusal(exc)
-                if refusal.code == NOT_FOUND:
-                    raise TopicNotFoundError(topic.name) from None
-                raise publish_refused(refusal.code, refusal.text, f"topic {topic.name!r}") from None
+                raise topic_publish_refused(refusal.code, refusal.text, topic.name) from None
 
         try:
             outcome = await self._run(op)
@@ -558,8 +441,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         Starts consuming the queue on the first call. Waits up to ``wait_seconds`` (default
         0) while nothing is buffered; :meth:`interrupt` ends the wait early.
         """
-        max_messages = int(kwargs.get("max_messages") or 10)
-        wait = float(kwargs.get("wait_seconds") or 0.0)
+        max_messages, wait = receive_options(kwargs)
         name = queue.name
         deadline = time.monotonic() + wait
         interrupts = self._interrupts
@@ -567,9 +449,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         session = self._session
         consumer = session.consumers.get(name) if session is not None else None
         if session is None or not session.alive or consumer is None or not consumer.active:
-            # While the broker is unreachable, fail soon after the caller's own wait so that
-            # a consume loop stays responsive to stop() and reports the outage.
-            budget = min(self._operation_timeout, max(wait, 1.0) + 5.0)
+            budget = self._consume_budget(wait)
             try:
                 await asyncio.wait_for(self._run(lambda s: self._ensure_consuming(s, name)), budget)
             except TimeoutError:
@@ -646,11 +526,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         consumer = session.consumers.pop(name, None)
         if consumer is None:
             return
-        buffer = self._buffers.get(name)
-        if buffer:
-            kept = [m for m in buffer if m.metadata.consumer is not consumer]
-            buffer.clear()
-            buffer.extend(kept)
+        self._drop_buffered_of(name, consumer)
         if not consumer.channel.is_closed:
             try:
                 await consumer.channel.close()
@@ -664,12 +540,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             return
         now = time.monotonic()
         for name, consumer in list(session.consumers.items()):
-            if now - self._last_retrieve.get(name, now) < self._idle_timeout:
-                continue
-            buffered = self._buffers.get(name) or deque()
-            # Only when every unsettled message is still in the buffer: closing the channel
-            # would also hand back messages that are being processed.
-            if len(consumer.unacked) != len(buffered):
+            if not self._idle(name, len(consumer.unacked), now):
                 continue
             logger.debug("no longer consuming idle queue %s", name)
             await self._unsubscribe(session, name)
@@ -783,27 +654,18 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
     async def _give_back(self, message: Message, delay: float, failed: bool) -> None:
         receipt = _receipt(message)
         plan = give_back(receipt.queue, message, delay, failed)
-        body = encode_body(message.content)
-        properties = _properties(message, plan.deliveries)
+        copy = give_back_copy(message, plan)
         session = self._session
 
         async def action(receipt: AsyncRabbitMQReceipt) -> None:
             assert session is not None
             if plan.delay_ms:
-                if plan.delay_ms not in DELAY_LADDER_MS:
-                    self._retry_steps.setdefault(plan.queue, set()).add(plan.delay_ms)
+                self._note_retry_delay(plan.queue, plan.delay_ms)
                 await session.run(retry_queue_steps(plan.queue, plan.delay_ms))
-            [refused] = await session.publish(
-                "", plan.target, [(body, properties)], True, self._confirms
-            )
+            [refused] = await session.publish("", plan.target, [copy], True, self._confirms)
             if refused is not None:
                 # The copy did not land: keep the original and let the broker return it.
-                logger.error(
-                    "could not hand message %s back to %s (%s); returning it to the queue now",
-                    message.message_id,
-                    plan.target,
-                    refused,
-                )
+                give_back_refused(message, plan.target, refused)
                 await _requeue(receipt)
                 return
             await _ack(receipt)
@@ -817,15 +679,14 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
         for the queue.
         """
         _receipt(message)  # refuses messages of other backends before any I/O
-        body = encode_body(message.content)
-        properties = _properties(message, message.attempt or 1, dict(headers))
+        copy = dead_letter_copy(message, headers)
         session = self._session
 
         async def action(receipt: AsyncRabbitMQReceipt) -> bool:
             assert session is not None
             try:
                 [refused] = await session.publish(
-                    DEAD_LETTER_EXCHANGE, receipt.queue, [(body, properties)], True, self._confirms
+                    DEAD_LETTER_EXCHANGE, receipt.queue, [copy], True, self._confirms
                 )
             except ChannelRefused as exc:
                 if exc.reply_code != NOT_FOUND:
@@ -836,15 +697,7 @@ class AsyncRabbitMQBackend(AsyncMessagingBackend):
             await _ack(receipt)
             return True
 
-        result = await self._settle(message, action)
-        if result is None:
-            logger.warning(
-                "message %s could not be dead-lettered now: the connection was reset since it "
-                "was received; the broker delivers it again",
-                message.message_id,
-            )
-            return True
-        return result
+        return dead_lettered(await self._settle(message, action), message)
 
     async def aclose(self) -> None:
         """Close the connection; unsettled messages go back to their queues."""
@@ -890,16 +743,6 @@ async def _requeue(receipt: AsyncRabbitMQReceipt) -> None:
     # Back in its place in the queue; the broker's delivery count (the backstop) goes up.
     receipt.consumer.unacked.discard(receipt.delivery_tag)
     receipt.consumer.channel.basic_nack(receipt.delivery_tag, requeue=True)
-
-
-def _encode(messages: Sequence[Message]) -> list[tuple[bytes, pika.BasicProperties]]:
-    items = []
-    for message in messages:
-        body = encode_body(message.content)
-        if len(body) > DEFAULT_MAX_MESSAGE_SIZE:
-            raise MessageTooLargeError(len(body), DEFAULT_MAX_MESSAGE_SIZE, "RabbitMQ")
-        items.append((body, _properties(message)))
-    return items
 
 
 __all__ = ["AsyncRabbitMQBackend", "AsyncRabbitMQReceipt"]

@@ -36,7 +36,7 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from melange.backends.rabbitmq.connection import FATAL_CONNECT_ERRORS, _ConnectAttemptFilter
+from melange.backends.rabbitmq.connection import FATAL_CONNECT_ERRORS, quiet_pika_connect_errors
 from melange.backends.rabbitmq.connection import _explain as explain_pika_error
 from melange.backends.rabbitmq.topology import (
     Bind,
@@ -81,15 +81,7 @@ OnCancel = Callable[[Any], None]
 #: line naming host, port and reason. They stay visible with pika's logger set to ``DEBUG``.
 _PIKA_CONNECTION_LOGGERS = ("pika.adapters.base_connection", "pika.connection")
 
-
-def _quiet_pika_connection_errors() -> None:
-    for name in _PIKA_CONNECTION_LOGGERS:
-        target = logging.getLogger(name)
-        if not any(isinstance(f, _ConnectAttemptFilter) for f in target.filters):
-            target.addFilter(_ConnectAttemptFilter())
-
-
-_quiet_pika_connection_errors()
+quiet_pika_connect_errors(_PIKA_CONNECTION_LOGGERS)
 
 
 def refusal(exc: pika.exceptions.ChannelClosedByBroker) -> Refusal:
@@ -239,21 +231,17 @@ class AsyncChannel:
         )
 
     async def queue_bind(
-        self, queue: str, exchange: str, routing_key: str | None, arguments: dict[str, Any] | None
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str | None,
+        arguments: dict[str, Any] | None,
+        unbind: bool = False,
     ) -> Any:
+        """Bind ``queue`` to ``exchange`` (remove that binding, with ``unbind``)."""
+        method = self.channel.queue_unbind if unbind else self.channel.queue_bind
         return await self._call(
-            lambda reply: self.channel.queue_bind(
-                queue, exchange, routing_key, arguments, callback=reply
-            )
-        )
-
-    async def queue_unbind(
-        self, queue: str, exchange: str, routing_key: str | None, arguments: dict[str, Any] | None
-    ) -> Any:
-        return await self._call(
-            lambda reply: self.channel.queue_unbind(
-                queue, exchange, routing_key, arguments, callback=reply
-            )
+            lambda reply: method(queue, exchange, routing_key, arguments, callback=reply)
         )
 
     async def queue_delete(self, name: str) -> Any:
@@ -525,18 +513,17 @@ class AsyncSession:
                 await channel.exchange_declare(
                     operation.name, passive=operation.passive, exchange_type=operation.type
                 )
-            elif isinstance(operation, Bind):
+            elif isinstance(operation, Bind | Unbind):
                 arguments = dict(operation.arguments) if operation.arguments is not None else None
                 await channel.queue_bind(
-                    operation.queue, operation.exchange, operation.routing_key or None, arguments
+                    operation.queue,
+                    operation.exchange,
+                    operation.routing_key or None,
+                    arguments,
+                    unbind=isinstance(operation, Unbind),
                 )
             elif isinstance(operation, DeleteQueue):
                 await channel.queue_delete(operation.name)
-            elif isinstance(operation, Unbind):
-                arguments = dict(operation.arguments) if operation.arguments is not None else None
-                await channel.queue_unbind(
-                    operation.queue, operation.exchange, operation.routing_key or None, arguments
-                )
             else:
                 await channel.exchange_delete(operation.name)
         except ChannelRefused as exc:

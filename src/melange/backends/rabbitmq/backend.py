@@ -75,8 +75,17 @@ from typing import Any, TypeVar
 import pika
 import pika.exceptions
 
-from melange.backends.interfaces import BackendCapabilities, MessagingBackend
-from melange.backends.publish_options import publish_delay
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.rabbitmq.common import (
+    RabbitMQBackendBase,
+    dead_letter_copy,
+    dead_lettered,
+    give_back_copy,
+    give_back_refused,
+    publish_items,
+    receive_options,
+    topic_publish_refused,
+)
 from melange.backends.rabbitmq.connection import (
     ConnectionThread,
     RabbitMQReceipt,
@@ -84,20 +93,16 @@ from melange.backends.rabbitmq.connection import (
     _Consumer,
     ack,
     ack_many,
-    connection_parameters,
     perform,
     requeue,
 )
 from melange.backends.rabbitmq.inspect import RabbitMQInspection
 from melange.backends.rabbitmq.topology import (
     DEAD_LETTER_EXCHANGE,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DELAY_LADDER_MS,
     NOT_FOUND,
     DeclareExchange,
     DeclareQueue,
     Steps,
-    check_backend_settings,
     check_queue_publish,
     check_topic_publish,
     dead_letter_routed,
@@ -108,21 +113,12 @@ from melange.backends.rabbitmq.topology import (
     drive,
     exists_steps,
     give_back,
-    plan_queue,
-    publish_delay_ms,
     publish_refused,
-    queue_options,
-    refuse_fifo,
     retry_queue_steps,
     topic_delay_steps,
 )
-from melange.backends.rabbitmq.wire import encode_body, from_delivery, to_properties
-from melange.exceptions import (
-    BackendError,
-    MessageTooLargeError,
-    QueueNotFoundError,
-    TopicNotFoundError,
-)
+from melange.backends.rabbitmq.wire import from_delivery
+from melange.exceptions import BackendError, QueueNotFoundError, TopicNotFoundError
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 logger = logging.getLogger("melange.backends.rabbitmq")
@@ -130,7 +126,7 @@ logger = logging.getLogger("melange.backends.rabbitmq")
 T = TypeVar("T")
 
 
-class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
+class RabbitMQBackend(RabbitMQInspection, RabbitMQBackendBase, MessagingBackend):
     """A messaging backend on RabbitMQ (AMQP 0-9-1, via pika).
 
     Give either ``url`` (``amqp://user:password@host:5672/vhost``, URL-encoded; ``%2F`` is the
@@ -172,60 +168,15 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
         reconnect_max_delay: Longest pause between reconnection attempts, in seconds.
         connection_name: Name shown for the connection in the broker's management tools.
         **parameters: Further ``pika.ConnectionParameters`` arguments (``ssl_options``, ...).
+
+    Attributes:
+        queue_type: The ``queue_type`` asked for (read-only): ``"quorum"``, ``"classic"`` or
+            ``None``.
     """
 
-    loop_wait_seconds = 1.0
-
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        host: str | None = None,
-        port: int | None = None,
-        virtual_host: str | None = None,
-        credentials: Any = None,
-        username: str | None = None,
-        password: str | None = None,
-        heartbeat: int = 30,
-        connection_attempts: int = 3,
-        retry_delay: float = 1.0,
-        socket_timeout: float = 5.0,
-        queue_type: str | None = None,
-        prefetch_count: int = 100,
-        publisher_confirms: bool = True,
-        require_topic_subscribers: bool = False,
-        operation_timeout: float = 30.0,
-        consumer_idle_timeout: float = 60.0,
-        reconnect_max_delay: float = 10.0,
-        connection_name: str | None = None,
-        **parameters: Any,
-    ) -> None:
-        check_backend_settings(queue_type, prefetch_count, operation_timeout, consumer_idle_timeout)
-        self._params = connection_parameters(
-            url,
-            host=host,
-            port=port,
-            virtual_host=virtual_host,
-            credentials=credentials,
-            username=username,
-            password=password,
-            heartbeat=heartbeat,
-            connection_attempts=connection_attempts,
-            retry_delay=retry_delay,
-            socket_timeout=socket_timeout,
-            connection_name=connection_name,
-            extra=parameters,
-        )
-        self._queue_type = queue_type
-        self._prefetch_count = prefetch_count
-        self._confirms = publisher_confirms
-        self._require_subscribers = require_topic_subscribers
-        self._operation_timeout = operation_timeout
-        self._idle_timeout = consumer_idle_timeout
-        self._last_retrieve: dict[str, float] = {}
+    def _setup(self) -> None:
         self._next_idle_check = 0.0
         self._cond = threading.Condition()
-        self._buffers: dict[str, deque[Message]] = {}
         # Deliveries of the current round of I/O, not yet in the buffers (I/O thread only).
         self._arrived: list[tuple[_Consumer, int, Any, Any, bytes]] = []
         # The consumer of each queue, so callers can see without asking the I/O thread
@@ -233,52 +184,17 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
         self._consuming: dict[str, _Consumer] = {}
         self._wanted: set[str] = set()
         self._subscribe_errors: dict[str, BaseException] = {}
-        self._interrupts = 0
-        self._known_queues: set[str] = set()
-        self._known_topics: set[str] = set()
-        # Retry delays used per queue beyond the ladder (whole hours), to delete with it.
-        self._retry_steps: dict[str, set[int]] = {}
-        # The same for the delay queues of topics.
-        self._topic_delay_steps: dict[str, set[int]] = {}
-        self._warned_visibility = False
-        self.describe = (
-            f"{self._params.host}:{self._params.port}, vhost {self._params.virtual_host!r}"
-        )
         self._link = ConnectionThread(
             self._params,
             self._on_connect,
             self._on_disconnect,
             self.describe,
-            reconnect_max_delay=reconnect_max_delay,
+            reconnect_max_delay=self._reconnect_max_delay,
             on_idle=self._housekeeping,
             after_io=self._hand_over,
         )
-        budget = connection_attempts * (socket_timeout * 2 + retry_delay) + 5.0
+        budget = self._connection_attempts * (self._socket_timeout * 2 + self._retry_delay) + 5.0
         self._link.start(timeout=budget)
-
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(
-            name="rabbitmq",
-            persistent=True,
-            fifo=False,
-            topics=True,
-            native_dead_letter=self._queue_type != "classic",
-            delayed_delivery=True,
-            visibility_timeout=False,
-            extend_visibility=False,
-            receive_count=True,
-            filter_policies=True,
-            max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
-            max_batch_size=None,
-            delayed_publish=True,
-            delayed_topic_publish=True,
-        )
-
-    @property
-    def queue_type(self) -> str | None:
-        """The queue type asked for: ``"quorum"``, ``"classic"`` or ``None`` (see the class)."""
-        return self._queue_type
 
     @property
     def connected(self) -> bool:
@@ -342,11 +258,7 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
     def _drop_buffered(self, consumer: _Consumer) -> None:
         self._hand_over()
         with self._cond:
-            buffer = self._buffers.get(consumer.queue)
-            if buffer:
-                kept = [m for m in buffer if m.metadata.consumer is not consumer]
-                buffer.clear()
-                buffer.extend(kept)
+            self._drop_buffered_of(consumer.queue, consumer)
 
     def _release_idle_consumers(self, session: Session) -> None:
         """Stop consuming queues nobody retrieves from, handing their buffers back."""
@@ -357,14 +269,11 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
         idle: list[str] = []
         with self._cond:
             for name, consumer in session.consumers.items():
-                if now - self._last_retrieve.get(name, now) < self._idle_timeout:
+                if not self._idle(name, len(consumer.unacked), now):
                     continue
-                buffered = self._buffers.get(name) or deque()
-                # Only when every unsettled message is still in the buffer: closing the
-                # channel would also hand back messages that are being processed.
-                if len(consumer.unacked) != len(buffered):
-                    continue
-                buffered.clear()
+                buffered = self._buffers.get(name)
+                if buffered:
+                    buffered.clear()
                 self._wanted.discard(name)
                 idle.append(name)
         for name in idle:
@@ -434,18 +343,8 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
                 message names the argument, as reported by the broker).
         """
         dlq = dead_letter_queue_name
-        options = queue_options(queue_name, kwargs, self._queue_type, dlq)
-        if options.ignored_visibility_timeout and not self._warned_visibility:
-            self._warned_visibility = True
-            logger.info(
-                "visibility_timeout is ignored by the RabbitMQ backend: a message stays with "
-                "its consumer until settled, or until the consumer disconnects"
-            )
-        plan = plan_queue(queue_name, options, dlq, [t.name for t in topics_to_bind])
-        types = self._steps(declare_steps(plan))
-        self._known_queues.update(types)
-        dlq_wrapper = QueueWrapper(dlq, dlq) if dlq is not None else None
-        return QueueWrapper(queue_name, queue_name), dlq_wrapper
+        plan = self._queue_plan(queue_name, topics_to_bind, dlq, kwargs)
+        return self._declared(queue_name, dlq, self._steps(declare_steps(plan)))
 
     def delete_queue(self, queue: QueueWrapper) -> None:
         """Delete the queue, its messages and its retry queues (not its dead-letter queue)."""
@@ -493,17 +392,14 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
         batch: bool,
         kwargs: Mapping[str, Any],
     ) -> None:
-        refuse_fifo(queue.name, messages, kwargs)
-        delay = publish_delay(kwargs, backend="the RabbitMQ backend")
-        if not messages:
+        prepared = publish_items(queue.name, messages, kwargs)
+        if prepared is None:
             return
-        items = self._encode(messages)
-        delay_ms = publish_delay_ms(delay) if delay is not None else 0
+        items, delay_ms = prepared
         if delay_ms:
             # A retry queue routes whatever it holds: the queue itself must exist now.
             self.get_queue(queue.name)
-            if delay_ms not in DELAY_LADDER_MS:
-                self._retry_steps.setdefault(queue.name, set()).add(delay_ms)
+            self._note_retry_delay(queue.name, delay_ms)
 
         def op(session: Session) -> list[str | None]:
             target = queue.name
@@ -543,18 +439,15 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
         batch: bool,
         kwargs: Mapping[str, Any],
     ) -> None:
-        refuse_fifo(topic.name, messages, kwargs)
-        delay = publish_delay(kwargs, backend="the RabbitMQ backend")
-        if not messages:
+        prepared = publish_items(topic.name, messages, kwargs)
+        if prepared is None:
             return
-        items = self._encode(messages)
+        items, delay_ms = prepared
         mandatory = self._require_subscribers
-        delay_ms = publish_delay_ms(delay) if delay is not None else 0
         if delay_ms:
             # The delay queue dead-letters into the exchange: it must exist now.
             self.get_topic(topic.name)
-            if delay_ms not in DELAY_LADDER_MS:
-                self._topic_delay_steps.setdefault(topic.name, set()).add(delay_ms)
+            self._note_topic_delay(topic.name, delay_ms)
 
         def op(session: Session) -> list[str | None]:
             try:
@@ -564,11 +457,7 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
                     return session.publish("", holder, items, True)
                 return session.publish(topic.name, "", items, mandatory)
             except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == NOT_FOUND:
-                    raise TopicNotFoundError(topic.name) from None
-                raise publish_refused(
-                    exc.reply_code, exc.reply_text, f"topic {topic.name!r}"
-                ) from None
+                raise topic_publish_refused(exc.reply_code, exc.reply_text, topic.name) from None
 
         try:
             outcome = self._call(op)
@@ -576,16 +465,6 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
             self._known_topics.discard(topic.name)
             raise
         check_topic_publish(outcome, messages, topic.name, batch)
-
-    @staticmethod
-    def _encode(messages: Sequence[Message]) -> list[tuple[bytes, pika.BasicProperties]]:
-        items = []
-        for message in messages:
-            body = encode_body(message.content)
-            if len(body) > DEFAULT_MAX_MESSAGE_SIZE:
-                raise MessageTooLargeError(len(body), DEFAULT_MAX_MESSAGE_SIZE, "RabbitMQ")
-            items.append((body, to_properties(message)))
-        return items
 
     # -- consuming --------------------------------------------------------------------------
 
@@ -595,8 +474,7 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
         Starts consuming the queue on the first call. Blocks up to ``wait_seconds`` (default
         0) while nothing is buffered; :meth:`interrupt` ends the wait early.
         """
-        max_messages = int(kwargs.get("max_messages") or 10)
-        wait = float(kwargs.get("wait_seconds") or 0.0)
+        max_messages, wait = receive_options(kwargs)
         name = queue.name
         deadline = time.monotonic() + wait
         with self._cond:
@@ -659,9 +537,7 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
                     self._known_queues.discard(name)
                     raise
 
-        # While the broker is unreachable, fail soon after the caller's own wait so that a
-        # consume loop stays responsive to stop() and reports the outage.
-        self._call(op, timeout=min(self._operation_timeout, max(wait, 1.0) + 5.0))
+        self._call(op, timeout=self._consume_budget(wait))
 
     def _settle(self, message: Message, action: Any) -> Any:
         receipt = message.metadata
@@ -734,23 +610,16 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
         receipt = message.metadata
         queue_name = receipt.queue if isinstance(receipt, RabbitMQReceipt) else ""
         plan = give_back(queue_name, message, delay, failed)
-        body = encode_body(message.content)
-        properties = to_properties(message, deliveries=plan.deliveries)
+        copy = give_back_copy(message, plan)
 
         def action(session: Session, receipt: RabbitMQReceipt) -> None:
             if plan.delay_ms:
-                if plan.delay_ms not in DELAY_LADDER_MS:
-                    self._retry_steps.setdefault(queue_name, set()).add(plan.delay_ms)
+                self._note_retry_delay(queue_name, plan.delay_ms)
                 drive(retry_queue_steps(queue_name, plan.delay_ms), lambda op: perform(session, op))
-            [refused] = session.publish("", plan.target, [(body, properties)], True)
+            [refused] = session.publish("", plan.target, [copy], True)
             if refused is not None:
                 # The copy did not land: keep the original and let the broker return it.
-                logger.error(
-                    "could not hand message %s back to %s (%s); returning it to the queue now",
-                    message.message_id,
-                    plan.target,
-                    refused,
-                )
+                give_back_refused(message, plan.target, refused)
                 requeue(session, receipt)
                 return
             ack(session, receipt)
@@ -766,16 +635,11 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
         receipt = message.metadata
         if not isinstance(receipt, RabbitMQReceipt):
             raise ValueError(f"{message!r} was not received from a RabbitMQ backend")
-        body = encode_body(message.content)
-        properties = to_properties(
-            message, deliveries=message.attempt or 1, extra_headers=dict(headers)
-        )
+        copy = dead_letter_copy(message, headers)
 
         def action(session: Session, receipt: RabbitMQReceipt) -> bool:
             try:
-                [refused] = session.publish(
-                    DEAD_LETTER_EXCHANGE, receipt.queue, [(body, properties)], True
-                )
+                [refused] = session.publish(DEAD_LETTER_EXCHANGE, receipt.queue, [copy], True)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code == NOT_FOUND:  # no dead-letter queue was ever declared
                     return False
@@ -785,15 +649,7 @@ class RabbitMQBackend(RabbitMQInspection, MessagingBackend):
             ack(session, receipt)
             return True
 
-        result = self._settle(message, action)
-        if result is None:
-            logger.warning(
-                "message %s could not be dead-lettered now: the connection was reset since it "
-                "was received; the broker delivers it again",
-                message.message_id,
-            )
-            return True
-        return bool(result)
+        return dead_lettered(self._settle(message, action), message)
 
     def interrupt(self) -> None:
         with self._cond:

@@ -37,6 +37,13 @@ try:  # A pika internal: waiting for confirms without a wake-up per confirm (see
 except ImportError:  # pragma: no cover - other pika versions: the public, slower path
     _IoloopTimerContext = None
 
+try:  # A pika internal: the plain TCP transport, whose frames send_now() writes at once.
+    from pika.adapters.utils.io_services_utils import (
+        _AsyncPlaintextTransport as _PlainTransport,
+    )
+except ImportError:  # pragma: no cover - other pika versions: pika's I/O loop writes them
+    _PlainTransport = None
+
 from melange.backends.numbers import check_number
 from melange.backends.rabbitmq.topology import (
     NOT_FOUND,
@@ -89,6 +96,10 @@ MAX_QUEUED_POSTS = 16
 #: While callers drive the connection themselves, the I/O thread leaves the socket to them
 #: and looks at it this often (seconds), for what arrives while none of them does I/O.
 PASSIVE_POLL = 0.05
+
+#: Longest time (seconds) a receiving thread waits for the I/O thread to end its round of
+#: I/O so that it can read the socket itself (see ConnectionThread.drive).
+ROUND_WAIT = 0.1
 
 
 class _Op(Generic[T]):
@@ -390,7 +401,9 @@ class ConnectionThread:
     def drive(self, time_limit: float) -> bool:
         """Do the connection's I/O on the caller's thread for up to ``time_limit`` seconds,
         returning once something was received (its deliveries handed over), when the
-        connection is up and free and nobody else waits for it; ``False`` otherwise.
+        connection is up and free and nobody else waits for it; ``False`` otherwise. When
+        the I/O thread is in a round of I/O, waits for it to end and returns ``True`` without
+        doing I/O: that round may have handed over what the caller waits for.
 
         A receiving thread waiting for deliveries calls this instead of waiting for the I/O
         thread to hand them over, as a raw pika consumer reads its own socket. Callers that
@@ -400,7 +413,20 @@ class ConnectionThread:
         if self._socket is None or not self._connected.is_set() or self._closing.is_set():
             return False
         if not self._io.acquire(blocking=False):
-            return False
+            owner = self._owner
+            if owner is not None and owner != self._thread.ident:
+                # Another caller drives: what it reads for this caller is handed over.
+                return False
+            # The I/O thread's round of I/O (or a caller just taking the connection): short.
+            # Waiting for the thread to hand over instead could last until its next look at
+            # the socket, PASSIVE_POLL later, with the delivery unread meanwhile. Bounded, as
+            # interrupt() cannot end a wait for the lock: after a longer round (queued
+            # operations) the caller waits for the hand-over as before.
+            if not self._io.acquire(timeout=min(time_limit, ROUND_WAIT)):
+                return False
+            # That round may have handed over what the caller waits for: it looks first.
+            self._io.release()
+            return True
         self._owner = threading.get_ident()
         try:
             with self._lock:
@@ -682,6 +708,32 @@ def _readable(sock: Any) -> bool:
     return bool(ready)
 
 
+def send_now(connection: Any) -> None:
+    """Write the frames pika holds for the socket at once, in one ``send``.
+
+    pika buffers each frame of a message apart (method, header, body) and writes them once
+    its I/O loop reports the socket writable, with a ``send`` per frame: three system calls
+    and a round of the loop per message. Whatever cannot be written now (a full socket
+    buffer) stays buffered for the loop, as before. Connections whose transport is not
+    pika's plain TCP one (TLS, other pika versions) are left to the loop.
+    """
+    try:
+        transport = connection._impl._transport
+        if type(transport) is not _PlainTransport:
+            return
+        buffers = transport._tx_buffers
+        if len(buffers) > 1:
+            joined = b"".join(buffers)
+            buffers.clear()
+            buffers.append(joined)
+        if buffers:
+            # Sends, and stops watching for writability once everything went out (failures
+            # abort the connection, as when the loop calls it).
+            transport._on_socket_writable()
+    except AttributeError:
+        return
+
+
 def _io_pending(connection: Any) -> bool:
     """Whether pika holds frames to write or events read but not yet dispatched."""
     try:
@@ -762,14 +814,15 @@ class _ConnectAttemptFilter(logging.Filter):
         return not any(word in text for word in _CONNECT_WORDS)
 
 
-def _quiet_pika_connect_errors() -> None:
-    for name in _CONNECT_LOGGERS:
+def quiet_pika_connect_errors(loggers: Sequence[str]) -> None:
+    """Have pika's ``loggers`` drop their records of failed connection attempts (once)."""
+    for name in loggers:
         target = logging.getLogger(name)
         if not any(isinstance(f, _ConnectAttemptFilter) for f in target.filters):
             target.addFilter(_ConnectAttemptFilter())
 
 
-_quiet_pika_connect_errors()
+quiet_pika_connect_errors(_CONNECT_LOGGERS)
 
 
 # -- connection parameters -------------------------------------------------------------------
@@ -1011,6 +1064,7 @@ class Session:
                 tags.append(tag)
                 unconfirmed.add(tag)
                 impl.basic_publish(exchange, routing_key, body, properties, mandatory)
+            send_now(self.connection)
             self.all_confirmed = False
             self.waiting_for = set(tags)
             self._wait_for_confirms(tags, f"{len(items)} message(s) to {exchange or routing_key!r}")
@@ -1126,10 +1180,10 @@ def requeue(session: Session, receipt: RabbitMQReceipt) -> None:
 def ack_many(session: Session, receipts: Sequence[RabbitMQReceipt]) -> None:
     """Acknowledge what is still unsettled on the current connection, in few frames.
 
-    Frames go through pika's channel object, whose output the I/O thread's next round of
-    I/O writes (the blocking channel would flush the socket after every frame). Where a
-    consumer's batch holds every tag it has outstanding up to its highest one, a single
-    ``multiple`` acknowledgement settles them all.
+    Frames go through pika's channel object and are written together at the end (the
+    blocking channel would flush the socket after every frame). Where a consumer's batch
+    holds every tag it has outstanding up to its highest one, a single ``multiple``
+    acknowledgement settles them all.
     """
     by_consumer: dict[int, tuple[_Consumer, list[int]]] = {}
     for receipt in receipts:
@@ -1153,6 +1207,9 @@ def ack_many(session: Session, receipts: Sequence[RabbitMQReceipt]) -> None:
         else:
             for tag in tags:
                 impl.basic_ack(tag)
+    if by_consumer:
+        # Written now rather than by a round of I/O after the operation.
+        send_now(session.connection)
 
 
 def perform(session: Session, operation: Operation) -> Refusal | None:

@@ -21,6 +21,7 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
+from melange.backends.amqp import refuse_fifo_publish, refuse_fifo_queue
 from melange.backends.interfaces import DEFAULT_MAX_RECEIVE_COUNT
 from melange.backends.names import check_amqp_name, check_amqp_queue_name, check_amqp_topic_name
 from melange.backends.numbers import check_number
@@ -224,12 +225,7 @@ def queue_options(
             f"unknown option(s) {sorted(unknown)} for RabbitMQ queue {queue_name!r}; "
             f"known: {sorted(QUEUE_OPTIONS)}"
         )
-    if options.get("fifo") or queue_name.endswith(".fifo"):
-        raise ConfigurationError(
-            f"queue {queue_name!r}: the RabbitMQ backend has no FIFO queues (per-group order, "
-            "deduplication), so a .fifo name or fifo=True is refused rather than ignored; use "
-            "a backend whose capabilities say fifo=True (SQS, SQLite, in-memory)"
-        )
+    refuse_fifo_queue(queue_name, options, backend="RabbitMQ")
     requested = options.get("queue_type", default_type)
     if requested is not None:
         check_queue_type(requested)
@@ -609,22 +605,7 @@ def delete_topic_steps(topic_name: str, extra_delays_ms: Sequence[int] = ()) -> 
 def refuse_fifo(destination: str, messages: Sequence[Message], kwargs: Mapping[str, Any]) -> None:
     """RabbitMQ has no FIFO queues here: a publish that asks for FIFO semantics (a ``.fifo``
     queue, a group id, a deduplication id) is refused rather than delivered without them."""
-    asked = []
-    if kwargs.get("message_group_id") or any(m.group_id is not None for m in messages):
-        asked.append("message_group_id")
-    if kwargs.get("message_deduplication_id") or any(
-        m.deduplication_id is not None for m in messages
-    ):
-        asked.append("message_deduplication_id")
-    if destination.endswith(".fifo"):
-        asked.insert(0, "a .fifo name")
-    if asked:
-        raise ConfigurationError(
-            f"{destination!r}: the RabbitMQ backend has no FIFO queues (per-group order, "
-            f"deduplication), so it refuses {' and '.join(asked)} rather than ignore them; "
-            "publish without them, or use a backend whose capabilities say fifo=True "
-            "(SQS, SQLite, in-memory)"
-        )
+    refuse_fifo_publish(destination, messages, kwargs, backend="RabbitMQ")
 
 
 # -- settling and publishing -----------------------------------------------------------------
