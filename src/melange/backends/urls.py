@@ -12,6 +12,8 @@
 | `nats://host:4222` | `NATSBackend` on NATS JetStream (`nats://h1:4222,h2:4222` for a cluster) |
 | `redis+streams://[:password@]host:6379/0` | `RedisStreamsBackend` (`rediss+streams://` for TLS) |
 | `kafka://host:9092,host:9092` | `KafkaBackend` on those brokers |
+| `kombu+redis://host:6379/0` | `KombuBackend` on kombu's Redis transport |
+| `kombu+amqp://user:password@host:5672/vhost` | `KombuBackend` on kombu's AMQP transport |
 
 As with other database URLs, the path of an ``sqlite`` URL is what follows the third slash:
 three slashes for a relative path, four for an absolute one.
@@ -58,6 +60,7 @@ URL_FORMS = (
     "redis+streams://[:password@]host:port/db",
     "nats://host:4222",
     "kafka://host:port,host:port",
+    "kombu+<kombu transport>://... (kombu+redis://host:port/db, kombu+amqp://host:port/vhost)",
 )
 
 _ALIASES = {"region": "region_name", "endpoint": "endpoint_url"}
@@ -72,6 +75,7 @@ _NOT_FROM_QUERY = {
     "redis+streams": {"url", "client"},
     "nats": {"url"},
     "kafka": {"url", "client_config"},
+    "kombu": {"url", "transport_options"},
 }
 
 
@@ -114,6 +118,8 @@ def backend_from_url(url: str) -> MessagingBackend:
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     resolver = _RESOLVERS.get(scheme)
+    if resolver is None and scheme.startswith("kombu+"):
+        resolver = _kombu  # any kombu transport: kombu+redis, kombu+amqp, kombu+sqs...
     if resolver is None:
         raise ConfigurationError(
             f"unknown backend URL scheme {scheme!r} in {_redact(url)!r}; expected one of: "
@@ -270,6 +276,30 @@ def _kafka(url: str) -> MessagingBackend:
         )
     options = _options(url, _query(parts.query), KafkaBackend, "kafka")
     return KafkaBackend(urlunsplit(parts._replace(query="")), **options)
+
+
+def _kombu(url: str) -> MessagingBackend:
+    from melange.backends.kombu import KombuBackend
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "kombu+":
+        raise ConfigurationError(
+            f"kombu URL {_redact(url)!r} needs a transport, e.g. kombu+redis://localhost:6379/0"
+        )
+    query = _query(parts.query)
+    accepted = _accepted(KombuBackend, "kombu")
+    ours = {name: value for name, value in query.items() if name in accepted}
+    # The rest are transport parameters kombu reads from the URL itself.
+    rest = [(name, value) for name, value in query.items() if name not in accepted]
+    client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+    options = _options(url, ours, KombuBackend, "kombu")
+    try:
+        return KombuBackend(client_url, **options)
+    except TypeError as exc:  # kombu refused a transport parameter of the query
+        raise ConfigurationError(
+            f"backend URL {_redact(url)!r}: kombu refused a query parameter ({exc}); "
+            f"KombuBackend takes: {', '.join(sorted(accepted))}"
+        ) from None
 
 
 _RESOLVERS: dict[str, Callable[[str], MessagingBackend]] = {
