@@ -9,7 +9,8 @@ import pytest
 from cli_support import assert_one_line_error, run_melange, sqlite_url
 from click.testing import CliRunner
 
-from melange import Consumer, FailurePolicy, MessageDispatcher, QueuePublisher
+from inspection_suite import Inspected, InspectionSuite, seed
+from melange import Consumer, MessageDispatcher
 from melange.backends.factory import MessagingBackendFactory
 from melange.backends.sqlite import SQLiteBackend
 from melange.cli import cli
@@ -17,34 +18,12 @@ from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message
 from melange.serializers.json import JsonSerializer
 
 
-class CardDeclined(Exception):
-    pass
-
-
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     """A broker where two payments failed for good and one order waits."""
     path = tmp_path / "broker.db"
     backend = SQLiteBackend(path)
-    factory = MessagingBackendFactory(backend)
-    factory.init_queue("payments", dead_letter_queue_name="payments-dlq")
-    factory.init_queue("orders")
-    publisher = QueuePublisher(JsonSerializer(), backend)
-    publisher.publish("payments", {"order": 1, "card": "4000-0000"})
-    publisher.publish("payments", {"order": 2, "card": "4000-0001"})
-    publisher.publish("orders", {"order": 3})
-
-    def charge(payment: dict[str, object]) -> None:
-        raise CardDeclined(f"card {payment['card']} declined")
-
-    dispatcher = MessageDispatcher(
-        JsonSerializer(),
-        backend=backend,
-        consumers=[Consumer(charge, name="billing.charge")],
-        failure_policy=FailurePolicy(max_attempts=1),
-    )
-    dispatcher.consume_event("payments")
-    assert dispatcher.stats.dead_lettered == 2
+    seed(backend)
     backend.close_connection()
     return path
 
@@ -62,7 +41,7 @@ def test_queues_list_shows_every_queue_and_topic_with_its_count(db: Path) -> Non
     assert rows["payments"] == "0"
     assert rows["payments-dlq"] == "2"
     assert rows["orders"] == "1"
-    assert "topics: (none)" in out
+    assert "topics: events" in out
 
 
 def test_queue_stats_break_counts_down_by_state(db: Path) -> None:
@@ -247,3 +226,10 @@ def test_redrive_into_the_dead_letter_queue_itself_is_refused(db: Path) -> None:
     )
     assert code == 1
     assert "itself" in out
+
+
+class TestInspectionOnSQLite(InspectionSuite):
+    @pytest.fixture
+    def inspected(self, tmp_path: Path) -> Inspected:
+        path = tmp_path / "inspected.db"
+        return Inspected(sqlite_url(path), lambda: SQLiteBackend(path))

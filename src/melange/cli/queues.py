@@ -276,9 +276,12 @@ def redrive_messages(
     unsourced = 0
     try:
         while limit is None or moved < limit:
-            batch = backend.retrieve_messages(
-                dlq_wrapper, max_messages=10 if limit is None else min(10, limit - moved)
-            )
+            size = 10 if limit is None else min(10, limit - moved)
+            batch = backend.retrieve_messages(dlq_wrapper, max_messages=size)
+            if not batch:
+                # A broker that pushes deliveries (RabbitMQ) may answer before the first of
+                # them arrived: only a receive that waited tells that the queue is empty.
+                batch = backend.retrieve_messages(dlq_wrapper, max_messages=size, wait_seconds=1)
             if not batch:
                 break
             in_hand.extend(batch)
