@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,12 +88,21 @@ def start_tansu(
             time.sleep(0.1)
         yield f"kafka://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        died = process.poll()
+        # Its storage is memory: there is nothing to flush, and a graceful stop waits seconds
+        # for its clients' connections to go.
+        process.kill()
+        process.wait()
+        if died is not None:
+            # A broker that went away under the tests explains their failures: say so, with
+            # what it printed last.
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            warnings.warn(
+                f"tansu on port {port} exited by itself (code {died}) before the tests were "
+                "done; the end of its log:\n" + "\n".join(tail),
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 #: Settings that suit a test broker: tansu answers a group join after half the session

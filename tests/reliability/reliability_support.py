@@ -222,6 +222,12 @@ def open_backend(spec: dict[str, Any]) -> MessagingBackend:
         from melange.backends.kafka import KafkaBackend
 
         return KafkaBackend(spec["url"], **spec["options"])
+    if kind == "kombu":
+        from melange.backends.kombu import KombuBackend
+
+        return KombuBackend(
+            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
+        )
     raise ValueError(f"unknown durable backend {kind!r}")
 
 
