@@ -25,7 +25,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from melange.backends.kafka.connection import ClientSettings, logger
+from melange.backends.kafka.connection import ClientSettings, close_producer, logger
 from melange.backends.kafka.topology import Catalogue, QueueSpec, group_id, queue_key, topic_key
 from melange.exceptions import BackendError
 
@@ -74,13 +74,23 @@ class KafkaAdmin:
         self.group_prefix = group_prefix
         self.partitions = partitions
         self.replication_factor = replication_factor if replication_factor is not None else -1
-        self.client = AdminClient(settings.admin())
+        self._client: AdminClient | None = None
+        self._client_lock = threading.Lock()
         self.catalogue = Catalogue()
         self._lock = threading.Lock()
         self._reader: Consumer | None = None
         self._next = 0
         self._ready = False
         self._writer: Producer | None = None
+
+    @property
+    def client(self) -> AdminClient:
+        """librdkafka's administration client, opened on first use (and again after
+        :meth:`close`)."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = AdminClient(self.settings.admin())
+            return self._client
 
     # -- topics -----------------------------------------------------------------------------
 
@@ -291,14 +301,19 @@ class KafkaAdmin:
                 logger.info("Kafka group of queue %s not deleted: %s", queue, exc)
 
     def close(self) -> None:
+        """Close the clients (their threads end; the next use opens new ones)."""
         with self._lock:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
             if self._writer is not None:
-                self._writer.flush(ADMIN_TIMEOUT)
-                self._writer = None
+                writer, self._writer = self._writer, None
+                close_producer(writer, ADMIN_TIMEOUT)
             self._ready = False
+        with self._client_lock:
+            # No close() in confluent-kafka's AdminClient: the last reference going ends it
+            # (at once, or when a call using it on another thread returns).
+            self._client = None
 
 
 __all__ = ["ADMIN_TIMEOUT", "KafkaAdmin"]

@@ -31,7 +31,7 @@ from melange.backends.kafka.connection import ClientSettings, logger
 from melange.backends.kafka.ledger import Ledger, TopicPartitionKey
 from melange.backends.kafka.reader import CATCH_UP_SECONDS, CHUNK_SECONDS
 from melange.backends.kafka.topology import QueueSpec
-from melange.backends.kafka.wire import Receipt, decode_message, retry_state
+from melange.backends.kafka.wire import Receipt, received
 from melange.models import Message
 
 
@@ -189,16 +189,16 @@ class AsyncQueueReader:
                 if assignment is None:
                     continue
                 for record in records:
-                    headers = list(record.headers or ())
-                    failed, not_before = retry_state(headers)
-                    receipt = Receipt(
-                        self.spec.name, tp.topic, tp.partition, record.offset, assignment, failed
+                    message, due = received(
+                        self.spec.name,
+                        tp.topic,
+                        tp.partition,
+                        record.offset,
+                        assignment,
+                        record.value,
+                        record.headers,
                     )
-                    message = decode_message(record.value, headers, receipt)
-                    wait = not_before - time.time()
-                    self.ledger.add(
-                        key, record.offset, message, time.monotonic() + wait if wait > 0 else 0.0
-                    )
+                    self.ledger.add(key, record.offset, message, due)
 
     async def _lagging(self) -> bool:
         """Whether the broker holds records of this consumer's partitions not fetched yet."""

@@ -37,9 +37,10 @@ Mapping onto Kafka (see :mod:`melange.backends.kafka.topology` for the names):
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
@@ -51,6 +52,7 @@ from melange.backends.kafka.connection import (
     ClientSettings,
     bootstrap_servers,
     check_settings,
+    close_producer,
 )
 from melange.backends.kafka.inspect import QueueStats, peek_queue, queue_stats
 from melange.backends.kafka.reader import QueueReader
@@ -71,6 +73,7 @@ from melange.backends.kafka.wire import (
 )
 from melange.backends.publish_options import apply_fifo_keywords, delay_refused, publish_delay
 from melange.exceptions import (
+    BackendError,
     BatchPublishError,
     ConfigurationError,
     MessageTooLargeError,
@@ -132,6 +135,13 @@ def check_sizes(messages: Sequence[Message], limit: int | None) -> None:
         size = len(message.content.encode("utf-8"))
         if size > limit:
             raise MessageTooLargeError(size, limit, "Kafka")
+
+
+def _confirmation(
+    outcomes: list[tuple[int, KafkaError | None]], index: int
+) -> Callable[[KafkaError | None, Any], None]:
+    """The delivery callback of the record at ``index``: notes its outcome."""
+    return lambda error, _: outcomes.append((index, error))
 
 
 class KafkaBackend(MessagingBackend):
@@ -203,6 +213,14 @@ class KafkaBackend(MessagingBackend):
         self._publish_timeout = publish_timeout
         self._max_message_size = max_message_size
         self._producer = Producer(self.settings.producer())
+        # Publishes using the producer: it is closed once none does (librdkafka's client must
+        # not be used while it is destroyed); see _producing and close_connection.
+        self._producing_calls = 0
+        self._producer_idle = threading.Condition()
+        self._producer_open = True
+        self._closed = False
+        # Set when close gave up waiting for the publishes: the last one closes the producer.
+        self._last_publish_closes = False
         self._readers: dict[str, QueueReader] = {}
         self._lock = threading.Lock()
         self._interrupts = 0
@@ -363,6 +381,7 @@ class KafkaBackend(MessagingBackend):
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
         """Produce every message, then wait once for the brokers to confirm them all."""
+        self._check_open()
         self._spec(queue.name)
         self._publish(queue.name, messages, kwargs, topic=False)
 
@@ -373,6 +392,7 @@ class KafkaBackend(MessagingBackend):
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
         """Produce every message to the topic (read by each subscribed queue's group)."""
+        self._check_open()
         self.get_topic(topic.name)
         self._publish(topic.name, messages, kwargs, topic=True)
 
@@ -396,46 +416,67 @@ class KafkaBackend(MessagingBackend):
 
         Raises ``PublishError`` (one record) or ``BatchPublishError`` naming the refused ones.
         """
-        failures: dict[int, str] = {}
-        done = threading.Event()
-        left = [len(records)]
-        lock = threading.Lock()
-
-        def confirmation(index: int) -> Callable[[KafkaError | None, Any], None]:
-            def delivered(error: KafkaError | None, _: Any) -> None:
-                with lock:
-                    if error is not None:
-                        failures[index] = str(error)
-                    left[0] -= 1
-                    if left[0] == 0:
-                        done.set()
-
-            return delivered
-
-        for index, (message, headers) in enumerate(records):
-            while True:
-                try:
-                    self._producer.produce(
-                        topic,
-                        value=encode_body(message),
-                        key=record_key(message),
-                        headers=headers,
-                        on_delivery=confirmation(index),
-                        partition=_ANY_PARTITION if partition is None else partition,
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)  # the local queue is full: let it drain
-        self._producer.flush(self._publish_timeout)
-        if not done.wait(0):
+        # Confirmations may be served by another thread's flush: list.append is atomic, so
+        # they need no lock (nor an event, since flush returns once all are served).
+        outcomes: list[tuple[int, KafkaError | None]] = []
+        with self._producing() as producer:
+            for index, (message, headers) in enumerate(records):
+                while True:
+                    try:
+                        producer.produce(
+                            topic,
+                            value=encode_body(message),
+                            key=record_key(message),
+                            headers=headers,
+                            on_delivery=_confirmation(outcomes, index),
+                            partition=_ANY_PARTITION if partition is None else partition,
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.05)  # the local queue is full: let it drain
+            producer.flush(self._publish_timeout)
+        if len(outcomes) < len(records):
             raise PublishError(
-                f"Kafka did not confirm {left[0]} message(s) to {topic} within "
-                f"{self._publish_timeout:g}s"
+                f"Kafka did not confirm {len(records) - len(outcomes)} message(s) to {topic} "
+                f"within {self._publish_timeout:g}s"
             )
+        failures = {index: str(error) for index, error in outcomes if error is not None}
         if failures:
             if len(records) == 1:
                 raise PublishError(f"Kafka refused the message to {topic}: {failures[0]}")
             raise BatchPublishError(failures)
+
+    def _check_open(self) -> None:
+        """Refuse to publish or receive once closed (before looking the destination up,
+        which would open the administration's clients again)."""
+        if self._closed:
+            raise BackendError(f"{self!r} is closed")
+
+    @contextlib.contextmanager
+    def _producing(self) -> Iterator[Producer]:
+        """The producer, which :meth:`close_connection` does not close before the block ends;
+        raises ``BackendError`` once the backend is closed."""
+        with self._producer_idle:
+            self._check_open()
+            self._producing_calls += 1
+        try:
+            yield self._producer
+        finally:
+            with self._producer_idle:
+                self._producing_calls -= 1
+                if not self._producing_calls:
+                    self._producer_idle.notify_all()
+                last = self._last_publish_closes and self._take_producer()
+            if last:
+                close_producer(self._producer, self._publish_timeout)
+
+    def _take_producer(self) -> bool:
+        """With ``_producer_idle`` held: whether the producer is to be closed by the caller
+        (open, and no publish uses it)."""
+        if self._producing_calls or not self._producer_open:
+            return False
+        self._producer_open = False
+        return True
 
     # -- consuming --------------------------------------------------------------------------
 
@@ -444,10 +485,13 @@ class KafkaBackend(MessagingBackend):
             reader = self._readers.get(queue_name)
         if reader is not None:
             return reader
+        self._check_open()  # before the lookup, which would open the administration again
         spec = self._spec(queue_name)
         with self._lock:
             reader = self._readers.get(queue_name)
             if reader is None:
+                if self._closed:  # a new consumer would live on, reconnecting, unclosed
+                    raise BackendError(f"{self!r} is closed")
                 reader = QueueReader(
                     self.settings,
                     spec,
@@ -486,8 +530,14 @@ class KafkaBackend(MessagingBackend):
             held[0].settle(held[1])
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
+        """Settle the messages, with one offset commit per queue for the whole batch."""
+        by_reader: dict[int, tuple[QueueReader, list[Any]]] = {}
         for message in messages:
-            self.acknowledge(message)
+            held = self._held_by(message)
+            if held is not None:
+                by_reader.setdefault(id(held[0]), (held[0], []))[1].append(held[1])
+        for reader, receipts in by_reader.values():
+            reader.settle_many(receipts)
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Hand the message out again after ``delay`` seconds, as its next attempt.
@@ -546,14 +596,25 @@ class KafkaBackend(MessagingBackend):
         self._interrupts += 1
 
     def close_connection(self) -> None:
-        """Commit what is settled, leave the groups, flush the producer (idempotent)."""
+        """Commit what is settled, leave the groups, send what the producer holds and close
+        every client, which ends librdkafka's threads (open, they would go on reconnecting to
+        the brokers as long as the backend lives). Idempotent; a closed backend refuses to
+        publish and to receive (``BackendError``)."""
         self.interrupt()
         with self._lock:
+            self._closed = True
             readers = list(self._readers.values())
             self._readers.clear()
         for reader in readers:
             reader.close()
-        self._producer.flush(self._publish_timeout)
+        with self._producer_idle:
+            idle = self._producer_idle.wait_for(
+                lambda: not self._producing_calls, self._publish_timeout
+            )
+            self._last_publish_closes = not idle
+            mine = self._take_producer()
+        if mine:
+            close_producer(self._producer, self._publish_timeout)
         self.admin.close()
 
 

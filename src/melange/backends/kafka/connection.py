@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from confluent_kafka import Producer
+
 from melange.exceptions import ConfigurationError
 
 logger = logging.getLogger("melange.backends.kafka")
@@ -158,10 +160,24 @@ def check_settings(
         )
 
 
+def close_producer(producer: Producer, timeout: float) -> None:
+    """Send what ``producer`` holds (``timeout`` seconds at most), then close it, which ends
+    its threads: an open one goes on reconnecting to the brokers as long as it lives.
+
+    What is left after ``timeout`` is dropped first (its publisher was already told it was
+    not confirmed): closing would otherwise wait for it up to ``message.timeout.ms``.
+    """
+    if producer.flush(timeout):
+        producer.purge()
+        producer.flush(0)  # hands the dropped records' failures to their callbacks
+    producer.close()
+
+
 __all__ = [
     "ASSIGNOR",
     "DEFAULT_URL",
     "ClientSettings",
     "bootstrap_servers",
     "check_settings",
+    "close_producer",
 ]

@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from melange.backends.kafka.connection import ClientSettings, logger
 from melange.backends.kafka.ledger import Ledger, TopicPartitionKey
 from melange.backends.kafka.topology import QueueSpec
-from melange.backends.kafka.wire import Receipt, decode_message, retry_state
+from melange.backends.kafka.wire import Receipt, received
 from melange.models import Message
 
 #: Longest single wait inside librdkafka, so that an interrupt is seen this soon.
@@ -185,14 +185,17 @@ class QueueReader:
                 assignment = self.ledger.assignment_of((topic, partition))
                 if assignment is None:
                     continue
-                headers = record.headers()
-                failed, not_before = retry_state(headers)
-                receipt = Receipt(self.spec.name, topic, partition, offset, assignment, failed)
-                message = decode_message(record.value(), headers, receipt)
                 # A retry record waits in the ledger until it is due (not in the partition:
                 # the records behind it go on).
-                wait = not_before - time.time()
-                due = time.monotonic() + wait if wait > 0 else 0.0
+                message, due = received(
+                    self.spec.name,
+                    topic,
+                    partition,
+                    offset,
+                    assignment,
+                    record.value(),
+                    record.headers(),
+                )
                 self.ledger.add((topic, partition), offset, message, due)
 
     def _lagging(self) -> bool:
@@ -218,17 +221,25 @@ class QueueReader:
     # -- settling ---------------------------------------------------------------------------
 
     def settle(self, receipt: Receipt) -> None:
-        """The message is done: commit the offset up to which everything is.
+        """The message is done: commit the offset up to which everything is."""
+        self.settle_many((receipt,))
+
+    def settle_many(self, receipts: Iterable[Receipt]) -> None:
+        """The messages are done: commit, once for all, the offsets up to which everything is.
 
         The commit is made by whichever thread holds the consumer: this one when no receive
         is polling, else the receiving thread as soon as its poll returns (librdkafka's
         commit can hang while another thread polls the same consumer).
         """
+        moved_any = False
         with self.ledger.lock:
-            moved = self.ledger.settle(receipt)
-            if moved is None:
-                return
-            self._pending[moved[0]] = moved[1]
+            for receipt in receipts:
+                moved = self.ledger.settle(receipt)
+                if moved is not None:
+                    self._pending[moved[0]] = moved[1]
+                    moved_any = True
+        if not moved_any:
+            return
         if self.poll_lock.acquire(blocking=False):
             try:
                 if not self._closed:

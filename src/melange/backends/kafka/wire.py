@@ -16,6 +16,7 @@ settlement checks to know the consumer still owns it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -155,6 +156,26 @@ def decode_message(
     )
 
 
+def received(
+    queue: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    assignment: int,
+    value: bytes | None,
+    headers: Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
+) -> tuple[Message, float]:
+    """The message of a record a queue's consumer fetched, and when it may be handed out: a
+    ``time.monotonic()`` value for a retry record not due yet, else 0 (at once)."""
+    failed, not_before = retry_state(headers)
+    receipt = Receipt(queue, topic, partition, offset, assignment, failed)
+    message = decode_message(value, headers, receipt)
+    if not not_before:
+        return message, 0.0
+    wait = not_before - time.time()
+    return message, time.monotonic() + wait if wait > 0 else 0.0
+
+
 def dead_letter_headers(message: Message, queue: str, headers: Mapping[str, str]) -> RecordHeaders:
     """The headers of the dead-lettered copy: the original's, the failure headers, and the
     queue it failed in."""
@@ -186,6 +207,7 @@ __all__ = [
     "encode_body",
     "encode_headers",
     "receipt_of",
+    "received",
     "record_key",
     "retry_headers",
     "retry_state",
