@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 
@@ -93,6 +94,42 @@ def test_holds_turns_false_once_the_lease_ran_out(backend: NATSBackend, topology
     backend.acknowledge(again)
 
 
+def test_a_message_left_unread_past_half_its_lease_is_not_handed_out(
+    backend: NATSBackend, topology: Topology
+) -> None:
+    # The receive returns with the first message while its pull request stays open; the
+    # second message reaches the receiving connection while no call reads it, and its
+    # lease runs from then, not from when a later receive reads it.
+    queue = topology.queue(visibility_timeout=2)
+    publish = threading.Timer(0.3, backend.publish_to_queue, (make_message('"first"'), queue))
+    publish.start()
+    [first] = backend.retrieve_messages(queue, wait_seconds=3, max_messages=10)
+    publish.join()
+    backend.publish_to_queue(make_message('"late"'), queue)
+    time.sleep(1.3)
+    assert backend.retrieve_messages(queue, wait_seconds=0) == []
+    backend.acknowledge(first)
+    [late] = receive(backend, queue, 1)
+    assert (late.content, late.attempt) == ('"late"', 2)
+    backend.acknowledge(late)
+    assert_empty(backend, queue)
+
+
+def test_an_acknowledgement_reaches_the_server_without_a_later_receive(
+    backend: NATSBackend, topology: Topology
+) -> None:
+    # Queued acknowledgements go with the next pull request; with none coming, the loop
+    # sends them.
+    queue = topology.queue()
+    backend.publish_to_queue(make_message('"done"'), queue)
+    [got] = receive(backend, queue, 1)
+    backend.acknowledge(got)
+    deadline = time.monotonic() + 2.0
+    while backend.queue_depth(queue.name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.queue_depth(queue.name) == 0
+
+
 def test_the_last_delivery_held_by_a_receiver_that_died_still_reaches_the_dead_letter_queue(
     backend: NATSBackend, topology: Topology, nats_url: str
 ) -> None:
@@ -179,3 +216,31 @@ def test_publish_keywords_called_directly_are_honoured_or_refused(
         with pytest.raises(ConfigurationError, match="delay_seconds"):
             publish()
     assert_empty(backend, queue)
+
+
+def test_closing_gives_back_what_an_open_pull_request_delivered_meanwhile(
+    make_nats: Callable[..., NATSBackend], topology: Topology
+) -> None:
+    # The receive returns its one message while its pull request stays open for nine more;
+    # what the server sends for it reaches the receiving connection while no call reads it,
+    # and closing that connection must give those back, not leave them leased for 30 s.
+    queue = topology.queue(visibility_timeout=30)
+    publisher = topology.backend
+    receiver = make_nats(visibility_timeout=30)
+    # Published while the receive waits: its waiting request stays open until it expires.
+    late = threading.Timer(0.3, publisher.publish_to_queue, (make_message('"first"'), queue))
+    late.start()
+    [first] = receiver.retrieve_messages(queue, wait_seconds=8, max_messages=10)
+    late.join()
+    receiver.acknowledge(first)
+    for n in range(12):
+        publisher.publish_to_queue(make_message(f'"m{n}"'), queue)
+    time.sleep(0.3)  # the server answers the open request meanwhile
+    receiver.close_connection()
+    started = time.monotonic()
+    got = receive(publisher, queue, 12, timeout=5)
+    assert sorted(m.content for m in got) == sorted(f'"m{n}"' for n in range(12))
+    assert time.monotonic() - started < 5
+    for message in got:
+        publisher.acknowledge(message)
+    assert_empty(publisher, queue)

@@ -6,11 +6,15 @@ messages the server copies into the streams of the queues subscribed to them (se
 the message format). :class:`~melange.backends.nats.backend.NATSBackend` is the same backend
 behind the blocking contract.
 
-- Publishing waits for JetStream's acknowledgement (the message is stored); a batch is
+- Publishing waits for JetStream's acknowledgement (the message is stored), which comes to
+  the backend's inbox subscription like the answers to its pull requests; a batch is
   pipelined and waits for all of them at once. ``deduplication_id`` becomes ``Nats-Msg-Id``:
   the stream drops a second publish with that id within its duplicate window.
-- Receiving sends pull requests: first one that answers at once with what is there, and,
-  when nothing is, one that waits up to ``wait_seconds`` for the next message.
+- Receiving sends a pull request answered at once with what is there (``wait_seconds``
+  0); a receive that waits sends one that also takes what comes while messages keep coming,
+  up to ``max_messages``, and expires after ``_LINGER`` (none is left open for long, whose
+  deliveries would wait for a later receive), and, when nothing came, one that waits up to
+  ``wait_seconds`` for the next message.
 - A received message is leased for the queue's ``visibility_timeout`` (the consumer's
   ``ack_wait``): ``acknowledge`` deletes it, ``nack(delay=...)`` gives it back after the delay
   (``-NAK`` with a delay), ``extend_visibility`` renews the lease (``+WPI``, repeated for a
@@ -47,6 +51,7 @@ try:
     import nats.js.errors
     from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
     from nats.js import api
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
@@ -98,8 +103,25 @@ T = TypeVar("T")
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 #: Seconds a waiting receive goes on collecting after a message came, while more keep coming.
 _LINGER = 0.005
+#: Seconds a lingering receive on a loop of its caller's gives the loop to read what came
+#: while it slept (see _linger).
+_READ_PAUSE = 0.001
+#: Seconds a publish waits for JetStream's acknowledgement (then it is repeated: see _run).
+_PUBLISH_TIMEOUT = 5.0
 #: Seconds the server keeps an immediate pull request open when it cannot answer it at once.
 _IMMEDIATE_PULL_EXPIRES = 0.2
+#: Turns of the loop :meth:`AsyncNATSBackend.flushed` waits, at most, for the client's writer.
+_FLUSH_TURNS = 10
+#: Seconds closing waits, at most, for the server to confirm the acknowledgements sent.
+_CLOSE_FLUSH_TIMEOUT = 5.0
+#: Seconds between the looks closing takes at the connection while it waits for that.
+_CLOSE_FLUSH_LOOK = 0.02
+#: Rounds of giving back late deliveries and confirming, at most, when closing.
+_CLOSE_ROUNDS = 3
+#: Seconds between the pull markers of a receive waiting for its first message.
+_MARK_EVERY = 0.1
+#: The last token of the pull markers' subject, on the backend's inbox (see read_in_calls_only).
+_MARK = "mark"
 #: JetStream's error code for "stream name already in use" (with another configuration).
 _STREAM_EXISTS = 10058
 #: Errors after which an operation is worth repeating on a (re)connected client.
@@ -151,6 +173,8 @@ class _Pull:
     done: asyncio.Future[None]
     first: asyncio.Future[None]
     messages: list[Msg] = field(default_factory=list)
+    #: When the lease of each message began, at the earliest (see ``_lease_start``).
+    starts: list[float] = field(default_factory=list)
 
     def end(self) -> None:
         for future in (self.first, self.done):
@@ -253,11 +277,20 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         self._connect_lock: asyncio.Lock | None = None
         self._closed = False
         self._inbox = ""
+        # Whether an acknowledgement or a pull request went out that no ping confirmed since
+        # (see _confirm_sent).
+        self._unconfirmed = False
+        # The subscription to the answers of the pull requests (see _client).
+        self._answers: Subscription | None = None
         # The pull request under way for each queue stream, and each by its serial number.
         self._pulls: dict[str, _Pull] = {}
         self._pull_serials: dict[str, _Pull] = {}
         self._pull_locks: dict[str, asyncio.Lock] = {}
         self._pull_serial = 0
+        # Publishes waiting for their acknowledgement, by the last token of their reply
+        # subject on the inbox (see _publish_one).
+        self._replies: dict[str, asyncio.Future[Msg]] = {}
+        self._reply_serial = 0
         # Messages that reached a pull request that had already returned (an interrupted
         # wait), handed out by the next receive while their lease lasts.
         self._leftovers: dict[str, deque[Message]] = {}
@@ -268,6 +301,29 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         self._waiters: set[asyncio.Future[None]] = set()
         self._interrupts = 0
         self._interrupt_lock = threading.Lock()
+        # None while the connection is read continuously; else the earliest time a message
+        # read from now on can have been sent (see read_in_calls_only).
+        self._horizon: float | None = None
+
+    def read_in_calls_only(self) -> None:
+        """Declare that this backend's connection is read only while one of its calls runs
+        (on an event loop its caller drives: see :mod:`melange.backends.nats.backend`).
+
+        A message can then wait unread in the socket between calls, and its lease began
+        when the server sent it, not when it is read. Each receive sends a marker before its
+        first pull request (and then every ``_MARK_EVERY`` seconds while it waits), which
+        the server echoes in order with the deliveries: a message read after a marker was
+        sent after it, so its lease is timed from the last marker read before it, and a
+        message with less than half its lease left is not handed out (it comes back when
+        its lease ends).
+
+        And since nothing else runs on that loop, a receive waiting for the rest of a batch
+        sleeps, without reading, and then reads what came in one go, instead of waking for
+        each message.
+        """
+        if self._connect_options.get("no_echo"):
+            raise ConfigurationError("NATS pull markers need the server to echo them")
+        self._horizon = time.monotonic()
 
     def __repr__(self) -> str:
         return f"AsyncNATSBackend({self.describe}, prefix={self.names.prefix!r})"
@@ -315,7 +371,7 @@ class AsyncNATSBackend(AsyncMessagingBackend):
             self._max_payload = nc.max_payload or DEFAULT_MAX_PAYLOAD
             self._inbox = nc.new_inbox()
             # One subscription for every pull request's answers: <inbox>.<serial>.
-            await nc.subscribe(f"{self._inbox}.*", cb=self._on_pulled)
+            self._answers = await nc.subscribe(f"{self._inbox}.*", cb=self._on_pulled)
             self._js = nc.jetstream(timeout=min(10.0, self._operation_timeout))
             self._nc = nc
             self._watched.clear()
@@ -605,8 +661,9 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         async def op(nc: Client) -> list[str | None]:
             if len(items) == 1:
                 [(target, body, headers)] = items
-                return [await _publish_one(nc, target, body, headers)]
-            return list(await asyncio.gather(*(_publish_one(nc, t, b, h) for t, b, h in items)))
+                return [await self._publish_one(nc, target, body, headers)]
+            published = (self._publish_one(nc, t, b, h) for t, b, h in items)
+            return list(await asyncio.gather(*published))
 
         outcome = await self._run(op)
         if any(reason == _NO_STREAM for reason in outcome):
@@ -620,6 +677,40 @@ class AsyncNATSBackend(AsyncMessagingBackend):
             if batch:
                 raise BatchPublishError(failures)
             raise PublishError(f"NATS refused the message: {failures[0]}")
+
+    async def _publish_one(
+        self, nc: Client, subject: str, body: bytes, headers: dict[str, str]
+    ) -> str | None:
+        """Publish and wait for JetStream's acknowledgement; ``None``, or why it was refused.
+
+        The acknowledgement comes to the backend's inbox subscription, as the answers to its
+        pull requests do, and wakes this call directly: nats-py's ``request`` costs a turn
+        of the loop more (its ``wait_for``) and draws random bytes for each reply subject.
+        """
+        self._reply_serial += 1
+        token = f"p{self._reply_serial}"
+        answered: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._replies[token] = answered
+        try:
+            await nc.publish(subject, body, reply=f"{self._inbox}.{token}", headers=headers)
+            async with asyncio.timeout(_PUBLISH_TIMEOUT):
+                reply = await answered
+        except nats.errors.MaxPayloadError:
+            return "larger than the server's max_payload"
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+        finally:
+            self._replies.pop(token, None)
+        if not reply.data and reply.headers and reply.headers.get("Status") == _NO_RESPONDERS:
+            return _NO_STREAM
+        try:
+            answer = json.loads(reply.data)
+        except ValueError:
+            return f"unexpected answer {reply.data[:80]!r}"
+        error = answer.get("error")
+        if error:
+            return f"{error.get('code')} {error.get('description')}"
+        return None
 
     # -- consuming --------------------------------------------------------------------------
 
@@ -635,7 +726,10 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         wait = float(kwargs.get("wait_seconds") or 0.0)
         budget = min(self._operation_timeout, max(wait, 1.0) + 5.0)
         try:
-            return await asyncio.wait_for(self._retrieve(queue, max_messages, wait), budget)
+            # A timeout scope, not wait_for: no task of its own, so the acknowledgements sent
+            # just before go out in the same write as this receive's pull request.
+            async with asyncio.timeout(budget):
+                return await self._retrieve(queue, max_messages, wait)
         except TimeoutError:
             raise BackendConnectionError(
                 f"NATS at {self.describe} did not answer a receive from {queue.name!r} within "
@@ -654,21 +748,34 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         if out:
             return out
         deadline = time.monotonic() + wait
+        mark = True  # one marker a receive (see read_in_calls_only): this call reads all along
         while True:
-            pulled = await self._pull(name, max_messages, None)
-            if not pulled and wait > 0:
+            if wait > 0 and self._interrupts == interrupts and not self._closed:
+                # A short request first: answered with what is there, then with what comes
+                # while messages keep coming (a caller that waits accepts that linger),
+                # rather than come back for each one; it expires after _LINGER, so none is
+                # left open whose deliveries would wait for a later receive.
+                pulled = await self._pull(name, max_messages, _LINGER, interrupts, mark)
                 remaining = deadline - time.monotonic()
-                if remaining > 0.05 and self._interrupts == interrupts and not self._closed:
+                if not pulled.messages and remaining > 0.05 and self._interrupts == interrupts:
                     # Wait for the first message, and for more while they keep coming.
                     pulled = await self._pull(name, max_messages, remaining, interrupts)
-            out = await self._accept(settings, pulled)
-            if out or not pulled:
+            else:
+                pulled = await self._pull(name, max_messages, None, mark=mark)
+            mark = False
+            out = await self._accept(settings, pulled.messages, pulled.starts)
+            if out or not pulled.messages:
                 return out + self._fresh_leftovers(name, max_messages - len(out))
             # Everything pulled was dead-lettered or filtered out: look again.
 
     async def _pull(
-        self, queue: str, batch: int, wait: float | None, interrupts: int | None = None
-    ) -> list[Msg]:
+        self,
+        queue: str,
+        batch: int,
+        wait: float | None,
+        interrupts: int | None = None,
+        mark: bool = False,
+    ) -> _Pull:
         """Send a pull request for ``batch`` messages: answered at once (``wait`` None) or
         held by the server up to ``wait`` seconds for the first message."""
         stream = self.names.queue_stream(queue)
@@ -676,7 +783,7 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         # seconds means it was lost with a connection (then _run asks again).
         budget = _IMMEDIATE_PULL_EXPIRES + 5.0 if wait is None else wait + 1.0
 
-        async def op(nc: Client) -> list[Msg]:
+        async def op(nc: Client) -> _Pull:
             loop = asyncio.get_running_loop()
             lock = self._pull_locks.get(stream)
             if lock is None:
@@ -696,14 +803,17 @@ class AsyncNATSBackend(AsyncMessagingBackend):
                     request["no_wait"] = True
                     request["expires"] = int(_IMMEDIATE_PULL_EXPIRES * 1e9)
                 else:
-                    request["expires"] = int(max(0.05, wait) * 1e9)
+                    request["expires"] = int(max(_LINGER, wait) * 1e9)
                 waiter: asyncio.Future[None] | None = None
                 try:
+                    if mark:
+                        await self._mark(nc)
                     await nc.publish(
                         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{CONSUMER}",
                         json.dumps(request).encode(),
                         reply=f"{self._inbox}.{serial}",
                     )
+                    self._unconfirmed = True
                     if wait is None:
                         await _collect(pull, budget)
                     else:
@@ -712,15 +822,11 @@ class AsyncNATSBackend(AsyncMessagingBackend):
                         waiter = loop.create_future()
                         self._waiters.add(waiter)
                         if interrupts is None or interrupts == self._interrupts:
-                            await asyncio.wait(
-                                (pull.first, waiter),
-                                timeout=budget,
-                                return_when=asyncio.FIRST_COMPLETED,
-                            )
+                            await self._wait_first(nc, pull, waiter, budget)
                         if pull.messages and not waiter.done():
                             # The rest of the batch, while messages keep coming; what the
                             # request brings after that is a leftover for the next receive.
-                            await _linger(pull, _LINGER)
+                            await _linger(pull, _LINGER, asleep=self._horizon is not None)
                 except TimeoutError:
                     raise nats.errors.TimeoutError from None
                 finally:
@@ -730,23 +836,62 @@ class AsyncNATSBackend(AsyncMessagingBackend):
                     self._pull_serials.pop(serial, None)
                     if self._pulls.get(stream) is pull:
                         del self._pulls[stream]
-                return pull.messages
+                return pull
 
         return await self._run(op)
+
+    async def _mark(self, nc: Client) -> None:
+        """Send a pull marker, when this connection is read in calls only (see
+        read_in_calls_only); the marker carries the time it was sent."""
+        if self._horizon is not None:
+            await nc.publish(f"{self._inbox}.{_MARK}", repr(time.monotonic()).encode())
+
+    async def _wait_first(
+        self, nc: Client, pull: _Pull, waiter: asyncio.Future[None], budget: float
+    ) -> None:
+        """Wait up to ``budget`` seconds for the first message of ``pull`` or an interrupt.
+
+        On a connection read in calls only, a marker goes out every ``_MARK_EVERY`` seconds
+        meanwhile: what comes during a long wait has its lease timed from the last one, not
+        from the start of the receive.
+        """
+        deadline = time.monotonic() + budget
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            pause = remaining if self._horizon is None else min(remaining, _MARK_EVERY)
+            done, _ = await asyncio.wait(
+                (pull.first, waiter), timeout=pause, return_when=asyncio.FIRST_COMPLETED
+            )
+            if done:
+                return
+            await self._mark(nc)
 
     async def _on_pulled(self, msg: Msg) -> None:
         """A message (or the server's status) answering one of our pull requests."""
         if not msg.reply:
+            token = msg.subject.rsplit(".", 1)[-1]
+            answered = self._replies.pop(token, None)
+            if answered is not None:  # a publish's acknowledgement (see _publish_one)
+                if not answered.done():
+                    answered.set_result(msg)
+                return
+            if token == _MARK:
+                self._horizon = float(msg.data)
+                return
             # A status on the request's own inbox: 404 no messages, 408 request expired, 409
             # consumer gone or too many waiting requests. The request is over.
-            ended = self._pull_serials.get(msg.subject.rsplit(".", 1)[-1])
+            ended = self._pull_serials.get(token)
             if ended is not None:
                 ended.end()
             return
+        since = self._lease_start()
         stream = msg.metadata.stream
         pull = self._pulls.get(stream)
         if pull is not None and not pull.done.done():
             pull.messages.append(msg)
+            pull.starts.append(since)
             if not pull.first.done():
                 pull.first.set_result(None)
             if len(pull.messages) >= pull.batch:
@@ -757,7 +902,7 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         settings = self._settings.get(queue or "")
         if queue is None or settings is None:
             return  # redelivered when its lease ends
-        for message in await self._accept(settings, [msg]):
+        for message in await self._accept(settings, [msg], [since]):
             self._leftovers.setdefault(queue, deque()).append(message)
         self._notify()
 
@@ -816,22 +961,30 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         while buffer and len(out) < limit:
             message = buffer.popleft()
             receipt: NATSReceipt = message.metadata
-            # Half its lease left at least, or it may reach another receiver meanwhile.
-            if receipt.leased_until - now > receipt.lease / 2:
+            if _fresh(receipt.lease, receipt.leased_until - receipt.lease, now):
                 out.append(message)
         return out
 
-    async def _accept(self, settings: QueueSettings, pulled: Sequence[Msg]) -> list[Message]:
-        """The messages to hand out: those delivered too often go to the dead-letter queue,
-        those a subscription filter does not want are acknowledged and dropped."""
+    def _lease_start(self) -> float:
+        """When the lease of a message read now began, at the earliest (see read_in_calls_only)."""
+        return time.monotonic() if self._horizon is None else self._horizon
+
+    async def _accept(
+        self, settings: QueueSettings, pulled: Sequence[Msg], starts: Sequence[float]
+    ) -> list[Message]:
+        """The messages to hand out, each leased from its start in ``starts``: those
+        delivered too often go to the dead-letter queue, those a subscription filter does
+        not want are acknowledged and dropped, those with less than half their lease left
+        are left to come back."""
         out: list[Message] = []
         now = time.monotonic()
-        for msg in pulled:
+        lease = settings.visibility_timeout
+        for msg, start in zip(pulled, starts, strict=True):
             meta = msg.metadata
             delivered = meta.num_delivered
-            lease = settings.visibility_timeout
+            start = min(start, now)
             receipt = NATSReceipt(
-                settings.queue, msg.reply, meta.sequence.stream, delivered, lease, now + lease
+                settings.queue, msg.reply, meta.sequence.stream, delivered, lease, start + lease
             )
             from_topic = msg.subject.startswith(f"{self.names.prefix}.t.")
             if (
@@ -846,7 +999,8 @@ class AsyncNATSBackend(AsyncMessagingBackend):
                 headers = backstop_headers(settings.queue, delivered - 1)
                 await self._move_to_dead_letter_queue(message, settings, headers)
                 continue
-            out.append(message)
+            if _fresh(lease, start, now):
+                out.append(message)
         return out
 
     def _notify(self) -> None:
@@ -872,12 +1026,16 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         final = verb != b"+WPI"
         if final:
             receipt.settled = True
-            if receipt.renewal is not None:
-                receipt.renewal.cancel()
-                receipt.renewal = None
+            renewal, receipt.renewal = receipt.renewal, None
+            if renewal is not None:
+                # Settled through another instance (a thread's own connection) maybe: the
+                # renewal task belongs to its loop.
+                with contextlib.suppress(RuntimeError):  # its loop closed: it ended too
+                    renewal.get_loop().call_soon_threadsafe(renewal.cancel)
         try:
             nc = await self._client()
             await nc.publish(receipt.reply, verb)
+            self._unconfirmed = True
         except _SEND_ERRORS as exc:
             logger.debug("NATS acknowledgement not sent (%s); redelivered later", explain(exc))
 
@@ -896,6 +1054,15 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         else:
             verb = b"-NAK"
         await self._settle(receipt, verb)
+
+    async def flushed(self) -> None:
+        """Return once the client handed what it queued (acknowledgements) to the socket:
+        its writer task runs at the next turn of the loop; no round trip to the server."""
+        nc = self._nc
+        for _ in range(_FLUSH_TURNS):
+            if nc is None or not nc.is_connected or nc.pending_data_size == 0:
+                return
+            await asyncio.sleep(0)
 
     def holds(self, message: Message) -> bool:
         """``False`` once the lease of ``message`` ran out (another receiver may have it)."""
@@ -1029,21 +1196,65 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         Unsettled messages come back when their leases end."""
         self._closed = True
         self.interrupt()
-        # Messages that came after their receive returned go back at once, not after their
-        # lease (the delivery counts, as a release does).
-        leftovers = [m for buffer in self._leftovers.values() for m in buffer]
-        self._leftovers.clear()
-        if self._nc is not None and not self._nc.is_closed:
-            for message in leftovers:
-                await self._settle(_receipt(message), b"-NAK")
-        nc, self._nc = self._nc, None
+        nc = self._nc
         if nc is not None and not nc.is_closed:
-            try:
-                await asyncio.wait_for(nc.flush(), 5.0)
-            except Exception as exc:
-                logger.debug("flushing before the close failed: %s", explain(exc))
+            # Messages that came after their receive returned go back at once, not after
+            # their lease (the delivery counts, as a release does). A pull request still open
+            # may be answering meanwhile: what the server sent before a ping's answer has
+            # arrived once the answer has, so give back, confirm, and look again.
+            for _ in range(_CLOSE_ROUNDS):
+                leftovers = [m for buffer in self._leftovers.values() for m in buffer]
+                self._leftovers.clear()
+                for message in leftovers:
+                    await self._settle(_receipt(message), b"-NAK")
+                if not await self._confirm_sent(nc):
+                    break
+                await self._answers_handled()
+                if not self._leftovers:
+                    break
+        self._nc = None
+        if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 5.0)
+
+    async def _answers_handled(self) -> None:
+        """Let the callbacks of the pull requests' answers that arrived run (bounded)."""
+        answers = self._answers
+        deadline = time.monotonic() + _CLOSE_FLUSH_TIMEOUT / 10
+        while answers is not None and answers.pending_msgs and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        for _ in range(_FLUSH_TURNS):  # the last callback's own turns
+            await asyncio.sleep(0)
+
+    async def _confirm_sent(self, nc: Client) -> bool:
+        """Wait for the server to confirm what was sent (a ping's answer, which comes after
+        what was sent before it, and after what the server sent before it), while the
+        connection lasts; whether it did.
+
+        Only acknowledgements and pull requests need it: every publish and request already
+        waited for its answer. Over a lost connection there is nothing to wait for (what it
+        holds is dropped with it, and those messages come back when their leases end), and
+        nats-py forgets the ping when it reconnects, so the wait ends once the client sees
+        the connection go.
+        """
+        if not self._unconfirmed or not nc.is_connected:
+            return False
+        self._unconfirmed = False
+        flush = asyncio.ensure_future(nc.flush(timeout=int(_CLOSE_FLUSH_TIMEOUT)))
+        deadline = time.monotonic() + _CLOSE_FLUSH_TIMEOUT
+        try:
+            while not flush.done() and nc.is_connected and time.monotonic() < deadline:
+                await asyncio.wait((flush,), timeout=_CLOSE_FLUSH_LOOK)
+        finally:
+            if not flush.done():
+                flush.cancel()
+                logger.debug("closing without the confirmation of NATS at %s", self.describe)
+        if not flush.done() or flush.cancelled():
+            return False  # (a cancelled task is done only once it ran its cancellation)
+        if (error := flush.exception()) is not None:
+            logger.debug("flushing before the close failed: %s", explain(error))
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -1056,38 +1267,34 @@ class QueueStats:
     delayed: int | None = None
 
 
-#: The reason :func:`_publish_one` gives when no stream takes the subject.
+def _fresh(lease: float, since: float, now: float) -> bool:
+    """Whether a message leased for ``lease`` seconds from ``since`` may be handed out at
+    ``now``: half its lease left at least, or it may reach another receiver meanwhile."""
+    return since + lease - now > lease / 2
+
+
+#: The reason :meth:`AsyncNATSBackend._publish_one` gives when no stream takes the subject.
 _NO_STREAM = "no stream"
+#: The status of the server's answer to a request nobody subscribes to.
+_NO_RESPONDERS = "503"
 
 
-async def _publish_one(
-    nc: Client, subject: str, body: bytes, headers: dict[str, str]
-) -> str | None:
-    """Publish and wait for JetStream's acknowledgement; ``None``, or why it was refused."""
-    try:
-        reply = await nc.request(subject, body, timeout=5.0, headers=headers)
-    except nats.errors.NoRespondersError:
-        return _NO_STREAM
-    except nats.errors.MaxPayloadError:
-        return "larger than the server's max_payload"
-    try:
-        answer = json.loads(reply.data)
-    except ValueError:
-        return f"unexpected answer {reply.data[:80]!r}"
-    error = answer.get("error")
-    if error:
-        return f"{error.get('code')} {error.get('description')}"
-    return None
-
-
-async def _linger(pull: _Pull, pause: float) -> None:
+async def _linger(pull: _Pull, pause: float, asleep: bool) -> None:
     """Wait while messages keep coming for ``pull``: until it is full or over, or ``pause``
-    seconds pass without a message."""
+    seconds pass without a message.
+
+    ``asleep``: the loop is the calling thread's own (see ``read_in_calls_only``), so the
+    thread sleeps through each pause, leaving what comes in the socket, and then lets the
+    loop read it all at once.
+    """
     seen = -1
     while not pull.done.done() and len(pull.messages) != seen:
         seen = len(pull.messages)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pull.done), pause)
+        if asleep:
+            time.sleep(pause)
+            await asyncio.wait((pull.done,), timeout=_READ_PAUSE)
+        else:
+            await asyncio.wait((pull.done,), timeout=pause)
 
 
 async def _collect(pull: _Pull, budget: float) -> None:
@@ -1104,8 +1311,7 @@ async def _collect(pull: _Pull, budget: float) -> None:
             return  # what comes later becomes a leftover
         seen = len(pull.messages)
         pause = remaining if not pull.messages else min(remaining, 0.05)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pull.done), pause)
+        await asyncio.wait((pull.done,), timeout=pause)
 
 
 def _stored_message(raw: Any) -> Message:

@@ -5,20 +5,34 @@ nats-py is asyncio-only, so :class:`NATSBackend` runs an
 in a daemon thread, and each call hands its coroutine to that loop. The two are one backend
 (same streams, subjects, message format and options): what one publishes, the other consumes.
 
-The bridge costs one hand-over to the loop per call, so calls that carry many messages
-(``publish_batch_to_queue``, ``acknowledge_batch``) cross it once for all. Acknowledgements
-do not wait: JetStream does not answer them, so the call returns once they are queued on the
-loop, where they are sent before any later operation of this backend (an acknowledgement that
-never reaches the server leaves its message to come back when its lease ends, as a lost
-connection would). ``holds`` and ``visibility_timeout_for`` read the receipt and do not cross.
+The bridge costs two thread wake-ups per call, which a consume loop and a publisher pay on
+every message, so the hot calls do not cross it when they can help it. Two more connections,
+each with an event loop no thread runs for good, are driven by the calling thread itself for
+the time of its call (one thread at a time): one publishes, the other receives and settles
+messages (``nack``, ``release``, ``dead_letter``; a message received on one connection can be
+settled on any). A thread that finds the one it needs busy, or that runs an event loop of its
+own, goes through the bridge, as do lease renewals, whose repeated ones run on the loop.
+Nothing reads those connections between calls, so after a minute without one a connection is
+closed and the next call opens a new one (the server drops a connection whose pings go
+unanswered for a few minutes); the receiving one times the leases of what it reads from
+markers it sends with its pull requests (see :meth:`AsyncNATSBackend.read_in_calls_only
+<melange.backends.nats.async_backend.AsyncNATSBackend.read_in_calls_only>`).
+
+Acknowledgements do not wait: JetStream does not answer them, so the call returns once they
+are queued. The next receive sends them in the same write as its pull request, and the loop
+sends those that no receive took within ``_ACK_DELAY`` seconds (an acknowledgement that never
+reaches the server leaves its message to come back when its lease ends, as a lost connection
+would). ``holds`` and ``visibility_timeout_for`` read the receipt and do not cross.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
@@ -37,6 +51,144 @@ from melange.backends.nats.topology import (
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 T = TypeVar("T")
+
+#: Seconds a queued acknowledgement waits, at most, for a receive to carry it before the
+#: loop sends it (see NATSBackend._send).
+_ACK_DELAY = 0.02
+#: Seconds without an acknowledgement after which the loop stops looking for queued ones.
+_ACK_WATCH_IDLE = 1.0
+
+#: Seconds a connection driven by the calling thread may go unused before it is replaced
+#: (see the module docs): well within the server's two unanswered pings, two minutes apart.
+_DIRECT_IDLE_SECONDS = 60.0
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close ``loop`` after cancelling what still runs on it (a client's reader and flusher,
+    when closing its connection failed or timed out): left pending, they would be collected
+    later with their sockets open, on a loop already closed."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    with contextlib.suppress(Exception):
+        if tasks:
+            # Not gather() of nothing: that would make its future on the thread's loop.
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+
+
+class _OwnConnection:
+    """A connection of its own that the calling thread drives, one thread at a time.
+
+    A call through the bridge hands the call to the loop's thread and the result back: two
+    thread wake-ups and the loop's queue on each call, which a thread publishing or consuming
+    one message at a time pays in full. Here the thread runs the call itself, on an event
+    loop that runs only while a call does.
+    """
+
+    def __init__(self, make: Callable[[], AsyncNATSBackend]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._backend: AsyncNATSBackend | None = None
+        # The task of the call under way (see _stopping).
+        self._task: asyncio.Task[Any] | None = None
+        self._used = 0.0
+        self._closed = False
+
+    def interrupt(self) -> None:
+        """Wake a receive waiting on this connection (from any thread)."""
+        backend = self._backend
+        if backend is not None:
+            backend.interrupt()
+
+    def acquire(self) -> bool:
+        """Take the connection for this thread; ``False`` when it cannot (then use the bridge)."""
+        if self._closed:
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._lock.acquire(blocking=False)
+        return False  # a thread running an event loop cannot run another
+
+    def run(self, call: Callable[[AsyncNATSBackend], Coroutine[Any, Any, T]]) -> T:
+        """With :meth:`acquire` taken: run ``call`` on this thread, then let the connection go."""
+        try:
+            if self._loop is not None and time.monotonic() - self._used > _DIRECT_IDLE_SECONDS:
+                self._shut()
+            if self._loop is None or self._backend is None:
+                self._loop = asyncio.new_event_loop()
+                self._backend = self._make()
+            loop = self._loop
+            # Not run_until_complete(), whose done callback stops the loop a turn later: a
+            # turn (and a release of the GIL) more on every call.
+            task: asyncio.Task[T] = loop.create_task(self._stopping(call(self._backend)))
+            self._task = task
+            try:
+                while not task.done():
+                    loop.run_forever()
+                return task.result()
+            except BaseException:
+                task.cancel()  # interrupted: cancelled at the next run, not left to finish
+                raise
+            finally:
+                self._used = time.monotonic()
+        finally:
+            self._lock.release()
+
+    async def _stopping(self, call: Coroutine[Any, Any, T]) -> T:
+        """Run ``call``, then stop the loop at the end of the turn it finished in, unless
+        it is a task an interrupted call left to be cancelled."""
+        try:
+            return await call
+        finally:
+            if self._loop is not None and asyncio.current_task() is self._task:
+                self._loop.stop()
+
+    def _shut(self) -> None:
+        loop, backend, self._loop, self._backend = self._loop, self._backend, None, None
+        if loop is None:
+            return
+        if backend is not None:
+            # Nothing is left to send (every publish waited for its acknowledgement); aclose
+            # bounds its own waits, so it is not cut short, which would leave its socket open.
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(backend.aclose())
+        _close_loop(loop)
+
+    def close(self, timeout: float) -> None:
+        """Close the connection, once no publish holds it (or ``timeout`` seconds passed)."""
+        if not self._lock.acquire(timeout=timeout):
+            self._closed = True
+            return  # a publish is stuck on it: the process ends with it
+        try:
+            self._closed = True
+            self._shut()
+        finally:
+            self._lock.release()
+
+
+async def _receive(
+    backend: AsyncNATSBackend,
+    acks: list[Message],
+    queue: QueueWrapper,
+    options: dict[str, Any],
+) -> list[Message]:
+    """Send the queued acknowledgements ``acks``, then receive: they leave in the same write
+    as the pull request."""
+    if acks:
+        await backend.acknowledge_batch(acks)
+    return await backend.retrieve_messages(queue, **options)
+
+
+async def _written(backend: AsyncNATSBackend, call: Coroutine[Any, Any, T]) -> T:
+    """Run ``call``, then let the client write what it queued: the loop of a thread's own
+    connection stops when the call returns, and a settlement must not wait for the next."""
+    result = await call
+    await backend.flushed()
+    return result
 
 
 class NATSBackend(MessagingBackend):
@@ -68,8 +220,7 @@ class NATSBackend(MessagingBackend):
         connection_name: str | None = None,
         **options: Any,
     ) -> None:
-        self.backend = AsyncNATSBackend(
-            url,
+        settings: dict[str, Any] = dict(
             prefix=prefix,
             visibility_timeout=visibility_timeout,
             max_ack_pending=max_ack_pending,
@@ -83,13 +234,28 @@ class NATSBackend(MessagingBackend):
             connection_name=connection_name,
             **options,
         )
+        self.backend = AsyncNATSBackend(url, **settings)
+        self._direct = _OwnConnection(lambda: AsyncNATSBackend(url, **settings))
+        self._receiver: _OwnConnection | None = None
+        if not options.get("no_echo"):  # its pull markers need the server's echo
+
+            def receiver() -> AsyncNATSBackend:
+                backend = AsyncNATSBackend(url, **settings)
+                backend.read_in_calls_only()
+                return backend
+
+            self._receiver = _OwnConnection(receiver)
         self.visibility_timeout = self.backend.visibility_timeout
         self._storage = storage
         self._closed = False
         self._close_lock = threading.Lock()
         self._acks: list[Message] = []
         self._acks_lock = threading.Lock()
-        self._acks_scheduled = False
+        # When the oldest queued acknowledgement and the last one were queued, and whether
+        # the loop looks for them (see _send).
+        self._acks_since = self._acks_last = 0.0
+        self._acks_watched = False
+        self._ack_delay = _ACK_DELAY if self._receiver is not None else 0.0
         # Acknowledgements being sent (touched on the loop only).
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
@@ -101,7 +267,7 @@ class NATSBackend(MessagingBackend):
         try:
             self._loop.run_forever()
         finally:
-            self._loop.close()
+            _close_loop(self._loop)
 
     def __repr__(self) -> str:
         return f"NATSBackend({self.backend.describe}, prefix={self.backend.names.prefix!r})"
@@ -130,30 +296,71 @@ class NATSBackend(MessagingBackend):
             future.cancel()  # interrupted while waiting: do not leave the call running
             raise
 
-    def _send(self, messages: Sequence[Message]) -> None:
-        """Queue acknowledgements for the loop without waiting for them (see the module docs).
+    def _own(
+        self,
+        connection: _OwnConnection | None,
+        call: Callable[[AsyncNATSBackend], Coroutine[Any, Any, T]],
+    ) -> T:
+        """Run ``call`` on this thread over ``connection`` when it is free, else over the
+        bridge."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        if connection is not None and connection.acquire():
+            return connection.run(call)
+        return self._call(call(self.backend))
 
-        Acknowledgements queued while the loop has not taken the earlier ones yet go with
-        them: one wake-up of the loop for all.
+    def _publish(self, call: Callable[[AsyncNATSBackend], Coroutine[Any, Any, None]]) -> None:
+        self._own(self._direct, call)
+
+    def _send(self, messages: Sequence[Message]) -> None:
+        """Queue acknowledgements without waiting for them (see the module docs).
+
+        The next receive takes them and sends them in the same write as its pull request,
+        which in a consume loop follows at once. Should none come within ``_ACK_DELAY``
+        seconds, the loop sends them: it looks every ``_ACK_DELAY`` seconds while
+        acknowledgements keep coming, so that a steady stream of them wakes it only that
+        often, not once per message.
         """
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
+        now = time.monotonic()
         with self._acks_lock:
+            if not self._acks:
+                self._acks_since = now
             self._acks.extend(messages)
-            if self._acks_scheduled:
+            self._acks_last = now
+            if self._acks_watched:
                 return
-            self._acks_scheduled = True
-        self._loop.call_soon_threadsafe(self._flush_acks)
+            self._acks_watched = True
+        self._loop.call_soon_threadsafe(self._watch_acks)
 
-    def _flush_acks(self) -> None:
-        """On the loop: send the queued acknowledgements, in the order they were queued."""
+    def _take_acks(self) -> list[Message]:
         with self._acks_lock:
             messages, self._acks = self._acks, []
-            self._acks_scheduled = False
+        return messages
+
+    def _watch_acks(self) -> None:
+        """On the loop: send the acknowledgements queued for ``_ACK_DELAY`` seconds, and look
+        again while they keep coming."""
+        now = time.monotonic()
+        delay = self._ack_delay
+        messages: list[Message] = []
+        with self._acks_lock:
+            if self._acks and now - self._acks_since >= delay:
+                messages, self._acks = self._acks, []
+            if self._acks:
+                again: float | None = self._acks_since + delay - now
+            elif delay > 0 and now - self._acks_last < _ACK_WATCH_IDLE:
+                again = delay
+            else:
+                again = None
+                self._acks_watched = False
         if messages:
             task = self._loop.create_task(self.backend.acknowledge_batch(messages))
             self._ack_tasks.add(task)
             task.add_done_callback(self._ack_tasks.discard)
+        if again is not None:
+            self._loop.call_later(max(again, 0.001), self._watch_acks)
 
     async def _close(self) -> None:
         """Send every acknowledgement queued so far, then close the asynchronous backend."""
@@ -205,25 +412,25 @@ class NATSBackend(MessagingBackend):
     # -- publishing -------------------------------------------------------------------------
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
-        self._call(self.backend.publish_to_queue(message, queue, **kwargs))
+        self._publish(lambda backend: backend.publish_to_queue(message, queue, **kwargs))
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
-        self._call(self.backend.publish_to_topic(message, topic, **kwargs))
+        self._publish(lambda backend: backend.publish_to_topic(message, topic, **kwargs))
 
     def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
     ) -> None:
-        self._call(self.backend.publish_batch_to_queue(messages, queue, **kwargs))
+        self._publish(lambda backend: backend.publish_batch_to_queue(messages, queue, **kwargs))
 
     def publish_batch_to_topic(
         self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
     ) -> None:
-        self._call(self.backend.publish_batch_to_topic(messages, topic, **kwargs))
+        self._publish(lambda backend: backend.publish_batch_to_topic(messages, topic, **kwargs))
 
     # -- consuming --------------------------------------------------------------------------
 
     def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
-        return self._call(self.backend.retrieve_messages(queue, **kwargs))
+        return self._own(self._receiver, lambda b: _receive(b, self._take_acks(), queue, kwargs))
 
     def acknowledge(self, message: Message) -> None:
         self._send([message])
@@ -233,16 +440,16 @@ class NATSBackend(MessagingBackend):
             self._send(list(messages))
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
-        self._call(self.backend.nack(message, delay))
+        self._own(self._receiver, lambda b: _written(b, b.nack(message, delay)))
 
     def release(self, message: Message, delay: float = 0.0) -> None:
-        self._call(self.backend.release(message, delay))
+        self._own(self._receiver, lambda b: _written(b, b.release(message, delay)))
 
     def holds(self, message: Message) -> bool:
         return self.backend.holds(message)
 
     def dead_letter(self, message: Message, headers: Mapping[str, str]) -> bool:
-        return self._call(self.backend.dead_letter(message, headers))
+        return self._own(self._receiver, lambda b: _written(b, b.dead_letter(message, headers)))
 
     def extend_visibility(self, message: Message, seconds: float) -> None:
         self._call(self.backend.extend_visibility(message, seconds))
@@ -252,6 +459,8 @@ class NATSBackend(MessagingBackend):
 
     def interrupt(self) -> None:
         self.backend.interrupt()
+        if self._receiver is not None:
+            self._receiver.interrupt()
 
     # -- inspection (the CLI's ``queues`` and ``dlq`` commands) ------------------------------
 
@@ -288,6 +497,10 @@ class NATSBackend(MessagingBackend):
             if self._closed:
                 return
             try:
+                self._direct.close(timeout=10.0)
+                if self._receiver is not None:
+                    self._receiver.interrupt()  # a receive waiting on it returns at once
+                    self._receiver.close(timeout=10.0)
                 if threading.current_thread() is not self._thread:
                     self._call(self._close())
             finally:
