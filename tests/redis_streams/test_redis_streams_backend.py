@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -210,3 +211,90 @@ def test_publish_keywords_called_directly_are_honoured_or_refused(
 
     asyncio.run(on_asyncio())
     assert backend.queue_depth("orders.fifo") == 2
+
+
+def test_every_field_of_a_received_message_comes_back_as_published(
+    streams: RedisStreamsBackend,
+) -> None:
+    # The receive script hands its deliveries over as JSON: text JSON escapes must survive.
+    queue, _ = streams.declare_queue("exact.fifo")
+    text = 'ctrl \x00\x01\t\n\r\x1f, slash / \\/ "quoted" \u2028 \U0001f389 [1, {}]'
+    message = Message.create(text, "m/\u00e9[]", 7, {"h\u00e9": text, "n": "12"})
+    message.group_id = 'g "1"'
+    message.deduplication_id = "d/\u00e9"
+    streams.publish_to_queue(message, queue)
+    [got] = receive(streams, queue, 1)
+    assert (got.message_id, got.content, got.serializer_id, got.manifest) == (
+        message.message_id,
+        text,
+        7,
+        "m/\u00e9[]",
+    )
+    assert got.headers == message.headers
+    assert (got.group_id, got.deduplication_id, got.attempt) == ('g "1"', "d/\u00e9", 1)
+    streams.acknowledge(got)
+    assert streams.queue_depth("exact.fifo") == 0
+
+
+def test_each_thread_keeps_one_connection_and_ended_threads_give_theirs_back(
+    make_streams: Callable[..., RedisStreamsBackend],
+) -> None:
+    backend = make_streams()
+    queue, _ = backend.declare_queue("work")
+    pool = backend.client.connection_pool
+
+    def publish(count: int) -> None:
+        for n in range(count):
+            backend.publish_to_queue(make_message(str(n)), queue)
+
+    publish(20)
+    in_use = len(pool._in_use_connections)
+    publish(20)
+    assert len(pool._in_use_connections) == in_use  # the same connection, kept
+    together = threading.Barrier(4)
+
+    def publish_together() -> None:
+        publish(1)
+        together.wait()  # every worker holds its connection before any ends
+        publish(4)
+
+    workers = [threading.Thread(target=publish_together) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(pool._in_use_connections) == in_use + 4
+    # A new thread's first call hands the ended threads' connections back.
+    last = threading.Thread(target=publish, args=(1,))
+    last.start()
+    last.join()
+    assert len(pool._in_use_connections) == in_use + 1
+    got = receive(backend, queue, 61)
+    backend.acknowledge_batch(got)
+    assert backend.queue_depth("work") == 0
+    backend.close_connection()
+    assert len(pool._in_use_connections) == 0
+    publish(1)  # a closed backend connects again when used
+    assert backend.queue_depth("work") == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_publishes_on_connections_of_its_own(
+    make_streams: Callable[..., RedisStreamsBackend],
+) -> None:
+    backend = make_streams()
+    queue, _ = backend.declare_queue("work")
+    backend.publish_to_queue(make_message('"parent"'), queue)
+    pid = os.fork()
+    if pid == 0:  # the child: any failure is its exit status
+        try:
+            for n in range(20):
+                backend.publish_to_queue(make_message(f'"child {n}"'), queue)
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    for n in range(20):
+        backend.publish_to_queue(make_message(f'"parent {n}"'), queue)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert backend.queue_depth("work") == 41

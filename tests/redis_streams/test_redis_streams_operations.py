@@ -3,7 +3,10 @@ replies), and the round trips that follow from them on a Redis of the test's own
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
+import json
 import sys
 import threading
 import time
@@ -15,7 +18,7 @@ import pytest
 import redis
 from redis.exceptions import NoScriptError
 
-from melange.backends.redis_streams import RedisStreamsBackend, scripts
+from melange.backends.redis_streams import AsyncRedisStreamsBackend, RedisStreamsBackend, scripts
 from melange.backends.redis_streams.operations import (
     Command,
     Operations,
@@ -30,12 +33,12 @@ from melange.exceptions import BackendError, ConfigurationError, QueueNotFoundEr
 from melange.models import Message, QueueWrapper
 
 
-def _answer(*entries: tuple[str, str], last: str = "9-0", vt_ms: int = 30000) -> list[Any]:
+def _answer(*entries: tuple[str, str], last: str = "9-0", vt_ms: int = 30000) -> str:
     """A receive script's reply delivering ``entries`` (entry id, body) for the first time."""
     deliveries = [
         [entry_id, 1, "0", ["i", f"m-{entry_id}", "b", body]] for entry_id, body in entries
     ]
-    return [deliveries, -1, last, "0-0", 0, vt_ms]
+    return json.dumps([deliveries, -1, last, "0-0", 0, vt_ms])
 
 
 def _first(steps: Steps[Any]) -> Any:
@@ -160,6 +163,9 @@ def test_a_waiting_receive_after_the_scripts_were_flushed_still_delivers(own_red
         publisher.start()
         started = time.monotonic()
         [message] = backend.retrieve_messages(queue, wait_seconds=5)
+        # The receive can return before the publisher read its reply: closing under it
+        # would fail its publish.
+        publisher.join()
         assert message.content == "late"
         assert time.monotonic() - started < 4
         backend.acknowledge(message)
@@ -180,8 +186,11 @@ def test_a_consumer_keeping_up_runs_each_script_once_and_no_stream_info(own_redi
         backend.acknowledge(message)
         stats.config_resetstat()
         for n in range(5):
-            threading.Timer(0.05, lambda n=n: _publish(backend, queue, f"m{n}")).start()
+            publisher = threading.Timer(0.05, lambda n=n: _publish(backend, queue, f"m{n}"))
+            publisher.start()
             [message] = backend.retrieve_messages(queue, wait_seconds=5)
+            # The receive can return before the publisher read its reply (see above).
+            publisher.join()
             assert message.content == f"m{n}"
             backend.acknowledge(message)
         counted = stats.info("commandstats")
@@ -189,10 +198,59 @@ def test_a_consumer_keeping_up_runs_each_script_once_and_no_stream_info(own_redi
         # behind the wait) and the acknowledgement; no script ran twice.
         assert counted["cmdstat_xread"]["calls"] == 5
         assert counted["cmdstat_evalsha"]["calls"] == 15
+        # The connection's client id is asked at its first wait only.
+        assert counted["cmdstat_client|id"]["calls"] == 1
         assert "cmdstat_xinfo|stream" not in counted
     finally:
         stats.close()
         backend.close()
+
+
+@pytest.mark.redis
+def test_a_batch_is_leased_and_settled_with_one_command_of_each_kind(own_redis: str) -> None:
+    first = RedisStreamsBackend(own_redis, prefix="ops-batch:", visibility_timeout=1)
+    second = RedisStreamsBackend(own_redis, prefix="ops-batch:", visibility_timeout=30)
+    stats = redis.Redis.from_url(own_redis, decode_responses=True)
+    try:
+        queue, _ = first.declare_queue("jobs", visibility_timeout=1)
+        messages = [Message.create(f"m{n}", None, None) for n in range(11)]
+        first.publish_batch_to_queue(messages, queue)
+        stats.config_resetstat()
+        got = first.retrieve_messages(queue, max_messages=10)
+        assert [m.content for m in got] == [f"m{n}" for n in range(10)]
+        assert [m.attempt for m in got] == [1] * 10
+        counted = stats.info("commandstats")
+        # Ten leases in one ZADD; the earliest lease says none is due; new messages have no
+        # attempts or delays to look up; a full batch looks up no wait point.
+        assert counted["cmdstat_zadd"]["calls"] == 1
+        assert counted["cmdstat_zrange"]["calls"] == 1
+        for unneeded in ("zrangebyscore", "hget", "hdel", "xinfo|stream", "xrevrange"):
+            assert f"cmdstat_{unneeded}" not in counted
+        # The first message's lease runs out and another receive takes it over: a late
+        # acknowledgement of it within the batch leaves it to its new receiver.
+        time.sleep(1.2)
+        [taken] = second.retrieve_messages(queue, max_messages=1)
+        assert taken.message_id == got[0].message_id
+        stats.config_resetstat()
+        first.acknowledge_batch([*got, got[1]])
+        counted = stats.info("commandstats")
+        for command in ("xack", "xdel", "zrem"):
+            assert counted[f"cmdstat_{command}"]["calls"] == 1
+        # The receiving consumer's pending entries in one XPENDING; the one taken over is
+        # not among them and is looked up alone. No message was given back: no HDEL.
+        assert counted["cmdstat_xpending"]["calls"] == 2
+        assert "cmdstat_hdel" not in counted
+        assert first.queue_stats("jobs").total == 2
+        assert first.queue_stats("jobs").in_flight == 1
+        second.acknowledge(taken)
+        [last] = second.retrieve_messages(queue, max_messages=10)
+        assert (last.content, last.attempt) == ("m10", 1)
+        second.acknowledge(last)
+        assert first.queue_stats("jobs").total == 0
+    finally:
+        stats.close()
+        first.close()
+        second.close()
 
 
 def _publish(backend: RedisStreamsBackend, queue: QueueWrapper, body: str) -> None:
@@ -223,6 +281,50 @@ def test_a_fifo_batch_with_one_message_without_group_adds_none(
     ]
 
 
+def test_a_wait_sends_what_redis_py_packs_and_keeps_few_packed_scripts() -> None:
+    backend = RedisStreamsBackend(prefix="p:")
+    connection = backend.client.connection_pool.make_connection()
+    try:
+        for n in range(300):
+            receive = Script("RECEIVE", (f"q{n % 260}", "me", 10))
+            block = ["XREAD", "BLOCK", 100 + n, "COUNT", 1, "STREAMS", "s", "b", f"{n}-0", "0-0"]
+            wait = Wait(block, 0, receive)
+            evalsha = ("EVALSHA", scripts.SHA1["RECEIVE"], 0, "p:", *receive.args)
+            expected = connection.pack_commands([("CLIENT", "ID"), block, evalsha])
+            # The connection's client id is not known: it is asked first.
+            packed, client_id = backend._packed_wait(connection, wait)
+            assert (b"".join(packed), client_id) == (b"".join(expected), None)
+        assert 0 < len(backend._wait_packing) <= 256
+    finally:
+        backend.close()
+
+
+@pytest.mark.redis
+def test_a_wait_asks_a_connection_its_client_id_until_known_and_after_it_reconnects() -> None:
+    backend = RedisStreamsBackend(prefix="ops-id:")
+    connection = backend.client.connection_pool.make_connection()
+    wait = Wait(["XREAD", "BLOCK", 1], 0, Script("RECEIVE", ("q", "me", 10)))
+    evalsha = ("EVALSHA", scripts.SHA1["RECEIVE"], 0, "ops-id:", "q", "me", 10)
+    try:
+        connection.connect()
+        connection.send_command("CLIENT", "ID")
+        first = backend._learned_client_id(connection, connection.read_response())
+        packed, client_id = backend._packed_wait(connection, wait)
+        expected = connection.pack_commands([wait.command, evalsha])
+        assert (b"".join(packed), client_id) == (b"".join(expected), first)
+        # A new connection of the server: a new id, asked again.
+        connection.disconnect()
+        connection.connect()
+        packed, client_id = backend._packed_wait(connection, wait)
+        expected = connection.pack_commands([("CLIENT", "ID"), wait.command, evalsha])
+        assert (b"".join(packed), client_id) == (b"".join(expected), None)
+        connection.send_command("CLIENT", "ID")
+        assert backend._learned_client_id(connection, connection.read_response()) != first
+    finally:
+        connection.disconnect()
+        backend.close()
+
+
 def _step(progress: Progress[Any]) -> Any:
     return progress.step
 
@@ -243,3 +345,44 @@ def test_a_script_the_server_lost_is_loaded_and_run_again(ops: Operations) -> No
     progress.reply(scripts.SHA1["PURGE"])
     with pytest.raises(NoScriptError):
         progress.fail(NoScriptError("NOSCRIPT No matching script"))
+
+
+@pytest.mark.redis
+def test_the_asyncio_backend_keeps_a_connection_for_calls_and_one_for_waits(
+    own_redis: str,
+) -> None:
+    async def scenario() -> None:
+        backend = AsyncRedisStreamsBackend(own_redis, prefix="ops-held:")
+        pool: Any = backend.client.connection_pool
+        try:
+            queue, _ = await backend.declare_queue("jobs")
+            for n in range(3):
+                await backend.publish_to_queue(Message.create(f"m{n}", None, None), queue)
+                [message] = await backend.retrieve_messages(queue, wait_seconds=1)
+                await backend.acknowledge(message)
+            # A wait that blocks until a publish: on the waits' connection, while the
+            # publish (a call) goes on the calls' connection.
+            waiting = asyncio.ensure_future(backend.retrieve_messages(queue, wait_seconds=5))
+            await asyncio.sleep(0.1)
+            await backend.publish_to_queue(Message.create("late", None, None), queue)
+            [late] = await waiting
+            await backend.acknowledge(late)
+            assert len(pool._in_use_connections) == 2
+            assert not pool._available_connections
+            # Calls made at once: those finding the calls' connection busy take one of the
+            # pool, which they give back.
+            await asyncio.gather(*(backend.queue_stats("jobs") for _ in range(3)))
+            assert len(pool._in_use_connections) == 2
+            assert len(pool._available_connections) == 2
+            # A call cancelled half way leaves nothing on the connection for the next.
+            call = asyncio.ensure_future(backend.peek("jobs"))
+            await asyncio.sleep(0)
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            await backend.publish_to_queue(Message.create("after", None, None), queue)
+            assert [m.content for m in await backend.peek("jobs")] == ["after"]
+        finally:
+            await backend.aclose()
+
+    asyncio.run(scenario())

@@ -4,8 +4,14 @@ The same operations as :class:`~melange.backends.redis_streams.backend.RedisStre
 (see there for how Melange's model maps onto Redis), written once in
 :mod:`~melange.backends.redis_streams.operations`: either backend consumes what the other
 published. Only the I/O differs: every step is awaited on the event loop, and a receive
-waiting for messages blocks one connection of the pool with ``XREAD BLOCK`` while the loop
-goes on.
+waiting for messages blocks a connection of its own with ``XREAD BLOCK`` while the loop goes
+on.
+
+The backend holds two connections of its pool: one for its calls, one for its waits. A call
+or a wait finding its connection free uses it; one finding it busy (another task's call or
+wait is on it) takes a connection from the pool, so tasks never queue behind each other
+and a blocked read never shares its connection. Taking a connection from the pool and
+giving it back costs about as much CPU as a small command.
 
 Like every asyncio client, an instance serves the event loop it first connected on.
 """
@@ -23,7 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 from melange.backends.async_interfaces import AsyncMessagingBackend
 from melange.backends.redis_streams.connection import client_options
 from melange.backends.redis_streams.inspect import QueueStats
-from melange.backends.redis_streams.operations import Steps, Wait
+from melange.backends.redis_streams.operations import Command, Script, Steps, Wait
 from melange.backends.redis_streams.shared import Progress, StreamsBackendBase
 from melange.models import Message, QueueWrapper, TopicWrapper
 
@@ -42,9 +48,34 @@ class AsyncRedisStreamsBackend(StreamsBackendBase[aioredis.Redis], AsyncMessagin
     _loop: asyncio.AbstractEventLoop | None = None
     #: The ``CLIENT UNBLOCK`` tasks of interrupts, kept until done (made at the first).
     _unblocking: set[asyncio.Future[None]] | None = None
+    #: The client holding the calls' connection (made at the first call) and whether a
+    #: call is on it.
+    _held: aioredis.Redis | None = None
+    _held_busy = False
+    #: The waits' connection (taken at the first wait) and whether a wait is on it.
+    _wait_connection: Any = None
+    _wait_busy = False
 
     def _connect(self, url: str, retries: int) -> aioredis.Redis:
         return aioredis.Redis.from_url(url, **client_options(retries, asyncio=True))
+
+    async def _call(self, step: Script | Command) -> Any:
+        """Send a script or command on the calls' connection, or on one of the pool while
+        another call is on that one."""
+        if not self._owns_client or self._held_busy:
+            return await self._send(self._r, step)
+        held = self._held
+        if held is None:
+            held = self._held = aioredis.Redis(
+                connection_pool=self._r.connection_pool, single_connection_client=True
+            )
+        self._held_busy = True
+        try:
+            # A call cancelled or failed half way disconnects the connection (redis-py),
+            # so no reply is left on it for the next call.
+            return await self._send(held, step)
+        finally:
+            self._held_busy = False
 
     async def _run(self, steps: Steps[_T]) -> _T:
         """Perform the steps of an operation (see
@@ -68,16 +99,28 @@ class AsyncRedisStreamsBackend(StreamsBackendBase[aioredis.Redis], AsyncMessagin
         return progress.result
 
     async def _wait(self, wait: Wait) -> tuple[bool, Any]:
-        """As the blocking backend's: block on a connection of its own, then run
-        ``wait.then`` behind the block in the same round trip."""
+        """As the blocking backend's: block on a connection of its own (the waits' one when
+        free), then run ``wait.then`` behind the block in the same round trip."""
         pool: Any = self._r.connection_pool
-        connection = await pool.get_connection()
+        held = self._owns_client and not self._wait_busy
+        if held:
+            self._wait_busy = True
+            if self._wait_connection is None:
+                try:
+                    self._wait_connection = await pool.get_connection()
+                except BaseException:
+                    self._wait_busy = False
+                    raise
+            connection = self._wait_connection
+        else:
+            connection = await pool.get_connection()
         client_id: int | None = None
         answer: Any = None
         try:
-            packed = connection.pack_commands(self._wait_commands(wait))
+            packed, client_id = self._packed_wait(connection, wait)
             await connection.send_packed_command(packed)
-            client_id = int(await connection.read_response())
+            if client_id is None:
+                client_id = self._learned_client_id(connection, await connection.read_response())
             if self._ops.waits.started(client_id, wait.interrupts):
                 await self._r.client_unblock(client_id)
             await connection.read_response()
@@ -91,7 +134,10 @@ class AsyncRedisStreamsBackend(StreamsBackendBase[aioredis.Redis], AsyncMessagin
             raise
         finally:
             interrupted = self._ops.waits.ended(client_id, wait.interrupts)
-            await pool.release(connection)
+            if held:
+                self._wait_busy = False
+            else:
+                await pool.release(connection)
         return not interrupted, answer
 
     # -- topology ---------------------------------------------------------------------------
@@ -214,6 +260,12 @@ class AsyncRedisStreamsBackend(StreamsBackendBase[aioredis.Redis], AsyncMessagin
         if self._unblocking:
             await asyncio.gather(*self._unblocking, return_exceptions=True)
         if self._owns_client:
+            held, self._held = self._held, None
+            if held is not None:
+                await held.aclose()
+            waiting, self._wait_connection = self._wait_connection, None
+            if waiting is not None:
+                await self._r.connection_pool.release(waiting)
             await self._r.aclose()
             await self._r.connection_pool.disconnect()
 

@@ -38,6 +38,9 @@ lost on a crash of the server.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -47,7 +50,13 @@ from redis.exceptions import RedisError, ResponseError
 from melange.backends.interfaces import MessagingBackend
 from melange.backends.redis_streams.connection import client_options
 from melange.backends.redis_streams.inspect import QueueStats
-from melange.backends.redis_streams.operations import Steps, Wait, capabilities
+from melange.backends.redis_streams.operations import (
+    Command,
+    Script,
+    Steps,
+    Wait,
+    capabilities,
+)
 from melange.backends.redis_streams.shared import DEFAULT_URL, Progress, StreamsBackendBase
 from melange.models import Message, QueueWrapper, TopicWrapper
 
@@ -57,7 +66,9 @@ _T = TypeVar("_T")
 class RedisStreamsBackend(StreamsBackendBase[redis.Redis], MessagingBackend):
     """Queues and topics on Redis Streams (Redis 6.2 or later), through redis-py.
 
-    Every method is thread-safe: each call takes a connection of the client's pool.
+    Every method is thread-safe. Each thread keeps a connection of the client's pool for its
+    calls (taking one from the pool and giving it back costs as much CPU as a small command);
+    it goes back to the pool when the thread has ended, at the next thread's first call.
 
     Args:
         url: The Redis to use: ``redis://[:password@]host:port/db`` (``rediss://`` for TLS;
@@ -77,7 +88,57 @@ class RedisStreamsBackend(StreamsBackendBase[redis.Redis], MessagingBackend):
     """
 
     def _connect(self, url: str, retries: int) -> redis.Redis:
+        # What each thread holds (only on a client of the backend's own: a given client's
+        # type and settings are the caller's).
+        self._held_lock = threading.Lock()
+        self._local = threading.local()
+        self._held: list[tuple[weakref.ref[threading.Thread], redis.Redis]] = []
+        self._held_pid = os.getpid()
         return redis.Redis.from_url(url, **client_options(retries))
+
+    def _sender(self) -> Any:
+        """The client this thread sends with: one holding a connection of the pool for the
+        thread, or the given client."""
+        if not self._owns_client:
+            return self._r
+        held = getattr(self._local, "held", None)
+        if held is not None and held[1] == os.getpid():
+            return held[0]
+        return self._hold()
+
+    def _hold(self) -> redis.Redis:
+        """Give this thread a client holding a connection of the pool, after handing the
+        connections of ended threads back to it."""
+        with self._held_lock:
+            pid = os.getpid()
+            if self._held_pid != pid:
+                # A forked child: the parent's connections are the parent's.
+                self._held, self._held_pid = [], pid
+            kept = []
+            for thread, client in self._held:
+                alive = thread()
+                if alive is not None and alive.is_alive():
+                    kept.append((thread, client))
+                else:
+                    client.close()
+            client = redis.Redis(
+                connection_pool=self._r.connection_pool, single_connection_client=True
+            )
+            kept.append((weakref.ref(threading.current_thread()), client))
+            self._held = kept
+            self._local.held = (client, pid)
+            return client
+
+    def _release_held(self) -> None:
+        """Hand every thread's connection back to the pool (their next call takes another)."""
+        with self._held_lock:
+            held, self._held = self._held, []
+            self._local = threading.local()
+        for _, client in held:
+            client.close()
+
+    def _call(self, step: Script | Command) -> Any:
+        return self._send(self._sender(), step)
 
     def _run(self, steps: Steps[_T]) -> _T:
         """Perform the steps of an operation (see
@@ -96,15 +157,19 @@ class RedisStreamsBackend(StreamsBackendBase[redis.Redis], MessagingBackend):
         return progress.result
 
     def _wait(self, wait: Wait) -> tuple[bool, Any]:
-        """Block on a connection of its own, then run ``wait.then`` behind the block in the
-        same round trip; an interrupt unblocks it from another connection."""
+        """Block on the thread's connection (one of the pool's, for a given client), then run
+        ``wait.then`` behind the block in the same round trip; an interrupt unblocks it from
+        another connection."""
+        held = self._sender().connection if self._owns_client else None
         pool: Any = self._r.connection_pool
-        connection = pool.get_connection()
+        connection = held or pool.get_connection()
         client_id: int | None = None
         answer: Any = None
         try:
-            connection.send_packed_command(connection.pack_commands(self._wait_commands(wait)))
-            client_id = int(connection.read_response())
+            packed, client_id = self._packed_wait(connection, wait)
+            connection.send_packed_command(packed)
+            if client_id is None:
+                client_id = self._learned_client_id(connection, connection.read_response())
             if self._ops.waits.started(client_id, wait.interrupts):
                 self._r.client_unblock(client_id)
             connection.read_response()
@@ -115,7 +180,8 @@ class RedisStreamsBackend(StreamsBackendBase[redis.Redis], MessagingBackend):
             connection.disconnect()
         finally:
             interrupted = self._ops.waits.ended(client_id, wait.interrupts)
-            pool.release(connection)
+            if connection is not held:
+                pool.release(connection)
         return not interrupted, answer
 
     # -- topology ---------------------------------------------------------------------------
@@ -253,6 +319,7 @@ class RedisStreamsBackend(StreamsBackendBase[redis.Redis], MessagingBackend):
         """Interrupt waiting receivers and close the connections (idempotent)."""
         self.interrupt()
         if self._owns_client:
+            self._release_held()
             self._r.close()
             self._r.connection_pool.disconnect()
 

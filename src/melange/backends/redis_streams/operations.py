@@ -35,7 +35,12 @@ from melange.backends.redis_streams.topology import (
     declare_arguments,
     translate,
 )
-from melange.backends.redis_streams.wire import Receipt, publish_arguments, received
+from melange.backends.redis_streams.wire import (
+    Receipt,
+    publish_arguments,
+    receive_answer,
+    received,
+)
 from melange.exceptions import (
     BackendError,
     ConfigurationError,
@@ -320,25 +325,32 @@ class Operations:
                 if not woke:
                     return []
                 answer = yield receive
+            answer = receive_answer(answer)
             point = WaitPoint.of(answer)
+            deliveries = answer[0]
             # A full batch may have left messages behind: the next receive asks first.
-            if len(answer[0]) < max_messages:
+            if len(deliveries) < max_messages:
                 self._wait_points[queue_name] = point
             else:
                 self._wait_points.pop(queue_name, None)
-            if answer[0] or not woke:
-                return received(queue_name, int(answer[5]) / 1000, answer[0])
+            if deliveries or not woke:
+                return received(queue_name, int(answer[5]) / 1000, deliveries)
             if deadline <= time.monotonic():
                 return []
 
     def acknowledge(self, messages: Sequence[Message]) -> Steps[None]:
-        """Settle ``messages``, one script per queue; a late acknowledgement is a no-op."""
+        """Settle ``messages``, one script per queue; a late acknowledgement is a no-op.
+
+        The script is told this backend's consumer name: what it received is most often
+        that consumer's oldest pending entries, which it checks in one command.
+        """
         if len(messages) == 1:
             receipt = receipt_of(messages[0])
-            yield Script("ACKNOWLEDGE", (receipt.queue, receipt.entry_id, str(receipt.delivered)))
+            arguments = (receipt.queue, self.consumer, receipt.entry_id, str(receipt.delivered))
+            yield Script("ACKNOWLEDGE", arguments)
             return
-        for queue, arguments in by_queue(messages).items():
-            yield Script("ACKNOWLEDGE", (queue, *arguments))
+        for queue, pairs in by_queue(messages).items():
+            yield Script("ACKNOWLEDGE", (queue, self.consumer, *pairs))
 
     def give_back(self, message: Message, delay: float, failed: bool) -> Steps[None]:
         """Deliver ``message`` again after ``delay`` seconds (a failed attempt or not)."""

@@ -38,35 +38,16 @@ import hashlib
 #: The consumer group every queue's stream is read through.
 GROUP = "melange"
 
-# Helpers every script starts with.
+# Helpers every script starts with (those of the rarer paths made on demand).
 _COMMON = r"""
 local P = ARGV[1]
 local GROUP = 'melange'
 local REASON = 'melange_failure_reason'
 local SOURCE = 'melange_failure_queue'
 local function k(kind, name) return P .. kind .. ':' .. name end
-local function parked_key(name, gid) return P .. 'p:' .. #name .. ':' .. name .. ':' .. gid end
-local function out_key(name, gid) return P .. 'o:' .. #name .. ':' .. name .. ':' .. gid end
-local function blocked_key(name, gid) return P .. 'x:' .. #name .. ':' .. name .. ':' .. gid end
--- Stream ids in their order (as strings, '9-0' would come after '10-0').
-local function id_less(a, b)
-  local am, as = string.match(a, '(%d+)-(%d+)')
-  local bm, bs = string.match(b, '(%d+)-(%d+)')
-  if am ~= bm then return tonumber(am) < tonumber(bm) end
-  return tonumber(as) < tonumber(bs)
-end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function field(fields, key)
-  for i = 1, #fields, 2 do
-    if fields[i] == key then return fields[i + 1] end
-  end
-  return nil
-end
-local function ring(name)
-  redis.call('XADD', k('b', name), 'MAXLEN', '1', '*', 'r', '1')
 end
 -- The pending-list entry of a message: {id, consumer, idle, deliveries}, or nil.
 local function pending(name, id)
@@ -80,106 +61,138 @@ local function owned(name, id, delivered)
   local entry = pending(name, id)
   return entry ~= nil and tonumber(entry[4]) == tonumber(delivered)
 end
-local function ensure_queue(name, fifo, vt, mrc)
-  if redis.call('EXISTS', k('c', name)) == 0 then
-    redis.call('HSET', k('c', name), 'fifo', fifo, 'vt', vt, 'mrc', mrc, 'dlq', '')
-    redis.call('SADD', P .. 'queues', name)
+-- The helpers of the rarer paths, made by a script's first call of ``helpers()``: making a
+-- closure costs the server time at every run of a script, and the receive and the
+-- acknowledgement of a plain queue need none of them.
+local parked_key, out_key, blocked_key, id_less, field, ring, ensure_queue, unblock
+local advance_group, drop_groups, settle, entry_fields, dead_letter
+local made = false
+local function helpers()
+  if made then return end
+  made = true
+  function parked_key(name, gid) return P .. 'p:' .. #name .. ':' .. name .. ':' .. gid end
+  function out_key(name, gid) return P .. 'o:' .. #name .. ':' .. name .. ':' .. gid end
+  function blocked_key(name, gid) return P .. 'x:' .. #name .. ':' .. name .. ':' .. gid end
+  -- Stream ids in their order (as strings, '9-0' would come after '10-0').
+  function id_less(a, b)
+    local am, as = string.match(a, '(%d+)-(%d+)')
+    local bm, bs = string.match(b, '(%d+)-(%d+)')
+    if am ~= bm then return tonumber(am) < tonumber(bm) end
+    return tonumber(as) < tonumber(bs)
   end
-  redis.pcall('XGROUP', 'CREATE', k('s', name), GROUP, '0', 'MKSTREAM')
-end
--- Messages of a FIFO group that came due while an earlier one of the group was out wait
--- out of the leases; any change to the group makes them due again.
-local function unblock(name, gid)
-  local blocked = blocked_key(name, gid)
-  local ids = redis.call('SMEMBERS', blocked)
-  if #ids == 0 then return end
-  for _, other in ipairs(ids) do redis.call('ZADD', k('l', name), 0, other) end
-  redis.call('DEL', blocked)
-  ring(name)
-end
--- A settled message leaves its FIFO group's messages out; when none is left, the messages
--- waiting behind them (up to 100 at a time) become deliverable, in order.
-local function advance_group(name, id, gid)
-  if not gid then return end
-  local out = out_key(name, gid)
-  redis.call('LREM', out, 1, id)
-  unblock(name, gid)
-  if redis.call('LLEN', out) > 0 then return end
-  local parked = parked_key(name, gid)
-  local moved = redis.call('LRANGE', parked, 0, 99)
-  if #moved == 0 then
-    redis.call('SREM', k('pg', name), gid)
-    return
+  function field(fields, key)
+    for i = 1, #fields, 2 do
+      if fields[i] == key then return fields[i + 1] end
+    end
+    return nil
   end
-  redis.call('LTRIM', parked, #moved, -1)
-  for _, next_id in ipairs(moved) do
-    redis.call('ZADD', k('l', name), 0, next_id)
-    redis.call('RPUSH', out, next_id)
+  function ring(name)
+    redis.call('XADD', k('b', name), 'MAXLEN', '1', '*', 'r', '1')
   end
-  ring(name)
-end
--- Delete the lists of a queue's FIFO groups.
-local function drop_groups(name)
-  for _, gid in ipairs(redis.call('SMEMBERS', k('pg', name))) do
-    redis.call('DEL', parked_key(name, gid), out_key(name, gid), blocked_key(name, gid))
+  function ensure_queue(name, fifo, vt, mrc)
+    if redis.call('EXISTS', k('c', name)) == 0 then
+      redis.call('HSET', k('c', name), 'fifo', fifo, 'vt', vt, 'mrc', mrc, 'dlq', '')
+      redis.call('SADD', P .. 'queues', name)
+    end
+    redis.pcall('XGROUP', 'CREATE', k('s', name), GROUP, '0', 'MKSTREAM')
   end
-end
-local function settle(name, id, gid)
-  local s = k('s', name)
-  redis.call('XACK', s, GROUP, id)
-  redis.call('XDEL', s, id)
-  redis.call('ZREM', k('l', name), id)
-  redis.call('HDEL', k('a', name), id)
-  redis.call('HDEL', k('w', name), id)
-  advance_group(name, id, gid)
-end
-local function entry_fields(name, id)
-  local found = redis.call('XRANGE', k('s', name), id, id)[1]
-  if found then return found[2] end
-  return nil
-end
--- Copy a message to the queue's dead-letter queue with the failure headers (the original
--- headers win, as the dispatcher's reason was set there first); no deduplication id, so a
--- second failure of the same message is kept too. Returns 0 when the queue has none.
-local function dead_letter(name, fields, extra, reason)
-  local cfg = redis.call('HMGET', k('c', name), 'dlq', 'fifo', 'vt', 'mrc')
-  local dlq = cfg[1]
-  if not dlq or dlq == '' then return 0 end
-  if redis.call('EXISTS', k('c', dlq)) == 0 then
-    -- Deleted behind our back: recreated rather than the message dropped.
-    ensure_queue(dlq, cfg[2], cfg[3], cfg[4])
+  -- Messages of a FIFO group that came due while an earlier one of the group was out wait
+  -- out of the leases; any change to the group makes them due again.
+  function unblock(name, gid)
+    local blocked = blocked_key(name, gid)
+    local ids = redis.call('SMEMBERS', blocked)
+    if #ids == 0 then return end
+    for _, other in ipairs(ids) do redis.call('ZADD', k('l', name), 0, other) end
+    redis.call('DEL', blocked)
+    ring(name)
   end
-  local into_fifo = redis.call('HGET', k('c', dlq), 'fifo') == '1'
-  local headers = cjson.decode(field(fields, 'h') or '{}')
-  for key, value in pairs(extra) do headers[key] = value end
-  if headers[REASON] == nil then headers[REASON] = reason end
-  if headers[SOURCE] == nil then headers[SOURCE] = name end
-  local copy = {}
-  for i = 1, #fields, 2 do
-    local f = fields[i]
-    if f ~= 'h' and f ~= 'd' then
-      copy[#copy + 1] = f
-      copy[#copy + 1] = fields[i + 1]
+  -- A settled message leaves its FIFO group's messages out; when none is left, the messages
+  -- waiting behind them (up to 100 at a time) become deliverable, in order.
+  function advance_group(name, id, gid)
+    if not gid then return end
+    local out = out_key(name, gid)
+    redis.call('LREM', out, 1, id)
+    unblock(name, gid)
+    if redis.call('LLEN', out) > 0 then return end
+    local parked = parked_key(name, gid)
+    local moved = redis.call('LRANGE', parked, 0, 99)
+    if #moved == 0 then
+      redis.call('SREM', k('pg', name), gid)
+      return
+    end
+    redis.call('LTRIM', parked, #moved, -1)
+    for _, next_id in ipairs(moved) do
+      redis.call('ZADD', k('l', name), 0, next_id)
+      redis.call('RPUSH', out, next_id)
+    end
+    ring(name)
+  end
+  -- Delete the lists of a queue's FIFO groups.
+  function drop_groups(name)
+    for _, gid in ipairs(redis.call('SMEMBERS', k('pg', name))) do
+      redis.call('DEL', parked_key(name, gid), out_key(name, gid), blocked_key(name, gid))
     end
   end
-  copy[#copy + 1] = 'h'
-  copy[#copy + 1] = cjson.encode(headers)
-  if into_fifo and not field(fields, 'g') then
-    copy[#copy + 1] = 'g'
-    copy[#copy + 1] = name
+  function settle(name, id, gid)
+    local s = k('s', name)
+    redis.call('XACK', s, GROUP, id)
+    redis.call('XDEL', s, id)
+    redis.call('ZREM', k('l', name), id)
+    redis.call('HDEL', k('a', name), id)
+    redis.call('HDEL', k('w', name), id)
+    advance_group(name, id, gid)
   end
-  redis.call('XADD', k('s', dlq), '*', unpack(copy))
-  return 1
+  function entry_fields(name, id)
+    local found = redis.call('XRANGE', k('s', name), id, id)[1]
+    if found then return found[2] end
+    return nil
+  end
+  -- Copy a message to the queue's dead-letter queue with the failure headers (the original
+  -- headers win, as the dispatcher's reason was set there first); no deduplication id, so a
+  -- second failure of the same message is kept too. Returns 0 when the queue has none.
+  function dead_letter(name, fields, extra, reason)
+    local cfg = redis.call('HMGET', k('c', name), 'dlq', 'fifo', 'vt', 'mrc')
+    local dlq = cfg[1]
+    if not dlq or dlq == '' then return 0 end
+    if redis.call('EXISTS', k('c', dlq)) == 0 then
+      -- Deleted behind our back: recreated rather than the message dropped.
+      ensure_queue(dlq, cfg[2], cfg[3], cfg[4])
+    end
+    local into_fifo = redis.call('HGET', k('c', dlq), 'fifo') == '1'
+    local headers = cjson.decode(field(fields, 'h') or '{}')
+    for key, value in pairs(extra) do headers[key] = value end
+    if headers[REASON] == nil then headers[REASON] = reason end
+    if headers[SOURCE] == nil then headers[SOURCE] = name end
+    local copy = {}
+    for i = 1, #fields, 2 do
+      local f = fields[i]
+      if f ~= 'h' and f ~= 'd' then
+        copy[#copy + 1] = f
+        copy[#copy + 1] = fields[i + 1]
+      end
+    end
+    copy[#copy + 1] = 'h'
+    copy[#copy + 1] = cjson.encode(headers)
+    if into_fifo and not field(fields, 'g') then
+      copy[#copy + 1] = 'g'
+      copy[#copy + 1] = name
+    end
+    redis.call('XADD', k('s', dlq), '*', unpack(copy))
+    return 1
+  end
 end
 """
 
 #: ARGV: prefix, queue, consumer, count. Delivers up to ``count`` messages: first those whose
 #: lease ran out (dead-lettering those delivered ``max receive count`` times already, when the
-#: queue has a dead-letter queue), then new ones. Returns ``{deliveries, ms until the next
-#: lease runs out (-1: none), the stream's last id, the bell's last id, dead-lettered, the
-#: lease in ms}``, each
-#: delivery ``{entry id, deliveries so far, failed attempts, fields}``; the ids tell a receive
-#: with nothing to deliver (now or at its next call) where to wait from.
+#: queue has a dead-letter queue), then new ones. Returns one JSON array (one string is far
+#: cheaper for a client to read than nested replies): ``[deliveries, ms until the next lease
+#: runs out (-1: none), the stream's last id, the bell's last id, dead-lettered, the lease in
+#: ms]``, each delivery ``[entry id, deliveries so far, failed attempts, fields]``; the ids
+#: tell a receive with nothing to deliver (now or at its next call) where to wait from. A
+#: receive that
+#: delivers ``count`` messages is not followed by a wait (messages may be left), so it skips
+#: looking them up: its answer says no lease is due and both ids are ``0-0``.
 RECEIVE = (
     _COMMON
     + r"""
@@ -188,14 +201,18 @@ local cfg = redis.call('HMGET', k('c', name), 'vt', 'mrc', 'dlq', 'fifo')
 if not cfg[1] then return redis.error_reply('MELANGE_NO_QUEUE ' .. name) end
 local vt, mrc, fifo = tonumber(cfg[1]), tonumber(cfg[2]), cfg[4] == '1'
 local has_dlq = cfg[3] and cfg[3] ~= ''
+if fifo then helpers() end
 local s, leases, attempts, waiting = k('s', name), k('l', name), k('a', name), k('w', name)
 local now = now_ms()
 local out = {}
 local dead = 0
-local function deliver(id, delivered, fields)
-  redis.call('ZADD', leases, now + vt, id)
-  redis.call('HDEL', waiting, id)
-  out[#out + 1] = {id, delivered, redis.call('HGET', attempts, id) or '0', fields}
+-- The leases of this receive's deliveries (score, id...), written in one ZADD at the end:
+-- nothing in between reads them.
+local leased = {}
+local function deliver(id, delivered, failed, fields)
+  leased[#leased + 1] = now + vt
+  leased[#leased + 1] = id
+  out[#out + 1] = {id, delivered, failed, fields}
 end
 -- On a FIFO queue, the messages of a group that are out (delivered, or given back and not
 -- delivered again yet) are listed in order. A message may be delivered only when every one
@@ -210,9 +227,16 @@ local function clear_before(gid, id)
   end
   return true
 end
--- Leases that ran out: receivers that died or stalled, nacks and releases now due.
-local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, count)
-table.sort(due, id_less)
+-- Leases that ran out: receivers that died or stalled, nacks and releases now due. The
+-- earliest lease tells whether any is, and else when the next one runs out.
+local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+local first_due = first[2] and tonumber(first[2])
+local due = {}
+if first_due and first_due <= now then
+  helpers()
+  due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, count)
+  table.sort(due, id_less)
+end
 for _, id in ipairs(due) do
   local entry = pending(name, id)
   local fields = entry and entry_fields(name, id)
@@ -235,8 +259,9 @@ for _, id in ipairs(due) do
       else
         -- JUSTID does not count a delivery: counted here.
         redis.call('XCLAIM', s, GROUP, consumer, 0, id, 'RETRYCOUNT', before + 1, 'JUSTID')
+        redis.call('HDEL', waiting, id)
         taken[id] = true
-        deliver(id, before + 1, fields)
+        deliver(id, before + 1, redis.call('HGET', attempts, id) or '0', fields)
       end
     end
   end
@@ -265,7 +290,8 @@ while #out < count and rounds < 10 do
     else
       if gid then redis.call('RPUSH', out_key(name, gid), id) end
       taken[id] = true
-      deliver(id, 1, fields)
+      -- A new entry was never given back: it has no failed attempts and no delay.
+      deliver(id, 1, '0', fields)
     end
   end
   if #entries < want then
@@ -273,10 +299,26 @@ while #out < count and rounds < 10 do
     break
   end
 end
--- Where a receive that finds nothing (now, or next time) waits from, and for how long.
+for i = 1, #leased, 200 do
+  redis.call('ZADD', leases, unpack(leased, i, math.min(i + 199, #leased)))
+end
+-- The answer, written by hand: cjson would write an empty table as an object.
+local encoded = #out > 0 and cjson.encode(out) or '[]'
+local function answer(next_due, last, bell)
+  return '[' .. encoded .. ',' .. next_due .. ',"' .. last .. '","' .. bell .. '",' .. dead
+    .. ',' .. vt .. ']'
+end
+if #out >= count then return answer(-1, '0-0', '0-0') end
 local next_due, last, bell = -1, '0-0', '0-0'
-local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
-if first[2] then next_due = math.max(tonumber(first[2]) - now, 0) end
+-- Where a receive that finds nothing (now, or next time) waits from, and for how long.
+if #due > 0 then
+  -- The leases that were due changed: look again.
+  first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+  first_due = first[2] and tonumber(first[2])
+elseif #leased > 0 and not (first_due and first_due < now + vt) then
+  first_due = now + vt
+end
+if first_due then next_due = math.max(first_due - now, 0) end
 if read_all and last_read then
   -- Entries past the group's position are only ever deleted with the whole stream (purge),
   -- so the last one read is the last one added.
@@ -289,7 +331,7 @@ else
 end
 local rung = redis.call('XREVRANGE', k('b', name), '+', '-', 'COUNT', 1)[1]
 if rung then bell = rung[1] end
-return {out, next_due, last, bell, dead, vt}
+return answer(next_due, last, bell)
 """
 )
 
@@ -303,6 +345,7 @@ return {out, next_due, last, bell, dead, vt}
 PUBLISH = (
     _COMMON
     + r"""
+helpers()
 local window, kind, target = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local messages = {}
 local fields = nil
@@ -399,27 +442,68 @@ end
 return #starts - 1
 """
 
-#: ARGV: prefix, queue, then pairs of entry id and deliveries. Settles each delivery that
-#: still holds its message (a late acknowledgement is a no-op); returns how many.
+#: ARGV: prefix, queue, the acknowledging backend's consumer name, then pairs of entry id and
+#: deliveries. Settles each delivery that still holds its message (a late acknowledgement is a
+#: no-op); returns how many.
 ACKNOWLEDGE = (
     _COMMON
     + r"""
-local name = ARGV[2]
+local name, consumer = ARGV[2], ARGV[3]
 local fifo = redis.call('HGET', k('c', name), 'fifo') == '1'
 local done = 0
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  if owned(name, id, ARGV[i + 1]) then
-    local gid = nil
-    if fifo then
+if fifo then
+  helpers()
+  for i = 4, #ARGV, 2 do
+    local id = ARGV[i]
+    if owned(name, id, ARGV[i + 1]) then
       local fields = entry_fields(name, id)
-      gid = fields and field(fields, 'g') or nil
+      settle(name, id, fields and field(fields, 'g') or nil)
+      done = done + 1
     end
-    settle(name, id, gid)
-    done = done + 1
+  end
+  return done
+end
+local s = k('s', name)
+-- The deliveries each entry's pending-list entry counts. A batch acknowledged by the
+-- backend that received it is most often that consumer's oldest pending entries: they come
+-- in one XPENDING, any other entry is looked up alone.
+local held = {}
+if #ARGV > 5 then
+  local oldest = redis.pcall('XPENDING', s, GROUP, '-', '+', (#ARGV - 3) / 2, consumer)
+  if type(oldest) == 'table' and not oldest.err then
+    for _, entry in ipairs(oldest) do held[entry[1]] = tonumber(entry[4]) end
   end
 end
-return done
+-- Without FIFO groups, settling is the same few commands for every message: each is sent
+-- once for all the messages still held (as ``settle`` does for one).
+local ids = {}
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  if held[id] == nil then
+    local entry = pending(name, id)
+    held[id] = entry and tonumber(entry[4]) or false
+  end
+  if held[id] == tonumber(ARGV[i + 1]) then
+    -- Settled once, however often it is listed.
+    held[id] = false
+    ids[#ids + 1] = id
+  end
+end
+if #ids == 0 then return 0 end
+local l, a, w = k('l', name), k('a', name), k('w', name)
+-- Failed attempts and delays are rare: their hashes most often do not exist.
+local given_back = redis.call('EXISTS', a, w) > 0
+for i = 1, #ids, 200 do
+  local j = math.min(i + 199, #ids)
+  redis.call('XACK', s, GROUP, unpack(ids, i, j))
+  redis.call('XDEL', s, unpack(ids, i, j))
+  redis.call('ZREM', l, unpack(ids, i, j))
+  if given_back then
+    redis.call('HDEL', a, unpack(ids, i, j))
+    redis.call('HDEL', w, unpack(ids, i, j))
+  end
+end
+return #ids
 """
 )
 
@@ -429,6 +513,7 @@ return done
 GIVE_BACK = (
     _COMMON
     + r"""
+helpers()
 local name, id, delivered = ARGV[2], ARGV[3], ARGV[4]
 local delay, failed = tonumber(ARGV[5]), ARGV[6] == '1'
 if not owned(name, id, delivered) then return 0 end
@@ -468,6 +553,7 @@ return 1
 DEAD_LETTER = (
     _COMMON
     + r"""
+helpers()
 local name, id, delivered = ARGV[2], ARGV[3], ARGV[4]
 local dlq = redis.call('HGET', k('c', name), 'dlq')
 if not dlq or dlq == '' then return 0 end
@@ -490,6 +576,7 @@ return 1
 DECLARE_QUEUE = (
     _COMMON
     + r"""
+helpers()
 local name, dlq = ARGV[2], ARGV[3]
 local function upsert(q, fifo, vt, mrc, vt_given, mrc_given)
   if redis.call('EXISTS', k('c', q)) == 0 then
@@ -516,6 +603,7 @@ return 1
 DELETE_QUEUE = (
     _COMMON
     + r"""
+helpers()
 local name = ARGV[2]
 drop_groups(name)
 for _, kind in ipairs({'c', 's', 'l', 'a', 'w', 'pg', 'b'}) do
@@ -544,6 +632,7 @@ return 1
 PURGE = (
     _COMMON
     + r"""
+helpers()
 local name = ARGV[2]
 if redis.call('EXISTS', k('c', name)) == 0 then
   return redis.error_reply('MELANGE_NO_QUEUE ' .. name)

@@ -7,6 +7,7 @@ how a wait blocks a connection of its own.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Generic, TypeVar, cast
 
 from redis.exceptions import NoScriptError, RedisError
@@ -32,6 +33,8 @@ _C = TypeVar("_C")
 
 #: The URL of a Redis on this machine, database 0.
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+#: How many receive scripts (queue and batch size) a backend keeps packed for its waits.
+_WAIT_PACKING_LIMIT = 256
 
 
 class Progress(Generic[_T]):
@@ -87,6 +90,20 @@ class Progress(Generic[_T]):
         self._steps.close()
 
 
+class _ClientId:
+    """The client id of one connection, forgotten when the connection connects again (a new
+    connection of the server, with an id of its own)."""
+
+    __slots__ = ("__weakref__", "value")
+
+    def __init__(self, value: int) -> None:
+        self.value: int | None = value
+
+    def forget(self, connection: Any) -> None:
+        """The connection's connect callback (redis-py keeps a weak reference to it)."""
+        self.value = None
+
+
 class StreamsBackendBase(Generic[_C]):
     """The state and the I/O-free methods of both Redis Streams backends; ``_C`` is the type
     of their client."""
@@ -119,6 +136,10 @@ class StreamsBackendBase(Generic[_C]):
         self.client: _C = client if client is not None else self._connect(client_url(url), retries)
         # Untyped view of the client: redis-py's stubs type replies as bytes or str.
         self._r: Any = cast(Any, self.client)
+        # The packed commands around the block of a wait, per receive script and arguments.
+        self._wait_packing: dict[tuple[str, tuple[str | int, ...]], tuple[bytes, bytes]] = {}
+        # The client id of each connection a wait used (the connections are redis-py's).
+        self._client_ids: weakref.WeakKeyDictionary[Any, _ClientId] = weakref.WeakKeyDictionary()
 
     def _connect(self, url: str, retries: int) -> _C:
         """A client for ``url`` (a redis-py URL) retrying connection errors ``retries`` times."""
@@ -145,16 +166,53 @@ class StreamsBackendBase(Generic[_C]):
 
     def _call(self, step: Script | Command) -> Any:
         """Send a script or command with the client: its reply (awaitable on asyncio)."""
+        return self._send(self._r, step)
+
+    def _send(self, client: Any, step: Script | Command) -> Any:
+        """Send a script or command with ``client``: its reply (awaitable on asyncio)."""
         if isinstance(step, Script):
             sha = scripts.SHA1[step.name]
-            return self._r.execute_command("EVALSHA", sha, 0, self._prefix, *step.args)
-        return self._r.execute_command(*step.args)
+            return client.execute_command("EVALSHA", sha, 0, self._prefix, *step.args)
+        return client.execute_command(*step.args)
 
-    def _wait_commands(self, wait: Wait) -> list[Any]:
-        """What a wait sends in one go: the connection's id, the block, then the script."""
+    def _packed_wait(self, connection: Any, wait: Wait) -> tuple[list[bytes], int | None]:
+        """What a wait sends in one go, packed by ``connection`` (blocking or asyncio), and
+        the connection's client id when it is known: the block, then the script, preceded by
+        ``CLIENT ID`` when the id is not known (its reply then comes first).
+
+        The client id of a connection stays the same until it connects again, which a
+        connect callback notes; the script and ``CLIENT ID`` are the same at every wait on a
+        queue: they are packed once (packing a command is pure Python in redis-py, as costly
+        as reading a reply).
+        """
         then = wait.then
-        evalsha = ("EVALSHA", scripts.SHA1[then.name], 0, self._prefix, *then.args)
-        return [("CLIENT", "ID"), wait.command, evalsha]
+        key = (then.name, then.args)
+        around = self._wait_packing.get(key)
+        if around is None:
+            if len(self._wait_packing) >= _WAIT_PACKING_LIMIT:
+                self._wait_packing.clear()
+            evalsha = ("EVALSHA", scripts.SHA1[then.name], 0, self._prefix, *then.args)
+            around = (
+                b"".join(connection.pack_command("CLIENT", "ID")),
+                b"".join(connection.pack_command(*evalsha)),
+            )
+            self._wait_packing[key] = around
+        known = self._client_ids.get(connection)
+        client_id = known.value if known is not None and connection.is_connected else None
+        block = connection.pack_command(*wait.command)
+        if client_id is not None:
+            return [b"".join((*block, around[1]))], client_id
+        return [b"".join((around[0], *block, around[1]))], None
+
+    def _learned_client_id(self, connection: Any, reply: Any) -> int:
+        """Note the client id ``CLIENT ID`` answered on ``connection``; returns it."""
+        client_id = int(reply)
+        known = self._client_ids.get(connection)
+        if known is None:
+            known = self._client_ids[connection] = _ClientId(client_id)
+            connection.register_connect_callback(known.forget)
+        known.value = client_id
+        return client_id
 
 
 __all__ = ["DEFAULT_URL", "Progress", "StreamsBackendBase"]

@@ -72,7 +72,9 @@ def publish_arguments(messages: Sequence[Message]) -> list[str]:
 
 
 def _as_dict(fields: Sequence[Any]) -> dict[str, str]:
-    return {str(fields[i]): str(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
+    # Names and values arrive as text (JSON, or replies decoded by the client).
+    pairs = iter(fields)
+    return dict(zip(pairs, pairs, strict=False))
 
 
 def to_message(
@@ -100,8 +102,15 @@ def to_message(
     )
 
 
+def receive_answer(reply: str) -> list[Any]:
+    """A receive script's answer, which it writes as one JSON array (see
+    ``scripts.RECEIVE``)."""
+    answer: list[Any] = json.loads(reply)
+    return answer
+
+
 def received(queue: str, lease: float, deliveries: Sequence[Any]) -> list[Message]:
-    """The messages of a receive script's deliveries (``{id, delivered, failed, fields}``)."""
+    """The messages of a receive script's deliveries (``[id, delivered, failed, fields]``)."""
     return [
         to_message(
             str(entry_id),
@@ -124,6 +133,7 @@ __all__ = [
     "Receipt",
     "encode_headers",
     "publish_arguments",
+    "receive_answer",
     "received",
     "to_fields",
     "to_message",
