@@ -13,7 +13,8 @@ MelangeError
 │   ├── MessageTooLargeError    the body exceeds the backend's size limit
 │   └── BatchPublishError       some messages of a batch were refused (see ``failures``)
 ├── BackendError                the broker failed or could not be reached
-│   └── BackendConnectionError
+│   ├── BackendConnectionError
+│   └── WouldBlock              a call tried inline would have waited (nothing was done)
 ├── DeduplicationCacheError     the deduplication store could not be reached
 └── InvalidDeduplicationKeyError  the store refuses a message's key (poison, not an outage)
 ```
@@ -117,6 +118,12 @@ class BackendError(MelangeError):
 
 class BackendConnectionError(BackendError):
     """The broker could not be reached or refused the connection."""
+
+
+class WouldBlock(BackendError):
+    """A call tried with :meth:`~melange.backends.interfaces.MessagingBackend.run_inline`
+    would have had to wait (for a lock, a connection or the network); nothing was done, and
+    the caller makes the call again where waiting is allowed."""
 
 
 class DeduplicationCacheError(MelangeError):

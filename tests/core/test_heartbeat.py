@@ -55,3 +55,21 @@ def test_a_lease_is_renewed_a_third_of_it_after_it_began() -> None:
         assert 0.9 <= renewed[0][1] - added < 2.5
     finally:
         heartbeat.close()
+
+
+def test_a_batch_registered_while_the_heartbeat_idles_is_renewed_in_time() -> None:
+    renewed, done, heartbeat = _recorder()
+    try:
+        # A batch settled before its first renewal leaves the renewal thread idle; the next
+        # batch, whose renewal falls before the idle thread would look again, wakes it.
+        first = Message("settled", "{}")
+        heartbeat.add_batch([first])
+        heartbeat.remove_batch([first])
+        time.sleep(0.2)  # the thread is idle now
+        added = time.monotonic()
+        heartbeat.add_batch([Message("next", "{}")], since=added - 2.5)
+        assert done.wait(2.0), "the lease was not renewed"
+        assert [name for name, _ in renewed] == ["next"]
+        assert renewed[0][1] - added < 0.5
+    finally:
+        heartbeat.close()

@@ -188,6 +188,29 @@ def test_late_acknowledgement_does_not_delete_a_redelivered_message(
     assert backend.queue_stats("q").total == 0
 
 
+def test_batch_acknowledgement_deletes_exactly_the_deliveries_it_still_holds(
+    backend: SQLiteBackend, clock: FakeClock
+) -> None:
+    queue, _ = backend.declare_queue("q", visibility_timeout=5)
+    for index in range(6):
+        backend.publish_to_queue(make_message(f'"m{index}"'), queue)
+    # Three receives: the first one's lease runs out and its messages are delivered again.
+    stale = backend.retrieve_messages(queue, max_messages=2)
+    clock.advance(6)
+    first = backend.retrieve_messages(queue, max_messages=3)
+    second = backend.retrieve_messages(queue, max_messages=10)
+    assert {m.message_id for m in stale} <= {m.message_id for m in first + second}
+    assert len(first) + len(second) == 6
+    # One batch across deliveries, in no particular order: the stale receipts delete
+    # nothing, the current ones what they hold.
+    kept = second[-1]
+    backend.acknowledge_batch([*reversed(second[:-1]), *stale, *first])
+    assert backend.queue_stats("q") == QueueStats("q", ready=0, in_flight=1, delayed=0)
+    assert [m.content for m in backend.peek("q")] == [kept.content]
+    backend.acknowledge_batch([kept, kept])
+    assert backend.queue_stats("q").total == 0
+
+
 def test_extend_visibility_pushes_the_lease_back(backend: SQLiteBackend, clock: FakeClock) -> None:
     queue, _ = backend.declare_queue("q", visibility_timeout=5)
     backend.publish_to_queue(make_message('"x"'), queue)

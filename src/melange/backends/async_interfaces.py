@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.exceptions import WouldBlock
 from melange.models import Message, QueueWrapper, TopicWrapper
 
 _T = TypeVar("_T")
@@ -166,9 +167,12 @@ class AsyncMessagingBackend(ABC):
 class BlockingBackendAdapter(AsyncMessagingBackend):
     """A blocking :class:`MessagingBackend` behind the asynchronous contract.
 
-    Calls run on worker threads (``asyncio.to_thread``); for a backend that never blocks
-    (``blocking = False``) they run inline on the loop, except a receive that must wait for
-    messages. Use :func:`as_async` rather than this class.
+    Calls run on worker threads (:meth:`run_blocking`, ``asyncio.to_thread`` unless a
+    subclass runs them elsewhere); for a backend that never blocks (``blocking = False``) they
+    run inline on the loop, except a receive that must wait for messages. A backend that
+    blocks only now and then (``inline_when_free``) has each call tried on the loop first
+    (:meth:`~melange.backends.interfaces.MessagingBackend.run_inline`), and only those that
+    would wait go to a thread. Use :func:`as_async` rather than this class.
     """
 
     name = "blocking-adapter"
@@ -184,13 +188,24 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
     def capabilities(self) -> BackendCapabilities:
         return self.backend.capabilities
 
+    async def run_blocking(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """Run a call that may block off the event loop: every call that leaves the loop goes
+        through here (a subclass whose client is bound to threads of its own overrides it)."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
     async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        if self.backend.blocking:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        return fn(*args, **kwargs)
+        backend = self.backend
+        if not backend.blocking:
+            return fn(*args, **kwargs)
+        if backend.inline_when_free:
+            try:
+                return backend.run_inline(fn, *args, **kwargs)
+            except WouldBlock:
+                pass  # nothing was done: the same call, where it may wait
+        return await self.run_blocking(fn, *args, **kwargs)
 
     async def declare_topic(self, topic_name: str) -> TopicWrapper:
-        return await asyncio.to_thread(self.backend.declare_topic, topic_name)
+        return await self.run_blocking(self.backend.declare_topic, topic_name)
 
     async def get_topic(self, topic_name: str) -> TopicWrapper:
         return await self._call(self.backend.get_topic, topic_name)
@@ -205,7 +220,7 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
         dead_letter_queue_name: str | None = None,
         **kwargs: Any,
     ) -> tuple[QueueWrapper, QueueWrapper | None]:
-        return await asyncio.to_thread(
+        return await self.run_blocking(
             self.backend.declare_queue,
             queue_name,
             *topics_to_bind,
@@ -214,10 +229,10 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
         )
 
     async def delete_queue(self, queue: QueueWrapper) -> None:
-        await asyncio.to_thread(self.backend.delete_queue, queue)
+        await self.run_blocking(self.backend.delete_queue, queue)
 
     async def delete_topic(self, topic: TopicWrapper) -> None:
-        await asyncio.to_thread(self.backend.delete_topic, topic)
+        await self.run_blocking(self.backend.delete_topic, topic)
 
     async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
         await self._call(self.backend.publish_to_queue, message, queue, **kwargs)
@@ -237,12 +252,18 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
 
     async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
         backend = self.backend
-        if not backend.blocking:
+        if not backend.blocking or backend.inline_when_free:
             # What is there now, on the loop; only a wait for more goes to a thread.
-            ready = backend.retrieve_messages(queue, **{**kwargs, "wait_seconds": 0})
-            if ready or not kwargs.get("wait_seconds"):
-                return ready
-        return await asyncio.to_thread(backend.retrieve_messages, queue, **kwargs)
+            try:
+                ready = backend.run_inline(
+                    backend.retrieve_messages, queue, **{**kwargs, "wait_seconds": 0}
+                )
+            except WouldBlock:
+                pass
+            else:
+                if ready or not kwargs.get("wait_seconds"):
+                    return ready
+        return await self.run_blocking(backend.retrieve_messages, queue, **kwargs)
 
     async def acknowledge(self, message: Message) -> None:
         await self._call(self.backend.acknowledge, message)
@@ -272,7 +293,7 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
         self.backend.interrupt()
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.backend.close_connection)
+        await self.run_blocking(self.backend.close_connection)
 
 
 def _wrapped_async(backend: MessagingBackend) -> AsyncMessagingBackend | None:

@@ -4,8 +4,8 @@ Python frees the objects of consumed messages, but the C allocator under it (gli
 keeps the freed pages of its heap for reuse: after a backlog of a million messages drains, a
 process stays 40% (in memory) to 90% (SQLite) above its size before the backlog.
 :func:`return_freed_memory` asks the allocator to give those pages back. The in-memory
-backend calls it when a queue that held many messages (:data:`LARGE_BACKLOG`) is empty again;
-the SQLite backend, which does not know how much a queue held, calls
+backend calls it when a receive finds empty a queue that held many messages
+(:data:`LARGE_BACKLOG`); the SQLite backend, which does not know how much a queue held, calls
 :func:`return_freed_memory_when_idle` when a queue it delivered from is found empty. Both are
 no-ops where the C library has no ``malloc_trim`` (macOS, Windows, musl).
 """

@@ -26,11 +26,14 @@ Third-party backends check themselves with :mod:`melange.testing.conformance`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from melange.exceptions import WouldBlock
 from melange.models import Message, QueueWrapper, TopicWrapper
+
+_T = TypeVar("_T")
 
 #: Deliveries after which a broker dead-letters a message by itself, unless a queue's
 #: ``max_receive_count`` says otherwise. A backstop for messages no handler ever settles (a
@@ -66,6 +69,9 @@ class BackendCapabilities:
             Without it, a publish with a delay is refused.
         delayed_topic_publish: The same for ``publish_to_topic``: every copy is held back.
         max_publish_delay: The longest such delay in seconds, or ``None`` for no limit.
+        duplicate_deliveries: The broker itself may hand a message out more than once while
+            its lease still holds (SQS standard queues: at-least-once by design); the
+            deduplication cache is what keeps a consumer from running twice on such a copy.
     """
 
     name: str
@@ -83,6 +89,7 @@ class BackendCapabilities:
     delayed_publish: bool = False
     delayed_topic_publish: bool = False
     max_publish_delay: float | None = None
+    duplicate_deliveries: bool = False
 
 
 class MessagingBackend(ABC):
@@ -100,6 +107,23 @@ class MessagingBackend(ABC):
     #: backend on worker threads; a backend that never blocks (in memory) it calls on the
     #: event loop, except a receive that has to wait for messages.
     blocking: bool = True
+
+    #: Whether a blocking backend's calls are worth trying on the event loop first, through
+    #: :meth:`run_inline`: those that would wait go to a worker thread, the others save the
+    #: thread hop (SQLite, whose calls wait only while another connection writes).
+    inline_when_free: bool = False
+
+    def run_inline(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """Call ``fn`` (one of this backend's methods) on this thread if it can finish
+        without waiting for a lock, a connection or the network.
+
+        Raises:
+            WouldBlock: it would have had to wait. Nothing was done: the caller makes the
+                same call where waiting is allowed (a worker thread).
+        """
+        if self.blocking:
+            raise WouldBlock(f"{type(self).__name__} calls may wait for I/O")
+        return fn(*args, **kwargs)
 
     @property
     def capabilities(self) -> BackendCapabilities:

@@ -39,7 +39,6 @@ from melange.backends.memory.topology import (
     leave_group,
     next_candidate,
     note_depth,
-    pack_headers,
     release_lease,
     require,
     store,
@@ -229,7 +228,25 @@ class InMemoryMessagingBackend(MessagingBackend):
     # -- publishing -------------------------------------------------------------------------
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        if not kwargs and self._max_message_size is None:
+            # The common case, without the batch's checks of keywords and sizes.
+            target = self._queues.get(queue.name)
+            if target is not None and target.direct:
+                target.inbox.append(store(message, next(self._seq)))
+                self._arrive(queue.name)
+                return
         self.publish_batch_to_queue([message], queue, **kwargs)
+
+    def _arrive(self, queue_name: str) -> None:
+        """Messages were appended to the inbox of ``queue_name`` without the lock: wake its
+        receivers and tell its listeners."""
+        # A receiver counts itself as waiting before it looks at the inbox a last time,
+        # so either it sees these messages or we see it waiting.
+        if self._waiting.get(queue_name):
+            with self._lock:
+                self._wake(queue_name)
+        if self._listeners:
+            self._notify([queue_name])
 
     def publish_batch_to_queue(
         self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
@@ -238,29 +255,25 @@ class InMemoryMessagingBackend(MessagingBackend):
         apply_fifo_keywords(messages, kwargs)
         delay = publish_delay(kwargs, backend="the in-memory backend")
         target = self._queues.get(queue.name)
-        if delay is None and target is not None and not target.fifo and target.delay_seconds <= 0:
+        if delay is None and target is not None and target.direct:
             # The common case takes no lock, so publishers never queue up behind a receiver
             # (under the GIL a contended lock costs a thread switch per message).
             inbox, seq = target.inbox, self._seq
             for message in messages:
                 inbox.append(store(message, next(seq)))
-            # A receiver counts itself as waiting before it looks at the inbox a last time,
-            # so either it sees these messages or we see it waiting.
-            if self._waiting.get(queue.name):
-                with self._lock:
-                    self._wake(queue.name)
-        else:
-            with self._lock:
-                target = self._queues.get(queue.name)
-                if target is None:
-                    if not self._auto_create:
-                        raise QueueNotFoundError(queue.name)
-                    target = self._create_queue(queue.name, {})
-                if delay is not None and target.fifo:
-                    raise fifo_delay_refused(queue.name)
-                for message in messages:
-                    self._enqueue(target, message, delay=delay)
-                self._wake(target.name)
+            self._arrive(queue.name)
+            return
+        with self._lock:
+            target = self._queues.get(queue.name)
+            if target is None:
+                if not self._auto_create:
+                    raise QueueNotFoundError(queue.name)
+                target = self._create_queue(queue.name, {})
+            if delay is not None and target.fifo:
+                raise fifo_delay_refused(queue.name)
+            for message in messages:
+                self._enqueue(target, message, delay=delay)
+            self._wake(target.name)
         self._notify([queue.name])
 
     def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
@@ -349,6 +362,17 @@ class InMemoryMessagingBackend(MessagingBackend):
             while True:
                 target = require(self._queues, queue.name)
                 received = self._receive(target, max_messages)
+                if not received and emptied_after_backlog(target, LARGE_BACKLOG):
+                    # A large backlog was drained: its memory goes back to the system now
+                    # that a receive finds nothing to deliver (not at the acknowledgement of
+                    # its last message, which would delay that message's consumer), and
+                    # without the lock, which publishers and other receivers need.
+                    self._lock.release()
+                    try:
+                        return_freed_memory()
+                    finally:
+                        self._lock.acquire()
+                    continue
                 remaining = deadline - time.monotonic()
                 if received or remaining <= 0 or generation != self._interrupts:
                     return received
@@ -386,6 +410,12 @@ class InMemoryMessagingBackend(MessagingBackend):
         now = self._clock()
         expire_leases(queue, now)
         note_depth(queue)
+        if (
+            not queue.fifo
+            and not queue.ready
+            and not (queue.pending and queue.pending[0][0] <= now)
+        ):
+            return self._receive_inbox(queue, max_messages, now)
         out: list[Message] = []
         blocked: list[Stored] = []
         # Redelivered messages of busy groups go back to ``pending`` under their own key: in
@@ -431,7 +461,38 @@ class InMemoryMessagingBackend(MessagingBackend):
             heapq.heappush(queue.pending, entry)
         return out
 
-    def _move_to_dlq(self, queue: QueueState, stored: Stored, reason: str) -> None:
+    def _receive_inbox(self, queue: QueueState, max_messages: int, now: float) -> list[Message]:
+        """:meth:`_receive` of a standard queue whose next messages are all in ``inbox``
+        (nothing redelivered is due): the common case, in a loop without the FIFO and
+        redelivery steps."""
+        out: list[Message] = []
+        inbox, inflight, leases = queue.inbox, queue.inflight, queue.leases
+        visible_at = now + queue.visibility_timeout
+        limit = queue.max_receive_count if queue.dead_letter_queue else None
+        receipts, name = self._receipts, queue.name
+        while inbox and len(out) < max_messages:
+            stored = inbox.popleft()
+            if limit is not None and stored.receive_count >= limit:
+                self._move_to_dlq(queue, stored, "max receive count exceeded")
+                self._wake(queue.dead_letter_queue or name)
+                continue
+            stored.receive_count += 1
+            receipt = next(receipts)
+            stored.visible_at = visible_at
+            inflight[receipt] = stored
+            heapq.heappush(leases, (visible_at, receipt))
+            out.append(to_message(stored, Receipt(name, receipt)))
+        return out
+
+    def _move_to_dlq(
+        self,
+        queue: QueueState,
+        stored: Stored,
+        reason: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Move ``stored`` to the queue's dead-letter queue, with ``headers`` (default: its
+        own) and the failure's."""
         assert queue.dead_letter_queue is not None
         leave_group(queue, stored)
         dlq = self._queues.get(queue.dead_letter_queue)
@@ -440,7 +501,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             dlq = self._create_queue(queue.dead_letter_queue, {"fifo": queue.fifo})
         copy, headers = dead_letter_copy(
             to_message(stored, None),
-            unpack_headers(stored.headers),
+            unpack_headers(stored.headers) if headers is None else headers,
             source_queue=queue.name,
             reason=reason,
             into_fifo=dlq.fifo,
@@ -460,23 +521,29 @@ class InMemoryMessagingBackend(MessagingBackend):
         self.acknowledge_batch([message])
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
-        emptied = False  # a large backlog was drained
         with self._lock:
             freed: set[str] = set()  # FIFO queues whose groups may go on
+            settled: list[QueueState] = []  # the queues settled from (usually one)
             for message in messages:
                 lease = self._lease(message)
-                if lease is not None:
-                    queue = lease[0]
-                    stored = release_lease(*lease)
+                if lease is None:
+                    continue
+                queue, receipt = lease
+                if queue.fifo:
+                    stored = release_lease(queue, receipt)
                     if stored is not None:
                         leave_group(queue, stored)
-                    if queue.fifo:
-                        freed.add(queue.name)
-                    emptied = emptied_after_backlog(queue, LARGE_BACKLOG) or emptied
+                    freed.add(queue.name)
+                else:
+                    # A standard queue's message only leaves ``inflight``; its lease entry
+                    # goes at the compaction below, once for the batch.
+                    del queue.inflight[receipt]
+                if not settled or settled[-1] is not queue:
+                    settled.append(queue)
+            for queue in settled:
+                compact_leases(queue)
             if freed:
                 self._wake(*freed)
-        if emptied:
-            return_freed_memory()
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Deliver ``message`` again after ``delay`` seconds (a failed attempt)."""
@@ -518,8 +585,12 @@ class InMemoryMessagingBackend(MessagingBackend):
                 return False
             stored = release_lease(queue, receipt_id)
             assert stored is not None
-            stored.headers = pack_headers({**unpack_headers(stored.headers), **headers})
-            self._move_to_dlq(queue, stored, headers.get(FAILURE_REASON, "dead-lettered"))
+            self._move_to_dlq(
+                queue,
+                stored,
+                headers.get(FAILURE_REASON, "dead-lettered"),
+                {**unpack_headers(stored.headers), **headers},
+            )
             self._wake(queue.name, *filter(None, [queue.dead_letter_queue]))
             return True
 

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from melange.backends.embedded_rules import check_type_kept, queue_options
 from melange.backends.interfaces import DEFAULT_MAX_RECEIVE_COUNT
@@ -29,7 +29,8 @@ class Stored:
     """A message as the broker holds it (never handed out: receivers get fresh copies).
 
     Kept small, as a queue may hold millions: slots only, the id and headers in their
-    compact forms (see :func:`pack_id` and :func:`pack_headers`), and the FIFO group and
+    compact forms (see :func:`pack_id` and :func:`pack_headers`; the usual id and publish
+    time together in ``headers``, with ``packed_id`` ``None``), and the FIFO group and
     deduplication ids only on the messages that have them (:class:`GroupedStored`).
     """
 
@@ -52,11 +53,24 @@ class Stored:
     def __init__(
         self, message: Message, seq: int, headers: Mapping[str, str] | None = None
     ) -> None:
-        self.packed_id = pack_id(message.message_id)
+        message_id = message.message_id
+        source = message.headers if headers is None else headers
+        micros = None
+        if len(source) == 1 and len(message_id) == 32:
+            published_at = source.get(PUBLISHED_AT)
+            if published_at is not None and _PACKABLE_ID.fullmatch(message_id):
+                micros = _pack_published_at(published_at)
+        if micros is not None:
+            # The usual message (a Melange id, only its publish time): both in one int, so
+            # that a queued message is one object fewer to allocate, touch and free.
+            self.packed_id: str | int | None = None
+            self.headers: PackedHeaders = int(message_id, 16) << _TIME_BITS | micros
+        else:
+            self.packed_id = pack_id(message_id)
+            self.headers = pack_headers(source)
         self.content = message.content
         self.serializer_id = message.serializer_id
         self.manifest = message.manifest
-        self.headers = pack_headers(message.headers if headers is None else headers)
         self.seq = seq
         self.receive_count = 0
         self.attempts = 0  # failed attempts (nacks), which ``attempt`` counts
@@ -65,7 +79,7 @@ class Stored:
     @property
     def message_id(self) -> str:
         """The message's id, as it was published."""
-        return unpack_id(self.packed_id)
+        return unpack_id(self.packed_id, self.headers)
 
 
 class GroupedStored(Stored):
@@ -90,27 +104,32 @@ def store(message: Message, seq: int, headers: Mapping[str, str] | None = None) 
 
 #: Packed headers: a flat ``(key, value, ...)`` tuple, or, for the headers almost every
 #: message carries (only ``published_at``, as :meth:`Message.create` writes it), the publish
-#: time in microseconds as one int.
+#: time in microseconds as one int; its low :data:`_TIME_BITS` bits, as a :class:`Stored`
+#: whose ``packed_id`` is ``None`` keeps its packed id in the bits above them.
 PackedHeaders = tuple[str, ...] | int
 
-_PUBLISHED_AT = re.compile(r"[1-9][0-9]{0,11}\.[0-9]{6}")
+#: Bits of a packed publish time: microseconds up to the year 2112 (later times stay text).
+#: With a 128-bit id above them the int has six 30-bit digits, the size of the id alone.
+_TIME_BITS = 52
+_TIME_MASK = (1 << _TIME_BITS) - 1
+
+#: Ids :func:`pack_id` packs: what :func:`unpack_id` gives back exactly.
+_PACKABLE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def pack_id(message_id: str) -> str | int:
     """A message id in its smallest exact form: the 32 lowercase hex digits Melange's ids
     are made of as one int (44 bytes instead of 81); any other id as it is."""
-    if len(message_id) == 32:
-        try:
-            number = int(message_id, 16)
-        except ValueError:
-            return message_id
-        if f"{number:032x}" == message_id:
-            return number
+    if len(message_id) == 32 and _PACKABLE_ID.fullmatch(message_id):
+        return int(message_id, 16)
     return message_id
 
 
-def unpack_id(packed: str | int) -> str:
-    """The id :func:`pack_id` packed."""
+def unpack_id(packed: str | int | None, headers: PackedHeaders = ()) -> str:
+    """The id :func:`pack_id` packed (``None``: packed in ``headers``, above the time)."""
+    if packed is None:
+        assert isinstance(headers, int)
+        packed = headers >> _TIME_BITS
     return packed if isinstance(packed, str) else f"{packed:032x}"
 
 
@@ -121,16 +140,31 @@ def pack_headers(headers: Mapping[str, str]) -> PackedHeaders:
         return ()
     if len(headers) == 1:
         for key, value in headers.items():
-            if key == PUBLISHED_AT and _PUBLISHED_AT.fullmatch(value):
-                return int(value.replace(".", "", 1))
+            if key == PUBLISHED_AT:
+                packed = _pack_published_at(value)
+                if packed is not None:
+                    return packed
             return (key, value)
     return tuple(chain.from_iterable(headers.items()))
+
+
+def _pack_published_at(value: str) -> int | None:
+    """A publish time written as :meth:`Message.create` writes it (1 to 12 digits, the first
+    not 0, a point, 6 digits) in microseconds; ``None`` for any other text, which would not
+    come back the same."""
+    if 8 <= len(value) <= 19 and value[-7] == "." and value[0] != "0":
+        digits = value[:-7] + value[-6:]
+        if digits.isascii() and digits.isdigit():
+            micros = int(digits)
+            if micros <= _TIME_MASK:
+                return micros
+    return None
 
 
 def unpack_headers(packed: PackedHeaders) -> dict[str, str]:
     """A fresh dict of the headers :func:`pack_headers` packed."""
     if isinstance(packed, int):
-        seconds, micros = divmod(packed, 1_000_000)
+        seconds, micros = divmod(packed & _TIME_MASK, 1_000_000)
         return {PUBLISHED_AT: f"{seconds}.{micros:06d}"}
     if not packed:
         return {}
@@ -170,6 +204,12 @@ class QueueState:
     # drained gives its memory back (see melange.backends.heap).
     high_water: int = 0
 
+    @property
+    def direct(self) -> bool:
+        """Whether a publish without options goes straight to ``inbox`` (a standard queue
+        without a delay of its own)."""
+        return not self.fifo and self.delay_seconds <= 0
+
 
 @dataclass
 class Subscription:
@@ -179,10 +219,10 @@ class Subscription:
     manifests: frozenset[str] | None
 
 
-@dataclass(frozen=True)
-class Receipt:
+class Receipt(NamedTuple):
     """What a received message needs to be settled: its queue and the receipt of this
-    delivery."""
+    delivery (a named tuple: one is made per message received, and a tuple is the cheapest
+    immutable record to make)."""
 
     queue: str
     receipt: int
@@ -265,10 +305,15 @@ def compact_leases(queue: QueueState) -> None:
     A settled lease leaves its entry in the heap; rebuilding the heap from ``inflight``
     whenever stale entries make up more than half of it keeps its size proportional to the
     messages in flight (not to the throughput times the visibility timeout), at an amortized
-    O(1) per settle.
+    O(1) per settle; with nothing in flight it is emptied.
     """
     leases, inflight = queue.leases, queue.inflight
-    if len(leases) > 2 * len(inflight) + 32:
+    if not inflight:
+        # Nothing in flight: every entry is stale. Dropped at once, as their objects would
+        # otherwise keep alive the allocator arenas they sit in (an emptied backlog's memory).
+        if leases:
+            leases.clear()
+    elif len(leases) > 2 * len(inflight) + 32:
         fresh = [(stored.visible_at, receipt) for receipt, stored in inflight.items()]
         heapq.heapify(fresh)
         queue.leases = fresh
@@ -352,8 +397,17 @@ def emptied_after_backlog(queue: QueueState, backlog: int) -> bool:
 
 def to_message(stored: Stored, receipt: Receipt | None) -> Message:
     """A fresh copy of a stored message; ``receipt`` is ``None`` for copies not to settle."""
+    packed = stored.headers
+    if type(packed) is int and stored.packed_id is None:
+        # The usual message, unpacked here without the two calls below (once per receive).
+        seconds, micros = divmod(packed & _TIME_MASK, 1_000_000)
+        message_id = f"{packed >> _TIME_BITS:032x}"
+        headers = {PUBLISHED_AT: f"{seconds}.{micros:06d}"}
+    else:
+        message_id = unpack_id(stored.packed_id, packed)
+        headers = unpack_headers(packed)
     message = Message(
-        unpack_id(stored.packed_id),
+        message_id,
         stored.content,
         receipt,
         stored.serializer_id,
@@ -363,7 +417,7 @@ def to_message(stored: Stored, receipt: Receipt | None) -> Message:
         stored.group_id,
         stored.dedup_id,
     )
-    message.headers = unpack_headers(stored.headers)
+    message.headers = headers
     return message
 
 

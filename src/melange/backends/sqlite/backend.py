@@ -14,10 +14,9 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from melange.backends.heap import return_freed_memory_when_idle
 from melange.backends.interfaces import (
@@ -60,10 +59,31 @@ from melange.exceptions import (
 )
 from melange.models import FAILURE_REASON, Message, QueueWrapper, TopicWrapper
 
+_T = TypeVar("_T")
+
 logger = logging.getLogger("melange.backends.sqlite")
 
-# Deletes a message only while the delivery being settled still holds it.
-_DELETE_SETTLED = "DELETE FROM messages WHERE id = ? AND receipt = ?"
+
+# Row ids per statement that names them in an ``IN`` list (SQLite caps parameters).
+_IDS_PER_STATEMENT = 500
+
+
+def _id_slices(ids: Sequence[int]) -> list[tuple[str, Sequence[int]]]:
+    """``ids`` in slices, each with the ``?`` marks of its ``IN`` list.
+
+    One statement over a sorted list of row ids runs once and moves from row to row (SQLite
+    steps to the next row where it can), where a statement per row searches the table's
+    B-tree from its root for each: a cost that grows with the depth of the tree, so with the
+    number of messages the file holds.
+    """
+    ordered = sorted(ids)
+    return [
+        (",".join("?" * len(chunk)), chunk)
+        for chunk in (
+            ordered[start : start + _IDS_PER_STATEMENT]
+            for start in range(0, len(ordered), _IDS_PER_STATEMENT)
+        )
+    ]
 
 
 class SQLiteBackend(MessagingBackend):
@@ -143,6 +163,9 @@ class SQLiteBackend(MessagingBackend):
         # Queues whose last receive here returned messages.
         self._busy_queues: set[str] = set()
         self._db = Database(self.path, synchronous=mode, busy_timeout=float(busy_timeout))
+        # An asyncio dispatcher tries each call on its loop first (see run_inline), unless
+        # every commit waits for the disk (synchronous FULL or EXTRA).
+        self.inline_when_free = mode in ("OFF", "NORMAL")
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -262,17 +285,9 @@ class SQLiteBackend(MessagingBackend):
             self._clock(),
             queue.name,
         )
-        # One statement outside an explicit transaction is a transaction of its own (SQLite
-        # takes the write lock for it, waiting up to busy_timeout), so a single message to a
-        # standard queue needs no BEGIN and COMMIT. Anything else takes the general path.
-        conn = self._db.acquire()
-        try:
-            inserted = conn.execute(INSERT_INTO_STANDARD_QUEUE, row).rowcount
-        except sqlite3.Error as exc:
-            raise self._db.error(exc) from exc
-        finally:
-            self._db.release(conn)
-        if inserted:
+        # A single message to a standard queue is one statement, a transaction of its own.
+        # Anything else takes the general path.
+        if self._db.execute(INSERT_INTO_STANDARD_QUEUE, row):
             self._db.doorbell.ring(queue.name)
         else:
             self.publish_batch_to_queue([message], queue, **kwargs)
@@ -504,11 +519,13 @@ class SQLiteBackend(MessagingBackend):
             else:
                 self._busy_queues.add(queue.name)
                 token = secrets.randbits(62)
-                conn.executemany(
-                    "UPDATE messages SET receipt = ?, visible_at = ?, "
-                    "receive_count = receive_count + 1 WHERE id = ?",
-                    [(token, now + queue.visibility_timeout, row.id) for row in deliver],
-                )
+                lease_ends = now + queue.visibility_timeout
+                for marks, chunk in _id_slices([row.id for row in deliver]):
+                    conn.execute(
+                        "UPDATE messages SET receipt = ?, visible_at = ?, "
+                        f"receive_count = receive_count + 1 WHERE id IN ({marks})",
+                        (token, lease_ends, *chunk),
+                    )
         if dead_lettered and queue.dead_letter_queue:
             self._db.doorbell.ring(queue.dead_letter_queue)
         if not deliver:
@@ -532,21 +549,25 @@ class SQLiteBackend(MessagingBackend):
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
         """Delete the messages in one transaction."""
-        keys = [(receipt.row_id, receipt.token) for receipt in map(self._receipt, messages)]
-        if not keys:
+        # Grouped by delivery: the messages one receive returned share its token, and a
+        # statement per group deletes them together.
+        by_token: dict[int, list[int]] = {}
+        for receipt in map(self._receipt, messages):
+            by_token.setdefault(receipt.token, []).append(receipt.row_id)
+        if not by_token:
             return
-        if len(keys) == 1:
+        statements = [
+            (f"DELETE FROM messages WHERE receipt = ? AND id IN ({marks})", (token, *ids))
+            for token, row_ids in by_token.items()
+            for marks, ids in _id_slices(row_ids)
+        ]
+        if len(statements) == 1:
             # One statement is a transaction of its own: no BEGIN and COMMIT needed.
-            conn = self._db.acquire()
-            try:
-                conn.execute(_DELETE_SETTLED, keys[0])
-            except sqlite3.Error as exc:
-                raise self._db.error(exc) from exc
-            finally:
-                self._db.release(conn)
+            self._db.execute(*statements[0])
             return
         with self._db.write() as conn:
-            conn.executemany(_DELETE_SETTLED, keys)
+            for statement in statements:
+                conn.execute(*statement)
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Make the message visible again after ``delay`` seconds (a failed attempt).
@@ -623,6 +644,18 @@ class SQLiteBackend(MessagingBackend):
                 "UPDATE messages SET visible_at = ? WHERE id = ? AND receipt = ?",
                 (self._clock() + float(seconds), receipt.row_id, receipt.token),
             )
+
+    def run_inline(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """Call ``fn`` on this thread on a connection that never waits for another's write
+        lock (an asyncio dispatcher's calls, on its loop).
+
+        The call still costs SQLite's own work (tens of microseconds), and now and then a
+        commit runs a WAL checkpoint (a few milliseconds with ``synchronous="NORMAL"``).
+
+        Raises:
+            WouldBlock: another connection was writing; nothing was done.
+        """
+        return self._db.run_inline(fn, *args, **kwargs)
 
     def interrupt(self) -> None:
         """End every :meth:`retrieve_messages` wait in this process; they return ``[]``."""

@@ -20,10 +20,13 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
-from melange.exceptions import BackendError, ConfigurationError
+from melange.exceptions import BackendError, ConfigurationError, WouldBlock
+
+_T = TypeVar("_T")
 
 #: The schema version this module writes and understands.
 SCHEMA_VERSION = 3
@@ -113,11 +116,23 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
+class _Inline(threading.local):
+    """The call of this thread that runs inline (see :meth:`Database.run_inline`), if any."""
+
+    active = False
+    # Whether the call committed a write: from then on it cannot be given up.
+    committed = False
+    # This thread's connection for inline calls (file mode), which never waits for a lock.
+    conn: sqlite3.Connection | None = None
+
+
 class Database:
     """The connections of one backend to its database file (or to ``":memory:"``).
 
     The file is created (with its schema) when the first connection opens. Connections are
     pooled, one per concurrent thread; in-memory mode has exactly one, handed out in turn.
+    Calls made through :meth:`run_inline` use a connection of their own per thread that never
+    waits for the write lock.
 
     Raises:
         ConfigurationError: the file is not a Melange database, was written by a newer
@@ -143,11 +158,19 @@ class Database:
         # Wakes waiting receivers on publish: shared by every backend of this process on the
         # same file, so one instance's publish reaches another's receivers at once.
         self.doorbell = Doorbell() if self.memory else doorbell_for(self.path)
+        self._inline = _Inline()
+        # The inline connections of every thread, to close with the pool.
+        self._inline_conns: list[sqlite3.Connection] = []
         self._free.append(self.open(initialize=True))
         _OPEN_DATABASES.add(self)
 
-    def open(self, initialize: bool = False) -> sqlite3.Connection:
-        """A new connection, with the pragmas set (and, first time, the schema checked)."""
+    def open(
+        self, initialize: bool = False, busy_timeout: float | None = None
+    ) -> sqlite3.Connection:
+        """A new connection, with the pragmas set (and, first time, the schema checked);
+        it waits for a lock up to ``busy_timeout`` (by default the database's)."""
+        if busy_timeout is None:
+            busy_timeout = self.busy_timeout
         if not self.memory:
             directory = os.path.dirname(self._target)
             if not os.path.isdir(directory):
@@ -158,14 +181,14 @@ class Database:
         try:
             conn = sqlite3.connect(
                 self._target,
-                timeout=self.busy_timeout,
+                timeout=busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
             )
         except sqlite3.Error as exc:
             raise ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             if initialize:
                 self._initialize(conn)
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -262,20 +285,67 @@ class Database:
         """In a forked child: drop the parent's connections and locks, which SQLite and
         threading do not support across ``fork``; the child opens its own on first use."""
         self._pool_cond = threading.Condition(threading.Lock())
+        self._inline = _Inline()
         if not self.memory:
             # Never closed here: closing would touch the parent's file locks.
-            self._abandoned = self._free
+            self._abandoned = self._free + self._inline_conns
             self._free = []
+            self._inline_conns = []
             self.doorbell = doorbell_for(self.path)
         else:
             self.doorbell = Doorbell()
 
+    def run_inline(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """Call ``fn`` so that it never waits: on this thread's inline connection, whose
+        busy timeout is 0 (in-memory mode: on the only connection, if it is free).
+
+        Raises:
+            WouldBlock: another connection held the write lock (or the in-memory database's
+                connection was in use) before ``fn`` committed anything; nothing was done.
+                A lock met after a commit is reported as usual (``BackendError``), never as
+                ``WouldBlock``: the call cannot be made again without repeating its write.
+        """
+        state = self._inline
+        if state.active:
+            return fn(*args, **kwargs)
+        state.active = True
+        state.committed = False
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            state.active = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"SQLiteBackend({self.path!r}) is closed")
+
+    def _inline_connection(self, state: _Inline) -> sqlite3.Connection:
+        if self.memory:
+            with self._pool_cond:
+                self._check_open()
+                if not self._free:
+                    raise WouldBlock("the in-memory SQLite database's connection is in use")
+                return self._free.pop()
+        self._check_open()
+        conn = state.conn
+        if conn is None:
+            conn = self.open(busy_timeout=0.0)
+            with self._pool_cond:
+                if self._closed:  # closed while it opened: close() did not see it
+                    conn.close()
+                    self._check_open()
+                self._inline_conns.append(conn)
+            state.conn = conn
+        return conn
+
     def acquire(self) -> sqlite3.Connection:
         """A connection of the pool, or a new one (in-memory mode: wait for the only one)."""
+        state = self._inline
+        if state.active:
+            return self._inline_connection(state)
         with self._pool_cond:
             while True:
-                if self._closed:
-                    raise BackendError(f"SQLiteBackend({self.path!r}) is closed")
+                self._check_open()
                 if self._free:
                     return self._free.pop()
                 if not self.memory:
@@ -285,6 +355,8 @@ class Database:
 
     def release(self, conn: sqlite3.Connection) -> None:
         """Give a connection back to the pool (closed instead once the pool is)."""
+        if conn is self._inline.conn:
+            return  # this thread's inline connection stays with it
         with self._pool_cond:
             if self._closed:
                 conn.close()
@@ -320,15 +392,34 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if self._inline.active:
+                self._inline.committed = True
         except sqlite3.Error as exc:
             raise self.error(exc) from exc
         finally:
             self.release(conn)
 
+    def execute(self, sql: str, parameters: Sequence[object]) -> int:
+        """Run one statement as a transaction of its own (SQLite takes the write lock for
+        it, waiting up to ``busy_timeout``, with no BEGIN and COMMIT); its row count."""
+        conn = self.acquire()
+        try:
+            count: int = conn.execute(sql, parameters).rowcount
+        except sqlite3.Error as exc:
+            raise self.error(exc) from exc
+        finally:
+            self.release(conn)
+        if count and self._inline.active:
+            self._inline.committed = True
+        return count
+
     def error(self, exc: sqlite3.Error) -> BackendError:
         """The :class:`~melange.exceptions.BackendError` an SQLite failure is reported as."""
         text = str(exc)
         if "locked" in text or "busy" in text:
+            state = self._inline
+            if state.active and not state.committed:
+                return WouldBlock(f"SQLite database {self.path!r} is locked by another connection")
             return BackendError(
                 f"SQLite database {self.path!r} stayed locked by another connection for more "
                 f"than busy_timeout={self.busy_timeout}s: {text}"
@@ -346,8 +437,9 @@ class Database:
             if self._closed:
                 return
             self._closed = True
-            free = list(self._free)
+            free = [*self._free, *self._inline_conns]
             self._free.clear()
+            self._inline_conns.clear()
             self._pool_cond.notify_all()
         for conn in free:
             conn.close()
