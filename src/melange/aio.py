@@ -38,11 +38,10 @@ from melange.publishers import (
     Send,
     SendBatch,
     TopicPublisher,
-    _Publisher,
-    delay_options,
+    _coerce_serializers,
+    _Envelopes,
 )
-from melange.serializers.json import JsonSerializer
-from melange.serializers.registry import SerializerRegistry, SerializerSource
+from melange.serializers.registry import SerializerSource
 
 if TYPE_CHECKING:
     from melange.claimcheck import ClaimCheck
@@ -50,22 +49,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class _Builder(_Publisher):
-    """The synchronous publishers' message building (``_build``), without their backend."""
-
-    def __init__(self, serializer_registry: SerializerSource | None) -> None:
-        self.serializer_registry = SerializerRegistry.coerce(
-            serializer_registry if serializer_registry is not None else JsonSerializer()
-        )
-
-
-class _AsyncPublisher:
+class _AsyncPublisher(_Envelopes):
     #: The name the warning about a created topic gives the publisher.
     _publisher_name = "publisher"
     #: The methods a backend that is not a MessagingBackend needs (as for the blocking twin).
     _needs: tuple[str, ...] = QueuePublisher._needs
-    #: Whether this publisher sends to topics (for the capability its delays need).
-    _to_topics = False
+    _backend: AsyncMessagingBackend
 
     def __init__(
         self,
@@ -79,7 +68,7 @@ class _AsyncPublisher:
             raise TypeError(
                 f"{type(self).__name__} takes the serializer(s) first and the backend second"
             )
-        self._builder = _Builder(serializer_registry)
+        self.serializer_registry = _coerce_serializers(serializer_registry)
         given = backend if backend is not None else BackendManager().get_backend()
         if not isinstance(given, MessagingBackend | AsyncMessagingBackend):
             # A 7.2.0-style duck-typed blocking backend (or a test double of one).
@@ -98,11 +87,6 @@ class _AsyncPublisher:
         if claim_check is None or not claim_check.wants(message, self._backend.capabilities):
             return message
         return await asyncio.to_thread(claim_check.check_in, message, self._to_topics)
-
-    @property
-    def serializer_registry(self) -> SerializerRegistry:
-        """The serializers messages are encoded with."""
-        return self._builder.serializer_registry
 
     @property
     def backend(self) -> MessagingBackend | AsyncMessagingBackend:
@@ -167,11 +151,9 @@ class _AsyncPublisher:
         Takes the same arguments as the synchronous publisher's ``publish``, ``delay_seconds``
         included.
         """
-        options = delay_options(
-            self._backend.capabilities, delay_seconds, self._to_topics, type(self).__name__
-        )
+        options = self._delay(delay_seconds) if delay_seconds is not None else None
         # Built here, in the caller's task, so the causation id is this task's message.
-        message = self._builder._build(
+        message = self._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )
         message = await self._checked(message)
@@ -192,9 +174,7 @@ class _AsyncPublisher:
         """
         payloads = list(items)
         messages = [
-            await self._checked(
-                self._builder._build(item, message_group_id, None, headers, None, None)
-            )
+            await self._checked(self._build(item, message_group_id, None, headers, None, None))
             for item in payloads
         ]
         step = self._destinations.publish_batch(destination, messages, self._create_topic, payloads)

@@ -129,6 +129,8 @@ def backend(
         made = _nats(request)
     elif kind == "kafka":
         made = _kafka(request)
+    elif kind in ("kombu-redis", "kombu-amqp"):
+        made = _kombu(request, kind)
     else:
         raise ValueError(f"unknown backend {kind!r}")
     yield made
@@ -156,6 +158,35 @@ def _redis_streams(request: pytest.FixtureRequest) -> MessagingBackend:
                 client.delete(*keys)
 
     request.addfinalizer(delete_keys)
+    return made
+
+
+def _kombu(request: pytest.FixtureRequest, kind: str) -> MessagingBackend:
+    """A kombu backend on kombu's Redis transport (keys under the test's own prefix, deleted
+    after the test) or its AMQP transport (the tests' queues have unique names); the
+    asyncio-native driver gets ``AsyncKombuBackend`` on the same broker."""
+    from melange.backends.kombu import AsyncKombuBackend, KombuBackend
+
+    if kind == "kombu-redis":
+        host, port = require_service("redis")
+        url = f"kombu+redis://{host}:{port}/0"
+    else:
+        host, port = require_service("rabbitmq")
+        url = f"kombu+amqp://guest:guest@{host}:{port}//"
+    prefix = f"melange-dispatch-{uuid.uuid4().hex[:10]}:"
+    made = KombuBackend(url, prefix=prefix)
+    NATIVE_CLIENTS[made] = lambda: AsyncKombuBackend(url, prefix=prefix)
+    if kind == "kombu-redis":
+
+        def delete_keys() -> None:
+            import redis
+
+            with redis.Redis(host=host, port=port, db=0) as client:
+                keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+                if keys:
+                    client.delete(*keys)
+
+        request.addfinalizer(delete_keys)
     return made
 
 

@@ -46,7 +46,7 @@ DRIVER_NAMES = ("threaded", "asyncio", "asyncio-native")
 #: Brokers that run in the test's process, on a fake clock.
 EMBEDDED_BROKERS = ("memory", "sqlite")
 #: Brokers on a server, on real time: receives wait for deliveries.
-SERVER_BROKERS = ("rabbitmq", "sqs", "redis-streams", "nats", "kafka")
+SERVER_BROKERS = ("rabbitmq", "sqs", "redis-streams", "nats", "kafka", "kombu-redis", "kombu-amqp")
 #: Seconds an SQS message received by a test's backend stays hidden (the dispatchers'
 #: heartbeat renews it while a handler runs).
 SQS_VISIBILITY_TIMEOUT = 2
@@ -707,7 +707,7 @@ class Broker:
 
     def assert_empty(self, queue: str) -> None:
         """Fail if ``queue`` still holds a message (on SQS, one in flight or delayed too)."""
-        if self.kind in ("rabbitmq", "redis-streams", "nats", "kafka"):
+        if self.kind in ("rabbitmq", "redis-streams", "nats", "kafka", "kombu-redis", "kombu-amqp"):
             assert_empty(self.backend, self.backend.get_queue(queue), wait=1.0)
         elif self.kind == "sqs":
             counts: dict[str, int] = {}

@@ -60,9 +60,13 @@ _SQS = pytest.param("sqs", marks=pytest.mark.sqs)
 _REDIS_STREAMS = pytest.param("redis-streams", marks=pytest.mark.redis)
 _NATS = pytest.param("nats", marks=pytest.mark.nats)
 _KAFKA = pytest.param("kafka", marks=pytest.mark.kafka)
+_KOMBU_REDIS = pytest.param("kombu-redis", marks=pytest.mark.redis)
+_KOMBU_AMQP = pytest.param("kombu-amqp", marks=pytest.mark.rabbitmq)
 #: Tests that need neither the fake clock nor a queue's exact depth: every backend.
 ON_EVERY_BACKEND = pytest.mark.parametrize(
-    "backend", ["memory", "sqlite", _RABBITMQ, _SQS, _REDIS_STREAMS, _NATS, _KAFKA], indirect=True
+    "backend",
+    ["memory", "sqlite", _RABBITMQ, _SQS, _REDIS_STREAMS, _NATS, _KAFKA, _KOMBU_REDIS, _KOMBU_AMQP],
+    indirect=True,
 )
 #: Tests on FIFO queues: every backend that has them (not RabbitMQ).
 ON_EVERY_FIFO_BACKEND = pytest.mark.parametrize(

@@ -85,6 +85,29 @@ def test_queue_messages_cross_between_the_async_and_the_blocking_backend(
     run(backend, scenario)
 
 
+def test_an_aiobotocore_config_keeps_its_own_http_options(
+    make_async_aws_backend: Callable[..., Any], aws_backend: AWSBackend, names: Any
+) -> None:
+    # An AioConfig's aiohttp settings (connector_args) merged with the backend's defaults,
+    # which used to be a plain botocore Config and refused them with a TypeError.
+    import aiobotocore.config
+
+    tuned = aiobotocore.config.AioConfig(connector_args={"keepalive_timeout": 7})
+    backend = make_async_aws_backend(wait_time_seconds=1, config=tuned)
+    queue, _ = aws_backend.declare_queue(names.queue())
+    sent = rich_message('{"n": 1}')
+
+    async def scenario() -> None:
+        handle = await backend.get_queue(queue.name)
+        await backend.publish_to_queue(sent, handle)
+        [got] = await receive_async(backend, handle, 1)
+        assert_same(sent, got)
+        await backend.acknowledge(got)
+        assert backend.sqs_client.meta.config.connector_args == {"keepalive_timeout": 7}
+
+    run(backend, scenario)
+
+
 def test_topic_fan_out_with_a_filter_is_shared_by_both_backends(
     make_async_aws_backend: Callable[..., Any], aws_backend: AWSBackend, names: Any
 ) -> None:

@@ -28,13 +28,14 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import CoroutineType
 from typing import Any
 
 from melange.backends.async_interfaces import (
     BlockingBackendAdapter,
     as_async,
 )
-from melange.consumers import is_coroutine_consumer
+from melange.consumers import Consumer, is_coroutine_consumer
 from melange.deduplication.async_cache import BlockingCacheAdapter, as_async_cache
 from melange.dispatch.base import DispatcherBase
 from melange.dispatch.effects import Invoke, Sleep
@@ -102,6 +103,7 @@ class AsyncMessageDispatcher(DispatcherBase):
 
     def _setup_driver(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
+        self._coroutine_handlers: dict[tuple[Consumer, type], bool] = {}
         cache = self._async_cache
         renew_claim: Callable[[str, float], Any] | None = None
         if isinstance(cache, BlockingCacheAdapter):
@@ -126,22 +128,37 @@ class AsyncMessageDispatcher(DispatcherBase):
     async def _drive(self, step: Step[Any]) -> Any:
         return await run_async(step, self._inline, self._awaited)
 
-    async def _invoke(self, effect: Invoke) -> None:
+    def _invoke(self, effect: Invoke) -> Awaitable[Any]:
+        """What performing ``effect`` awaits: an async handler's own coroutine (no wrapper
+        coroutine made per message), else a run of the plain consumer on a worker thread."""
         consumer, payload = effect.consumer, effect.payload
-        if is_coroutine_consumer(consumer, payload):
-            result = consumer.process(payload)
-        else:
-            # Plain consumers run on the worker threads, in this message's context.
-            executor = self._executor
-            if executor is None:
-                executor = self._executor = ThreadPoolExecutor(
-                    1, thread_name_prefix="melange-worker"
-                )
-            context = contextvars.copy_context()
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(executor, context.run, consumer.process, payload)
-        if inspect.isawaitable(result):
-            await result
+        # Whether a handler is a coroutine function depends on the consumer and the type of
+        # the payload only (a single-dispatch consumer picks its handler by type): asked
+        # once per pair rather than inspected for every message.
+        try:
+            key = (consumer, type(payload))
+            coroutine = self._coroutine_handlers.get(key)
+            if coroutine is None:
+                coroutine = is_coroutine_consumer(consumer, payload)
+                self._coroutine_handlers[key] = coroutine
+        except TypeError:  # a consumer class that made itself unhashable
+            coroutine = is_coroutine_consumer(consumer, payload)
+        if not coroutine:
+            return self._invoke_in_thread(consumer, payload)
+        result = consumer.process(payload)
+        if type(result) is CoroutineType:
+            return result
+        return _awaited_if_awaitable(result)
+
+    async def _invoke_in_thread(self, consumer: Consumer, payload: Any) -> None:
+        # Plain consumers run on the worker threads, in this message's context.
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = ThreadPoolExecutor(1, thread_name_prefix="melange-worker")
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(executor, context.run, consumer.process, payload)
+        await _awaited_if_awaitable(result)
 
     async def _sleep(self, effect: Sleep) -> None:
         # Short naps so that stop() from any thread ends the wait soon.
@@ -216,7 +233,7 @@ class AsyncMessageDispatcher(DispatcherBase):
             messages = await self._drive(engine.receive(queue, options))
             if messages:
                 try:
-                    await self._drive(engine.dispatch(messages, queue.name))
+                    await self._drive(engine.dispatch(messages, queue.name, watched=True))
                 except (SystemExit, KeyboardInterrupt) as exc:
                     self._interrupt_from_worker(exc)
                 except Exception as exc:
@@ -306,6 +323,12 @@ class AsyncMessageDispatcher(DispatcherBase):
         super().close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+
+
+async def _awaited_if_awaitable(result: Any) -> None:
+    """Await what a consumer returned when it is awaitable."""
+    if inspect.isawaitable(result):
+        await result
 
 
 def _finished(

@@ -13,7 +13,7 @@ import enum
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from melange.consumers import Consumer, DuckTypedConsumer, _wants_manifest, as_consumer
 from melange.dispatch.policy import FailurePolicy
@@ -72,9 +72,9 @@ ABANDON = Verdict(Action.ABANDON, reason="the connection it came on was lost")
 DEFAULT_DEDUP_LEASE_SECONDS = 15.0
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """A message that was decoded."""
+class Decoded(NamedTuple):
+    """A message that was decoded (a named tuple: one is made per message, and a tuple is
+    the cheapest immutable record to make)."""
 
     payload: Any
 

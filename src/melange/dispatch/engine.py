@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 from melange.consumers import Consumer
-from melange.context import processing
+from melange.context import _current as _current_message
 from melange.deduplication.cache import ClaimState
 from melange.dispatch.decisions import (
     ABANDON,
@@ -210,11 +210,14 @@ class Engine:
 
     # -- batches and single messages --------------------------------------------------------
 
-    def dispatch(self, messages: Sequence[Message], queue_name: str) -> Step[None]:
+    def dispatch(
+        self, messages: Sequence[Message], queue_name: str, watched: bool = False
+    ) -> Step[None]:
         """Handle and settle a batch in order, acknowledging the successes together.
 
         A FIFO group with a message coming back has its later messages of the batch given
-        back too, and a stop gives back what was not started.
+        back too, and a stop gives back what was not started. ``watched`` says that
+        :meth:`receive` returned the batch, which is then watched already.
         """
         self.stats.add("received", len(messages))
         if not messages:
@@ -222,7 +225,7 @@ class Engine:
         acks: list[Message] = []
         held: set[str] = set()  # FIFO groups with a message coming back
         watch = self.watch_messages
-        if watch:
+        if watch and not watched:
             # Every message of the batch is in hand until settled, not only the one running.
             yield Watch(messages=messages)
         index = 0
@@ -319,8 +322,10 @@ class Engine:
         """
         if self.check_holds and not (yield Holds(message)):
             return ABANDON
-        if self.middleware:
-            self.middleware.message_received(message, queue_name)
+        # Asked once per message (a chain is false while none of its middlewares is active).
+        middleware = self.middleware if self.middleware else None
+        if middleware is not None:
+            middleware.message_received(message, queue_name)
         if self.claim_check and CLAIM_CHECK in message.headers:
             # The payload is in a payload store: decode the copy that carries it. The message
             # itself is settled as received (a dead-lettered copy keeps the reference).
@@ -354,30 +359,42 @@ class Engine:
                 extra=_log_extra(message, queue_name, "", "poison"),
             )
             return poison_verdict(decoded)
-        consumers = self.route.select(decoded.payload, message.manifest)
+        payload = decoded.payload
+        consumers = self.route.select(payload, message.manifest)
         if not consumers:
             return ACK
         try:
-            with processing(message):
+            # The message is the current one while its consumers run (what
+            # melange.context.processing does, without a context manager per message).
+            token = _current_message.set(message)
+            try:
                 if len(consumers) == 1 and self._plain(consumers[0]):
-                    # The common case, kept cheap: one consumer, no claim, no middleware, no
-                    # immediate retries.
+                    # The common case, kept cheap: one consumer, no claim, no immediate
+                    # retries (the middleware's hooks are the ones _run would call).
                     try:
-                        yield Invoke(consumers[0], decoded.payload)
+                        if middleware is not None:
+                            with middleware.consumer_call(message, consumers[0]):
+                                yield Invoke(consumers[0], payload)
+                        else:
+                            yield Invoke(consumers[0], payload)
                     except Exception as exc:
                         result = yield from self._finish(
                             consumers[0], message, queue_name, None, exc
                         )
                         results = [result]
                     else:
+                        if middleware is not None:
+                            middleware.consumer_finished(
+                                message, consumers[0], Outcome.SUCCEEDED, None
+                            )
                         return ACK
                 else:
                     results = []
                     for consumer in consumers:
-                        result = yield from self._run(
-                            consumer, decoded.payload, message, queue_name
-                        )
+                        result = yield from self._run(consumer, payload, message, queue_name)
                         results.append(result)
+            finally:
+                _current_message.reset(token)
         except (SystemExit, KeyboardInterrupt):
             logger.error(
                 "a consumer asked to stop the process while handling message %s; it is given back",
@@ -398,8 +415,9 @@ class Engine:
         )
 
     def _plain(self, consumer: Consumer) -> bool:
-        """Whether running ``consumer`` involves nothing but calling it once."""
-        if self.deduplicate or self.middleware:
+        """Whether running ``consumer`` involves nothing but calling it once (inside the
+        middleware's context, if any)."""
+        if self.deduplicate:
             return False
         policy = consumer.failure_policy or self.policy
         return policy.immediate_retries == 0

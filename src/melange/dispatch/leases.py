@@ -68,6 +68,11 @@ class Heartbeat:
         self._entries: dict[object, tuple[Callable[[Any, float], Any], Any, float, float]] = {}
         self._closed = False
         self._thread: threading.Thread | None = None
+        # When the thread, waiting, wakes by itself (None: it is not waiting, and looks at
+        # the entries again before it does). A new entry due no earlier needs no wake-up:
+        # consume loops register a batch every few messages, and waking the thread for each
+        # would cost a thread switch per batch.
+        self._asleep_until: float | None = None
 
     @classmethod
     def for_backend(cls, backend: MessagingBackend) -> Heartbeat:
@@ -98,7 +103,7 @@ class Heartbeat:
                 known = entries.get(id(message))
                 at = due if known is None or known[1] is not message else min(due, known[3])
                 entries[id(message)] = (extend, message, lease, at)
-            self._ensure_running()
+            self._ensure_running(due)
 
     def add_claim(self, key: str, lease: float, renew: Callable[[str, float], Any]) -> None:
         """Renew the deduplication claim on ``key`` with ``renew(key, lease)`` until
@@ -106,7 +111,7 @@ class Heartbeat:
         due = time.monotonic() + lease * RENEWAL_FRACTION
         with self._lock:
             self._entries[("claim", key)] = (renew, key, lease, due)
-            self._ensure_running()
+            self._ensure_running(due)
 
     def remove_claim(self, key: str) -> None:
         """Stop renewing the claim on ``key``."""
@@ -124,12 +129,14 @@ class Heartbeat:
             for message in messages:
                 self._entries.pop(id(message), None)
 
-    def _ensure_running(self) -> None:
+    def _ensure_running(self, due: float) -> None:
         # Called with the lock held.
         if self._thread is None and not self._closed:
             self._thread = threading.Thread(target=self._run, name="melange-heartbeat", daemon=True)
             self._thread.start()
-        self._wake.notify()
+        asleep_until = self._asleep_until
+        if asleep_until is not None and due < asleep_until:
+            self._wake.notify()
 
     def _run(self) -> None:
         idle_since: float | None = None
@@ -141,7 +148,11 @@ class Heartbeat:
                     now = time.monotonic()
                     idle_since = idle_since or now
                     if now - idle_since < _IDLE_GRACE_SECONDS:
-                        self._wake.wait(_IDLE_GRACE_SECONDS - (now - idle_since))
+                        # Until the grace ends, not for ever: a batch registered after the
+                        # last one was settled wakes the thread only if its first renewal
+                        # falls before then (not once per batch).
+                        ends = idle_since + _IDLE_GRACE_SECONDS
+                        self._sleep(ends, ends - now)
                         continue
                 if self._closed or not self._entries:
                     self._thread = None
@@ -153,7 +164,8 @@ class Heartbeat:
                     self._entries[key] = (renew, target, lease, now + lease * RENEWAL_FRACTION)
                 if not due:
                     next_at = min(entry[3] for entry in self._entries.values())
-                    self._wake.wait(max(0.01, next_at - now))
+                    pause = max(0.01, next_at - now)
+                    self._sleep(now + pause, pause)
                     continue
                 # A renewal still on its way (on a busy loop) is not piled up with another.
                 due = [(key, entry) for key, entry in due if key not in self._pending]
@@ -171,6 +183,15 @@ class Heartbeat:
                     kept.add_done_callback(functools.partial(self._answered, key, target))
                 else:
                     self._kept(key, target, kept)
+
+    def _sleep(self, until: float, seconds: float) -> None:
+        """Wait (lock held) until ``until`` by the clock, ``seconds`` from now, or until an
+        entry due earlier is added."""
+        self._asleep_until = until
+        try:
+            self._wake.wait(seconds)
+        finally:
+            self._asleep_until = None
 
     def _answered(self, key: object, target: Any, future: Future[Any]) -> None:
         """A renewal handed to an event loop finished (on the loop's thread)."""

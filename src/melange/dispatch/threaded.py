@@ -181,7 +181,7 @@ class MessageDispatcher(DispatcherBase):
             messages = self._drive(engine.receive(queue, options))
             if messages:
                 try:
-                    self._drive(engine.dispatch(messages, queue.name))
+                    self._drive(engine.dispatch(messages, queue.name, watched=True))
                 except Exception as exc:
                     # A broker error while settling (a failed batched delete, say): the
                     # unsettled messages come back by themselves, so keep consuming.

@@ -462,8 +462,12 @@ class BackendConformance:
         for thread in threads:
             thread.join()
         assert sorted(set(seen), key=int) == [str(i) for i in range(total)], "messages lost"
-        if not late:
-            assert len(seen) == total, f"{len(seen) - total} message(s) delivered twice"
+        twice = len(seen) - total
+        if backend.capabilities.duplicate_deliveries:
+            # The broker's own occasional copy (SQS standard queues): rare, never a pattern.
+            assert twice <= total // 20, f"{twice} message(s) delivered twice"
+        elif not late:
+            assert twice == 0, f"{twice} message(s) delivered twice"
 
     # -- end to end through publishers and a dispatcher --------------------------------------
 

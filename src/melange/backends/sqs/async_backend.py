@@ -136,15 +136,9 @@ class AsyncAWSBackend(SQSOperations, AsyncMessagingBackend):
                 return self._clients
             stack = contextlib.AsyncExitStack()
             try:
-                sqs = await stack.enter_async_context(
-                    self._session.create_client(
-                        "sqs", endpoint_url=self.endpoint_url, **self._options
-                    )
-                )
+                sqs = await stack.enter_async_context(self._create_client("sqs", self.endpoint_url))
                 sns = await stack.enter_async_context(
-                    self._session.create_client(
-                        "sns", endpoint_url=self.sns_endpoint_url, **self._options
-                    )
+                    self._create_client("sns", self.sns_endpoint_url)
                 )
             except botocore.exceptions.NoRegionError as exc:
                 await stack.aclose()
@@ -155,6 +149,9 @@ class AsyncAWSBackend(SQSOperations, AsyncMessagingBackend):
             self._stack = stack
             self._clients = {"sqs": sqs, "sns": sns}
             return self._clients
+
+    def _create_client(self, service: str, endpoint_url: str | None) -> Any:
+        return self._session.create_client(service, endpoint_url=endpoint_url, **self._options)
 
     @property
     def sqs_client(self) -> Any:

@@ -154,6 +154,8 @@ class SQSOperations:
             # SNS holds nothing back: a delay is the subscribed queues' own setting.
             delayed_topic_publish=False,
             max_publish_delay=MAX_DELAY_SECONDS,
+            # "At-least-once delivery ... occasionally more than one copy" (standard queues).
+            duplicate_deliveries=True,
         )
 
     def visibility_timeout_for(self, message: Message) -> float | None:

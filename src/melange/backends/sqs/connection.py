@@ -137,9 +137,13 @@ def client_options(
     # accepted too.
     region_name = region_name or session_region or os.environ.get("AWS_REGION")
     # The read timeout must outlast a long poll; retries stay boto3's standard ones.
-    base = botocore.config.Config(
-        read_timeout=max(60, MAX_WAIT_SECONDS + 10), retries={"mode": "standard"}
-    )
+    defaults: dict[str, Any] = {
+        "read_timeout": max(60, MAX_WAIT_SECONDS + 10),
+        "retries": {"mode": "standard"},
+    }
+    # The defaults take the class of the given config, so that options only its class knows
+    # (aiobotocore's AioConfig: connector_args, http_session_cls) survive the merge.
+    base = botocore.config.Config(**defaults) if config is None else type(config)(**defaults)
     return {
         "region_name": region_name,
         "config": base.merge(config) if config is not None else base,
