@@ -32,9 +32,11 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Literal
 
+from melange.entered_context import EnteredContext
 from melange.models import Message
 
 logger = logging.getLogger("melange.publishers")
+_FAILED = "publish middleware %r failed; ignored"
 
 #: What a message is published to.
 DestinationKind = Literal["queue", "topic"]
@@ -42,6 +44,12 @@ DestinationKind = Literal["queue", "topic"]
 
 class PublishMiddleware:
     """Base class of publish middlewares: override :meth:`publishing`."""
+
+    def active(self) -> bool:
+        """Whether the middleware has anything to do now (by default, always). While none of
+        a publisher's middlewares is active, it sends on its fastest path, without entering
+        their contexts. It is asked at every send, so it must be cheap."""
+        return True
 
     def publishing(
         self, message: Message, destination: str, kind: DestinationKind
@@ -78,7 +86,7 @@ class PublishMiddlewareChain:
     """Enters the :meth:`~PublishMiddleware.publishing` context of every installed
     middleware, then of the publisher's own, in order."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_always", "_compiled_for", "_every", "_gates", "_items")
 
     def __init__(self, items: Sequence[PublishMiddleware] = ()) -> None:
         for item in items:
@@ -88,16 +96,54 @@ class PublishMiddlewareChain:
                     f"PublishMiddleware, got {item!r}"
                 )
         self._items = tuple(items)
+        self._compile()
+
+    def _compile(self) -> None:
+        installed = _installed
+        every = self._every = (*installed, *self._items)
+        gated = [type(item).active is not PublishMiddleware.active for item in every]
+        # Whether a middleware that is always active runs; else, those that may be dormant,
+        # asked at each send.
+        self._always = not all(gated)
+        self._gates = tuple(item.active for item, gate in zip(every, gated, strict=True) if gate)
+        # Last: another thread that sees it sees the rest made for it.
+        self._compiled_for = installed
 
     def __bool__(self) -> bool:
-        return bool(self._items or _installed)
+        if self._compiled_for is not _installed:
+            self._compile()
+        if self._always:
+            return True
+        for active in self._gates:  # noqa: SIM110 (no generator made per call)
+            if active():
+                return True
+        return False
 
     def publishing(
         self, messages: Sequence[Message], destination: str, kind: DestinationKind
     ) -> AbstractContextManager[None]:
         """One context around sending ``messages`` (one, or a batch) to ``destination``."""
-        items = (*_installed, *self._items) if _installed else self._items
-        return _Sending(items, messages, destination, kind)
+        if self._compiled_for is not _installed:
+            self._compile()
+        items = self._every
+        if len(items) != 1 or len(messages) != 1:
+            return _Sending(items, messages, destination, kind)
+        # The common case, one message and one middleware: its context is entered here (the
+        # publishers enter this one at once), and needs no list of what was entered.
+        item = items[0]
+        try:
+            context = item.publishing(messages[0], destination, kind)
+            if type(context) is _NULL:
+                return context  # nothing to do on entering or leaving, nothing to guard
+            context.__enter__()
+        except Exception:
+            logger.exception(_FAILED, item)
+            return _NOTHING
+        return EnteredContext(item, context, logger, _FAILED)
+
+
+_NULL = contextlib.nullcontext
+_NOTHING: AbstractContextManager[None] = contextlib.nullcontext()
 
 
 class _Sending:
@@ -127,7 +173,7 @@ class _Sending:
                     context = item.publishing(message, self._destination, self._kind)
                     context.__enter__()
                 except Exception:
-                    logger.exception("publish middleware %r failed; ignored", item)
+                    logger.exception(_FAILED, item)
                     continue
                 self._entered.append((item, context))
 
@@ -141,7 +187,7 @@ class _Sending:
             try:
                 context.__exit__(exc_type, exc, traceback)
             except Exception:
-                logger.exception("publish middleware %r failed; ignored", item)
+                logger.exception(_FAILED, item)
         self._entered.clear()
 
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from melange.backends.backend_manager import BackendManager
 from melange.backends.duck_typed import as_backend
@@ -31,7 +33,14 @@ from melange.backends.interfaces import BackendCapabilities, MessagingBackend
 from melange.backends.publish_options import DELAY_SECONDS, publish_delay
 from melange.context import current_message
 from melange.exceptions import ConfigurationError, DestinationNotFoundError, TopicNotFoundError
-from melange.models import CAUSATION_ID, CORRELATION_ID, Message, QueueWrapper, TopicWrapper
+from melange.models import (
+    CAUSATION_ID,
+    CORRELATION_ID,
+    PUBLISHED_AT,
+    Message,
+    QueueWrapper,
+    TopicWrapper,
+)
 from melange.publish_middleware import DestinationKind, PublishMiddleware, PublishMiddlewareChain
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry, SerializerSource
@@ -108,6 +117,9 @@ def _announce(
             except Exception:
                 logger.exception("publish listener %r failed; ignored", listener)
 
+
+#: The backend keyword arguments of a publish without options (never changed).
+_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 
 # -- destination rules: decided here, performed by the blocking and the asyncio publishers --
 
@@ -232,13 +244,36 @@ class Destinations:
         if handle is None:
             handle = yield from self.handle(name, create_topic)
         try:
-            yield Send(message, handle, options or {})
+            yield Send(message, handle, options or _NO_OPTIONS)
         except DestinationNotFoundError:
-            self._handles.pop(name, None)  # deleted since it was looked up
+            self.forget(name)
             raise
         if _listeners:
             _announce(name, self.kind, (message,), (payload,), options)
         return message
+
+    def direct(self, name: str) -> Any:
+        """The handle of ``name`` when it is cached (no lookup needed), else ``None``.
+
+        A blocking publisher's hot path: given a handle, it sends with it inside the
+        middleware's ``publishing`` context (when there is middleware), calls :meth:`forget`
+        when the send raises :class:`~melange.exceptions.DestinationNotFoundError` and
+        :meth:`sent` when it succeeds, which are the steps :meth:`publish` takes then;
+        otherwise it runs :meth:`publish`.
+        """
+        return self._handles.get(name)
+
+    def forget(self, name: str) -> None:
+        """Drop the cached handle of ``name``: its destination was deleted since it was
+        looked up (the next publish looks it up again)."""
+        self._handles.pop(name, None)
+
+    def sent(
+        self, name: str, message: Message, payload: Any, options: Mapping[str, Any] | None
+    ) -> None:
+        """``message`` was sent to ``name``: tell the publish listeners, if any."""
+        if _listeners:
+            _announce(name, self.kind, (message,), (payload,), options)
 
     def publish_batch(
         self,
@@ -303,31 +338,26 @@ def run_steps(step: PublishStep[T], perform: Callable[[PublishEffect], Any]) -> 
         return value
 
 
-class _Publisher:
-    #: The backend methods this publisher calls: an object that is not a
-    #: :class:`MessagingBackend` serves as its backend when it has them (7.2.0 duck typing).
-    _needs: tuple[str, ...] = ("get_queue", "publish_to_queue")
+def _coerce_serializers(serializers: SerializerSource | None) -> SerializerRegistry:
+    """The serializer registry of a publisher (or outbox) given ``serializers``: JSON when
+    none are given."""
+    return SerializerRegistry.coerce(serializers if serializers is not None else JsonSerializer())
 
-    def __init__(
-        self,
-        serializer_registry: SerializerSource | None = None,
-        backend: MessagingBackend | None = None,
-    ) -> None:
-        if isinstance(serializer_registry, MessagingBackend) and backend is None:
-            raise TypeError(
-                f"{type(self).__name__} takes the serializer(s) first and the backend second"
-            )
-        self.serializer_registry = SerializerRegistry.coerce(
-            serializer_registry if serializer_registry is not None else JsonSerializer()
-        )
-        if backend is not None:
-            backend = as_backend(backend, self._needs, type(self).__name__)
-        self._backend = backend or BackendManager().get_backend()
 
+class _Capable(Protocol):
     @property
-    def backend(self) -> MessagingBackend:
-        """The backend messages are handed to."""
-        return self._backend
+    def capabilities(self) -> BackendCapabilities: ...
+
+
+class _Envelopes:
+    """How the blocking and the asyncio publishers build what they send."""
+
+    #: The serializers messages are encoded with.
+    serializer_registry: SerializerRegistry
+    #: The backend (blocking, or adapted to asyncio): its capabilities decide the delays.
+    _backend: _Capable
+    #: Whether this publisher sends to topics (for the capability its delays need).
+    _to_topics = False
 
     def _build(
         self,
@@ -338,6 +368,7 @@ class _Publisher:
         correlation_id: str | None,
         causation_id: str | None,
     ) -> Message:
+        """The envelope for ``data`` (see :func:`build_message`)."""
         return build_message(
             self.serializer_registry,
             data,
@@ -347,6 +378,39 @@ class _Publisher:
             correlation_id,
             causation_id,
         )
+
+    def _delay(self, delay_seconds: float) -> dict[str, Any]:
+        """The backend keyword arguments for a publish with ``delay_seconds`` (see
+        :func:`delay_options`), checked before anything is serialized."""
+        return delay_options(
+            self._backend.capabilities, delay_seconds, self._to_topics, type(self).__name__
+        )
+
+
+class _Publisher(_Envelopes):
+    #: The backend methods this publisher calls: an object that is not a
+    #: :class:`MessagingBackend` serves as its backend when it has them (7.2.0 duck typing).
+    _needs: tuple[str, ...] = ("get_queue", "publish_to_queue")
+    _backend: MessagingBackend
+
+    def __init__(
+        self,
+        serializer_registry: SerializerSource | None = None,
+        backend: MessagingBackend | None = None,
+    ) -> None:
+        if isinstance(serializer_registry, MessagingBackend) and backend is None:
+            raise TypeError(
+                f"{type(self).__name__} takes the serializer(s) first and the backend second"
+            )
+        self.serializer_registry = _coerce_serializers(serializer_registry)
+        if backend is not None:
+            backend = as_backend(backend, self._needs, type(self).__name__)
+        self._backend = backend or BackendManager().get_backend()
+
+    @property
+    def backend(self) -> MessagingBackend:
+        """The backend messages are handed to."""
+        return self._backend
 
 
 def build_message(
@@ -364,7 +428,12 @@ def build_message(
     to the message being handled (when published from inside a consumer), the caller's, then
     ``correlation_id``/``causation_id``."""
     serializer = registry.find_serializer_for(data)
-    merged: dict[str, str] = dict(serializer.message_headers(data))
+    # The headers dict is built once, in Message.create's order (the publish time first,
+    # anything below may override it), and handed to the message without another copy.
+    merged: dict[str, str] = {PUBLISHED_AT: f"{time.time():.6f}"}
+    own = serializer.message_headers(data)
+    if own:
+        merged.update(own)
     cause = current_message()
     if cause is not None:
         # Published from inside a consumer: link the new message to the one being handled.
@@ -376,11 +445,18 @@ def build_message(
         merged[CORRELATION_ID] = correlation_id
     if causation_id is not None:
         merged[CAUSATION_ID] = causation_id
-    message = Message.create(
-        serializer.serialize(data), serializer.manifest(data), serializer.identifier(), merged
+    message = Message(
+        None,
+        serializer.serialize(data),
+        None,
+        serializer.identifier(),
+        serializer.manifest(data),
+        None,
+        None,
+        message_group_id,
+        message_deduplication_id,
     )
-    message.group_id = message_group_id
-    message.deduplication_id = message_deduplication_id
+    message.headers = merged
     return message
 
 
@@ -437,9 +513,6 @@ class _DestinationPublisher(_Publisher):
             return self._send_batch(effect.messages, effect.handle)
         return self._declare(effect.name)
 
-    #: Whether this publisher sends to topics (for the capability its delays need).
-    _to_topics = False
-
     def _publish(
         self,
         name: str,
@@ -447,8 +520,26 @@ class _DestinationPublisher(_Publisher):
         options: Mapping[str, Any] | None = None,
         payload: Any = None,
     ) -> Message:
-        step = self._destinations.publish(name, message, self._create_topic, options, payload)
-        return run_steps(step, self._perform)
+        destinations = self._destinations
+        handle = destinations.direct(name) if isinstance(name, str) else None
+        if handle is None:
+            step = destinations.publish(name, message, self._create_topic, options, payload)
+            return run_steps(step, self._perform)
+        # The handle is known: the steps of Destinations.publish in that case, without
+        # driving a generator for each message.
+        middleware = destinations.middleware
+        try:
+            if middleware:
+                with middleware.publishing((message,), name, destinations.kind):
+                    self._send(message, handle, options or _NO_OPTIONS)
+                    destinations.sent(name, message, payload, options)
+                return message
+            self._send(message, handle, options or _NO_OPTIONS)
+        except DestinationNotFoundError:
+            destinations.forget(name)
+            raise
+        destinations.sent(name, message, payload, options)
+        return message
 
     def _publish_data(
         self,
@@ -461,9 +552,7 @@ class _DestinationPublisher(_Publisher):
         causation_id: str | None,
         delay_seconds: float | None = None,
     ) -> Message:
-        options = delay_options(
-            self._backend.capabilities, delay_seconds, self._to_topics, type(self).__name__
-        )
+        options = self._delay(delay_seconds) if delay_seconds is not None else None
         message = self._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )

@@ -5,8 +5,9 @@ with a warning (or refused)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from melange import InMemoryMessagingBackend, JsonSerializer, MessagingBackendFa
 from melange.aio import AsyncQueuePublisher, AsyncTopicPublisher
 from melange.exceptions import QueueNotFoundError, TopicNotFoundError
 from melange.models import Message, QueueWrapper, TopicWrapper
+from melange.publish_middleware import PublishMiddleware
 from melange.publishers import (
     CreateTopic,
     Destinations,
@@ -216,3 +218,42 @@ def test_steps_create_a_missing_topic_only_when_asked() -> None:
     assert run_steps(destinations.handle("t", create_topic=True), perform) == "created"
     batch = [message()]
     assert run_steps(destinations.publish_batch("t", batch), perform) is batch  # cached
+
+
+class Recording(PublishMiddleware):
+    """Records each publishing context: the message and how the send ended."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    @contextlib.contextmanager
+    def publishing(self, message: Message, destination: str, kind: Any) -> Iterator[None]:
+        message.headers["stamped"] = "yes"
+        try:
+            yield
+        except Exception as exc:
+            self.seen.append((destination, kind, type(exc).__name__))
+            raise
+        self.seen.append((destination, kind, "sent"))
+
+
+def test_middleware_wraps_every_send_whether_the_handle_was_cached_or_not() -> None:
+    backend = make_backend()
+    middleware = Recording()
+    publisher = QueuePublisher(JsonSerializer(), backend, middleware=[middleware])
+    first = publisher.publish("q", {"n": 1})  # looked up
+    second = publisher.publish("q", {"n": 2})  # from the cached handle
+    assert backend.calls == ["get_queue q"]
+    assert first.headers["stamped"] == second.headers["stamped"] == "yes"
+    # Deleted meanwhile: the cached send fails inside the context, and the handle goes.
+    backend.delete_queue(QueueWrapper("q", "q"))
+    with pytest.raises(QueueNotFoundError):
+        publisher.publish("q", {"n": 3})
+    assert middleware.seen == [
+        ("q", "queue", "sent"),
+        ("q", "queue", "sent"),
+        ("q", "queue", "QueueNotFoundError"),
+    ]
+    with pytest.raises(QueueNotFoundError):
+        publisher.publish("q", {"n": 4})
+    assert backend.calls == ["get_queue q", "get_queue q"]

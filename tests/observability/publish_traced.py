@@ -28,6 +28,10 @@ def open_backend(kind: str, options: dict[str, Any]) -> Any:
         from melange.backends.sqs.backend import AWSBackend
 
         return AWSBackend(**options)
+    if kind == "kafka":
+        from melange.backends.kafka import KafkaBackend
+
+        return KafkaBackend(**options)
     raise SystemExit(f"unknown backend {kind}")
 
 

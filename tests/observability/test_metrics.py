@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.sqlite import SQLiteBackend
 from melange.consumers import Consumer
+from melange.dispatch.decisions import ACK, Action, Verdict
 from melange.dispatch.policy import FailurePolicy
 from melange.dispatch.threaded import MessageDispatcher
 from melange.models import PUBLISHED_AT, Message
@@ -252,3 +253,44 @@ def test_queue_depths_on_the_brokers(broker: Broker) -> None:
         registry.get_sample_value("melange_dead_letter_queue_messages", {"queue": f"{queue}-dlq"})
         == 0
     )
+
+
+def test_a_failed_settlement_and_a_clock_behind_the_publisher() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, clock=lambda: 1_000.0)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    # A broker error while settling: counted as unsettled, no longer in flight, no latency.
+    lost = Message.create("{}", "json", 1)
+    metrics.message_received(lost, "orders")
+    assert sample("melange_messages_in_flight", queue="orders") == 1
+    metrics.settle_failed(lost, "orders", ConnectionError("gone"))
+    assert sample("melange_messages_settled_total", queue="orders", outcome="unsettled") == 1
+    assert sample("melange_messages_in_flight", queue="orders") == 0
+    # Published "later" than this process's clock says it is now: a latency of zero.
+    early = Message.create("{}", "json", 1)
+    early.headers[PUBLISHED_AT] = "1005.0"
+    metrics.message_received(early, "orders")
+    metrics.message_settled(early, "orders", ACK)
+    assert (
+        sample(
+            "melange_end_to_end_latency_seconds_bucket", queue="orders", outcome="ack", le="0.005"
+        )
+        == 1
+    )
+    assert sample("melange_end_to_end_latency_seconds_sum", queue="orders", outcome="ack") == 0
+    # Given back before it was handled (never received by the middleware): settled, and the
+    # in-flight gauge does not go below zero.
+    metrics.message_settled(Message.create("{}", "json", 1), "orders", Verdict(Action.ABANDON))
+    assert sample("melange_messages_settled_total", queue="orders", outcome="abandon") == 1
+    assert sample("melange_messages_in_flight", queue="orders") == 0
+    # A retry and a dead letter count on their own counters as well.
+    for action in (Action.RETRY, Action.DEAD_LETTER):
+        message = Message.create("{}", "json", 1)
+        metrics.message_received(message, "orders")
+        metrics.message_settled(message, "orders", Verdict(action))
+    assert sample("melange_messages_retried_total", queue="orders") == 1
+    assert sample("melange_messages_dead_lettered_total", queue="orders") == 1
+    assert sample("melange_end_to_end_latency_seconds_count", queue="orders", outcome="retry") == 1

@@ -186,7 +186,7 @@ def test_each_message_of_a_batch_has_its_own_span(spans: Spans) -> None:
         assert span.parent.span_id == sends[span.attributes["messaging.message.id"]].context.span_id
 
 
-@pytest.mark.parametrize("broker", ["memory", "rabbitmq"], indirect=True)
+@pytest.mark.parametrize("broker", ["memory", "rabbitmq", "kafka"], indirect=True)
 def test_the_asyncio_publisher_and_dispatcher_trace_the_same_way(
     broker: Broker, spans: Spans
 ) -> None:
@@ -221,7 +221,7 @@ def test_the_asyncio_publisher_and_dispatcher_trace_the_same_way(
     assert inside[0].span_id == process.context.span_id
 
 
-@pytest.mark.parametrize("broker", ["rabbitmq", "sqs"], indirect=True)
+@pytest.mark.parametrize("broker", ["rabbitmq", "sqs", "kafka"], indirect=True)
 def test_the_trace_goes_on_in_another_process(
     broker: Broker, spans: Spans, request: pytest.FixtureRequest
 ) -> None:
@@ -229,6 +229,12 @@ def test_the_trace_goes_on_in_another_process(
     if broker.kind == "rabbitmq":
         host, port = require_service("rabbitmq")
         options: dict[str, Any] = {"host": host, "port": port}
+    elif broker.kind == "kafka":
+        # The settings of the fixture's backend, on the session's tansu broker.
+        options = {
+            **request.getfixturevalue("kafka_options"),
+            "url": request.getfixturevalue("kafka_url"),
+        }
     else:
         options = {**request.getfixturevalue("sqs_endpoint").options(), "wait_time_seconds": 1}
     spec = {"kind": broker.kind, "options": options, "queue": queue}
@@ -286,3 +292,79 @@ def test_without_an_sdk_tracing_does_nothing() -> None:
     )  # fmt: skip
     dispatcher.consume_event("quiet")
     assert handled == [1]
+
+
+def test_a_trace_sampled_out_stays_sampled_out_downstream(spans: Spans) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    backend = InMemoryMessagingBackend()
+    backend.declare_queue("first")
+    backend.declare_queue("second")
+    # The producer samples nothing; the consumer's provider keeps what its parent kept
+    # (the SDK's default sampler) and would record a trace of its own.
+    producer = Tracing("melange_memory", tracer_provider=TracerProvider(sampler=ALWAYS_OFF))
+    consumer = Tracing("melange_memory", tracer_provider=spans.provider)
+    sent = QueuePublisher(JsonSerializer(), backend, middleware=[producer]).publish("first", 1)
+    trace_id = sent.headers["traceparent"].split("-")[1]
+    onward = QueuePublisher(JsonSerializer(), backend, middleware=[consumer])
+    forwarded: list[dict[str, str]] = []
+
+    def forward(payload: Any) -> None:
+        forwarded.append(dict(onward.publish("second", payload).headers))
+
+    dispatcher = MessageDispatcher(
+        JsonSerializer(), backend=backend, consumers=[Consumer(on_message=forward)],
+        middleware=[consumer],
+    )  # fmt: skip
+    dispatcher.consume_event("first")
+    (headers,) = forwarded
+    _, forwarded_trace, _, flags = headers["traceparent"].split("-")
+    assert forwarded_trace == trace_id  # the same trace goes on...
+    assert int(flags, 16) & 0x01 == 0  # ...still marked as not sampled
+    assert spans.finished() == []  # and nothing downstream recorded it
+
+
+def test_an_sdk_set_up_after_the_tracing_is_used_from_then_on() -> None:
+    script = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from melange.backends.memory import InMemoryMessagingBackend
+from melange.consumers import Consumer
+from melange.dispatch.threaded import MessageDispatcher
+from melange.observability.tracing import Tracing
+from melange.publishers import QueuePublisher
+from melange.serializers.json import JsonSerializer
+
+backend = InMemoryMessagingBackend()
+backend.declare_queue("q")
+tracing = Tracing("melange_memory")
+publisher = QueuePublisher(JsonSerializer(), backend, middleware=[tracing])
+handled = []
+dispatcher = MessageDispatcher(
+    JsonSerializer(), backend=backend, consumers=[Consumer(on_message=handled.append)],
+    middleware=[tracing],
+)
+before = "traceparent" in publisher.publish("q", 1).headers
+dispatcher.consume_event("q")
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+after = "traceparent" in publisher.publish("q", 2).headers
+dispatcher.consume_event("q")
+names = [span.name for span in exporter.get_finished_spans()]
+print(json.dumps({"before": before, "after": after, "spans": names, "handled": handled}))
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(ran.stdout) == {
+        "before": False,
+        "after": True,
+        "spans": ["send q", "process q"],
+        "handled": [1, 2],
+    }

@@ -103,37 +103,108 @@ _IN_FLIGHT = ("melange_messages_in_flight", "Messages received and not settled y
 #: A series: its family's short name and its label values.
 _Key = tuple[str, tuple[str, ...]]
 
+_ACK = Action.ACK
+_RETRY = Action.RETRY
+_DEAD_LETTER = Action.DEAD_LETTER
+_SUCCEEDED = Outcome.SUCCEEDED
+_FAILED = Outcome.FAILED
 
-class _Counts:
-    """What one thread counted. Only that thread writes it, so the hot path takes no lock
-    (prometheus-client's own metrics take one per update); a scrape reads copies."""
 
-    __slots__ = ("counters", "gauges", "histograms")
+class _ConsumerCells:
+    """What one thread counted for one consumer on one queue: plain ints and lists, written
+    only by that thread (no lock, no prometheus-client call per message)."""
+
+    __slots__ = ("failed", "handler", "outcomes", "succeeded", "timer")
 
     def __init__(self) -> None:
-        self.counters: dict[_Key, float] = {}
-        self.gauges: dict[_Key, float] = {}
-        # Per series: the count in each bucket (not cumulative), then the +Inf one, then the sum.
-        self.histograms: dict[_Key, list[float]] = {}
+        self.succeeded = 0
+        self.failed = 0
+        #: The other outcomes, by their label value.
+        self.outcomes: dict[str, int] = {}
+        #: The count in each bucket (not cumulative), then the +Inf one, then the sum.
+        self.handler: list[float] = [0] * (len(HANDLER_BUCKETS) + 1) + [0.0]
+        #: The timer of this consumer's calls on this thread (see :class:`_Timer`).
+        self.timer = _Timer(self)
+
+
+class _QueueCells:
+    """What one thread counted for one queue. The hot path (a message received, acknowledged
+    and timed) touches a few attributes; the rarer settlements go to dictionaries. The
+    in-flight gauge is not kept: a scrape works it out as received minus settled."""
+
+    __slots__ = (
+        "acked",
+        "acked_latency",
+        "consumers",
+        "dead_lettered",
+        "done",
+        "latency",
+        "received",
+        "retried",
+        "settled",
+        "unsettled",
+    )
+
+    def __init__(self) -> None:
+        self.received = 0
+        #: Acknowledged after being received (the common case).
+        self.acked = 0
+        #: Received and then settled otherwise, or whose settlement failed.
+        self.done = 0
+        #: Every other settlement, by its label value (an ack not seen received included).
+        self.settled: dict[str, int] = {}
+        self.unsettled = 0
+        self.retried = 0
+        self.dead_lettered = 0
+        self.acked_latency: list[float] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+        #: The other outcomes' latencies, by their label value.
+        self.latency: dict[str, list[float]] = {}
+        self.consumers: dict[str, _ConsumerCells] = {}
+
+    def consumer(self, name: str) -> _ConsumerCells:
+        found = self.consumers.get(name)
+        if found is None:
+            found = self.consumers[name] = _ConsumerCells()
+        return found
+
+
+def _observe(series: list[float], bounds: tuple[float, ...], value: float) -> None:
+    series[bisect.bisect_left(bounds, value)] += 1  # the first bucket whose bound >= value
+    series[-1] += value
+
+
+def _merge(into: dict[_Key, list[float]], key: _Key, series: list[float]) -> None:
+    if series[-1] == 0.0 and not any(series[:-1]):
+        return  # nothing observed yet: no series
+    total = into.get(key)
+    if total is None:
+        into[key] = list(series)
+    else:
+        into[key] = [a + b for a, b in zip(total, series, strict=True)]
 
 
 class _Collector:
     """The metric families of one registry, summed over the threads' counts at each scrape."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._local = threading.local()
-        self._all: list[_Counts] = []
+        #: Each thread's cells, by queue, as ``queues``: read straight from it on the hot
+        #: path (a method call costs more), through :meth:`cells` the first time.
+        self.local = threading.local()
+        self._all: list[dict[str, _QueueCells]] = []
         self._lock = threading.Lock()
         registry.register(self)
 
-    def counts(self) -> _Counts:
-        """The calling thread's counts."""
+    def cells(self, queue: str) -> _QueueCells:
+        """The calling thread's cells for ``queue``."""
         try:
-            found: _Counts = self._local.counts
+            queues: dict[str, _QueueCells] = self.local.queues
         except AttributeError:
-            found = self._local.counts = _Counts()
+            queues = self.local.queues = {}
             with self._lock:
-                self._all.append(found)
+                self._all.append(queues)
+        found = queues.get(queue)
+        if found is None:
+            found = queues[queue] = _QueueCells()
         return found
 
     def collect(self) -> Iterator[Metric]:
@@ -143,18 +214,35 @@ class _Collector:
         counters: dict[_Key, float] = {}
         gauges: dict[_Key, float] = {}
         histograms: dict[_Key, list[float]] = {}
-        for counts in every:
+
+        def add(key: _Key, amount: float) -> None:
+            if amount:  # a series appears once something was counted in it
+                counters[key] = counters.get(key, 0.0) + amount
+
+        for queues in every:
             # dict.copy() is atomic under the GIL: the owner may go on counting meanwhile.
-            for key, value in counts.counters.copy().items():
-                counters[key] = counters.get(key, 0.0) + value
-            for key, value in counts.gauges.copy().items():
-                gauges[key] = gauges.get(key, 0.0) + value
-            for key, series in counts.histograms.copy().items():
-                copied = list(series)
-                total = histograms.get(key)
-                histograms[key] = (
-                    copied if total is None else [a + b for a, b in zip(total, copied, strict=True)]
-                )
+            for queue, cells in queues.copy().items():
+                q = (queue,)
+                received, acked, done = cells.received, cells.acked, cells.done
+                add(("received", q), received)
+                add(("settled", (queue, "ack")), acked)
+                for action, count in cells.settled.copy().items():
+                    add(("settled", (queue, action)), count)
+                add(("settled", (queue, "unsettled")), cells.unsettled)
+                add(("retried", q), cells.retried)
+                add(("dead_lettered", q), cells.dead_lettered)
+                if received or acked or done:
+                    key = ("in_flight", q)
+                    gauges[key] = gauges.get(key, 0.0) + received - acked - done
+                _merge(histograms, ("latency", (queue, "ack")), cells.acked_latency)
+                for action, series in cells.latency.copy().items():
+                    _merge(histograms, ("latency", (queue, action)), series)
+                for name, consumer in cells.consumers.copy().items():
+                    add(("processed", (queue, name, "succeeded")), consumer.succeeded)
+                    for outcome, count in consumer.outcomes.copy().items():
+                        add(("processed", (queue, name, outcome)), count)
+                    add(("failed", (queue, name)), consumer.failed)
+                    _merge(histograms, ("handler", (queue, name)), consumer.handler)
         for short, (name, help_text, labels) in _COUNTERS.items():
             family = CounterMetricFamily(name, help_text, labels=labels)
             for (kind, values), value in sorted(counters.items()):
@@ -172,10 +260,10 @@ class _Collector:
                 if kind != short:
                     continue
                 buckets, running = [], 0.0
-                for bound, count in zip((*map(float, bounds), math.inf), merged, strict=False):
-                    running += count
+                for bound, observed in zip((*map(float, bounds), math.inf), merged, strict=False):
+                    running += observed
                     buckets.append((_bound(bound), running))
-                histogram.add_metric(list(values), buckets, merged[-1])
+                histogram.add_metric(list(values), buckets, float(merged[-1]))
             yield histogram
 
 
@@ -195,30 +283,27 @@ def _collector(registry: CollectorRegistry) -> _Collector:
         return found[1]
 
 
-def _observe(counts: _Counts, key: _Key, bounds: tuple[float, ...], value: float) -> None:
-    series = counts.histograms.get(key)
-    if series is None:
-        series = counts.histograms[key] = [0.0] * (len(bounds) + 2)
-    series[bisect.bisect_left(bounds, value)] += 1  # the first bucket whose bound >= value
-    series[-1] += value
-
-
-def _add(counter: dict[_Key, float], key: _Key, amount: float = 1.0) -> None:
-    counter[key] = counter.get(key, 0.0) + amount
-
-
 class _Timer:
-    """Observes the duration of one consumer call (a class: cheaper than a generator)."""
+    """Observes the duration of one consumer call into the calling thread's cells (a class:
+    cheaper than a generator). Each consumer's cells keep one for reuse: no object is made
+    per call, unless calls overlap on one thread (asyncio handlers of one consumer awaited
+    together, or a consumer that dispatches to itself), when each further one gets its own."""
 
-    __slots__ = ("_collector", "_key", "_started")
+    __slots__ = ("_cells", "_started", "busy")
 
-    def __init__(self, collector: _Collector, key: _Key) -> None:
-        self._collector = collector
-        self._key = key
-        self._started = 0.0
+    def __init__(self, cells: _ConsumerCells, started: float = 0.0) -> None:
+        self._cells = cells
+        self._started = started
+        #: Whether it times a call now (a reused one is started by :meth:`start`).
+        self.busy = started != 0.0
+
+    def start(self) -> _Timer:
+        self.busy = True
+        self._started = time.perf_counter()
+        return self
 
     def __enter__(self) -> None:
-        self._started = time.perf_counter()
+        return None
 
     def __exit__(
         self,
@@ -227,15 +312,18 @@ class _Timer:
         traceback: TracebackType | None,
     ) -> None:
         elapsed = time.perf_counter() - self._started
-        _observe(self._collector.counts(), self._key, HANDLER_BUCKETS, elapsed)
+        self.busy = False
+        series = self._cells.handler
+        series[bisect.bisect_left(HANDLER_BUCKETS, elapsed)] += 1
+        series[-1] += elapsed
 
 
 class PrometheusMetrics(Middleware):
     """Counts and times what a dispatcher does, in Prometheus metrics (see the module doc).
 
     Several dispatchers of one process may share a registry: the metric families are made
-    once per registry. Each thread counts on its own, without a lock, and a scrape adds the
-    threads' counts up.
+    once per registry. Each thread counts on its own, in plain ints and lists without a lock
+    or a prometheus-client call, and a scrape adds the threads' counts up into the series.
 
     Args:
         registry: Where the metrics are registered; prometheus-client's global registry by
@@ -251,62 +339,95 @@ class PrometheusMetrics(Middleware):
     ) -> None:
         self.registry = registry if registry is not None else REGISTRY
         self._collector = _collector(self.registry)
+        self._local = self._collector.local
         self._clock = clock
-        # id(message) -> queue, for the hooks that are not given the queue.
-        self._queues: dict[int, str] = {}
+        # id(message) -> (message, the queue it was received from), for the hooks not given
+        # the queue. The message is held so that its id is not reused meanwhile: a message
+        # never settled would otherwise hand its entry to a later message with its id.
+        self._queues: dict[int, tuple[Message, str]] = {}
 
     def message_received(self, message: Message, queue: str) -> None:
-        self._queues[id(message)] = queue
-        counts = self._collector.counts()
-        _add(counts.counters, ("received", (queue,)))
-        _add(counts.gauges, ("in_flight", (queue,)))
+        try:
+            cells = self._local.queues[queue]
+        except (AttributeError, KeyError):
+            cells = self._collector.cells(queue)
+        cells.received += 1
+        self._queues[id(message)] = (message, queue)
+
+    def _consumer_cells(self, message: Message, consumer: Consumer) -> _ConsumerCells:
+        entry = self._queues.get(id(message))
+        queue = "" if entry is None else entry[1]
+        try:
+            return self._local.queues[queue].consumers[consumer.name]  # type: ignore[no-any-return]
+        except (AttributeError, KeyError):
+            return self._collector.cells(queue).consumer(consumer.name)
 
     def consumer_call(self, message: Message, consumer: Consumer) -> _Timer:
-        queue = self._queues.get(id(message), "")
-        return _Timer(self._collector, ("handler", (queue, consumer.name)))
+        # The clock starts here: the chain enters the context at once.
+        cells = self._consumer_cells(message, consumer)
+        timer = cells.timer
+        if timer.busy:
+            return _Timer(cells, time.perf_counter())  # overlapping calls: one timer each
+        return timer.start()
 
     def consumer_finished(
         self, message: Message, consumer: Consumer, outcome: Outcome, error: BaseException | None
     ) -> None:
-        queue = self._queues.get(id(message), "")
-        counters = self._collector.counts().counters
-        _add(counters, ("processed", (queue, consumer.name, outcome.value)))
-        if outcome is Outcome.FAILED:
-            _add(counters, ("failed", (queue, consumer.name)))
+        cells = self._consumer_cells(message, consumer)
+        if outcome is _SUCCEEDED:
+            cells.succeeded += 1
+            return
+        outcomes = cells.outcomes
+        outcomes[outcome.value] = outcomes.get(outcome.value, 0) + 1
+        if outcome is _FAILED:
+            cells.failed += 1
 
     def message_settled(self, message: Message, queue: str, verdict: Verdict) -> None:
-        received = self._queues.pop(id(message), None) is not None
+        received = self._queues.pop(id(message), None)
+        try:
+            cells = self._local.queues[queue]
+        except (AttributeError, KeyError):
+            cells = self._collector.cells(queue)
         action = verdict.action
-        counts = self._collector.counts()
-        counters = counts.counters
-        _add(counters, ("settled", (queue, action.value)))
-        if action is Action.RETRY:
-            _add(counters, ("retried", (queue,)))
-        elif action is Action.DEAD_LETTER:
-            _add(counters, ("dead_lettered", (queue,)))
-        if not received:
-            return  # abandoned before it was handled: it was never counted in flight
-        _add(counts.gauges, ("in_flight", (queue,)), -1.0)
-        published = _published_at(message)
-        if published is not None:
-            latency = max(0.0, self._clock() - published)
-            _observe(counts, ("latency", (queue, action.value)), LATENCY_BUCKETS, latency)
+        if received is not None and action is _ACK:
+            cells.acked += 1
+            series = cells.acked_latency
+        else:
+            self._settled_otherwise(cells, action, received is not None)
+            if received is None:
+                return  # abandoned before it was handled: it was never counted in flight
+            series = cells.latency.get(action.value) or cells.latency.setdefault(
+                action.value, [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+            )
+        raw = message.headers.get(PUBLISHED_AT)
+        if raw is None:
+            return
+        try:
+            published = float(raw)
+        except ValueError:
+            return  # a foreign producer's header: no latency rather than a wrong one
+        latency = self._clock() - published
+        if latency < 0.0:
+            latency = 0.0  # the publisher's clock is ahead of ours
+        series[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+        series[-1] += latency
+
+    @staticmethod
+    def _settled_otherwise(cells: _QueueCells, action: Action, received: bool) -> None:
+        settled = cells.settled
+        settled[action.value] = settled.get(action.value, 0) + 1
+        if action is _RETRY:
+            cells.retried += 1
+        elif action is _DEAD_LETTER:
+            cells.dead_lettered += 1
+        if received:
+            cells.done += 1
 
     def settle_failed(self, message: Message, queue: str, error: BaseException) -> None:
-        counts = self._collector.counts()
-        _add(counts.counters, ("settled", (queue, "unsettled")))
+        cells = self._collector.cells(queue)
+        cells.unsettled += 1
         if self._queues.pop(id(message), None) is not None:
-            _add(counts.gauges, ("in_flight", (queue,)), -1.0)
-
-
-def _published_at(message: Message) -> float | None:
-    raw = message.headers.get(PUBLISHED_AT)
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None  # a foreign producer's header: no latency rather than a wrong one
+            cells.done += 1
 
 
 def serve_metrics(server: ProbeServer, registry: CollectorRegistry | None = None) -> None:

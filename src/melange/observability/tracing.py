@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from contextvars import Token
 from types import TracebackType
@@ -37,8 +38,9 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator, default_getter
 from opentelemetry.trace import (
+    NonRecordingSpan,
     NoOpTracerProvider,
     ProxyTracerProvider,
     Span,
@@ -84,6 +86,47 @@ ATTEMPT = "melange.attempt"
 OUTCOME = "melange.outcome"
 CONSUMER = "melange.consumer"
 
+# What a hook returns when it has nothing to wrap (a nullcontext can be entered many times).
+_NOTHING: AbstractContextManager[None] = contextlib.nullcontext()
+_NO_SDK = (NoOpTracerProvider, ProxyTracerProvider)
+_UNKNOWN = object()
+# Destinations and queues whose span name and attributes are kept, at most.
+_MADE_AT_MOST = 1024
+# The outcome attribute of each action (an enum's value is a property, read per message).
+_OUTCOMES = {action: action.value for action in Action}
+
+
+class _HeaderGetter(Getter[Mapping[str, Any]]):
+    """Reads the propagated fields of a message's headers: what the API's default getter
+    returns, without its ``isinstance(value, Iterable)`` (an ABC check, three times per
+    message) for the string values headers hold."""
+
+    def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        if type(value) is str:
+            return [value]
+        return default_getter.get(carrier, key)
+
+    def keys(self, carrier: Mapping[str, Any]) -> list[str]:
+        return default_getter.keys(carrier)
+
+
+_GETTER = _HeaderGetter()
+
+
+def _global_provider() -> object:
+    """The global tracer provider once one is set, else ``None``.
+
+    ``trace.get_tracer_provider()`` looks the environment up at each call while none is set
+    (about 1.5 µs); the API keeps the provider in a module variable that is set once, and
+    reading it costs next to nothing. An API without that variable is asked the public way.
+    """
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is _UNKNOWN:
+        found = trace.get_tracer_provider()
+        return None if isinstance(found, ProxyTracerProvider) else found
+    return provider
+
 
 def messaging_system(backend: MessagingBackend | AsyncMessagingBackend) -> str:
     """The ``messaging.system`` value for ``backend``."""
@@ -113,13 +156,25 @@ class Tracing(Middleware, PublishMiddleware):
         max_open_spans: int = 10_000,
     ) -> None:
         self.system = system
+        # With no provider given, this is the API's proxy tracer, which turns into the SDK's
+        # once one is set up (reading the global provider also loads one named in the
+        # environment, OTEL_PYTHON_TRACER_PROVIDER).
         self._tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
-        self._provider = tracer_provider
         self._propagator = propagator
         self._max_open = max_open_spans
-        # id(message) -> (message, span): the message is held so that its id is not reused.
-        self._open: dict[int, tuple[Message, Span]] = {}
+        # Whether spans go anywhere: decided once for a given provider, and once the global
+        # one is set (it is set only once); None while no global provider is set yet.
+        self._live: bool | None = (
+            None if tracer_provider is None else not isinstance(tracer_provider, _NO_SDK)
+        )
+        # id(message) -> its span's context manager, which holds the message so that its id
+        # is not reused.
+        self._open: dict[int, _Current] = {}
         self._lock = threading.Lock()
+        # Span names and the attributes that do not change from one message to the next,
+        # per destination (and kind) and per queue: made once, not per message.
+        self._sends: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self._processes: dict[str, tuple[str, dict[str, Any]]] = {}
 
     @classmethod
     def for_backend(
@@ -130,105 +185,156 @@ class Tracing(Middleware, PublishMiddleware):
 
     # -- publishing -------------------------------------------------------------------------
 
-    def _active(self) -> bool:
+    def active(self) -> bool:
         """Whether spans go anywhere: not while no SDK is set up (the API's no-op tracer),
-        so that installing ``melange[otel]`` without exporting costs next to nothing."""
-        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
-        return not isinstance(provider, NoOpTracerProvider | ProxyTracerProvider)
+        so that installing ``melange[otel]`` without exporting costs next to nothing (the
+        dispatchers and publishers skip a dormant middleware). An SDK set up later is picked
+        up at the next message."""
+        live = self._live
+        if live is None:
+            provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)  # see _global_provider
+            if provider is _UNKNOWN:
+                provider = _global_provider()
+            if provider is None:
+                return False
+            live = not isinstance(provider, _NO_SDK)
+            if live:
+                # The provider's own tracer: the API's proxy would hand every call to it.
+                self._tracer = trace.get_tracer(SCOPE, tracer_provider=provider)  # type: ignore[arg-type]
+            self._live = live
+        return live
 
     def publishing(
         self, message: Message, destination: str, kind: DestinationKind
     ) -> AbstractContextManager[None]:
-        if not self._active():
-            return contextlib.nullcontext()
+        live = self._live
+        if not (live or (live is None and self.active())):
+            return _NOTHING
+        made = self._sends.get((destination, kind))
+        if made is None:
+            if len(self._sends) >= _MADE_AT_MOST:
+                self._sends.clear()  # names made on the fly: keep the memory bounded
+            made = self._sends[(destination, kind)] = self._send_attributes(destination, kind)
+        name, constant = made
+        attributes = {**constant, MESSAGE_ID: message.message_id}
+        correlation = message.headers.get(CORRELATION_ID)
+        if correlation is not None:
+            attributes[CONVERSATION_ID] = correlation
+        span = self._tracer.start_span(name, kind=SpanKind.PRODUCER, attributes=attributes)
+        # Injected whether the span records or not: a trace sampled out carries its
+        # "not sampled" flag on, so that the consumers' spans are sampled out alike.
+        self._inject(message, span)
+        if type(span) is NonRecordingSpan:
+            return _NOTHING  # sampled out: ending it, or recording on it, does nothing
+        return _Sending(span)
+
+    def _send_attributes(self, destination: str, kind: str) -> tuple[str, dict[str, Any]]:
         attributes: dict[str, Any] = {
             SYSTEM: self.system,
             DESTINATION: destination,
             OPERATION_TYPE: "send",
             OPERATION_NAME: "send",
-            MESSAGE_ID: message.message_id,
         }
-        correlation = message.headers.get(CORRELATION_ID)
-        if correlation is not None:
-            attributes[CONVERSATION_ID] = correlation
-        span = self._tracer.start_span(
-            f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
-        )
         if kind == "topic":
-            span.set_attribute(DESTINATION_KIND, kind)
-        self._inject(message, span)
-        return _Sending(span)
+            attributes[DESTINATION_KIND] = kind
+        return f"send {destination}", attributes
 
     def _inject(self, message: Message, span: Span) -> None:
-        carrier: dict[str, str] = {}
         ctx = trace.set_span_in_context(span)
-        if self._propagator is not None:
-            self._propagator.inject(carrier, context=ctx)
-        else:
-            propagate.inject(carrier, context=ctx)
-        message.headers.update(carrier)
+        headers = message.headers
+        # Straight into the headers when they are a plain dict (they are, from a publisher).
+        carrier: dict[str, str] = headers if type(headers) is dict else {}
+        propagator = self._propagator
+        if propagator is None:
+            propagator = propagate.get_global_textmap()  # what propagate.inject calls
+        propagator.inject(carrier, context=ctx)
+        if carrier is not headers:
+            headers.update(carrier)
 
     # -- consuming --------------------------------------------------------------------------
 
     def message_received(self, message: Message, queue: str) -> None:
-        if not self._active():
+        live = self._live
+        if not (live or (live is None and self.active())):
             return
         headers = message.headers
-        if self._propagator is not None:
-            parent = self._propagator.extract(headers)
-        else:
-            parent = propagate.extract(headers)
-        attributes: dict[str, Any] = {
-            SYSTEM: self.system,
-            DESTINATION: queue,
-            OPERATION_TYPE: "process",
-            OPERATION_NAME: "process",
-            MESSAGE_ID: message.message_id,
-        }
+        propagator = self._propagator
+        if propagator is None:
+            propagator = propagate.get_global_textmap()
+        parent = propagator.extract(headers, getter=_GETTER)
+        made = self._processes.get(queue)
+        if made is None:
+            if len(self._processes) >= _MADE_AT_MOST:
+                self._processes.clear()
+            made = self._processes[queue] = (
+                f"process {queue}",
+                {
+                    SYSTEM: self.system,
+                    DESTINATION: queue,
+                    OPERATION_TYPE: "process",
+                    OPERATION_NAME: "process",
+                },
+            )
+        name, constant = made
+        attributes = {**constant, MESSAGE_ID: message.message_id}
         correlation = headers.get(CORRELATION_ID)
         if correlation is not None:
             attributes[CONVERSATION_ID] = correlation
         if message.attempt is not None:
             attributes[ATTEMPT] = message.attempt
         span = self._tracer.start_span(
-            f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+            name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
         )
-        evicted: Span | None = None
+        opened = self._open
+        # No lock: setting and popping one key are atomic, and while a message is held here
+        # no other object can have its id. Only evicting takes one.
+        opened[id(message)] = _Current(message, span)
+        if len(opened) > self._max_open:
+            self._evict()
+
+    def _evict(self) -> None:
+        evicted: list[Span] = []
         with self._lock:
-            self._open[id(message)] = (message, span)
-            if len(self._open) > self._max_open:
-                oldest = next(iter(self._open))
-                evicted = self._open.pop(oldest)[1]
-        if evicted is not None:
-            evicted.set_attribute(OUTCOME, "unknown")
-            evicted.end()
+            opened = self._open
+            while len(opened) > self._max_open:
+                try:
+                    oldest = next(iter(opened))
+                    evicted.append(opened.pop(oldest).span)
+                except (RuntimeError, KeyError):  # another thread changed it meanwhile
+                    continue
+        for span in evicted:
+            span.set_attribute(OUTCOME, "unknown")
+            span.end()
 
     def _span(self, message: Message) -> Span | None:
-        entry = self._open.get(id(message))
-        if entry is None or entry[0] is not message:
+        opened = self._open
+        if not opened:
             return None
-        return entry[1]
+        entry = opened.get(id(message))
+        return None if entry is None else entry.span
 
     def _close(self, message: Message) -> Span | None:
-        with self._lock:
-            entry = self._open.get(id(message))
-            if entry is None or entry[0] is not message:
-                return None
-            del self._open[id(message)]
-        return entry[1]
+        opened = self._open
+        if not opened:
+            return None
+        entry = opened.pop(id(message), None)
+        return None if entry is None else entry.span
 
     def consumer_call(self, message: Message, consumer: Consumer) -> AbstractContextManager[None]:
-        span = self._span(message)
-        if span is None:
-            return contextlib.nullcontext()
-        return _Current(span)
+        opened = self._open
+        entry = opened.get(id(message)) if opened else None
+        if entry is None:
+            return _NOTHING
+        if entry.entered():  # a call within a call of the same message: a context of its own
+            return _Current(message, entry.span)
+        return entry
 
     def consumer_finished(
         self, message: Message, consumer: Consumer, outcome: Outcome, error: BaseException | None
     ) -> None:
         span = self._span(message)
-        if span is None:
-            return
+        if span is None or type(span) is NonRecordingSpan:
+            return  # nothing recorded on a span sampled out
         if error is not None:
             span.record_exception(error, attributes={CONSUMER: consumer.name})
         elif outcome is not Outcome.SUCCEEDED:
@@ -236,10 +342,10 @@ class Tracing(Middleware, PublishMiddleware):
 
     def message_settled(self, message: Message, queue: str, verdict: Verdict) -> None:
         span = self._close(message)
-        if span is None:
-            return
+        if span is None or type(span) is NonRecordingSpan:
+            return  # nothing recorded on a span sampled out, and ending it does nothing
         action = verdict.action
-        span.set_attribute(OUTCOME, action.value)
+        span.set_attribute(OUTCOME, _OUTCOMES[action])
         if action is Action.RETRY:
             span.add_event(
                 "melange.retry",
@@ -307,16 +413,22 @@ class _Sending:
 
 class _Current:
     """Makes a message's span the current one while a consumer runs: what it publishes, and
-    the spans of the libraries it calls, join the trace."""
+    the spans of the libraries it calls, join the trace. One is made per handled message,
+    kept until it is settled, and entered by each consumer call in turn."""
 
-    __slots__ = ("_span", "_token")
+    __slots__ = ("_token", "message", "span")
 
-    def __init__(self, span: Span) -> None:
-        self._span = span
+    def __init__(self, message: Message, span: Span) -> None:
+        self.message = message
+        self.span = span
         self._token: Token[Context] | None = None
 
+    def entered(self) -> bool:
+        """Whether a consumer call is inside it now."""
+        return self._token is not None
+
     def __enter__(self) -> None:
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
 
     def __exit__(
         self,
@@ -324,9 +436,10 @@ class _Current:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._token is not None:
-            otel_context.detach(self._token)
+        token = self._token
+        if token is not None:
             self._token = None
+            otel_context.detach(token)
 
 
 __all__ = ["SYSTEMS", "Tracing", "messaging_system"]

@@ -35,9 +35,8 @@ from melange.outbox.schema import (
     insert_statement,
     row_values,
 )
-from melange.publishers import build_message
-from melange.serializers.json import JsonSerializer
-from melange.serializers.registry import SerializerRegistry, SerializerSource
+from melange.publishers import _coerce_serializers, build_message
+from melange.serializers.registry import SerializerSource
 
 
 class Outbox:
@@ -60,9 +59,7 @@ class Outbox:
         table: str = DEFAULT_TABLE,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.serializer_registry = SerializerRegistry.coerce(
-            serializer_registry if serializer_registry is not None else JsonSerializer()
-        )
+        self.serializer_registry = _coerce_serializers(serializer_registry)
         self.table = check_table_name(table)
         self._insert = insert_statement(self.table)
         self._clock = clock
@@ -103,13 +100,18 @@ class Outbox:
             Exception: whatever the driver raises for the insert (no table, closed
                 connection...); the transaction is the caller's to roll back.
         """
-        if delay_seconds is not None and delay_seconds < 0:
-            raise ConfigurationError(f"delay_seconds must be >= 0, got {delay_seconds!r}")
-        message = self.build(
-            data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
+        return self._write_new(
+            bind(connection),
+            TOPIC if topic else QUEUE,
+            destination,
+            data,
+            message_group_id,
+            message_deduplication_id,
+            headers,
+            correlation_id,
+            causation_id,
+            delay_seconds,
         )
-        self.write(bind(connection), message, TOPIC if topic else QUEUE, destination, delay_seconds)
-        return message
 
     def publish_to_topic(
         self, connection: Any, topic_name: str, data: Any, **kwargs: Any
@@ -151,6 +153,29 @@ class Outbox:
             causation_id,
         )
 
+    def _write_new(
+        self,
+        connection: BoundConnection,
+        kind: str,
+        destination: str,
+        data: Any,
+        message_group_id: str | None,
+        message_deduplication_id: str | None,
+        headers: Mapping[str, str] | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+        delay_seconds: float | None,
+    ) -> Message:
+        """Build the envelope for ``data`` and insert it for ``destination`` (a negative
+        delay is refused first); returns the envelope."""
+        if delay_seconds is not None and delay_seconds < 0:
+            raise ConfigurationError(f"delay_seconds must be >= 0, got {delay_seconds!r}")
+        message = self.build(
+            data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
+        )
+        self.write(connection, message, kind, destination, delay_seconds)
+        return message
+
     def write(
         self,
         connection: BoundConnection,
@@ -181,31 +206,12 @@ def _header_problem(headers: Mapping[str, str] | None) -> str | None:
 
 
 class _BoundPublisher:
-    _topic = False
+    #: What the destinations are: ``"queue"`` or ``"topic"``.
+    _kind = QUEUE
 
     def __init__(self, outbox: Outbox, connection: Any) -> None:
         self.outbox = outbox
         self._bound = bind(connection)
-
-    def _publish(
-        self,
-        destination: str,
-        data: Any,
-        message_group_id: str | None,
-        message_deduplication_id: str | None,
-        headers: Mapping[str, str] | None,
-        correlation_id: str | None,
-        causation_id: str | None,
-        delay_seconds: float | None,
-    ) -> Message:
-        if delay_seconds is not None and delay_seconds < 0:
-            raise ConfigurationError(f"delay_seconds must be >= 0, got {delay_seconds!r}")
-        message = self.outbox.build(
-            data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
-        )
-        kind = TOPIC if self._topic else QUEUE
-        self.outbox.write(self._bound, message, kind, destination, delay_seconds)
-        return message
 
     def publish_batch(
         self,
@@ -216,10 +222,9 @@ class _BoundPublisher:
         headers: Mapping[str, str] | None = None,
     ) -> list[Message]:
         """Write several messages for ``destination``; the relay sends them in batches."""
-        kind = TOPIC if self._topic else QUEUE
         messages = [self.outbox.build(item, message_group_id, None, headers) for item in items]
         for message in messages:
-            self.outbox.write(self._bound, message, kind, destination)
+            self.outbox.write(self._bound, message, self._kind, destination)
         return messages
 
 
@@ -240,7 +245,9 @@ class OutboxQueuePublisher(_BoundPublisher):
         delay_seconds: float | None = None,
     ) -> Message:
         """Write ``data`` for ``queue_name``; see :meth:`Outbox.publish`."""
-        return self._publish(
+        return self.outbox._write_new(
+            self._bound,
+            self._kind,
             queue_name,
             data,
             message_group_id,
@@ -256,7 +263,7 @@ class OutboxTopicPublisher(_BoundPublisher):
     """:class:`~melange.publishers.TopicPublisher`'s interface on the outbox of one
     connection's transaction (from :meth:`Outbox.topic_publisher`)."""
 
-    _topic = True
+    _kind = TOPIC
 
     def publish(
         self,
@@ -271,7 +278,9 @@ class OutboxTopicPublisher(_BoundPublisher):
         delay_seconds: float | None = None,
     ) -> Message:
         """Write ``data`` for ``topic_name``; see :meth:`Outbox.publish`."""
-        return self._publish(
+        return self.outbox._write_new(
+            self._bound,
+            self._kind,
             topic_name,
             data,
             message_group_id,

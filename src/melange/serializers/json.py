@@ -8,6 +8,11 @@ from typing import Any, ClassVar
 from melange.exceptions import SerializationError
 from melange.serializers.interfaces import Serializer
 
+# What json.dumps and json.loads call with their default arguments, without the call of
+# json.dumps/json.loads around them (a frame per message saved on each side).
+_encode = json.JSONEncoder().encode
+_decode = json.JSONDecoder().decode
+
 
 class JsonSerializer(Serializer[Any]):
     """Serializes JSON-compatible values (dicts, lists, strings, numbers, booleans, None).
@@ -25,7 +30,7 @@ class JsonSerializer(Serializer[Any]):
 
     def serialize(self, data: Any) -> str:
         try:
-            return json.dumps(data)
+            return _encode(data)
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"JsonSerializer cannot serialize {type(data).__qualname__}: {exc}"
@@ -33,7 +38,9 @@ class JsonSerializer(Serializer[Any]):
 
     def deserialize(self, data: str, manifest: str | None = None) -> Any:
         try:
-            return json.loads(data)
+            if type(data) is str:
+                return _decode(data)
+            return json.loads(data)  # bytes, or a wrong type for its error
         except (TypeError, ValueError) as exc:
             raise SerializationError(f"body is not valid JSON: {exc}") from exc
 

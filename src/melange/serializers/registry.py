@@ -25,6 +25,9 @@ from melange.exceptions import (
 from melange.serializers.interfaces import Serializer
 from melange.serializers.typed import TypedSerializer
 
+#: The default ``deserialize_message``, which only calls ``deserialize``.
+_DEFAULT_WITH_HEADERS = Serializer.deserialize_message
+
 #: What publishers and dispatchers accept where they need serializers.
 SerializerSource = Union[
     Serializer[Any], Sequence[Serializer[Any]], "SerializerRegistry", Mapping[str, Any]
@@ -268,9 +271,12 @@ class SerializerRegistry:
         Any failure comes out as a :class:`~melange.exceptions.SerializationError`, which
         makes the dispatcher dead-letter the message.
         """
-        serializer = self.find_serializer_by_id(serializer_id)
+        serializer = self._by_id.get(serializer_id) if serializer_id is not None else None
+        if serializer is None:
+            serializer = self.find_serializer_by_id(serializer_id)  # raises, naming the ids
         try:
-            if headers is None:
+            if headers is None or type(serializer).deserialize_message is _DEFAULT_WITH_HEADERS:
+                # The default deserialize_message calls deserialize: call it directly.
                 return serializer.deserialize(data, manifest)
             return serializer.deserialize_message(data, manifest, headers)
         except SerializationError:
