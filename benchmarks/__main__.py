@@ -11,7 +11,17 @@ from pathlib import Path
 from benchmarks import legacy_env, report, services, suites
 from benchmarks.runner import ROOT, SuiteResult, run_suite
 
-SUITE_NAMES = ["rabbitmq", "sqs", "memory", "sqlite", "redis-streams", "nats", "kafka"]
+SUITE_NAMES = [
+    "rabbitmq",
+    "sqs",
+    "memory",
+    "sqlite",
+    "redis-streams",
+    "nats",
+    "kafka",
+    "kombu-redis",
+    "kombu-amqp",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                 suite = suites.redis_streams_suite(sizes)
             elif name == "kafka":
                 suite = suites.kafka_suite(sizes)
+            elif name.startswith("kombu-"):
+                suite = suites.kombu_suite(name, sizes)
             else:
                 suite = suites.sqlite_suite(sizes, str(work / "sqlite"))
             _select(suite, args.measure)

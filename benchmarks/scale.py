@@ -8,12 +8,15 @@ Per backend (each measurement in a fresh worker process, so that memory figures 
 - RSS per queued message, and the RSS after draining them against the process before
   publishing (target: within 20%);
 - single-message publish rate with 0, 10 and 50 idle receivers waiting on other queues, as
-  ratios to 0 (target >= 0.8 at 50);
+  ratios to 0 (target >= 0.8 at 50), in slices that alternate between the settings within
+  one process;
 - the time to count a queue's messages (``queue_stats``, in memory ``queue_depth``) at 1M
   (target < 10 ms).
 
 The SQLite backlog's middle is deleted in one statement rather than consumed (the last 5,000
-are consumed as they would be after a drain); the in-memory one is consumed whole.
+are consumed as they would be after a drain); the in-memory one is consumed whole. In-memory
+rates are per second of the worker's CPU time, SQLite ones per wall-clock second (see
+``_clock``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ SLICE = 5_000
 #: Bytes of JSON per message (see _messages).
 PAYLOAD_BYTES = 82
 PUBLISH_N = 5_000
+#: Slices of PUBLISH_N publishes timed in memory (median rate taken).
+MEMORY_PUBLISH_SLICES = 9
+#: The same in SQLite (a slice lasts about a third of a second).
+SQLITE_PUBLISH_SLICES = 3
 RECEIVERS = (0, 10, 50)
 
 
@@ -69,17 +76,28 @@ def _fill(backend: Any, queue: Any, depth: int) -> None:
         backend.publish_batch_to_queue(_messages(start, min(1000, depth - start)), queue)
 
 
-def _consume(backend: Any, queue: Any, count: int) -> float:
-    """Receive and acknowledge ``count`` messages; their rate per second."""
+def _clock(kind: str) -> Any:
+    """What a rate is timed with: in memory the worker's CPU time, elsewhere the wall clock.
+
+    An in-memory slice of 5,000 messages lasts 15-30 ms, so on a shared machine the wall
+    clock mostly measures the other load (single slices vary fourfold); every thread's CPU
+    time of the worker (idle receivers' wake-ups included) measures what the backend does.
+    A SQLite rate includes waiting for the file system, which only the wall clock sees.
+    """
+    return time.process_time if kind == "memory" else time.perf_counter
+
+
+def _consume(backend: Any, queue: Any, count: int, clock: Any = time.perf_counter) -> float:
+    """Receive and acknowledge ``count`` messages; their rate per second of ``clock``."""
     done = 0
-    started = time.perf_counter()
+    started = clock()
     while done < count:
         received = backend.retrieve_messages(queue, max_messages=min(10, count - done))
         if not received:
             break
         backend.acknowledge_batch(received)
         done += len(received)
-    return done / (time.perf_counter() - started)
+    return done / max(clock() - started, 1e-9)
 
 
 def _skip_to_last(kind: str, backend: Any, queue: Any, keep: int) -> None:
@@ -118,13 +136,13 @@ def measure_depth(kind: str, depth: int, directory: str) -> dict[str, Any]:
     count_ms = (time.perf_counter() - started) * 1000
     assert counted == depth, (counted, depth)
     if depth >= SLICE:
-        first = _consume(backend, queue, SLICE)
+        first = _consume(backend, queue, SLICE, _clock(kind))
     else:
         # A shallow queue is consumed, refilled and consumed again until a slice's worth was
         # timed: a single pass of 1,000 messages lasts a few milliseconds, too short to time.
         seconds, consumed = 0.0, 0
         while True:
-            seconds += depth / _consume(backend, queue, depth)
+            seconds += depth / _consume(backend, queue, depth, _clock(kind))
             consumed += depth
             if consumed >= SLICE:
                 break
@@ -133,7 +151,7 @@ def measure_depth(kind: str, depth: int, directory: str) -> dict[str, Any]:
     last = first
     if depth > SLICE:
         _skip_to_last(kind, backend, queue, SLICE)
-        last = _consume(backend, queue, SLICE)
+        last = _consume(backend, queue, SLICE, _clock(kind))
     # One more receive finds the queue empty, as a consumer's next poll would.
     assert not backend.retrieve_messages(queue, max_messages=10)
     gc.collect()
@@ -155,34 +173,82 @@ def measure_depth(kind: str, depth: int, directory: str) -> dict[str, Any]:
     return result
 
 
-def measure_receivers(kind: str, idle: int, directory: str) -> dict[str, Any]:
-    """Single-message publish rate with ``idle`` receivers waiting on other queues."""
+def measure_receivers(
+    kind: str,
+    directory: str,
+    settings: tuple[int, ...] = RECEIVERS,
+    slices: int | None = None,
+) -> dict[str, Any]:
+    """Single-message publish rates with 0, 10 and 50 idle receivers waiting on other queues,
+    in one process: slices alternate between the settings (receivers are started and stopped
+    between them), so that the ratios compare slices of the same process moments apart; a
+    process-to-process difference (memory layout, a burst of other load) would otherwise
+    outweigh what idle receivers cost. ``settings``: the numbers of idle receivers, the first
+    one the base of the ratios; ``slices``: slices per setting (by default 9 in memory, 3 in
+    SQLite)."""
     backend = _backend(kind, directory)
     queue, _ = backend.declare_queue("published")
-    stop = threading.Event()
-    threads = []
-    for index in range(idle):
-        other, _ = backend.declare_queue(f"idle-{index}")
+    receivers: list[tuple[threading.Thread, threading.Event]] = []
 
-        def wait(other: Any = other) -> None:
+    def start_receiver(index: int) -> None:
+        other, _ = backend.declare_queue(f"idle-{index}")
+        stop = threading.Event()
+
+        def wait() -> None:
             while not stop.is_set():
                 backend.retrieve_messages(other, wait_seconds=1.0)
 
         thread = threading.Thread(target=wait, daemon=True)
         thread.start()
-        threads.append(thread)
-    time.sleep(0.5)  # the receivers are waiting
-    messages = _messages(0, PUBLISH_N)
-    started = time.perf_counter()
-    for message in messages:
-        backend.publish_to_queue(message, queue)
-    rate = PUBLISH_N / (time.perf_counter() - started)
-    stop.set()
-    backend.interrupt()
-    for thread in threads:
-        thread.join(5)
+        receivers.append((thread, stop))
+
+    def stop_receivers() -> None:
+        for _, stop in receivers:
+            stop.set()
+        backend.interrupt()
+        for thread, _ in receivers:
+            thread.join(5)
+        receivers.clear()
+
+    rates: dict[int, list[float]] = {idle: [] for idle in settings}
+    cpu_us: dict[int, list[float]] = {idle: [] for idle in settings}
+    clock = _clock(kind)
+    published = 0
+    if slices is None:
+        slices = MEMORY_PUBLISH_SLICES if kind == "memory" else SQLITE_PUBLISH_SLICES
+    for _ in range(slices):
+        for idle in settings:
+            if len(receivers) > idle:
+                stop_receivers()
+            while len(receivers) < idle:
+                start_receiver(len(receivers))
+            time.sleep(0.2)  # the receivers are waiting
+            messages = _messages(published, PUBLISH_N)
+            published += PUBLISH_N
+            cpu = time.process_time()  # every thread: the idle receivers' wake-ups count
+            started = clock()
+            for message in messages:
+                backend.publish_to_queue(message, queue)
+            rates[idle].append(PUBLISH_N / max(clock() - started, 1e-9))
+            cpu_us[idle].append((time.process_time() - cpu) / PUBLISH_N * 1e6)
+    stop_receivers()
     backend.close_connection()
-    return {"backend": kind, "idle_receivers": idle, "publish_rate": rate}
+    quiet = rates[settings[0]]
+    return {
+        "backend": kind,
+        "publish": [
+            {
+                "idle_receivers": idle,
+                "publish_rate": statistics.median(rates[idle]),
+                "publish_cpu_us": statistics.median(cpu_us[idle]),
+                # Each slice against the slice without receivers just before it.
+                "ratio": statistics.median(
+                    [r / q for r, q in zip(rates[idle], quiet, strict=True)]
+                ),
+            }
+            for idle in settings
+        ],
+    }
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -190,7 +256,7 @@ def _worker(args: argparse.Namespace) -> None:
         if args.depth is not None:
             result = measure_depth(args.worker, args.depth, directory)
         else:
-            result = measure_receivers(args.worker, args.idle, directory)
+            result = measure_receivers(args.worker, directory)
     print(json.dumps(result))
 
 
@@ -219,8 +285,8 @@ def run(backends: list[str], depths: list[int], rounds: int = 3) -> dict[str, An
         for _ in range(rounds):
             for depth in depths:
                 by_depth[depth].append(_run(kind, "--depth", str(depth)))
-            for idle in RECEIVERS:
-                by_idle[idle].append(_run(kind, "--idle", str(idle)))
+            for row in _run(kind, "--receivers")["publish"]:
+                by_idle[row["idle_receivers"]].append(row)
         base = by_depth[depths[0]]
         rows = []
         for depth in depths:
@@ -245,18 +311,13 @@ def run(backends: list[str], depths: list[int], rounds: int = 3) -> dict[str, An
                     "rounds": runs,
                 }
             )
-        quiet = by_idle[RECEIVERS[0]]
         publish = [
             {
                 "backend": kind,
                 "idle_receivers": idle,
                 "publish_rate": _median([r["publish_rate"] for r in by_idle[idle]]),
-                "ratio": _median(
-                    [
-                        r["publish_rate"] / q["publish_rate"]
-                        for r, q in zip(by_idle[idle], quiet, strict=True)
-                    ]
-                ),
+                "publish_cpu_us": _median([r["publish_cpu_us"] for r in by_idle[idle]]),
+                "ratio": _median([r["ratio"] for r in by_idle[idle]]),
             }
             for idle in RECEIVERS
         ]
@@ -366,6 +427,9 @@ def page(results: dict[str, Any], rounds: int, seconds: float) -> str:
             f"cores, Python {platform.python_version()}, load average before the run "
             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
             "",
+            "In memory, rates are per second of the worker process's CPU time (every thread, "
+            "idle receivers included): a slice lasts milliseconds, which on a shared machine "
+            "the wall clock cannot time; SQLite rates are per wall-clock second. "
             f"Messages are {PAYLOAD_BYTES} bytes of JSON with the header a publisher adds; "
             "consumers receive 10 at a time and acknowledge them together.",
             "",
@@ -385,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write scale.md and scale.json in this folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--depth", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--idle", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--receivers", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker(args)

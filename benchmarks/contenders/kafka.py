@@ -80,7 +80,9 @@ class Tansu:
             self.process.kill()
 
 
-def _servers(contender: Contender) -> str:
+def servers(contender: Contender) -> str:
+    """The bootstrap servers the contender uses: its ``url`` parameter's, or those of a tansu
+    broker started for it (stopped by :func:`stop_broker`)."""
     url = contender.params.get("url")
     if url:
         return str(url).removeprefix("kafka://")
@@ -88,10 +90,21 @@ def _servers(contender: Contender) -> str:
     return str(contender.broker.servers)  # type: ignore[attr-defined]
 
 
-def _stop_broker(contender: Contender) -> None:
+def stop_broker(contender: Contender) -> None:
+    """Stop the tansu broker :func:`servers` started for ``contender``, if any."""
     broker = getattr(contender, "broker", None)
     if broker is not None:
         broker.stop()
+
+
+def create_topic(bootstrap: str, topic: str) -> None:
+    """Create ``topic`` with the benchmark's partitions (nothing when it exists)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+        with contextlib.suppress(Exception):  # already there
+            future.result(15)
 
 
 class RawKafka(Contender):
@@ -102,14 +115,10 @@ class RawKafka(Contender):
 
     def setup(self) -> dict[str, str]:
         from confluent_kafka import Consumer, Producer
-        from confluent_kafka.admin import AdminClient, NewTopic
 
-        self.servers = _servers(self)
+        self.servers = servers(self)
         self.topic = str(self.params.get("queue", "bench-kafka-raw"))
-        admin = AdminClient({"bootstrap.servers": self.servers})
-        for future in admin.create_topics([NewTopic(self.topic, PARTITIONS, 1)]).values():
-            with contextlib.suppress(Exception):  # already there
-                future.result(15)
+        create_topic(self.servers, self.topic)
         self.producer = Producer(
             {
                 "bootstrap.servers": self.servers,
@@ -161,7 +170,7 @@ class RawKafka(Contender):
     def teardown(self) -> None:
         self.consumer.close()
         self.producer.flush(30)
-        _stop_broker(self)
+        stop_broker(self)
 
 
 class MelangeKafka(MelangeContender):
@@ -185,7 +194,7 @@ class MelangeKafka(MelangeContender):
         return AsyncKafkaBackend(self.url, idempotence=idempotent, **self._options())
 
     def setup(self) -> dict[str, str]:
-        self.url = f"kafka://{_servers(self)}"
+        self.url = f"kafka://{servers(self)}"
         self.params.setdefault("queue", "bench-kafka-melange")
         versions = super().setup()
         self.op_e2e(WARM_UP)
@@ -199,4 +208,4 @@ class MelangeKafka(MelangeContender):
 
     def teardown(self) -> None:
         super().teardown()
-        _stop_broker(self)
+        stop_broker(self)

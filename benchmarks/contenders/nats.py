@@ -3,9 +3,10 @@
 Both publish each message to a work-queue stream on file storage and wait for JetStream's
 acknowledgement (the message is stored), read through one durable pull consumer in batches of
 10 and acknowledge each message after its handler ran (``+ACK``, which JetStream does not
-answer). Melange adds its envelope headers, the checks of its receive (dead-letter limit,
-subscription filters) and, for the threaded dispatcher, the hand-over of every call to the
-event loop its nats-py client runs on.
+answer). Melange adds its envelope headers and the checks of its receive (dead-letter limit,
+subscription filters, lease markers). Raw nats-py runs on one event loop (:class:`RawNATS`,
+against Melange's asyncio row) or, as a threaded application runs it, on a loop per thread
+(:class:`RawNATSThreads`, against Melange's threaded row).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import uuid
 from importlib.metadata import version
 from typing import Any
 
-from benchmarks.contenders.melange_common import MelangeContender
+from benchmarks.contenders.brokers import MelangeBrokerContender
 from benchmarks.workload import Contender, Payload, Tally
 
 URL = "nats://127.0.0.1:4222"
@@ -26,12 +27,12 @@ BATCH = 10
 IDLE_TIMEOUT = 60.0
 
 
-def _prefix(params: dict[str, Any], default: str) -> str:
-    # Stream names take no dots.
+def stream_prefix(params: dict[str, Any], default: str) -> str:
+    """The prefix of a contender's streams and subjects (stream names take no dots)."""
     return str(params.get("queue", default)).replace(".", "-")
 
 
-def _delete_streams(prefix: str) -> None:
+def delete_streams(prefix: str) -> None:
     """Delete the streams of a contender (leftovers of an interrupted run too)."""
     import nats
 
@@ -57,8 +58,8 @@ class RawNATS(Contender):
     def setup(self) -> dict[str, str]:
         import nats
 
-        self.prefix = _prefix(self.params, "bench-nats-raw")
-        _delete_streams(self.prefix)
+        self.prefix = stream_prefix(self.params, "bench-nats-raw")
+        delete_streams(self.prefix)
         self.stream, self.subject = f"{self.prefix}_work", f"{self.prefix}.work"
         self.loop = asyncio.new_event_loop()
 
@@ -112,39 +113,54 @@ class RawNATS(Contender):
     def teardown(self) -> None:
         self.loop.run_until_complete(self.nc.close())
         self.loop.close()
-        _delete_streams(self.prefix)
+        delete_streams(self.prefix)
 
 
-class MelangeNATS(MelangeContender):
-    """Melange on ``NATSBackend`` (``AsyncNATSBackend`` for asyncio)."""
+class RawNATSThreads(RawNATS):
+    """nats-py as a threaded application drives it: the publisher's thread and the
+    consumer's thread each run an event loop and a connection of their own (an asyncio
+    client's connection belongs to its loop), as Melange's threaded dispatcher and publisher
+    do. The same calls as :class:`RawNATS`."""
 
-    label = "Melange"
-
-    def make_backend(self) -> Any:
-        from melange.backends.nats import NATSBackend
-
-        return NATSBackend(URL, prefix=self.prefix)
-
-    def make_async_backend(self) -> Any:
-        from melange.backends.nats import AsyncNATSBackend
-
-        return AsyncNATSBackend(URL, prefix=self.prefix)
+    label = "raw nats-py (two threads)"
 
     def setup(self) -> dict[str, str]:
-        self.prefix = _prefix(self.params, "bench-nats-melange")
-        _delete_streams(self.prefix)
-        self.params.setdefault("queue", "work")
-        versions = super().setup()
-        return {**versions, "nats-py": version("nats-py")}
+        import nats
 
-    def purge(self) -> None:
-        backend = self.pub_backend
-        if self.native:
-            assert self.loop is not None
-            self.loop.run_until_complete(backend.purge(self.queue_name))
-        else:
-            backend.purge(self.queue_name)
+        versions = super().setup()
+        self.publish_loop = asyncio.new_event_loop()
+
+        async def connect() -> None:
+            self.publish_nc = await nats.connect(URL)
+            self.publish_js = self.publish_nc.jetstream()
+
+        self.publish_loop.run_until_complete(connect())
+        return versions
+
+    async def _publish_threaded(self, payload: Payload) -> None:
+        body = json.dumps(payload).encode()
+        await self.publish_js.publish(self.subject, body, headers={"id": uuid.uuid4().hex})
+
+    def publish_one(self, payload: Payload) -> None:
+        self.publish_loop.run_until_complete(self._publish_threaded(payload))
+
+    def op_e2e(self, n: int, rate: float | None = None) -> dict[str, Any]:
+        # A publisher thread beside the consuming thread (Contender's own end to end).
+        return Contender.op_e2e(self, n, rate)
 
     def teardown(self) -> None:
+        self.publish_loop.run_until_complete(self.publish_nc.close())
+        self.publish_loop.close()
         super().teardown()
-        _delete_streams(self.prefix)
+
+
+class MelangeNATS(MelangeBrokerContender):
+    """Melange on ``NATSBackend`` (``AsyncNATSBackend`` for asyncio)."""
+
+    module = "melange.backends.nats"
+    blocking_class, native_class = "NATSBackend", "AsyncNATSBackend"
+    url = URL
+    default_prefix = "bench-nats-melange"
+    clients = ("nats-py",)
+    naming = staticmethod(stream_prefix)
+    deleting = staticmethod(delete_streams)

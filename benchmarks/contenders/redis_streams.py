@@ -17,7 +17,7 @@ import uuid
 from importlib.metadata import version
 from typing import Any
 
-from benchmarks.contenders.melange_common import MelangeContender
+from benchmarks.contenders.brokers import MelangeBrokerContender
 from benchmarks.workload import Contender, Payload, Tally
 
 URL = "redis://127.0.0.1:6379/0"
@@ -27,11 +27,12 @@ BATCH = 10
 IDLE_TIMEOUT = 60.0
 
 
-def _prefix(params: dict[str, Any], default: str) -> str:
+def key_prefix(params: dict[str, Any], default: str) -> str:
+    """The prefix of a contender's keys."""
     return f"{params.get('queue', default)}:"
 
 
-def _delete_keys(prefix: str) -> None:
+def delete_keys(prefix: str) -> None:
     """Delete every key of a contender (leftovers of an interrupted run too)."""
     import redis
 
@@ -49,8 +50,8 @@ class RawRedisStreams(Contender):
     def setup(self) -> dict[str, str]:
         import redis
 
-        self.prefix = _prefix(self.params, "bench-redis-raw")
-        _delete_keys(self.prefix)
+        self.prefix = key_prefix(self.params, "bench-redis-raw")
+        delete_keys(self.prefix)
         self.stream = f"{self.prefix}stream"
         self.pub = redis.Redis.from_url(URL, decode_responses=True)
         self.sub = redis.Redis.from_url(URL, decode_responses=True)
@@ -84,41 +85,18 @@ class RawRedisStreams(Contender):
                 pipe.execute()
 
     def teardown(self) -> None:
-        _delete_keys(self.prefix)
+        delete_keys(self.prefix)
         self.pub.close()
         self.sub.close()
 
 
-class MelangeRedisStreams(MelangeContender):
+class MelangeRedisStreams(MelangeBrokerContender):
     """Melange on ``RedisStreamsBackend`` (``AsyncRedisStreamsBackend`` for asyncio)."""
 
-    label = "Melange"
-
-    def make_backend(self) -> Any:
-        from melange.backends.redis_streams import RedisStreamsBackend
-
-        return RedisStreamsBackend(URL, prefix=self.prefix)
-
-    def make_async_backend(self) -> Any:
-        from melange.backends.redis_streams import AsyncRedisStreamsBackend
-
-        return AsyncRedisStreamsBackend(URL, prefix=self.prefix)
-
-    def setup(self) -> dict[str, str]:
-        self.prefix = _prefix(self.params, "bench-redis-melange")
-        _delete_keys(self.prefix)
-        self.params.setdefault("queue", "work")
-        versions = super().setup()
-        return {**versions, "redis-py": version("redis")}
-
-    def purge(self) -> None:
-        backend = self.pub_backend
-        if self.native:
-            assert self.loop is not None
-            self.loop.run_until_complete(backend.purge(self.queue_name))
-        else:
-            backend.purge(self.queue_name)
-
-    def teardown(self) -> None:
-        super().teardown()
-        _delete_keys(self.prefix)
+    module = "melange.backends.redis_streams"
+    blocking_class, native_class = "RedisStreamsBackend", "AsyncRedisStreamsBackend"
+    url = URL
+    default_prefix = "bench-redis-melange"
+    clients = ("redis",)
+    naming = staticmethod(key_prefix)
+    deleting = staticmethod(delete_keys)

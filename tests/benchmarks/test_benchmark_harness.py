@@ -154,8 +154,10 @@ def test_scale_probe_measures_a_shallow_queue_over_a_whole_slice(tmp_path: Path)
     row = scale.measure_depth("memory", 1_000, str(tmp_path))
     assert row["depth"] == 1_000 and row["first_rate"] > 0
     assert row["lease_entries_after_drain"] <= 32
-    receivers = scale.measure_receivers("memory", 2, str(tmp_path))
-    assert receivers["idle_receivers"] == 2 and receivers["publish_rate"] > 0
+    measured = scale.measure_receivers("memory", str(tmp_path), settings=(0, 2), slices=2)
+    quiet, busy = measured["publish"]
+    assert (quiet["idle_receivers"], busy["idle_receivers"]) == (0, 2)
+    assert quiet["ratio"] == 1.0 and busy["publish_rate"] > 0 and busy["ratio"] > 0
 
 
 def test_scale_targets_judge_the_worst_ratio_and_the_payload_free_overhead() -> None:
