@@ -294,3 +294,31 @@ def test_a_failed_settlement_and_a_clock_behind_the_publisher() -> None:
     assert sample("melange_messages_retried_total", queue="orders") == 1
     assert sample("melange_messages_dead_lettered_total", queue="orders") == 1
     assert sample("melange_end_to_end_latency_seconds_count", queue="orders", outcome="retry") == 1
+
+
+def test_messages_never_settled_are_forgotten_past_the_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, max_tracked=3)
+
+    def in_flight() -> float | None:
+        return registry.get_sample_value("melange_messages_in_flight", {"queue": "orders"})
+
+    stuck = [Message.create("{}", "json", 1) for _ in range(5)]
+    with caplog.at_level("WARNING", logger="melange.observability"):
+        for message in stuck:
+            metrics.message_received(message, "orders")
+    # The two oldest were never settled: the process no longer holds them or counts them.
+    assert in_flight() == 3
+    assert [r.getMessage().split()[2] for r in caplog.records] == [
+        stuck[0].message_id,
+        stuck[1].message_id,
+    ]
+    # The ones still remembered settle as usual and leave nothing in flight.
+    for message in stuck[2:]:
+        metrics.message_settled(message, "orders", ACK)
+    assert in_flight() == 0
+    assert registry.get_sample_value("melange_messages_received_total", {"queue": "orders"}) == 5
+    with pytest.raises(ValueError, match="max_tracked"):
+        PrometheusMetrics(CollectorRegistry(), max_tracked=0)

@@ -329,6 +329,9 @@ class PrometheusMetrics(Middleware):
         registry: Where the metrics are registered; prometheus-client's global registry by
             default.
         clock: Wall clock, in seconds since the epoch (compared with ``published_at``).
+        max_tracked: Messages received and not settled yet that are remembered, at most;
+            past that the oldest is forgotten and no longer counted in flight (a message is
+            settled soon after it is received, so only one never settled is forgotten).
     """
 
     def __init__(
@@ -336,7 +339,10 @@ class PrometheusMetrics(Middleware):
         registry: CollectorRegistry | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        max_tracked: int = 10_000,
     ) -> None:
+        if max_tracked < 1:
+            raise ValueError(f"max_tracked must be at least 1, not {max_tracked}")
         self.registry = registry if registry is not None else REGISTRY
         self._collector = _collector(self.registry)
         self._local = self._collector.local
@@ -345,6 +351,8 @@ class PrometheusMetrics(Middleware):
         # the queue. The message is held so that its id is not reused meanwhile: a message
         # never settled would otherwise hand its entry to a later message with its id.
         self._queues: dict[int, tuple[Message, str]] = {}
+        self._max_tracked = max_tracked
+        self._forget_lock = threading.Lock()
 
     def message_received(self, message: Message, queue: str) -> None:
         try:
@@ -352,7 +360,31 @@ class PrometheusMetrics(Middleware):
         except (AttributeError, KeyError):
             cells = self._collector.cells(queue)
         cells.received += 1
-        self._queues[id(message)] = (message, queue)
+        tracked = self._queues
+        tracked[id(message)] = (message, queue)
+        if len(tracked) > self._max_tracked:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Drop the oldest entries past ``max_tracked``: messages received long ago and never
+        settled (a handler that never returned, a thread that died), which would otherwise
+        be held for the life of the process and counted in flight for ever."""
+        forgotten: list[tuple[Message, str]] = []
+        with self._forget_lock:
+            tracked = self._queues
+            while len(tracked) > self._max_tracked:
+                try:
+                    forgotten.append(tracked.pop(next(iter(tracked))))
+                except (RuntimeError, KeyError):  # another thread changed it meanwhile
+                    continue
+        for message, queue in forgotten:
+            self._collector.cells(queue).done += 1
+            logger.warning(
+                "metrics: message %s of %s was received and never settled; no longer counted "
+                "in flight",
+                message.message_id,
+                queue,
+            )
 
     def _consumer_cells(self, message: Message, consumer: Consumer) -> _ConsumerCells:
         entry = self._queues.get(id(message))
