@@ -244,3 +244,47 @@ def test_closing_gives_back_what_an_open_pull_request_delivered_meanwhile(
     for message in got:
         publisher.acknowledge(message)
     assert_empty(publisher, queue)
+
+
+def send_a_pull_request_that_expires_before_its_answer(url: str, stream: str) -> None:
+    """Pull one message of ``stream``'s consumer with a request that has expired by the time
+    the server comes to answer it."""
+
+    async def run() -> None:
+        nc = await nats.connect(url)
+        try:
+            inbox = nc.new_inbox()
+            await nc.subscribe(inbox)
+            request = json.dumps({"batch": 1, "expires": 1}).encode()  # one nanosecond
+            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.melange", request, reply=inbox)
+            await nc.flush()
+            await asyncio.sleep(0.1)  # the server drops it
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+def test_a_message_delivered_again_as_new_while_its_lease_runs_is_not_handed_out_twice(
+    backend: NATSBackend, topology: Topology, nats_url: str
+) -> None:
+    # nats-server before 2.10.16 steps its consumer back when the pull request a redelivery
+    # was taken for has expired: it then delivers the message again as a first delivery
+    # (count 1) to the next pull request, while the lease of its last delivery runs, or
+    # after that delivery was acknowledged and before the server processed the
+    # acknowledgement. A newer server does not: the test then passes as well.
+    queue = topology.queue(visibility_timeout=1)
+    stream = backend.backend.names.queue_stream(queue.name)
+    backend.publish_to_queue(make_message('"once"'), queue)
+    [first] = receive(backend, queue, 1)
+    time.sleep(1.2)  # its lease ran out: the server has it ready for a redelivery
+    send_a_pull_request_that_expires_before_its_answer(nats_url, stream)
+    time.sleep(1.2)  # ready for a redelivery again
+    [second] = receive(backend, queue, 1)
+    assert second.message_id == first.message_id
+    assert second.attempt > 1
+    # The second delivery's lease runs: no other receive gets the message meanwhile.
+    assert backend.retrieve_messages(queue, wait_seconds=0.3) == []
+    assert backend.retrieve_messages(queue, wait_seconds=0) == []
+    backend.acknowledge(second)
+    assert_empty(backend, queue)

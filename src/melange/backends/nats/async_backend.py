@@ -43,6 +43,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 try:
@@ -294,6 +295,18 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         # Messages that reached a pull request that had already returned (an interrupted
         # wait), handed out by the next receive while their lease lasts.
         self._leftovers: dict[str, deque[Message]] = {}
+        # The stream sequence and timestamp of the latest first delivery (delivery count 1)
+        # received from each queue. The server delivers new messages in stream order, so a
+        # first delivery of a message at or before that one is a repeat: nats-server before
+        # 2.10.16 steps its consumer back when a pull request expires while a redelivery is
+        # being sent to it, and then delivers the last new message again with count 1, while
+        # the lease of its last delivery runs, or after that delivery was acknowledged and
+        # before the server processed the acknowledgement (it reads acknowledgements apart
+        # from pull requests). That message is not handed out again: the server settles a
+        # message whichever of its deliveries is acknowledged (or renewed, or given back),
+        # and delivers it again, with its true count, if none is. The timestamp tells a
+        # stream deleted and made again apart. Shared by the connections of one NATSBackend.
+        self._firsts: dict[str, tuple[int, datetime]] = {}
         self._settings: dict[str, QueueSettings] = {}
         # Queues whose max_deliver advisories this backend listens to.
         self._watched: set[str] = set()
@@ -579,6 +592,7 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         await self._run(op)
         self._settings.pop(queue.name, None)
         self._leftovers.pop(queue.name, None)
+        self._firsts.pop(queue.name, None)
 
     async def delete_topic(self, topic: TopicWrapper) -> None:
         """Delete the topic's stream and the queues' sources on it."""
@@ -975,17 +989,30 @@ class AsyncNATSBackend(AsyncMessagingBackend):
         """The messages to hand out, each leased from its start in ``starts``: those
         delivered too often go to the dead-letter queue, those a subscription filter does
         not want are acknowledged and dropped, those with less than half their lease left
-        are left to come back."""
+        are left to come back, and first deliveries the server repeats are dropped (see
+        ``_firsts``)."""
         out: list[Message] = []
         now = time.monotonic()
         lease = settings.visibility_timeout
+        queue = settings.queue
+        firsts = self._firsts
         for msg, start in zip(pulled, starts, strict=True):
             meta = msg.metadata
             delivered = meta.num_delivered
+            sequence = meta.sequence.stream
+            if delivered == 1:
+                last = firsts.get(queue)
+                if last is not None and sequence <= last[0] and meta.timestamp <= last[1]:
+                    logger.debug(
+                        "NATS delivered message %d of %s again as a first delivery: left to "
+                        "its holder (it comes back when its lease ends)",
+                        sequence,
+                        queue,
+                    )
+                    continue
+                firsts[queue] = (sequence, meta.timestamp)
             start = min(start, now)
-            receipt = NATSReceipt(
-                settings.queue, msg.reply, meta.sequence.stream, delivered, lease, start + lease
-            )
+            receipt = NATSReceipt(queue, msg.reply, sequence, delivered, lease, start + lease)
             from_topic = msg.subject.startswith(f"{self.names.prefix}.t.")
             if (
                 from_topic

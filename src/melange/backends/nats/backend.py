@@ -242,6 +242,9 @@ class NATSBackend(MessagingBackend):
             def receiver() -> AsyncNATSBackend:
                 backend = AsyncNATSBackend(url, **settings)
                 backend.read_in_calls_only()
+                # One record of the first deliveries received, whichever connection
+                # received them (see AsyncNATSBackend._firsts).
+                backend._firsts = self.backend._firsts
                 return backend
 
             self._receiver = _OwnConnection(receiver)
