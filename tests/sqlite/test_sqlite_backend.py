@@ -4,6 +4,7 @@ a fake clock, FIFO details, inspection helpers and clear errors for unusable fil
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sqlite3
 import subprocess
@@ -854,3 +855,31 @@ def test_a_queue_running_dry_after_deliveries_gives_freed_memory_back(
         False,
     )
     assert heap._last_idle_return == 1000.0 + heap.IDLE_RETURN_INTERVAL
+
+
+def _connections_of_a_dropped_backend(path: str) -> list[sqlite3.Connection]:
+    """Open a backend, use it from this thread and from another one (which opens an inline
+    connection of its own), and drop it without closing it; its connections."""
+    backend = SQLiteBackend(path)
+    backend.declare_queue("orders")
+    backend.publish_to_queue(make_message('"one"'), backend.get_queue("orders"))
+    worker = threading.Thread(
+        target=lambda: backend.run_inline(lambda: backend.queue_depth("orders"))
+    )
+    worker.start()
+    worker.join()
+    return [*backend._db._free, *backend._db._inline_conns]
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_a_backend_dropped_without_closing_closes_its_connections(
+    db: Path, in_memory: bool
+) -> None:
+    # Left to the garbage collector, each connection would warn (ResourceWarning, Python
+    # 3.13) and close in no particular order.
+    connections = _connections_of_a_dropped_backend(":memory:" if in_memory else str(db))
+    assert connections
+    gc.collect()
+    for conn in connections:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
