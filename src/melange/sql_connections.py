@@ -4,16 +4,35 @@ through the standard library."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import weakref
 from typing import Any
 
 from melange.exceptions import ConfigurationError
 
 
-def connect_autocommit(dialect: str, target: str, timeout: float, owner: str) -> Any:
+def connect_autocommit(
+    dialect: str, target: str, timeout: float, owner: str, holder: object
+) -> Any:
     """An autocommit connection to ``target`` (a PostgreSQL connection string, or a SQLite
     path); every statement is bounded by ``timeout`` seconds. ``owner`` names the user of the
-    connection in the error raised when psycopg is missing."""
+    connection in the error raised when psycopg is missing. The connection is closed when
+    ``holder`` (the object keeping it) is collected, should nobody close it before: left to
+    the garbage collector, a connection warns (``ResourceWarning``) and closes at any time.
+    """
+    conn = _connect(dialect, target, timeout, owner)
+    finalizer = weakref.finalize(holder, _close_quietly, conn)
+    finalizer.atexit = False  # at exit, another thread may still be using it
+    return conn
+
+
+def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+def _connect(dialect: str, target: str, timeout: float, owner: str) -> Any:
     if dialect == "postgresql":
         try:
             import psycopg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_file_that_is_not_a_database_is_a_one_line_error(tmp_path: Path) -> None
 
 def test_sqlite_database_of_another_application_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("CREATE TABLE customers (id INTEGER)")
     result = run_melange("queues", "stats", "--backend-url", sqlite_url(path))
     assert_one_line_error(result, "not a Melange one")

@@ -4,6 +4,7 @@ its errors, and an unreachable broker is one line with its address and the reaso
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_queue_listings_escape_control_characters_in_names_stored_earlier(tmp_pa
     import sqlite3
 
     # A name from a database written before names were checked.
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute(
             "INSERT INTO queues (name, fifo, visibility_timeout, created_at) VALUES (?, 0, 30, 0)",
             (f"q{ESCAPES}",),

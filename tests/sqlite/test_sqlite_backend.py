@@ -700,7 +700,7 @@ def test_settling_a_message_from_elsewhere_is_refused(backend: SQLiteBackend) ->
 
 def downgrade_to_version_2(db: Path) -> None:
     """Turn a database of the current schema into one of schema version 2 (no queue depths)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("DROP TRIGGER messages_counted")
         conn.execute("DROP TRIGGER messages_uncounted")
         conn.execute("ALTER TABLE queues DROP COLUMN depth")
@@ -716,7 +716,7 @@ def test_a_version_1_database_is_migrated_keeping_each_message_attempts(
     first.close_connection()
     # Version 1: no attempts column; every delivery counted as an attempt.
     downgrade_to_version_2(db)
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("ALTER TABLE messages DROP COLUMN attempts")
         conn.execute("UPDATE messages SET receive_count = 2")
         conn.execute("UPDATE melange_meta SET value = '1' WHERE key = 'schema_version'")
@@ -728,7 +728,7 @@ def test_a_version_1_database_is_migrated_keeping_each_message_attempts(
     assert again.attempt == 4
     assert migrated.queue_stats("jobs").total == 1
     migrated.close_connection()
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         [(version,)] = conn.execute(
             "SELECT value FROM melange_meta WHERE key = 'schema_version'"
         ).fetchall()
@@ -820,7 +820,7 @@ def test_a_version_2_database_is_migrated_with_its_queue_depths(db: Path, clock:
         assert migrated.queue_stats("jobs") == QueueStats("jobs", 7, 0, 0)
     finally:
         migrated.close_connection()
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         [(version,)] = conn.execute(
             "SELECT value FROM melange_meta WHERE key = 'schema_version'"
         ).fetchall()

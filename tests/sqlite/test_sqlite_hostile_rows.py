@@ -5,6 +5,7 @@ SQLite file."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def _publish(backend: SQLiteBackend, queue: str, *numbers: int) -> list[Message]
 
 
 def _damage(path: Path, message_id: str, column: str, value: object) -> None:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(f"UPDATE messages SET {column} = ? WHERE message_id = ?", (value, message_id))
 
 

@@ -95,7 +95,9 @@ class SQLPayloadStore(PayloadStore):
         return text.replace("{t}", self._table).replace("?", self._param)
 
     def _connect(self) -> Any:
-        return connect_autocommit(self.dialect, self._target, self._timeout, "SQLPayloadStore")
+        return connect_autocommit(
+            self.dialect, self._target, self._timeout, "SQLPayloadStore", self
+        )
 
     def _execute(self, sql: str, params: tuple[Any, ...], action: str) -> Any:
         """Run one statement in autocommit mode; return the cursor. Caller holds the lock."""

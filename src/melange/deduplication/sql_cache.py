@@ -219,7 +219,7 @@ class SQLDeduplicationCache(DeduplicationCache):
 
     def _connect(self) -> Any:
         return connect_autocommit(
-            self.dialect, self._target, self._timeout, "SQLDeduplicationCache"
+            self.dialect, self._target, self._timeout, "SQLDeduplicationCache", self
         )
 
     def _execute(self, sql: str, params: tuple[Any, ...], action: str, key: str = "") -> Any:
