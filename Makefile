@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck check docs bench bench-quick bench-scale simulate services clean
+.PHONY: install demo test test-pythons lint format typecheck check docs bench bench-quick bench-scale simulate services clean
 
 # The dev, docs and bench tools are PEP 735 dependency groups of pyproject.toml, not extras:
 # installing them takes pip 25.1 or later (`pip install --group`).
@@ -27,6 +27,24 @@ TEST_WORKERS ?= 3
 
 test: $(STAMP) services  ## run the whole test suite against the real services
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=25
+
+# The newer CPythons of the machine, on PATH or installed by pyenv: every one found is
+# supported, so the whole suite runs on each (a virtualenv .venv-3.X apiece).
+NEWER_PYTHONS = $(shell for v in 3.12 3.13 3.14 3.15; do \
+	for p in python$$v "$$(pyenv root 2>/dev/null)"/versions/$$v*/bin/python$$v; do \
+		if "$$p" --version >/dev/null 2>&1; then echo "$$p"; break; fi; \
+	done; done)
+
+test-pythons: services  ## the whole test suite on every newer Python 3 of the machine
+	@test -n "$(NEWER_PYTHONS)" || { echo "no Python newer than 3.11 found"; exit 1; }
+	@set -e; for py in $(NEWER_PYTHONS); do \
+		venv=.venv-$$("$$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+		echo "== $$("$$py" --version) in $$venv"; \
+		test -x $$venv/bin/python || "$$py" -m venv $$venv; \
+		$$venv/bin/python -m pip install --quiet --upgrade 'pip>=25.1'; \
+		$$venv/bin/python -m pip install --quiet -e '.[all]' --group dev --group docs; \
+		$$venv/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -p no:cacheprovider; \
+	done
 
 lint: $(STAMP)  ## ruff lint and format check, mypy strict
 	$(BIN)/ruff check src tests benchmarks docs/hooks
@@ -57,4 +75,4 @@ simulate: $(STAMP)  ## deterministic simulation of the dispatch engine under fau
 	$(BIN)/python -m melange.simulation --seeds $(or $(SEEDS),1000000)
 
 clean:
-	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* build dist site .pytest_cache .mypy_cache .ruff_cache
