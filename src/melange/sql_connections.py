@@ -22,14 +22,27 @@ def connect_autocommit(
     the garbage collector, a connection warns (``ResourceWarning``) and closes at any time.
     """
     conn = _connect(dialect, target, timeout, owner)
-    finalizer = weakref.finalize(holder, _close_quietly, conn)
-    finalizer.atexit = False  # at exit, another thread may still be using it
+    close_when_collected(holder, [conn])
     return conn
 
 
-def _close_quietly(conn: Any) -> None:
-    with contextlib.suppress(Exception):
-        conn.close()
+def close_when_collected(holder: object, *pools: list[Any]) -> weakref.finalize:  # type: ignore[type-arg]
+    """Close the connections in ``pools`` (lists, which may change meanwhile) when ``holder``
+    is collected, should nobody close them before: left to the garbage collector, a
+    connection warns (``ResourceWarning``, Python 3.13) and closes at any time. Not at exit:
+    another thread may still be using one then. Returns the finalizer (``detach()`` it to
+    keep the connections open)."""
+    finalizer = weakref.finalize(holder, _close_quietly, *pools)
+    finalizer.atexit = False
+    return finalizer
+
+
+def _close_quietly(*pools: list[Any]) -> None:
+    for pool in pools:
+        for conn in pool:
+            with contextlib.suppress(Exception):
+                conn.close()
+        pool.clear()
 
 
 def _connect(dialect: str, target: str, timeout: float, owner: str) -> Any:
@@ -54,4 +67,4 @@ def _connect(dialect: str, target: str, timeout: float, owner: str) -> Any:
     return conn
 
 
-__all__ = ["connect_autocommit"]
+__all__ = ["close_when_collected", "connect_autocommit"]

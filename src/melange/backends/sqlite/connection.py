@@ -15,7 +15,6 @@ timestamps, so every process on the machine shares one clock.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import threading
@@ -26,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from melange.exceptions import BackendError, ConfigurationError, WouldBlock
+from melange.sql_connections import close_when_collected
 
 _T = TypeVar("_T")
 
@@ -167,7 +167,7 @@ class Database:
         # A backend dropped without close_connection() (common in scripts and at exit) still
         # closes its connections, rather than leaving them to the garbage collector, which
         # warns about each (ResourceWarning, from Python 3.13) and closes them in any order.
-        self._finalizer = _finalizer(self)
+        self._finalizer = close_when_collected(self, self._free, self._inline_conns)
 
     def open(
         self, initialize: bool = False, busy_timeout: float | None = None
@@ -297,7 +297,7 @@ class Database:
             self._finalizer.detach()  # it would close them too
             self._free = []
             self._inline_conns = []
-            self._finalizer = _finalizer(self)
+            self._finalizer = close_when_collected(self, self._free, self._inline_conns)
             self.doorbell = doorbell_for(self.path)
         else:
             self.doorbell = Doorbell()
@@ -450,23 +450,6 @@ class Database:
             self._pool_cond.notify_all()
         for conn in free:
             conn.close()
-
-
-def _finalizer(database: Database) -> weakref.finalize:  # type: ignore[type-arg]
-    """Close ``database``'s pooled connections when it is collected. Not at exit: another
-    thread may still be using its connection then."""
-    finalizer = weakref.finalize(database, _close_quietly, database._free, database._inline_conns)
-    finalizer.atexit = False
-    return finalizer
-
-
-def _close_quietly(*pools: list[sqlite3.Connection]) -> None:
-    """Close the connections of a :class:`Database` that was dropped without ``close()``."""
-    for pool in pools:
-        for conn in pool:
-            with contextlib.suppress(Exception):
-                conn.close()
-        pool.clear()
 
 
 _OPEN_DATABASES: weakref.WeakSet[Database] = weakref.WeakSet()
