@@ -117,6 +117,10 @@ _SWEEP_SECONDS = 1.0
 #: next read on a timeout; a non-blocking socket would make it spin instead).
 _NO_WAIT = 0.0001
 
+#: An AMQP consumer's prefetch window, in batches of the receive that starts it: while one
+#: batch is handled (and acknowledged together at its end), the broker pushes the next.
+_WINDOW_BATCHES = 2
+
 #: Longest sleep of a waiting AMQP receive on its socket: a delivery wakes it, but messages
 #: beyond a full prefetch window are not pushed (they are taken when it looks again).
 _CONSUMER_WAIT = 0.5
@@ -239,6 +243,12 @@ class KombuBackend(MessagingBackend):
         #: Wakes a receive waiting on the AMQP socket (see :meth:`interrupt`).
         self._waker: tuple[socket.socket, socket.socket] | None = None
         self._beating: threading.Thread | None = None
+        #: On AMQP, py-amqp's connection under the kombu one, read directly on the receive
+        #: path (kombu checks the connection again at each property access); set with the
+        #: channels, dropped with them.
+        self._raw: Any = None
+        #: When the next heartbeat check of the connection is due (monotonic seconds).
+        self._next_beat_check = 0.0
 
     def __repr__(self) -> str:
         return f"KombuBackend({self.url!r})"
@@ -278,6 +288,7 @@ class KombuBackend(MessagingBackend):
                 self._generation += 1
                 self._forget_consumers()
             self._connection.ensure_connection(max_retries=1)
+            self._raw = self._connection.connection if self._amqp else None
             self._beat()
             if self._consume is None:
                 self._consume = self._connection.channel()
@@ -295,6 +306,7 @@ class KombuBackend(MessagingBackend):
         """Drop the connection after an error: the next call opens a new one."""
         self._generation += 1
         self._consume = self._publish = None
+        self._raw = None
         self._forget_consumers()
         self._exchanges.clear()
         with contextlib.suppress(Exception):
@@ -729,7 +741,7 @@ class KombuBackend(MessagingBackend):
         many of its messages unsettled and asks for more), the queue's next messages are
         taken with ``basic_get``.
         """
-        self._consumer(channel, queue, limit)
+        self._consumer(channel, queue, limit * _WINDOW_BATCHES)
         self._took[queue] = time.monotonic()
         self._drain()
         pushed = self._pushed.get(queue)
@@ -749,7 +761,7 @@ class KombuBackend(MessagingBackend):
 
     def _consumer(self, channel: Any, queue: str, prefetch: int) -> None:
         """Consume ``queue`` on the receiving channel, if it is not consumed yet, with a
-        prefetch count of ``prefetch`` (the batch size of the receive that starts it)."""
+        prefetch count of ``prefetch``."""
         if queue in self._consumers:
             return
         try:
@@ -801,15 +813,28 @@ class KombuBackend(MessagingBackend):
     def _drain(self) -> None:
         """Read every frame the AMQP connection has received, without waiting (deliveries go
         to their consumer's queue), and send or check heartbeats (under the lock)."""
-        connection = self._connection
-        sock = connection.connection.sock
-        while _readable(sock):
-            try:
-                connection.drain_events(timeout=_NO_WAIT)
-            except TimeoutError:
-                break
+        raw = self._raw if self._raw is not None else self._connection.connection
+        transport = raw.transport
+        sock = transport.sock
+        if _readable(sock):
+            # The frames of what arrived, read under one socket timeout (a delivery is three
+            # frames; py-amqp's own loop would set the timeout and restore it for each).
+            with transport.having_timeout(_NO_WAIT):
+                while True:
+                    try:
+                        frame = transport.read_frame()
+                    except TimeoutError:
+                        break  # a partial frame stays in py-amqp's buffer for the next read
+                    raw.on_inbound_frame(frame)
+                    if not _readable(sock):
+                        break
         if self._heartbeat:
-            connection.heartbeat_check(rate=2)
+            now = time.monotonic()
+            if now >= self._next_beat_check:
+                # py-amqp sends a heartbeat when one is due and raises when the broker's are
+                # missed: a few checks per interval are enough.
+                self._next_beat_check = now + self._heartbeat / 4
+                raw.heartbeat_tick(rate=2)
 
     def _await_delivery(self, seconds: float, interrupts: int) -> bool:
         """Sleep until the AMQP socket has something to read, :meth:`interrupt` is called or
@@ -821,8 +846,9 @@ class KombuBackend(MessagingBackend):
             waker = self._wakers()
             sock = None
             # ``connection`` would connect: only a connection that is up is waited on.
-            if self._consume is not None and self._connection.connected:
-                sock = getattr(self._connection.connection, "sock", None)
+            raw = self._raw
+            if self._consume is not None and raw is not None and raw.connected:
+                sock = getattr(raw, "sock", None)
         with self._wake:
             if self._interrupts != interrupts:
                 return False
