@@ -39,6 +39,7 @@ import contextlib
 import json
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -705,11 +706,12 @@ class KombuBackend(MessagingBackend):
         # are still on their way); one that waits consumes, on AMQP.
         consuming = self._amqp and wait > 0
         receive = self._take if consuming else self._get
+        what = f"receiving from queue {queue.name!r}"
+        take: Callable[[Any, Any], list[Message]] = lambda consume, publish: receive(  # noqa: E731
+            consume, queue.name, limit
+        )
         while True:
-            got = self._io(
-                lambda consume, publish: receive(consume, queue.name, limit),
-                f"receiving from queue {queue.name!r}",
-            )
+            got = self._io(take, what)
             if len(got) < limit:
                 self._sweep()
             left = deadline - time.monotonic()
@@ -817,8 +819,9 @@ class KombuBackend(MessagingBackend):
         transport = raw.transport
         sock = transport.sock
         if _readable(sock):
-            # The frames of what arrived, read under one socket timeout (a delivery is three
-            # frames; py-amqp's own loop would set the timeout and restore it for each).
+            # The frames of what arrived, read under one socket timeout (py-amqp's own loop
+            # would set the timeout and restore it for each frame). The frames of a delivery
+            # are sent together: the next one is read without asking the socket first.
             with transport.having_timeout(_NO_WAIT):
                 while True:
                     try:
@@ -826,7 +829,7 @@ class KombuBackend(MessagingBackend):
                     except TimeoutError:
                         break  # a partial frame stays in py-amqp's buffer for the next read
                     raw.on_inbound_frame(frame)
-                    if not _readable(sock):
+                    if not _followed(frame) and not _readable(sock):
                         break
         if self._heartbeat:
             now = time.monotonic()
@@ -840,21 +843,20 @@ class KombuBackend(MessagingBackend):
         """Sleep until the AMQP socket has something to read, :meth:`interrupt` is called or
         ``seconds`` pass, without the lock (so settlements go on meanwhile); ``False`` when
         interrupted."""
-        with self._lock:
-            if self._closed:
-                return False
-            waker = self._wakers()
-            sock = None
-            # ``connection`` would connect: only a connection that is up is waited on.
-            raw = self._raw
-            if self._consume is not None and raw is not None and raw.connected:
-                sock = getattr(raw, "sock", None)
-        with self._wake:
-            if self._interrupts != interrupts:
-                return False
+        # Read without the lock: a connection reset or closed meanwhile makes the select fail
+        # or return at once, and the caller looks again under the lock.
+        if self._closed:
+            return False
+        waker = self._waker if self._waker is not None else self._wakers()
         readable: list[Any] = [waker[0]]
-        if sock is not None:
-            readable.append(sock)
+        raw = self._raw
+        # Only a connection that is up is waited on (kombu's ``connection`` would connect).
+        if self._consume is not None and raw is not None:
+            sock = getattr(raw.transport, "sock", None)  # no transport: closed meanwhile
+            if sock is not None:
+                readable.append(sock)
+        if self._interrupts != interrupts:  # an int read: interrupt() also rings the waker
+            return False
         try:
             ready, _, _ = select.select(readable, [], [], seconds)
         except (OSError, ValueError):  # the connection was closed meanwhile
@@ -862,16 +864,16 @@ class KombuBackend(MessagingBackend):
         if waker[0] in ready:
             with contextlib.suppress(OSError):
                 waker[0].recv(4096)
-        with self._wake:
-            return self._interrupts == interrupts
+        return self._interrupts == interrupts
 
     def _wakers(self) -> tuple[socket.socket, socket.socket]:
-        if self._waker is None:
-            reader, writer = socket.socketpair()
-            reader.setblocking(False)
-            writer.setblocking(False)
-            self._waker = (reader, writer)
-        return self._waker
+        with self._wake:  # made once, whichever thread asks first
+            if self._waker is None:
+                reader, writer = socket.socketpair()
+                reader.setblocking(False)
+                writer.setblocking(False)
+                self._waker = (reader, writer)
+            return self._waker
 
     def _beat(self) -> None:
         """Start the thread that keeps heartbeats going while no call runs (handlers may
@@ -1013,8 +1015,21 @@ class KombuBackend(MessagingBackend):
         )
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
-        for message in messages:
-            self.acknowledge(message)
+        """Acknowledge the messages in one locked call on the receiving channel."""
+        if len(messages) == 1:
+            self.acknowledge(messages[0])
+            return
+        receipts = [self._receipt(message) for message in messages]
+        for receipt in receipts:
+            self._cancel_timer(receipt)
+
+        def settle(consume: Any, publish: Any) -> None:
+            for receipt in receipts:
+                # A message of a lost connection is the broker's again: a no-op.
+                if receipt.generation == self._generation:
+                    self._finish(consume, receipt)
+
+        self._io(settle, f"acknowledging {len(receipts)} messages")
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Deliver the message again after ``delay`` seconds as its next attempt: a copy
@@ -1072,6 +1087,8 @@ class KombuBackend(MessagingBackend):
         timer.start()
 
     def _cancel_timer(self, receipt: Receipt) -> None:
+        if not self._timers:  # the common case: no message is held for a delayed give-back
+            return
         with self._lock:
             timer = self._timers.pop((receipt.generation, str(receipt.delivery_tag)), None)
         if timer is not None:
@@ -1298,6 +1315,23 @@ class KombuBackend(MessagingBackend):
             lambda channel: channel.queue_purge(queue_name), f"purging queue {queue_name!r}"
         )
         return int(purged) if purged is not None else None
+
+
+#: The methods followed by a content header frame (class 60, basic: deliver, get-ok, return).
+_CONTENT_METHODS = frozenset(
+    struct.pack(">HH", 60, method) for method in (60, 71, 50)
+)  # fmt: skip
+
+
+def _followed(frame: tuple[int, int, Any]) -> bool:
+    """Whether the broker sent more frames with ``frame``: a content method's header, or a
+    header's body (a body of several frames is read on after asking the socket)."""
+    kind, _, payload = frame
+    if kind == 1:
+        return bytes(payload[:4]) in _CONTENT_METHODS
+    if kind == 2:
+        return bool(struct.unpack_from(">Q", payload, 4)[0])
+    return False
 
 
 def _readable(sock: Any) -> bool:
