@@ -241,3 +241,74 @@ def test_the_asyncio_backend_purges_the_ready_messages_of_a_queue(
         assert other.queue_stats(queue.name).ready == 0
     finally:
         other.delete_queue(queue)
+
+
+@pytest.mark.parametrize("transport", [pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+def test_on_amqp_the_asyncio_backend_receives_and_acknowledges_on_its_loop(
+    make_kombu: Callable[..., KombuBackend],
+) -> None:
+    """Once its queue is consumed, a receive waits for deliveries on the event loop and an
+    acknowledgement is written from it: neither needs one of the backend's threads, which a
+    service's publishes may all be holding."""
+    from melange.backends.kombu import AsyncKombuBackend
+
+    publisher = make_kombu()
+    queue, _ = publisher.declare_queue(_name("inline"))
+    backend = AsyncKombuBackend(backend=make_kombu(), max_threads=2)
+    release = threading.Event()
+
+    async def scenario() -> tuple[float, float, str]:
+        # The first receive starts the queue's consumer (a round trip, on a thread).
+        assert await backend.retrieve_messages(queue, wait_seconds=0.2) == []
+        loop = asyncio.get_running_loop()
+        busy = [loop.run_in_executor(backend._executor, release.wait, 30) for _ in range(2)]
+        started = time.monotonic()
+        threading.Timer(0.3, publisher.publish_to_queue, (make_message('"late"'), queue)).start()
+        [got] = await backend.retrieve_messages(queue, wait_seconds=10)
+        received = time.monotonic() - started
+        await backend.acknowledge(got)
+        acknowledged = time.monotonic() - started
+        release.set()
+        await asyncio.gather(*busy)
+        await backend.aclose()
+        return received, acknowledged, got.content
+
+    try:
+        received, acknowledged, content = asyncio.run(scenario())
+        assert content == '"late"'
+        assert 0.25 < received < 3  # the publish at 0.3 s, not the threads' release
+        assert acknowledged < 3
+        deadline = time.monotonic() + 10
+        while publisher.queue_stats(queue.name).total and time.monotonic() < deadline:
+            time.sleep(0.05)  # the broker counts the closed consumer's messages back first
+        assert publisher.queue_stats(queue.name).total == 0  # acknowledged, not given back
+    finally:
+        release.set()
+        publisher.delete_queue(queue)
+
+
+@pytest.mark.parametrize("transport", [pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+def test_on_amqp_interrupt_ends_a_receive_waiting_on_the_loop(
+    make_kombu: Callable[..., KombuBackend],
+) -> None:
+    from melange.backends.kombu import AsyncKombuBackend
+
+    other = make_kombu()
+    queue, _ = other.declare_queue(_name("interrupted"))
+    backend = AsyncKombuBackend(backend=make_kombu())
+
+    async def scenario() -> tuple[list[object], float]:
+        await backend.retrieve_messages(queue, wait_seconds=0.1)  # consumed from now on
+        threading.Timer(0.3, backend.interrupt).start()
+        started = time.monotonic()
+        got = await backend.retrieve_messages(queue, wait_seconds=20)
+        waited = time.monotonic() - started
+        await backend.aclose()
+        return list(got), waited
+
+    try:
+        got, waited = asyncio.run(scenario())
+        assert got == []
+        assert waited < 3
+    finally:
+        other.delete_queue(queue)

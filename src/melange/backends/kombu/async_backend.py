@@ -4,13 +4,20 @@ kombu has no asyncio API, so this backend is the blocking adapter
 (:class:`~melange.backends.async_interfaces.BlockingBackendAdapter`) around a
 :class:`~melange.backends.kombu.KombuBackend`, whose calls run on a pool of threads of its own,
 bounded by ``max_threads``, rather than on asyncio's shared default pool: the same messages,
-wire format, queues and guarantees, whichever API a service uses. A receive that waits for
-messages holds one of those threads for its wait; :meth:`AsyncKombuBackend.interrupt` ends it.
+wire format, queues and guarantees, whichever API a service uses.
+
+On AMQP the calls that need no round trip to the broker run on the event loop: a receive takes
+what the queue's consumer was pushed and waits for more on the loop (the connection's socket
+becoming readable), and acknowledgements are written from the loop. Only publishes, give-backs
+and the first receive of a queue (which starts its consumer) go to a thread. On other
+transports every call does; a receive that waits holds one of the threads for its wait.
+:meth:`AsyncKombuBackend.interrupt` ends waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +25,14 @@ from typing import Any, TypeVar
 
 from melange.backends.async_interfaces import BlockingBackendAdapter
 from melange.backends.kombu.backend import DEFAULT_URL, KombuBackend
+from melange.exceptions import WouldBlock
+from melange.models import Message, QueueWrapper
 
 _T = TypeVar("_T")
+
+#: Longest wait on the socket before looking again (messages beyond a full prefetch window
+#: are not pushed: a receive on a thread takes them with ``basic.get``).
+_SOCKET_WAIT = 0.5
 
 
 class AsyncKombuBackend(BlockingBackendAdapter):
@@ -49,6 +62,10 @@ class AsyncKombuBackend(BlockingBackendAdapter):
             raise ValueError(f"max_threads must be at least 2, got {max_threads!r}")
         super().__init__(backend if backend is not None else KombuBackend(url, **options))
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="melange-kombu")
+        #: Receives waiting on the loop for the AMQP socket, and the descriptor the loop
+        #: watches for them (-1: none).
+        self._socket_waiters: set[Callable[[], None]] = set()
+        self._watched = -1
 
     def __repr__(self) -> str:
         return f"AsyncKombuBackend({self.backend.url!r})"
@@ -57,6 +74,83 @@ class AsyncKombuBackend(BlockingBackendAdapter):
         """Run a kombu call on this backend's own threads."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
+        """Receive up to ``max_messages`` messages; with ``wait_seconds``, wait that long for
+        one (on AMQP on the event loop, see the module doc)."""
+        backend = self.backend
+        if not backend.inline_when_free:
+            return await super().retrieve_messages(queue, **kwargs)
+        loop = asyncio.get_running_loop()
+        wait = float(kwargs.get("wait_seconds") or 0.0)
+        deadline = loop.time() + wait
+        interrupts = backend._interrupt_count
+        ready = {**kwargs, "wait_seconds": 0}
+        while True:
+            try:
+                got = backend.run_inline(backend.retrieve_messages, queue, **ready)
+            except WouldBlock:
+                # Not consumed yet, a full window or a busy connection: the blocking receive,
+                # for what is left of the wait.
+                left = max(0.0, deadline - loop.time())
+                return await self.run_blocking(
+                    backend.retrieve_messages, queue, **{**kwargs, "wait_seconds": left}
+                )
+            left = deadline - loop.time()
+            if got or left <= 0:
+                return got
+            if not await self._readable(min(left, _SOCKET_WAIT), interrupts):
+                return []
+
+    async def _readable(self, seconds: float, interrupts: int) -> bool:
+        """Wait on the loop until the connection's socket is readable, a delivery was read by
+        another thread, :meth:`interrupt` is called or ``seconds`` pass; ``False`` when
+        interrupted."""
+        backend = self.backend
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        def wake_threadsafe() -> None:
+            # From whichever thread pushed a delivery or interrupted.
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(wake)
+
+        sock = backend._consuming_socket()
+        fd = -1
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                fd = sock.fileno()
+        backend._add_waiter(wake_threadsafe)
+        timer = loop.call_later(seconds, wake)
+        self._socket_waiters.add(wake)
+        try:
+            if fd >= 0 and fd != self._watched:
+                # One reader per socket, whatever the number of receives waiting on it.
+                self._unwatch(loop)
+                loop.add_reader(fd, self._socket_readable)
+                self._watched = fd
+            if backend._interrupt_count == interrupts:
+                await woken
+        finally:
+            timer.cancel()
+            backend._remove_waiter(wake_threadsafe)
+            self._socket_waiters.discard(wake)
+            if not self._socket_waiters:
+                self._unwatch(loop)
+        return backend._interrupt_count == interrupts
+
+    def _socket_readable(self) -> None:
+        for wake in list(self._socket_waiters):
+            wake()
+
+    def _unwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._watched >= 0:
+            loop.remove_reader(self._watched)
+            self._watched = -1
 
     async def purge(self, queue_name: str) -> int | None:
         """Delete the ready messages of the queue; returns how many."""

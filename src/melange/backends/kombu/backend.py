@@ -74,6 +74,7 @@ from melange.exceptions import (
     PublishError,
     QueueNotFoundError,
     TopicNotFoundError,
+    WouldBlock,
 )
 from melange.models import Message, QueueWrapper, TopicWrapper
 
@@ -250,6 +251,12 @@ class KombuBackend(MessagingBackend):
         self._raw: Any = None
         #: When the next heartbeat check of the connection is due (monotonic seconds).
         self._next_beat_check = 0.0
+        #: Called, from any thread, when a delivery is pushed or a wait is interrupted: how
+        #: receives waiting on an event loop learn of deliveries another thread read.
+        self._waiters: set[Callable[[], None]] = set()
+        #: On AMQP, receives and acknowledgements are tried on an asyncio dispatcher's loop
+        #: first (see :meth:`run_inline`); every other call may wait for the broker.
+        self.inline_when_free = self._amqp
 
     def __repr__(self) -> str:
         return f"KombuBackend({self.url!r})"
@@ -753,6 +760,32 @@ class KombuBackend(MessagingBackend):
         if not pushed:
             # The broker pushes nothing more until some of the window is settled.
             return self._get(channel, queue, limit) if len(window) >= self._prefetch[queue] else []
+        return self._hand_out(queue, pushed, window, limit)
+
+    def _take_pushed(self, channel: Any, queue: str, limit: int) -> list[Message]:
+        """:meth:`_take` without a call that waits for the broker (under the lock).
+
+        Raises:
+            WouldBlock: the queue's consumer is not started, or its window is full (both
+                need a round trip to the broker).
+        """
+        if queue not in self._consumers:
+            raise WouldBlock(f"queue {queue!r} is not consumed yet")
+        self._took[queue] = time.monotonic()
+        self._drain()
+        pushed = self._pushed.get(queue)
+        window = self._window.get(queue)
+        if (
+            pushed is None
+            or window is None
+            or (not pushed and len(window) >= self._prefetch[queue])
+        ):
+            raise WouldBlock(f"queue {queue!r} needs a basic.get")
+        return self._hand_out(queue, pushed, window, limit)
+
+    def _hand_out(
+        self, queue: str, pushed: deque[Any], window: set[Any], limit: int
+    ) -> list[Message]:
         got: list[Message] = []
         while pushed and len(got) < limit:
             delivered = pushed.popleft()
@@ -773,7 +806,7 @@ class KombuBackend(MessagingBackend):
             self._window[queue] = set()
             self._prefetch[queue] = prefetch
             tag = channel.basic_consume(
-                queue, no_ack=False, callback=pushed.append, on_cancel=self._cancelled
+                queue, no_ack=False, callback=self._pusher(pushed), on_cancel=self._cancelled
             )
         except self._connection.channel_errors as exc:
             self._lose_channel("consume")
@@ -782,6 +815,81 @@ class KombuBackend(MessagingBackend):
                 raise QueueNotFoundError(queue) from None
             raise _ChannelLost("consume", exc) from exc
         self._consumers[queue] = tag
+
+    def _pusher(self, pushed: deque[Any]) -> Callable[[Any], None]:
+        """The callback of a consumer: keeps each delivery for a receive, and tells the
+        receives waiting on an event loop (the thread that read it may be another one)."""
+        waiters = self._waiters
+
+        def push(delivered: Any) -> None:
+            pushed.append(delivered)
+            if waiters:
+                self._call_waiters()
+
+        return push
+
+    def _call_waiters(self) -> None:
+        for waiter in list(self._waiters):
+            waiter()
+
+    def _add_waiter(self, waiter: Callable[[], None]) -> None:
+        """Have ``waiter`` called, from any thread, when a delivery is pushed or waits are
+        interrupted, until :meth:`_remove_waiter` (for :class:`AsyncKombuBackend`)."""
+        self._waiters.add(waiter)
+
+    def _remove_waiter(self, waiter: Callable[[], None]) -> None:
+        self._waiters.discard(waiter)
+
+    def _consuming_socket(self) -> Any:
+        """The AMQP connection's socket when it is up and consumed from, else ``None``
+        (read without the lock: the caller copes with a socket closed meanwhile)."""
+        raw = self._raw
+        if self._closed or self._consume is None or raw is None:
+            return None
+        return getattr(raw.transport, "sock", None)
+
+    @property
+    def _interrupt_count(self) -> int:
+        return self._interrupts
+
+    def run_inline(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """On AMQP, call ``fn`` on this thread when it needs no round trip to the broker and
+        the connection is free: a receive that does not wait takes what the queue's consumer
+        was pushed, and acknowledgements are written to the socket (an asyncio dispatcher's
+        calls, on its loop). Every other call, a connection not open yet or in use by another
+        thread raise :class:`~melange.exceptions.WouldBlock`.
+
+        A connection found broken is dropped, as a reconnection would: the broker gives back
+        what it held, so the receive returns nothing and the acknowledgement has nothing
+        left to do; the next call that waits opens a new one.
+        """
+        name = getattr(fn, "__name__", "")
+        if not self._amqp or getattr(fn, "__self__", None) is not self:
+            raise WouldBlock(f"{type(self).__name__} runs {name or fn!r} on a thread")
+        operation: Callable[[Any], Any]
+        if name == "retrieve_messages" and not kwargs.get("wait_seconds"):
+            queue: QueueWrapper = args[0]
+            limit = max(1, int(kwargs.get("max_messages") or 10))
+            operation = lambda consume: self._take_pushed(consume, queue.name, limit)  # noqa: E731
+            broken: Any = []
+        elif name in ("acknowledge", "acknowledge_batch"):
+            messages = [args[0]] if name == "acknowledge" else list(args[0])
+            operation = lambda consume: self._acknowledge_now(consume, messages)  # noqa: E731
+            broken = None
+        else:
+            raise WouldBlock(f"{type(self).__name__}.{name} may wait for the broker")
+        if not self._lock.acquire(blocking=False):
+            raise WouldBlock("another thread is using the kombu connection")
+        try:
+            if self._closed or self._consume is None or self._publish is None or self._raw is None:
+                raise WouldBlock("the kombu connection is not open")
+            try:
+                return operation(self._consume)  # type: ignore[no-any-return]
+            except self._recoverable:
+                self._reset()
+                return broken  # type: ignore[no-any-return]
+        finally:
+            self._lock.release()
 
     def _cancel(self, channel: Any, queue: str) -> None:
         """Stop consuming ``queue`` and give back what its consumer was pushed and no receive
@@ -1016,20 +1124,22 @@ class KombuBackend(MessagingBackend):
 
     def acknowledge_batch(self, messages: Sequence[Message]) -> None:
         """Acknowledge the messages in one locked call on the receiving channel."""
-        if len(messages) == 1:
-            self.acknowledge(messages[0])
-            return
+        what = (
+            f"acknowledging message {messages[0].message_id!r}"
+            if len(messages) == 1
+            else f"acknowledging {len(messages)} messages"
+        )
+        self._io(lambda consume, publish: self._acknowledge_now(consume, messages), what)
+
+    def _acknowledge_now(self, channel: Any, messages: Sequence[Message]) -> None:
+        """Acknowledge ``messages`` on the receiving channel (under the lock)."""
         receipts = [self._receipt(message) for message in messages]
         for receipt in receipts:
             self._cancel_timer(receipt)
-
-        def settle(consume: Any, publish: Any) -> None:
-            for receipt in receipts:
-                # A message of a lost connection is the broker's again: a no-op.
-                if receipt.generation == self._generation:
-                    self._finish(consume, receipt)
-
-        self._io(settle, f"acknowledging {len(receipts)} messages")
+        for receipt in receipts:
+            # A message of a lost connection is the broker's again: settling it is a no-op.
+            if receipt.generation == self._generation:
+                self._finish(channel, receipt)
 
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Deliver the message again after ``delay`` seconds as its next attempt: a copy
@@ -1152,6 +1262,8 @@ class KombuBackend(MessagingBackend):
         if self._waker is not None:
             with contextlib.suppress(OSError):
                 self._waker[1].send(b"\0")
+        if self._waiters:
+            self._call_waiters()
 
     def close_connection(self) -> None:
         """Close the connection (idempotent). Unsettled messages go back to their queues:
