@@ -590,14 +590,14 @@ KOMBU_BROKERS = [
         ("kombu", "RawKombuAMQP", "raw kombu (AMQP)"),
         None,
         "bench-kombu-amqp",
-        "kombu: receives on the loop, publishes on threads",
+        "kombu: AMQP I/O on the loop",
         (
             _KOMBU_NOTE + " On AMQP (RabbitMQ, classic durable queue) with publisher "
             "confirms (kombu's confirm_publish): a publish returns once the broker has the "
             "message.",
             "Melange (asyncio): AsyncMessageDispatcher with an async handler on "
-            "AsyncKombuBackend (the blocking backend on a thread pool of its own; receives "
-            "and acknowledgements on the event loop, publishes on the threads).",
+            "AsyncKombuBackend: receives, acknowledgements and publishes (confirms awaited) "
+            "on the event loop; the rest on a thread pool of its own.",
         ),
     ),
 ]

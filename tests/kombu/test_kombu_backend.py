@@ -16,7 +16,7 @@ from kombu_support import transport_url
 
 from melange.backends.kombu import KombuBackend
 from melange.backends.urls import backend_from_url
-from melange.exceptions import ConfigurationError, TopicNotFoundError
+from melange.exceptions import ConfigurationError, PublishError, TopicNotFoundError
 from melange.testing.conformance import make_message, receive
 
 
@@ -312,3 +312,94 @@ def test_on_amqp_interrupt_ends_a_receive_waiting_on_the_loop(
         assert waited < 3
     finally:
         other.delete_queue(queue)
+
+
+def _bounded_queue(name: str) -> None:
+    """A queue holding two messages at most, refusing publishes beyond (``basic.nack``)."""
+    import kombu
+
+    with kombu.Connection(transport_url("amqp")[len("kombu+") :]) as connection:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(
+                name,
+                durable=True,
+                auto_delete=False,
+                arguments={"x-max-length": 2, "x-overflow": "reject-publish"},
+            )
+        finally:
+            channel.close()
+
+
+@pytest.mark.parametrize("transport", [pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+def test_on_amqp_a_publish_the_broker_refuses_is_a_publish_error_under_both_apis(
+    make_kombu: Callable[..., KombuBackend],
+) -> None:
+    from melange.backends.kombu import AsyncKombuBackend
+
+    backend = make_kombu()
+    name = _name("bounded")
+    _bounded_queue(name)
+    queue = backend.get_queue(name)
+    async_backend = AsyncKombuBackend(backend=make_kombu())
+    try:
+        backend.publish_to_queue(make_message('"kept"'), queue)
+        with pytest.raises(PublishError, match="refused 2 of 3"):
+            backend.publish_batch_to_queue([make_message(f'"{n}"') for n in range(3)], queue)
+
+        async def publish_async() -> None:
+            # The first publish opens the connection on a thread; the next are written from
+            # the loop, and their confirms read on it.
+            with pytest.raises(PublishError, match="refused 1 of 1"):
+                await async_backend.publish_to_queue(make_message('"a"'), queue)
+            with pytest.raises(PublishError, match="refused 1 of 1"):
+                await async_backend.publish_to_queue(make_message('"b"'), queue)
+            await async_backend.aclose()
+
+        asyncio.run(publish_async())
+        kept = receive(backend, queue, 2)
+        assert [m.content for m in kept] == ['"kept"', '"0"']  # the refused ones never got in
+        backend.acknowledge_batch(kept)
+    finally:
+        backend.delete_queue(queue)
+
+
+@pytest.mark.parametrize("transport", [pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+def test_on_amqp_the_asyncio_backend_publishes_from_its_loop(
+    make_kombu: Callable[..., KombuBackend],
+) -> None:
+    """Once the connection is open (and a topic known), publishes are written from the loop
+    and their confirms awaited on it: they go on while every thread of the backend is held."""
+    from melange.backends.kombu import AsyncKombuBackend
+
+    reader = make_kombu()
+    topic = reader.declare_topic(_name("t"))
+    queue, _ = reader.declare_queue(_name("published"), topic)
+    backend = AsyncKombuBackend(backend=make_kombu(), max_threads=2)
+    release = threading.Event()
+
+    async def scenario() -> float:
+        await backend.publish_to_queue(make_message('"first"'), queue)  # opens the connection
+        await backend.publish_to_topic(make_message('"t0"', manifest="Ev"), topic)  # checks it
+        loop = asyncio.get_running_loop()
+        busy = [loop.run_in_executor(backend._executor, release.wait, 30) for _ in range(2)]
+        started = time.monotonic()
+        await backend.publish_batch_to_queue([make_message(f'"{n}"') for n in range(50)], queue)
+        await backend.publish_to_topic(make_message('"t1"', manifest="Ev"), topic)
+        took = time.monotonic() - started
+        release.set()
+        await asyncio.gather(*busy)
+        await backend.aclose()
+        return took
+
+    try:
+        assert asyncio.run(scenario()) < 5  # not held until the threads' release at 30 s
+        got = receive(reader, queue, 53)
+        assert sorted(m.content for m in got) == sorted(
+            ['"first"', '"t0"', '"t1"', *(f'"{n}"' for n in range(50))]
+        )
+        reader.acknowledge_batch(got)
+    finally:
+        release.set()
+        reader.delete_queue(queue)
+        reader.delete_topic(topic)

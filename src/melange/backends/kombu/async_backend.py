@@ -19,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from melange.backends.async_interfaces import BlockingBackendAdapter
 from melange.backends.kombu.backend import DEFAULT_URL, KombuBackend
-from melange.exceptions import WouldBlock
-from melange.models import Message, QueueWrapper
+from melange.backends.kombu.connection import IO_TIMEOUT
+from melange.backends.kombu.topology import routing_key
+from melange.backends.kombu.wire import publish_arguments
+from melange.exceptions import BackendError, WouldBlock
+from melange.models import Message, QueueWrapper, TopicWrapper
 
 _T = TypeVar("_T")
 
@@ -75,6 +78,84 @@ class AsyncKombuBackend(BlockingBackendAdapter):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
+    # -- publishing: written from the loop, confirms awaited on it (AMQP) ---------------------
+
+    async def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
+        await self.publish_batch_to_queue([message], queue, **kwargs)
+
+    async def publish_batch_to_queue(
+        self, messages: Sequence[Message], queue: QueueWrapper, **kwargs: Any
+    ) -> None:
+        """Publish the messages; on AMQP written from the loop, every confirm awaited on it."""
+        name = queue.name
+        if not kwargs and await self._publish_on_loop(messages, "", lambda _: name, name, "queue"):
+            return
+        await self.run_blocking(self.backend.publish_batch_to_queue, messages, queue, **kwargs)
+
+    async def publish_to_topic(self, message: Message, topic: TopicWrapper, **kwargs: Any) -> None:
+        await self.publish_batch_to_topic([message], topic, **kwargs)
+
+    async def publish_batch_to_topic(
+        self, messages: Sequence[Message], topic: TopicWrapper, **kwargs: Any
+    ) -> None:
+        """Publish the messages to the topic; on AMQP, once the topic is known to exist (a
+        first publish on a thread checks it), written from the loop."""
+        backend = self.backend
+        if (
+            not kwargs
+            and topic.name in backend._exchanges
+            and await self._publish_on_loop(
+                messages,
+                topic.name,
+                lambda message: routing_key(message.manifest),
+                topic.name,
+                "topic",
+            )
+        ):
+            return
+        await self.run_blocking(backend.publish_batch_to_topic, messages, topic, **kwargs)
+
+    async def _publish_on_loop(
+        self,
+        messages: Sequence[Message],
+        exchange: str,
+        key: Callable[[Message], str],
+        name: str,
+        kind: str,
+    ) -> bool:
+        """Publish from the loop and await the broker's confirms on it; ``False`` when the
+        publish has to go to a thread instead (from the start, or again after the
+        connection was lost before every confirm came: at least once, never lost)."""
+        backend = self.backend
+        if not backend.inline_when_free:
+            return False
+        backend._check_publish(name, messages, {})
+        targets = [(publish_arguments(message), exchange, key(message)) for message in messages]
+        try:
+            seqs = backend._publish_now(targets)
+        except WouldBlock:
+            return False
+        except BackendError as exc:
+            raise backend._publish_failure(exc, name, kind) from None
+        loop = asyncio.get_running_loop()
+        # As long as a blocking read of the confirm may take before the connection is
+        # given up.
+        deadline = loop.time() + IO_TIMEOUT
+        while True:
+            try:
+                if backend._confirmed_now(seqs):
+                    backend._ring()
+                    return True
+            except WouldBlock:
+                pass  # another thread reads the connection: it tells the waiters
+            except ConnectionError:
+                return False
+            left = deadline - loop.time()
+            if left <= 0:
+                await self.run_blocking(backend._drop_connection)
+                return False
+            await self._readable(min(left, _SOCKET_WAIT), None)
+
     async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
         """Receive up to ``max_messages`` messages; with ``wait_seconds``, wait that long for
         one (on AMQP on the event loop, see the module doc)."""
@@ -102,10 +183,10 @@ class AsyncKombuBackend(BlockingBackendAdapter):
             if not await self._readable(min(left, _SOCKET_WAIT), interrupts):
                 return []
 
-    async def _readable(self, seconds: float, interrupts: int) -> bool:
-        """Wait on the loop until the connection's socket is readable, a delivery was read by
-        another thread, :meth:`interrupt` is called or ``seconds`` pass; ``False`` when
-        interrupted."""
+    async def _readable(self, seconds: float, interrupts: int | None) -> bool:
+        """Wait on the loop until the connection's socket is readable, a delivery or a
+        confirm was read by another thread, :meth:`interrupt` is called or ``seconds``
+        pass; ``False`` when interrupted (only counted when ``interrupts`` is given)."""
         backend = self.backend
         loop = asyncio.get_running_loop()
         woken = loop.create_future()
@@ -133,7 +214,7 @@ class AsyncKombuBackend(BlockingBackendAdapter):
                 self._unwatch(loop)
                 loop.add_reader(fd, self._socket_readable)
                 self._watched = fd
-            if backend._interrupt_count == interrupts:
+            if interrupts is None or backend._interrupt_count == interrupts:
                 await woken
         finally:
             timer.cancel()
@@ -141,7 +222,7 @@ class AsyncKombuBackend(BlockingBackendAdapter):
             self._socket_waiters.discard(wake)
             if not self._socket_waiters:
                 self._unwatch(loop)
-        return backend._interrupt_count == interrupts
+        return interrupts is None or backend._interrupt_count == interrupts
 
     def _socket_readable(self) -> None:
         for wake in list(self._socket_waiters):

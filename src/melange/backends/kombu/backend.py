@@ -119,6 +119,10 @@ _SWEEP_SECONDS = 1.0
 #: next read on a timeout; a non-blocking socket would make it spin instead).
 _NO_WAIT = 0.0001
 
+#: Bytes of message bodies an asyncio publisher writes from its loop at most: a larger
+#: publish could fill the socket's buffer and wait for the broker to read, so it takes a thread.
+_INLINE_BYTES = 64 * 1024
+
 #: An AMQP consumer's prefetch window, in batches of the receive that starts it: while one
 #: batch is handled (and acknowledged together at its end), the broker pushes the next.
 _WINDOW_BATCHES = 2
@@ -251,6 +255,13 @@ class KombuBackend(MessagingBackend):
         self._raw: Any = None
         #: When the next heartbeat check of the connection is due (monotonic seconds).
         self._next_beat_check = 0.0
+        #: Publisher confirms on AMQP (``confirm_publish``, on by default): whether the
+        #: publishing channel is in confirm mode, the sequence number of its last publish,
+        #: and the outcome of each publish not collected yet (None while the broker has not
+        #: answered, then True for an ack, False for a nack). Several can be in flight.
+        self._confirming = False
+        self._published = 0
+        self._confirms: dict[int, bool | None] = {}
         #: Called, from any thread, when a delivery is pushed or a wait is interrupted: how
         #: receives waiting on an event loop learn of deliveries another thread read.
         self._waiters: set[Callable[[], None]] = set()
@@ -303,8 +314,62 @@ class KombuBackend(MessagingBackend):
             if self._publish is None:
                 self._publish = self._connection.channel()
                 if self._amqp:
-                    self._publish.events["basic_return"].add(self._on_return)
+                    self._open_confirms(self._publish)
         return self._consume, self._publish
+
+    def _open_confirms(self, channel: Any) -> None:
+        """Put a new publishing channel in confirm mode, when the connection asks for
+        confirms, with the confirms counted here by sequence number (py-amqp's own publish
+        would wait for each confirm before the next publish)."""
+        channel.events["basic_return"].add(self._on_return)
+        self._published = 0
+        self._confirms = {}
+        self._confirming = bool(getattr(self._raw, "confirm_publish", False))
+        if self._confirming:
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            channel.confirm_select()
+            channel._confirm_selected = True  # so py-amqp never selects it again
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle_confirms(delivery_tag, multiple, True)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._settle_confirms(delivery_tag, multiple, False)
+
+    def _settle_confirms(self, delivery_tag: int, multiple: bool, outcome: bool) -> None:
+        # Called while a thread reads the connection, under the lock.
+        confirms = self._confirms
+        if multiple:
+            for seq, state in list(confirms.items()):
+                if seq <= delivery_tag and state is None:
+                    confirms[seq] = outcome
+        elif delivery_tag in confirms:
+            confirms[delivery_tag] = outcome
+        if self._waiters:
+            self._call_waiters()
+
+    def _confirmed(self, seqs: Sequence[int]) -> bool:
+        """Whether the broker answered every publish of ``seqs`` (under the lock); those are
+        then forgotten.
+
+        Raises:
+            PublishError: the broker refused some of them (``basic.nack``).
+            ConnectionError: the publishing channel was lost before it answered (``_io``
+                publishes again on a new connection).
+        """
+        confirms = self._confirms
+        if any(confirms.get(seq, False) is None for seq in seqs):
+            return False
+        outcomes = [confirms.pop(seq, None) for seq in seqs]
+        if None in outcomes:
+            raise ConnectionError("the publishing channel was lost before the broker confirmed")
+        refused = outcomes.count(False)
+        if refused:
+            raise PublishError(
+                f"the broker refused {refused} of {len(seqs)} published message(s) (basic.nack)"
+            )
+        return True
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         # A mandatory publish found no queue (py-amqp calls this before the confirm).
@@ -315,6 +380,7 @@ class KombuBackend(MessagingBackend):
         self._generation += 1
         self._consume = self._publish = None
         self._raw = None
+        self._confirms = {}
         self._forget_consumers()
         self._exchanges.clear()
         with contextlib.suppress(Exception):
@@ -344,6 +410,11 @@ class KombuBackend(MessagingBackend):
             time.sleep(min(2.0, 0.1 * 2**attempt))
             attempt += 1
 
+    def _drop_connection(self) -> None:
+        """Drop the connection (a confirm that never came): the next call opens another."""
+        with self._lock:
+            self._reset()
+
     def _lose_channel(self, which: str) -> None:
         with contextlib.suppress(Exception):
             channel = self._consume if which == "consume" else self._publish
@@ -354,6 +425,7 @@ class KombuBackend(MessagingBackend):
             self._forget_consumers()
         else:
             self._publish = None
+            self._confirms = {}
 
     def _channel_error(self, error: BaseException, what: str) -> Exception:
         return BackendError(f"{what}: the broker refused ({_describe(error)})")
@@ -588,10 +660,12 @@ class KombuBackend(MessagingBackend):
 
     # -- publishing -----------------------------------------------------------------------------
 
-    def _send(
+    def _write(
         self, publish: Any, outgoing: Outgoing, exchange: str, key: str, mandatory: bool = False
-    ) -> None:
-        """Publish on the publishing channel (confirmed by the broker on AMQP)."""
+    ) -> int | None:
+        """Publish on the publishing channel without waiting for the broker's confirm; the
+        sequence number to wait for (:meth:`_await_confirms`), or ``None`` when the channel
+        has no confirms."""
         # What kombu's Producer.publish ends with, without its per-call work around it (the
         # body is already bytes, nothing is declared, there is no retry policy: ``_io``
         # retries), which cost as much as the rest of the backend's publish.
@@ -603,12 +677,99 @@ class KombuBackend(MessagingBackend):
             outgoing.headers,
             dict(outgoing.properties),
         )
+        if not self._confirming:
+            self._guard(
+                "publish",
+                lambda: publish.basic_publish(
+                    message, exchange=exchange, routing_key=key, mandatory=mandatory
+                ),
+            )
+            return None
+        self._published += 1
+        seq = self._published
+        self._confirms[seq] = None
+        # py-amqp's basic_publish waits for this confirm alone; its unconfirmed write lets
+        # several publishes be in flight, confirmed by sequence number.
         self._guard(
             "publish",
-            lambda: publish.basic_publish(
+            lambda: publish._basic_publish(
                 message, exchange=exchange, routing_key=key, mandatory=mandatory
             ),
         )
+        return seq
+
+    def _await_confirms(self, seqs: Sequence[int | None]) -> None:
+        """Read from the connection until the broker confirmed each publish (under the
+        lock; a read that times out is a lost connection, and ``_io`` publishes again)."""
+        pending = [seq for seq in seqs if seq is not None]
+        if not pending:
+            return
+        raw = self._raw
+        while not self._confirmed(pending):
+            self._guard("publish", lambda: raw.drain_events(timeout=None))
+
+    def _send(
+        self, publish: Any, outgoing: Outgoing, exchange: str, key: str, mandatory: bool = False
+    ) -> None:
+        """Publish on the publishing channel (confirmed by the broker on AMQP)."""
+        self._await_confirms([self._write(publish, outgoing, exchange, key, mandatory)])
+
+    def _publish_now(self, targets: Sequence[tuple[Outgoing, str, str]]) -> list[int]:
+        """Publish ``(message, exchange, routing key)`` targets without waiting for the
+        confirms (an asyncio publisher, on its loop); their sequence numbers, to be awaited
+        with :meth:`_confirmed_now`. A connection found broken is dropped and the returned
+        numbers then never confirm (the caller publishes again).
+
+        Raises:
+            WouldBlock: not on AMQP with confirms, the connection is not open or in use by
+                another thread, or the messages are large enough for a write to wait.
+        """
+        if not self._confirming or sum(len(t[0].body) for t in targets) > _INLINE_BYTES:
+            raise WouldBlock("this publish may wait for the broker")
+        if not self._lock.acquire(blocking=False):
+            raise WouldBlock("another thread is using the kombu connection")
+        try:
+            publish = self._publish
+            if self._closed or publish is None or self._consume is None or self._raw is None:
+                raise WouldBlock("the kombu connection is not open")
+            seqs: list[int] = []
+            try:
+                for outgoing, exchange, key in targets:
+                    seq = self._write(publish, outgoing, exchange, key)
+                    seqs.append(-1 if seq is None else seq)
+            except _ChannelLost as lost:
+                self._lose_channel(lost.which)
+                raise self._channel_error(lost.error, "publishing") from None
+            except self._recoverable:
+                self._reset()
+                seqs.append(-1)  # never confirmed: published again
+            return seqs
+        finally:
+            self._lock.release()
+
+    def _confirmed_now(self, seqs: Sequence[int]) -> bool:
+        """Read what the connection received, without waiting, and tell whether the broker
+        confirmed every publish of ``seqs`` (an asyncio publisher, on its loop).
+
+        Raises:
+            WouldBlock: another thread is using the connection (it tells the waiters when
+                it reads a confirm).
+            PublishError: the broker refused some of them.
+            ConnectionError: the connection was lost before it confirmed them all.
+        """
+        if not self._lock.acquire(blocking=False):
+            raise WouldBlock("another thread is using the kombu connection")
+        try:
+            if self._raw is not None and not self._closed:
+                try:
+                    self._drain()
+                except self._recoverable:
+                    self._reset()
+                except self._connection.channel_errors:
+                    self._reset()
+            return self._confirmed(seqs)
+        finally:
+            self._lock.release()
 
     def publish_to_queue(self, message: Message, queue: QueueWrapper, **kwargs: Any) -> None:
         self.publish_batch_to_queue([message], queue, **kwargs)
@@ -621,8 +782,9 @@ class KombuBackend(MessagingBackend):
         prepared = [publish_arguments(m) for m in messages]
 
         def publish(consume: Any, channel: Any) -> None:
-            for arguments in prepared:
-                self._send(channel, arguments, "", queue.name)
+            # Every message written, then every confirm awaited: one round trip per batch.
+            seqs = [self._write(channel, arguments, "", queue.name) for arguments in prepared]
+            self._await_confirms(seqs)
 
         self._publishing(publish, f"publishing to queue {queue.name!r}", queue.name, "queue")
         self._ring()
@@ -656,13 +818,15 @@ class KombuBackend(MessagingBackend):
                     self._exchanges.add(topic.name)
                 else:
                     self._declare_exchange(channel, topic.name, "topic")
+            seqs: list[int | None] = []
             for message, arguments in prepared:
                 key = topology.routing_key(message.manifest)
                 if self._amqp:
-                    self._send(channel, arguments, topic.name, key)
+                    seqs.append(self._write(channel, arguments, topic.name, key))
                     continue
                 for target in sorted(set(channel._lookup(topic.name, key))):
                     self._send(channel, arguments, "", target)
+            self._await_confirms(seqs)
 
         self._publishing(publish, f"publishing to topic {topic.name!r}", topic.name, "topic")
         self._ring()
@@ -672,16 +836,19 @@ class KombuBackend(MessagingBackend):
     ) -> None:
         try:
             self._io(publish, what)
-        except BackendConnectionError as exc:
-            raise PublishError(str(exc)) from None
         except BackendError as exc:
-            if "404" in str(exc) or "NOT_FOUND" in str(exc):
-                self._queues.discard(name)
-                self._topics.discard(name)
-                raise (
-                    QueueNotFoundError(name) if kind == "queue" else TopicNotFoundError(name)
-                ) from None
-            raise PublishError(str(exc)) from None
+            raise self._publish_failure(exc, name, kind) from None
+
+    def _publish_failure(self, exc: BackendError, name: str, kind: str) -> Exception:
+        """What a publish to ``name`` (a ``"queue"`` or ``"topic"``) that failed with
+        ``exc`` raises."""
+        if not isinstance(exc, BackendConnectionError) and (
+            "404" in str(exc) or "NOT_FOUND" in str(exc)
+        ):
+            self._queues.discard(name)
+            self._topics.discard(name)
+            return QueueNotFoundError(name) if kind == "queue" else TopicNotFoundError(name)
+        return PublishError(str(exc))
 
     def _check_publish(
         self, destination: str, messages: Sequence[Message], kwargs: Mapping[str, Any]
