@@ -29,6 +29,10 @@ class Sizes:
     #: Messages per Kafka round: more than on the other brokers, because tansu answers a
     #: fetch late (see the findings) and each round's tail moves its total less this way.
     kafka_n: int
+    #: Messages per round on Redis Streams, NATS and Kombu: they move thousands of messages a
+    #: second, and a round of a fraction of a second is at the mercy of the machine's other
+    #: work for its whole length.
+    stream_n: int
     batch: int = 100
 
 
@@ -38,12 +42,13 @@ FULL = Sizes(
     rabbit_latency_n=500,
     rabbit_latency_rate=500.0,
     sqs_n=150,
-    memory_n=20_000,
+    memory_n=50_000,
     memory_peer_n=2_000,
     memory_latency_n=2_000,
     memory_latency_rate=1_000.0,
-    sqlite_n=3_000,
+    sqlite_n=6_000,
     kafka_n=2_400,
+    stream_n=3_000,
 )
 
 QUICK = Sizes(
@@ -58,6 +63,7 @@ QUICK = Sizes(
     memory_latency_rate=1_000.0,
     sqlite_n=500,
     kafka_n=300,
+    stream_n=300,
 )
 
 
@@ -499,6 +505,7 @@ BROKERS = [
             _FASTSTREAM_NOTE + " On Redis: XADD per publish, a StreamSub consumer group read "
             "10 at a time, XACK per message without XDEL (less work than the others).",
         ),
+        sized_by="stream_n",
     ),
     Broker(
         "nats",
@@ -524,6 +531,7 @@ BROKERS = [
             "durable pull subscriber fetching 10 at a time; +ACK per message.",
         ),
         raw_threads=("nats-threads", "RawNATSThreads", "raw nats-py (two threads)"),
+        sized_by="stream_n",
     ),
     Broker(
         "kafka",
@@ -581,6 +589,7 @@ KOMBU_BROKERS = [
             "Melange (asyncio): AsyncMessageDispatcher with an async handler on "
             "AsyncKombuBackend (the blocking backend on a thread pool of its own).",
         ),
+        sized_by="stream_n",
     ),
     Broker(
         "kombu-amqp",
@@ -599,6 +608,7 @@ KOMBU_BROKERS = [
             "AsyncKombuBackend: receives, acknowledgements and publishes (confirms awaited) "
             "on the event loop; the rest on a thread pool of its own.",
         ),
+        sized_by="stream_n",
     ),
 ]
 

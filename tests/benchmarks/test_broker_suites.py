@@ -32,7 +32,8 @@ def test_each_broker_suite_compares_melange_with_its_raw_client_and_faststream(
     assert all(suites.FASTSTREAM_KEY not in measured[k] for k in ("publish", "consume"))
     for key in ("melange", raw, suites.ASYNCIO_KEY):
         assert all(key in measured[k] for k in ("publish", "consume", "e2e"))
-    assert measured["e2e_4n"] == {suites.LINEARITY_KEY: ("e2e", {"n": 4 * suites.QUICK.rabbit_n})}
+    n = getattr(suites.QUICK, broker.sized_by)
+    assert measured["e2e_4n"] == {suites.LINEARITY_KEY: ("e2e", {"n": 4 * n})}
     # Every worker names a class that exists.
     for spec in suite.specs:
         module, _, name = spec.target.partition(":")
