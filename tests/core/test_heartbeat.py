@@ -73,3 +73,32 @@ def test_a_batch_registered_while_the_heartbeat_idles_is_renewed_in_time() -> No
         assert renewed[0][1] - added < 0.5
     finally:
         heartbeat.close()
+
+
+def test_removing_a_message_hands_back_its_renewal_on_the_way_and_none_starts_after() -> None:
+    """A settlement that gives a message back must not be overtaken by a renewal: removal
+    returns the renewal already sent, to be waited for, and nothing removed is renewed."""
+    started, finish = threading.Event(), threading.Event()
+    renewed: list[str] = []
+
+    def extend(message: Message, seconds: float) -> None:
+        renewed.append(message.message_id)
+        started.set()
+        finish.wait(5)  # a renewal request still on its way to the broker
+
+    heartbeat = Heartbeat(extend, lambda message: 0.3)
+    try:
+        slow, other = Message("slow", "{}"), Message("other", "{}")
+        heartbeat.add_batch([slow])
+        assert started.wait(2.0), "the lease was not renewed"
+        heartbeat.add_batch([other])
+        on_way = heartbeat.remove_batch([slow, other])
+        assert len(on_way) == 1 and not on_way[0].done()  # the slow one's renewal is out
+        finish.set()
+        on_way[0].result(timeout=2)
+        time.sleep(0.5)  # more than a third of the lease: the other one would be due by now
+        assert renewed == ["slow"]
+        assert heartbeat.remove_batch([slow]) == []
+    finally:
+        finish.set()
+        heartbeat.close()

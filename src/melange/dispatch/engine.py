@@ -232,10 +232,10 @@ class Engine:
         try:
             for index, message in enumerate(messages):
                 if self.stopping():
-                    yield from self.release(messages[index:])
+                    yield from self.give_back(messages[index:], watch)
                     break
                 if message.group_id is not None and message.group_id in held:
-                    yield from self.release([message])
+                    yield from self.give_back([message], watch)
                     continue
                 verdict = yield from self.handle(message, queue_name)
                 if verdict.action is Action.ACK:
@@ -248,7 +248,7 @@ class Engine:
         except BaseException:
             # A consumer stopped the process (SystemExit, KeyboardInterrupt): what succeeded
             # is still acknowledged, what was not started comes back.
-            yield from self.release(messages[index + 1 :])
+            yield from self.give_back(messages[index + 1 :], watch)
             yield from self._finish_batch(messages, acks, queue_name, watch)
             raise
         yield from self._finish_batch(messages, acks, queue_name, watch)
@@ -280,10 +280,10 @@ class Engine:
         message of its group is coming back: then this one is given back too."""
         self.stats.add("received")
         # Its lease is renewed since it was received (see receive), until settled.
+        if self.stopping() or not go_ahead:
+            yield from self.give_back([message], self.watch_messages)
+            return False
         try:
-            if self.stopping() or not go_ahead:
-                yield from self.release([message])
-                return False
             verdict = yield from self.handle(message, queue_name)
         finally:
             if self.watch_messages:
@@ -302,6 +302,14 @@ class Engine:
         ahead whatever became of that one: giving it back too would only make it circle.
         """
         return previous_settled_for_good or not same_batch
+
+    def give_back(self, messages: Sequence[Message], watched: bool) -> Step[None]:
+        """Release ``messages``, unprocessed; their leases, when ``watched``, stop being
+        renewed first (a renewal reaching the broker after the release would hide them for
+        a whole lease)."""
+        if watched and messages:
+            yield Unwatch(messages=messages)
+        yield from self.release(messages)
 
     def release(self, messages: Sequence[Message]) -> Step[None]:
         """Give ``messages`` back unprocessed, not as attempts."""
@@ -401,7 +409,7 @@ class Engine:
                 message.message_id,
                 extra=_log_extra(message, queue_name, "", "interrupted"),
             )
-            yield from self.release([message])
+            yield from self.give_back([message], self.watch_messages)
             raise
         if len(results) == 1 and results[0].outcome is Outcome.SUCCEEDED:
             return ACK  # one consumer, and it succeeded: nothing to weigh

@@ -59,7 +59,9 @@ class Heartbeat:
     ) -> None:
         self._extend = extend
         self._lease_for = lease_for
-        # Renewals handed to an event loop and not answered yet, by entry key.
+        # Renewals on their way, by entry key: handed to an event loop and not answered yet,
+        # or being called on the heartbeat's thread (a future it completes when the call
+        # returns). What unregisters an entry waits for its renewal (see remove_batch).
         self._pending: dict[object, Future[Any]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -113,21 +115,39 @@ class Heartbeat:
             self._entries[("claim", key)] = (renew, key, lease, due)
             self._ensure_running(due)
 
-    def remove_claim(self, key: str) -> None:
-        """Stop renewing the claim on ``key``."""
+    def remove_claim(self, key: str) -> list[Future[Any]]:
+        """Stop renewing the claim on ``key``; returns its renewal still on its way, if any
+        (see :meth:`remove_batch`)."""
         with self._lock:
             self._entries.pop(("claim", key), None)
+            found = self._pending.get(("claim", key))
+        return [found] if found is not None else []
 
-    def remove(self, message: Message) -> None:
-        """Stop renewing ``message``'s lease."""
-        with self._lock:
-            self._entries.pop(id(message), None)
+    def remove(self, message: Message) -> list[Future[Any]]:
+        """Stop renewing ``message``'s lease (see :meth:`remove_batch`)."""
+        return self.remove_batch((message,))
 
-    def remove_batch(self, messages: Sequence[Message]) -> None:
-        """Stop renewing the leases of ``messages``."""
+    def remove_batch(self, messages: Sequence[Message]) -> list[Future[Any]]:
+        """Stop renewing the leases of ``messages``; returns the renewals of theirs still on
+        their way.
+
+        No renewal of theirs starts after this returns, but one already sent may reach the
+        broker later: wait for the returned futures before giving a message back (a release
+        or a retry delay), or that renewal would hide the message again for a whole lease.
+        """
+        if not messages:
+            return []
         with self._lock:
+            entries, pending = self._entries, self._pending
+            on_way: list[Future[Any]] = []
             for message in messages:
-                self._entries.pop(id(message), None)
+                key = id(message)
+                entry = entries.pop(key, None)
+                if pending and entry is not None and entry[1] is message:
+                    found = pending.get(key)
+                    if found is not None:
+                        on_way.append(found)
+        return on_way
 
     def _ensure_running(self, due: float) -> None:
         # Called with the lock held.
@@ -170,19 +190,36 @@ class Heartbeat:
                 # A renewal still on its way (on a busy loop) is not piled up with another.
                 due = [(key, entry) for key, entry in due if key not in self._pending]
             for key, (renew, target, lease, _) in due:
+                calling: Future[Any] = Future()
+                with self._lock:
+                    # Unregistered meanwhile (settled, given back): not renewed any more.
+                    found = self._entries.get(key)
+                    if found is None or found[1] is not target:
+                        continue
+                    self._pending[key] = calling
                 try:
                     kept = renew(target, lease)
                 except Exception:
                     logger.warning(
                         "could not renew the lease of %s", _describe(target), exc_info=True
                     )
+                    self._called(key, calling)
                     continue
                 if isinstance(kept, Future):
                     with self._lock:
                         self._pending[key] = kept
+                    calling.set_result(None)  # the call is done; the loop's answer is awaited
                     kept.add_done_callback(functools.partial(self._answered, key, target))
                 else:
+                    self._called(key, calling)
                     self._kept(key, target, kept)
+
+    def _called(self, key: object, calling: Future[Any]) -> None:
+        """A renewal called on this thread returned (or raised)."""
+        with self._lock:
+            if self._pending.get(key) is calling:
+                del self._pending[key]
+        calling.set_result(None)
 
     def _sleep(self, until: float, seconds: float) -> None:
         """Wait (lock held) until ``until`` by the clock, ``seconds`` from now, or until an

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
+from concurrent import futures
+from concurrent.futures import Future
 from typing import Any
 
 from melange.backends.async_interfaces import AsyncMessagingBackend
@@ -42,7 +44,8 @@ from melange.dispatch.effects import (
 from melange.dispatch.leases import Heartbeat
 from melange.models import Message
 
-#: Effects that never block: lease bookkeeping and a look at the backend's state.
+#: Effects that never wait for a broker: lease bookkeeping and a look at the backend's state
+#: (an :class:`Unwatch` may wait for a renewal already on its way).
 LOCAL: tuple[type, ...] = (Holds, Watch, Unwatch)
 #: Effects that settle a message with the broker.
 SETTLING: tuple[type, ...] = (Ack, Nack, Release, DeadLetter)
@@ -115,13 +118,15 @@ class BlockingPerformer:
         watch(self._leases, effect, self._cache.renew if self._cache is not None else None)
 
     def _unwatch(self, effect: Unwatch) -> None:
-        unwatch(self._leases, effect)
+        unwatch_and_wait(self._leases, effect)
 
 
 class AsyncPerformer:
     """Performs the engine's effects on an event loop, awaiting the asynchronous contracts.
 
-    :attr:`inline` holds the effects that never block (:data:`LOCAL`), performed at once;
+    :attr:`inline` holds the effects that never block (:data:`LOCAL` but
+    :class:`~melange.dispatch.effects.Unwatch`, which may wait for a renewal on its way),
+    performed at once;
     :attr:`awaited` the broker and cache effects, awaited. Running a consumer and sleeping
     are the dispatcher's (they depend on its worker threads and on stopping), so it adds
     :class:`~melange.dispatch.effects.Invoke` and :class:`~melange.dispatch.effects.Sleep`.
@@ -154,7 +159,6 @@ class AsyncPerformer:
         self.inline: dict[type, Callable[[Any], Any]] = {
             Holds: lambda e: backend.holds(e.message),
             Watch: self._watch,
-            Unwatch: lambda e: unwatch(leases, e),
         }
         self.awaited: dict[type, Callable[[Any], Awaitable[Any]]] = {
             Receive: lambda e: backend.retrieve_messages(e.queue, **e.options),
@@ -165,6 +169,7 @@ class AsyncPerformer:
             Claim: self._claim,
             FinishClaim: self._finish_claim,
             ProbeCache: self._probe,
+            Unwatch: self._unwatch,
         }
         if fetch is not None:
             # A payload store is reached with blocking calls (boto3, a file, a database).
@@ -196,6 +201,13 @@ class AsyncPerformer:
         self._on_watch()
         watch(self._leases, effect, self._renew_claim)
 
+    def _unwatch(self, effect: Unwatch) -> Awaitable[None]:
+        # Awaited, though almost always with nothing on its way: no coroutine made then.
+        on_way = unwatch(self._leases, effect)
+        if not on_way:
+            return _NOTHING_ON_WAY
+        return _await_renewals(on_way)
+
 
 def watch(
     leases: Heartbeat | None, effect: Watch, renew_claim: Callable[[str, float], Any] | None
@@ -211,14 +223,46 @@ def watch(
         leases.add_claim(effect.key, effect.lease, renew_claim)
 
 
-def unwatch(leases: Heartbeat | None, effect: Unwatch) -> None:
-    """Stop renewing what ``effect`` names."""
+#: How long a settlement waits for a lease renewal already on its way, at most (a renewal
+#: is one request; one that hangs longer is the broker's problem, reported by its own call).
+RENEWAL_WAIT_SECONDS = 10.0
+
+
+def unwatch(leases: Heartbeat | None, effect: Unwatch) -> list[Future[Any]]:
+    """Stop renewing what ``effect`` names; returns the renewals still on their way, which
+    must end before what follows (giving a message back, finishing a claim) is sent, or they
+    would undo it."""
     if leases is None:
-        return
+        return []
+    on_way: list[Future[Any]] = []
     if effect.messages:
-        leases.remove_batch(effect.messages)
+        on_way += leases.remove_batch(effect.messages)
     if effect.key is not None:
-        leases.remove_claim(effect.key)
+        on_way += leases.remove_claim(effect.key)
+    return on_way
+
+
+def unwatch_and_wait(leases: Heartbeat | None, effect: Unwatch) -> None:
+    """:func:`unwatch`, then wait for the renewals on their way (on this thread)."""
+    on_way = unwatch(leases, effect)
+    if on_way:
+        futures.wait(on_way, timeout=RENEWAL_WAIT_SECONDS)
+
+
+class _Done:
+    """An awaitable that is already done (awaiting it makes no coroutine)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_NOTHING_ON_WAY = _Done()
+
+
+async def _await_renewals(on_way: list[Future[Any]]) -> None:
+    await asyncio.wait([asyncio.wrap_future(f) for f in on_way], timeout=RENEWAL_WAIT_SECONDS)
 
 
 def invoke(effect: Invoke) -> None:
