@@ -62,6 +62,19 @@ def all_done(journal: Path, count: int, work: WorkQueue) -> Callable[[], bool]:
     return check
 
 
+def _unfinished(journal: Path, count: int, work: WorkQueue) -> str:
+    """What a scenario that timed out was still waiting for, and what its workers logged."""
+    missing = sorted(set(range(count)) - set(Journal.read(journal).ends))
+    logs = []
+    for log in sorted(journal.parent.glob(journal.name + ".*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        logs.append(f"--- {log.name} (last lines)\n" + "\n".join(lines[-15:]))
+    return (
+        f"{len(missing)} message(s) never handled: {missing[:20]}; {work.left()} left on the "
+        "queue\n" + "\n".join(logs)
+    )
+
+
 def worker_config(work: WorkQueue, journal: Path, **extra: Any) -> dict[str, Any]:
     """The configuration of ``consumer_worker.py`` for ``work``."""
     return {"backend": work.spec, "queue": work.queue, "journal": str(journal), **extra}
@@ -198,7 +211,10 @@ def sigterm_drains(
         left = work.left() if count_left else -1
         at_stop = Journal.read(journal)
         second = spawn_worker(config)
-        wait_for(all_done(journal, count, work), rest_timeout, "the next consumer to finish")
+        try:
+            wait_for(all_done(journal, count, work), rest_timeout, "the next consumer to finish")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {_unfinished(journal, count, work)}") from None
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
     finally:
