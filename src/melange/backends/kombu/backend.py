@@ -43,7 +43,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from kombu.transport import virtual as kombu_virtual
@@ -726,12 +726,8 @@ class KombuBackend(MessagingBackend):
         """
         if not self._confirming or sum(len(t[0].body) for t in targets) > _INLINE_BYTES:
             raise WouldBlock("this publish may wait for the broker")
-        if not self._lock.acquire(blocking=False):
-            raise WouldBlock("another thread is using the kombu connection")
-        try:
+        with self._connection_free(opened=True):
             publish = self._publish
-            if self._closed or publish is None or self._consume is None or self._raw is None:
-                raise WouldBlock("the kombu connection is not open")
             seqs: list[int] = []
             try:
                 for outgoing, exchange, key in targets:
@@ -744,8 +740,6 @@ class KombuBackend(MessagingBackend):
                 self._reset()
                 seqs.append(-1)  # never confirmed: published again
             return seqs
-        finally:
-            self._lock.release()
 
     def _confirmed_now(self, seqs: Sequence[int]) -> bool:
         """Read what the connection received, without waiting, and tell whether the broker
@@ -757,17 +751,30 @@ class KombuBackend(MessagingBackend):
             PublishError: the broker refused some of them.
             ConnectionError: the connection was lost before it confirmed them all.
         """
-        if not self._lock.acquire(blocking=False):
-            raise WouldBlock("another thread is using the kombu connection")
-        try:
+        with self._connection_free(opened=False):
             if self._raw is not None and not self._closed:
                 try:
                     self._drain()
-                except self._recoverable:
-                    self._reset()
-                except self._connection.channel_errors:
+                except (*self._recoverable, *self._connection.channel_errors):
                     self._reset()
             return self._confirmed(seqs)
+
+    @contextlib.contextmanager
+    def _connection_free(self, opened: bool) -> Iterator[None]:
+        """Hold the lock for a call on an event loop that must not wait: taken only if free
+        (and, with ``opened``, the channels open).
+
+        Raises:
+            WouldBlock: another thread is using the connection, or it is not open.
+        """
+        if not self._lock.acquire(blocking=False):
+            raise WouldBlock("another thread is using the kombu connection")
+        try:
+            if opened and (
+                self._closed or self._consume is None or self._publish is None or self._raw is None
+            ):
+                raise WouldBlock("the kombu connection is not open")
+            yield
         finally:
             self._lock.release()
 
@@ -1045,18 +1052,12 @@ class KombuBackend(MessagingBackend):
             broken = None
         else:
             raise WouldBlock(f"{type(self).__name__}.{name} may wait for the broker")
-        if not self._lock.acquire(blocking=False):
-            raise WouldBlock("another thread is using the kombu connection")
-        try:
-            if self._closed or self._consume is None or self._publish is None or self._raw is None:
-                raise WouldBlock("the kombu connection is not open")
+        with self._connection_free(opened=True):
             try:
                 return operation(self._consume)  # type: ignore[no-any-return]
             except self._recoverable:
                 self._reset()
                 return broken  # type: ignore[no-any-return]
-        finally:
-            self._lock.release()
 
     def _cancel(self, channel: Any, queue: str) -> None:
         """Stop consuming ``queue`` and give back what its consumer was pushed and no receive
