@@ -921,27 +921,22 @@ class KombuBackend(MessagingBackend):
         consumer started when there is none.
 
         When it was pushed nothing because its prefetch window is full (the caller holds that
-        many of its messages unsettled and asks for more), the queue's next messages are
-        taken with ``basic_get``.
+        many of its messages unsettled and asks for more), or the broker cancelled it (the
+        queue is gone?), the queue's next messages are taken with ``basic_get``.
         """
         self._consumer(channel, queue, limit * _WINDOW_BATCHES)
-        self._took[queue] = time.monotonic()
-        self._drain()
-        pushed = self._pushed.get(queue)
-        window = self._window.get(queue)
-        if pushed is None or window is None:  # the broker cancelled it: the queue is gone?
+        try:
+            return self._take_pushed(channel, queue, limit)
+        except WouldBlock:
             return self._get(channel, queue, limit)
-        if not pushed:
-            # The broker pushes nothing more until some of the window is settled.
-            return self._get(channel, queue, limit) if len(window) >= self._prefetch[queue] else []
-        return self._hand_out(queue, pushed, window, limit)
 
     def _take_pushed(self, channel: Any, queue: str, limit: int) -> list[Message]:
-        """:meth:`_take` without a call that waits for the broker (under the lock).
+        """Up to ``limit`` messages the queue's consumer was pushed, read without waiting
+        (under the lock).
 
         Raises:
-            WouldBlock: the queue's consumer is not started, or its window is full (both
-                need a round trip to the broker).
+            WouldBlock: the queue's consumer is not started, the broker cancelled it, or
+                its window is full (each needs a round trip to the broker).
         """
         if queue not in self._consumers:
             raise WouldBlock(f"queue {queue!r} is not consumed yet")
