@@ -1,10 +1,12 @@
 """A message given back for a delayed retry comes back after that delay, even when a renewal
 of its lease was on its way to the broker at that moment (the renewal used to land after
-the give-back and hide the message for a whole lease), under every driver."""
+the give-back and hide the message for a whole lease), under every driver, on both embedded
+brokers with renewals slowed down as a remote broker's are."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,8 @@ from melange import (
     JsonSerializer,
     QueuePublisher,
 )
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.sqlite import SQLiteBackend
 from melange.models import Message
 
 #: A lease of 3 s is renewed after 1 s; each renewal takes 1 s to reach the broker.
@@ -37,9 +41,26 @@ class SlowRenewals(InMemoryMessagingBackend):
         super().extend_visibility(message, seconds)
 
 
+class SlowSQLiteRenewals(SQLiteBackend):
+    """The SQLite broker, with lease renewals that take a while to arrive."""
+
+    def extend_visibility(self, message: Message, seconds: float) -> None:
+        time.sleep(RENEWAL_TRIP)
+        super().extend_visibility(message, seconds)
+
+
+def _slow_backend(kind: str, tmp_path: Path) -> MessagingBackend:
+    if kind == "memory":
+        return SlowRenewals(visibility_timeout=LEASE)
+    return SlowSQLiteRenewals(tmp_path / "broker.sqlite3", visibility_timeout=LEASE)
+
+
 @pytest.mark.timeout(60)
-def test_a_retry_delay_holds_while_a_lease_renewal_is_on_its_way(driver: Driver) -> None:
-    backend = SlowRenewals(visibility_timeout=LEASE)
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_retry_delay_holds_while_a_lease_renewal_is_on_its_way(
+    driver: Driver, kind: str, tmp_path: Path
+) -> None:
+    backend = _slow_backend(kind, tmp_path)
     # FIFO: a delayed retry keeps the message leased to this consumer until the delay ends,
     # so a renewal landing late pushes its return back.
     backend.declare_queue("orders.fifo", fifo=True)
