@@ -72,7 +72,10 @@ def relay_dies_after_a_confirmed_batch(args: argparse.Namespace) -> None:
 
     def publish_then_hang(messages: Sequence[Message], queue: QueueWrapper, **kw: Any) -> None:
         publish(messages, queue, **kw)
-        Path(args.marker).write_text(str(len(messages)))
+        # Written aside then renamed: the test polls for the marker and must never see it empty.
+        pending = Path(args.marker).with_suffix(".pending")
+        pending.write_text(str(len(messages)))
+        pending.replace(args.marker)
         time.sleep(600)
 
     backend.publish_batch_to_queue = publish_then_hang  # type: ignore[method-assign]
