@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.loop_wait import LoopReceiver, can_wait_on_loop
 from melange.exceptions import WouldBlock
 from melange.models import Message, QueueWrapper, TopicWrapper
 
@@ -169,10 +170,12 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
 
     Calls run on worker threads (:meth:`run_blocking`, ``asyncio.to_thread`` unless a
     subclass runs them elsewhere); for a backend that never blocks (``blocking = False``) they
-    run inline on the loop, except a receive that must wait for messages. A backend that
-    blocks only now and then (``inline_when_free``) has each call tried on the loop first
+    run inline on the loop. A backend that blocks only now and then (``inline_when_free``) has
+    each call tried on the loop first
     (:meth:`~melange.backends.interfaces.MessagingBackend.run_inline`), and only those that
-    would wait go to a thread. Use :func:`as_async` rather than this class.
+    would wait go to a thread. A receive that must wait for messages waits on the loop when
+    the backend can be watched (:mod:`melange.backends.loop_wait`), else on a thread. Use
+    :func:`as_async` rather than this class.
     """
 
     name = "blocking-adapter"
@@ -180,6 +183,9 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
     def __init__(self, backend: MessagingBackend) -> None:
         self.backend = backend
         self.loop_wait_seconds = backend.loop_wait_seconds
+        self._loop_receiver = (
+            LoopReceiver(backend, self.run_blocking) if can_wait_on_loop(backend) else None
+        )
 
     def __repr__(self) -> str:
         return f"<as_async({self.backend!r})>"
@@ -252,7 +258,15 @@ class BlockingBackendAdapter(AsyncMessagingBackend):
 
     async def retrieve_messages(self, queue: QueueWrapper, **kwargs: Any) -> list[Message]:
         backend = self.backend
-        if not backend.blocking or backend.inline_when_free:
+        if self._loop_receiver is not None:
+            received = await self._loop_receiver.receive(
+                queue,
+                int(kwargs.get("max_messages") or 10),
+                float(kwargs.get("wait_seconds") or 0.0),
+            )
+            if received is not None:
+                return received
+        elif not backend.blocking or backend.inline_when_free:
             # What is there now, on the loop; only a wait for more goes to a thread.
             try:
                 ready = backend.run_inline(

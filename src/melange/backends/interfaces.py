@@ -43,6 +43,26 @@ _T = TypeVar("_T")
 DEFAULT_MAX_RECEIVE_COUNT = 20
 
 
+class QueueWatch:
+    """A receiver's registration with :meth:`MessagingBackend.watch_queue`."""
+
+    __slots__ = ("_cancel", "_interrupted")
+
+    def __init__(self, cancel: Callable[[], None], interrupted: Callable[[], bool]) -> None:
+        self._cancel = cancel
+        self._interrupted = interrupted
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether :meth:`MessagingBackend.interrupt` was called since the watch began (the
+        receive then returns at once, with what it has)."""
+        return self._interrupted()
+
+    def cancel(self) -> None:
+        """Stop the wakes (idempotent)."""
+        self._cancel()
+
+
 @dataclass(frozen=True)
 class BackendCapabilities:
     """What a backend can do, so callers (and the conformance suite) know what to expect.
@@ -216,6 +236,28 @@ class MessagingBackend(ABC):
     def yield_messages(self, queue: QueueWrapper, **kwargs: Any) -> Iterator[Message]:
         """Yield the messages of one :meth:`retrieve_messages` call."""
         yield from self.retrieve_messages(queue, **kwargs)
+
+    def watch_queue(self, queue: QueueWrapper, wake: Callable[[], None]) -> QueueWatch | None:
+        """Have ``wake()`` called, from whichever thread publishes, when messages may have
+        arrived on ``queue``, and on :meth:`interrupt`, until the watch is cancelled.
+
+        With :meth:`poll_queue`, this lets a receive wait without a thread of its own: an
+        asyncio dispatcher waits on its event loop for the wake or the pause the poll gave,
+        whichever comes first. ``wake`` must return at once (it may run under the backend's
+        locks). ``None``, the default: this backend cannot be watched, and a receive that
+        has to wait calls :meth:`retrieve_messages` on a worker thread.
+        """
+        return None
+
+    def poll_queue(
+        self, queue: QueueWrapper, max_messages: int = 10
+    ) -> tuple[list[Message], float]:
+        """Receive without waiting: the messages claimed (at most ``max_messages``) and, when
+        there were none, how many seconds until another poll may find some that no wake
+        announces (a delayed message coming due, another process's publish). Only backends
+        whose :meth:`watch_queue` returns a watch implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be polled")
 
     @abstractmethod
     def acknowledge(self, message: Message) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from melange.backends.factory import MessagingBackendFactory
-from melange.backends.interfaces import MessagingBackend
+from melange.backends.interfaces import MessagingBackend, QueueWatch
 from melange.consumers import Consumer
 from melange.exceptions import QueueNotFoundError, TopicNotFoundError
 from melange.message_dispatcher import MessageDispatcher
@@ -126,6 +126,15 @@ class Topology:
         for topic in self._topics:
             with contextlib.suppress(Exception):
                 self.backend.delete_topic(topic)
+
+
+def _watch_or_skip(
+    backend: MessagingBackend, queue: QueueWrapper, wake: Callable[[], None]
+) -> QueueWatch:
+    watch = backend.watch_queue(queue, wake)
+    if watch is None:
+        pytest.skip("backend cannot be watched: its waiting receives take a thread")
+    return watch
 
 
 class BackendConformance:
@@ -501,6 +510,51 @@ class BackendConformance:
         [dead] = receive(backend, dlq, 1)
         assert "handler refused" in dead.headers[FAILURE_REASON]
         backend.acknowledge(dead)
+
+    # -- waiting without a thread (backends that implement watch_queue) -------------------
+
+    def test_a_watched_queue_wakes_its_watcher_on_a_publish(
+        self, backend: MessagingBackend, topology: Topology
+    ) -> None:
+        queue = topology.queue()
+        woken = threading.Event()
+        watch = _watch_or_skip(backend, queue, woken.set)
+        try:
+            assert backend.poll_queue(queue, 10)[0] == []
+            backend.publish_to_queue(make_message('"ring"'), queue)
+            assert woken.wait(RECEIVE_TIMEOUT), "a publish did not wake the watcher"
+            assert not watch.interrupted
+        finally:
+            watch.cancel()
+        messages, _ = backend.poll_queue(queue, 10)
+        assert [m.content for m in messages] == ['"ring"']
+        backend.acknowledge_batch(messages)
+        woken.clear()
+        backend.publish_to_queue(make_message('"quiet"'), queue)
+        assert not woken.wait(0.2), "a cancelled watch was woken"
+
+    def test_an_empty_poll_says_when_to_look_again(
+        self, backend: MessagingBackend, topology: Topology
+    ) -> None:
+        queue = topology.queue()
+        watch = _watch_or_skip(backend, queue, lambda: None)
+        watch.cancel()
+        messages, pause = backend.poll_queue(queue, 10)
+        assert messages == []
+        assert 0 < pause < float("inf")
+
+    def test_an_interrupt_wakes_a_watcher_and_marks_its_watch(
+        self, backend: MessagingBackend, topology: Topology
+    ) -> None:
+        queue = topology.queue()
+        woken = threading.Event()
+        watch = _watch_or_skip(backend, queue, woken.set)
+        try:
+            backend.interrupt()
+            assert woken.wait(RECEIVE_TIMEOUT), "an interrupt did not wake the watcher"
+            assert watch.interrupted
+        finally:
+            watch.cancel()
 
     def test_topic_publisher_reaches_a_dispatcher(
         self, backend: MessagingBackend, topology: Topology

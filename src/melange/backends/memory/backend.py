@@ -23,7 +23,7 @@ from melange.backends.embedded_rules import (
     dead_letter_copy,
 )
 from melange.backends.heap import LARGE_BACKLOG, return_freed_memory
-from melange.backends.interfaces import BackendCapabilities, MessagingBackend
+from melange.backends.interfaces import BackendCapabilities, MessagingBackend, QueueWatch
 from melange.backends.memory.topology import (
     QueueState,
     Receipt,
@@ -104,8 +104,10 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._local = threading.local()
         # Bumped by interrupt(): blocked receivers return early when it changes.
         self._interrupts = 0
-        # Queue name -> receivers waiting on it.
+        # Queue name -> receivers waiting on it (watchers included).
         self._waiting: dict[str, int] = {}
+        # Queue name -> wake callbacks of receivers waiting without a thread (watch_queue).
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -357,38 +359,82 @@ class InMemoryMessagingBackend(MessagingBackend):
         max_messages = int(kwargs.get("max_messages") or 10)
         wait = float(kwargs.get("wait_seconds") or 0.0)
         deadline = time.monotonic() + wait
+        name = queue.name
         with self._lock:
             generation = self._interrupts
             while True:
-                target = require(self._queues, queue.name)
-                received = self._receive(target, max_messages)
-                if not received and emptied_after_backlog(target, LARGE_BACKLOG):
-                    # A large backlog was drained: its memory goes back to the system now
-                    # that a receive finds nothing to deliver (not at the acknowledgement of
-                    # its last message, which would delay that message's consumer), and
-                    # without the lock, which publishers and other receivers need.
-                    self._lock.release()
-                    try:
-                        return_freed_memory()
-                    finally:
-                        self._lock.acquire()
-                    continue
+                received, pause = self._poll(name, max_messages)
                 remaining = deadline - time.monotonic()
                 if received or remaining <= 0 or generation != self._interrupts:
                     return received
-                name = target.name
+                if pause <= 0:
+                    continue
                 arrived = self._arrived.get(name)
                 if arrived is None:
                     arrived = self._arrived[name] = threading.Condition(self._lock)
                 self._waiting[name] = self._waiting.get(name, 0) + 1
                 try:
-                    if not target.inbox:
-                        arrived.wait(min(remaining, self._next_wakeup(target)))
+                    if not require(self._queues, name).inbox:
+                        arrived.wait(min(remaining, pause))
                 finally:
-                    if self._waiting[name] > 1:
-                        self._waiting[name] -= 1
-                    else:
-                        del self._waiting[name]
+                    self._stop_waiting(name)
+
+    def poll_queue(
+        self, queue: QueueWrapper, max_messages: int = 10
+    ) -> tuple[list[Message], float]:
+        """Receive up to ``max_messages`` without waiting; when there are none, also say how
+        long until a delayed or leased message is due."""
+        with self._lock:
+            return self._poll(queue.name, int(max_messages))
+
+    def watch_queue(self, queue: QueueWrapper, wake: Callable[[], None]) -> QueueWatch:
+        """Call ``wake()`` on each publish to ``queue`` and on :meth:`interrupt` (see
+        :meth:`MessagingBackend.watch_queue`)."""
+        name = queue.name
+        with self._lock:
+            generation = self._interrupts
+            self._watchers.setdefault(name, []).append(wake)
+            # Counted as a waiting receiver: lock-free publishes then take the lock to wake it.
+            self._waiting[name] = self._waiting.get(name, 0) + 1
+
+        def cancel() -> None:
+            with self._lock:
+                watchers = self._watchers.get(name)
+                if watchers is None or wake not in watchers:
+                    return
+                watchers.remove(wake)
+                if not watchers:
+                    del self._watchers[name]
+                self._stop_waiting(name)
+
+        return QueueWatch(cancel, lambda: self._interrupts != generation)
+
+    def _poll(self, name: str, max_messages: int) -> tuple[list[Message], float]:
+        """With the lock held: receive without waiting, and when nothing came, how long until
+        something is due (``0``: messages landed meanwhile)."""
+        while True:
+            target = require(self._queues, name)
+            received = self._receive(target, max_messages)
+            if received:
+                return received, 0.0
+            if emptied_after_backlog(target, LARGE_BACKLOG):
+                # A large backlog was drained: its memory goes back to the system now that a
+                # receive finds nothing to deliver (not at the acknowledgement of its last
+                # message, which would delay that message's consumer), and without the lock,
+                # which publishers and other receivers need.
+                self._lock.release()
+                try:
+                    return_freed_memory()
+                finally:
+                    self._lock.acquire()
+                continue
+            return [], 0.0 if target.inbox else self._next_wakeup(target)
+
+    def _stop_waiting(self, name: str) -> None:
+        if self._waiting[name] > 1:
+            self._waiting[name] -= 1
+        else:
+            del self._waiting[name]
 
     def _wake(self, *queue_names: str) -> None:
         """Wake the receivers waiting on ``queue_names`` (on every queue when none given)."""
@@ -398,7 +444,11 @@ class InMemoryMessagingBackend(MessagingBackend):
             return
         for name in queue_names or list(waiting):
             if waiting.get(name):
-                self._arrived[name].notify_all()
+                arrived = self._arrived.get(name)
+                if arrived is not None:
+                    arrived.notify_all()
+                for wake in self._watchers.get(name, ()):
+                    wake()
 
     def _next_wakeup(self, queue: QueueState) -> float:
         times = [t for t, _ in queue.leases[:1]] + [t for t, _, _ in queue.pending[:1]]

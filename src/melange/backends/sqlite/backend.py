@@ -22,6 +22,7 @@ from melange.backends.heap import return_freed_memory_when_idle
 from melange.backends.interfaces import (
     BackendCapabilities,
     MessagingBackend,
+    QueueWatch,
 )
 from melange.backends.names import check_embedded_name
 from melange.backends.numbers import check_number, check_optional_number
@@ -404,8 +405,6 @@ class SQLiteBackend(MessagingBackend):
         stays empty.
         """
         max_messages = int(kwargs.get("max_messages") or 10)
-        if max_messages < 1:
-            raise ValueError(f"max_messages must be at least 1, got {max_messages}")
         wait = float(kwargs.get("wait_seconds") or 0.0)
         deadline = time.monotonic() + wait
         name = queue.name
@@ -414,31 +413,53 @@ class SQLiteBackend(MessagingBackend):
             interrupts = self._interrupts
         while True:
             publishes = doorbell.rings(name)
-            received, due = self._receive(name, max_messages)
-            if received:
-                self._idle_waits.pop(name, None)
-                self._delivering.add(name)
-                return received
-            if name in self._delivering:
-                # The queue just ran dry: a drained backlog's memory can go back.
-                self._delivering.discard(name)
-                return_freed_memory_when_idle()
+            received, pause = self._poll(name, max_messages)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if received or remaining <= 0:
                 return received
-            idle = self._idle_waits.get(name, self._poll_interval)
-            self._idle_waits[name] = min(idle * 2, self._max_poll_interval)
-            timeout = min(remaining, idle)
-            if due is not None:
-                until_due = due - self._clock()
-                if until_due > 0:
-                    timeout = min(timeout, until_due)
             with doorbell.lock:
                 if self._interrupts != interrupts:
                     return []
-                doorbell.wait(name, publishes, timeout)
+                doorbell.wait(name, publishes, min(remaining, pause))
                 if self._interrupts != interrupts:
                     return []
+
+    def poll_queue(
+        self, queue: QueueWrapper, max_messages: int = 10
+    ) -> tuple[list[Message], float]:
+        """Claim up to ``max_messages`` visible messages without waiting; when there are none,
+        also say how long until the next check is due (see :meth:`retrieve_messages`)."""
+        return self._poll(queue.name, int(max_messages))
+
+    def watch_queue(self, queue: QueueWrapper, wake: Callable[[], None]) -> QueueWatch:
+        """Call ``wake()`` on each publish to ``queue`` from this process and on
+        :meth:`interrupt` (see :meth:`MessagingBackend.watch_queue`)."""
+        doorbell = self._db.doorbell
+        with doorbell.lock:
+            interrupts = self._interrupts
+        unwatch = doorbell.watch(queue.name, wake)
+        return QueueWatch(unwatch, lambda: self._interrupts != interrupts)
+
+    def _poll(self, name: str, max_messages: int) -> tuple[list[Message], float]:
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, got {max_messages}")
+        received, due = self._receive(name, max_messages)
+        if received:
+            self._idle_waits.pop(name, None)
+            self._delivering.add(name)
+            return received, 0.0
+        if name in self._delivering:
+            # The queue just ran dry: a drained backlog's memory can go back.
+            self._delivering.discard(name)
+            return_freed_memory_when_idle()
+        # Other processes' publishes ring no bell here: checked at a backed-off interval.
+        pause = self._idle_waits.get(name, self._poll_interval)
+        self._idle_waits[name] = min(pause * 2, self._max_poll_interval)
+        if due is not None:
+            until_due = due - self._clock()
+            if until_due > 0:
+                pause = min(pause, until_due)
+        return [], pause
 
     def _receive(self, queue_name: str, max_messages: int) -> tuple[list[Message], float | None]:
         """The messages claimed, and when nothing was: the time the queue's next message

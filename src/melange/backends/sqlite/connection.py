@@ -473,6 +473,8 @@ class Doorbell:
         self.lock = threading.Lock()
         self._rings: dict[str, int] = {}
         self._conditions: dict[str, threading.Condition] = {}
+        # Queue -> callbacks of receivers waiting without a thread (an event loop's).
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
 
     def rings(self, queue: str) -> int:
         """How many times publishes to ``queue`` rang (read before looking at the queue)."""
@@ -486,6 +488,8 @@ class Doorbell:
                 condition = self._conditions.get(queue)
                 if condition is not None:
                     condition.notify_all()
+                for wake in self._watchers.get(queue, ()):
+                    wake()
 
     def wait(self, queue: str, rings: int, timeout: float) -> None:
         """With :attr:`lock` held: wait up to ``timeout`` seconds for a publish to ``queue``,
@@ -501,6 +505,25 @@ class Doorbell:
         """With :attr:`lock` held: wake every waiting receiver, whatever its queue."""
         for condition in self._conditions.values():
             condition.notify_all()
+        for watchers in self._watchers.values():
+            for wake in watchers:
+                wake()
+
+    def watch(self, queue: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake()`` (under :attr:`lock`) on each publish to ``queue`` and on
+        :meth:`wake_all`; returns what ends that."""
+        with self.lock:
+            self._watchers.setdefault(queue, []).append(wake)
+
+        def unwatch() -> None:
+            with self.lock:
+                watchers = self._watchers.get(queue)
+                if watchers is not None and wake in watchers:
+                    watchers.remove(wake)
+                    if not watchers:
+                        del self._watchers[queue]
+
+        return unwatch
 
 
 _DOORBELLS: dict[str, Doorbell] = {}
