@@ -164,12 +164,14 @@ def _with_asyncio_worker(
     return [*specs[: after + 1], extra, *specs[after + 1 :]]
 
 
-def _adapted_note(specs: list[ContenderSpec]) -> str:
+def _embedded_asyncio_note(specs: list[ContenderSpec]) -> str:
     asyncio_spec = next(spec for spec in specs if spec.key == ASYNCIO_KEY)
     return (
-        f"{asyncio_spec.label}: AsyncMessageDispatcher with an async handler; the backend has "
-        "no asyncio-native twin here, so the dispatcher adapts the blocking one (as_async) "
-        "and the messages are published from a thread as for the threaded row."
+        f"{asyncio_spec.label}: an asyncio service on the embedded backend: an "
+        "AsyncMessageDispatcher with an async handler and an AsyncQueuePublisher on one "
+        "event loop, both on the blocking backend adapted (as_async), whose calls run on "
+        "the loop and whose waiting receives wait there (the threaded row publishes from a "
+        "thread beside its consume loop)."
     )
 
 
@@ -359,7 +361,7 @@ def memory_suite(sizes: Sizes) -> Suite:
             "Melange: a publisher thread and the dispatcher's consume loop on one "
             "InMemoryMessagingBackend (JSON encode, enqueue, receive, decode, route, handler, "
             "ack).",
-            _adapted_note(specs),
+            _embedded_asyncio_note(specs),
             f"FastStream's TestRabbitBroker calls the subscriber inside each publish; it runs "
             f"{sizes.memory_peer_n} messages per round (it is much slower, and its memory grows "
             "with the count), compared per message.",
@@ -398,7 +400,7 @@ def sqlite_suite(sizes: Sizes, directory: str) -> Suite:
         [
             "Both: one database file in WAL mode with synchronous=NORMAL, a commit per publish "
             "and per acknowledgement, a publisher thread and a consumer in one process.",
-            _adapted_note(specs),
+            _embedded_asyncio_note(specs),
         ],
     )
 

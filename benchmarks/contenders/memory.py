@@ -11,15 +11,15 @@ import uuid
 from importlib.metadata import version
 from typing import Any
 
-from benchmarks.contenders.melange_common import MelangeContender
+from benchmarks.contenders.melange_common import EmbeddedContender
 from benchmarks.workload import Contender, Payload, Tally, make_payload
 
 
-class MelangeMemory(MelangeContender):
-    """Melange on ``InMemoryMessagingBackend``: publisher thread, dispatcher consume loop."""
+class MelangeMemory(EmbeddedContender):
+    """Melange on ``InMemoryMessagingBackend``: publisher thread, dispatcher consume loop (under
+    asyncio: both on one event loop)."""
 
     label = "Melange in-memory"
-    shared_backend = True
 
     def make_backend(self) -> Any:
         from melange import InMemoryMessagingBackend

@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from benchmarks.contenders.melange_common import MelangeContender
+from benchmarks.contenders.melange_common import EmbeddedContender
 from benchmarks.workload import Contender, Payload, Stopwatch, Tally
 
 IDLE_TIMEOUT = 60.0
@@ -26,11 +26,10 @@ def _fresh_dir(params: dict[str, Any], name: str) -> Path:
     return root
 
 
-class MelangeSQLite(MelangeContender):
+class MelangeSQLite(EmbeddedContender):
     """Melange on ``SQLiteBackend`` (one instance: it wakes its own receivers on publish)."""
 
     label = "Melange SQLite"
-    shared_backend = True
 
     def make_backend(self) -> Any:
         from melange.backends.sqlite import SQLiteBackend
