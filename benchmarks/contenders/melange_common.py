@@ -44,19 +44,6 @@ class MelangeContender(Contender):
         """A new asyncio-native backend instance, or ``None`` when the backend has none."""
         return None
 
-
-class EmbeddedContender(MelangeContender):
-    """An embedded backend, whose asyncio face is the blocking backend adapted (``as_async``):
-    under ``driver="asyncio"`` an ``AsyncQueuePublisher`` publishes on the dispatcher's loop
-    through it, as an asyncio service using the backend does."""
-
-    shared_backend = True
-
-    def make_async_backend(self) -> Any | None:
-        from melange.backends.async_interfaces import as_async
-
-        return as_async(self.make_backend())
-
     def queue_options(self) -> dict[str, Any]:
         """Keyword arguments for declaring the benchmark queue."""
         return {}
@@ -171,3 +158,16 @@ class EmbeddedContender(MelangeContender):
                 backend.close_connection()
         if self.loop is not None:
             self.loop.close()
+
+
+class EmbeddedContender(MelangeContender):
+    """An embedded backend, whose asyncio face is the blocking backend adapted (``as_async``):
+    under ``driver="asyncio"`` an ``AsyncQueuePublisher`` publishes on the dispatcher's loop
+    through it, as an asyncio service using the backend does."""
+
+    shared_backend = True
+
+    def make_async_backend(self) -> Any | None:
+        from melange.backends.async_interfaces import as_async
+
+        return as_async(self.make_backend())
