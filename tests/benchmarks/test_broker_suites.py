@@ -72,3 +72,28 @@ def test_each_kombu_suite_compares_melange_with_raw_kombu(broker: suites.Broker)
     judged = [t for t in suites.TARGETS if t.suite == broker.suite]
     assert ("kombu", None, 0.9) in {(t.contender, t.numerator, t.threshold) for t in judged}
     assert any(t.linearity and t.threshold == 0.8 for t in judged)
+
+
+def test_every_melange_contender_publishes_and_consumes_as_melange() -> None:
+    # Each Melange worker's class is a whole MelangeContender: none falls back on the base
+    # contender's methods, which only raise.
+    from benchmarks.contenders.melange_common import MelangeContender
+    from benchmarks.workload import Contender
+
+    every = [
+        *(
+            suites.broker_suite(broker, suites.QUICK)
+            for broker in (*suites.BROKERS, *suites.KOMBU_BROKERS)
+        ),
+        suites.rabbit_suite(suites.QUICK),
+        suites.sqs_suite(suites.QUICK, 0, None),
+        suites.memory_suite(suites.QUICK),
+        suites.sqlite_suite(suites.QUICK, "/tmp/unused"),
+    ]
+    for suite in every:
+        for spec in (spec for spec in suite.specs if spec.melange):
+            module, _, name = spec.target.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+            assert issubclass(cls, MelangeContender), spec.target
+            for method in ("setup", "publish_one", "consume", "teardown", "purge"):
+                assert getattr(cls, method) is not getattr(Contender, method), (spec.target, method)
