@@ -24,8 +24,8 @@ from melange.models import Message, QueueWrapper
 BUSY_PAUSE = 0.001
 BUSY_PAUSE_MAX = 0.05
 
-#: How long a receiver of a queue that keeps filling its batches waits, once woken by a
-#: publish, for more messages to claim together.
+#: How long a receiver of a busy queue (see :data:`BUSY_WINDOW`) that finds it empty, or is
+#: woken by a publish to it, waits for more messages to claim together.
 GATHER_SECONDS = 0.001
 #: A queue that delivered this recently is busy: see :class:`LoopReceiver`.
 BUSY_WINDOW = 0.01
