@@ -3,7 +3,9 @@
 Started as ``python -m benchmarks.worker module:Class '<json params>'``. It reads one JSON
 command per line on stdin (``{"op": "e2e", "args": {"n": 1000}}``) and answers one JSON line
 on the original stdout with the result, the process CPU seconds the operation took and the
-peak resident memory of the process so far. Anything the libraries print goes to stderr.
+peak resident memory of the process so far. A contender with a ``before_operation(op)``
+method has it called before each operation, outside the timed section. Anything the
+libraries print goes to stderr.
 
 Standard library only at import time: it also runs under the released 7.2.0 interpreter.
 """
@@ -50,10 +52,18 @@ def main(argv: list[str]) -> int:
         reply({"ok": False, "error": traceback.format_exc()})
         return 1
     reply({"ok": True, "result": {"versions": versions}, "peak_rss_kb": _peak_rss_kb()})
+    # A contender may bring its broker to a known state before each operation, untimed.
+    prepare = getattr(contender, "before_operation", None)
     for line in sys.stdin:
         command = json.loads(line)
         if command["op"] == "quit":
             break
+        try:
+            if prepare is not None and command["op"] != "reset":
+                prepare(command["op"])
+        except BaseException:
+            reply({"ok": False, "error": traceback.format_exc()})
+            continue
         cpu, wall = _cpu_seconds(), time.perf_counter()
         try:
             result = getattr(contender, "op_" + command["op"])(**command.get("args", {}))

@@ -203,7 +203,7 @@ class FastStreamRedisStreams(FastStreamContender):
         redis_streams.delete_keys(self.prefix)
 
 
-class FastStreamKafka(FastStreamContender):
+class FastStreamKafka(kafka.FreshBroker, FastStreamContender):
     """FastStream's KafkaBroker (aiokafka): ``publish`` waits for the write (``acks=all``);
     a consumer group reading up to 10 records at a time, committing after each handler."""
 

@@ -16,7 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.runner import ContenderSpec, Measurement, SuiteResult, run_suite  # noqa: E402
+from benchmarks.runner import (  # noqa: E402
+    ContenderSpec,
+    Measurement,
+    SuiteResult,
+    Worker,
+    run_suite,
+)
 from benchmarks.workload import IntegrityError, Tally, make_payload, percentile  # noqa: E402
 
 from benchmarks import report, suites  # noqa: E402
@@ -187,3 +193,26 @@ def test_scale_targets_judge_the_worst_ratio_and_the_payload_free_overhead() -> 
     assert verdicts[overhead] == (f"{382 - scale.PAYLOAD_BYTES} B", False)
     published = "memory: publish rate with 50 idle receivers on other queues >= 0.8x with none"
     assert verdicts[published] == ("0.80x", True)
+
+
+def test_a_contender_prepares_before_each_operation_outside_the_timed_section(
+    tmp_path: Path,
+) -> None:
+    # The Kafka contenders start every end to end on a new broker this way: the setting up
+    # must not count in the figures, and must happen before every operation but a reset.
+    from tests.benchmarks.prepared_contender import PREPARATION_SECONDS
+
+    spec = ContenderSpec(
+        "prepared", "tests.benchmarks.prepared_contender:PreparedMemory", "prepared", melange=True
+    )
+    worker = Worker(spec, tmp_path)
+    try:
+        first = worker.run("e2e", n=50)
+        worker.run("reset")
+        second = worker.run("publish", n=20)
+        prepared = worker.run("prepared")["ops"]
+    finally:
+        worker.close()
+    assert prepared == ["e2e", "publish", "prepared"]
+    for record in (first, second):
+        assert record["seconds"] < PREPARATION_SECONDS
