@@ -9,12 +9,13 @@ timeout (a second) before any thread was free to look for it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from melange.backends.async_interfaces import as_async
-from melange.backends.interfaces import MessagingBackend
+from melange.backends.interfaces import BackendCapabilities, MessagingBackend, QueueWatch
 from melange.backends.loop_wait import can_wait_on_loop
 from melange.backends.memory import InMemoryMessagingBackend
 from melange.backends.sqlite import SQLiteBackend
@@ -191,6 +192,43 @@ def test_a_subclass_that_changes_how_it_receives_keeps_its_receive() -> None:
     received, _ = _receive_in_task(backend, queue, 1, lambda: None)
     assert [m.content for m in received] == ['"counted"']
     assert backend.receives >= 1
+
+
+class DescribedWatch(InMemoryMessagingBackend):
+    """Watches queues as the in-memory backend does, counting the watches, and declares
+    ``loop_wait`` only when told to."""
+
+    def __init__(self, declared: bool) -> None:
+        super().__init__()
+        self.declared = declared
+        self.watches = 0
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return dataclasses.replace(super().capabilities, loop_wait=self.declared)
+
+    def watch_queue(self, queue: QueueWrapper, wake: Callable[[], None]) -> QueueWatch | None:
+        self.watches += 1
+        return super().watch_queue(queue, wake)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
+def test_a_receive_waits_on_the_loop_only_where_the_descriptor_says_loop_wait(
+    declared: bool,
+) -> None:
+    backend = DescribedWatch(declared)
+    assert can_wait_on_loop(backend) is declared
+    queue, _ = backend.declare_queue("jobs")
+
+    def publish_elsewhere() -> None:
+        threading.Thread(
+            target=backend.publish_to_queue, args=(make_message('"hello"'), queue)
+        ).start()
+
+    received, _ = _receive_in_task(backend, queue, 10, publish_elsewhere)
+    assert [m.content for m in received] == ['"hello"']
+    # Undeclared, the waiting receive ran on a worker thread and never watched the queue.
+    assert (backend.watches > 0) is declared
 
 
 def test_under_synchronous_full_the_poll_leaves_the_loop_and_the_wait_does_not(

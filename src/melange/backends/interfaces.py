@@ -92,6 +92,9 @@ class BackendCapabilities:
         duplicate_deliveries: The broker itself may hand a message out more than once while
             its lease still holds (SQS standard queues: at-least-once by design); the
             deduplication cache is what keeps a consumer from running twice on such a copy.
+        loop_wait: Queues can be watched (:meth:`MessagingBackend.watch_queue` and
+            :meth:`MessagingBackend.poll_queue`): an asyncio dispatcher's receive waits on the
+            event loop for a publish, without a thread of its own.
     """
 
     name: str
@@ -110,6 +113,7 @@ class BackendCapabilities:
     delayed_topic_publish: bool = False
     max_publish_delay: float | None = None
     duplicate_deliveries: bool = False
+    loop_wait: bool = False
 
 
 class MessagingBackend(ABC):
@@ -245,7 +249,8 @@ class MessagingBackend(ABC):
         asyncio dispatcher waits on its event loop for the wake or the pause the poll gave,
         whichever comes first. ``wake`` must return at once (it may run under the backend's
         locks). ``None``, the default: this backend cannot be watched, and a receive that
-        has to wait calls :meth:`retrieve_messages` on a worker thread.
+        has to wait calls :meth:`retrieve_messages` on a worker thread. A backend that
+        implements it says so with the ``loop_wait`` capability.
         """
         return None
 

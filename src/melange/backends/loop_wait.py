@@ -62,8 +62,11 @@ class _Wakeup:
 
 
 def can_wait_on_loop(backend: MessagingBackend) -> bool:
-    """Whether ``backend``'s receives can wait on the loop: it polls and watches queues, and
-    no subclass changed how it receives below where those are defined."""
+    """Whether ``backend``'s receives can wait on the loop: its descriptor says it polls and
+    watches queues (``loop_wait``), and no subclass changed how it receives below where those
+    are defined."""
+    if not backend.capabilities.loop_wait:
+        return False
     cls = type(backend)
 
     def owner(name: str) -> type:

@@ -131,9 +131,10 @@ class Topology:
 def _watch_or_skip(
     backend: MessagingBackend, queue: QueueWrapper, wake: Callable[[], None]
 ) -> QueueWatch:
+    if not backend.capabilities.loop_wait:
+        pytest.skip("backend cannot be watched (loop_wait): its waiting receives take a thread")
     watch = backend.watch_queue(queue, wake)
-    if watch is None:
-        pytest.skip("backend cannot be watched: its waiting receives take a thread")
+    assert watch is not None, "the descriptor says loop_wait, but watch_queue returned None"
     return watch
 
 
@@ -511,7 +512,7 @@ class BackendConformance:
         assert "handler refused" in dead.headers[FAILURE_REASON]
         backend.acknowledge(dead)
 
-    # -- waiting without a thread (backends that implement watch_queue) -------------------
+    # -- waiting without a thread (backends whose descriptor says loop_wait) -----------
 
     def test_a_watched_queue_wakes_its_watcher_on_a_publish(
         self, backend: MessagingBackend, topology: Topology

@@ -126,6 +126,7 @@ class InMemoryMessagingBackend(MessagingBackend):
             max_batch_size=None,
             delayed_publish=True,
             delayed_topic_publish=True,
+            loop_wait=True,
         )
 
     # -- topology ---------------------------------------------------------------------------

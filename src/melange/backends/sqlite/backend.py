@@ -185,6 +185,7 @@ class SQLiteBackend(MessagingBackend):
             max_batch_size=None,
             delayed_publish=True,
             delayed_topic_publish=True,
+            loop_wait=True,
         )
 
     def __repr__(self) -> str:
