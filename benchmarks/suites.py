@@ -244,7 +244,8 @@ def rabbit_suite(sizes: Sizes) -> Suite:
             "Batch publish: Melange pipelines the confirms of a batch; raw pika's "
             "BlockingChannel publishes and waits for each confirm.",
             "Melange (asyncio, pika asyncio adapter): AsyncMessageDispatcher with an async "
-            "handler on AsyncRabbitMQBackend, published with AsyncQueuePublisher on the same "
+            "handler on AsyncRabbitMQBackend, published with AsyncQueuePublisher "
+            "through the same backend on the same "
             "event loop (as FastStream does). The backend runs on pika's AsyncioConnection: "
             "the loop reads the socket and pika's frame callbacks resolve futures, with no task "
             "per delivery (on aiormq, which creates one, consuming took about three times the "
@@ -307,7 +308,8 @@ def sqs_suite(sizes: Sizes, port: int, legacy_python: str | None) -> Suite:
             "messages one by one, as released.",
             f"Queues stay shallow ({n} messages at most) because moto slows down with depth.",
             "Melange (asyncio, aiobotocore): AsyncMessageDispatcher with an async handler on "
-            "AsyncLocalSQSBackend, published with AsyncQueuePublisher on the same event loop; "
+            "AsyncLocalSQSBackend, published with AsyncQueuePublisher "
+            "through the same backend on the same event loop; "
             "the same requests as the threaded row.",
         ],
     )
@@ -503,7 +505,8 @@ BROKERS = [
             "a lease per delivery and checks that each settlement's delivery still holds its "
             "message (one Lua script per operation).",
             "Melange (asyncio, redis.asyncio): AsyncMessageDispatcher with an async handler on "
-            "AsyncRedisStreamsBackend, published with AsyncQueuePublisher on the same loop.",
+            "AsyncRedisStreamsBackend, published with AsyncQueuePublisher "
+            "through the same backend on the same loop.",
             _FASTSTREAM_NOTE + " On Redis: XADD per publish, a StreamSub consumer group read "
             "10 at a time, XACK per message without XDEL (less work than the others).",
         ),
@@ -528,7 +531,8 @@ BROKERS = [
             "Melange's threaded row, whose calls run on the calling thread over a connection "
             "it drives for the time of the call.",
             "Melange (asyncio, nats-py): AsyncMessageDispatcher with an async handler on "
-            "AsyncNATSBackend, published with AsyncQueuePublisher on the same loop.",
+            "AsyncNATSBackend, published with AsyncQueuePublisher "
+            "through the same backend on the same loop.",
             _FASTSTREAM_NOTE + " On NATS: publish(stream=...) waits for the PubAck; a "
             "durable pull subscriber fetching 10 at a time; +ACK per message.",
         ),
@@ -553,7 +557,8 @@ BROKERS = [
             "there is no Apache Kafka on the benchmark machines. Each sends a few messages "
             "end to end before the measurements, so that its consumer has joined its group.",
             "Melange (asyncio, aiokafka): AsyncMessageDispatcher with an async handler on "
-            "AsyncKafkaBackend, published with AsyncQueuePublisher on the same loop; its "
+            "AsyncKafkaBackend, published with AsyncQueuePublisher "
+            "through the same backend on the same loop; its "
             "producer is not idempotent on tansu, which cannot start aiokafka's.",
             _FASTSTREAM_NOTE + " On Kafka: KafkaBroker (aiokafka, acks=all, not idempotent "
             "on tansu as for Melange's asyncio row); publish waits for the write; a consumer "

@@ -27,14 +27,18 @@ class MelangeContender(Contender):
     With the parameter ``driver="asyncio"`` the consumer is an ``AsyncMessageDispatcher``
     with an ``async`` handler on an event loop. When the backend has an asyncio-native twin
     (:meth:`make_async_backend`), the dispatcher awaits it and the publisher is an
-    ``AsyncQueuePublisher`` on the same loop, as in an asyncio service; otherwise (and with
-    ``driver="asyncio-adapted"``) the dispatcher adapts the blocking backend and the
-    blocking publisher publishes from a thread, as the threaded contender does.
+    ``AsyncQueuePublisher`` on the same backend and loop, as in an asyncio service; otherwise
+    (and with ``driver="asyncio-adapted"``) the dispatcher adapts the blocking backend and
+    the blocking publisher publishes from a thread, as the threaded contender does.
     """
 
     label = "Melange"
     #: One backend instance for the publisher and the dispatcher.
     shared_backend = False
+    #: The same for the asyncio-native backend: an asyncio service gives its one backend to
+    #: its publisher and its dispatcher, both on its event loop, as raw asyncio clients
+    #: share one connection.
+    shared_async_backend = True
 
     def make_backend(self) -> Any:
         """A new backend instance to benchmark."""
@@ -62,7 +66,8 @@ class MelangeContender(Contender):
         if native is not None:
             assert self.loop is not None
             self.pub_backend = native
-            self.sub_backend = native if self.shared_backend else self.make_async_backend()
+            shared = self.shared_backend or self.shared_async_backend
+            self.sub_backend = native if shared else self.make_async_backend()
             self.loop.run_until_complete(
                 native.declare_queue(self.queue_name, **self.queue_options())
             )
