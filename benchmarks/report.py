@@ -191,8 +191,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "Written by `python -m benchmarks"
         + (" --quick" if doc["mode"] == "quick" else "")
         + "`; do not edit by hand. Each contender runs in its own process; rounds interleave "
-        "the contenders (A B C, A B C, ...) and every ratio is Melange's throughput divided by "
-        "the contender's in the same round. Cells show the median over rounds and, in "
+        "the contenders (A B C, then C B A, ...) and every ratio is Melange's throughput "
+        "divided by the contender's in the same round. Cells show the median over rounds and, in "
         "brackets, the min-max. CPU per message is the process CPU time (every thread) of the "
         "contender's process during the measured section; peak RSS is sampled every 20 ms "
         "during the section in the contender's process, which runs its consumer and its "

@@ -1,9 +1,10 @@
 """Run the contenders' workers round after round and collect what they measure.
 
 Each contender lives in its own worker process (:mod:`benchmarks.worker`). A round runs every
-measurement for every contender in a fixed order (A B C, then the next measurement A B C...),
-so slow drift of the machine's load touches all contenders alike, and the ratios are taken
-within a round.
+measurement for every contender in turn (A B C, then the next measurement A B C...), so slow
+drift of the machine's load touches all contenders alike, and the ratios are taken within a
+round. Even rounds run the contenders in the reverse order (C B A), so that none always runs
+right after the same one.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def run_suite(
             started = time.monotonic()
             for measurement in measurements:
                 per_contender = result.rounds.setdefault(measurement.key, {})
-                for key, (op, args) in measurement.ops.items():
+                for key, (op, args) in round_order(measurement.ops, round_number):
                     worker = workers.get(key)
                     if worker is None or not worker.alive:
                         continue
@@ -200,6 +201,17 @@ def run_suite(
             result.contenders[key]["peak_rss_kb"] = worker.peak_rss_kb
             worker.close()
     return result
+
+
+def round_order(
+    ops: dict[str, tuple[str, dict[str, Any]]], round_number: int
+) -> list[tuple[str, tuple[str, dict[str, Any]]]]:
+    """The contenders of a measurement in the order they run in round ``round_number``: as
+    listed in odd rounds, reversed in even ones, so that no contender always runs right
+    after the same one (the machine's state after a run, its other load drifting over a
+    round) and a per-round ratio is not biased by its order."""
+    items = list(ops.items())
+    return items if round_number % 2 else items[::-1]
 
 
 def _reset(worker: Worker, result: SuiteResult, progress: Any) -> None:

@@ -21,6 +21,7 @@ from benchmarks.runner import (  # noqa: E402
     Measurement,
     SuiteResult,
     Worker,
+    round_order,
     run_suite,
 )
 from benchmarks.workload import IntegrityError, Tally, make_payload, percentile  # noqa: E402
@@ -216,3 +217,11 @@ def test_a_contender_prepares_before_each_operation_outside_the_timed_section(
     assert prepared == ["e2e", "publish", "prepared"]
     for record in (first, second):
         assert record["seconds"] < PREPARATION_SECONDS
+
+
+def test_even_rounds_run_the_contenders_in_the_reverse_order() -> None:
+    ops = {key: ("e2e", {"n": 10}) for key in ("melange", "asyncio", "peer")}
+    assert [key for key, _ in round_order(ops, 1)] == ["melange", "asyncio", "peer"]
+    assert [key for key, _ in round_order(ops, 2)] == ["peer", "asyncio", "melange"]
+    assert [key for key, _ in round_order(ops, 3)] == ["melange", "asyncio", "peer"]
+    assert dict(round_order(ops, 2)) == ops
