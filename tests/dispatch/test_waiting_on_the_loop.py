@@ -106,17 +106,25 @@ def _receive_in_task(
     return asyncio.run(scenario())
 
 
+def _publisher_thread(
+    backend: MessagingBackend, queue: QueueWrapper, content: str = '"hello"'
+) -> Callable[[], None]:
+    """What publishes ``content`` to ``queue`` from a thread of its own, when called."""
+
+    def publish_elsewhere() -> None:
+        threading.Thread(
+            target=backend.publish_to_queue, args=(make_message(content), queue)
+        ).start()
+
+    return publish_elsewhere
+
+
 def test_a_publish_from_another_thread_wakes_the_waiting_receive(
     backend: MessagingBackend,
 ) -> None:
     queue, _ = backend.declare_queue("jobs")
 
-    def publish_elsewhere() -> None:
-        threading.Thread(
-            target=backend.publish_to_queue, args=(make_message('"hello"'), queue)
-        ).start()
-
-    received, took = _receive_in_task(backend, queue, 10, publish_elsewhere)
+    received, took = _receive_in_task(backend, queue, 10, _publisher_thread(backend, queue))
     assert [m.content for m in received] == ['"hello"']
     assert 0.2 <= took < 1.5
 
@@ -220,12 +228,7 @@ def test_a_receive_waits_on_the_loop_only_where_the_descriptor_says_loop_wait(
     assert can_wait_on_loop(backend) is declared
     queue, _ = backend.declare_queue("jobs")
 
-    def publish_elsewhere() -> None:
-        threading.Thread(
-            target=backend.publish_to_queue, args=(make_message('"hello"'), queue)
-        ).start()
-
-    received, _ = _receive_in_task(backend, queue, 10, publish_elsewhere)
+    received, _ = _receive_in_task(backend, queue, 10, _publisher_thread(backend, queue))
     assert [m.content for m in received] == ['"hello"']
     # Undeclared, the waiting receive ran on a worker thread and never watched the queue.
     assert (backend.watches > 0) is declared
@@ -246,11 +249,7 @@ def test_under_synchronous_full_the_poll_leaves_the_loop_and_the_wait_does_not(
     backend = RecordingPolls(tmp_path / "full.db", synchronous="FULL")
     queue, _ = backend.declare_queue("jobs")
 
-    def publish_elsewhere() -> None:
-        threading.Thread(
-            target=backend.publish_to_queue, args=(make_message('"durable"'), queue)
-        ).start()
-
+    publish_elsewhere = _publisher_thread(backend, queue, '"durable"')
     try:
         loop_thread = threading.get_ident()  # asyncio.run runs its loop on this thread
         received, took = _receive_in_task(backend, queue, 10, publish_elsewhere)
