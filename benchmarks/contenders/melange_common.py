@@ -33,12 +33,10 @@ class MelangeContender(Contender):
     """
 
     label = "Melange"
-    #: One backend instance for the publisher and the dispatcher.
+    #: One blocking backend instance for the publisher and the dispatcher. An asyncio-native
+    #: backend is always shared: an asyncio service gives its one backend to its publisher
+    #: and its dispatcher, both on its event loop, as raw asyncio clients share a connection.
     shared_backend = False
-    #: The same for the asyncio-native backend: an asyncio service gives its one backend to
-    #: its publisher and its dispatcher, both on its event loop, as raw asyncio clients
-    #: share one connection.
-    shared_async_backend = True
 
     def make_backend(self) -> Any:
         """A new backend instance to benchmark."""
@@ -65,9 +63,7 @@ class MelangeContender(Contender):
         self.native = native is not None
         if native is not None:
             assert self.loop is not None
-            self.pub_backend = native
-            shared = self.shared_backend or self.shared_async_backend
-            self.sub_backend = native if shared else self.make_async_backend()
+            self.pub_backend = self.sub_backend = native
             self.loop.run_until_complete(
                 native.declare_queue(self.queue_name, **self.queue_options())
             )
