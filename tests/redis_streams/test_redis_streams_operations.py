@@ -18,6 +18,7 @@ import pytest
 import redis
 from redis.exceptions import NoScriptError
 
+from melange.backends.gathering import BUSY_WINDOW, GATHER_SECONDS, BusyQueues
 from melange.backends.redis_streams import AsyncRedisStreamsBackend, RedisStreamsBackend, scripts
 from melange.backends.redis_streams.operations import (
     Command,
@@ -97,6 +98,23 @@ def test_an_interrupted_wait_returns_what_its_script_found(ops: Operations) -> N
     steps = ops.retrieve("q", {"wait_seconds": 2})
     assert isinstance(_first(steps), Wait)
     assert [m.content for m in _result(steps, (False, _answer(("3-0", "c"))))] == ["c"]
+
+
+def test_a_wait_on_a_queue_that_just_delivered_pauses_first_and_a_quiet_one_does_not(
+    ops: Operations,
+) -> None:
+    clock = [50.0]
+    ops.busy = BusyQueues(lambda: clock[0])
+    _received_once(ops)
+    steps = ops.retrieve("q", {"wait_seconds": 2})
+    wait = _first(steps)
+    assert isinstance(wait, Wait) and wait.gather == GATHER_SECONDS
+    assert _result(steps, (False, None)) == []  # interrupted
+    # Nothing delivered since: once the window has passed, the queue is quiet.
+    clock[0] += 2 * BUSY_WINDOW
+    steps = ops.retrieve("q", {"wait_seconds": 2})
+    wait = _first(steps)
+    assert isinstance(wait, Wait) and wait.gather == 0.0
 
 
 def test_a_full_batch_receives_again_without_waiting(ops: Operations) -> None:

@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from melange.backends.gathering import GATHER_SECONDS, BusyQueues
 from melange.backends.interfaces import MessagingBackend
 from melange.exceptions import WouldBlock
 from melange.models import Message, QueueWrapper
@@ -23,12 +24,6 @@ from melange.models import Message, QueueWrapper
 #: :data:`BUSY_PAUSE_MAX` while it stays locked.
 BUSY_PAUSE = 0.001
 BUSY_PAUSE_MAX = 0.05
-
-#: How long a receiver of a busy queue (see :data:`BUSY_WINDOW`) that finds it empty, or is
-#: woken by a publish to it, waits for more messages to claim together.
-GATHER_SECONDS = 0.001
-#: A queue that delivered this recently is busy: see :class:`LoopReceiver`.
-BUSY_WINDOW = 0.01
 
 
 class _Wakeup:
@@ -83,9 +78,10 @@ class LoopReceiver:
     """Receives from one watched backend on the running event loop.
 
     It remembers when each queue last delivered. A queue that delivered less than
-    :data:`BUSY_WINDOW` seconds ago is being fed: a receiver that finds it empty, or is woken
-    by a publish to it, waits :data:`GATHER_SECONDS` more before it claims, so a busy queue is
-    taken in batches rather than one claim per publish (each claim is a write that
+    :data:`~melange.backends.gathering.BUSY_WINDOW` seconds ago is being fed: a receiver that
+    finds it empty, or is woken by a publish to it, waits
+    :data:`~melange.backends.gathering.GATHER_SECONDS` more before it claims, so a busy queue
+    is taken in batches rather than one claim per publish (each claim is a write that
     publishers wait for). A quiet queue's message is claimed the moment it is published.
     """
 
@@ -98,7 +94,7 @@ class LoopReceiver:
         # wait stays on the loop.
         self._inline = not backend.blocking or backend.inline_when_free
         self._run_blocking = run_blocking
-        self._delivered_at: dict[str, float] = {}
+        self._busy: BusyQueues | None = None
 
     async def receive(
         self, queue: QueueWrapper, max_messages: int, wait_seconds: float
@@ -111,8 +107,14 @@ class LoopReceiver:
         """
         received = await self._receive(queue, max_messages, wait_seconds)
         if received:
-            self._delivered_at[queue.name] = asyncio.get_running_loop().time()
+            self._queues(asyncio.get_running_loop()).delivered(queue.name)
         return received
+
+    def _queues(self, loop: asyncio.AbstractEventLoop) -> BusyQueues:
+        # Timed by the loop's clock, as the loop's sleeps are.
+        if self._busy is None:
+            self._busy = BusyQueues(loop.time)
+        return self._busy
 
     async def _poll(
         self, queue: QueueWrapper, max_messages: int
@@ -128,10 +130,6 @@ class LoopReceiver:
         except WouldBlock:
             return None
 
-    def _busy(self, queue_name: str, loop: asyncio.AbstractEventLoop) -> bool:
-        delivered_at = self._delivered_at.get(queue_name)
-        return delivered_at is not None and loop.time() - delivered_at < BUSY_WINDOW
-
     async def _receive(
         self, queue: QueueWrapper, max_messages: int, wait_seconds: float
     ) -> list[Message] | None:
@@ -144,7 +142,8 @@ class LoopReceiver:
             return first[0]  # the common case under load: no watch, no future
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
-        if self._busy(queue.name, loop):
+        queues = self._queues(loop)
+        if queues.busy(queue.name):
             # Publishers are at work: what they send in a moment is claimed together, without
             # a wake per publish.
             await asyncio.sleep(GATHER_SECONDS)
@@ -178,7 +177,7 @@ class LoopReceiver:
                             await wakeup.future
                         finally:
                             timer.cancel()
-                        if self._busy(queue.name, loop) and not watch.interrupted:
+                        if queues.busy(queue.name) and not watch.interrupted:
                             await asyncio.sleep(min(GATHER_SECONDS, remaining))
                 if watch.interrupted:
                     return []

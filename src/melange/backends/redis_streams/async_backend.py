@@ -101,6 +101,8 @@ class AsyncRedisStreamsBackend(StreamsBackendBase[aioredis.Redis], AsyncMessagin
     async def _wait(self, wait: Wait) -> tuple[bool, Any]:
         """As the blocking backend's: block on a connection of its own (the waits' one when
         free), then run ``wait.then`` behind the block in the same round trip."""
+        if wait.gather > 0:
+            await asyncio.sleep(wait.gather)
         pool: Any = self._r.connection_pool
         held = self._owns_client and not self._wait_busy
         if held:

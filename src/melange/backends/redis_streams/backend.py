@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -160,6 +161,8 @@ class RedisStreamsBackend(StreamsBackendBase[redis.Redis], MessagingBackend):
         """Block on the thread's connection (one of the pool's, for a given client), then run
         ``wait.then`` behind the block in the same round trip; an interrupt unblocks it from
         another connection."""
+        if wait.gather > 0:
+            time.sleep(wait.gather)
         held = self._sender().connection if self._owns_client else None
         pool: Any = self._r.connection_pool
         connection = held or pool.get_connection()

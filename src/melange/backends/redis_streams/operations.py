@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from redis.exceptions import RedisError, ResponseError
 
+from melange.backends.gathering import BusyQueues
 from melange.backends.interfaces import BackendCapabilities
 from melange.backends.redis_streams.connection import (
     WaitPoint,
@@ -75,11 +76,15 @@ class Wait(NamedTuple):
     The reply is ``(woke, answer)``: ``woke`` is ``False`` when an interrupt ended the wait;
     ``answer`` is the reply of ``then``, or ``None`` when it could not be had (the script is
     not loaded yet, it failed, or the connection did): the operation then runs it again.
+
+    ``gather``: seconds to pause before blocking, so that the messages of a busy queue
+    published meanwhile are received together (see :mod:`melange.backends.gathering`).
     """
 
     command: list[Any]
     interrupts: int
     then: Script
+    gather: float = 0.0
 
 
 #: What an operation yields.
@@ -205,6 +210,8 @@ class Operations:
         self.consumer = consumer_name()
         self.waits = Waits()
         self._wait_points: dict[str, WaitPoint] = {}
+        #: Which queues delivered lately (see :mod:`melange.backends.gathering`).
+        self.busy = BusyQueues()
 
     # -- topology ---------------------------------------------------------------------------
 
@@ -320,7 +327,8 @@ class Operations:
                     command = xread_arguments(
                         self.keys.stream(queue_name), self.keys.bell(queue_name), point, block
                     )
-                    woke, answer = yield Wait(command, interrupts, receive)
+                    gather = self.busy.gather_seconds(queue_name)
+                    woke, answer = yield Wait(command, interrupts, receive, gather)
             if answer is None:
                 if not woke:
                     return []
@@ -333,6 +341,8 @@ class Operations:
                 self._wait_points[queue_name] = point
             else:
                 self._wait_points.pop(queue_name, None)
+            if deliveries:
+                self.busy.delivered(queue_name)
             if deliveries or not woke:
                 return received(queue_name, int(answer[5]) / 1000, deliveries)
             if deadline <= time.monotonic():
