@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 from kombu.transport import virtual as kombu_virtual
 
 from kombu import connection as kombu_connection
+from melange.backends.gathering import BusyQueues
 from melange.backends.inspection import InspectionUnavailable, QueueStats
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
 from melange.backends.kombu import topology
@@ -241,6 +242,8 @@ class KombuBackend(MessagingBackend):
         self._consumers: dict[str, str] = {}
         self._pushed: dict[str, deque[Any]] = {}
         self._took: dict[str, float] = {}  # queue -> when a receive last took from it
+        # Which queues delivered lately (see melange.backends.gathering).
+        self._busy = BusyQueues()
         #: Per consumed queue: its prefetch count, and the tags of the deliveries it pushed
         #: that are handed out and not settled yet (when they fill the window, the broker
         #: pushes nothing more).
@@ -895,12 +898,19 @@ class KombuBackend(MessagingBackend):
             got = self._io(take, what)
             if len(got) < limit:
                 self._sweep()
+            if got:
+                self._busy.delivered(queue.name)
+                return got
             left = deadline - time.monotonic()
-            if got or left <= 0:
+            if left <= 0:
                 return got
             if consuming:
                 if not self._await_delivery(min(left, _CONSUMER_WAIT), interrupts):
                     return []
+                # A busy queue's next deliveries are taken together (see gathering).
+                gather = self._busy.gather_seconds(queue.name)
+                if gather > 0:
+                    time.sleep(min(gather, max(0.0, deadline - time.monotonic())))
                 continue
             with self._wake:
                 if self._interrupts != interrupts:
