@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
+from melange.backends.gathering import BusyQueues
 from melange.backends.kafka.connection import ClientSettings, logger
 from melange.backends.kafka.ledger import Ledger, TopicPartitionKey
 from melange.backends.kafka.reader import CATCH_UP_SECONDS, CHUNK_SECONDS
@@ -93,6 +94,8 @@ class AsyncQueueReader:
         self._joined = asyncio.Event()
         self._closed = False
         self._receiving = asyncio.Lock()
+        # Whether the queue delivered lately (see melange.backends.gathering).
+        self._busy = BusyQueues()
         self._pending: dict[TopicPartitionKey, int] = {}
         self._commit_wanted = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
@@ -149,6 +152,8 @@ class AsyncQueueReader:
         still fetches what the broker holds for it)."""
         started = time.monotonic()
         deadline = started + max(0.0, wait_seconds)
+        name = self.spec.name
+        gathered = False
         async with self._receiving:
             while not self._closed:
                 now = time.monotonic()
@@ -156,6 +161,7 @@ class AsyncQueueReader:
                     out = self.ledger.take(max_messages, now)
                     due = self.ledger.next_due(now)
                 if out:
+                    self._busy.delivered(name)
                     return out
                 if interrupted():
                     return []
@@ -170,6 +176,14 @@ class AsyncQueueReader:
                 timeout = min(remaining, CHUNK_SECONDS)
                 if due is not None:
                     timeout = min(timeout, due)
+                if not gathered:
+                    # A busy queue's next records are fetched together: each fetch that
+                    # finds the consumer's buffer taken asks the broker again at once.
+                    gathered = True
+                    gather = min(self._busy.gather_seconds(name), timeout)
+                    if gather > 0:
+                        await asyncio.sleep(gather)
+                        continue
                 await self._fill(max_messages, timeout)
         return []
 
