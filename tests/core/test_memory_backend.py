@@ -206,6 +206,43 @@ def test_a_blocked_receiver_wakes_for_every_publish_without_missing_one() -> Non
         backend.acknowledge_batch(got)
 
 
+def test_two_blocked_receivers_of_one_queue_each_wake_for_the_publish_after_theirs() -> None:
+    import threading
+    import time
+
+    # A publish wakes every receiver waiting on the queue; the one that finds nothing waits
+    # again, and the next publish must wake it (not be taken for already rung).
+    backend = InMemoryMessagingBackend()
+    q, _ = backend.declare_queue("q")
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def receive() -> None:
+        for _ in range(20):
+            batch = backend.retrieve_messages(q, max_messages=1, wait_seconds=20)
+            with lock:
+                got.extend(m.content for m in batch)
+            backend.acknowledge_batch(batch)
+            if len(got) >= 10:
+                return
+
+    receivers = [threading.Thread(target=receive, daemon=True) for _ in range(2)]
+    for receiver in receivers:
+        receiver.start()
+    for n in range(10):
+        time.sleep(0.02)  # both receivers are waiting again
+        started = time.monotonic()
+        backend.publish_to_queue(Message.create(str(n), "json", 1), q)
+        while True:
+            with lock:
+                if str(n) in got:
+                    break
+            assert time.monotonic() - started < 5, f"no receiver woke for message {n}"
+            time.sleep(0.001)
+    backend.interrupt()
+    assert sorted(got, key=int) == [str(n) for n in range(10)]
+
+
 def test_concurrent_publishers_and_consumers_lose_and_repeat_nothing() -> None:
     import threading
 

@@ -108,6 +108,9 @@ class InMemoryMessagingBackend(MessagingBackend):
         self._waiting: dict[str, int] = {}
         # Queue name -> wake callbacks of receivers waiting without a thread (watch_queue).
         self._watchers: dict[str, list[Callable[[], None]]] = {}
+        # Queues whose waiting receivers a publish woke, none of which has looked since:
+        # later publishes need not wake them again (see _arrive).
+        self._rung: set[str] = set()
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -244,9 +247,12 @@ class InMemoryMessagingBackend(MessagingBackend):
         """Messages were appended to the inbox of ``queue_name`` without the lock: wake its
         receivers and tell its listeners."""
         # A receiver counts itself as waiting before it looks at the inbox a last time,
-        # so either it sees these messages or we see it waiting.
-        if self._waiting.get(queue_name):
+        # so either it sees these messages or we see it waiting. Every receiver looks at the
+        # inbox after taking the queue out of _rung (in _poll), so while the queue is in it,
+        # every receiver waiting is woken already and will see these messages.
+        if self._waiting.get(queue_name) and queue_name not in self._rung:
             with self._lock:
+                self._rung.add(queue_name)
                 self._wake(queue_name)
         if self._listeners:
             self._notify([queue_name])
@@ -413,6 +419,8 @@ class InMemoryMessagingBackend(MessagingBackend):
     def _poll(self, name: str, max_messages: int) -> tuple[list[Message], float]:
         """With the lock held: receive without waiting, and when nothing came, how long until
         something is due (``0``: messages landed meanwhile)."""
+        # Looked at from here: the next publish wakes the waiting receivers again.
+        self._rung.discard(name)
         while True:
             target = require(self._queues, name)
             received = self._receive(target, max_messages)
