@@ -15,6 +15,7 @@ fetches by itself). Each backend only performs the pause its own way.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -47,10 +48,13 @@ class BusyQueues:
         delivered_at = self._delivered_at.get(queue_name)
         return delivered_at is not None and self._clock() - delivered_at < BUSY_WINDOW
 
-    def gather_seconds(self, queue_name: str) -> float:
+    def gather_seconds(self, queue_name: str, at_most: float = math.inf) -> float:
         """How long a receiver about to wait on ``queue_name`` pauses first: ``0.0`` for a
-        quiet queue, :data:`GATHER_SECONDS` for a busy one."""
-        return GATHER_SECONDS if self.busy(queue_name) else 0.0
+        quiet queue, :data:`GATHER_SECONDS` for a busy one, never more than ``at_most`` (what
+        is left of the receive's wait)."""
+        if not self.busy(queue_name):
+            return 0.0
+        return max(0.0, min(GATHER_SECONDS, at_most))
 
 
 __all__ = ["BUSY_WINDOW", "GATHER_SECONDS", "BusyQueues"]

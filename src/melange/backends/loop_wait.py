@@ -94,7 +94,8 @@ class LoopReceiver:
         # wait stays on the loop.
         self._inline = not backend.blocking or backend.inline_when_free
         self._run_blocking = run_blocking
-        self._busy: BusyQueues | None = None
+        # Timed by time.monotonic(), the clock of asyncio's loops.
+        self._busy = BusyQueues()
 
     async def receive(
         self, queue: QueueWrapper, max_messages: int, wait_seconds: float
@@ -107,14 +108,8 @@ class LoopReceiver:
         """
         received = await self._receive(queue, max_messages, wait_seconds)
         if received:
-            self._queues(asyncio.get_running_loop()).delivered(queue.name)
+            self._busy.delivered(queue.name)
         return received
-
-    def _queues(self, loop: asyncio.AbstractEventLoop) -> BusyQueues:
-        # Timed by the loop's clock, as the loop's sleeps are.
-        if self._busy is None:
-            self._busy = BusyQueues(loop.time)
-        return self._busy
 
     async def _poll(
         self, queue: QueueWrapper, max_messages: int
@@ -142,8 +137,7 @@ class LoopReceiver:
             return first[0]  # the common case under load: no watch, no future
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
-        queues = self._queues(loop)
-        if queues.busy(queue.name):
+        if self._busy.busy(queue.name):
             # Publishers are at work: what they send in a moment is claimed together, without
             # a wake per publish.
             await asyncio.sleep(GATHER_SECONDS)
@@ -177,7 +171,7 @@ class LoopReceiver:
                             await wakeup.future
                         finally:
                             timer.cancel()
-                        if queues.busy(queue.name) and not watch.interrupted:
+                        if self._busy.busy(queue.name) and not watch.interrupted:
                             await asyncio.sleep(min(GATHER_SECONDS, remaining))
                 if watch.interrupted:
                     return []

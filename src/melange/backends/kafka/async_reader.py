@@ -180,7 +180,7 @@ class AsyncQueueReader:
                     # A busy queue's next records are fetched together: each fetch that
                     # finds the consumer's buffer taken asks the broker again at once.
                     gathered = True
-                    gather = min(self._busy.gather_seconds(name), timeout)
+                    gather = self._busy.gather_seconds(name, timeout)
                     if gather > 0:
                         await asyncio.sleep(gather)
                         continue

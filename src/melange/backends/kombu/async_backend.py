@@ -183,9 +183,9 @@ class AsyncKombuBackend(BlockingBackendAdapter):
             if not await self._readable(min(left, _SOCKET_WAIT), interrupts):
                 return []
             # A busy queue's next deliveries are taken together (see gathering).
-            gather = backend._busy.gather_seconds(queue.name)
+            gather = backend._busy.gather_seconds(queue.name, deadline - loop.time())
             if gather > 0:
-                await asyncio.sleep(min(gather, max(0.0, deadline - loop.time())))
+                await asyncio.sleep(gather)
 
     async def _readable(self, seconds: float, interrupts: int | None) -> bool:
         """Wait on the loop until the connection's socket is readable, a delivery or a

@@ -908,9 +908,9 @@ class KombuBackend(MessagingBackend):
                 if not self._await_delivery(min(left, _CONSUMER_WAIT), interrupts):
                     return []
                 # A busy queue's next deliveries are taken together (see gathering).
-                gather = self._busy.gather_seconds(queue.name)
+                gather = self._busy.gather_seconds(queue.name, deadline - time.monotonic())
                 if gather > 0:
-                    time.sleep(min(gather, max(0.0, deadline - time.monotonic())))
+                    time.sleep(gather)
                 continue
             with self._wake:
                 if self._interrupts != interrupts:
