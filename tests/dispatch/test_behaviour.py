@@ -561,10 +561,17 @@ def test_an_exception_whose_str_raises_neither_aborts_the_batch_nor_loses_its_re
         consumers=[Consumer(handle, name="hostile")],
         failure_policy=FailurePolicy.no_delay(max_attempts=2),
     )
-    assert driver.consume_event(dispatcher, queue, max_messages=10, wait_seconds=broker.wait) == 3
+    # One receive on the embedded brokers; a broker pushing deliveries may hand the three
+    # out over more than one.
+    received, deadline = 0, time.monotonic() + 15
+    while received < 3 and time.monotonic() < deadline:
+        received += driver.consume_event(
+            dispatcher, queue, max_messages=10, wait_seconds=broker.wait
+        )
+    assert received == 3
     assert sorted(handled) == [0, 2], "the rest of the batch was not handled"
     stats = dispatcher.stats
-    assert (stats.acknowledged, stats.retried) == (2, 1)
+    assert (stats.acknowledged, stats.retried, stats.released) == (2, 1, 0)
     assert driver.consume_event(dispatcher, queue, max_messages=10, wait_seconds=broker.wait) == 1
     [dead] = broker.take(dlq, expected=1)
     assert payload_of(dead) == {"n": 1}

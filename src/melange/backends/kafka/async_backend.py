@@ -17,7 +17,6 @@ loop only, and ``await backend.aclose()`` there.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +32,7 @@ from melange.backends.async_interfaces import AsyncMessagingBackend
 from melange.backends.interfaces import BackendCapabilities
 from melange.backends.kafka.async_reader import AsyncQueueReader
 from melange.backends.kafka.backend import KafkaBackend, check_sizes, publish_keywords
+from melange.backends.kafka.retries import later_attempt
 from melange.backends.kafka.wire import (
     RecordHeaders,
     dead_letter_headers,
@@ -40,7 +40,6 @@ from melange.backends.kafka.wire import (
     encode_headers,
     receipt_of,
     record_key,
-    retry_headers,
 )
 from melange.exceptions import BatchPublishError, PublishError
 from melange.models import Message, QueueWrapper, TopicWrapper
@@ -236,7 +235,7 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
         async with self._guard():
             reader = self._readers.get(queue_name)
             if reader is None:
-                spec = await self._run(self.backend._spec, queue_name)
+                spec = await self._run(self.backend.consumed_spec, queue_name)
                 reader = AsyncQueueReader(
                     self.backend.settings,
                     self._client,
@@ -244,6 +243,7 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
                     self.backend.admin.group(queue_name),
                     float(self._options.get("rebalance_drain_timeout", 10.0)),
                     float(self._options.get("join_timeout", 60.0)),
+                    self.produce,
                 )
                 await reader.start()
                 self._readers[queue_name] = reader
@@ -277,24 +277,25 @@ class AsyncKafkaBackend(AsyncMessagingBackend):
     async def nack(self, message: Message, delay: float = 0.0) -> None:
         """As :meth:`KafkaBackend.nack`: a retry record on a standard queue, the record kept
         by the consumer on a FIFO queue."""
+        await self._later(message, delay, failed=True)
+
+    async def release(self, message: Message, delay: float = 0.0) -> None:
+        """As :meth:`KafkaBackend.release`."""
+        await self._later(message, delay, failed=False)
+
+    async def _later(self, message: Message, delay: float, failed: bool) -> None:
         held = self._held_by(message)
         if held is None:
             return
         reader, receipt = held
-        if reader.spec.fifo:
-            reader.give_back(message, receipt, delay, failed=True)
+        retry = later_attempt(reader.spec, message, receipt, delay, failed)
+        if retry is None:
+            reader.give_back(message, receipt, delay, failed)
             return
         if not reader.holds(receipt):
-            return
-        retry = retry_headers(receipt.failed + 1, time.time() + max(0.0, delay))
-        partition = receipt.partition if receipt.topic == receipt.queue else None
-        await self.produce(receipt.queue, [(message, encode_headers(message, retry))], partition)
+            return  # its partition moved: the new owner delivers it again
+        await self.produce(retry[0], [retry[1]])
         reader.settle(receipt)
-
-    async def release(self, message: Message, delay: float = 0.0) -> None:
-        held = self._held_by(message)
-        if held is not None:
-            held[0].give_back(message, held[1], delay, failed=False)
 
     def holds(self, message: Message) -> bool:
         held = self._held_by(message)

@@ -11,6 +11,9 @@ giving its partitions up the reader waits, at most ``drain_timeout`` seconds, fo
 messages it handed out from them to be settled, then commits; the next owner delivers again
 only what was still in flight.
 
+Held records that keep settled ones uncommitted move to the end of the queue's retry topic
+as with the blocking reader (see :mod:`melange.backends.kafka.retries`).
+
 Everything runs on the event loop the reader was started on. The ledger's lock is only ever
 held for a few statements, never across an ``await``.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -31,8 +34,9 @@ from melange.backends.gathering import BusyQueues
 from melange.backends.kafka.connection import ClientSettings, logger
 from melange.backends.kafka.ledger import Ledger, TopicPartitionKey
 from melange.backends.kafka.reader import CATCH_UP_SECONDS, CHUNK_SECONDS
+from melange.backends.kafka.retries import MOVE_INTERVAL, MOVE_MARGIN, Record, moved
 from melange.backends.kafka.topology import QueueSpec
-from melange.backends.kafka.wire import Receipt, received
+from melange.backends.kafka.wire import Receipt, receipt_of, received
 from melange.models import Message
 
 
@@ -62,6 +66,8 @@ class AsyncQueueReader:
         drain_timeout: Longest wait, on a rebalance, for messages handed out from the
             partitions being taken away to be settled.
         join_timeout: Longest wait of a first receive for the group to assign partitions.
+        publish: Publishes records to a topic once the brokers confirmed them (how held
+            records move to the end of the retry topic).
     """
 
     def __init__(
@@ -72,8 +78,11 @@ class AsyncQueueReader:
         group: str,
         drain_timeout: float,
         join_timeout: float,
+        publish: Callable[[str, list[Record]], Awaitable[None]],
     ) -> None:
         self.spec = spec
+        self._publish = publish
+        self._next_move = 0.0
         self.ledger = Ledger(spec.fifo)
         self._drain_timeout = drain_timeout
         self._join_timeout = join_timeout
@@ -135,6 +144,7 @@ class AsyncQueueReader:
                 )
                 break
             await asyncio.sleep(0.02)
+        await self._move_stuck(0.0)
         with self.ledger.lock:
             commits = self.ledger.revoked(keys)
             for key in keys:
@@ -157,6 +167,9 @@ class AsyncQueueReader:
         async with self._receiving:
             while not self._closed:
                 now = time.monotonic()
+                if now >= self._next_move:
+                    self._next_move = now + MOVE_INTERVAL
+                    await self._move_stuck(MOVE_MARGIN)
                 with self.ledger.lock:
                     out = self.ledger.take(max_messages, now)
                     due = self.ledger.next_due(now)
@@ -248,6 +261,24 @@ class AsyncQueueReader:
         with self.ledger.lock:
             return self.ledger.holds(receipt)
 
+    async def _move_stuck(self, margin: float) -> None:
+        """Move the held records that keep settled ones uncommitted to the end of the retry
+        topic, then settle them."""
+        with self.ledger.lock:
+            stuck = self.ledger.stuck(time.monotonic(), margin)
+        retries = self.spec.retries
+        if not stuck or retries is None:
+            return
+        try:
+            await self._publish(retries, [moved(message, due) for message, due in stuck])
+        except Exception as exc:  # kept where they are: moved again on the next look
+            logger.warning("Kafka queue %s: held records not moved: %s", self.spec.name, exc)
+            with self.ledger.lock:
+                self.ledger.hold_again(stuck)
+            return
+        for message, _ in stuck:
+            self.settle(receipt_of(message))
+
     async def _commit_loop(self) -> None:
         while True:
             await self._commit_wanted.wait()
@@ -280,6 +311,7 @@ class AsyncQueueReader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
         async with self._receiving:
+            await self._move_stuck(0.0)
             with self.ledger.lock:
                 commits = self.ledger.commits()
             await self._commit(commits)

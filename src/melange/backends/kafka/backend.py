@@ -16,13 +16,14 @@ Mapping onto Kafka (see :mod:`melange.backends.kafka.topology` for the names):
   Kafka); the consumer must receive again within ``max_poll_interval`` seconds, or the group
   takes its partitions away. A rebalance waits (``rebalance_drain_timeout``) for the messages
   handed out from the partitions it moves.
-- **Retries**: ``nack(message, delay)`` publishes the message again to the queue's own topic
-  as a retry record, carrying its failed attempts and when it is due, and settles the
-  original; a consumer holds a retry record until it is due while the records behind it go
-  on. So the attempt count survives a restart or a rebalance. On a FIFO queue the message
-  stays in the consumer instead, ahead of the rest of its group (whose order a copy at the
-  end of the topic would break); other groups go on. ``release`` (a message given back
-  unprocessed) keeps it in the consumer too.
+- **Retries**: ``nack(message, delay)`` (and ``release`` with a delay) publishes the message
+  to the queue's retry topic as a retry record, carrying its failed attempts and when it is
+  due, and settles the original; a consumer holds a retry record until it is due while the
+  records behind it go on, and moves it to the end of the retry topic once settled records
+  wait behind it (see :mod:`melange.backends.kafka.retries`). So the attempt count survives
+  a restart or a rebalance, and no committed offset waits for a delay. On a FIFO queue the
+  message stays in the consumer instead, ahead of the rest of its group (whose order a copy
+  elsewhere would break); other groups go on.
 - **Dead letters**: a copy with the failure headers (``melange_failure_reason``,
   ``melange_failure_queue``...) goes to the dead-letter queue's topic, then the original is
   done.
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -56,11 +56,13 @@ from melange.backends.kafka.connection import (
 )
 from melange.backends.kafka.inspect import QueueStats, peek_queue, queue_stats
 from melange.backends.kafka.reader import QueueReader
+from melange.backends.kafka.retries import Record, later_attempt
 from melange.backends.kafka.topology import (
     DEFAULT_CATALOGUE,
     QueueSpec,
     check_name,
     declared_spec,
+    retry_topic,
 )
 from melange.backends.kafka.wire import (
     RecordHeaders,
@@ -69,7 +71,6 @@ from melange.backends.kafka.wire import (
     encode_headers,
     receipt_of,
     record_key,
-    retry_headers,
 )
 from melange.backends.publish_options import apply_fifo_keywords, delay_refused, publish_delay
 from melange.exceptions import (
@@ -289,7 +290,7 @@ class KafkaBackend(MessagingBackend):
         dlq: QueueWrapper | None = None
         if spec.dead_letter_queue is not None:
             dlq, _ = self.declare_queue(spec.dead_letter_queue)
-        self.admin.create_topics([queue_name])
+        self.admin.create_topics([queue_name, *([spec.retries] if spec.retries else [])])
         added = [t for t in spec.topics if existing is None or t not in existing.topics]
         self.admin.start_at_end(queue_name, added)
         if spec != existing:
@@ -307,7 +308,7 @@ class KafkaBackend(MessagingBackend):
             reader = self._readers.pop(queue.name, None)
         if reader is not None:
             reader.close()
-        self.admin.delete_topics([queue.name])
+        self.admin.delete_topics([queue.name, retry_topic(queue.name)])
         self.admin.delete_group(queue.name)
         self.admin.drop_queue(queue.name)
 
@@ -366,6 +367,14 @@ class KafkaBackend(MessagingBackend):
         self.admin.move_group(queue_name, ends)
         return stats.total
 
+    def consumed_spec(self, queue_name: str) -> QueueSpec:
+        """The record of a queue about to be consumed, whose retry topic is made sure of
+        (a queue declared by an earlier version has none yet)."""
+        spec = self._spec(queue_name)
+        if spec.retries is not None:
+            self.admin.create_topics([spec.retries])
+        return spec
+
     def _spec(self, queue_name: str) -> QueueSpec:
         spec = self.admin.queue(queue_name)
         if spec is None:
@@ -410,16 +419,19 @@ class KafkaBackend(MessagingBackend):
         topic: str,
         records: Sequence[tuple[Message, RecordHeaders]],
         partition: int | None = None,
+        *,
+        closing: bool = False,
     ) -> None:
         """Produce the records (to ``partition``, or where their keys take them) and wait once
-        until the brokers confirmed all of them.
+        until the brokers confirmed all of them (``closing``: also while the backend closes,
+        before its producer is).
 
         Raises ``PublishError`` (one record) or ``BatchPublishError`` naming the refused ones.
         """
         # Confirmations may be served by another thread's flush: list.append is atomic, so
         # they need no lock (nor an event, since flush returns once all are served).
         outcomes: list[tuple[int, KafkaError | None]] = []
-        with self._producing() as producer:
+        with self._producing(closing) as producer:
             for index, (message, headers) in enumerate(records):
                 while True:
                     try:
@@ -452,12 +464,21 @@ class KafkaBackend(MessagingBackend):
         if self._closed:
             raise BackendError(f"{self!r} is closed")
 
+    def _move_records(self, topic: str, records: list[Record]) -> None:
+        """How a queue's consumer moves held records to the end of its retry topic, which it
+        also does while the backend closes."""
+        self.produce(topic, records, closing=True)
+
     @contextlib.contextmanager
-    def _producing(self) -> Iterator[Producer]:
+    def _producing(self, closing: bool = False) -> Iterator[Producer]:
         """The producer, which :meth:`close_connection` does not close before the block ends;
-        raises ``BackendError`` once the backend is closed."""
+        raises ``BackendError`` once the backend is closed (``closing``: once its producer
+        is)."""
         with self._producer_idle:
-            self._check_open()
+            if not closing:
+                self._check_open()
+            elif not self._producer_open:
+                raise BackendError(f"{self!r} is closed")
             self._producing_calls += 1
         try:
             yield self._producer
@@ -486,7 +507,7 @@ class KafkaBackend(MessagingBackend):
         if reader is not None:
             return reader
         self._check_open()  # before the lookup, which would open the administration again
-        spec = self._spec(queue_name)
+        spec = self.consumed_spec(queue_name)
         with self._lock:
             reader = self._readers.get(queue_name)
             if reader is None:
@@ -498,6 +519,7 @@ class KafkaBackend(MessagingBackend):
                     self.admin.group(queue_name),
                     self._drain_timeout,
                     self._join_timeout,
+                    self._move_records,
                 )
                 self._readers[queue_name] = reader
         return reader
@@ -542,32 +564,31 @@ class KafkaBackend(MessagingBackend):
     def nack(self, message: Message, delay: float = 0.0) -> None:
         """Hand the message out again after ``delay`` seconds, as its next attempt.
 
-        On a standard queue the message goes back to the queue's own topic as a retry record
+        On a standard queue the message goes to the queue's retry topic as a retry record
         (with its failed attempts and when it is due), then the original is done: the count
-        survives the consumer, and nothing waits for it. On a FIFO queue it stays in the
-        consumer, ahead of the rest of its group.
+        survives the consumer, and nothing waits for it in the partition it came from. On a
+        FIFO queue it stays in the consumer, ahead of the rest of its group.
         """
+        self._later(message, delay, failed=True)
+
+    def release(self, message: Message, delay: float = 0.0) -> None:
+        """As :meth:`nack`, but not a failed attempt: ``attempt`` stays as it was. Without a
+        delay the message stays in the consumer and is handed out again at once."""
+        self._later(message, delay, failed=False)
+
+    def _later(self, message: Message, delay: float, failed: bool) -> None:
         held = self._held_by(message)
         if held is None:
             return
         reader, receipt = held
-        if reader.spec.fifo:
-            reader.give_back(message, receipt, delay, failed=True)
+        retry = later_attempt(reader.spec, message, receipt, delay, failed)
+        if retry is None:
+            reader.give_back(message, receipt, delay, failed)
             return
         if not reader.holds(receipt):
             return  # its partition moved: the new owner delivers it again
-        retry = retry_headers(receipt.failed + 1, time.time() + max(0.0, delay))
-        # To the original's partition where that is the queue's own topic: the partition's
-        # owner, which committed up to the original, takes the retry up from there.
-        partition = receipt.partition if receipt.topic == receipt.queue else None
-        self.produce(receipt.queue, [(message, encode_headers(message, retry))], partition)
+        self.produce(retry[0], [retry[1]])
         reader.settle(receipt)
-
-    def release(self, message: Message, delay: float = 0.0) -> None:
-        """As :meth:`nack`, but not a failed attempt: ``attempt`` stays as it was."""
-        held = self._held_by(message)
-        if held is not None:
-            held[0].give_back(message, held[1], delay, failed=False)
 
     def holds(self, message: Message) -> bool:
         held = self._held_by(message)

@@ -15,6 +15,11 @@ The ledger also decides what a receive hands out:
 - a message given back (``nack``/``release``) stays in the ledger, its offset uncommitted,
   and is handed out again once its delay is over, as the next attempt. Nothing else waits
   for it, except the rest of its group on a FIFO queue.
+- a record held back (a retry record not due yet, or a message given back for a while)
+  keeps its partition's committed offset before it, so what was settled behind it would be
+  delivered again after a crash or a rebalance: :meth:`Ledger.stuck` names the held records
+  that keep settled ones uncommitted, for the reader to move to the end of the queue's retry
+  topic (see :mod:`melange.backends.kafka.retries`).
 
 Partitions come and go with rebalances: each assignment of a partition gets a number, which
 the receipts of its records carry, so a settlement of a record whose partition was taken away
@@ -177,6 +182,54 @@ class Ledger:
         if not self._delayed:
             return None
         return max(0.0, self._delayed[0][0] - now)
+
+    def stuck(self, now: float, margin: float) -> list[tuple[Message, float]]:
+        """Held-back messages that keep settled records behind them uncommitted, with when
+        each is due; they leave the held-back ones (:meth:`settle` them once moved, or
+        :meth:`hold_again` them). Only messages due in more than ``margin`` seconds are
+        named (one due sooner is about to be handed out anyway), and none on a FIFO queue,
+        where a message waits ahead of the rest of its group."""
+        if self.fifo or not self._delayed:
+            return []
+        held: dict[TopicPartitionKey, dict[int, tuple[float, int, _Entry]]] = {}
+        for delayed in self._delayed:
+            entry = delayed[2]
+            part = self._partitions.get(entry.key)
+            if part is not None and entry.offset in part.open:
+                held.setdefault(entry.key, {})[entry.offset] = delayed
+        chosen: set[int] = set()
+        for key, items in held.items():
+            part = self._partitions[key]
+            prefix: list[tuple[float, int, _Entry]] = []
+            limit = part.fetched_to
+            for offset in sorted(part.open):
+                item = items.get(offset)
+                if item is None or item[0] - now <= margin:
+                    limit = offset
+                    break
+                prefix.append(item)
+            if not prefix or limit is None:
+                continue
+            # Offsets between the first held record and the first one that is not moved,
+            # and are not held themselves, are settled: the commit can pass them.
+            if limit - prefix[0][2].offset > len(prefix):
+                chosen.update(item[1] for item in prefix)
+        if not chosen:
+            return []
+        out = [(item[2].message, item[0]) for item in self._delayed if item[1] in chosen]
+        self._delayed = [item for item in self._delayed if item[1] not in chosen]
+        heapq.heapify(self._delayed)
+        return out
+
+    def hold_again(self, stuck: Iterable[tuple[Message, float]]) -> None:
+        """Hold back again messages :meth:`stuck` named and that could not be moved."""
+        for message, due in stuck:
+            receipt = message.metadata
+            if not isinstance(receipt, Receipt) or not self.holds(receipt):
+                continue
+            key = (receipt.topic, receipt.partition)
+            entry = _Entry(key, receipt.offset, message, None)
+            heapq.heappush(self._delayed, (due, next(self._numbers), entry))
 
     def backlog(self) -> int:
         """Messages fetched and not handed out (ready, waiting behind their group, delayed)."""

@@ -11,6 +11,10 @@ next owner starts right after what this one finished, and delivers again only wh
 in flight. The assignor is eager (``roundrobin``, which aiokafka has too): a rebalance takes
 every partition away and hands them out again.
 
+A held record (a retry not due yet) that keeps settled records behind it uncommitted is
+moved to the end of the queue's retry topic (see :mod:`melange.backends.kafka.retries`):
+while receiving, and for the partitions given up in a rebalance or at close.
+
 librdkafka serves the rebalance callbacks inside ``consume``, so they run on the thread that
 receives; settlements may come from any thread (they take the ledger's lock, and librdkafka's
 commit is thread-safe).
@@ -27,8 +31,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from melange.backends.kafka.connection import ClientSettings, logger
 from melange.backends.kafka.ledger import Ledger, TopicPartitionKey
+from melange.backends.kafka.retries import MOVE_INTERVAL, MOVE_MARGIN, Record, moved
 from melange.backends.kafka.topology import QueueSpec
-from melange.backends.kafka.wire import Receipt, received
+from melange.backends.kafka.wire import Receipt, receipt_of, received
 from melange.models import Message
 
 #: Longest single wait inside librdkafka, so that an interrupt is seen this soon.
@@ -55,6 +60,8 @@ class QueueReader:
             being taken away to be settled.
         join_timeout: Longest wait of a first receive for the group to give this consumer
             its partitions.
+        publish: Publishes records to a topic and returns once the brokers confirmed them
+            (how held records move to the end of the retry topic).
     """
 
     def __init__(
@@ -64,8 +71,11 @@ class QueueReader:
         group: str,
         drain_timeout: float,
         join_timeout: float,
+        publish: Callable[[str, list[Record]], None],
     ) -> None:
         self.spec = spec
+        self._publish = publish
+        self._next_move = 0.0
         self.ledger = Ledger(spec.fifo)
         self._drain_timeout = drain_timeout
         self._join_timeout = join_timeout
@@ -110,6 +120,8 @@ class QueueReader:
                     )
                     break
                 self.ledger.lock.wait(remaining)
+        self._move_stuck(0.0)
+        with self.ledger.lock:
             commits = self.ledger.revoked(keys)
             self._forget_pending(keys)
         self._commit(commits, asynchronous=False)
@@ -142,8 +154,11 @@ class QueueReader:
         deadline = started + max(0.0, wait_seconds)
         with self.poll_lock:
             while not self._closed:
-                self._commit_pending()
                 now = time.monotonic()
+                if now >= self._next_move:
+                    self._next_move = now + MOVE_INTERVAL
+                    self._move_stuck(MOVE_MARGIN)
+                self._commit_pending()
                 with self.ledger.lock:
                     out = self.ledger.take(max_messages, now)
                     due = self.ledger.next_due(now)
@@ -262,6 +277,27 @@ class QueueReader:
         with self.ledger.lock:
             return self.ledger.holds(receipt)
 
+    def _move_stuck(self, margin: float) -> None:
+        """Move the held records that keep settled ones uncommitted to the end of the retry
+        topic, then settle them (their offsets are committed with the next commit)."""
+        with self.ledger.lock:
+            stuck = self.ledger.stuck(time.monotonic(), margin)
+        retries = self.spec.retries
+        if not stuck or retries is None:
+            return
+        try:
+            self._publish(retries, [moved(message, due) for message, due in stuck])
+        except Exception as exc:  # kept where they are: moved again on the next look
+            logger.warning("Kafka queue %s: held records not moved: %s", self.spec.name, exc)
+            with self.ledger.lock:
+                self.ledger.hold_again(stuck)
+            return
+        with self.ledger.lock:
+            for message, _ in stuck:
+                commit = self.ledger.settle(receipt_of(message))
+                if commit is not None:
+                    self._pending[commit[0]] = commit[1]
+
     def _commit(self, offsets: dict[TopicPartitionKey, int], asynchronous: bool) -> None:
         if not offsets:
             return
@@ -287,6 +323,7 @@ class QueueReader:
             return
         self._closed = True
         with self.poll_lock:
+            self._move_stuck(0.0)
             with self.ledger.lock:
                 commits = self.ledger.commits()
             self._commit(commits, asynchronous=False)

@@ -5,6 +5,10 @@
   a consumer group of its own (:func:`group_id`), which also reads every topic the queue is
   subscribed to. Each queue's group keeps its own offsets, so every queue bound to a topic
   gets every message published to it, independently of the others.
+- A standard queue's **retry topic** (:func:`retry_topic`) holds what waits for a later
+  attempt: a message that failed and is due again after a delay, or one given back for a
+  while. Its group reads it with the rest; the queue's own and subscribed topics then hold
+  nothing back, so their committed offsets only ever wait for messages being handled.
 - The **catalogue** is a compacted Kafka topic (``__melange_catalogue`` by default) with one
   record per queue and topic: a queue's record holds its subscriptions, its dead-letter queue
   and whether it is FIFO. It is how any process finds out what a queue reads.
@@ -14,6 +18,7 @@ Kafka topic names are 1 to 249 characters: ASCII letters, digits, ``.``, ``_`` a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -28,6 +33,9 @@ DEFAULT_CATALOGUE = "__melange_catalogue"
 MAX_NAME = 249
 #: Suffix of a FIFO queue's name (FIFO by default, as on the other backends).
 FIFO_SUFFIX = ".fifo"
+
+#: Start of a retry topic's name (no queue's or topic's name starts with ``__``).
+RETRY_PREFIX = "__melange.retry."
 
 _LEGAL = re.compile(r"[A-Za-z0-9._-]+")
 _QUEUE_KEY = "queue:"
@@ -53,6 +61,16 @@ def check_name(kind: str, name: object) -> str:
     return name
 
 
+def retry_topic(queue: str) -> str:
+    """The retry topic of a standard queue: :data:`RETRY_PREFIX` and the queue's name, which a
+    queue name too long for that shortens and tells apart with a hash."""
+    name = RETRY_PREFIX + queue
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(queue.encode()).hexdigest()[:16]
+    return f"{name[: MAX_NAME - 17]}-{digest}"
+
+
 def group_id(prefix: str, queue: str) -> str:
     """The consumer group that reads ``queue``."""
     return f"{prefix}{queue}"
@@ -75,9 +93,17 @@ class QueueSpec:
     fifo: bool = False
 
     @property
+    def retries(self) -> str | None:
+        """The queue's retry topic (``None`` on a FIFO queue, whose messages wait for a later
+        attempt in their consumer, ahead of the rest of their group)."""
+        return None if self.fifo else retry_topic(self.name)
+
+    @property
     def sources(self) -> list[str]:
-        """Every Kafka topic the queue's group reads: its own, then its subscriptions."""
-        return [self.name, *self.topics]
+        """Every Kafka topic the queue's group reads: its own, its subscriptions, then its
+        retry topic."""
+        retries = self.retries
+        return [self.name, *self.topics, *([retries] if retries else [])]
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -171,11 +197,13 @@ __all__ = [
     "DEFAULT_CATALOGUE",
     "FIFO_SUFFIX",
     "MAX_NAME",
+    "RETRY_PREFIX",
     "Catalogue",
     "QueueSpec",
     "check_name",
     "declared_spec",
     "group_id",
     "queue_key",
+    "retry_topic",
     "topic_key",
 ]
