@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
 from melange.backends.gathering import BUSY_WINDOW, GATHER_SECONDS, BusyQueues
+from melange.backends.interfaces import MessagingBackend
+from melange.backends.memory import InMemoryMessagingBackend
+from melange.backends.sqlite import SQLiteBackend
+from melange.models import Message, QueueWrapper
 
 
 def test_a_quiet_queue_is_received_from_at_once() -> None:
@@ -27,3 +38,64 @@ def test_a_queue_that_just_delivered_gathers_until_its_window_passes() -> None:
 def test_the_pause_is_short_beside_the_window() -> None:
     # A queue fed faster than once per window pays the pause; it must stay well below it.
     assert 0 < GATHER_SECONDS <= BUSY_WINDOW / 5
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def embedded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MessagingBackend]:
+    backend: MessagingBackend
+    if request.param == "memory":
+        backend = InMemoryMessagingBackend()
+    else:
+        backend = SQLiteBackend(tmp_path / "broker.db")
+    yield backend
+    backend.close_connection()
+
+
+def _publish_slowly(backend: MessagingBackend, queue: QueueWrapper, n: int) -> None:
+    # A publisher feeding the queue about once every 0.1-0.2 ms: a receiver woken by each
+    # publish would take the messages one at a time.
+    for i in range(n):
+        backend.publish_to_queue(Message.create(str(i), 1, "json"), queue)
+        time.sleep(0.0001)
+
+
+def test_a_blocking_receive_takes_a_busy_queues_messages_together(
+    embedded: MessagingBackend,
+) -> None:
+    queue, _ = embedded.declare_queue("orders")
+    embedded.publish_to_queue(Message.create("first", 1, "json"), queue)
+    # One delivery makes the queue busy for this backend's receivers.
+    first = embedded.retrieve_messages(queue, max_messages=10, wait_seconds=1)
+    embedded.acknowledge_batch(first)
+
+    n = 200
+    publisher = threading.Thread(target=_publish_slowly, args=(embedded, queue, n))
+    receives = received = 0
+    publisher.start()
+    try:
+        while received < n:
+            batch = embedded.retrieve_messages(queue, max_messages=10, wait_seconds=5)
+            assert batch, "a receive came back empty while messages were being published"
+            receives += 1
+            received += len(batch)
+            embedded.acknowledge_batch(batch)
+    finally:
+        publisher.join()
+    # Without the pause nearly every publish is a receive of its own (about 200 here); with
+    # it, each receive takes what a millisecond of publishing brought.
+    assert receives <= n // 2, f"{receives} receives for {n} messages"
+
+
+def test_a_quiet_queues_message_is_received_without_the_pause(
+    embedded: MessagingBackend,
+) -> None:
+    queue, _ = embedded.declare_queue("orders")
+    got: list[list[Message]] = []
+    receiver = threading.Thread(
+        target=lambda: got.append(embedded.retrieve_messages(queue, wait_seconds=5))
+    )
+    receiver.start()
+    time.sleep(0.05)  # the receiver is waiting
+    embedded.publish_to_queue(Message.create("only", 1, "json"), queue)
+    receiver.join(timeout=5)
+    assert [m.content for m in got[0]] == ["only"]

@@ -7,8 +7,8 @@ receiver that would wait for the next message first lets the publishers run for
 queue's message is taken the moment it arrives: the rule costs a busy queue's messages a
 millisecond at most, and a quiet queue's nothing.
 
-The rule is the same on every backend that applies it: the asyncio receiver of the embedded
-backends, Redis Streams and Kombu on AMQP under both APIs, and the asyncio Kafka backend
+The rule is the same on every backend that applies it: the in-memory and SQLite backends,
+Redis Streams and Kombu on AMQP, each under both APIs, and the asyncio Kafka backend
 (whose aiokafka consumer fetches again as soon as its buffer is taken; librdkafka batches its
 fetches by itself). Each backend only performs the pause its own way.
 """

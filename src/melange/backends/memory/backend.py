@@ -22,6 +22,7 @@ from melange.backends.embedded_rules import (
     check_filter_events,
     dead_letter_copy,
 )
+from melange.backends.gathering import BusyQueues
 from melange.backends.heap import LARGE_BACKLOG, return_freed_memory
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend, QueueWatch
 from melange.backends.memory.topology import (
@@ -111,6 +112,8 @@ class InMemoryMessagingBackend(MessagingBackend):
         # Queues whose waiting receivers a publish woke, none of which has looked since:
         # later publishes need not wake them again (see _arrive).
         self._rung: set[str] = set()
+        # When each queue last delivered to a blocking receive (see retrieve_messages).
+        self._busy = BusyQueues()
 
     @property
     def capabilities(self) -> BackendCapabilities:
@@ -367,15 +370,30 @@ class InMemoryMessagingBackend(MessagingBackend):
         wait = float(kwargs.get("wait_seconds") or 0.0)
         deadline = time.monotonic() + wait
         name = queue.name
+        gathered = False
         with self._lock:
             generation = self._interrupts
             while True:
                 received, pause = self._poll(name, max_messages)
                 remaining = deadline - time.monotonic()
                 if received or remaining <= 0 or generation != self._interrupts:
+                    if received:
+                        self._busy.delivered(name)
                     return received
                 if pause <= 0:
                     continue
+                if not gathered:
+                    gathered = True
+                    gather = self._busy.gather_seconds(name, remaining)
+                    if gather > 0:
+                        # Publishers are at work: let them run a moment, without the lock or
+                        # a wake per publish, and take what they sent in one receive.
+                        self._lock.release()
+                        try:
+                            time.sleep(gather)
+                        finally:
+                            self._lock.acquire()
+                        continue
                 arrived = self._arrived.get(name)
                 if arrived is None:
                     arrived = self._arrived[name] = threading.Condition(self._lock)

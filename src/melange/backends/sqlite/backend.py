@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from melange.backends.gathering import BusyQueues
 from melange.backends.heap import return_freed_memory_when_idle
 from melange.backends.interfaces import (
     BackendCapabilities,
@@ -157,6 +158,8 @@ class SQLiteBackend(MessagingBackend):
         self._idle_waits: dict[str, float] = {}
         # Queues this backend delivered from since each was last found empty.
         self._delivering: set[str] = set()
+        # When each queue last delivered to a blocking receive (see retrieve_messages).
+        self._busy = BusyQueues()
         self._max_message_size = max_message_size
         self._clock = clock
         self._interrupts = 0
@@ -412,12 +415,24 @@ class SQLiteBackend(MessagingBackend):
         doorbell = self._db.doorbell
         with doorbell.lock:
             interrupts = self._interrupts
+        gathered = False
         while True:
             publishes = doorbell.rings(name)
             received, pause = self._poll(name, max_messages)
             remaining = deadline - time.monotonic()
-            if received or remaining <= 0:
+            if received:
+                self._busy.delivered(name)
                 return received
+            if remaining <= 0:
+                return received
+            if not gathered:
+                gathered = True
+                gather = self._busy.gather_seconds(name, remaining)
+                if gather > 0:
+                    # Publishers are at work: what they send in a moment is claimed in one
+                    # write rather than one claim per publish.
+                    time.sleep(gather)
+                    continue
             with doorbell.lock:
                 if self._interrupts != interrupts:
                     return []
