@@ -30,7 +30,7 @@ from melange.consumers import Consumer
 from melange.dispatch.policy import FailurePolicy
 from melange.models import FAILURE_ATTEMPTS, Message
 from melange.simulation import Scenario, simulate
-from melange.simulation.world import HandlerError, HostileError, NonRetryable
+from melange.simulation.processes import HandlerError, HostileError, NonRetryable
 from service_check import require_service
 
 #: Behaviours a real run can play without faults (no process exit, no hour-long handler).

@@ -33,8 +33,8 @@ from melange.models import FAILURE_ATTEMPTS, FAILURE_REASON, Message
 
 if TYPE_CHECKING:
     from melange.dispatch.policy import FailurePolicy
+    from melange.simulation.processes import Process
     from melange.simulation.scenario import Scenario
-    from melange.simulation.world import Process
 
 
 #: Why a message run again by a consumer that succeeded is no fault: a retry runs every

@@ -23,13 +23,12 @@ thread, no wall clock, no unseeded randomness.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import heapq
 import itertools
 import json
 import logging
 import random
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,19 +53,25 @@ from melange.dispatch.effects import (
     Unwatch,
     Watch,
 )
-from melange.dispatch.engine import Engine
-from melange.dispatch.groups import GroupOrder
 from melange.dispatch.leases import RENEWAL_FRACTION
 from melange.dispatch.policy import FailurePolicy
-from melange.dispatch.stats import DispatcherStats
 from melange.models import Message
 from melange.serializers.json import JsonSerializer
 from melange.serializers.registry import SerializerRegistry
 from melange.simulation.invariants import History, Run
+from melange.simulation.processes import (
+    AcquireSlot,
+    ConnectionLost,
+    HandlerError,
+    HostileError,
+    JoinTask,
+    NonRetryable,
+    Process,
+    SpawnTask,
+    Task,
+)
 from melange.simulation.scenario import Fault, Scenario
 
-#: Messages one receive asks for when several workers share a batch (as the real drivers).
-BATCH_FOR_WORKERS = 10
 #: Seconds a receive waits for messages before it returns empty (a long poll).
 LONG_POLL_SECONDS = 20.0
 #: Seconds before a process that exited or died is started again (a supervisor).
@@ -75,279 +80,6 @@ RESTART_SECONDS = 2.0
 DRAIN_LIMIT_SECONDS = 7200.0
 #: Receive count after which the broker dead-letters by itself (its backstop).
 BROKER_MAX_RECEIVES = 20
-
-
-class Crashed(BaseException):
-    """Thrown into the steps of a process that died, so that they end without effects."""
-
-
-class ConnectionLost(ConnectionError):
-    """A broker or cache call that failed because of an injected fault."""
-
-
-class HandlerError(RuntimeError):
-    """What a failing simulated handler raises."""
-
-
-class NonRetryable(Exception):
-    """What a ``non_retryable`` handler raises; the policy dead-letters it at once."""
-
-
-class HostileError(Exception):
-    """A handler exception whose ``str()`` itself raises."""
-
-    def __str__(self) -> str:
-        raise RuntimeError("hostile __str__")
-
-
-# -- internal effects of the consume loops --------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Spawn:
-    step: Generator[Any, Any, Any]
-
-
-@dataclass(slots=True)
-class _Join:
-    task: Task
-
-
-@dataclass(slots=True)
-class _Acquire:
-    wait_only: bool = False
-
-
-class Task:
-    """A step of one process being driven: a generator of effects."""
-
-    __slots__ = (
-        "context",
-        "done",
-        "error",
-        "on_done",
-        "proc",
-        "result",
-        "step",
-        "waiters",
-        "world",
-    )
-
-    def __init__(self, world: World, proc: Process, step: Generator[Any, Any, Any]) -> None:
-        self.world = world
-        self.proc = proc
-        self.step = step
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.waiters: list[Task] = []
-        self.on_done: list[Callable[[], None]] = []
-        # Each task in a context of its own, as an asyncio task or a worker thread: what one
-        # message sets (the message being processed) is not seen by another.
-        self.context = contextvars.Context()
-
-    def advance(self, value: Any = None, error: BaseException | None = None) -> None:
-        proc = self.proc
-        if self.done or proc.dead:
-            return
-        world = self.world
-        if proc.stalled_until > world.now:
-            world.at(proc.stalled_until, self.advance, value, error)
-            return
-        try:
-            if error is None:
-                effect = self.context.run(self.step.send, value)
-            else:
-                effect = self.context.run(self.step.throw, error)
-        except StopIteration as stop:
-            self._finish(stop.value, None)
-        except BaseException as exc:
-            self._finish(None, exc)
-        else:
-            world.perform(self, effect)
-
-    def _finish(self, result: Any, error: BaseException | None) -> None:
-        self.done, self.result, self.error = True, result, error
-        self.proc.tasks.pop(self, None)
-        for waiter in self.waiters:
-            self.world.at(self.world.now, waiter.advance, result)
-        self.waiters.clear()
-        for callback in self.on_done:
-            callback()
-        if self is self.proc.main:
-            self.proc.exited(error)
-
-    def kill(self) -> None:
-        """End the step without performing anything more (its process died)."""
-        if self.done:
-            return
-        self.done = True
-        step, run = self.step, self.context.run
-        try:
-            run(step.throw, Crashed())
-            while True:
-                run(step.throw, Crashed())
-        except BaseException:
-            pass
-
-
-class Process:
-    """One incarnation of a simulated consumer process (slot ``slot``)."""
-
-    def __init__(self, world: World, slot: int, incarnation: int) -> None:
-        self.world = world
-        self.slot = slot
-        self.name = f"p{slot}.{incarnation}"
-        self.dead = False
-        self.gone = False  # exited or dead
-        self.graceful = False
-        # Stalled or cut off at some point: its leases may have run out.
-        self.disrupted = False
-        self.exit_inflight = 0
-        self.stop_requested = False
-        self.stalled_until = 0.0
-        self.cut_until = 0.0
-        # Broker replies to this process come ``slow_by`` seconds late until ``slow_until``.
-        self.slow_until = 0.0
-        self.slow_by = 0.0
-        self.epoch = 0
-        self.tasks: dict[Task, None] = {}  # ordered: runs must not depend on addresses
-        self.main: Task | None = None
-        # Messages received and not settled: id(message) -> (message, epoch).
-        self.inflight: dict[int, tuple[Message, int]] = {}
-        self.leases: dict[object, tuple[str, Any, float]] = {}
-        self.claims_held: set[str] = set()
-        self.sleepers: dict[Task, int] = {}
-        self.free = world.scenario.workers
-        self.slot_waiters: list[tuple[Task, bool]] = []
-        self.stats = DispatcherStats()
-        self.cache = world.cache_view()
-        scenario = world.scenario
-        self.engine = Engine(
-            world.registry,
-            world.route,
-            world.policy,
-            self.stats,
-            deduplicate=scenario.dedup,
-            lease=scenario.dedup_lease,
-            fail_open=scenario.fail_open,
-            always_ack=False,
-            watch_messages=scenario.heartbeat,
-            check_holds=scenario.semantics == "connection",
-            stopping=lambda: self.stop_requested,
-            rng=random.Random(world.rng.random()),
-            clock=world.clock,
-        )
-        world.history.processes.append(self)
-
-    # -- lifecycle ----------------------------------------------------------------------------
-
-    def start(self) -> None:
-        loop = self._serial() if self.world.scenario.workers == 1 else self._pool()
-        self.main = self.spawn(loop)
-
-    def spawn(self, step: Generator[Any, Any, Any]) -> Task:
-        task = Task(self.world, self, step)
-        self.tasks[task] = None
-        self.world.at(self.world.now, task.advance)
-        return task
-
-    def exited(self, error: BaseException | None) -> None:
-        """The consume loop returned (or raised): the process exits."""
-        if self.gone:
-            return
-        self.gone = True
-        self.graceful = True
-        self.exit_inflight = sum(1 for _, epoch in self.inflight.values() if epoch == self.epoch)
-        self.world.history.note(f"{self.name} exited" + (f" ({error!r})" if error else ""))
-        for task in list(self.tasks):
-            task.kill()
-        self.world.process_gone(self)
-
-    def die(self, why: str) -> None:
-        """SIGKILL: nothing more happens in this process."""
-        if self.gone:
-            return
-        self.world.history.note(f"{self.name} died: {why}")
-        self.dead = self.gone = True
-        history = self.world.history
-        for message, _ in self.inflight.values():
-            history.touch(message, f"{why} while in hand")
-        for key in self.claims_held:
-            history.expose_key(key, why)
-        for task in list(self.tasks):
-            task.kill()
-        self.tasks.clear()
-        if self.world.scenario.semantics == "connection":
-            self.world.give_back_inflight(self)
-        self.inflight.clear()
-        self.world.process_gone(self)
-
-    def request_stop(self) -> None:
-        """SIGTERM: finish what is in hand, give the rest back, exit."""
-        if self.gone:
-            return
-        self.stop_requested = True
-        self.world.stop_polling(self)
-        for task in list(self.sleepers):
-            self.world.at(self.world.now, task.advance)
-        self.sleepers.clear()
-
-    # -- the consume loops (as the threaded and asyncio drivers schedule) ---------------------
-
-    def _options(self, batch: int) -> dict[str, Any]:
-        return {"max_messages": batch, "wait_seconds": 0}
-
-    def _serial(self) -> Generator[Any, Any, None]:
-        engine, queue = self.engine, self.world.queue
-        options = self._options(self.world.scenario.batch)
-        while not self.stop_requested:
-            messages = yield from engine.receive(queue, options)
-            if messages:
-                try:
-                    yield from engine.dispatch(messages, queue.name)
-                except Exception:
-                    continue
-
-    def _pool(self) -> Generator[Any, Any, None]:
-        engine, queue = self.engine, self.world.queue
-        workers = self.world.scenario.workers
-        options = self._options(min(BATCH_FOR_WORKERS, workers))
-        order: GroupOrder[Task] = GroupOrder()
-        while not self.stop_requested:
-            yield _Acquire(wait_only=True)
-            messages = yield from engine.receive(queue, options)
-            order.new_batch()
-            for message in messages:
-                yield _Acquire()
-                group = message.group_id
-                before, same_batch = order.before(group)
-                task = yield _Spawn(self._work(message, before, same_batch))
-                if group is not None:
-                    order.started(group, task)
-                    task.on_done.append(lambda task=task, group=group: order.finished(group, task))
-        # Drain: wait for the messages in hand.
-        for task in list(self.tasks):
-            if task is not self.main and not task.done:
-                yield _Join(task)
-
-    def _work(
-        self, message: Message, before: Task | None, same_batch: bool
-    ) -> Generator[Any, Any, bool]:
-        try:
-            go_ahead = True
-            if before is not None:
-                previous = yield _Join(before)
-                go_ahead = Engine.may_go_ahead(bool(previous), same_batch)
-            return bool((yield from self.engine.process(message, self.world.queue.name, go_ahead)))
-        except (SystemExit, KeyboardInterrupt):
-            self.request_stop()
-            return False
-        except Exception:
-            return False
-        finally:
-            self.free += 1
-            self.world.wake_slot_waiters(self)
 
 
 @dataclass
@@ -428,9 +160,9 @@ class World:
             Release: self._release,
             DeadLetter: self._dead_letter,
             Sleep: self._sleep,
-            _Spawn: self._spawn,
-            _Join: self._join,
-            _Acquire: self._acquire,
+            SpawnTask: self._spawn,
+            JoinTask: self._join,
+            AcquireSlot: self._acquire,
         }
 
     def _make_backend(self, broker: str, tmp: Path | None) -> MessagingBackend:
@@ -1003,19 +735,19 @@ class World:
 
     # -- the loops' own effects ---------------------------------------------------------------
 
-    def _spawn(self, task: Task, effect: _Spawn) -> None:
+    def _spawn(self, task: Task, effect: SpawnTask) -> None:
         proc = task.proc
         child = proc.spawn(effect.step)
         task.advance(child)
 
-    def _join(self, task: Task, effect: _Join) -> None:
+    def _join(self, task: Task, effect: JoinTask) -> None:
         target = effect.task
         if target.done:
             task.advance(target.result)
         else:
             target.waiters.append(task)
 
-    def _acquire(self, task: Task, effect: _Acquire) -> None:
+    def _acquire(self, task: Task, effect: AcquireSlot) -> None:
         proc = task.proc
         if proc.free > 0:
             if not effect.wait_only:
@@ -1065,4 +797,4 @@ def engine_logs_silenced() -> Iterator[None]:
         logger.disabled = disabled
 
 
-__all__ = ["Crashed", "Process", "Task", "World", "engine_logs_silenced"]
+__all__ = ["World", "engine_logs_silenced"]
