@@ -60,6 +60,22 @@ def test_json_serializer_rejects_invalid_json_clearly() -> None:
         JsonSerializer().deserialize("{nope")
 
 
+@pytest.mark.parametrize(
+    "body", ['{"a": 1}', ' {"a": 1}', '{"a": 1}\n', '\r\n {"a": 1} \t'], ids=repr
+)
+def test_json_serializer_reads_a_document_whatever_whitespace_surrounds_it(body: str) -> None:
+    # Bodies written by other programs often end with a newline.
+    assert JsonSerializer().deserialize(body) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "body", ["", "  ", '{"a": 1} x', '{"a": 1}{"b": 2}', "1 2", '{"a":'], ids=repr
+)
+def test_json_serializer_refuses_anything_but_one_document(body: str) -> None:
+    with pytest.raises(SerializationError, match="not valid JSON"):
+        JsonSerializer().deserialize(body)
+
+
 def test_pickle_serializer_uses_qualname_and_base64_body() -> None:
     s = PickleSerializer()
     assert s.identifier() == 2

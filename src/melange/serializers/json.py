@@ -11,7 +11,11 @@ from melange.serializers.interfaces import Serializer
 # What json.dumps and json.loads call with their default arguments, without the call of
 # json.dumps/json.loads around them (a frame per message saved on each side).
 _encode = json.JSONEncoder().encode
-_decode = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_decode = _decoder.decode
+# The scanner behind ``decode``: a body that is one document with nothing around it (what
+# every serializer writes) is read by it alone, without decode's two whitespace matches.
+_scan = _decoder.scan_once
 
 
 class JsonSerializer(Serializer[Any]):
@@ -39,6 +43,13 @@ class JsonSerializer(Serializer[Any]):
     def deserialize(self, data: str, manifest: str | None = None) -> Any:
         try:
             if type(data) is str:
+                try:
+                    value, end = _scan(data, 0)
+                except StopIteration:
+                    pass  # leading whitespace or not JSON: decode's own handling and error
+                else:
+                    if end == len(data):
+                        return value
                 return _decode(data)
             return json.loads(data)  # bytes, or a wrong type for its error
         except (TypeError, ValueError) as exc:
