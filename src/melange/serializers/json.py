@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from melange.exceptions import SerializationError
@@ -15,7 +16,7 @@ _decoder = json.JSONDecoder()
 _decode = _decoder.decode
 # The scanner behind ``decode``: a body that is one document with nothing around it (what
 # every serializer writes) is read by it alone, without decode's two whitespace matches.
-_scan = _decoder.scan_once
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 class JsonSerializer(Serializer[Any]):
