@@ -8,9 +8,18 @@ names below are imported on first use: importing this package does not need nats
   JetStream acknowledgements, pull consumers, leases, retries and dead letters.
 - :mod:`melange.backends.nats.backend`: :class:`NATSBackend`, the same for blocking code.
 - :mod:`melange.backends.nats.topology`: how queues and topics map onto streams, subjects,
-  stream sources and the durable consumer.
+  stream sources and the durable consumer, and what the backend can do.
 - :mod:`melange.backends.nats.wire`: the message format (headers and payload).
 - :mod:`melange.backends.nats.connection`: server URLs and connection options.
+- :mod:`melange.backends.nats.session`: the connection itself: reconnecting, repeating
+  operations, the backend's inbox.
+- :mod:`melange.backends.nats.streams`: declaring, finding and deleting streams and consumers.
+- :mod:`melange.backends.nats.publishing`: publishing and JetStream's acknowledgements.
+- :mod:`melange.backends.nats.pulls`: pull requests, pull markers and interrupts.
+- :mod:`melange.backends.nats.receiver`: receiving: what a pull brings, and late deliveries.
+- :mod:`melange.backends.nats.receipts`: receipts, leases and settling.
+- :mod:`melange.backends.nats.dead_letters`: moving messages to dead-letter queues.
+- :mod:`melange.backends.nats.inspect`: queue statistics, peeks and purges (the CLI).
 """
 
 from typing import TYPE_CHECKING, Any

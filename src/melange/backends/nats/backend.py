@@ -36,17 +36,15 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
-from melange.backends.nats.async_backend import (
-    DEFAULT_MAX_PAYLOAD,
-    AsyncNATSBackend,
-    QueueStats,
-    nats_capabilities,
-)
+from melange.backends.nats.async_backend import AsyncNATSBackend
+from melange.backends.nats.inspect import QueueStats
 from melange.backends.nats.topology import (
     DEFAULT_DUPLICATE_WINDOW,
     DEFAULT_MAX_ACK_PENDING,
+    DEFAULT_MAX_PAYLOAD,
     DEFAULT_TOPIC_MAX_AGE,
     DEFAULT_VISIBILITY_TIMEOUT,
+    nats_capabilities,
 )
 from melange.models import Message, QueueWrapper, TopicWrapper
 
@@ -243,8 +241,8 @@ class NATSBackend(MessagingBackend):
                 backend = AsyncNATSBackend(url, **settings)
                 backend.read_in_calls_only()
                 # One record of the first deliveries received, whichever connection
-                # received them (see AsyncNATSBackend._firsts).
-                backend._firsts = self.backend._firsts
+                # received them (see Receiver.firsts).
+                backend.share_first_deliveries(self.backend)
                 return backend
 
             self._receiver = _OwnConnection(receiver)

@@ -21,6 +21,8 @@ mapping can be read back (:func:`untoken`).
 Each queue stream has its own copy of a topic's messages (fan-out by stream sources), so
 queues subscribed to one topic consume independently, and a work-queue stream deletes a
 message once its consumer acknowledged it.
+
+What the backend can do on this layout is :func:`nats_capabilities`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from melange.backends.interfaces import DEFAULT_MAX_RECEIVE_COUNT
+from melange.backends.interfaces import DEFAULT_MAX_RECEIVE_COUNT, BackendCapabilities
 from melange.exceptions import ConfigurationError
 
 #: The durable pull consumer of every queue stream.
@@ -45,6 +47,8 @@ DEFAULT_MAX_ACK_PENDING = 10_000
 DEFAULT_DUPLICATE_WINDOW = 120.0
 #: Seconds a topic stream keeps a message (for a queue whose source fell behind).
 DEFAULT_TOPIC_MAX_AGE = 3600.0
+#: Largest message a NATS server takes by default (its ``max_payload``).
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
@@ -250,10 +254,30 @@ def source_filters(names: Names, topic: str, manifests: Sequence[str]) -> str:
     return names.topic_subjects(topic)
 
 
+def nats_capabilities(storage: str, max_payload: int) -> BackendCapabilities:
+    """What the NATS backend can do, with ``storage`` and the server's ``max_payload``."""
+    return BackendCapabilities(
+        name="nats",
+        persistent=storage == "file",
+        fifo=True,
+        topics=True,
+        native_dead_letter=True,
+        delayed_delivery=True,
+        visibility_timeout=True,
+        extend_visibility=True,
+        receive_count=True,
+        filter_policies=True,
+        # Room for the headers.
+        max_message_size=max_payload - 4096,
+        max_batch_size=None,
+    )
+
+
 __all__ = [
     "CONSUMER",
     "DEFAULT_DUPLICATE_WINDOW",
     "DEFAULT_MAX_ACK_PENDING",
+    "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_TOPIC_MAX_AGE",
     "DEFAULT_VISIBILITY_TIMEOUT",
     "Names",
@@ -262,6 +286,7 @@ __all__ = [
     "check_prefix",
     "consumer_config",
     "is_fifo",
+    "nats_capabilities",
     "queue_options",
     "source_filters",
     "token",

@@ -15,10 +15,14 @@ are not passed on to consumers.
 
 ``attempt`` is JetStream's delivery count (``num_delivered``): like SQS's receive count, it
 also counts deliveries that ran no handler (a release, an expired lease, a crashed receiver).
+
+A message read from a stream through the JetStream API, without receiving it, comes with its
+header block and payload in base64 (:func:`stored_message`).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import string
 from collections.abc import Mapping
@@ -118,6 +122,19 @@ def decode_message(
     )
 
 
+def stored_message(raw: Any) -> Message:
+    """A message read from a stream without receiving it (no receipt, no attempt)."""
+    headers: dict[str, str] = {}
+    if raw.hdrs:
+        block = base64.b64decode(raw.hdrs).decode("utf-8", "replace")
+        for line in block.split("\r\n")[1:]:
+            key, sep, value = line.partition(":")
+            if sep:
+                headers[key.strip()] = value.strip()
+    payload = base64.b64decode(raw.data) if raw.data else b""
+    return decode_message(payload, headers, None, None)
+
+
 def backstop_headers(queue: str, deliveries: int) -> dict[str, str]:
     """The failure headers of a message the backend dead-letters by itself: it was delivered
     more often than the queue's ``max_receive_count`` allows."""
@@ -140,4 +157,5 @@ __all__ = [
     "encode_body",
     "encode_headers",
     "manifest_of",
+    "stored_message",
 ]
