@@ -7,14 +7,21 @@ Redis transport (``kombu+redis://host:6379/0``) and its AMQP transport
 What the failure policy can do depends on the transport: see
 :func:`~melange.backends.kombu.topology.capabilities`.
 
-- :mod:`~melange.backends.kombu.backend`: the blocking backend: receiving, settling,
-  retries, dead letters, connections, inspection.
+- :mod:`~melange.backends.kombu.backend`: the blocking backend: topology, publishing,
+  receiving, settling, retries, dead letters, delegating to the modules below.
 - :mod:`~melange.backends.kombu.async_backend`: the asyncio backend.
+- :mod:`~melange.backends.kombu.connection`: URLs, transport options, and the connection
+  with its receiving and publishing channels, its lock and its reconnections.
 - :mod:`~melange.backends.kombu.topology`: how queues, topics and dead-letter queues map onto
-  kombu, option checks, capabilities per transport.
+  kombu and are declared and bound, option checks, capabilities per transport.
+- :mod:`~melange.backends.kombu.confirms`: publishing, and the broker's publisher confirms.
+- :mod:`~melange.backends.kombu.consuming`: the AMQP consumers, waits on the socket,
+  heartbeats.
+- :mod:`~melange.backends.kombu.leases`: ``basic_get``, leases on Redis, delayed give-backs.
+- :mod:`~melange.backends.kombu.wakeups`: what ends a waiting receive.
 - :mod:`~melange.backends.kombu.wire`: messages as kombu messages, and receipts.
-- :mod:`~melange.backends.kombu.connection`: URLs and transport options.
-- :mod:`~melange.backends.kombu.inspect`: RabbitMQ's management API for the AMQP transport.
+- :mod:`~melange.backends.kombu.inspect`: listing, counting, peeking and purging (RabbitMQ's
+  management API for the AMQP transport).
 """
 
 try:

@@ -103,7 +103,7 @@ class AsyncKombuBackend(BlockingBackendAdapter):
         backend = self.backend
         if (
             not kwargs
-            and topic.name in backend._exchanges
+            and topic.name in backend._link.exchanges
             and await self._publish_on_loop(
                 messages,
                 topic.name,
@@ -132,7 +132,7 @@ class AsyncKombuBackend(BlockingBackendAdapter):
         backend._check_publish(name, messages, {})
         targets = [(publish_arguments(message), exchange, key(message)) for message in messages]
         try:
-            seqs = backend._publish_now(targets)
+            seqs = backend._confirms.publish_now(targets)
         except WouldBlock:
             return False
         except BackendError as exc:
@@ -143,8 +143,8 @@ class AsyncKombuBackend(BlockingBackendAdapter):
         deadline = loop.time() + IO_TIMEOUT
         while True:
             try:
-                if backend._confirmed_now(seqs):
-                    backend._ring()
+                if backend._confirms.confirmed_now(seqs):
+                    backend._wakeups.ring()
                     return True
             except WouldBlock:
                 pass  # another thread reads the connection: it tells the waiters
@@ -152,7 +152,7 @@ class AsyncKombuBackend(BlockingBackendAdapter):
                 return False
             left = deadline - loop.time()
             if left <= 0:
-                await self.run_blocking(backend._drop_connection)
+                await self.run_blocking(backend._link.drop)
                 return False
             await self._readable(min(left, _SOCKET_WAIT), None)
 
@@ -165,7 +165,7 @@ class AsyncKombuBackend(BlockingBackendAdapter):
         loop = asyncio.get_running_loop()
         wait = float(kwargs.get("wait_seconds") or 0.0)
         deadline = loop.time() + wait
-        interrupts = backend._interrupt_count
+        interrupts = backend._wakeups.interrupts
         ready = {**kwargs, "wait_seconds": 0}
         while True:
             try:
@@ -204,12 +204,12 @@ class AsyncKombuBackend(BlockingBackendAdapter):
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(wake)
 
-        sock = backend._consuming_socket()
+        sock = backend._consumers.consuming_socket()
         fd = -1
         if sock is not None:
             with contextlib.suppress(OSError, ValueError):
                 fd = sock.fileno()
-        backend._add_waiter(wake_threadsafe)
+        backend._wakeups.add_waiter(wake_threadsafe)
         timer = loop.call_later(seconds, wake)
         self._socket_waiters.add(wake)
         try:
@@ -218,15 +218,15 @@ class AsyncKombuBackend(BlockingBackendAdapter):
                 self._unwatch(loop)
                 loop.add_reader(fd, self._socket_readable)
                 self._watched = fd
-            if interrupts is None or backend._interrupt_count == interrupts:
+            if interrupts is None or backend._wakeups.interrupts == interrupts:
                 await woken
         finally:
             timer.cancel()
-            backend._remove_waiter(wake_threadsafe)
+            backend._wakeups.remove_waiter(wake_threadsafe)
             self._socket_waiters.discard(wake)
             if not self._socket_waiters:
                 self._unwatch(loop)
-        return interrupts is None or backend._interrupt_count == interrupts
+        return interrupts is None or backend._wakeups.interrupts == interrupts
 
     def _socket_readable(self) -> None:
         for wake in list(self._socket_waiters):

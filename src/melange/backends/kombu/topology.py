@@ -16,16 +16,21 @@ on AMQP, emulated by kombu's "virtual" transports such as Redis):
   trace (on Redis, a list without elements does not exist), so every declared queue is also
   bound to the direct exchange ``melange.queues`` and every topic to ``melange.topics``.
   Nothing is ever published to either: their bindings only say what exists.
+
+:class:`Bindings` declares them on a channel: natively on AMQP, through kombu's binding
+tables on virtual transports.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from melange.backends.amqp import refuse_fifo_publish as refuse_fifo_publish_on
 from melange.backends.amqp import refuse_fifo_queue
 from melange.backends.interfaces import BackendCapabilities
+from melange.backends.kombu.connection import NOT_FOUND, Link, reply_code
 from melange.exceptions import ConfigurationError
 from melange.models import Message
 
@@ -132,12 +137,155 @@ def capabilities(driver: str, transport: str, persistent: bool) -> BackendCapabi
     )
 
 
+class Bindings:
+    """Queues, topics, dead-letter queues and their bindings, declared, looked up and
+    deleted on a channel of a :class:`~melange.backends.kombu.connection.Link` (AMQP
+    natively; virtual transports through kombu's binding tables).
+
+    Args:
+        link: The backend's connection: whether it is AMQP, its channel errors, and the
+            exchanges declared on it.
+    """
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    # -- bindings (AMQP natively; virtual transports through kombu's binding tables) -----------
+
+    def declare_exchange(self, channel: Any, name: str, kind: str) -> None:
+        """Declare a durable exchange, known to the link from then on."""
+        channel.exchange_declare(name, kind, durable=True, auto_delete=False)
+        self._link.exchanges.add(name)
+
+    def bind(self, channel: Any, queue: str, exchange: str, kind: str, key: str) -> None:
+        """Bind ``queue`` to ``exchange`` (declared first) with the binding key ``key``."""
+        self.declare_exchange(channel, exchange, kind)
+        if self._link.amqp or not hasattr(channel, "keyprefix_queue"):
+            channel.queue_bind(queue, exchange, key)
+            return
+        # kombu's Redis transport skips a binding its connection made before, even when the
+        # table lost it since (another process deleted it): write it every time.
+        meta = channel.typeof(exchange).prepare_bind(queue, exchange, key, None)
+        channel._queue_bind(exchange, *meta)
+
+    def unbind(self, channel: Any, queue: str, exchange: str, kind: str, key: str) -> None:
+        """Remove the binding of ``queue`` to ``exchange`` with ``key``."""
+        if self._link.amqp:
+            channel.queue_unbind(queue, exchange, key)
+            return
+        self.declare_exchange(channel, exchange, kind)
+        meta = channel.typeof(exchange).prepare_bind(queue, exchange, key, None)
+        with contextlib.suppress(KeyError):
+            channel.state.binding_delete(queue, exchange, key)
+        if hasattr(channel, "keyprefix_queue"):
+            member = channel.sep.join([m or "" for m in meta])
+            channel.client.srem(channel.keyprefix_queue % (exchange,), member)
+            permanent = getattr(channel, "keyprefix_binding_permanent", None)
+            if permanent:  # kombu 5.6+: the set that keeps the table from its sweeps
+                channel.client.srem(permanent % (exchange,), member)
+        else:
+            channel.queue_unbind(queue, exchange, key)
+
+    def table(self, channel: Any, exchange: str) -> list[tuple[str, str, str]]:
+        """The bindings ``(routing key, pattern, queue)`` of an exchange (virtual only)."""
+        try:
+            return [tuple(row) for row in channel.get_table(exchange)]
+        except KeyError:
+            return []
+
+    # -- topology -------------------------------------------------------------------------------
+
+    def declare_topic(self, channel: Any, name: str) -> None:
+        """Declare the topic's exchange (and, on virtual transports, register it)."""
+        self.declare_exchange(channel, name, "topic")
+        if not self._link.amqp:
+            self.bind(channel, name, TOPIC_REGISTRY, "direct", name)
+
+    def topic_exists(self, channel: Any, name: str) -> bool:
+        """Whether the topic exists (on AMQP, by a passive declaration)."""
+        if self._link.amqp:
+            try:
+                channel.exchange_declare(name, "topic", passive=True)
+            except self._link.connection.channel_errors as exc:
+                if reply_code(exc) == NOT_FOUND:
+                    return False
+                raise
+            return True
+        return any(row[0] == name for row in self.table(channel, TOPIC_REGISTRY))
+
+    def queue_exists(self, channel: Any, name: str) -> bool:
+        """Whether the queue exists (on AMQP, by a passive declaration)."""
+        if self._link.amqp:
+            return self.declared_count(channel, name) is not None
+        return any(row[0] == name for row in self.table(channel, QUEUE_REGISTRY))
+
+    def declared_count(self, channel: Any, name: str) -> int | None:
+        """Ready messages of an AMQP queue by a passive declaration (``None``: missing; the
+        channel is then closed)."""
+        try:
+            declared = channel.queue_declare(name, passive=True)
+        except self._link.connection.channel_errors as exc:
+            if reply_code(exc) == NOT_FOUND:
+                return None
+            raise
+        return int(declared.message_count)
+
+    def declare_queue(
+        self,
+        channel: Any,
+        queue_name: str,
+        dead_letter_queue_name: str | None,
+        topics: Sequence[str],
+        keys: Sequence[str] | None,
+    ) -> None:
+        """Declare the queue and its dead-letter queue, and bind the queue to each topic
+        with each of ``keys`` (``None``: every message)."""
+        amqp = self._link.amqp
+        names = [queue_name] + ([dead_letter_queue_name] if dead_letter_queue_name else [])
+        for name in names:
+            channel.queue_declare(name, durable=True, auto_delete=False)
+            if not amqp:
+                self.bind(channel, name, QUEUE_REGISTRY, "direct", name)
+        if dead_letter_queue_name:
+            self.bind(channel, dead_letter_queue_name, DEAD_LETTER_EXCHANGE, "direct", queue_name)
+        for topic in topics:
+            self.declare_exchange(channel, topic, "topic")
+            for key in keys or [EVERY_MESSAGE]:
+                self.bind(channel, queue_name, topic, "topic", key)
+
+    def delete_queue(self, channel: Any, name: str) -> None:
+        """Delete the queue, with its bindings on virtual transports."""
+        if self._link.amqp:
+            channel.queue_delete(name)
+            return
+        for topic in [row[0] for row in self.table(channel, TOPIC_REGISTRY)]:
+            for key, _, bound in self.table(channel, topic):
+                if bound == name:
+                    self.unbind(channel, name, topic, "topic", key)
+        for key, _, bound in self.table(channel, DEAD_LETTER_EXCHANGE):
+            if name in (key, bound):
+                self.unbind(channel, bound, DEAD_LETTER_EXCHANGE, "direct", key)
+        self.unbind(channel, name, QUEUE_REGISTRY, "direct", name)
+        channel.queue_purge(name)
+
+    def delete_topic(self, channel: Any, name: str) -> None:
+        """Delete the topic's exchange, with its bindings on virtual transports."""
+        if self._link.amqp:
+            channel.exchange_delete(name)
+            return
+        for key, _, bound in self.table(channel, name):
+            self.unbind(channel, bound, name, "topic", key)
+        self.unbind(channel, name, TOPIC_REGISTRY, "direct", name)
+        channel.state.exchanges.pop(name, None)
+
+
 __all__ = [
     "AMQP_DRIVERS",
     "DEAD_LETTER_EXCHANGE",
     "EVERY_MESSAGE",
     "QUEUE_REGISTRY",
     "TOPIC_REGISTRY",
+    "Bindings",
     "capabilities",
     "check_name",
     "check_queue_options",
