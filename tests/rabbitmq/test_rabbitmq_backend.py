@@ -705,7 +705,7 @@ def test_a_receive_meeting_the_io_thread_mid_round_reads_the_next_delivery_itsel
     topology: Topology,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import melange.backends.rabbitmq.connection as module
+    import melange.backends.rabbitmq.io_thread as module
 
     # While callers drive the connection the I/O thread looks at the socket only this often:
     # a receive left waiting for it to hand a delivery over would wait that long.
@@ -742,7 +742,7 @@ def test_a_receive_meeting_the_io_thread_mid_round_reads_the_next_delivery_itsel
 def test_interrupt_ends_a_receive_while_the_io_thread_is_busy_for_long(
     make_rabbit: Callable[..., RabbitMQBackend], topology: Topology
 ) -> None:
-    import melange.backends.rabbitmq.connection as module
+    import melange.backends.rabbitmq.io_thread as module
 
     queue = topology.queue()
     consumer = make_rabbit()
@@ -779,7 +779,7 @@ def test_a_batch_larger_than_the_socket_buffer_arrives_whole_and_in_order(
 def test_confirms_are_awaited_through_public_pika_calls_when_its_internals_are_missing(
     rabbit: RabbitMQBackend, topology: Topology, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import melange.backends.rabbitmq.connection as module
+    import melange.backends.rabbitmq.session as module
 
     monkeypatch.setattr(module, "_IoloopTimerContext", None)
     queue = topology.queue()

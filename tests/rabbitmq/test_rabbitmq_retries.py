@@ -15,7 +15,7 @@ import pytest
 
 from melange.aio import AsyncMessageDispatcher
 from melange.backends.rabbitmq import RabbitMQBackend
-from melange.backends.rabbitmq.connection import MAX_QUEUED_POSTS
+from melange.backends.rabbitmq.io_thread import MAX_QUEUED_POSTS
 from melange.backends.rabbitmq.topology import (
     DELAY_LADDER_MS,
     retry_arguments,

@@ -36,8 +36,11 @@ import pika.exceptions
 import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from melange.backends.rabbitmq.connection import FATAL_CONNECT_ERRORS, quiet_pika_connect_errors
-from melange.backends.rabbitmq.connection import _explain as explain_pika_error
+from melange.backends.rabbitmq.connection import (
+    FATAL_CONNECT_ERRORS,
+    explain_connection_error,
+    quiet_pika_connect_errors,
+)
 from melange.backends.rabbitmq.topology import (
     Bind,
     DeclareExchange,
@@ -94,7 +97,7 @@ def explain(error: BaseException | None) -> str:
     none, and the parameters are not part of them)."""
     if isinstance(error, TimeoutError):
         return "timed out"
-    return explain_pika_error(error)
+    return explain_connection_error(error)
 
 
 async def open_connection(parameters: pika.ConnectionParameters, timeout: float) -> Any:

@@ -54,7 +54,7 @@ for ``consumer_idle_timeout`` seconds is no longer consumed, and its buffered me
 to the broker for other consumers.
 
 All broker I/O runs on one thread per backend that owns the connection (see
-:mod:`melange.backends.rabbitmq.connection`): every method is thread-safe, heartbeats are
+:mod:`melange.backends.rabbitmq.io_thread`): every method is thread-safe, heartbeats are
 answered while handlers run, and a dropped connection is re-established with backoff, after
 which consumers resubscribe and interrupted publishes are repeated. Receiving and
 acknowledging do not wait for that thread: deliveries are buffered as they arrive, and
@@ -86,17 +86,17 @@ from melange.backends.rabbitmq.common import (
     receive_options,
     topic_publish_refused,
 )
-from melange.backends.rabbitmq.connection import (
-    ConnectionThread,
+from melange.backends.rabbitmq.inspect import RabbitMQInspection
+from melange.backends.rabbitmq.io_thread import ConnectionThread
+from melange.backends.rabbitmq.session import (
     RabbitMQReceipt,
     Session,
-    _Consumer,
+    Subscription,
     ack,
     ack_many,
     perform,
     requeue,
 )
-from melange.backends.rabbitmq.inspect import RabbitMQInspection
 from melange.backends.rabbitmq.topology import (
     DEAD_LETTER_EXCHANGE,
     NOT_FOUND,
@@ -178,10 +178,10 @@ class RabbitMQBackend(RabbitMQInspection, RabbitMQBackendBase, MessagingBackend)
         self._next_idle_check = 0.0
         self._cond = threading.Condition()
         # Deliveries of the current round of I/O, not yet in the buffers (I/O thread only).
-        self._arrived: list[tuple[_Consumer, int, Any, Any, bytes]] = []
+        self._arrived: list[tuple[Subscription, int, Any, Any, bytes]] = []
         # The consumer of each queue, so callers can see without asking the I/O thread
         # whether a queue is consumed; written by the I/O thread under _cond.
-        self._consuming: dict[str, _Consumer] = {}
+        self._consuming: dict[str, Subscription] = {}
         self._wanted: set[str] = set()
         self._subscribe_errors: dict[str, BaseException] = {}
         self._link = ConnectionThread(
@@ -255,7 +255,7 @@ class RabbitMQBackend(RabbitMQInspection, RabbitMQBackendBase, MessagingBackend)
         self._hand_over()
         self._release_idle_consumers(session)
 
-    def _drop_buffered(self, consumer: _Consumer) -> None:
+    def _drop_buffered(self, consumer: Subscription) -> None:
         self._hand_over()
         with self._cond:
             self._drop_buffered_of(consumer.queue, consumer)
