@@ -15,11 +15,14 @@ that handler takes instead), ``block_on`` (a payload number whose handler never 
 seconds; default the library's), ``max_messages``, ``heartbeat`` (false turns the visibility
 heartbeat off), ``fail_first`` (the handler fails while ``attempt`` is at most this),
 ``crash_on`` (a payload number whose handler SIGKILLs the process once it has ended),
-``policy`` (``FailurePolicy`` arguments; default: no delay, no attempt limit).
+``policy`` (``FailurePolicy`` arguments; default: no delay, no attempt limit), ``driver``
+(``"asyncio"``: an ``AsyncMessageDispatcher`` with a coroutine handler on the backend's
+asyncio twin, ``workers`` its concurrency; default the threaded ``MessageDispatcher``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -27,8 +30,9 @@ import sys
 import threading
 from typing import Any
 
-from reliability_support import open_backend
+from reliability_support import open_async_backend, open_backend
 
+from melange.aio import AsyncMessageDispatcher
 from melange.consumers import Consumer
 from melange.context import current_message
 from melange.message_dispatcher import MessageDispatcher
@@ -69,16 +73,65 @@ def main() -> int:
         if n == crash_on:
             os.kill(pid, signal.SIGKILL)  # dies after the side effect, before it is recorded
 
+    policy = FailurePolicy.no_delay(max_attempts=None)
+    if config.get("policy"):
+        policy = FailurePolicy(**config["policy"])
+    lease = {"dedup_lease_seconds": float(config["lease"])} if "lease" in config else {}
+    kwargs: dict[str, Any] = {}
+    if config.get("max_messages"):
+        kwargs["max_messages"] = int(config["max_messages"])
+
+    if config.get("driver") == "asyncio":
+
+        async def handle_async(payload: dict[str, Any]) -> None:
+            n = int(payload["n"])
+            attempt = record("start", n)
+            if n == block_on:
+                await asyncio.Event().wait()  # never set: only a second signal ends it
+            if n in slow or delay:
+                await asyncio.sleep(slow.get(n, delay))
+            if attempt <= fail_first:
+                record("fail", n)
+                raise RuntimeError(f"attempt {attempt} of message {n} fails")
+            record("end", n)
+            if n == crash_on:
+                os.kill(pid, signal.SIGKILL)
+
+        async def consume() -> None:
+            backend = open_async_backend(config["backend"])
+            async_cache = None
+            if config.get("redis_prefix"):
+                from melange.deduplication.redis_cache import AsyncRedisCache
+
+                async_cache = AsyncRedisCache(key_prefix=config["redis_prefix"])
+            dispatcher = AsyncMessageDispatcher(
+                JsonSerializer(),
+                cache=async_cache,
+                backend=backend,
+                consumers=[Consumer(handle_async, name="fault-consumer")],
+                failure_policy=policy,
+                **lease,
+                visibility_heartbeat=bool(config.get("heartbeat", True)),
+            )
+            os.write(journal, f"ready - - {pid} 0\n".encode())
+            await dispatcher.consume_loop(
+                config["queue"], concurrency=int(config.get("workers", 1)), **kwargs
+            )
+            dispatcher.close()
+            await backend.aclose()
+            if async_cache is not None:
+                await async_cache.aclose()
+
+        asyncio.run(consume())
+        os.write(journal, f"exit - - {pid} 0\n".encode())
+        return 0
+
     cache = None
     if config.get("redis_prefix"):
         from melange.deduplication.redis_cache import RedisCache
 
         cache = RedisCache(key_prefix=config["redis_prefix"])
     backend = open_backend(config["backend"])
-    policy = FailurePolicy.no_delay(max_attempts=None)
-    if config.get("policy"):
-        policy = FailurePolicy(**config["policy"])
-    lease = {"dedup_lease_seconds": float(config["lease"])} if "lease" in config else {}
     dispatcher = MessageDispatcher(
         JsonSerializer(),
         cache=cache,
@@ -89,9 +142,6 @@ def main() -> int:
         visibility_heartbeat=bool(config.get("heartbeat", True)),
     )
     os.write(journal, f"ready - - {pid} 0\n".encode())
-    kwargs: dict[str, Any] = {}
-    if config.get("max_messages"):
-        kwargs["max_messages"] = int(config["max_messages"])
     dispatcher.consume_loop(config["queue"], workers=int(config.get("workers", 1)), **kwargs)
     dispatcher.close()
     backend.close_connection()

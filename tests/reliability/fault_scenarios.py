@@ -122,12 +122,17 @@ def kill_then_finish(
 
 
 def sigkill_loses_nothing(
-    work: WorkQueue, tmp_path: Path, count: int, label: str, batch: int = 10
+    work: WorkQueue,
+    tmp_path: Path,
+    count: int,
+    label: str,
+    batch: int = 10,
+    driver: str = "threaded",
 ) -> None:
     """A consumer SIGKILLed mid-stream loses nothing; what it had finished but not yet
     acknowledged runs again, at most its batch of ``batch`` messages."""
     journal = tmp_path / "journal"
-    config = worker_config(work, journal, delay=0.005, max_messages=batch)
+    config = worker_config(work, journal, delay=0.005, max_messages=batch, driver=driver)
     at_kill = kill_then_finish(work, journal, count, config, count // 3 + 5)
     final = Journal.read(journal)
     repeated = {n for n, c in final.ends.items() if c > 1}
@@ -144,7 +149,12 @@ def sigkill_loses_nothing(
 
 
 def sigkill_with_deduplication_repeats_nothing_done(
-    work: WorkQueue, tmp_path: Path, count: int, label: str, lease: float
+    work: WorkQueue,
+    tmp_path: Path,
+    count: int,
+    label: str,
+    lease: float,
+    driver: str = "threaded",
 ) -> None:
     """With the Redis deduplication cache, a SIGKILLed consumer's successors run again no
     message it had marked done: at most the one caught between its handler's end and its
@@ -165,7 +175,13 @@ def sigkill_with_deduplication_repeats_nothing_done(
             client.close()
 
         config = worker_config(
-            work, journal, delay=0.005, max_messages=10, redis_prefix=prefix, lease=lease
+            work,
+            journal,
+            delay=0.005,
+            max_messages=10,
+            redis_prefix=prefix,
+            lease=lease,
+            driver=driver,
         )
         at_kill = kill_then_finish(work, journal, count, config, count // 3 + 5, read_done_marks)
     final = Journal.read(journal)
@@ -200,6 +216,7 @@ def sigterm_drains(
     workers: int,
     rest_timeout: float,
     count_left: bool = True,
+    driver: str = "threaded",
 ) -> Stopped:
     """SIGTERM mid-stream: the consumer finishes the handlers in hand, settles everything and
     exits 0 within seconds; the next consumer processes the rest, nothing lost or repeated.
@@ -208,7 +225,7 @@ def sigterm_drains(
     is gone (where counting does not consume them) and must be all it did not finish: settled
     on the way out, acknowledged or given back."""
     journal = tmp_path / "journal"
-    config = worker_config(work, journal, delay=0.01, workers=workers)
+    config = worker_config(work, journal, delay=0.01, workers=workers, driver=driver)
     first = spawn_worker(config)
     second = None
     try:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from melange.backends.async_interfaces import AsyncMessagingBackend, as_async
 from melange.backends.interfaces import MessagingBackend
 from melange.models import Message
 
@@ -229,6 +230,48 @@ def open_backend(spec: dict[str, Any]) -> MessagingBackend:
             spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
         )
     raise ValueError(f"unknown durable backend {kind!r}")
+
+
+def open_async_backend(spec: dict[str, Any]) -> AsyncMessagingBackend:
+    """Open (in this process, on the running event loop) the asyncio backend of ``spec``:
+    the backend's native asyncio twin, on the same queues, or the blocking backend adapted
+    where it has none (SQLite)."""
+    kind = spec["kind"]
+    if kind == "rabbitmq":
+        from melange.backends.rabbitmq import AsyncRabbitMQBackend
+
+        return AsyncRabbitMQBackend(
+            host=spec["host"], port=spec["port"], connection_name=spec["connection_name"]
+        )
+    if kind == "sqs":
+        from melange.backends.sqs.async_backend import AsyncAWSBackend
+
+        return AsyncAWSBackend(
+            endpoint_url=spec["endpoint"],
+            sns_endpoint_url=spec["endpoint"],
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            visibility_timeout=spec["visibility_timeout"],
+            wait_time_seconds=1,
+        )
+    if kind == "redis-streams":
+        from melange.backends.redis_streams import AsyncRedisStreamsBackend
+
+        return AsyncRedisStreamsBackend(
+            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
+        )
+    if kind == "nats":
+        from melange.backends.nats import AsyncNATSBackend
+
+        return AsyncNATSBackend(
+            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
+        )
+    if kind == "kafka":
+        from melange.backends.kafka import AsyncKafkaBackend
+
+        return AsyncKafkaBackend(spec["url"], **spec["options"])
+    return as_async(open_backend(spec))
 
 
 def declare_work_queue(backend: MessagingBackend, spec: dict[str, Any]) -> None:

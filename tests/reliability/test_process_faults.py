@@ -40,6 +40,13 @@ from melange.models import Message
 
 pytestmark = pytest.mark.slow
 
+#: The dispatchers the consumer processes run: the threaded one, and the asyncio one on the
+#: backend's asyncio twin.
+DRIVERS = ["threaded", "asyncio"]
+#: Dispatcher and workers (the asyncio dispatcher's concurrency) of the SIGTERM cases: the
+#: asyncio dispatcher with several tasks, the case where it has the most to give back.
+DRIVER_WORKERS = [("threaded", 1), ("threaded", 4), ("asyncio", 4)]
+
 
 @pytest.fixture(scope="module")
 def sqs_endpoint() -> Iterator[str]:
@@ -93,39 +100,43 @@ def scaled(kind: str, count: int) -> int:
     return count // 2 if kind == "sqs" else count
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("kind", SHARED_BACKENDS)
 def test_sigkilled_consumer_loses_nothing_and_repeats_at_most_its_batch(
-    kind: str, broker: Callable[..., Broker], tmp_path: Path
+    kind: str, driver: str, broker: Callable[..., Broker], tmp_path: Path
 ) -> None:
     count = scaled(kind, 300)
-    sigkill_loses_nothing(broker(count), tmp_path, count, kind)
+    sigkill_loses_nothing(broker(count), tmp_path, count, f"{kind}, {driver}", driver=driver)
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("kind", SHARED_BACKENDS)
 def test_sigkilled_consumer_with_deduplication_repeats_nothing_marked_done(
-    kind: str, broker: Callable[..., Broker], tmp_path: Path
+    kind: str, driver: str, broker: Callable[..., Broker], tmp_path: Path
 ) -> None:
     count = scaled(kind, 300)
-    sigkill_with_deduplication_repeats_nothing_done(broker(count), tmp_path, count, kind, lease=2.0)
+    sigkill_with_deduplication_repeats_nothing_done(
+        broker(count), tmp_path, count, f"{kind}, {driver}", lease=2.0, driver=driver
+    )
 
 
-@pytest.mark.parametrize("workers", [1, 4])
+@pytest.mark.parametrize(("driver", "workers"), DRIVER_WORKERS)
 @pytest.mark.parametrize("kind", SHARED_BACKENDS)
 def test_sigterm_stops_within_seconds_with_exit_0_and_nothing_lost_or_repeated(
-    kind: str, workers: int, broker: Callable[..., Broker], tmp_path: Path
+    kind: str, driver: str, workers: int, broker: Callable[..., Broker], tmp_path: Path
 ) -> None:
     count = scaled(kind, 200)
     # A visibility timeout of 30 s: what the first process did not finish must be visible
     # again at once because it gave it back, not because its lease ran out.
     work = broker(count, visibility=30.0)
-    sigterm_drains(work, tmp_path, count, kind, workers, rest_timeout=20)
+    sigterm_drains(work, tmp_path, count, f"{kind}, {driver}", workers, 20, driver=driver)
 
 
-@pytest.mark.parametrize("workers", [1, 4])
+@pytest.mark.parametrize(("driver", "workers"), DRIVER_WORKERS)
 @pytest.mark.parametrize("kind", SHARED_BACKENDS)
 def test_a_second_signal_stops_a_consumer_stuck_in_a_handler_at_once(
-    kind: str, workers: int, broker: Callable[..., Broker], tmp_path: Path
+    kind: str, driver: str, workers: int, broker: Callable[..., Broker], tmp_path: Path
 ) -> None:
     work = broker(20, visibility=30.0)
     journal = tmp_path / "journal"
@@ -135,6 +146,7 @@ def test_a_second_signal_stops_a_consumer_stuck_in_a_handler_at_once(
         "journal": str(journal),
         "block_on": 0,
         "workers": workers,
+        "driver": driver,
     }
     process = spawn_worker(config)
     try:
@@ -149,7 +161,7 @@ def test_a_second_signal_stops_a_consumer_stuck_in_a_handler_at_once(
         took = time.monotonic() - asked
     finally:
         stop_process(process)
-    print(f"\n[{kind}, workers={workers}] second SIGTERM: exit {code} after {took:.2f}s")
+    print(f"\n[{kind}, {driver}, workers={workers}] second SIGTERM: exit {code} after {took:.2f}s")
     assert code != 0
     assert took < 5
     assert Journal.read(journal).ends[0] == 0
