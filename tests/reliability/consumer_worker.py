@@ -59,19 +59,26 @@ def main() -> int:
         os.write(journal, f"{phase} {n} {message_id} {pid} {attempt}\n".encode())
         return attempt
 
-    def handle(payload: dict[str, Any]) -> None:
+    def begin(payload: dict[str, Any]) -> tuple[int, int, float | None]:
+        """The message's number, its attempt, and how long its handler works (``None``: for
+        good, a handler stuck that only a second signal ends)."""
         n = int(payload["n"])
         attempt = record("start", n)
-        if n == block_on:
-            never.wait()  # a handler stuck for good: only a second signal ends the process
-        if n in slow or delay:
-            never.wait(slow.get(n, delay))  # the handler's work
+        return n, attempt, None if n == block_on else slow.get(n, delay)
+
+    def finish(n: int, attempt: int) -> None:
         if attempt <= fail_first:
             record("fail", n)
             raise RuntimeError(f"attempt {attempt} of message {n} fails")
         record("end", n)
         if n == crash_on:
             os.kill(pid, signal.SIGKILL)  # dies after the side effect, before it is recorded
+
+    def handle(payload: dict[str, Any]) -> None:
+        n, attempt, seconds = begin(payload)
+        if seconds != 0:
+            never.wait(seconds)  # the handler's work
+        finish(n, attempt)
 
     policy = FailurePolicy.no_delay(max_attempts=None)
     if config.get("policy"):
@@ -84,18 +91,12 @@ def main() -> int:
     if config.get("driver") == "asyncio":
 
         async def handle_async(payload: dict[str, Any]) -> None:
-            n = int(payload["n"])
-            attempt = record("start", n)
-            if n == block_on:
-                await asyncio.Event().wait()  # never set: only a second signal ends it
-            if n in slow or delay:
-                await asyncio.sleep(slow.get(n, delay))
-            if attempt <= fail_first:
-                record("fail", n)
-                raise RuntimeError(f"attempt {attempt} of message {n} fails")
-            record("end", n)
-            if n == crash_on:
-                os.kill(pid, signal.SIGKILL)
+            n, attempt, seconds = begin(payload)
+            if seconds is None:
+                await asyncio.Event().wait()  # never set
+            elif seconds:
+                await asyncio.sleep(seconds)
+            finish(n, attempt)
 
         async def consume() -> None:
             backend = open_async_backend(config["backend"])

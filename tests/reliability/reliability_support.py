@@ -182,96 +182,93 @@ def durable_spec(
     return spec
 
 
-def open_backend(spec: dict[str, Any]) -> MessagingBackend:
-    """Open (in this process) the backend ``spec`` describes."""
+def _backend_arguments(spec: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The constructor arguments of the backend ``spec`` describes (the blocking backend and
+    its asyncio twin take the same)."""
     kind = spec["kind"]
+    if kind == "sqlite":
+        return (spec["path"],), {"visibility_timeout": spec["visibility_timeout"]}
+    if kind == "rabbitmq":
+        return (), {
+            "host": spec["host"],
+            "port": spec["port"],
+            "connection_name": spec["connection_name"],
+        }
+    if kind == "sqs":
+        return (), {
+            "endpoint_url": spec["endpoint"],
+            "sns_endpoint_url": spec["endpoint"],
+            "region_name": "us-east-1",
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing",
+            "visibility_timeout": spec["visibility_timeout"],
+            "wait_time_seconds": 1,
+        }
+    if kind in ("redis-streams", "nats", "kombu"):
+        return (spec["url"],), {
+            "prefix": spec["prefix"],
+            "visibility_timeout": spec["visibility_timeout"],
+        }
+    if kind == "kafka":
+        return (spec["url"],), dict(spec["options"])
+    raise ValueError(f"unknown durable backend {kind!r}")
+
+
+def _backend_class(kind: str, asyncio: bool) -> Any:
+    """The backend class of ``kind`` (its asyncio twin with ``asyncio``; ``None`` when it
+    has none)."""
     if kind == "sqlite":
         from melange.backends.sqlite import SQLiteBackend
 
-        return SQLiteBackend(spec["path"], visibility_timeout=spec["visibility_timeout"])
+        return None if asyncio else SQLiteBackend
     if kind == "rabbitmq":
-        from melange.backends.rabbitmq import RabbitMQBackend
+        from melange.backends.rabbitmq import AsyncRabbitMQBackend, RabbitMQBackend
 
-        return RabbitMQBackend(
-            host=spec["host"], port=spec["port"], connection_name=spec["connection_name"]
-        )
+        return AsyncRabbitMQBackend if asyncio else RabbitMQBackend
     if kind == "sqs":
         from melange.backends.sqs.backend import AWSBackend
 
-        return AWSBackend(
-            endpoint_url=spec["endpoint"],
-            sns_endpoint_url=spec["endpoint"],
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            visibility_timeout=spec["visibility_timeout"],
-            wait_time_seconds=1,
-        )
+        if asyncio:
+            from melange.backends.sqs.async_backend import AsyncAWSBackend
+
+            return AsyncAWSBackend
+        return AWSBackend
     if kind == "redis-streams":
-        from melange.backends.redis_streams import RedisStreamsBackend
+        from melange.backends.redis_streams import AsyncRedisStreamsBackend, RedisStreamsBackend
 
-        return RedisStreamsBackend(
-            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
-        )
+        return AsyncRedisStreamsBackend if asyncio else RedisStreamsBackend
     if kind == "nats":
-        from melange.backends.nats import NATSBackend
+        from melange.backends.nats import AsyncNATSBackend, NATSBackend
 
-        return NATSBackend(
-            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
-        )
+        return AsyncNATSBackend if asyncio else NATSBackend
     if kind == "kafka":
-        from melange.backends.kafka import KafkaBackend
+        from melange.backends.kafka import AsyncKafkaBackend, KafkaBackend
 
-        return KafkaBackend(spec["url"], **spec["options"])
+        return AsyncKafkaBackend if asyncio else KafkaBackend
     if kind == "kombu":
         from melange.backends.kombu import KombuBackend
 
-        return KombuBackend(
-            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
-        )
+        return None if asyncio else KombuBackend
     raise ValueError(f"unknown durable backend {kind!r}")
+
+
+def open_backend(spec: dict[str, Any]) -> MessagingBackend:
+    """Open (in this process) the backend ``spec`` describes."""
+    args, kwargs = _backend_arguments(spec)
+    backend: MessagingBackend = _backend_class(spec["kind"], asyncio=False)(*args, **kwargs)
+    return backend
 
 
 def open_async_backend(spec: dict[str, Any]) -> AsyncMessagingBackend:
     """Open (in this process, on the running event loop) the asyncio backend of ``spec``:
     the backend's native asyncio twin, on the same queues, or the blocking backend adapted
     where it has none (SQLite)."""
-    kind = spec["kind"]
-    if kind == "rabbitmq":
-        from melange.backends.rabbitmq import AsyncRabbitMQBackend
-
-        return AsyncRabbitMQBackend(
-            host=spec["host"], port=spec["port"], connection_name=spec["connection_name"]
-        )
-    if kind == "sqs":
-        from melange.backends.sqs.async_backend import AsyncAWSBackend
-
-        return AsyncAWSBackend(
-            endpoint_url=spec["endpoint"],
-            sns_endpoint_url=spec["endpoint"],
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            visibility_timeout=spec["visibility_timeout"],
-            wait_time_seconds=1,
-        )
-    if kind == "redis-streams":
-        from melange.backends.redis_streams import AsyncRedisStreamsBackend
-
-        return AsyncRedisStreamsBackend(
-            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
-        )
-    if kind == "nats":
-        from melange.backends.nats import AsyncNATSBackend
-
-        return AsyncNATSBackend(
-            spec["url"], prefix=spec["prefix"], visibility_timeout=spec["visibility_timeout"]
-        )
-    if kind == "kafka":
-        from melange.backends.kafka import AsyncKafkaBackend
-
-        return AsyncKafkaBackend(spec["url"], **spec["options"])
-    return as_async(open_backend(spec))
+    twin = _backend_class(spec["kind"], asyncio=True)
+    if twin is None:
+        return as_async(open_backend(spec))
+    args, kwargs = _backend_arguments(spec)
+    backend: AsyncMessagingBackend = twin(*args, **kwargs)
+    return backend
 
 
 def declare_work_queue(backend: MessagingBackend, spec: dict[str, Any]) -> None:
