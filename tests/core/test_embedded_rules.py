@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,9 @@ from melange.exceptions import ConfigurationError
 from melange.models import FAILURE_QUEUE, FAILURE_REASON, Message
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MessagingBackend]:
-    made: MessagingBackend
-    if request.param == "memory":
-        made = InMemoryMessagingBackend()
-    else:
-        made = SQLiteBackend(tmp_path / "broker.db")
-    yield made
-    made.close_connection()
+@pytest.fixture
+def backend(embedded_backend: MessagingBackend) -> MessagingBackend:
+    return embedded_backend
 
 
 def label(backend: MessagingBackend) -> str:

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from melange.backends.gathering import BUSY_WINDOW, GATHER_SECONDS, BusyQueues
 from melange.backends.interfaces import MessagingBackend
-from melange.backends.memory import InMemoryMessagingBackend
-from melange.backends.sqlite import SQLiteBackend
 from melange.models import Message, QueueWrapper
 
 
@@ -40,17 +34,6 @@ def test_the_pause_is_short_beside_the_window() -> None:
     assert 0 < GATHER_SECONDS <= BUSY_WINDOW / 5
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def embedded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MessagingBackend]:
-    backend: MessagingBackend
-    if request.param == "memory":
-        backend = InMemoryMessagingBackend()
-    else:
-        backend = SQLiteBackend(tmp_path / "broker.db")
-    yield backend
-    backend.close_connection()
-
-
 def _publish_slowly(backend: MessagingBackend, queue: QueueWrapper, n: int) -> None:
     # A publisher feeding the queue about once every 0.1-0.2 ms: a receiver woken by each
     # publish would take the messages one at a time.
@@ -60,25 +43,25 @@ def _publish_slowly(backend: MessagingBackend, queue: QueueWrapper, n: int) -> N
 
 
 def test_a_blocking_receive_takes_a_busy_queues_messages_together(
-    embedded: MessagingBackend,
+    embedded_backend: MessagingBackend,
 ) -> None:
-    queue, _ = embedded.declare_queue("orders")
-    embedded.publish_to_queue(Message.create("first", 1, "json"), queue)
+    queue, _ = embedded_backend.declare_queue("orders")
+    embedded_backend.publish_to_queue(Message.create("first", 1, "json"), queue)
     # One delivery makes the queue busy for this backend's receivers.
-    first = embedded.retrieve_messages(queue, max_messages=10, wait_seconds=1)
-    embedded.acknowledge_batch(first)
+    first = embedded_backend.retrieve_messages(queue, max_messages=10, wait_seconds=1)
+    embedded_backend.acknowledge_batch(first)
 
     n = 200
-    publisher = threading.Thread(target=_publish_slowly, args=(embedded, queue, n))
+    publisher = threading.Thread(target=_publish_slowly, args=(embedded_backend, queue, n))
     receives = received = 0
     publisher.start()
     try:
         while received < n:
-            batch = embedded.retrieve_messages(queue, max_messages=10, wait_seconds=5)
+            batch = embedded_backend.retrieve_messages(queue, max_messages=10, wait_seconds=5)
             assert batch, "a receive came back empty while messages were being published"
             receives += 1
             received += len(batch)
-            embedded.acknowledge_batch(batch)
+            embedded_backend.acknowledge_batch(batch)
     finally:
         publisher.join()
     # Without the pause nearly every publish is a receive of its own (about 200 here); with
@@ -87,15 +70,15 @@ def test_a_blocking_receive_takes_a_busy_queues_messages_together(
 
 
 def test_a_quiet_queues_message_is_received_without_the_pause(
-    embedded: MessagingBackend,
+    embedded_backend: MessagingBackend,
 ) -> None:
-    queue, _ = embedded.declare_queue("orders")
+    queue, _ = embedded_backend.declare_queue("orders")
     got: list[list[Message]] = []
     receiver = threading.Thread(
-        target=lambda: got.append(embedded.retrieve_messages(queue, wait_seconds=5))
+        target=lambda: got.append(embedded_backend.retrieve_messages(queue, wait_seconds=5))
     )
     receiver.start()
     time.sleep(0.05)  # the receiver is waiting
-    embedded.publish_to_queue(Message.create("only", 1, "json"), queue)
+    embedded_backend.publish_to_queue(Message.create("only", 1, "json"), queue)
     receiver.join(timeout=5)
     assert [m.content for m in got[0]] == ["only"]

@@ -83,7 +83,13 @@ def main() -> int:
     policy = FailurePolicy.no_delay(max_attempts=None)
     if config.get("policy"):
         policy = FailurePolicy(**config["policy"])
-    lease = {"dedup_lease_seconds": float(config["lease"])} if "lease" in config else {}
+    # What both dispatchers are given besides their backend, cache and consumer.
+    settings: dict[str, Any] = {
+        "failure_policy": policy,
+        "visibility_heartbeat": bool(config.get("heartbeat", True)),
+    }
+    if "lease" in config:
+        settings["dedup_lease_seconds"] = float(config["lease"])
     kwargs: dict[str, Any] = {}
     if config.get("max_messages"):
         kwargs["max_messages"] = int(config["max_messages"])
@@ -110,9 +116,7 @@ def main() -> int:
                 cache=async_cache,
                 backend=backend,
                 consumers=[Consumer(handle_async, name="fault-consumer")],
-                failure_policy=policy,
-                **lease,
-                visibility_heartbeat=bool(config.get("heartbeat", True)),
+                **settings,
             )
             os.write(journal, f"ready - - {pid} 0\n".encode())
             await dispatcher.consume_loop(
@@ -138,9 +142,7 @@ def main() -> int:
         cache=cache,
         backend=backend,
         consumers=[Consumer(handle, name="fault-consumer")],
-        failure_policy=policy,
-        **lease,
-        visibility_heartbeat=bool(config.get("heartbeat", True)),
+        **settings,
     )
     os.write(journal, f"ready - - {pid} 0\n".encode())
     dispatcher.consume_loop(config["queue"], workers=int(config.get("workers", 1)), **kwargs)
