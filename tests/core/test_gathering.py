@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
 
 from melange.backends.gathering import BUSY_WINDOW, GATHER_SECONDS, BusyQueues
 from melange.backends.interfaces import MessagingBackend
+from melange.backends.loop_wait import LoopReceiver
 from melange.models import Message, QueueWrapper
 
 
@@ -42,13 +48,43 @@ def _publish_slowly(backend: MessagingBackend, queue: QueueWrapper, n: int) -> N
         time.sleep(0.0001)
 
 
-def test_a_blocking_receive_takes_a_busy_queues_messages_together(
-    embedded_backend: MessagingBackend,
+Receive = Callable[[QueueWrapper, int, float], list[Message]]
+
+
+@pytest.fixture(params=["threaded", "asyncio"])
+def receive(
+    request: pytest.FixtureRequest, embedded_backend: MessagingBackend
+) -> Iterator[Receive]:
+    """A receive as each driver makes it: the threaded one calls the backend's blocking
+    ``retrieve_messages``, the asyncio one waits on its event loop (``LoopReceiver``)."""
+    if request.param == "threaded":
+        yield lambda queue, most, wait: embedded_backend.retrieve_messages(
+            queue, max_messages=most, wait_seconds=wait
+        )
+        return
+    loop = asyncio.new_event_loop()
+
+    async def run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
+        return await loop.run_in_executor(None, fn, *args)
+
+    receiver = LoopReceiver(embedded_backend, run_blocking)
+
+    def on_the_loop(queue: QueueWrapper, most: int, wait: float) -> list[Message]:
+        received = loop.run_until_complete(receiver.receive(queue, most, wait))
+        assert received is not None, "the loop receiver handed the wait to a thread"
+        return received
+
+    yield on_the_loop
+    loop.close()
+
+
+def test_a_receive_takes_a_busy_queues_messages_together(
+    embedded_backend: MessagingBackend, receive: Receive
 ) -> None:
     queue, _ = embedded_backend.declare_queue("orders")
     embedded_backend.publish_to_queue(Message.create("first", 1, "json"), queue)
     # One delivery makes the queue busy for this backend's receivers.
-    first = embedded_backend.retrieve_messages(queue, max_messages=10, wait_seconds=1)
+    first = receive(queue, 10, 1)
     embedded_backend.acknowledge_batch(first)
 
     n = 200
@@ -57,7 +93,7 @@ def test_a_blocking_receive_takes_a_busy_queues_messages_together(
     publisher.start()
     try:
         while received < n:
-            batch = embedded_backend.retrieve_messages(queue, max_messages=10, wait_seconds=5)
+            batch = receive(queue, 10, 5)
             assert batch, "a receive came back empty while messages were being published"
             receives += 1
             received += len(batch)
@@ -70,13 +106,11 @@ def test_a_blocking_receive_takes_a_busy_queues_messages_together(
 
 
 def test_a_quiet_queues_message_is_received_without_the_pause(
-    embedded_backend: MessagingBackend,
+    embedded_backend: MessagingBackend, receive: Receive
 ) -> None:
     queue, _ = embedded_backend.declare_queue("orders")
     got: list[list[Message]] = []
-    receiver = threading.Thread(
-        target=lambda: got.append(embedded_backend.retrieve_messages(queue, wait_seconds=5))
-    )
+    receiver = threading.Thread(target=lambda: got.append(receive(queue, 10, 5)))
     receiver.start()
     time.sleep(0.05)  # the receiver is waiting
     embedded_backend.publish_to_queue(Message.create("only", 1, "json"), queue)
