@@ -30,6 +30,7 @@ from melange.dispatch.aio import AsyncMessageDispatcher
 from melange.models import Message, QueueWrapper, TopicWrapper
 from melange.publish_middleware import DestinationKind, PublishMiddleware
 from melange.publishers import (
+    _NO_OPTIONS,
     Destinations,
     LookUp,
     PublishEffect,
@@ -156,9 +157,22 @@ class _AsyncPublisher(_Envelopes):
         message = self._build(
             data, message_group_id, message_deduplication_id, headers, correlation_id, causation_id
         )
-        message = await self._checked(message)
-        step = self._destinations.publish(destination, message, self._create_topic, options, data)
-        return await self._run(step)
+        if self.claim_check is not None:
+            message = await self._checked(message)
+        destinations = self._destinations
+        handle = destinations.direct(destination) if isinstance(destination, str) else None
+        if handle is None:
+            step = destinations.publish(destination, message, self._create_topic, options, data)
+            return await self._run(step)
+        # The handle is known: the steps of Destinations.publish, as the blocking publishers
+        # take them, without driving a generator for each message.
+        try:
+            await self._send(message, handle, options or _NO_OPTIONS)
+        except Exception as exc:
+            destinations.failed(destination, exc)
+            raise
+        destinations.sent(destination, message, data, options)
+        return message
 
     async def publish_batch(
         self,

@@ -245,28 +245,27 @@ class Destinations:
             handle = yield from self.handle(name, create_topic)
         try:
             yield Send(message, handle, options or _NO_OPTIONS)
-        except DestinationNotFoundError:
-            self.forget(name)
+        except Exception as exc:
+            self.failed(name, exc)
             raise
-        if _listeners:
-            _announce(name, self.kind, (message,), (payload,), options)
+        self.sent(name, message, payload, options)
         return message
 
     def direct(self, name: str) -> Any:
-        """The handle of ``name`` when it is cached (no lookup needed), else ``None``.
+        """The handle to send a message to ``name`` with, when nothing else is to be done
+        first (the handle is cached and there is no middleware), else ``None``.
 
-        A blocking publisher's hot path: given a handle, it sends with it inside the
-        middleware's ``publishing`` context (when there is middleware), calls :meth:`forget`
-        when the send raises :class:`~melange.exceptions.DestinationNotFoundError` and
-        :meth:`sent` when it succeeds, which are the steps :meth:`publish` takes then;
-        otherwise it runs :meth:`publish`.
+        A publisher's hot path: given a handle, it sends with it, then calls :meth:`sent`,
+        or :meth:`failed` when the send raised, which are the steps :meth:`publish` takes
+        then; without one, it runs :meth:`publish`.
         """
-        return self._handles.get(name)
+        return None if self.middleware else self._handles.get(name)
 
-    def forget(self, name: str) -> None:
-        """Drop the cached handle of ``name``: its destination was deleted since it was
-        looked up (the next publish looks it up again)."""
-        self._handles.pop(name, None)
+    def failed(self, name: str, exc: BaseException) -> None:
+        """A send to ``name`` raised ``exc``: a destination deleted since its handle was
+        looked up is looked up again next time."""
+        if isinstance(exc, DestinationNotFoundError):
+            self._handles.pop(name, None)
 
     def sent(
         self, name: str, message: Message, payload: Any, options: Mapping[str, Any] | None
@@ -525,18 +524,12 @@ class _DestinationPublisher(_Publisher):
         if handle is None:
             step = destinations.publish(name, message, self._create_topic, options, payload)
             return run_steps(step, self._perform)
-        # The handle is known: the steps of Destinations.publish in that case, without
-        # driving a generator for each message.
-        middleware = destinations.middleware
+        # The handle is known: the steps of Destinations.publish, without driving a
+        # generator for each message.
         try:
-            if middleware:
-                with middleware.publishing((message,), name, destinations.kind):
-                    self._send(message, handle, options or _NO_OPTIONS)
-                    destinations.sent(name, message, payload, options)
-                return message
             self._send(message, handle, options or _NO_OPTIONS)
-        except DestinationNotFoundError:
-            destinations.forget(name)
+        except Exception as exc:
+            destinations.failed(name, exc)
             raise
         destinations.sent(name, message, payload, options)
         return message
