@@ -16,6 +16,7 @@ consumers that must not block the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from melange import (
     current_message,
 )
 from melange.aio import AsyncMessageDispatcher
+from melange.exceptions import BackendConnectionError
 from melange.models import (
     FAILURE_ATTEMPTS,
     FAILURE_CONSUMER,
@@ -615,6 +617,48 @@ def test_a_consumer_raising_systemexit_or_keyboardinterrupt_stops_the_loop_unack
         f"consume_loop went on for {FATAL_GRACE_SECONDS}s after a consumer raised "
         f"{fatal.__name__}: the exception vanished"
     )
+
+
+# Embedded brokers only: steps the fake clock past the lease of the unsettled message.
+@CONCURRENCY
+def test_a_broker_error_while_settling_is_reported_and_the_loop_goes_on(
+    driver: Driver, broker: Broker, concurrency: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue, _ = broker.queue()
+    broker.publish(queue, [{"n": 1}])
+    backend = broker.backend
+    refused: list[Any] = []
+
+    def refusing_once(acknowledge: Callable[[Any], None]) -> Callable[[Any], None]:
+        def settle(what: Any) -> None:
+            if not refused:
+                refused.append(what)
+                raise BackendConnectionError("connection reset while acknowledging")
+            acknowledge(what)
+
+        return settle
+
+    # The broker fails the first acknowledgement, whichever call the driver makes.
+    backend.acknowledge = refusing_once(backend.acknowledge)  # type: ignore[method-assign]
+    backend.acknowledge_batch = refusing_once(backend.acknowledge_batch)  # type: ignore[method-assign]
+    handled: list[Any] = []
+    reported: list[Exception] = []
+    dispatcher = driver.make(backend=backend, consumers=[Consumer(handled.append, name="c")])
+    with caplog.at_level(logging.ERROR, logger="melange.dispatcher"):
+        loop = driver.run_loop(dispatcher, queue, concurrency, on_exception=reported.append)
+        wait_for(lambda: bool(reported), what="the failed acknowledgement to be reported")
+        # Unsettled, the message comes back once its lease runs out, and the loop, still
+        # consuming, handles it again.
+        broker.advance(PAST_ANY_LEASE)
+        wait_for(lambda: dispatcher.stats.acknowledged == 1, what="the second delivery acked")
+        assert loop.running, "the loop ended after a broker error while settling"
+        loop.stop()
+    assert handled == [{"n": 1}, {"n": 1}]
+    assert [type(exc) for exc in reported] == [BackendConnectionError]
+    [record] = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert record.__dict__["queue"] == queue
+    assert record.exc_info is not None and record.exc_info[1] is reported[0]
+    broker.assert_empty(queue)
 
 
 # -- leases renewed while a handler runs long -----------------------------------------------

@@ -234,13 +234,8 @@ class AsyncMessageDispatcher(DispatcherBase):
             if messages:
                 try:
                     await self._drive(engine.dispatch(messages, queue.name, watched=True))
-                except (SystemExit, KeyboardInterrupt) as exc:
-                    self._interrupt_from_worker(exc)
-                except Exception as exc:
-                    logger.error(
-                        "settling messages from %s failed: %s", queue.name, exc, exc_info=True
-                    )
-                    self._notify(exc)
+                except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                    self._settling_failed(queue.name, exc)
             if after_consume is not None:
                 after_consume()
 
@@ -295,12 +290,8 @@ class AsyncMessageDispatcher(DispatcherBase):
         try:
             go_ahead = before is None or Engine.may_go_ahead(await before, same_batch)
             return bool(await self._drive(self._engine.process(message, queue_name, go_ahead)))
-        except (SystemExit, KeyboardInterrupt) as exc:
-            self._interrupt_from_worker(exc)
-            return False
-        except Exception as exc:
-            logger.exception("settling message %s failed", message.message_id)
-            self._notify(exc)
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            self._work_failed(message.message_id, queue_name, exc)
             return False
         finally:
             slots.release()

@@ -257,6 +257,38 @@ class DispatcherBase:
             self._interrupted = exc
         self.stop()
 
+    def _settling_failed(self, queue_name: str, exc: BaseException) -> None:
+        """Handling a batch received from ``queue_name`` raised ``exc``. A consumer's
+        ``SystemExit``/``KeyboardInterrupt`` stops the loop (see
+        :meth:`_interrupt_from_worker`); anything else is a broker error while settling (a
+        failed batched delete, say): the unsettled messages come back by themselves, so the
+        loop keeps consuming."""
+        if isinstance(exc, SystemExit | KeyboardInterrupt):
+            self._interrupt_from_worker(exc)
+            return
+        logger.error(
+            "settling messages from %s failed: %s",
+            queue_name,
+            exc,
+            exc_info=exc,
+            extra={"queue": queue_name},
+        )
+        self._notify(exc)
+
+    def _work_failed(self, message_id: str, queue_name: str, exc: BaseException) -> None:
+        """Processing message ``message_id`` on a worker raised ``exc``: as
+        :meth:`_settling_failed`, for one message."""
+        if isinstance(exc, SystemExit | KeyboardInterrupt):
+            self._interrupt_from_worker(exc)
+            return
+        logger.error(
+            "settling message %s failed",
+            message_id,
+            exc_info=exc,
+            extra={"queue": queue_name},
+        )
+        self._notify(exc)
+
     def _notify(self, exc: BaseException) -> None:
         hook = self._on_exception
         if hook is not None and isinstance(exc, Exception):

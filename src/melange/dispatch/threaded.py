@@ -182,17 +182,8 @@ class MessageDispatcher(DispatcherBase):
             if messages:
                 try:
                     self._drive(engine.dispatch(messages, queue.name, watched=True))
-                except Exception as exc:
-                    # A broker error while settling (a failed batched delete, say): the
-                    # unsettled messages come back by themselves, so keep consuming.
-                    logger.error(
-                        "settling messages from %s failed: %s",
-                        queue.name,
-                        exc,
-                        exc_info=True,
-                        extra={"queue": queue.name},
-                    )
-                    self._notify(exc)
+                except (Exception, SystemExit, KeyboardInterrupt) as exc:
+                    self._settling_failed(queue.name, exc)
             if after_consume is not None:
                 after_consume()
 
@@ -245,12 +236,8 @@ class MessageDispatcher(DispatcherBase):
         try:
             go_ahead = before is None or Engine.may_go_ahead(before.result(), same_batch)
             return bool(self._drive(self._engine.process(message, queue_name, go_ahead)))
-        except (SystemExit, KeyboardInterrupt) as exc:
-            self._interrupt_from_worker(exc)
-            return False
-        except Exception as exc:
-            logger.exception("settling message %s failed", message.message_id)
-            self._notify(exc)
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            self._work_failed(message.message_id, queue_name, exc)
             return False
         finally:
             slots.release()
