@@ -625,7 +625,7 @@ def test_a_broker_error_while_settling_is_reported_and_the_loop_goes_on(
     driver: Driver, broker: Broker, concurrency: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     queue, _ = broker.queue()
-    broker.publish(queue, [{"n": 1}])
+    [sent] = broker.publish(queue, [{"n": 1}])
     backend = broker.backend
     refused: list[Any] = []
 
@@ -657,6 +657,8 @@ def test_a_broker_error_while_settling_is_reported_and_the_loop_goes_on(
     assert [type(exc) for exc in reported] == [BackendConnectionError]
     [record] = [r for r in caplog.records if "failed" in r.getMessage()]
     assert record.__dict__["queue"] == queue
+    if concurrency > 1:  # settled on its own, not as part of a batch
+        assert record.__dict__["message_id"] == sent.message_id
     assert record.exc_info is not None and record.exc_info[1] is reported[0]
     broker.assert_empty(queue)
 

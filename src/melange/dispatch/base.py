@@ -285,7 +285,7 @@ class DispatcherBase:
             "settling message %s failed",
             message_id,
             exc_info=exc,
-            extra={"queue": queue_name},
+            extra={"queue": queue_name, "message_id": message_id},
         )
         self._notify(exc)
 
