@@ -291,7 +291,7 @@ class AsyncMessageDispatcher(DispatcherBase):
             go_ahead = before is None or Engine.may_go_ahead(await before, same_batch)
             return bool(await self._drive(self._engine.process(message, queue_name, go_ahead)))
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            self._work_failed(message.message_id, queue_name, exc)
+            self._settling_failed(queue_name, exc, message.message_id)
             return False
         finally:
             slots.release()

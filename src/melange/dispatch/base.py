@@ -257,36 +257,22 @@ class DispatcherBase:
             self._interrupted = exc
         self.stop()
 
-    def _settling_failed(self, queue_name: str, exc: BaseException) -> None:
-        """Handling a batch received from ``queue_name`` raised ``exc``. A consumer's
-        ``SystemExit``/``KeyboardInterrupt`` stops the loop (see
-        :meth:`_interrupt_from_worker`); anything else is a broker error while settling (a
-        failed batched delete, say): the unsettled messages come back by themselves, so the
-        loop keeps consuming."""
+    def _settling_failed(
+        self, queue_name: str, exc: BaseException, message_id: str | None = None
+    ) -> None:
+        """Handling a batch received from ``queue_name``, or one message of it on a worker
+        (``message_id``), raised ``exc``. A consumer's ``SystemExit``/``KeyboardInterrupt``
+        stops the loop (see :meth:`_interrupt_from_worker`); anything else is a broker error
+        while settling (a failed acknowledgement, say): the unsettled messages come back by
+        themselves, so the loop keeps consuming."""
         if isinstance(exc, SystemExit | KeyboardInterrupt):
             self._interrupt_from_worker(exc)
             return
-        logger.error(
-            "settling messages from %s failed: %s",
-            queue_name,
-            exc,
-            exc_info=exc,
-            extra={"queue": queue_name},
-        )
-        self._notify(exc)
-
-    def _work_failed(self, message_id: str, queue_name: str, exc: BaseException) -> None:
-        """Processing message ``message_id`` on a worker raised ``exc``: as
-        :meth:`_settling_failed`, for one message."""
-        if isinstance(exc, SystemExit | KeyboardInterrupt):
-            self._interrupt_from_worker(exc)
-            return
-        logger.error(
-            "settling message %s failed",
-            message_id,
-            exc_info=exc,
-            extra={"queue": queue_name, "message_id": message_id},
-        )
+        if message_id is None:
+            what, extra = f"messages from {queue_name}", {"queue": queue_name}
+        else:
+            what, extra = f"message {message_id}", {"queue": queue_name, "message_id": message_id}
+        logger.error("settling %s failed: %s", what, exc, exc_info=exc, extra=extra)
         self._notify(exc)
 
     def _notify(self, exc: BaseException) -> None:

@@ -237,7 +237,7 @@ class MessageDispatcher(DispatcherBase):
             go_ahead = before is None or Engine.may_go_ahead(before.result(), same_batch)
             return bool(self._drive(self._engine.process(message, queue_name, go_ahead)))
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            self._work_failed(message.message_id, queue_name, exc)
+            self._settling_failed(queue_name, exc, message.message_id)
             return False
         finally:
             slots.release()
