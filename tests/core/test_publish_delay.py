@@ -4,8 +4,6 @@ blocking and the asyncio publishers; and its refusal where a backend cannot dela
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +12,6 @@ from melange import QueuePublisher
 from melange.aio import AsyncTopicPublisher
 from melange.backends.interfaces import BackendCapabilities, MessagingBackend
 from melange.backends.memory import InMemoryMessagingBackend
-from melange.backends.sqlite import SQLiteBackend
 from melange.exceptions import ConfigurationError
 from melange.models import Message
 from melange.serializers import JsonSerializer
@@ -31,15 +28,9 @@ from publish_delay_support import (
 )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MessagingBackend]:
-    made: MessagingBackend
-    if request.param == "memory":
-        made = InMemoryMessagingBackend()
-    else:
-        made = SQLiteBackend(tmp_path / "delay.db", poll_interval=0.02)
-    yield made
-    made.close_connection()
+@pytest.fixture
+def backend(embedded_backend: MessagingBackend) -> MessagingBackend:
+    return embedded_backend
 
 
 @pytest.mark.parametrize("how", PUBLISHERS)
